@@ -1,0 +1,171 @@
+"""Errors that reach a client, each carrying its HTTP status.
+
+Every error answer, from the gateway or from a model server, has one JSON shape::
+
+    {"ERROR": "<message>", "error": {"type": "<ErrorType>", "message": "<message>"}}
+
+``ERROR`` is what clients of the original system look for; ``error.type`` is stable and
+machine-readable. Tracebacks never go to the client, only to the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServingError(Exception):
+    """Base class: an error that is answered to the client with ``status``."""
+
+    status = 500
+    type_name = "ServingError"
+    retry_after: int | None = None
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    @property
+    def error_type(self) -> str:
+        return self.type_name
+
+    def to_body(self) -> dict[str, Any]:
+        return error_body(self.error_type, self.message)
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InputError(ServingError):
+    """Raise from any worker hook to answer the client with a 4xx and your own message.
+
+    Example::
+
+        from basic_inference_server import InputError
+
+        def _pre_process(self, inputs):
+            if len(inputs.get("TEXT", "")) > 10_000:
+                raise InputError("TEXT longer than 10000 characters", status=422)
+
+    ``status`` must be a 4xx code (default 400). Any other exception raised in
+    ``_pre_process`` is also answered with 400; in ``_predict`` or ``_post_process`` with 500.
+    """
+
+    status = 400
+    type_name = "InputError"
+
+    def __init__(self, message: str, status: int = 400):
+        if not isinstance(status, int) or not 400 <= status <= 499:
+            raise ValueError(f"InputError status must be a 4xx code, got {status!r}")
+        super().__init__(message, status=status)
+
+
+class BadRequest(ServingError):
+    status = 400
+    type_name = "BadRequest"
+
+
+class InvalidInput(ServingError):
+    """``_pre_process`` rejected the inputs."""
+
+    status = 400
+    type_name = "InvalidInput"
+
+
+class Unauthorized(ServingError):
+    status = 401
+    type_name = "Unauthorized"
+
+
+class NotFound(ServingError):
+    status = 404
+    type_name = "NotFound"
+
+
+class UnknownSignature(ServingError):
+    status = 404
+    type_name = "UnknownSignature"
+
+
+class SignatureDisabled(ServingError):
+    status = 404
+    type_name = "SignatureDisabled"
+
+
+class MethodNotAllowed(ServingError):
+    status = 405
+    type_name = "MethodNotAllowed"
+
+
+class Conflict(ServingError):
+    status = 409
+    type_name = "Conflict"
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+    type_name = "PayloadTooLarge"
+
+
+class ModelError(ServingError):
+    """``_predict`` or ``_post_process`` raised, or the result could not be serialised."""
+
+    status = 500
+    type_name = "ModelError"
+
+
+class ServerDied(ServingError):
+    """The model server closed the connection or could not be reached."""
+
+    status = 502
+    type_name = "ServerDied"
+
+
+class Unavailable(ServingError):
+    """The endpoint is starting, stopped, failed or shutting down."""
+
+    status = 503
+    type_name = "ServerUnavailable"
+    retry_after = 1
+
+
+class Overloaded(ServingError):
+    """The request queue of the endpoint is full."""
+
+    status = 503
+    type_name = "Overloaded"
+    retry_after = 1
+
+
+class RequestTimeout(ServingError):
+    """The request did not finish within the endpoint's ``REQUEST_TIMEOUT``."""
+
+    status = 504
+    type_name = "Timeout"
+
+
+_HTTP_TYPES = {
+    400: BadRequest,
+    401: Unauthorized,
+    404: NotFound,
+    405: MethodNotAllowed,
+    413: PayloadTooLarge,
+}
+
+
+def error_body(error_type: str, message: str) -> dict[str, Any]:
+    """The JSON body of every error answer."""
+    return {"ERROR": message, "error": {"type": error_type, "message": message}}
+
+
+def from_http_status(status: int, message: str) -> ServingError:
+    """Map a framework HTTP error (404 route, 405 method, ...) to our error type."""
+    cls = _HTTP_TYPES.get(status)
+    if cls is None:
+        return ServingError(message, status=status)
+    return cls(message)

@@ -1,0 +1,224 @@
+"""The gateway's HTTP routes.
+
+``/run`` parses the body once (to read ``SIGNATURE``), forwards the bytes as received, and
+extends the server's answer with the envelope. Admin routes need the admin token.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response, request
+
+from .. import jsonutil
+from ..errors import (
+    BadRequest,
+    Conflict,
+    ServerDied,
+    SignatureDisabled,
+    Unavailable,
+    UnknownSignature,
+)
+from ..webutil import (
+    install_error_handlers,
+    json_response,
+    raw_json_response,
+    read_body,
+    read_json_object,
+    require_admin,
+)
+from .forward import Reply, forward
+from .ports import PortsExhausted
+from .status import system_status
+from .supervisor import FAILED, READY, STARTING, ServerHandle
+
+if TYPE_CHECKING:
+    from .core import FlaskGateway
+
+SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
+SYSTEM_STATUS = "SYSTEM_STATUS"
+
+
+def create_gateway_app(gw: FlaskGateway) -> Flask:
+    app = Flask("bis-gateway")
+    app.config["MAX_CONTENT_LENGTH"] = gw.config.max_body_bytes
+    install_error_handlers(app)
+    limit = gw.config.max_body_bytes
+    supervisor = gw.supervisor
+    envelope = gw.envelope
+
+    def read_payload() -> dict[str, Any]:
+        if request.method == "GET":
+            return dict(request.args)
+        if not request.content_length and request.headers.get("Transfer-Encoding") is None:
+            return {}
+        return read_json_object(request, limit)
+
+    def signature_of(payload: dict[str, Any]) -> str:
+        signature = payload.get("SIGNATURE")
+        if signature is None:
+            raise BadRequest("Bad input. SIGNATURE not found: send {\"SIGNATURE\": \"<endpoint>\", ...}")
+        if not isinstance(signature, str):
+            raise BadRequest(f"SIGNATURE must be a string, got {type(signature).__name__}")
+        return signature
+
+    def route_to(signature: str) -> ServerHandle:
+        handle = supervisor.handles.get(signature)
+        if handle is None:
+            endpoint = gw.config.endpoint(signature)
+            if endpoint is None or endpoint.is_support:
+                available = sorted(supervisor.handles)
+                raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: {available}")
+            raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
+                                    "an admin can start it with /start_server")
+        state = handle.state
+        if state == READY:
+            return handle
+        if state == STARTING:
+            raise Unavailable(f"endpoint {signature!r} is starting", retry_after=2)
+        if state == FAILED:
+            raise Unavailable(f"endpoint {signature!r} failed: {handle.error}", retry_after=30)
+        raise Unavailable(f"endpoint {signature!r} is {state}", retry_after=5)
+
+    def relay(reply: Reply, flat: bool = False) -> Response:
+        if reply.status == 200:
+            try:
+                return raw_json_response(envelope.wrap(reply.data, flat))
+            except ValueError:
+                raise ServerDied("model server sent an answer that is not a JSON object") from None
+        headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
+        if not reply.data.startswith(b"{"):
+            raise ServerDied(f"model server answered HTTP {reply.status} without a JSON body")
+        return raw_json_response(reply.data, reply.status, headers)
+
+    def status_response() -> Response:
+        status = system_status(gw.config.server_name, list(supervisor.handles.values()))
+        return json_response(envelope.add_to({SYSTEM_STATUS: status}))
+
+    @app.route(gw.execution_path, methods=["POST"])
+    def run() -> Response:
+        if gw.draining:
+            raise Unavailable("gateway is shutting down", retry_after=5)
+        raw = read_body(request, limit)
+        signature = signature_of(jsonutil.loads_object(raw))
+        if signature == SYSTEM_STATUS:
+            return status_response()
+        handle = route_to(signature)
+        flat = (handle.endpoint.response_format or gw.config.response_format) == "flat"
+        with gw.inflight:
+            reply = forward(handle, gw.execution_path, raw)
+        return relay(reply, flat)
+
+    @app.route("/notifications", methods=["GET", "POST"])
+    def notifications() -> Response:
+        handle = route_to(signature_of(read_payload()))
+        return relay(forward(handle, "/notifications", b"{}"))
+
+    @app.route("/update_workers", methods=["POST"])
+    def update_workers() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        handle = route_to(signature_of(payload))
+        body = jsonutil.dumps_bytes({"NR_WORKERS": payload.get("NR_WORKERS")})
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.admin_token}"}
+        return relay(forward(handle, "/update_workers", body, headers))
+
+    @app.route("/list_servers", methods=["GET", "POST"])
+    def list_servers() -> Response:
+        servers = {name: describe(handle) for name, handle in list(supervisor.handles.items())}
+        return json_response(envelope.add_to({"AVAIL_SERVERS": servers}))
+
+    def describe(handle: ServerHandle) -> dict[str, Any]:
+        endpoint = handle.endpoint
+        workers: dict[str, Any] = {"total": endpoint.nr_workers}
+        if handle.state == READY:
+            workers = supervisor.health(handle, timeout=0.5)[1].get("workers", workers)
+        running = handle.pid is not None
+        uptime = time.monotonic() - handle.started_at if running else 0
+        return {
+            "STATE": handle.state,
+            "ONLINE": handle.state == READY,
+            "HOST": endpoint.host,
+            "PORT": handle.port,
+            "PID": handle.pid,
+            "SERVER_CLASS": endpoint.server_class,
+            "WORKERS": workers,
+            "UPTIME": str(datetime.timedelta(seconds=int(uptime))),
+            "DESCRIPTION": endpoint.description,
+            "ERROR": handle.error,
+            "LAST_EXIT_CODE": handle.exit_code,
+        }
+
+    @app.route("/system_status", methods=["GET", "POST"])
+    def system_status_route() -> Response:
+        return status_response()
+
+    @app.route("/start_server", methods=["POST"])
+    def start_server() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        signature = signature_of(payload)
+        endpoint = gw.config.endpoint(signature)
+        if endpoint is None:
+            raise UnknownSignature(f"{signature!r} is not an endpoint of the configuration")
+        if endpoint.is_support:
+            raise BadRequest(f"{signature!r} is a support process, not a model server")
+        if endpoint.worker is None:
+            raise BadRequest(f"{signature!r} has no worker class (see the gateway log)")
+        current = supervisor.handles.get(signature)
+        if current is not None and current.state in (STARTING, READY):
+            raise Conflict(f"Signature {signature!r} already started ({current.state})")
+        try:
+            handle = supervisor.start(signature)
+        except PortsExhausted as exc:
+            raise Unavailable(str(exc), retry_after=30) from None
+        return json_response({"MESSAGE": f"OK. Starting {signature}", "STATE": handle.state,
+                              "PORT": handle.port, "PID": handle.pid}, 202)
+
+    @app.route("/kill_server", methods=["POST"])
+    def kill_server() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        signature = signature_of(payload)
+        if signature == "*":
+            names = [n for n, h in supervisor.handles.items() if h.pid is not None]
+        elif signature in supervisor.handles:
+            names = [signature]
+        else:
+            raise UnknownSignature(f"Bad signature {signature!r}. Available signatures: {sorted(supervisor.handles)}")
+        killed = supervisor.stop_many(names)
+        return json_response({"MESSAGE": f"OK. Stopped {len(killed)} server(s)", "KILLED": killed})
+
+    @app.route("/shutdown", methods=["POST"])
+    def shutdown() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        signature = signature_of(payload)
+        if signature.upper() != SHUTDOWN_COMMAND:
+            raise BadRequest(f"/shutdown needs SIGNATURE={SHUTDOWN_COMMAND!r}")
+        response = json_response(envelope.add_to({"MESSAGE": "OK. Shutting down: draining requests, "
+                                                  "stopping servers"}))
+        # Stop only once this answer has been handed to the server for sending.
+        response.call_on_close(gw.request_stop)
+        return response
+
+    @app.route("/health", methods=["GET"])
+    def health() -> Response:
+        return json_response(envelope.add_to({"status": "ok"}))
+
+    @app.route("/ready", methods=["GET"])
+    def ready() -> Response:
+        waiting = supervisor.not_ready()
+        if gw.draining:
+            raise Unavailable("gateway is shutting down")
+        if waiting:
+            listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())
+            body = {"ERROR": f"not ready: {listed}",
+                    "error": {"type": "NotReady", "message": f"not ready: {listed}"},
+                    "NOT_READY": waiting}
+            return json_response(body, 503, {"Retry-After": "1"})
+        return json_response({"status": "ready", "servers": len(supervisor.handles)})
+
+    return app

@@ -1,0 +1,67 @@
+"""Command line of the gateway: ``run_gateway.py`` and the ``basic-inference-server`` script."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+
+from ..config import ConfigError
+from ..discovery import DiscoveryError
+from ..logs import setup_process_logging
+from .core import FlaskGateway, GatewayStartupError
+from .ports import PortsExhausted
+
+logger = logging.getLogger("basic_inference_server.gateway")
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="basic_inference_server gateway")
+    parser.add_argument("-b", "--base_folder", default=".", help="folder holding the cache folder (default .)")
+    parser.add_argument("-a", "--app_folder", default="_cache", help="cache folder: logs, data, state (default _cache)")
+    parser.add_argument("--host", default="0.0.0.0", help="address the gateway listens on (default 0.0.0.0)")
+    parser.add_argument("--port", type=int, default=5002, help="gateway port (default 5002)")
+    parser.add_argument("--config", default="config_gateway.txt", help="configuration file")
+    parser.add_argument("--first_server_port", type=int, default=None, help="first model-server port (default 5003)")
+    parser.add_argument("--last_server_port", type=int, default=None, help="last model-server port (default first+7)")
+    parser.add_argument("--endpoints", default="endpoints", help="dotted endpoints folder")
+    return parser
+
+
+def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cache = os.path.join(args.base_folder, args.app_folder)
+    setup_process_logging("gateway", os.path.join(cache, "_logs"), file_stem="gateway")
+    logger.info(
+        "Starting %s, TZ: %s, py: %s, OS: %s, Docker: %s", os.environ.get("AID_APP_ID", "aid_app_bare_metal"),
+        os.environ.get("TZ"), sys.version.split(" ")[0], platform.platform(),
+        os.environ.get("AID_APP_DOCKER") == "Yes",
+    )
+    try:
+        gateway = FlaskGateway(
+            workers_location=args.endpoints, host=args.host, port=args.port,
+            first_server_port=args.first_server_port, last_server_port=args.last_server_port,
+            config_file=args.config, base_folder=args.base_folder, app_folder=args.app_folder,
+            app_version=app_version, run=False,
+        )
+    except (ConfigError, DiscoveryError) as exc:
+        logger.error("Configuration error: %s", exc)
+        return EXIT_CONFIG
+    try:
+        return gateway.run()
+    except (GatewayStartupError, PortsExhausted) as exc:
+        logger.error("Startup failed: %s", exc)
+        return EXIT_STARTUP
+
+
+def console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

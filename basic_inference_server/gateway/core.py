@@ -1,0 +1,203 @@
+"""``FlaskGateway``: the gateway process — one HTTP port in front of supervised model servers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, GatewayConfig, load_config, parse_config
+from ..httpserve import HttpServer
+from ..lib_ver import LIB_VER
+from ..logs import logging_configured, setup_process_logging
+from .app import create_gateway_app
+from .auth import resolve_admin_token
+from .envelope import Envelope
+from .supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayStartupError(Exception):
+    """The gateway cannot start (port taken, no port left for a server, ...)."""
+
+
+class InFlight:
+    """Counts requests being forwarded, so that a shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
+class FlaskGateway:
+    """The gateway: reads the configuration, starts one model server per enabled endpoint,
+    routes ``/run`` by ``SIGNATURE`` and stops everything cleanly.
+
+    As in the original, building it runs it until shutdown (``run=True``); pass ``run=False``
+    and call :meth:`run` yourself to get the exit code.
+
+    Args:
+        log: a :class:`~basic_inference_server.Logger`; its ``config_data`` is used as the
+            configuration when it holds ``CONFIG_ENDPOINTS``, and its folders as the cache.
+        workers_location: dotted folder of the endpoint files, relative to ``app_root``.
+        workers_suffix: class-name suffix of workers (``Worker``).
+        host, port: where the gateway listens.
+        first_server_port, last_server_port: port range of the model servers (5003-5010).
+        server_execution_path: the forwarded run route (``/run``).
+        config_file: configuration file used when ``log`` holds none.
+        config: a ready configuration (dict or :class:`GatewayConfig`), overrides the file.
+        app_root: folder holding the endpoints folder (default: the current directory).
+        app_version: reported as ``ver-app``.
+    """
+
+    def __init__(
+        self,
+        log: Any = None,
+        workers_location: str = "endpoints",
+        workers_suffix: str = "Worker",
+        host: str = "127.0.0.1",
+        port: int = 5002,
+        first_server_port: int | None = None,
+        last_server_port: int | None = None,
+        server_execution_path: str = "/run",
+        config_file: str | os.PathLike = "config_gateway.txt",
+        config: GatewayConfig | Mapping[str, Any] | None = None,
+        base_folder: str | None = None,
+        app_folder: str | None = None,
+        app_root: str | os.PathLike | None = None,
+        app_version: str | None = None,
+        run: bool = True,
+        **kwargs: Any,
+    ):
+        self.app_root = Path(app_root or os.getcwd()).resolve()
+        if log is not None and hasattr(log, "root_folder"):
+            self.cache_folder = Path(log.root_folder)
+        else:
+            self.cache_folder = (self.app_root / (base_folder or ".") / (app_folder or "_cache")).resolve()
+        if not logging_configured():
+            setup_process_logging("gateway", self.cache_folder / "_logs", file_stem="gateway")
+        self.host = host
+        self.port = port
+        self.execution_path = "/" + server_execution_path.lstrip("/")
+        self.workers_location = workers_location
+        self.workers_suffix = workers_suffix
+        self.config = self._load_config(log, config, config_file)
+        if first_server_port is not None or last_server_port is not None:
+            first = first_server_port or self.config.first_server_port
+            last = last_server_port or first + 7
+            if last < first:
+                raise ConfigError(f"last server port {last} is below the first server port {first}")
+            self.config = replace(self.config, first_server_port=first, last_server_port=last)
+        self.host_id = "h" + secrets.token_hex(2)
+        self.envelope = Envelope(app_version or _read_app_version(self.app_root))
+        self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
+        self.supervisor = Supervisor(
+            self.config, self.app_root, self.cache_folder, self.host_id, self.admin_token,
+            workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads,
+        )
+        self.inflight = InFlight()
+        self.draining = False
+        self._stop = threading.Event()
+        self.http: HttpServer | None = None
+        if run:
+            self.run()
+
+    def _load_config(self, log: Any, config: Any, config_file: str | os.PathLike) -> GatewayConfig:
+        if isinstance(config, GatewayConfig):
+            return config
+        if config is None and log is not None and "CONFIG_ENDPOINTS" in getattr(log, "config_data", {}):
+            config = log.config_data
+        if config is not None:
+            return parse_config(config, self.app_root, self.workers_location, self.workers_suffix)
+        path = Path(config_file)
+        if not path.is_absolute():
+            path = self.app_root / path
+        return load_config(path, self.cache_folder / "_data", self.app_root, self.workers_location,
+                           self.workers_suffix)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        """Ask the main loop to stop (signal handlers and /shutdown call this)."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until SIGTERM, SIGINT or /shutdown; return the exit code (0 after a clean stop)."""
+        started = time.monotonic()
+        logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
+                    self.envelope.app_version, self.host_id, os.getpid())
+        try:
+            self.http = HttpServer(create_gateway_app(self), self.host, self.port,
+                                   self.config.gateway_threads, self.config.max_body_bytes)
+        except OSError as exc:
+            raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            self.supervisor.start_enabled()
+        except Exception:
+            self.supervisor.stop_all(grace=2.0)
+            raise
+        self.http.start()
+        logger.info("Gateway listening on %s:%d", self.host, self.http.port)
+        announced = False
+        while not self._stop.is_set():
+            self.supervisor.poll()
+            if not announced and self.supervisor.settled():
+                announced = True
+                self._announce(time.monotonic() - started)
+            self._stop.wait(0.05 if not announced else 0.2)
+        return self._shutdown()
+
+    def _announce(self, elapsed: float) -> None:
+        waiting = self.supervisor.not_ready()
+        if waiting:
+            logger.error("Startup finished in %.2fs; NOT ready: %s", elapsed,
+                         ", ".join(f"{n} ({self.supervisor.handles[n].error})" for n in waiting))
+        else:
+            logger.info("All %d model server(s) ready in %.2fs", len(self.supervisor.handles), elapsed)
+
+    def _shutdown(self) -> int:
+        grace = self.config.shutdown_grace
+        logger.info("Shutting down: %d request(s) in flight, grace %.0fs", self.inflight.count, grace)
+        self.draining = True
+        deadline = time.monotonic() + grace
+        while self.inflight.count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.supervisor.stop_all(max(1.0, deadline - time.monotonic()))
+        if self.http is not None:
+            self.http.wait_flushed(2.0)
+        logger.info("Gateway stopped")
+        return 0
+
+
+def _read_app_version(app_root: Path) -> str:
+    """``__VER__`` of the app's ``app_ver.py`` (read, not imported), else ``0.0.0``."""
+    path = app_root / "app_ver.py"
+    try:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.startswith("__VER__"):
+                return line.split("=", 1)[1].strip().strip("'\"")
+    except OSError:
+        pass
+    return "0.0.0"

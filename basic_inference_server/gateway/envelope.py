@@ -1,0 +1,65 @@
+"""The answer envelope the gateway adds to every successful model-server answer.
+
+A model server answers ``{"predict_result": ..., "call_id": ..., "signature": ..., "worker_id": ...}``;
+the gateway adds ``time``, ``ver``, ``ver-app``, ``ver-lib``, ``gw-uptime`` and ``hostname``.
+The server's JSON object is extended in place (bytes), not parsed and re-encoded, except for
+``RESPONSE_FORMAT: "flat"`` where the worker's keys move to the top level for old clients.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+import time
+from typing import Any
+
+from .. import jsonutil
+from ..lib_ver import LIB_VER
+
+
+class Envelope:
+    def __init__(self, app_version: str, hostname: str | None = None):
+        self.app_version = app_version
+        self.hostname = hostname or socket.gethostname()
+        self.started = time.monotonic()
+
+    def uptime(self) -> str:
+        return str(datetime.timedelta(seconds=int(time.monotonic() - self.started)))
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "ver": self.app_version,
+            "ver-app": self.app_version,
+            "ver-lib": LIB_VER,
+            "gw-uptime": self.uptime(),
+            "hostname": self.hostname,
+        }
+
+    def add_to(self, payload: dict[str, Any]) -> dict[str, Any]:
+        payload.update(self.fields())
+        return payload
+
+    def wrap(self, data: bytes, flat: bool = False) -> bytes:
+        """Add the envelope to a JSON object given as bytes."""
+        if flat:
+            return jsonutil.dumps_bytes(self.add_to(_flatten(json.loads(data))))
+        extra = json.dumps(self.fields(), separators=(",", ":")).encode("utf-8")
+        head = data.rstrip()
+        if not head.startswith(b"{") or not head.endswith(b"}"):
+            raise ValueError("model server answer is not a JSON object")
+        head = head[:-1].rstrip()
+        if head == b"{":
+            return head + extra[1:]
+        return head + b"," + extra[1:]
+
+
+def _flatten(answer: dict[str, Any]) -> dict[str, Any]:
+    result = answer.pop("predict_result", None)
+    if isinstance(result, dict):
+        flat = dict(result)
+        flat.update(answer)
+        return flat
+    answer["predict_result"] = result
+    return answer

@@ -1,0 +1,72 @@
+"""Serve a WSGI app with waitress (never Werkzeug's development server), in a thread.
+
+The caller binds first (a busy port raises ``OSError`` at once), then runs the loop in a daemon
+thread and keeps its main thread for supervision and signals. Stopping is done by the owner:
+it stops handing out work, waits for in-flight requests, then calls :meth:`wait_flushed` so the
+last answers leave the socket before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import waitress
+
+logger = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """A bound waitress server running in a background thread."""
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        host: str,
+        port: int,
+        threads: int,
+        max_body_bytes: int,
+        connection_limit: int = 1000,
+    ):
+        self._server = waitress.create_server(
+            app,
+            host=host,
+            port=port,
+            threads=threads,
+            ident="basic_inference_server",
+            connection_limit=connection_limit,
+            # waitress buffers the body before the app sees it; its own limit sits above ours so
+            # that a body just over our limit is answered by our JSON 413, and a huge one is
+            # cut by waitress before it fills the disk.
+            max_request_body_size=max(2 * max_body_bytes, max_body_bytes + 1024 * 1024),
+            channel_timeout=300,
+            expose_tracebacks=False,
+            clear_untrusted_proxy_headers=True,
+        )
+        self.host = host
+        self.port = int(self._server.effective_port)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.run, name="http-loop", daemon=True)
+        self._thread.start()
+
+    def pending_output(self) -> int:
+        """Bytes accepted from the app but not yet written to clients."""
+        total = 0
+        for channel in list(self._server._map.values()):
+            total += getattr(channel, "total_outbufs_len", 0) or 0
+        return total
+
+    def wait_flushed(self, timeout: float = 2.0) -> bool:
+        """Wait until every answer given by the app has been written to its socket."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.pending_output():
+                return True
+            time.sleep(0.02)
+        logger.warning("Stopping with %d bytes of answers not yet sent", self.pending_output())
+        return False

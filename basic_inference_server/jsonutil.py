@@ -1,0 +1,67 @@
+"""JSON encoding and decoding shared by every process.
+
+Numpy values in results must serialise without importing numpy here (a dummy model server
+should not pay numpy's memory), so they are recognised by duck typing: arrays have
+``tolist()``, scalars have ``item()``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask.json.provider import DefaultJSONProvider
+
+from .errors import BadRequest
+
+
+def _default(value: Any) -> Any:
+    module = type(value).__module__
+    if module == "numpy":
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        if hasattr(value, "item"):
+            return value.item()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"))
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text; numpy arrays and scalars become lists and numbers."""
+    return _ENCODER.encode(value)
+
+
+def dumps_bytes(value: Any) -> bytes:
+    return _ENCODER.encode(value).encode("utf-8")
+
+
+def loads_object(data: bytes) -> dict[str, Any]:
+    """Parse a request body that must be a JSON object; raise BadRequest otherwise."""
+    if not data:
+        raise BadRequest("Request body is empty: send a JSON object such as {\"SIGNATURE\": \"<endpoint>\"}")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise BadRequest("JSON body is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"Malformed JSON body: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest(f"JSON body must be an object, got {type(value).__name__}")
+    return value
+
+
+class NumpyJSONProvider(DefaultJSONProvider):
+    """Flask JSON provider that serialises numpy values (replaces ``app.json_encoder``)."""
+
+    sort_keys = False
+    compact = True
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        return _default(o)

@@ -1,0 +1,124 @@
+"""The HTTP face of one model server: ``/run``, ``/notifications``, ``/update_workers``, ``/health``."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Flask, Response, request
+
+from .. import jsonutil
+from ..errors import BadRequest, ModelError, Unavailable
+from ..notifications import GENERAL, NotificationStore
+from ..webutil import (
+    error_response,
+    install_error_handlers,
+    json_response,
+    raw_json_response,
+    read_json_object,
+    require_admin,
+)
+from ..worker import CONTROL_KEYS
+from .pool import WorkerPool
+
+logger = logging.getLogger(__name__)
+
+MAX_WORKERS = 256
+
+
+@dataclass
+class ServerState:
+    """Everything the routes of one model server share."""
+
+    name: str
+    server_class: str
+    class_name: str
+    host_id: str
+    pool: WorkerPool
+    notifications: NotificationStore
+    request_timeout: float
+    max_body_bytes: int
+    admin_token: str | None = None
+    execution_path: str = "/run"
+    draining: bool = False
+    call_ids: Any = field(default_factory=lambda: itertools.count(1))
+    inflight: int = 0
+    inflight_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def signature_of(self, idx: int) -> str:
+        return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        stats = self.pool.stats()
+        ready = stats["ready"] > 0 and not stats["loading"] and not self.draining
+        state = "DRAINING" if self.draining else ("READY" if ready else "LOADING")
+        body = {"status": state, "name": self.name, "workers": stats}
+        if self.pool.load_errors:
+            body["errors"] = list(self.pool.load_errors)
+        return body, 200 if ready else 503
+
+
+def create_app(state: ServerState) -> Flask:
+    app = Flask(f"bis-server-{state.name}")
+    app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
+    install_error_handlers(app)
+    dumps_bytes = jsonutil.dumps_bytes
+
+    def run() -> Response:
+        if state.draining:
+            raise Unavailable("model server is shutting down")
+        body = read_json_object(request, state.max_body_bytes)
+        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        call_id = next(state.call_ids)
+        with state.inflight_lock:
+            state.inflight += 1
+        try:
+            job = state.pool.submit(inputs, call_id, state.request_timeout)
+        finally:
+            with state.inflight_lock:
+                state.inflight -= 1
+        answer = {
+            "predict_result": job.result,
+            "call_id": call_id,
+            "signature": state.signature_of(job.worker_idx),
+            "worker_id": f"{state.host_id}:{job.worker_idx}",
+        }
+        try:
+            data = dumps_bytes(answer)
+        except (TypeError, ValueError) as exc:
+            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", call_id, exc)
+            return error_response(ModelError(f"result of _post_process is not JSON-serialisable: {exc}"))
+        return raw_json_response(data)
+
+    app.add_url_rule(state.execution_path, "run", run, methods=["POST"])
+
+    @app.route("/notifications", methods=["GET", "POST"])
+    def notifications() -> Response:
+        return json_response(state.notifications.drain())
+
+    @app.route("/update_workers", methods=["POST"])
+    def update_workers() -> Response:
+        body = read_json_object(request, state.max_body_bytes)
+        if state.admin_token is not None:
+            require_admin(state.admin_token, request, body)
+        count = body.get("NR_WORKERS")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_WORKERS:
+            raise BadRequest(f"NR_WORKERS: expected an integer between 1 and {MAX_WORKERS}, got {count!r}")
+        change = state.pool.resize(count)
+        state.notifications.add(GENERAL, "log", "ModelServer", f"update_workers: {change}")
+        return json_response({"MESSAGE": "OK", "NR_WORKERS": count, "PREVIOUS": change["previous"],
+                              "WORKERS": state.pool.stats()})
+
+    @app.route("/health", methods=["GET"])
+    def health() -> Response:
+        body, status = state.health()
+        return json_response(body, status)
+
+    @app.route("/get_paths", methods=["GET", "POST"])
+    def get_paths() -> Response:
+        return json_response({"PATHS": [state.execution_path, "/notifications", "/update_workers"]})
+
+    return app

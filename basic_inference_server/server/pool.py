@@ -1,0 +1,232 @@
+"""The worker pool of one model server: threads, a bounded FIFO queue, deadlines.
+
+Each worker is a thread that owns one ``FlaskWorker`` instance: it builds it, calls
+``_load_model`` once, then takes jobs from the shared queue in arrival order. A request thread
+puts its job in the queue (503 when full) and waits for it with the endpoint's deadline (504).
+Nothing polls or sleeps; a worker is free again as soon as its hooks return or raise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unavailable
+from ..worker import FlaskWorker
+
+logger = logging.getLogger(__name__)
+
+_RETIRE = object()  # control item: the worker that takes it stops
+
+
+class Job:
+    """One request waiting for, or served by, a worker."""
+
+    __slots__ = ("inputs", "call_id", "done", "result", "error", "cancelled", "worker_idx")
+
+    def __init__(self, inputs: dict[str, Any], call_id: int):
+        self.inputs = inputs
+        self.call_id = call_id
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: ServingError | None = None
+        self.cancelled = False
+        self.worker_idx = -1
+
+
+class JobQueue:
+    """FIFO with a bound on waiting jobs; control items bypass the bound."""
+
+    def __init__(self, max_jobs: int):
+        self.max_jobs = max_jobs
+        self._items: deque[Any] = deque()
+        self._jobs = 0
+        self._cond = threading.Condition(threading.Lock())
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            if self._jobs >= self.max_jobs:
+                raise Overloaded(f"request queue is full ({self.max_jobs} waiting); retry later")
+            self._jobs += 1
+            self._items.append(job)
+            self._cond.notify()
+
+    def put_control(self, item: Any) -> None:
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self) -> Any:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            if item.__class__ is Job:
+                self._jobs -= 1
+            return item
+
+    @property
+    def depth(self) -> int:
+        return self._jobs
+
+
+WorkerFactory = Callable[[int], FlaskWorker]
+
+
+class WorkerPool:
+    """``NR_WORKERS`` worker threads serving jobs from one queue.
+
+    Args:
+        factory: builds worker number ``idx`` (constructor only; the pool calls ``_load_model``).
+        max_queue: how many requests may wait for a free worker before new ones get 503.
+        on_event: called with a short text for lifecycle events (shown in ``/notifications``).
+    """
+
+    def __init__(self, factory: WorkerFactory, max_queue: int, on_event: Callable[[str], None] | None = None):
+        self._factory = factory
+        self._queue = JobQueue(max_queue)
+        self._on_event = on_event or (lambda text: None)
+        self._lock = threading.Condition(threading.Lock())
+        self._ids = itertools.count()
+        self._threads: set[threading.Thread] = set()
+        self.target = 0
+        self.loading = 0
+        self.ready = 0
+        self.busy = 0
+        self.load_errors: list[str] = []
+
+    # -- size --------------------------------------------------------------------------------
+    def start(self, count: int) -> None:
+        """Start ``count`` workers; each loads its model in its own thread."""
+        self.resize(count)
+
+    def resize(self, count: int) -> dict[str, int]:
+        """Grow or shrink to ``count`` workers. New workers load in the background."""
+        with self._lock:
+            previous = self.target
+            self.target = count
+            grow = count - previous
+            self.loading += max(grow, 0)
+        for _ in range(grow):
+            idx = next(self._ids)
+            thread = threading.Thread(target=self._run, args=(idx,), name=f"worker-{idx}", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+        for _ in range(-grow):
+            self._queue.put_control(_RETIRE)
+        if grow:
+            self._on_event(f"Resizing workers: {previous} -> {count}")
+        return {"previous": previous, "target": count}
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until no worker is loading; return False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while self.loading:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+        return True
+
+    # -- requests ----------------------------------------------------------------------------
+    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float) -> Job:
+        """Queue a request and wait for its answer; raise a ServingError on any failure."""
+        if not self.ready:
+            raise Unavailable("no worker is ready yet (models are loading)")
+        job = Job(inputs, call_id)
+        self._queue.put(job)
+        if not job.done.wait(timeout):
+            job.cancelled = True
+            raise RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={timeout:g}s")
+        if job.error is not None:
+            raise job.error
+        return job
+
+    def stop(self, timeout: float) -> bool:
+        """Let queued jobs finish, then stop every worker; False if some did not stop in time."""
+        with self._lock:
+            threads = list(self._threads)
+            self.target = 0
+        for _ in threads:
+            self._queue.put_control(_RETIRE)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "total": self.target,
+                "ready": self.ready,
+                "loading": self.loading,
+                "busy": self.busy,
+                "failed": len(self.load_errors),
+                "queue": self._queue.depth,
+                "max_queue": self._queue.max_jobs,
+            }
+
+    # -- the worker thread -------------------------------------------------------------------
+    def _run(self, idx: int) -> None:
+        worker = self._load(idx)
+        if worker is not None:
+            try:
+                self._serve(worker, idx)
+            finally:
+                with self._lock:
+                    self.ready -= 1
+                    self._lock.notify_all()
+        with self._lock:
+            self._threads.discard(threading.current_thread())
+
+    def _load(self, idx: int) -> FlaskWorker | None:
+        started = time.monotonic()
+        try:
+            worker = self._factory(idx)
+            worker._load_model()
+        except Exception as exc:  # user code
+            logger.exception("Worker %d failed to load its model", idx)
+            with self._lock:
+                self.loading -= 1
+                self.target -= 1
+                self.load_errors.append(f"worker {idx}: {type(exc).__name__}: {exc}")
+                self._lock.notify_all()
+            self._on_event(f"Worker {idx} failed to load: {type(exc).__name__}: {exc}")
+            return None
+        with self._lock:
+            self.loading -= 1
+            self.ready += 1
+            self._lock.notify_all()
+        logger.info("Worker %d loaded in %.2fs", idx, time.monotonic() - started)
+        return worker
+
+    def _serve(self, worker: FlaskWorker, idx: int) -> None:
+        queue_get = self._queue.get
+        while True:
+            job = queue_get()
+            if job is _RETIRE:
+                logger.info("Worker %d retired", idx)
+                return
+            if job.cancelled:  # its client already got 504
+                continue
+            with self._lock:
+                self.busy += 1
+            try:
+                job.worker_idx = idx
+                job.result = worker._bis_execute(job.inputs, job.call_id)
+            except ServingError as exc:
+                job.error = exc
+            except BaseException as exc:
+                logger.exception("Worker %d: unexpected %s", idx, type(exc).__name__)
+                job.error = ModelError(f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self.busy -= 1
+                job.done.set()

@@ -1,0 +1,181 @@
+"""``FlaskWorker``: the one class endpoint authors meet."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import socket
+from typing import Any
+
+from .errors import InputError, InvalidInput, ModelError, ServingError
+from .notifications import INIT, NotificationStore
+
+logger = logging.getLogger(__name__)
+
+# Control keys of the original clients; they are not model inputs.
+CONTROL_KEYS = frozenset({"SIGNATURE", "BASE64_KEYS", "BASE64_OUTPUTS", "ENCODING", "TOKEN"})
+
+
+class _PlainLog:
+    """Stand-in for the server's Logger when a worker is built on its own (tests, notebooks)."""
+
+    def __init__(self, name: str):
+        self._logger = logging.getLogger(f"bis.{name}")
+        self.config_data: dict[str, Any] = {}
+
+    def P(self, s: Any, color: str | None = None, **kwargs: Any) -> None:  # noqa: N802
+        self._logger.info(str(s))
+
+
+class FlaskWorker:
+    """Base class of a model endpoint: subclass it in ``endpoints/<name>.py`` as ``<Name>Worker``.
+
+    Lifecycle:
+        The model server builds ``NR_WORKERS`` instances, each in its own thread. For each it
+        calls ``__init__`` (keep it light: call ``super().__init__(prefix_log='[XXXX]', **kwargs)``)
+        and then ``_load_model()`` once. The server reports ready only when every worker has
+        loaded; if ``_load_model`` raises, the server reports the failure and exits.
+        Per request: ``_pre_process(inputs)`` -> ``_predict(prep)`` -> ``_post_process(pred)``,
+        whose result is answered as ``predict_result``. A stage returning ``None`` skips the
+        later stages (``predict_result`` is then ``null``).
+
+    Configuration:
+        ``self.config_data`` is the module's ``_CONFIG`` with this endpoint's entry of
+        ``config_gateway.txt`` merged over it (keys upper-cased). Every key ``K`` is readable
+        as ``self.cfg_<k>`` (``WEIGHT`` -> ``self.cfg_weight``); a ``cfg_x`` you define wins.
+
+    Threads:
+        Each instance serves one request at a time, but instances of one endpoint run in
+        parallel threads of one process: share nothing mutable between them without a lock.
+        Use ``self.P(...)`` / ``self.log.P(...)`` to log and ``self._create_notification(...)``
+        for messages a client can read back from ``/notifications``; do not ``print``.
+
+    Errors:
+        An exception in ``_pre_process`` answers 400 with its message (bad input). An exception
+        in ``_predict`` or ``_post_process`` answers 500 with its type and message; the
+        traceback goes to the server log only. Raise :class:`basic_inference_server.InputError`
+        from any hook to answer a 4xx status of your choice with your own message. Requests
+        slower than ``REQUEST_TIMEOUT`` answer 504. The worker is freed in every case.
+
+    Example:
+        >>> class EchoWorker(FlaskWorker):
+        ...     def _pre_process(self, inputs):
+        ...         if "TEXT" not in inputs:
+        ...             raise ValueError("TEXT should be defined in inputs")
+        ...         return inputs["TEXT"]
+        ...     def _predict(self, text):
+        ...         return text.upper()
+        ...     def _post_process(self, pred):
+        ...         return {"echo": pred}
+    """
+
+    def __init__(
+        self,
+        log: Any = None,
+        default_config: dict[str, Any] | None = None,
+        verbosity_level: int = 1,
+        worker_id: int = 0,
+        upstream_config: dict[str, Any] | None = None,
+        prefix_log: str = "[FSKWKR]",
+        DEBUG: bool = False,  # noqa: N803 - original keyword
+        notifications: NotificationStore | None = None,
+        **kwargs: Any,
+    ):
+        self.log = log if log is not None else _PlainLog(type(self).__name__)
+        self.prefix_log = prefix_log
+        self.DEBUG = DEBUG
+        self._verbosity_level = verbosity_level
+        self._worker_id = worker_id
+        self.worker_id = worker_id
+        self.hostname = socket.gethostname()
+        self._counter: int | None = None  # id of the call being served
+        self._last_query: dict[str, Any] | None = None
+        self._notifications = notifications if notifications is not None else NotificationStore()
+        merged = copy.deepcopy(default_config) if default_config else {}
+        for key, value in (upstream_config or {}).items():
+            merged[str(key).upper()] = value
+        self.config_data: dict[str, Any] = merged
+        self.config_worker = merged  # name used by code written for the original
+
+    # -- hooks: override these ---------------------------------------------------------------
+    def _load_model(self) -> None:
+        """Load the model; called once per worker, before the server reports ready."""
+
+    def _pre_process(self, inputs: dict[str, Any]) -> Any:
+        """Validate and convert the request's inputs (the JSON body without ``SIGNATURE``)."""
+        return inputs
+
+    def _predict(self, prep_inputs: Any) -> Any:
+        """Run the model on what ``_pre_process`` returned."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _predict")
+
+    def _post_process(self, pred: Any) -> Any:
+        """Turn the prediction into a JSON-serialisable answer (numpy values are fine)."""
+        return pred
+
+    # -- helpers for endpoint code -----------------------------------------------------------
+    def P(self, s: Any, color: str | None = None, **kwargs: Any) -> None:  # noqa: N802 - original API
+        self.log.P(f"{self.prefix_log} {s}", color=color)
+
+    def D(self, s: Any, **kwargs: Any) -> None:  # noqa: N802 - original API
+        if self.DEBUG:
+            self.P(s)
+
+    def _create_notification(
+        self,
+        notif: str = "log",
+        msg: Any = "",
+        info: Any = None,
+        stream_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Leave a message for ``/notifications`` under the current call id (``INIT`` before any call)."""
+        notif_type = kwargs.get("notif_type", notif)
+        bucket = INIT if self._counter is None else str(self._counter)
+        self._notifications.add(bucket, str(notif_type), type(self).__name__, msg, info)
+
+    def get_last_query(self) -> dict[str, Any] | None:
+        return self._last_query
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: cfg_<key> reads the merged config per instance.
+        if name.startswith("cfg_"):
+            config = self.__dict__.get("config_data", {})
+            key = name[4:].upper()
+            if key in config:
+                value = config[key]
+                return dict(value) if isinstance(value, dict) else value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # -- called by the worker pool -----------------------------------------------------------
+    def _bis_execute(self, inputs: dict[str, Any], call_id: int) -> Any:
+        """Run the three hooks on one request; map exceptions to client errors."""
+        self._counter = call_id
+        self._last_query = inputs
+        try:
+            prep = self._pre_process(inputs)
+        except ServingError:
+            raise
+        except Exception as exc:
+            self._note_exception("_pre_process", exc)
+            raise InvalidInput(str(exc) or type(exc).__name__) from exc
+        if prep is None:
+            return None
+        pred = self._run_stage(self._predict, prep)
+        if pred is None:
+            return None
+        return self._run_stage(self._post_process, pred)
+
+    def _run_stage(self, hook: Any, value: Any) -> Any:
+        try:
+            return hook(value)
+        except InputError:
+            raise
+        except Exception as exc:
+            stage = hook.__name__
+            logger.exception("%s %s raised in %s", self.prefix_log, type(exc).__name__, stage)
+            self._note_exception(stage, exc)
+            raise ModelError(f"{type(exc).__name__} in {stage}: {exc}") from exc
+
+    def _note_exception(self, stage: str, exc: Exception) -> None:
+        self._create_notification(notif="exception", msg=f"Exception in {stage}: {type(exc).__name__}: {exc}")
