@@ -1,0 +1,70 @@
+"""The shipped demo and the original README's files, run as a user would run them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import FIXTURES, REPO
+
+
+def _copy_app(tmp_path: Path, source: Path, endpoint_names: list[str]) -> Path:
+    app = tmp_path / "app"
+    (app / "endpoints").mkdir(parents=True)
+    for name in endpoint_names:
+        shutil.copy(source / "endpoints" / name, app / "endpoints" / name)
+    shutil.copy(source / "config_gateway.txt", app / "config_gateway.txt")
+    return app
+
+
+def test_shipped_demo_answers_the_documented_prediction(tmp_path, gateway_factory):
+    app = _copy_app(tmp_path, REPO, ["dummy_model_demo1.py", "dummy_model_demo2.py"])
+    gateway = gateway_factory({}, app_dir=app)
+
+    reply = gateway.run("dummy_model_demo2", INPUT_VALUE=3)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["predict_result"] == {"dummy_model_predict": "3*0 + 0 = 0 PREDICTED"}
+    for key in ("call_id", "signature", "worker_id", "time", "ver", "ver-lib", "ver-app", "gw-uptime", "hostname"):
+        assert key in body, key
+    assert body["signature"].split(".")[1:3] == ["dummy_model_demo2", "DummyModelDemo2Worker"]
+
+    word = gateway.run("dummy_model_demo1", INPUT_VALUE="house", LANGUAGE="en").json()["predict_result"]
+    assert word["dummy_model_a_predict"] == "same-word-always"
+    assert word["inputs"] == {"INPUT_VALUE": "house", "LANGUAGE": "en"}
+
+    servers = gateway.servers()
+    assert set(servers) == {"dummy_model_demo1", "dummy_model_demo2"}  # not the -bis, not the support entry
+    assert all(s["STATE"] == "READY" and s["WORKERS"]["ready"] == 2 for s in servers.values())
+
+
+def test_original_readme_files_run_unchanged(tmp_path, gateway_factory):
+    source = FIXTURES / "original_readme"
+    app = _copy_app(tmp_path, source, ["dummy_model_demo1.py", "dummy_model_demo2.py", "support_process.py"])
+    gateway = gateway_factory({}, app_dir=app)
+
+    demo2 = gateway.run("dummy_model_demo2", INPUT_VALUE=3)
+    assert demo2.status_code == 200, demo2.text
+    assert demo2.json()["predict_result"] == {"dummy_model_predict": "3*0 + 0 = 0 PREDICTED"}
+
+    demo1 = gateway.run("dummy_model_demo1", INPUT_VALUE="casa", LANGUAGE="ro").json()
+    assert demo1["predict_result"]["dummy_model_a_predict"] == "same-word-always"
+    assert demo1["predict_result"]["worker_ver"] == "1.2.1"
+
+    missing = gateway.run("dummy_model_demo2")
+    assert missing.status_code == 400
+    assert missing.json()["ERROR"] == "INPUT_VALUE should be defined in inputs"
+
+    notes = gateway.post("/notifications", {"SIGNATURE": "dummy_model_demo2"}).json()
+    messages = [n["NOTIF"] for key, items in notes.items() if isinstance(items, list) for n in items]
+    assert any("Predicting on usr_input: 3" in m for m in messages), notes
+
+    names = set(gateway.servers())
+    assert "dummy_model_demo1" in names and "dummy_model_demo2" in names
+    status = gateway.run("SYSTEM_STATUS").json()["SYSTEM_STATUS"]
+    for key in ("info", "mem_avail", "mem_gateway", "mem_servers", "mem_sys", "mem_total", "mem_used"):
+        assert key in status, key
+    assert set(status["mem_servers"]) == names
+    assert all(value > 0 for value in status["mem_servers"].values())
+    assert json.loads(json.dumps(status))  # plain JSON

@@ -1,0 +1,126 @@
+"""errors.py and jsonutil.py: error bodies, statuses, request parsing and numpy-aware encoding."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from basic_inference_server import jsonutil
+from basic_inference_server.errors import (
+    BadRequest,
+    InputError,
+    MethodNotAllowed,
+    NotFound,
+    Overloaded,
+    PayloadTooLarge,
+    ServingError,
+    Unavailable,
+    error_body,
+    from_http_status,
+)
+
+
+# -- loads_object ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "Request body is empty"),
+        (b'{"SIGNATURE": ', "Malformed JSON body"),
+        (b"\xff\xfe\x00garbage", "Malformed JSON body"),
+        (b"[1, 2]", "JSON body must be an object, got list"),
+        (b'"text"', "JSON body must be an object, got str"),
+        (b"null", "JSON body must be an object, got NoneType"),
+    ],
+    ids=["empty", "malformed", "not-utf8", "list", "string", "null"],
+)
+def test_loads_object_rejects_bad_bodies_with_400(body, message):
+    with pytest.raises(BadRequest, match=message) as info:
+        jsonutil.loads_object(body)
+    assert info.value.status == 400
+
+
+def test_loads_object_deep_nesting_is_a_bad_request_not_recursion_error():
+    with pytest.raises(BadRequest, match="nested too deeply") as info:
+        jsonutil.loads_object(b"[" * 100_000)
+    assert info.value.status == 400
+
+
+def test_loads_object_returns_the_object():
+    assert jsonutil.loads_object(b'{"SIGNATURE": "demo", "X": [1]}') == {"SIGNATURE": "demo", "X": [1]}
+
+
+# -- dumps -------------------------------------------------------------------------------------
+def test_dumps_handles_numpy_values():
+    value = {
+        "count": np.int64(3),
+        "score": np.float32(0.5),
+        "flag": np.bool_(True),
+        "matrix": np.arange(4, dtype=np.int32).reshape(2, 2),
+        "plain": 1.5,
+    }
+    text = jsonutil.dumps(value)
+    assert json.loads(text) == {"count": 3, "score": 0.5, "flag": True, "matrix": [[0, 1], [2, 3]], "plain": 1.5}
+    assert jsonutil.dumps_bytes(value) == text.encode()
+
+
+def test_dumps_is_compact_and_keeps_unicode():
+    assert jsonutil.dumps({"a": [1, 2], "word": "casă"}) == '{"a":[1,2],"word":"casă"}'
+
+
+def test_dumps_handles_sets_tuples_and_bytes():
+    assert json.loads(jsonutil.dumps({"s": {1}, "t": (1, 2), "b": b"hi"})) == {"s": [1], "t": [1, 2], "b": "hi"}
+
+
+def test_dumps_rejects_unknown_objects():
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        jsonutil.dumps({"x": object()})
+
+
+# -- errors ------------------------------------------------------------------------------------
+def test_error_body_shape():
+    assert error_body("Timeout", "too slow") == {"ERROR": "too slow", "error": {"type": "Timeout", "message": "too slow"}}
+
+
+def test_error_to_body_and_headers():
+    exc = Overloaded("queue full")
+    assert exc.status == 503
+    assert exc.to_body() == {"ERROR": "queue full", "error": {"type": "Overloaded", "message": "queue full"}}
+    assert exc.headers() == {"Retry-After": "1"}
+    assert Unavailable("starting", retry_after=30).headers() == {"Retry-After": "30"}
+    assert BadRequest("x").headers() == {}
+
+
+def test_status_can_be_overridden_per_instance():
+    assert ServingError("x", status=418).status == 418
+    assert ServingError("y").status == 500
+
+
+@pytest.mark.parametrize("status", [200, 399, 500, 503, "422"])
+def test_input_error_rejects_non_4xx_status(status):
+    with pytest.raises(ValueError, match="4xx"):
+        InputError("bad", status=status)
+
+
+def test_input_error_default_and_custom_status():
+    assert InputError("bad").status == 400
+    err = InputError("too long", status=422)
+    assert err.status == 422
+    assert err.to_body()["error"] == {"type": "InputError", "message": "too long"}
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [(400, BadRequest), (404, NotFound), (405, MethodNotAllowed), (413, PayloadTooLarge)],
+)
+def test_from_http_status_maps_framework_errors(status, cls):
+    exc = from_http_status(status, "msg")
+    assert type(exc) is cls
+    assert exc.status == status
+
+
+def test_from_http_status_keeps_unknown_status():
+    exc = from_http_status(418, "teapot")
+    assert exc.status == 418
+    assert exc.to_body()["error"]["type"] == "ServingError"
