@@ -98,6 +98,10 @@ class Supervisor:
         for endpoint in self.config.model_endpoints:
             if not endpoint.disabled:
                 self.start(endpoint.name)
+        support = [e.name for e in self.config.endpoints if e.is_support and not e.disabled]
+        if support:
+            logger.warning("Support process entries are accepted but not run by this version: %s",
+                           ", ".join(support))
 
     def start(self, name: str) -> ServerHandle:
         """Spawn the server of endpoint ``name`` (STARTING). Raises PortsExhausted."""

@@ -80,7 +80,10 @@ def test_dumps_rejects_unknown_objects():
 
 # -- errors ------------------------------------------------------------------------------------
 def test_error_body_shape():
-    assert error_body("Timeout", "too slow") == {"ERROR": "too slow", "error": {"type": "Timeout", "message": "too slow"}}
+    assert error_body("Timeout", "too slow") == {
+        "ERROR": "too slow",
+        "error": {"type": "Timeout", "message": "too slow"},
+    }
 
 
 def test_error_to_body_and_headers():

@@ -12,6 +12,7 @@ from basic_inference_server.errors import (
     ModelError,
     Overloaded,
     RequestTimeout,
+    ServingError,
     Unavailable,
 )
 from basic_inference_server.worker import FlaskWorker
@@ -60,7 +61,7 @@ class Submitter(threading.Thread):
     def run(self):
         try:
             self.job = self.pool.submit(self.inputs, 0, self.timeout)
-        except Exception as exc:
+        except ServingError as exc:
             self.error = exc
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of basic_inference_server (run from the repository root)."""
