@@ -145,14 +145,14 @@ def parse_config(
     if not endpoints:
         logger.warning("CONFIG_ENDPOINTS is empty: the gateway will serve no endpoint")
     first_port = _integer(data, "FIRST_SERVER_PORT", 5003, "", minimum=1, maximum=65535)
-    last_port = _integer(data, "LAST_SERVER_PORT", first_port + 7, "", minimum=first_port, maximum=65535)
+    last_port = _integer(data, "LAST_SERVER_PORT", min(first_port + 7, 65535), "", minimum=first_port, maximum=65535)
     default_server = data.get("DEFAULT_SERVER")
     if default_server is not None and not isinstance(default_server, str):
         raise ConfigError(_expected("DEFAULT_SERVER", "an endpoint name", default_server))
     token = data.get("ADMIN_TOKEN")
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ConfigError("ADMIN_TOKEN: expected a string of at least 8 characters")
-    max_body_mb = _number(data, "MAX_BODY_MB", 8, "")
+    max_body_mb = _number(data, "MAX_BODY_MB", 8, "", maximum=4096)
     server_name = data.get("SERVER_NAME", "base_ai_app")
     if not isinstance(server_name, str):
         raise ConfigError(_expected("SERVER_NAME", "a string", server_name))
@@ -269,10 +269,10 @@ def _integer(data: Mapping, key: str, default: int, where: str, minimum: int, ma
     return value
 
 
-def _number(data: Mapping, key: str, default: float, where: str) -> float:
+def _number(data: Mapping, key: str, default: float, where: str, maximum: float = 86_400) -> float:
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(_expected(_key(where, key), "a number > 0", value))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
+        raise ConfigError(_expected(_key(where, key), f"a number > 0 and <= {maximum:g}", value))
     return float(value)
 
 

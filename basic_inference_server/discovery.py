@@ -22,7 +22,8 @@ class DiscoveryError(Exception):
 
 
 def normalise(name: str) -> str:
-    return name.replace("_", "").lower()
+    """Lower-case, without ``_`` and ``-`` (``my-model`` and ``My_Model`` both give ``mymodel``)."""
+    return name.replace("_", "").replace("-", "").lower()
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def locate_worker(
     except SyntaxError as exc:
         raise DiscoveryError(f"{path}: syntax error at line {exc.lineno}: {exc.msg}") from None
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name.replace("_", "").upper() == wanted:
+        if isinstance(node, ast.ClassDef) and normalise(node.name).upper() == wanted:
             return WorkerLocation(path, f"{workers_location}.{path.stem}", node.name)
     raise DiscoveryError(
         f"{path}: no worker class for {class_key!r} "

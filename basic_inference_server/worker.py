@@ -93,7 +93,7 @@ class FlaskWorker:
         self._notifications = notifications if notifications is not None else NotificationStore()
         merged = copy.deepcopy(default_config) if default_config else {}
         for key, value in (upstream_config or {}).items():
-            merged[str(key).upper()] = value
+            merged[str(key).upper()] = copy.deepcopy(value)
         self.config_data: dict[str, Any] = merged
         self.config_worker = merged  # name used by code written for the original
 

@@ -113,7 +113,7 @@ class FlaskGateway:
         self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
         self.supervisor = Supervisor(
             self.config, self.app_root, self.cache_folder, self.host_id, self.admin_token,
-            workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads,
+            workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
         )
         self.inflight = InFlight()
         self.draining = False

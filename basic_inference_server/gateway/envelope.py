@@ -44,7 +44,10 @@ class Envelope:
     def wrap(self, data: bytes, flat: bool = False) -> bytes:
         """Add the envelope to a JSON object given as bytes."""
         if flat:
-            return jsonutil.dumps_bytes(self.add_to(_flatten(json.loads(data))))
+            answer = json.loads(data)
+            if not isinstance(answer, dict):
+                raise ValueError("model server answer is not a JSON object")
+            return jsonutil.dumps_bytes(self.add_to(_flatten(answer)))
         extra = json.dumps(self.fields(), separators=(",", ":")).encode("utf-8")
         head = data.rstrip()
         if not head.startswith(b"{") or not head.endswith(b"}"):

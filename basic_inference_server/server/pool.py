@@ -142,7 +142,7 @@ class WorkerPool:
             raise Unavailable("no worker is ready yet (models are loading)")
         job = Job(inputs, call_id)
         self._queue.put(job)
-        if not job.done.wait(timeout):
+        if not job.done.wait(min(timeout, threading.TIMEOUT_MAX)):
             job.cancelled = True
             raise RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={timeout:g}s")
         if job.error is not None:

@@ -68,3 +68,75 @@ def test_original_readme_files_run_unchanged(tmp_path, gateway_factory):
     assert set(status["mem_servers"]) == names
     assert all(value > 0 for value in status["mem_servers"].values())
     assert json.loads(json.dumps(status))  # plain JSON
+
+
+ORIGINAL_STYLE_SCRIPT = '''
+import sys
+import os
+import platform
+import argparse
+
+from basic_inference_server import Logger
+from basic_inference_server import FlaskGateway, get_packages
+from app_ver import __VER__ as APP_VER
+from basic_inference_server import LIB_VER
+
+if __name__ == '__main__':
+  parser = argparse.ArgumentParser()
+  parser.add_argument('-b', '--base_folder', type=str, default='.')
+  parser.add_argument('-a', '--app_folder', type=str, default='_cache')
+  parser.add_argument('--host', type=str, default='0.0.0.0')
+  parser.add_argument('--port', type=int, default=5002)
+  args = parser.parse_args()
+
+  log = Logger(
+    lib_name='AIAPP',
+    config_file='config_gateway.txt',
+    base_folder=args.base_folder, app_folder=args.app_folder,
+    TF_KERAS=False
+  )
+  packs = get_packages()
+  log.P("Running v{} lib {} py {} with {} packages".format(APP_VER, LIB_VER, sys.version.split(' ')[0], len(packs)))
+
+  gtw = FlaskGateway(
+    log=log,
+    workers_location='endpoints',
+    workers_suffix='Worker',
+    host=args.host,
+    port=args.port,
+    server_execution_path='/run'
+  )
+'''
+
+
+def test_gateway_built_like_the_original_run_gateway_script(tmp_path, gateway_factory):
+    """A user script in the original README's style: Logger(config_file=...) then FlaskGateway(log=...)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source = FIXTURES / "original_readme"
+    app = _copy_app(tmp_path, source, ["dummy_model_demo1.py", "dummy_model_demo2.py"])
+    (app / "app_ver.py").write_text("__VER__ = '4.5.6'\n")
+    (app / "run_gateway.py").write_text(ORIGINAL_STYLE_SCRIPT)
+    gateway = gateway_factory({}, app_dir=app, start=False)
+    # The script has no port flags for the model servers: the _data override file moves them.
+    data = app / "_cache" / "_data"
+    data.mkdir(parents=True)
+    (data / "ports_config.json").write_text(json.dumps({"FIRST_SERVER_PORT": gateway.first_server_port}))
+    out = open(gateway.log_path, "wb")
+    gateway.proc = subprocess.Popen([sys.executable, "run_gateway.py", "--host", "127.0.0.1", "--port",
+                                     str(gateway.port)], cwd=app, env=gateway.env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    gateway._out = out
+    gateway.known_pids.add(gateway.proc.pid)
+    gateway.wait_for("/ready", 200, timeout=30)
+    gateway.remember_children()
+    body = gateway.run("dummy_model_demo2", INPUT_VALUE=3).json()
+    assert body["predict_result"] == {"dummy_model_predict": "3*0 + 0 = 0 PREDICTED"}
+    assert body["ver-app"] == "4.5.6"
+    ports = {info["PORT"] for info in gateway.servers().values()}
+    assert ports == {gateway.first_server_port, gateway.first_server_port + 1}
+    os.kill(gateway.proc.pid, signal.SIGTERM)
+    assert gateway.proc.wait(15) == 0

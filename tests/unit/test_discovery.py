@@ -14,10 +14,11 @@ from basic_inference_server.discovery import (
 )
 
 
-def test_normalise_ignores_case_and_underscores():
+def test_normalise_ignores_case_underscores_and_hyphens():
     assert normalise("Dummy_Model_Demo1") == "dummymodeldemo1"
     assert normalise("dummymodeldemo1") == normalise("DUMMY_MODEL_DEMO1")
-    assert normalise("demo-1") != normalise("demo1")
+    assert normalise("my-model") == normalise("MyModel")
+    assert normalise("demo2") != normalise("demo1")
 
 
 def test_find_endpoint_file_ignores_case_and_underscores(app_root):
@@ -77,11 +78,6 @@ def test_locate_worker_with_dotted_location(tmp_path):
     assert location.module_file == folder / "demo.py"
 
 
-@pytest.mark.xfail(
-    reason="BUG: discovery.py locate_worker keeps '-' in the wanted class name (normalise only drops '_'), "
-    "so an endpoint named 'my-model' can never match; the error asks for MyModelWorker, which exists",
-    strict=True,
-)
 def test_hyphenated_endpoint_finds_the_class_its_error_message_asks_for(app_root):
     app_root.write("my-model", "class MyModelWorker:\n    pass\n")
     assert locate_worker(app_root.root, app_root.package, "my-model").class_name == "MyModelWorker"

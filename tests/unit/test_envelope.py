@@ -71,13 +71,8 @@ def test_non_object_raises_value_error(envelope, body):
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(b"[1, 2]", marks=pytest.mark.xfail(
-            reason="BUG: envelope.py Envelope.wrap(flat=True) calls _flatten on the parsed value without "
-            "checking it is a dict: a JSON list raises TypeError (list.pop), not ValueError, so gateway "
-            "relay() answers 500 InternalError instead of 502 ServerDied", strict=True)),
-        pytest.param(b'"text"', marks=pytest.mark.xfail(
-            reason="BUG: envelope.py Envelope.wrap(flat=True): a JSON string raises AttributeError "
-            "('str' object has no attribute 'pop'), not ValueError", strict=True)),
+        b"[1, 2]",
+        b'"text"',
         b"{\"a\": 1",
     ],
 )

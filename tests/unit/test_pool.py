@@ -186,12 +186,6 @@ def test_slow_request_times_out_and_cancelled_job_is_skipped(pool_of, kit, execu
     assert pool.stats()["busy"] == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: pool.py WorkerPool.submit passes the timeout straight to Event.wait; config.py accepts "
-    "any REQUEST_TIMEOUT > 0, and one above threading.TIMEOUT_MAX (e.g. 1e10) raises OverflowError "
-    "on every request (500 InternalError from /run) instead of waiting",
-    strict=True,
-)
 def test_very_long_request_timeout_still_answers(pool_of):
     pool = pool_of(1)
     assert pool.submit({"id": "a"}, 1, timeout=1e10).result["echo"] == "a"

@@ -196,6 +196,24 @@ def test_health_is_503_until_models_are_loaded(server, kit):
     assert client.get("/health").status_code == 200
 
 
+def test_health_waits_for_every_worker_not_just_the_first(server, kit):
+    gate = kit.gate()
+
+    class SecondIsSlow(AppWorker):
+        def _load_model(self):
+            if self.worker_id == 1:
+                gate.wait(5)
+
+    state, client = server(n=2, worker_cls=SecondIsSlow, wait=False)
+    assert kit.wait_until(lambda: state.pool.stats()["ready"] == 1)
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["workers"]["loading"] == 1
+    gate.set()
+    assert state.pool.wait_loaded(2)
+    assert client.get("/health").status_code == 200
+
+
 def test_health_shows_load_errors(server):
     class HalfBroken(AppWorker):
         def _load_model(self):

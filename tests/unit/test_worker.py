@@ -60,12 +60,6 @@ def test_config_data_is_per_instance():
     assert default == {"WEIGHT": 1, "LABELS": ["cat"]}
 
 
-@pytest.mark.xfail(
-    reason="BUG: worker.py FlaskWorker.__init__ deep-copies default_config but stores upstream_config "
-    "values by reference, so a worker mutating a list/dict from config_gateway.txt changes it for every "
-    "other worker of the endpoint (and the caller's dict)",
-    strict=True,
-)
 def test_upstream_config_values_are_per_instance():
     upstream = {"labels": ["cat"]}
     a = LinearWorker(upstream_config=upstream)
