@@ -230,7 +230,7 @@ def _parse_endpoint(
         request_timeout=_number(settings, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, where),
         max_queue=max_queue,
         server_threads=_integer(
-            settings, "SERVER_THREADS", min(nr_workers + max_queue, 96), where, minimum=1, maximum=1024
+            settings, "SERVER_THREADS", min(nr_workers + max_queue + 4, 128), where, minimum=1, maximum=1024
         ),
         ping_interval=_number(settings, "PING_INTERVAL", DEFAULT_PING_INTERVAL, where),
         response_format=_choice(settings, "RESPONSE_FORMAT", ("nested", "flat"), None, where),

@@ -70,3 +70,23 @@ class HttpServer:
             time.sleep(0.02)
         logger.warning("Stopping with %d bytes of answers not yet sent", self.pending_output())
         return False
+
+
+class InFlight:
+    """Counts requests being served, so that a shutdown can wait for them (``with inflight: ...``)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+
+    @property
+    def count(self) -> int:
+        return self._count

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
-from ..httpserve import HttpServer
+from ..httpserve import HttpServer, InFlight
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from .app import create_gateway_app
@@ -27,26 +27,6 @@ logger = logging.getLogger(__name__)
 
 class GatewayStartupError(Exception):
     """The gateway cannot start (port taken, no port left for a server, ...)."""
-
-
-class InFlight:
-    """Counts requests being forwarded, so that a shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self._count += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._count -= 1
-
-    @property
-    def count(self) -> int:
-        return self._count
 
 
 class FlaskGateway:

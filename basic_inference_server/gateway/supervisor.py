@@ -122,6 +122,8 @@ class Supervisor:
         error_file = self.run_folder / f"{handle.name}.error"
         error_file.unlink(missing_ok=True)
         spec = self._spec(handle, error_file)
+        if handle.proc is not None and handle.proc.stdin is not None:
+            handle.proc.stdin.close()  # the previous run's pipe
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(self.app_root), _PACKAGE_PARENT, env.get("PYTHONPATH")) if p

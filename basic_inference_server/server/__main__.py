@@ -115,10 +115,10 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> int:
 
 
 def _drain(state: ServerState, http: HttpServer, grace: float) -> int:
-    logger.info("Stopping: finishing %d request(s) in flight (grace %.0fs)", state.inflight, grace)
+    logger.info("Stopping: finishing %d request(s) in flight (grace %.0fs)", state.inflight.count, grace)
     state.draining = True
     deadline = time.monotonic() + grace
-    while state.inflight and time.monotonic() < deadline:
+    while state.inflight.count and time.monotonic() < deadline:
         time.sleep(0.02)
     state.pool.stop(max(0.1, deadline - time.monotonic()))
     http.wait_flushed(1.0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ from flask import Flask, Response, request
 
 from .. import jsonutil
 from ..errors import BadRequest, ModelError, Unavailable
+from ..httpserve import InFlight
 from ..notifications import GENERAL, NotificationStore
 from ..webutil import (
     error_response,
@@ -45,8 +45,7 @@ class ServerState:
     execution_path: str = "/run"
     draining: bool = False
     call_ids: Any = field(default_factory=lambda: itertools.count(1))
-    inflight: int = 0
-    inflight_lock: threading.Lock = field(default_factory=threading.Lock)
+    inflight: InFlight = field(default_factory=InFlight)
 
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
@@ -73,13 +72,8 @@ def create_app(state: ServerState) -> Flask:
         body = read_json_object(request, state.max_body_bytes)
         inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
         call_id = next(state.call_ids)
-        with state.inflight_lock:
-            state.inflight += 1
-        try:
+        with state.inflight:
             job = state.pool.submit(inputs, call_id, state.request_timeout)
-        finally:
-            with state.inflight_lock:
-                state.inflight -= 1
         answer = {
             "predict_result": job.result,
             "call_id": call_id,

@@ -85,6 +85,30 @@ def test_killed_server_answers_fast_and_can_be_started_again(gateway_factory):
     gateway.wait_for("/ready", 200, timeout=5)
 
 
+def test_full_queue_answers_503_at_once_and_the_queued_request_is_served(gateway_factory):
+    gateway = gateway_factory(echo_config(tiny={"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "MAX_QUEUE": 1}))
+    results: dict = {}
+
+    def call(key):
+        results[key] = gateway.run("tiny", VALUE=key, SLEEP=1.0)
+
+    first = threading.Thread(target=call, args=("running",))
+    first.start()
+    time.sleep(0.3)
+    second = threading.Thread(target=call, args=("queued",))
+    second.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    rejected = gateway.run("tiny", VALUE="rejected")
+    assert time.monotonic() - started < 0.5
+    assert rejected.status_code == 503, rejected.text
+    assert rejected.json()["error"]["type"] == "Overloaded" and rejected.headers["Retry-After"]
+    first.join(10)
+    second.join(10)
+    assert results["running"].json()["predict_result"]["echo"] == "running"
+    assert results["queued"].json()["predict_result"]["echo"] == "queued"
+
+
 def test_request_in_flight_on_a_dying_server_gets_502(gateway_factory):
     gateway = gateway_factory(echo_config())
     pid = gateway.servers()["echo"]["PID"]
