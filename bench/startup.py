@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_block(count: int) -> int:
-    for base in range(31000, 60000, 50):
+    for base in range(21000, 32000, 50):  # below the ephemeral range (32768+)
         ok = True
         for port in range(base, base + count):
             with socket.socket() as sock:

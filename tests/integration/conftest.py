@@ -38,7 +38,7 @@ def free_port_block(count: int) -> int:
     import random
 
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(20000, 32000 - count)  # below the ephemeral range (32768+)
         if all(_bindable(p) for p in range(base, base + count)):
             return base
     raise RuntimeError("no block of free ports found")
