@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .discovery import DiscoveryError, WorkerLocation, locate_worker
+from .discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ class EndpointConfig:
     ping_interval: float
     response_format: str | None
     worker_config: Mapping[str, Any]  # every key, upper-cased: merged over the module's _CONFIG
-    worker: WorkerLocation | None = None  # None for support processes
+    worker: WorkerLocation | None = None  # model servers only
+    script: Path | None = None  # support processes only: the script to run
 
     @property
     def is_support(self) -> bool:
@@ -211,10 +212,13 @@ def _parse_endpoint(
     max_queue = _integer(settings, "MAX_QUEUE", DEFAULT_MAX_QUEUE, where, minimum=1, maximum=100_000)
     description = settings.get("DESCRIPTION", "")
     disabled = _boolean(settings, "DISABLED", False, where)
-    worker = None
-    if host != NO_HOST and not disabled:
+    worker = script = None
+    if host == NO_HOST:
+        if not disabled:
+            script = _support_script(where, app_root, workers_location, server_class)
+    elif not disabled:
         worker = _locate(where, app_root, workers_location, server_class, suffix)
-    elif host != NO_HOST:
+    else:
         # Disabled endpoints may be started later with /start_server: check them now if possible.
         try:
             worker = locate_worker(app_root, workers_location, server_class, suffix)
@@ -236,6 +240,7 @@ def _parse_endpoint(
         response_format=_choice(settings, "RESPONSE_FORMAT", ("nested", "flat"), None, where),
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
+        script=script,
     )
 
 
@@ -244,6 +249,13 @@ def _locate(where: str, app_root: Path, location: str, server_class: str, suffix
         return locate_worker(app_root, location, server_class, suffix)
     except DiscoveryError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _support_script(where: str, app_root: Path, location: str, name: str) -> Path:
+    try:
+        return find_endpoint_file(app_root.joinpath(*location.split(".")), name)
+    except DiscoveryError as exc:
+        raise ConfigError(f"{where}: support process: {exc}") from None
 
 
 def _key(where: str, key: str) -> str:

@@ -7,6 +7,8 @@ extends the server's answer with the envelope. Admin routes need the admin token
 from __future__ import annotations
 
 import datetime
+import ipaddress
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +33,21 @@ from ..webutil import (
 )
 from .forward import Reply, forward
 from .ports import PortsExhausted
-from .status import system_status
-from .supervisor import FAILED, READY, STARTING, ServerHandle
+from .supervisor import FAILED, READY, RESTARTING, STARTING, ChildHandle
+from .support_data import metrics_of
 
 if TYPE_CHECKING:
     from .core import FlaskGateway
 
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
 SYSTEM_STATUS = "SYSTEM_STATUS"
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def create_gateway_app(gw: FlaskGateway) -> Flask:
@@ -64,7 +73,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise BadRequest(f"SIGNATURE must be a string, got {type(signature).__name__}")
         return signature
 
-    def route_to(signature: str) -> ServerHandle:
+    def route_to(signature: str) -> ChildHandle:
         handle = supervisor.handles.get(signature)
         if handle is None:
             endpoint = gw.config.endpoint(signature)
@@ -73,11 +82,18 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
                 raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: {available}")
             raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
                                     "an admin can start it with /start_server")
+        if handle.is_support:
+            raise UnknownSignature(f"{signature!r} is a support process, not a model endpoint")
         state = handle.state
         if state == READY:
+            if handle.health_failures:
+                raise Unavailable(f"endpoint {signature!r} is not healthy: {handle.error}", retry_after=2)
             return handle
         if state == STARTING:
             raise Unavailable(f"endpoint {signature!r} is starting", retry_after=2)
+        if state == RESTARTING:
+            wait = max(1, math.ceil(handle.restart_at - time.monotonic()) + 1)
+            raise Unavailable(f"endpoint {signature!r} is restarting after: {handle.error}", retry_after=wait)
         if state == FAILED:
             raise Unavailable(f"endpoint {signature!r} failed: {handle.error}", retry_after=30)
         raise Unavailable(f"endpoint {signature!r} is {state}", retry_after=5)
@@ -94,8 +110,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         return raw_json_response(reply.data, reply.status, headers)
 
     def status_response() -> Response:
-        status = system_status(gw.config.server_name, list(supervisor.handles.values()))
-        return json_response(envelope.add_to({SYSTEM_STATUS: status}))
+        return json_response(envelope.add_to(gw.system_status()))
 
     @app.route(gw.execution_path, methods=["POST"])
     def run() -> Response:
@@ -127,29 +142,30 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/list_servers", methods=["GET", "POST"])
     def list_servers() -> Response:
-        servers = {name: describe(handle) for name, handle in list(supervisor.handles.items())}
-        return json_response(envelope.add_to({"AVAIL_SERVERS": servers}))
+        return json_response(envelope.add_to({
+            "AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
+            "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()},
+        }))
 
-    def describe(handle: ServerHandle) -> dict[str, Any]:
+    def describe(handle: ChildHandle) -> dict[str, Any]:
         endpoint = handle.endpoint
-        workers: dict[str, Any] = {"total": endpoint.nr_workers}
-        if handle.state == READY:
-            workers = supervisor.health(handle, timeout=0.5)[1].get("workers", workers)
         running = handle.pid is not None
         uptime = time.monotonic() - handle.started_at if running else 0
-        return {
+        info = {
             "STATE": handle.state,
             "ONLINE": handle.state == READY,
-            "HOST": endpoint.host,
-            "PORT": handle.port,
             "PID": handle.pid,
-            "SERVER_CLASS": endpoint.server_class,
-            "WORKERS": workers,
             "UPTIME": str(datetime.timedelta(seconds=int(uptime))),
-            "DESCRIPTION": endpoint.description,
-            "ERROR": handle.error,
+            "RESTARTS": handle.restarts,
             "LAST_EXIT_CODE": handle.exit_code,
+            "ERROR": handle.error,
+            "DESCRIPTION": endpoint.description,
         }
+        if not handle.is_support:
+            info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
+                        WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
+                        HEALTH_FAILURES=handle.health_failures)
+        return info
 
     @app.route("/system_status", methods=["GET", "POST"])
     def system_status_route() -> Response:
@@ -163,19 +179,17 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         endpoint = gw.config.endpoint(signature)
         if endpoint is None:
             raise UnknownSignature(f"{signature!r} is not an endpoint of the configuration")
-        if endpoint.is_support:
-            raise BadRequest(f"{signature!r} is a support process, not a model server")
-        if endpoint.worker is None:
-            raise BadRequest(f"{signature!r} has no worker class (see the gateway log)")
+        if endpoint.worker is None and endpoint.script is None:
+            raise BadRequest(f"{signature!r} has no endpoint file or worker class (see the gateway log)")
         current = supervisor.handles.get(signature)
-        if current is not None and current.state in (STARTING, READY):
+        if current is not None and current.state in (STARTING, READY, RESTARTING):
             raise Conflict(f"Signature {signature!r} already started ({current.state})")
         try:
-            handle = supervisor.start(signature)
+            handle = supervisor.request_start(signature)
         except PortsExhausted as exc:
             raise Unavailable(str(exc), retry_after=30) from None
         return json_response({"MESSAGE": f"OK. Starting {signature}", "STATE": handle.state,
-                              "PORT": handle.port, "PID": handle.pid}, 202)
+                              "PORT": handle.port}, 202)
 
     @app.route("/kill_server", methods=["POST"])
     def kill_server() -> Response:
@@ -203,6 +217,18 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         # Stop only once this answer has been handed to the server for sending.
         response.call_on_close(gw.request_stop)
         return response
+
+    @app.route("/support_update_status", methods=["POST"])
+    def support_update_status() -> Response:
+        payload = read_json_object(request, limit)
+        if not is_loopback(request.remote_addr):
+            require_admin(gw.admin_token, request, payload)
+        signature = signature_of(payload)
+        endpoint = gw.config.endpoint(signature)
+        if endpoint is None or not endpoint.is_support:
+            raise UnknownSignature(f"{signature!r} is not a support process of the configuration")
+        gw.support_data.store(signature, metrics_of(payload))
+        return json_response({"MESSAGE": "OK."})
 
     @app.route("/health", methods=["GET"])
     def health() -> Response:

@@ -20,7 +20,10 @@ from ..logs import logging_configured, setup_process_logging
 from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .envelope import Envelope
+from .history import StateHistory
+from .status import system_status
 from .supervisor import Supervisor
+from .support_data import SupportData
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +94,12 @@ class FlaskGateway:
         self.host_id = "h" + secrets.token_hex(2)
         self.envelope = Envelope(app_version or _read_app_version(self.app_root))
         self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
+        self.history = StateHistory(self.cache_folder / "_data")
+        self.support_data = SupportData()
         self.supervisor = Supervisor(
             self.config, self.app_root, self.cache_folder, self.host_id, self.admin_token,
             workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
+            history=self.history,
         )
         self.inflight = InFlight()
         self.draining = False
@@ -133,6 +139,8 @@ class FlaskGateway:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+        self.supervisor.gateway_port = self.http.port
+        self.history.record("STARTUP", detail=f"pid {os.getpid()}, port {self.http.port}")
         try:
             self.supervisor.start_enabled()
         except Exception:
@@ -146,8 +154,16 @@ class FlaskGateway:
             if not announced and self.supervisor.settled():
                 announced = True
                 self._announce(time.monotonic() - started)
-            self._stop.wait(0.05 if not announced else 0.2)
+            self._stop.wait(0.05 if not announced else 0.1)
         return self._shutdown()
+
+    def system_status(self) -> dict[str, Any]:
+        """The body of ``/system_status``: machine, gateway, children, support data, history."""
+        status = system_status(self.config.server_name, list(self.supervisor.handles.values()))
+        intervals = {e.name: e.ping_interval for e in self.config.endpoints if e.is_support and not e.disabled}
+        status["SYSTEM_STATUS"]["system_support_services"] = self.support_data.view(intervals)
+        status["SYSTEM_HISTORY"] = self.history.snapshot()
+        return status
 
     def _announce(self, elapsed: float) -> None:
         waiting = self.supervisor.not_ready()
@@ -165,6 +181,7 @@ class FlaskGateway:
         while self.inflight.count and time.monotonic() < deadline:
             time.sleep(0.02)
         self.supervisor.stop_all(max(1.0, deadline - time.monotonic()))
+        self.history.record("SHUTDOWN")
         if self.http is not None:
             self.http.wait_flushed(2.0)
         logger.info("Gateway stopped")

@@ -14,7 +14,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from ..errors import RequestTimeout, ServerDied, Unavailable
-from .supervisor import READY, ServerHandle
+from .supervisor import READY, ChildHandle
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class Reply:
     retry_after: str | None = None
 
 
-def forward(handle: ServerHandle, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
+def forward(handle: ChildHandle, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
     """POST ``body`` to ``path`` on the handle's server; raise a ServingError on transport failure."""
     http = handle.http
     if http is None:

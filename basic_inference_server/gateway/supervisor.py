@@ -1,21 +1,25 @@
-"""The table of model-server processes and the loop that watches them.
+"""The table of child processes (model servers and support processes) and the loop that keeps it true.
 
-One entry per started endpoint (name -> :class:`ServerHandle`). The gateway's main thread calls
-:meth:`Supervisor.poll` a few times a second: it reaps exited children, and moves STARTING
-servers to READY once their ``/health`` answers 200 (the readiness handshake), or to FAILED
-when they exit or miss the startup deadline. Admin routes start and stop servers from request
-threads; state changes happen under one lock, waits outside it.
+One entry per started endpoint (name -> :class:`ChildHandle`). The gateway's main thread calls
+:meth:`Supervisor.poll` every 0.1 s; it spawns what must start, reaps what exited, restarts
+crashed children with exponential backoff (1 s doubling to 30 s, reset once a child has been
+READY for a minute), recycles servers whose ``/health`` keeps failing (hung, or workers stuck),
+and marks FAILED, without restarting, a server that exits because its model cannot load.
+Health probes run on a small thread pool so a hung server never stalls the loop.
+
+States: STARTING -> READY; READY -> RESTARTING (crash, hang) -> STARTING; STARTING -> FAILED
+(load error, startup timeout); any -> STOPPING -> STOPPED (admin). Only the main thread spawns
+(a support process's death signal is tied to the thread that forked it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +28,23 @@ import urllib3
 
 from .. import exitcodes
 from ..config import EndpointConfig, GatewayConfig
+from .children import model_server_spec, spawn_model_server, spawn_support
+from .history import StateHistory
 from .ports import PortAllocator
 
 logger = logging.getLogger(__name__)
 
-STARTING, READY, STOPPING, STOPPED, FAILED = "STARTING", "READY", "STOPPING", "STOPPED", "FAILED"
-_BIND_RETRIES = 3
-_PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+STARTING, READY, RESTARTING = "STARTING", "READY", "RESTARTING"
+STOPPING, STOPPED, FAILED = "STOPPING", "STOPPED", "FAILED"
+NO_RESTART_CODES = (exitcodes.LOAD_FAILED, exitcodes.CONFIG_ERROR)
+BIND_RETRIES = 3
+STARTING_PROBE_INTERVAL = 0.05
+HEALTH_INTERVAL = 1.0
+HEALTH_TIMEOUT = 2.0
+HEALTH_FAILURES = 3  # consecutive failed probes before a READY server is recycled
+STABLE_AFTER = 60.0  # seconds READY after which the backoff starts again from 1 s
+BACKOFF_MAX = 30.0
+SUPPORT_SETTLE = 1.0  # a support process alive this long counts as READY
 
 
 def connect_host(host: str) -> str:
@@ -38,19 +52,31 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
+def backoff(failures: int) -> float:
+    return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
+
+
 @dataclass
-class ServerHandle:
-    """One model-server process and what the gateway knows of it."""
+class ChildHandle:
+    """One child process and what the gateway knows of it."""
 
     endpoint: EndpointConfig
-    port: int
+    port: int | None  # None for support processes
     state: str = STOPPED
     proc: subprocess.Popen | None = None
     started_at: float = 0.0  # time.monotonic() of the last spawn
     ready_at: float | None = None
     error: str | None = None
     exit_code: int | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive failed runs, for the backoff
+    restart_at: float = 0.0
+    kill_at: float | None = None
     bind_retries: int = 0
+    probe_due: float = 0.0
+    probing: bool = False
+    health_failures: int = 0
+    workers: dict[str, Any] = field(default_factory=dict)
     http: urllib3.HTTPConnectionPool | None = field(default=None, repr=False)
 
     @property
@@ -58,12 +84,16 @@ class ServerHandle:
         return self.endpoint.name
 
     @property
+    def is_support(self) -> bool:
+        return self.endpoint.is_support
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
 class Supervisor:
-    """Starts, watches and stops the model servers of one gateway."""
+    """Starts, watches, restarts and stops the children of one gateway."""
 
     def __init__(
         self,
@@ -77,6 +107,7 @@ class Supervisor:
         execution_path: str = "/run",
         ports: PortAllocator | None = None,
         pool_size: int = 32,
+        history: StateHistory | None = None,
     ):
         self.config = config
         self.app_root = app_root
@@ -89,135 +120,116 @@ class Supervisor:
         self.execution_path = execution_path
         self.ports = ports or PortAllocator(config.first_server_port, config.last_server_port)
         self.pool_size = pool_size
-        self.handles: dict[str, ServerHandle] = {}
+        self.history = history
+        self.gateway_port = 0  # set by the gateway once it listens (support processes post there)
+        self.handles: dict[str, ChildHandle] = {}
         self._lock = threading.RLock()
+        self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe")
 
     # -- starting ----------------------------------------------------------------------------
     def start_enabled(self) -> None:
-        """Spawn every enabled model server, in configuration order, without waiting."""
-        for endpoint in self.config.model_endpoints:
+        """Spawn every enabled child, in configuration order, without waiting (main thread)."""
+        for endpoint in self.config.endpoints:
             if not endpoint.disabled:
-                self.start(endpoint.name)
-        support = [e.name for e in self.config.endpoints if e.is_support and not e.disabled]
-        if support:
-            logger.warning("Support process entries are accepted but not run by this version: %s",
-                           ", ".join(support))
+                with self._lock:
+                    self._spawn(self._handle(endpoint))
 
-    def start(self, name: str) -> ServerHandle:
-        """Spawn the server of endpoint ``name`` (STARTING). Raises PortsExhausted."""
+    def request_start(self, name: str) -> ChildHandle:
+        """Ask for ``name`` to start (any thread); the main loop spawns it. Raises PortsExhausted."""
         endpoint = self.config.endpoint(name)
-        if endpoint is None or endpoint.is_support:
+        if endpoint is None:
             raise KeyError(name)
         with self._lock:
-            handle = self.handles.get(name)
-            if handle is None:
-                port = self.ports.allocate(name, endpoint.host)
-                handle = ServerHandle(endpoint=endpoint, port=port)
-                self.handles[name] = handle
-            self._spawn(handle)
+            handle = self._handle(endpoint)
+            handle.state, handle.proc, handle.failures, handle.error = STARTING, None, 0, None
             return handle
 
-    def _spawn(self, handle: ServerHandle) -> None:
-        self.run_folder.mkdir(parents=True, exist_ok=True)
-        error_file = self.run_folder / f"{handle.name}.error"
-        error_file.unlink(missing_ok=True)
-        spec = self._spec(handle, error_file)
+    def _handle(self, endpoint: EndpointConfig) -> ChildHandle:
+        handle = self.handles.get(endpoint.name)
+        if handle is None:
+            port = None if endpoint.is_support else self.ports.allocate(endpoint.name, endpoint.host)
+            handle = self.handles[endpoint.name] = ChildHandle(endpoint=endpoint, port=port)
+        return handle
+
+    def _spawn(self, handle: ChildHandle) -> None:
         if handle.proc is not None and handle.proc.stdin is not None:
             handle.proc.stdin.close()  # the previous run's pipe
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(self.app_root), _PACKAGE_PARENT, env.get("PYTHONPATH")) if p
-        )
-        env["PYTHONUNBUFFERED"] = "1"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "basic_inference_server.server"],
-            stdin=subprocess.PIPE,
-            cwd=str(self.app_root),
-            env=env,
-        )
-        # The configuration (secrets included) travels on the pipe, never in argv. The pipe stays
-        # open: the server stops by itself when it reads end-of-file, i.e. when we are gone.
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(spec).encode("utf-8") + b"\n")
-        proc.stdin.flush()
-        handle.proc = proc
-        handle.state = STARTING
-        handle.started_at = time.monotonic()
-        handle.ready_at = None
-        handle.error = None
-        handle.exit_code = None
-        if handle.http is None or handle.http.port != handle.port:
-            handle.http = urllib3.HTTPConnectionPool(
-                connect_host(handle.endpoint.host), handle.port, maxsize=self.pool_size, block=False,
-                retries=False,
-            )
-        logger.info("Starting %s (pid %d, port %d, %d workers)", handle.name, proc.pid, handle.port,
-                    handle.endpoint.nr_workers)
-
-    def _spec(self, handle: ServerHandle, error_file: Path) -> dict[str, Any]:
         endpoint = handle.endpoint
-        return {
-            "name": endpoint.name,
-            "server_class": endpoint.server_class,
-            "host": endpoint.host,
-            "port": handle.port,
-            "nr_workers": endpoint.nr_workers,
-            "max_queue": endpoint.max_queue,
-            "server_threads": endpoint.server_threads,
-            "request_timeout": endpoint.request_timeout,
-            "endpoint_config": dict(endpoint.worker_config),
-            "app_root": str(self.app_root),
-            "workers_location": self.workers_location,
-            "workers_suffix": self.workers_suffix,
-            "execution_path": self.execution_path,
-            "cache_folder": str(self.cache_folder),
-            "host_id": self.host_id,
-            "admin_token": self.admin_token,
-            "max_body_bytes": self.config.max_body_bytes,
-            "shutdown_grace": self.config.shutdown_grace,
-            "error_file": str(error_file),
-        }
+        if handle.is_support:
+            assert endpoint.script is not None
+            handle.proc = spawn_support(endpoint.script, endpoint, self.gateway_port, self.app_root)
+        else:
+            assert handle.port is not None
+            error_file = self._error_file(handle)
+            error_file.unlink(missing_ok=True)
+            spec = model_server_spec(
+                endpoint, handle.port, self.config, app_root=self.app_root, cache_folder=self.cache_folder,
+                error_file=error_file, host_id=self.host_id, admin_token=self.admin_token,
+                workers_location=self.workers_location, workers_suffix=self.workers_suffix,
+                execution_path=self.execution_path,
+            )
+            handle.proc = spawn_model_server(spec, self.app_root)
+            if handle.http is None or handle.http.port != handle.port:
+                handle.http = urllib3.HTTPConnectionPool(
+                    connect_host(endpoint.host), handle.port, maxsize=self.pool_size, block=False, retries=False,
+                )
+        now = time.monotonic()
+        handle.state, handle.started_at, handle.ready_at = STARTING, now, None
+        handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
+        logger.info("Starting %s (pid %d%s)", handle.name, handle.proc.pid,
+                    "" if handle.is_support else f", port {handle.port}, {endpoint.nr_workers} workers")
 
-    # -- watching ----------------------------------------------------------------------------
+    def _error_file(self, handle: ChildHandle) -> Path:
+        self.run_folder.mkdir(parents=True, exist_ok=True)
+        return self.run_folder / f"{handle.name}.error"
+
+    # -- the loop ----------------------------------------------------------------------------
     def poll(self) -> None:
-        """Reap exited servers and complete readiness handshakes; called from the main loop."""
+        """One supervision step; called by the gateway's main thread about ten times a second."""
+        now = time.monotonic()
         with self._lock:
-            handles = list(self.handles.values())
-        for handle in handles:
-            proc = handle.proc
-            if proc is None:
-                continue
-            code = proc.poll()
+            for handle in list(self.handles.values()):
+                self._step(handle, now)
+                if self._probe_due(handle, now):
+                    handle.probing = True
+                    self._probes.submit(self._probe, handle, handle.proc)
+
+    def _step(self, handle: ChildHandle, now: float) -> None:
+        proc, state = handle.proc, handle.state
+        if state == STARTING and proc is None:
+            self._spawn(handle)
+            return
+        code = proc.poll() if proc is not None else None
+        if state in (STARTING, READY):
             if code is not None:
-                if handle.state in (STARTING, READY):
-                    self._on_exit(handle, code)
-            elif handle.state == STARTING:
-                self._check_started(handle)
+                self._on_exit(handle, code, now)
+            elif handle.is_support:
+                if state == STARTING and now - handle.started_at >= SUPPORT_SETTLE:
+                    self._mark_ready(handle, now)
+            elif state == STARTING and now - handle.started_at > self.config.startup_timeout:
+                self._fail(handle, f"not ready after STARTUP_TIMEOUT={self.config.startup_timeout:g}s")
+                self._terminate(handle, now)
+            elif state == READY and handle.health_failures >= HEALTH_FAILURES:
+                self._recycle(handle, now)
+            if handle.state == READY and handle.failures and now - (handle.ready_at or now) > STABLE_AFTER:
+                handle.failures = 0
+        elif code is None and proc is not None and handle.kill_at is not None and now >= handle.kill_at:
+            logger.warning("%s (pid %d) ignored SIGTERM: killing it", handle.name, proc.pid)
+            proc.kill()
+        elif state == RESTARTING and code is not None and now >= handle.restart_at:
+            self._spawn(handle)
 
-    def _check_started(self, handle: ServerHandle) -> None:
-        status = self.health(handle, timeout=0.5)[0]
-        with self._lock:
-            if handle.state != STARTING:
-                return
-            if status == 200:
-                handle.state = READY
-                handle.ready_at = time.monotonic()
-                logger.info("%s is READY (%.2fs after start)", handle.name, handle.ready_at - handle.started_at)
-            elif time.monotonic() - handle.started_at > self.config.startup_timeout:
-                handle.error = f"not ready after STARTUP_TIMEOUT={self.config.startup_timeout:g}s"
-                logger.error("%s: %s; stopping it", handle.name, handle.error)
-                handle.state = FAILED
-        if handle.state == FAILED:
-            self._terminate(handle)
+    def _mark_ready(self, handle: ChildHandle, now: float) -> None:
+        handle.state, handle.ready_at, handle.error = READY, now, None
+        logger.info("%s is READY (%.2fs after start)", handle.name, now - handle.started_at)
 
-    def _on_exit(self, handle: ServerHandle, code: int) -> None:
-        error_file = self.run_folder / f"{handle.name}.error"
-        detail = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
-        with self._lock:
-            if handle.state not in (STARTING, READY):
-                return
-            handle.exit_code = code
-            if code == exitcodes.BIND_FAILED and handle.bind_retries < _BIND_RETRIES:
+    def _on_exit(self, handle: ChildHandle, code: int, now: float) -> None:
+        handle.exit_code = code
+        detail = ""
+        if not handle.is_support:
+            error_file = self._error_file(handle)
+            detail = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
+            if code == exitcodes.BIND_FAILED and handle.bind_retries < BIND_RETRIES:
                 handle.bind_retries += 1
                 try:
                     handle.port = self.ports.allocate(handle.name, handle.endpoint.host, avoid=handle.port)
@@ -227,12 +239,65 @@ class Supervisor:
                     logger.warning("%s: port taken, retrying on port %d", handle.name, handle.port)
                     self._spawn(handle)
                     return
-            reason = exitcodes.DESCRIPTIONS.get(code, "exited unexpectedly")
-            handle.error = f"{reason} (exit code {code})" + (f": {detail}" if detail else "")
-            handle.state = FAILED
-        logger.error("%s %s", handle.name, handle.error)
+            if code in NO_RESTART_CODES:
+                reason = exitcodes.DESCRIPTIONS[code]
+                self._fail(handle, f"{reason} (exit code {code})" + (f": {detail}" if detail else ""))
+                return
+        handle.error = f"exited with code {code}" + (f": {detail}" if detail else "")
+        self._schedule_restart(handle, now)
 
-    def health(self, handle: ServerHandle, timeout: float = 1.0) -> tuple[int | None, dict[str, Any]]:
+    def _fail(self, handle: ChildHandle, error: str) -> None:
+        handle.state, handle.error = FAILED, error
+        logger.error("%s FAILED: %s (not restarted)", handle.name, error)
+        if self.history is not None:
+            self.history.record("FAILED", handle.name, error)
+
+    def _schedule_restart(self, handle: ChildHandle, now: float) -> None:
+        handle.failures += 1
+        handle.restarts += 1
+        delay = backoff(handle.failures)
+        handle.state, handle.restart_at = RESTARTING, now + delay
+        logger.error("%s %s; restarting in %.0fs (restart #%d)", handle.name, handle.error, delay, handle.restarts)
+        if self.history is not None:
+            self.history.record("RESTART", handle.name, handle.error)
+
+    def _recycle(self, handle: ChildHandle, now: float) -> None:
+        handle.error = f"unhealthy: {handle.error or 'no answer to /health'}"
+        self._terminate(handle, now)
+        self._schedule_restart(handle, now)
+
+    def _terminate(self, handle: ChildHandle, now: float) -> None:
+        if handle.proc is not None and handle.proc.poll() is None:
+            handle.proc.terminate()
+            handle.kill_at = now + self.config.shutdown_grace + 2.0
+
+    # -- health probes (on the probe threads) ------------------------------------------------
+    @staticmethod
+    def _probe_due(handle: ChildHandle, now: float) -> bool:
+        return (not handle.is_support and handle.state in (STARTING, READY) and handle.proc is not None
+                and not handle.probing and now >= handle.probe_due)
+
+    def _probe(self, handle: ChildHandle, proc: subprocess.Popen | None) -> None:
+        starting = handle.state == STARTING
+        status, body = self.health(handle, timeout=0.5 if starting else HEALTH_TIMEOUT)
+        with self._lock:
+            handle.probing = False
+            if handle.proc is not proc:
+                return  # the child was replaced meanwhile
+            now = time.monotonic()
+            if status == 200:
+                handle.workers = body.get("workers", {})
+                handle.health_failures = 0
+                if handle.state == STARTING:
+                    self._mark_ready(handle, now)
+            elif handle.state == READY:
+                handle.health_failures += 1
+                handle.error = body.get("ERROR") or f"/health answered {status or 'nothing'}"
+                logger.warning("%s health check failed (%d in a row): %s", handle.name,
+                               handle.health_failures, handle.error)
+            handle.probe_due = now + (STARTING_PROBE_INTERVAL if handle.state == STARTING else HEALTH_INTERVAL)
+
+    def health(self, handle: ChildHandle, timeout: float = 1.0) -> tuple[int | None, dict[str, Any]]:
         """``(status, body)`` of the server's ``/health``; ``(None, {})`` when unreachable."""
         if handle.http is None:
             return None, {}
@@ -243,40 +308,29 @@ class Supervisor:
             return None, {}
 
     # -- stopping ----------------------------------------------------------------------------
-    def stop(self, name: str, grace: float | None = None) -> dict[str, Any]:
-        """SIGTERM one server, SIGKILL it after ``grace``; its state becomes STOPPED."""
-        return self.stop_many([name], grace)[name]
-
     def stop_many(self, names: list[str], grace: float | None = None) -> dict[str, dict[str, Any]]:
-        """Stop several servers at once (signals sent together, one shared grace period)."""
+        """Stop children at once (SIGTERM together, SIGKILL after one shared grace); they become
+        STOPPED and stay so until started again."""
         grace = self.config.shutdown_grace if grace is None else grace
         with self._lock:
             handles = [self.handles[n] for n in names]
             for handle in handles:
                 handle.state = STOPPING
-        for handle in handles:
-            self._terminate(handle)
+                if handle.proc is not None and handle.proc.poll() is None:
+                    handle.proc.terminate()
         deadline = time.monotonic() + grace
-        result: dict[str, dict[str, Any]] = {}
-        for handle in handles:
-            result[handle.name] = self._reap(handle, deadline)
-        return result
+        return {handle.name: self._reap(handle, deadline) for handle in handles}
 
     def stop_all(self, grace: float | None = None) -> None:
         with self._lock:
             running = [n for n, h in self.handles.items() if h.proc is not None and h.proc.poll() is None]
         if running:
-            logger.info("Stopping %d model server(s): %s", len(running), ", ".join(running))
+            logger.info("Stopping %d child process(es): %s", len(running), ", ".join(running))
             self.stop_many(running, grace)
+        self._probes.shutdown(wait=False, cancel_futures=True)
 
-    @staticmethod
-    def _terminate(handle: ServerHandle) -> None:
-        if handle.proc is not None and handle.proc.poll() is None:
-            handle.proc.terminate()
-
-    def _reap(self, handle: ServerHandle, deadline: float) -> dict[str, Any]:
+    def _reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
         proc = handle.proc
-        pid = proc.pid if proc is not None else None
         code = None
         if proc is not None:
             try:
@@ -288,20 +342,24 @@ class Supervisor:
             if proc.stdin is not None:
                 proc.stdin.close()
         with self._lock:
-            handle.state = STOPPED
-            handle.exit_code = code
-            handle.ready_at = None
+            handle.state, handle.exit_code, handle.ready_at = STOPPED, code, None
         if handle.http is not None:
             handle.http.close()
-        return {"PID": pid, "RETURN_CODE": code}
+        return {"PID": proc.pid if proc is not None else None, "RETURN_CODE": code}
 
     # -- views -------------------------------------------------------------------------------
+    def servers(self) -> list[ChildHandle]:
+        return [h for h in self.handles.values() if not h.is_support]
+
+    def supports(self) -> list[ChildHandle]:
+        return [h for h in self.handles.values() if h.is_support]
+
     def not_ready(self) -> dict[str, str]:
-        """Servers that are expected to run but are not READY: name -> state."""
+        """Model servers that are not READY: name -> state."""
         with self._lock:
-            return {n: h.state for n, h in self.handles.items() if h.state != READY}
+            return {h.name: h.state for h in self.servers() if h.state != READY}
 
     def settled(self) -> bool:
-        """No server is STARTING any more (each is READY, FAILED or STOPPED)."""
+        """No model server is STARTING any more."""
         with self._lock:
-            return all(h.state != STARTING for h in self.handles.values())
+            return all(h.state != STARTING for h in self.servers())

@@ -27,6 +27,7 @@ from .pool import WorkerPool
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+STUCK_FACTOR = 3
 
 
 @dataclass
@@ -51,10 +52,22 @@ class ServerState:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
     def health(self) -> tuple[dict[str, Any], int]:
+        """READY only when every worker has loaded and the workers are not stuck.
+
+        Stuck: every worker has been on one request past REQUEST_TIMEOUT (its client already had
+        a 504), or one worker past STUCK_FACTOR x REQUEST_TIMEOUT. A thread cannot be killed, so
+        the gateway recycles a stuck server.
+        """
         stats = self.pool.stats()
-        ready = stats["ready"] > 0 and not stats["loading"] and not self.draining
-        state = "DRAINING" if self.draining else ("READY" if ready else "LOADING")
-        body = {"status": state, "name": self.name, "workers": stats}
+        busy_for = self.pool.busy_for()
+        late = [t for t in busy_for if t > self.request_timeout]
+        stuck = bool(late) and (len(late) >= stats["ready"] or max(late) > STUCK_FACTOR * self.request_timeout)
+        ready = stats["ready"] > 0 and not stats["loading"] and not self.draining and not stuck
+        state = "DRAINING" if self.draining else "STUCK" if stuck else "READY" if ready else "LOADING"
+        body: dict[str, Any] = {"status": state, "name": self.name, "workers": stats}
+        if stuck:
+            body["ERROR"] = (f"{len(late)} of {stats['ready']} worker(s) stuck on a request for up to "
+                             f"{max(late):.0f}s (REQUEST_TIMEOUT={self.request_timeout:g}s)")
         if self.pool.load_errors:
             body["errors"] = list(self.pool.load_errors)
         return body, 200 if ready else 503

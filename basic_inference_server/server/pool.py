@@ -98,6 +98,7 @@ class WorkerPool:
         self.loading = 0
         self.ready = 0
         self.busy = 0
+        self._busy_since: dict[int, float] = {}  # worker idx -> time.monotonic() its job started
         self.load_errors: list[str] = []
 
     # -- size --------------------------------------------------------------------------------
@@ -161,6 +162,12 @@ class WorkerPool:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in threads)
 
+    def busy_for(self) -> list[float]:
+        """How long each busy worker has been on its current job, in seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return [now - since for since in self._busy_since.values()]
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {
@@ -218,6 +225,7 @@ class WorkerPool:
                 continue
             with self._lock:
                 self.busy += 1
+                self._busy_since[idx] = time.monotonic()
             try:
                 job.worker_idx = idx
                 job.result = worker._bis_execute(job.inputs, job.call_id)
@@ -229,4 +237,5 @@ class WorkerPool:
             finally:
                 with self._lock:
                     self.busy -= 1
+                    del self._busy_since[idx]
                 job.done.set()

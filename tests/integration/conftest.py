@@ -231,7 +231,7 @@ ECHO_CONFIG: dict[str, Any] = {
         "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 2, "PREFIX": "e1"},
         "echo_b": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "PREFIX": "e2"},
         "echo_off": {"SERVER_CLASS": "echo_model", "DISABLED": True},
-        "helper": {"HOST": "NO_HOST", "PING_INTERVAL": 5},
+        "helper": {"HOST": "NO_HOST", "PING_INTERVAL": 0.5},
     },
 }
 

@@ -19,7 +19,7 @@ def _copy_app(tmp_path: Path, source: Path, endpoint_names: list[str]) -> Path:
 
 
 def test_shipped_demo_answers_the_documented_prediction(tmp_path, gateway_factory):
-    app = _copy_app(tmp_path, REPO, ["dummy_model_demo1.py", "dummy_model_demo2.py"])
+    app = _copy_app(tmp_path, REPO, ["dummy_model_demo1.py", "dummy_model_demo2.py", "support_process.py"])
     gateway = gateway_factory({}, app_dir=app)
 
     reply = gateway.run("dummy_model_demo2", INPUT_VALUE=3)
@@ -37,6 +37,8 @@ def test_shipped_demo_answers_the_documented_prediction(tmp_path, gateway_factor
     servers = gateway.servers()
     assert set(servers) == {"dummy_model_demo1", "dummy_model_demo2"}  # not the -bis, not the support entry
     assert all(s["STATE"] == "READY" and s["WORKERS"]["ready"] == 2 for s in servers.values())
+    support = gateway.post("/list_servers").json()["SUPPORT_PROCESSES"]
+    assert set(support) == {"support_process"} and support["support_process"]["PID"]
 
 
 def test_original_readme_files_run_unchanged(tmp_path, gateway_factory):
@@ -65,7 +67,7 @@ def test_original_readme_files_run_unchanged(tmp_path, gateway_factory):
     status = gateway.run("SYSTEM_STATUS").json()["SYSTEM_STATUS"]
     for key in ("info", "mem_avail", "mem_gateway", "mem_servers", "mem_sys", "mem_total", "mem_used"):
         assert key in status, key
-    assert set(status["mem_servers"]) == names
+    assert set(status["mem_servers"]) == names | {"support_process"}
     assert all(value > 0 for value in status["mem_servers"].values())
     assert json.loads(json.dumps(status))  # plain JSON
 
@@ -117,7 +119,7 @@ def test_gateway_built_like_the_original_run_gateway_script(tmp_path, gateway_fa
     import sys
 
     source = FIXTURES / "original_readme"
-    app = _copy_app(tmp_path, source, ["dummy_model_demo1.py", "dummy_model_demo2.py"])
+    app = _copy_app(tmp_path, source, ["dummy_model_demo1.py", "dummy_model_demo2.py", "support_process.py"])
     (app / "app_ver.py").write_text("__VER__ = '4.5.6'\n")
     (app / "run_gateway.py").write_text(ORIGINAL_STYLE_SCRIPT)
     gateway = gateway_factory({}, app_dir=app, start=False)

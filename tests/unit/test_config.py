@@ -207,13 +207,25 @@ def test_disabled_endpoint_with_existing_class_is_located(root):
     assert config.endpoint("demo").worker.class_name == "DemoWorker"
 
 
-def test_no_host_support_process_needs_no_worker_file(root):
+def test_no_host_support_process_needs_a_script_but_no_worker_class(root):
+    root.write("support_process", "print('a support script')\n")
     config = parse(root, {"support_process": {"HOST": "NO_HOST", "PING_INTERVAL": 3}, "demo": {"NR_WORKERS": 1}})
     support = config.endpoint("support_process")
     assert support.is_support
     assert support.worker is None
+    assert support.script is not None and support.script.name == "support_process.py"
     assert support.ping_interval == 3.0
     assert [e.name for e in config.model_endpoints] == ["demo"]
+
+
+def test_missing_support_script_is_a_config_error(root):
+    message = config_error(root, {"watcher": {"HOST": "NO_HOST"}, "demo": {"NR_WORKERS": 1}})
+    assert message.startswith("CONFIG_ENDPOINTS.watcher: support process: no endpoint file for 'watcher'")
+
+
+def test_disabled_support_entry_needs_no_script(root):
+    config = parse(root, {"watcher": {"HOST": "NO_HOST", "DISABLED": True}})
+    assert config.endpoint("watcher").script is None
 
 
 def test_server_class_resolves_another_file(root):

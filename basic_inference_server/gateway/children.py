@@ -1,0 +1,106 @@
+"""How the gateway starts its child processes: model servers and support processes.
+
+A model server gets its configuration (secrets included) on its stdin pipe, never in argv; the
+pipe stays open, and end-of-file tells the server the gateway is gone. A support process is a
+user script run as the original ran it: ``python endpoints/<name>.py --config_endpoint '<json>'``;
+on Linux it is asked to receive SIGTERM when the gateway dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..config import EndpointConfig, GatewayConfig
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+SUPPORT_PATH = "/support_update_status"
+_PR_SET_PDEATHSIG = 1
+
+
+def child_env(app_root: Path) -> dict[str, str]:
+    """The gateway's environment, with the app and this package importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(app_root), PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn_model_server(spec: dict[str, Any], app_root: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "basic_inference_server.server"],
+        stdin=subprocess.PIPE,
+        cwd=str(app_root),
+        env=child_env(app_root),
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(spec).encode("utf-8") + b"\n")
+    proc.stdin.flush()
+    return proc
+
+
+def model_server_spec(
+    endpoint: EndpointConfig, port: int, config: GatewayConfig, *, app_root: Path, cache_folder: Path,
+    error_file: Path, host_id: str, admin_token: str | None, workers_location: str, workers_suffix: str,
+    execution_path: str,
+) -> dict[str, Any]:
+    return {
+        "name": endpoint.name,
+        "server_class": endpoint.server_class,
+        "host": endpoint.host,
+        "port": port,
+        "nr_workers": endpoint.nr_workers,
+        "max_queue": endpoint.max_queue,
+        "server_threads": endpoint.server_threads,
+        "request_timeout": endpoint.request_timeout,
+        "endpoint_config": dict(endpoint.worker_config),
+        "app_root": str(app_root),
+        "workers_location": workers_location,
+        "workers_suffix": workers_suffix,
+        "execution_path": execution_path,
+        "cache_folder": str(cache_folder),
+        "host_id": host_id,
+        "admin_token": admin_token,
+        "max_body_bytes": config.max_body_bytes,
+        "shutdown_grace": config.shutdown_grace,
+        "error_file": str(error_file),
+    }
+
+
+def support_config(endpoint: EndpointConfig, gateway_port: int) -> dict[str, Any]:
+    """The ``--config_endpoint`` JSON of the original contract."""
+    data = dict(endpoint.worker_config)
+    data.update(
+        SERVER="127.0.0.1",
+        SERVER_PORT=gateway_port,
+        SERVER_PATH=SUPPORT_PATH,
+        SUPPORT_NAME=endpoint.name,
+        PING_INTERVAL=endpoint.ping_interval,
+    )
+    return data
+
+
+def spawn_support(script: Path, endpoint: EndpointConfig, gateway_port: int, app_root: Path) -> subprocess.Popen:
+    """Run a support script. Only call this from the gateway's main thread: the death signal is
+    tied to the thread that forks."""
+    return subprocess.Popen(
+        [sys.executable, str(script), "--config_endpoint", json.dumps(support_config(endpoint, gateway_port))],
+        stdin=subprocess.DEVNULL,
+        cwd=str(app_root),
+        env=child_env(app_root),
+        preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+    )

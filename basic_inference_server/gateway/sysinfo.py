@@ -1,0 +1,70 @@
+"""Memory of the machine, or of the container when a cgroup limit applies (v1 and v2).
+
+Inside a container psutil reports the host's memory; the limit that matters is the cgroup's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_UNLIMITED = 1 << 60  # cgroup v1 writes a huge number for "no limit"
+
+
+@dataclass(frozen=True)
+class Memory:
+    total: int
+    available: int
+    source: str  # "host", "cgroup v1" or "cgroup v2"
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _inactive_file(stat_path: Path, key: str) -> int:
+    """Page cache the kernel can drop: counted as available, as `docker stats` does."""
+    try:
+        for line in stat_path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_memory(root: Path = CGROUP_ROOT) -> Memory | None:
+    """The cgroup's memory limit and usage, or None when no limit is set."""
+    limit = _read_int(root / "memory.max")
+    if limit is not None:
+        usage = _read_int(root / "memory.current") or 0
+        usage -= _inactive_file(root / "memory.stat", "inactive_file")
+        return Memory(limit, max(0, limit - usage), "cgroup v2")
+    v1 = root / "memory"
+    limit = _read_int(v1 / "memory.limit_in_bytes")
+    if limit is not None and limit < _UNLIMITED:
+        usage = _read_int(v1 / "memory.usage_in_bytes") or 0
+        usage -= _inactive_file(v1 / "memory.stat", "total_inactive_file")
+        return Memory(limit, max(0, limit - usage), "cgroup v1")
+    return None
+
+
+def memory(root: Path = CGROUP_ROOT) -> Memory:
+    host = psutil.virtual_memory()
+    limited = cgroup_memory(root)
+    if limited is not None and limited.total < host.total:
+        return Memory(limited.total, min(limited.available, host.available), limited.source)
+    return Memory(host.total, host.available, "host")
