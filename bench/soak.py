@@ -1,0 +1,202 @@
+"""Fault soak: steady concurrent load on two endpoints while model servers are SIGKILLed at random.
+
+    .venv/bin/python -m bench.soak [--duration 60] [--clients 8] [--seed 1]
+
+A gateway runs two endpoints (the demo ``dummy_model_demo2`` with WEIGHT 1 and 2, two workers
+each) on free loopback ports. Client threads send ``INPUT_VALUE = <unique id>`` as fast as they
+are answered and check that each answer is the right one for its request. A killer thread waits
+until both servers are READY, sleeps a random 0.5-3 s, SIGKILLs one of them, and records the
+window from the kill until the server is READY again.
+
+Counts: requests sent, answers by status, lost (no HTTP answer at all), wrong (200 with another
+request's answer), answered twice, and errors outside a restart window. Exit code 0 only when
+nothing is lost, wrong or duplicated and every error falls inside a restart window (502 for
+requests in flight at the kill, 503 while the server restarts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+ENDPOINTS = {"soak_a": 1, "soak_b": 2}  # name -> WEIGHT
+WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside it
+
+
+def _free_block(count: int) -> int:
+    for base in range(22000, 32000, 37):  # below the ephemeral range (32768+)
+        try:
+            socks = []
+            for port in range(base, base + count):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no free ports")
+
+
+class Soak:
+    def __init__(self, url: str, duration: float, clients: int, seed: int):
+        self.url = url
+        self.duration = duration
+        self.clients = clients
+        self.rng = random.Random(seed)
+        self.ids = itertools.count(1)
+        self.lock = threading.Lock()
+        self.results: list[tuple[float, float, str, int | None, bool]] = []  # start, end, endpoint, status, ok
+        self.answers: Counter[int] = Counter()
+        self.windows: list[tuple[str, float, float]] = []
+        self.stop = threading.Event()
+
+    def client(self) -> None:
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                request_id = next(self.ids)
+                name = self.rng.choice(list(ENDPOINTS))
+                start = time.monotonic()
+                status, ok = None, False
+                try:
+                    reply = session.post(f"{self.url}/run", json={"SIGNATURE": name, "INPUT_VALUE": request_id},
+                                         timeout=15)
+                    status = reply.status_code
+                    if status == 200:
+                        weight = ENDPOINTS[name]
+                        expected = f"{request_id}*{weight} + 0 = {request_id * weight} PREDICTED"
+                        ok = reply.json()["predict_result"]["dummy_model_predict"] == expected
+                    else:
+                        ok = "ERROR" in reply.json()
+                except requests.RequestException:
+                    status = None
+                with self.lock:
+                    self.results.append((start, time.monotonic(), name, status, ok))
+                    if status is not None:
+                        self.answers[request_id] += 1
+                if status not in (None, 200):
+                    time.sleep(0.05)  # a real client backs off on errors
+
+    def servers(self) -> dict:
+        return requests.post(f"{self.url}/list_servers", timeout=5).json()["AVAIL_SERVERS"]
+
+    def killer(self) -> None:
+        while not self.stop.is_set():
+            if self.stop.wait(self.rng.uniform(0.5, 3.0)):
+                return
+            name = self.rng.choice(list(ENDPOINTS))
+            pid = self.servers()[name]["PID"]
+            if pid is None:
+                continue
+            killed_at = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while not self.stop.is_set():
+                info = self.servers()[name]
+                if info["STATE"] == "READY" and info["PID"] not in (None, pid):
+                    break
+                time.sleep(0.05)
+            self.windows.append((name, killed_at, time.monotonic()))
+
+    def run(self) -> dict:
+        threads = [threading.Thread(target=self.client) for _ in range(self.clients)]
+        threads.append(threading.Thread(target=self.killer))
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        self.stop.wait(self.duration)
+        self.stop.set()
+        for thread in threads:
+            thread.join(30)
+        return self.summary(time.monotonic() - started)
+
+    def in_window(self, name: str, start: float, end: float) -> bool:
+        return any(n == name and start <= w_end + WINDOW_MARGIN and end >= w_start - WINDOW_MARGIN
+                   for n, w_start, w_end in self.windows)
+
+    def summary(self, elapsed: float) -> dict:
+        by_status = Counter(str(status) for _, _, _, status, _ in self.results)
+        lost = by_status.pop("None", 0)
+        wrong = sum(1 for _, _, _, status, ok in self.results if status is not None and not ok)
+        outside = [(n, s) for start, end, n, s, _ in self.results
+                   if s not in (None, 200) and not (s in (502, 503) and self.in_window(n, start, end))]
+        restart_times = [round(end - start, 2) for _, start, end in self.windows]
+        return {
+            "duration_s": round(elapsed, 1),
+            "clients": self.clients,
+            "sent": len(self.results),
+            "answered": dict(sorted(by_status.items())),
+            "lost": lost,
+            "wrong_answer": wrong,
+            "answered_twice": sum(1 for count in self.answers.values() if count > 1),
+            "errors_outside_restart_windows": len(outside),
+            "kills": len(self.windows),
+            "kill_to_ready_s": {"min": min(restart_times, default=None), "max": max(restart_times, default=None)},
+            "req_per_s": round(len(self.results) / elapsed, 1),
+        }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        app = Path(tmp)
+        (app / "endpoints").mkdir()
+        shutil.copy(REPO / "endpoints" / "dummy_model_demo2.py", app / "endpoints")
+        config = {"SHUTDOWN_GRACE": 5, "CONFIG_ENDPOINTS": {
+            name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight}
+            for name, weight in ENDPOINTS.items()}}
+        (app / "config_gateway.txt").write_text(json.dumps(config))
+        base = _free_block(1 + len(ENDPOINTS))
+        env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="soak-token-1234567")
+        log = open(app / "gateway.txt", "wb")
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1", "--port", str(base),
+             "--first_server_port", str(base + 1), "--last_server_port", str(base + len(ENDPOINTS))],
+            cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{base}"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"{url}/ready", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                time.sleep(0.05)
+            else:
+                print((app / "gateway.txt").read_text(), file=sys.stderr)
+                return 2
+            summary = Soak(url, args.duration, args.clients, args.seed).run()
+        finally:
+            os.killpg(gateway.pid, signal.SIGTERM)
+            gateway.wait(30)
+            log.close()
+    print(json.dumps(summary, indent=2))
+    clean = (summary["lost"] == summary["wrong_answer"] == summary["answered_twice"]
+             == summary["errors_outside_restart_windows"] == 0 and summary["kills"] > 0)
+    return 0 if clean else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

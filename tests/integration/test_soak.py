@@ -1,0 +1,21 @@
+"""A short fault soak: load on two endpoints while their servers are killed at random."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_soak_loses_nothing_while_servers_are_killed():
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--duration", "12", "--clients", "6", "--seed", "7"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["kills"] >= 2
+    assert summary["lost"] == 0 and summary["wrong_answer"] == 0 and summary["answered_twice"] == 0
+    assert summary["errors_outside_restart_windows"] == 0
+    assert summary["answered"]["200"] > 500
+    assert set(summary["answered"]) <= {"200", "502", "503"}

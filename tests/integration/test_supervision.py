@@ -1,0 +1,147 @@
+"""Supervision: crashed, hung and broken children, support processes and their metrics."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+
+import psutil
+from conftest import ECHO_CONFIG, Gateway
+
+
+def config_with(**changes) -> dict:
+    config = copy.deepcopy(ECHO_CONFIG)
+    config["CONFIG_ENDPOINTS"].update(changes)
+    return config
+
+
+def support_status(gateway) -> dict:
+    return gateway.get("/system_status").json()["SYSTEM_STATUS"]["system_support_services"]["helper"]
+
+
+def wait_until(predicate, timeout: float, message: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(message)
+
+
+def test_support_data_arrives_and_goes_stale_when_stopped(gateway_factory):
+    gateway = gateway_factory(config_with())  # helper posts every 0.5 s
+    started = time.monotonic()
+    entry = wait_until(lambda: support_status(gateway)["data"], 1.0 + 0.5, "no support data within 2 intervals")
+    assert time.monotonic() - started <= 2 * 0.5 + 0.5
+    assert entry["beat"] >= 1 and "SIGNATURE" not in entry  # flat post, stored without SIGNATURE
+    fresh = support_status(gateway)
+    assert fresh["stale"] is False and fresh["age_s"] < 1.5
+
+    assert gateway.admin("/kill_server", {"SIGNATURE": "helper"}).status_code == 200
+    stale_at = time.monotonic()
+    wait_until(lambda: support_status(gateway)["stale"], 3.0, "data not marked stale after 3 intervals")
+    assert time.monotonic() - stale_at <= 3 * 0.5 + 0.5
+    assert support_status(gateway)["data"]["beat"] >= entry["beat"]  # the last data is kept, marked stale
+
+
+def test_killed_support_process_is_restarted_and_its_data_flows_again(gateway_factory):
+    gateway = gateway_factory(config_with())
+    wait_until(lambda: support_status(gateway)["data"], 3, "no first data")
+    first_pid = support_status(gateway)["data"]["pid"]
+    os.kill(first_pid, signal.SIGKILL)
+    info = wait_until(
+        lambda: (s := gateway.post("/list_servers").json()["SUPPORT_PROCESSES"]["helper"])["STATE"] == "READY"
+        and s["PID"] not in (None, first_pid) and s,
+        10, "support process not restarted")
+    assert info["RESTARTS"] == 1 and info["LAST_EXIT_CODE"] == -9
+    wait_until(lambda: support_status(gateway)["data"]["pid"] == info["PID"], 5, "new support process posts nothing")
+
+
+def test_broken_endpoint_fails_once_without_restart_loop(gateway_factory):
+    gateway = gateway_factory(config_with(broken={"SERVER_CLASS": "broken_load", "NR_WORKERS": 1}), wait_ready=False)
+    failed = gateway.wait_state("broken", "FAILED")
+    time.sleep(2.5)
+    again = gateway.servers()["broken"]
+    assert again["STATE"] == "FAILED" and again["RESTARTS"] == 0 and again["PID"] is None
+    assert failed["ERROR"] == again["ERROR"] and "weights.bin not found" in again["ERROR"]
+    started = time.monotonic()
+    reply = gateway.run("broken", VALUE=1)
+    assert reply.status_code == 503 and time.monotonic() - started < 0.5
+    gateway.wait_state("echo", "READY")
+    assert gateway.run("echo", VALUE=1).status_code == 200
+
+
+def test_crashing_server_is_restarted_with_growing_backoff(gateway_factory):
+    gateway = gateway_factory(config_with(crashy={"SERVER_CLASS": "crash_model", "NR_WORKERS": 1}), wait_ready=False)
+    time.sleep(4.5)  # crashes at ~0.3 s, then restarts after 1 s, 2 s, 4 s ...
+    info = gateway.servers()["crashy"]
+    assert 2 <= info["RESTARTS"] <= 3, info
+    assert info["LAST_EXIT_CODE"] == 7 and "exited with code 7" in info["ERROR"]
+    reply = gateway.run("crashy", VALUE=1)
+    assert reply.status_code == 503 and int(reply.headers["Retry-After"]) >= 1
+    gateway.wait_state("echo", "READY")
+    assert gateway.run("echo", VALUE=1).status_code == 200
+
+
+def test_stuck_server_is_not_ready_and_gets_recycled(gateway_factory):
+    config = config_with(stuck={"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "REQUEST_TIMEOUT": 0.5})
+    config["SHUTDOWN_GRACE"] = 1
+    gateway = gateway_factory(config)
+    old_pid = gateway.servers()["stuck"]["PID"]
+    assert gateway.run("stuck", VALUE=1, SLEEP=60).status_code == 504  # the worker is now stuck for a minute
+    # Past 3 x REQUEST_TIMEOUT the server reports itself STUCK: requests get 503 at once, not a hang.
+    wait_until(lambda: gateway.servers()["stuck"]["HEALTH_FAILURES"] >= 1, 4, "stuck server still looks healthy")
+    started = time.monotonic()
+    reply = gateway.run("stuck", VALUE=2)
+    assert reply.status_code == 503 and time.monotonic() - started < 0.5
+    assert "stuck" in reply.json()["ERROR"]
+    after = wait_until(
+        lambda: (s := gateway.servers()["stuck"])["STATE"] == "READY" and s["PID"] != old_pid and s, 15,
+        "stuck server was not recycled")
+    assert after["RESTARTS"] == 1
+    assert gateway.run("stuck", VALUE=3).status_code == 200
+    assert gateway.run("echo", VALUE=4).status_code == 200
+
+
+def test_gateway_sigkill_leaves_no_child_even_support(gateway_factory):
+    gateway = gateway_factory(config_with())
+    children = psutil.Process(gateway.proc.pid).children(recursive=True)
+    assert len(children) == 3
+    os.kill(gateway.proc.pid, signal.SIGKILL)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
+
+
+def test_metric_intake_takes_flat_and_nested_posts_and_rejects_bad_ones(gateway_factory):
+    gateway = gateway_factory(config_with(helper={"HOST": "NO_HOST", "PING_INTERVAL": 60}))
+    path = "/support_update_status"
+    assert gateway.post(path, {"SIGNATURE": "helper", "data": {"x": 1}}).status_code == 200
+    assert support_status(gateway)["data"] == {"x": 1}
+    assert gateway.post(path, {"SIGNATURE": "helper", "y": 2, "msg": "flat"}).status_code == 200
+    assert support_status(gateway)["data"] == {"y": 2, "msg": "flat"}
+    assert gateway.post(path, {"SIGNATURE": "helper"}).status_code == 400  # no metrics
+    assert gateway.post(path, data=b"{oops", headers={"Content-Type": "application/json"}).status_code == 400
+    assert gateway.post(path, {"data": {"x": 1}}).status_code == 400  # no SIGNATURE
+    assert gateway.post(path, {"SIGNATURE": "nobody", "x": 1}).status_code == 404
+    assert gateway.post(path, {"SIGNATURE": "echo", "x": 1}).status_code == 404  # a model server
+    assert support_status(gateway)["data"] == {"y": 2, "msg": "flat"}
+
+
+def test_history_is_kept_across_runs(tmp_path, gateway_factory):
+    first = gateway_factory(config_with())
+    first.admin("/shutdown", {"SIGNATURE": "SAFE_KILL_SERVER_CMD"})
+    assert first.proc.wait(15) == 0
+    second = Gateway(first.app_dir)
+    second.port, second.first_server_port, second.url = first.port, first.first_server_port, first.url
+    try:
+        second.start()
+        history = second.get("/system_status").json()["SYSTEM_HISTORY"]
+        assert history["PREVIOUS_STARTUP"] and history["CURRENT_STARTUP"] and history["LAST_SHUTDOWN"]
+        events = [e["event"] for e in history["EVENTS"]]
+        assert events[:3] == ["STARTUP", "SHUTDOWN", "STARTUP"]
+    finally:
+        second.stop()
+        second.assert_nothing_left()

@@ -1,0 +1,103 @@
+"""Container memory (cgroup v1/v2), support metric parsing, and the intake's token rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from basic_inference_server.errors import BadRequest
+from basic_inference_server.gateway import sysinfo
+from basic_inference_server.gateway.app import is_loopback
+from basic_inference_server.gateway.supervisor import backoff
+from basic_inference_server.gateway.support_data import SupportData, metrics_of
+
+GB = 1024**3
+
+
+def test_cgroup_v2_limit_and_usage(tmp_path):
+    (tmp_path / "memory.max").write_text(f"{2 * GB}\n")
+    (tmp_path / "memory.current").write_text(f"{GB}\n")
+    (tmp_path / "memory.stat").write_text(f"anon 123\ninactive_file {GB // 4}\n")
+    memory = sysinfo.cgroup_memory(tmp_path)
+    assert memory == sysinfo.Memory(total=2 * GB, available=2 * GB - (GB - GB // 4), source="cgroup v2")
+
+
+def test_cgroup_v2_without_limit_is_none(tmp_path):
+    (tmp_path / "memory.max").write_text("max\n")
+    assert sysinfo.cgroup_memory(tmp_path) is None
+
+
+def test_cgroup_v1_limit_and_usage(tmp_path):
+    v1 = tmp_path / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text(f"{GB}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{GB // 2}\n")
+    (v1 / "memory.stat").write_text(f"total_inactive_file {GB // 8}\n")
+    memory = sysinfo.cgroup_memory(tmp_path)
+    assert memory == sysinfo.Memory(total=GB, available=GB - (GB // 2 - GB // 8), source="cgroup v1")
+
+
+def test_cgroup_v1_unlimited_is_none(tmp_path):
+    v1 = tmp_path / "memory"
+    v1.mkdir()
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert sysinfo.cgroup_memory(tmp_path) is None
+
+
+def test_memory_prefers_a_container_limit_below_the_host(tmp_path):
+    (tmp_path / "memory.max").write_text(f"{GB}\n")
+    (tmp_path / "memory.current").write_text(f"{GB // 2}\n")
+    memory = sysinfo.memory(tmp_path)
+    assert memory.source == "cgroup v2" and memory.total == GB and memory.available <= GB // 2
+    assert sysinfo.memory(tmp_path / "absent").source == "host"
+
+
+def test_metrics_nested_or_flat():
+    assert metrics_of({"SIGNATURE": "s", "data": {"a": 1}}) == {"a": 1}
+    assert metrics_of({"SIGNATURE": "s", "a": 1, "msg": "m"}) == {"a": 1, "msg": "m"}
+    assert metrics_of({"SIGNATURE": "s", "TOKEN": "t", "a": 1}) == {"a": 1}
+    with pytest.raises(BadRequest):
+        metrics_of({"SIGNATURE": "s"})
+    with pytest.raises(BadRequest):
+        metrics_of({"SIGNATURE": "s", "data": {}})
+
+
+def test_support_data_age_and_staleness(monkeypatch):
+    store = SupportData()
+    clock = [100.0]
+    monkeypatch.setattr("basic_inference_server.gateway.support_data.time.monotonic", lambda: clock[0])
+    store.store("mon", {"a": 1})
+    clock[0] += 2.0
+    view = store.view({"mon": 1.0, "silent": 1.0})
+    assert view["mon"]["data"] == {"a": 1} and view["mon"]["age_s"] == 2.0 and view["mon"]["stale"] is False
+    assert view["silent"] == {"data": None, "received": None, "age_s": None, "stale": True}
+    clock[0] += 1.5
+    assert store.view({"mon": 1.0})["mon"]["stale"] is True
+
+
+@pytest.mark.parametrize("address, loopback", [("127.0.0.1", True), ("127.8.9.1", True), ("::1", True),
+                                                ("10.0.0.5", False), ("192.168.1.2", False), (None, False),
+                                                ("garbage", False)])
+def test_loopback_detection(address, loopback):
+    assert is_loopback(address) is loopback
+
+
+def test_backoff_doubles_to_thirty_seconds():
+    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_intake_from_another_host_needs_the_admin_token(tmp_path):
+    from basic_inference_server.gateway.app import create_gateway_app
+    from basic_inference_server.gateway.core import FlaskGateway
+
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "mon.py").write_text("print('support')\n")
+    config = {"ADMIN_TOKEN": "remote-token-123", "CONFIG_ENDPOINTS": {"mon": {"HOST": "NO_HOST"}}}
+    gateway = FlaskGateway(config=config, app_root=tmp_path, run=False)
+    client = create_gateway_app(gateway).test_client()
+    remote = {"REMOTE_ADDR": "10.1.2.3"}
+    body = {"SIGNATURE": "mon", "cpu": 5}
+    assert client.post("/support_update_status", json=body, environ_base=remote).status_code == 401
+    assert client.post("/support_update_status", json={**body, "TOKEN": "remote-token-123"},
+                       environ_base=remote).status_code == 200
+    assert client.post("/support_update_status", json=body).status_code == 200  # loopback: no token
+    assert gateway.system_status()["SYSTEM_STATUS"]["system_support_services"]["mon"]["data"] == {"cpu": 5}
