@@ -33,7 +33,7 @@ from ..webutil import (
 )
 from .forward import Reply, forward
 from .ports import PortsExhausted
-from .supervisor import FAILED, READY, RESTARTING, STARTING, ChildHandle
+from .supervisor import FAILED, READY, RESTARTING, STARTING, STOPPING, ChildHandle
 from .support_data import metrics_of
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         if endpoint.worker is None and endpoint.script is None:
             raise BadRequest(f"{signature!r} has no endpoint file or worker class (see the gateway log)")
         current = supervisor.handles.get(signature)
-        if current is not None and current.state in (STARTING, READY, RESTARTING):
+        if current is not None and current.state in (STARTING, READY, RESTARTING, STOPPING):
             raise Conflict(f"Signature {signature!r} already started ({current.state})")
         try:
             handle = supervisor.request_start(signature)
