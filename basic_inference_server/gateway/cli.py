@@ -36,7 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
     args = build_parser().parse_args(argv)
     cache = os.path.join(args.base_folder, args.app_folder)
-    setup_process_logging("gateway", os.path.join(cache, "_logs"), file_stem="gateway")
+    try:
+        setup_process_logging("gateway", os.path.join(cache, "_logs"), file_stem="gateway")
+    except OSError as exc:
+        print(f"basic_inference_server: cannot write the cache folder {os.path.abspath(cache)!r}: {exc.strerror}. "
+              f"It must be writable by this user (uid {os.getuid()}); in Docker, chown the volume or "
+              "host folder to that uid.", file=sys.stderr)
+        return EXIT_STARTUP
     logger.info(
         "Starting %s, TZ: %s, py: %s, OS: %s, Docker: %s", os.environ.get("AID_APP_ID", "aid_app_bare_metal"),
         os.environ.get("TZ"), sys.version.split(" ")[0], platform.platform(),
