@@ -74,7 +74,7 @@ class GatewayConfig:
     last_server_port: int = 5010
     startup_timeout: float = 300.0
     shutdown_grace: float = 10.0
-    gateway_threads: int = 32
+    gateway_threads: int = 48
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -169,7 +169,7 @@ def parse_config(
         last_server_port=last_port,
         startup_timeout=_number(data, "STARTUP_TIMEOUT", 300, ""),
         shutdown_grace=_number(data, "SHUTDOWN_GRACE", 10, ""),
-        gateway_threads=_integer(data, "GATEWAY_THREADS", 32, "", minimum=1, maximum=1024),
+        gateway_threads=_integer(data, "GATEWAY_THREADS", 48, "", minimum=8, maximum=1024),
         raw=MappingProxyType(dict(data)),
     )
 
@@ -214,8 +214,12 @@ def _parse_endpoint(
     disabled = _boolean(settings, "DISABLED", False, where)
     worker = script = None
     if host == NO_HOST:
-        if not disabled:
+        try:
             script = _support_script(where, app_root, workers_location, server_class)
+        except ConfigError as exc:
+            if not disabled:
+                raise
+            logger.warning("%s (disabled): %s", where, exc)
     elif not disabled:
         worker = _locate(where, app_root, workers_location, server_class, suffix)
     else:

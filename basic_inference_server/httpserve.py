@@ -15,8 +15,31 @@ from collections.abc import Callable
 from typing import Any
 
 import waitress
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
+
+from .errors import error_body, from_http_status
+from .jsonutil import dumps_bytes
 
 logger = logging.getLogger(__name__)
+
+
+class _JsonErrorTask(ErrorTask):
+    """Errors waitress answers itself (body over its limit, malformed HTTP) in our JSON shape."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        message = f"{error.reason}: {error.body}" if error.body else error.reason
+        body = dumps_bytes(error_body(from_http_status(error.code, message).error_type, message))
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _JsonErrorChannel(HTTPChannel):
+    error_task_class = _JsonErrorTask
 
 
 class HttpServer:
@@ -46,6 +69,7 @@ class HttpServer:
             expose_tracebacks=False,
             clear_untrusted_proxy_headers=True,
         )
+        self._server.channel_class = _JsonErrorChannel
         self.host = host
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
@@ -73,7 +97,8 @@ class HttpServer:
 
 
 class InFlight:
-    """Counts requests being served, so that a shutdown can wait for them (``with inflight: ...``)."""
+    """Counts requests being served, so that a shutdown can wait for them (``with inflight: ...``),
+    and bounds them without blocking (:meth:`try_enter`)."""
 
     def __init__(self) -> None:
         self._count = 0
@@ -84,6 +109,18 @@ class InFlight:
             self._count += 1
 
     def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._count -= 1
+
+    def try_enter(self, limit: int) -> bool:
+        """Count one more request unless ``limit`` are already in; never waits."""
+        with self._lock:
+            if self._count >= limit:
+                return False
+            self._count += 1
+            return True
+
+    def exit(self) -> None:
         with self._lock:
             self._count -= 1
 

@@ -29,7 +29,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"))
+# allow_nan=False: NaN and Infinity are not JSON; a result holding them is a model error, not bad JSON.
+_ENCODER = json.JSONEncoder(default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def dumps(value: Any) -> str:
@@ -46,7 +51,7 @@ def loads_object(data: bytes) -> dict[str, Any]:
     if not data:
         raise BadRequest("Request body is empty: send a JSON object such as {\"SIGNATURE\": \"<endpoint>\"}")
     try:
-        value = json.loads(data)
+        value = json.loads(data, parse_constant=_reject_constant)
     except RecursionError:
         raise BadRequest("JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:

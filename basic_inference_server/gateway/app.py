@@ -10,6 +10,8 @@ import datetime
 import ipaddress
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
@@ -17,7 +19,7 @@ from flask import Flask, Response, request
 from .. import jsonutil
 from ..errors import (
     BadRequest,
-    Conflict,
+    Overloaded,
     ServerDied,
     SignatureDisabled,
     Unavailable,
@@ -33,7 +35,7 @@ from ..webutil import (
 )
 from .forward import Reply, forward
 from .ports import PortsExhausted
-from .supervisor import FAILED, READY, RESTARTING, STARTING, STOPPING, ChildHandle
+from .supervisor import FAILED, READY, RESTARTING, STARTING, STOPPED, ChildHandle
 from .support_data import metrics_of
 
 if TYPE_CHECKING:
@@ -109,6 +111,24 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise ServerDied(f"model server answered HTTP {reply.status} without a JSON body")
         return raw_json_response(reply.data, reply.status, headers)
 
+    @contextmanager
+    def forwarding(handle: ChildHandle) -> Iterator[None]:
+        """Bound what one endpoint, and all of them together, may hold of the gateway's threads:
+        past the bound a request gets 503 at once instead of waiting without limit, and threads
+        stay free for /health, /ready and the admin routes."""
+        if not gw.inflight.try_enter(gw.forward_limit):
+            raise Overloaded(f"gateway busy: {gw.forward_limit} requests in flight; retry later")
+        try:
+            if not handle.inflight.try_enter(handle.capacity):
+                raise Overloaded(f"endpoint {handle.name!r} has {handle.capacity} requests in flight "
+                                 "(workers + MAX_QUEUE); retry later")
+            try:
+                yield
+            finally:
+                handle.inflight.exit()
+        finally:
+            gw.inflight.exit()
+
     def status_response() -> Response:
         return json_response(envelope.add_to(gw.system_status()))
 
@@ -122,23 +142,28 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             return status_response()
         handle = route_to(signature)
         flat = (handle.endpoint.response_format or gw.config.response_format) == "flat"
-        with gw.inflight:
+        with forwarding(handle):
             reply = forward(handle, gw.execution_path, raw)
         return relay(reply, flat)
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
         handle = route_to(signature_of(read_payload()))
-        return relay(forward(handle, "/notifications", b"{}"))
+        with forwarding(handle):
+            return relay(forward(handle, "/notifications", b"{}"))
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
         payload = read_json_object(request, limit)
         require_admin(gw.admin_token, request, payload)
         handle = route_to(signature_of(payload))
-        body = jsonutil.dumps_bytes({"NR_WORKERS": payload.get("NR_WORKERS")})
+        count = payload.get("NR_WORKERS")
+        body = jsonutil.dumps_bytes({"NR_WORKERS": count})
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.admin_token}"}
-        return relay(forward(handle, "/update_workers", body, headers))
+        reply = forward(handle, "/update_workers", body, headers)
+        if reply.status == 200:
+            handle.nr_workers = count  # a restart of this server keeps the new size
+        return relay(reply)
 
     @app.route("/list_servers", methods=["GET", "POST"])
     def list_servers() -> Response:
@@ -181,9 +206,6 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise UnknownSignature(f"{signature!r} is not an endpoint of the configuration")
         if endpoint.worker is None and endpoint.script is None:
             raise BadRequest(f"{signature!r} has no endpoint file or worker class (see the gateway log)")
-        current = supervisor.handles.get(signature)
-        if current is not None and current.state in (STARTING, READY, RESTARTING, STOPPING):
-            raise Conflict(f"Signature {signature!r} already started ({current.state})")
         try:
             handle = supervisor.request_start(signature)
         except PortsExhausted as exc:
@@ -197,7 +219,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         require_admin(gw.admin_token, request, payload)
         signature = signature_of(payload)
         if signature == "*":
-            names = [n for n, h in supervisor.handles.items() if h.pid is not None]
+            names = [n for n, h in supervisor.handles.items() if h.state != STOPPED or h.pid is not None]
         elif signature in supervisor.handles:
             names = [signature]
         else:
@@ -221,7 +243,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     @app.route("/support_update_status", methods=["POST"])
     def support_update_status() -> Response:
         payload = read_json_object(request, limit)
-        if not is_loopback(request.remote_addr):
+        if not is_loopback(request.remote_addr) and request.remote_addr != gw.host:
             require_admin(gw.admin_token, request, payload)
         signature = signature_of(payload)
         endpoint = gw.config.endpoint(signature)

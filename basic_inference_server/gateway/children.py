@@ -54,7 +54,7 @@ def spawn_model_server(spec: dict[str, Any], app_root: Path) -> subprocess.Popen
 
 
 def model_server_spec(
-    endpoint: EndpointConfig, port: int, config: GatewayConfig, *, app_root: Path, cache_folder: Path,
+    endpoint: EndpointConfig, port: int, config: GatewayConfig, *, nr_workers: int, app_root: Path, cache_folder: Path,
     error_file: Path, host_id: str, admin_token: str | None, workers_location: str, workers_suffix: str,
     execution_path: str,
 ) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def model_server_spec(
         "server_class": endpoint.server_class,
         "host": endpoint.host,
         "port": port,
-        "nr_workers": endpoint.nr_workers,
+        "nr_workers": nr_workers,
         "max_queue": endpoint.max_queue,
         "server_threads": endpoint.server_threads,
         "request_timeout": endpoint.request_timeout,
@@ -81,11 +81,11 @@ def model_server_spec(
     }
 
 
-def support_config(endpoint: EndpointConfig, gateway_port: int) -> dict[str, Any]:
+def support_config(endpoint: EndpointConfig, gateway_host: str, gateway_port: int) -> dict[str, Any]:
     """The ``--config_endpoint`` JSON of the original contract."""
     data = dict(endpoint.worker_config)
     data.update(
-        SERVER="127.0.0.1",
+        SERVER=gateway_host,
         SERVER_PORT=gateway_port,
         SERVER_PATH=SUPPORT_PATH,
         SUPPORT_NAME=endpoint.name,
@@ -94,11 +94,14 @@ def support_config(endpoint: EndpointConfig, gateway_port: int) -> dict[str, Any
     return data
 
 
-def spawn_support(script: Path, endpoint: EndpointConfig, gateway_port: int, app_root: Path) -> subprocess.Popen:
+def spawn_support(
+    script: Path, endpoint: EndpointConfig, gateway_host: str, gateway_port: int, app_root: Path
+) -> subprocess.Popen:
     """Run a support script. Only call this from the gateway's main thread: the death signal is
     tied to the thread that forks."""
+    config = json.dumps(support_config(endpoint, gateway_host, gateway_port))
     return subprocess.Popen(
-        [sys.executable, str(script), "--config_endpoint", json.dumps(support_config(endpoint, gateway_port))],
+        [sys.executable, str(script), "--config_endpoint", config],
         stdin=subprocess.DEVNULL,
         cwd=str(app_root),
         env=child_env(app_root),

@@ -102,6 +102,8 @@ class FlaskGateway:
             history=self.history,
         )
         self.inflight = InFlight()
+        # Forwarded requests may hold all gateway threads but a few, kept for the control routes.
+        self.forward_limit = max(1, self.config.gateway_threads - 4)
         self.draining = False
         self._stop = threading.Event()
         self.http: HttpServer | None = None
@@ -139,7 +141,7 @@ class FlaskGateway:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
-        self.supervisor.gateway_port = self.http.port
+        self.supervisor.gateway_host, self.supervisor.gateway_port = self.host, self.http.port
         self.history.record("STARTUP", detail=f"pid {os.getpid()}, port {self.http.port}")
         try:
             self.supervisor.start_enabled()

@@ -28,6 +28,8 @@ import urllib3
 
 from .. import exitcodes
 from ..config import EndpointConfig, GatewayConfig
+from ..errors import Conflict
+from ..httpserve import InFlight
 from .children import model_server_spec, spawn_model_server, spawn_support
 from .history import StateHistory
 from .ports import PortAllocator
@@ -49,7 +51,7 @@ SUPPORT_SETTLE = 1.0  # a support process alive this long counts as READY
 
 def connect_host(host: str) -> str:
     """Where the gateway connects for a server bound to ``host``."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return {"0.0.0.0": "127.0.0.1", "::": "localhost", "": "127.0.0.1"}.get(host, host)
 
 
 def backoff(failures: int) -> float:
@@ -77,6 +79,8 @@ class ChildHandle:
     probing: bool = False
     health_failures: int = 0
     workers: dict[str, Any] = field(default_factory=dict)
+    nr_workers: int | None = None  # set by /update_workers: kept across restarts
+    inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
     http: urllib3.HTTPConnectionPool | None = field(default=None, repr=False)
 
     @property
@@ -86,6 +90,11 @@ class ChildHandle:
     @property
     def is_support(self) -> bool:
         return self.endpoint.is_support
+
+    @property
+    def capacity(self) -> int:
+        """Requests the server can hold: one per worker plus its queue."""
+        return (self.nr_workers or self.endpoint.nr_workers) + self.endpoint.max_queue
 
     @property
     def pid(self) -> int | None:
@@ -121,7 +130,8 @@ class Supervisor:
         self.ports = ports or PortAllocator(config.first_server_port, config.last_server_port)
         self.pool_size = pool_size
         self.history = history
-        self.gateway_port = 0  # set by the gateway once it listens (support processes post there)
+        self.gateway_host = "127.0.0.1"  # set by the gateway once it listens (support processes post there)
+        self.gateway_port = 0
         self.handles: dict[str, ChildHandle] = {}
         self._lock = threading.RLock()
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe")
@@ -135,11 +145,17 @@ class Supervisor:
                     self._spawn(self._handle(endpoint))
 
     def request_start(self, name: str) -> ChildHandle:
-        """Ask for ``name`` to start (any thread); the main loop spawns it. Raises PortsExhausted."""
+        """Ask for ``name`` to start (any thread); the main loop spawns it.
+
+        Raises KeyError for a name not in the configuration, Conflict when it is running (or
+        still stopping), PortsExhausted when no port is left."""
         endpoint = self.config.endpoint(name)
         if endpoint is None:
             raise KeyError(name)
         with self._lock:
+            current = self.handles.get(name)
+            if current is not None and (current.state not in (STOPPED, FAILED) or current.pid is not None):
+                raise Conflict(f"Signature {name!r} already started ({current.state})")
             handle = self._handle(endpoint)
             handle.state, handle.proc, handle.failures, handle.error = STARTING, None, 0, None
             return handle
@@ -157,19 +173,21 @@ class Supervisor:
         endpoint = handle.endpoint
         if handle.is_support:
             assert endpoint.script is not None
-            handle.proc = spawn_support(endpoint.script, endpoint, self.gateway_port, self.app_root)
+            handle.proc = spawn_support(endpoint.script, endpoint, connect_host(self.gateway_host),
+                                        self.gateway_port, self.app_root)
         else:
             assert handle.port is not None
             error_file = self._error_file(handle)
             error_file.unlink(missing_ok=True)
             spec = model_server_spec(
-                endpoint, handle.port, self.config, app_root=self.app_root, cache_folder=self.cache_folder,
+                endpoint, handle.port, self.config, nr_workers=handle.nr_workers or endpoint.nr_workers,
+                app_root=self.app_root, cache_folder=self.cache_folder,
                 error_file=error_file, host_id=self.host_id, admin_token=self.admin_token,
                 workers_location=self.workers_location, workers_suffix=self.workers_suffix,
                 execution_path=self.execution_path,
             )
             handle.proc = spawn_model_server(spec, self.app_root)
-            if handle.http is None or handle.http.port != handle.port:
+            if handle.http is None or handle.http.port != handle.port or handle.http.pool is None:
                 handle.http = urllib3.HTTPConnectionPool(
                     connect_host(endpoint.host), handle.port, maxsize=self.pool_size, block=False, retries=False,
                 )
@@ -345,6 +363,7 @@ class Supervisor:
             handle.state, handle.exit_code, handle.ready_at = STOPPED, code, None
         if handle.http is not None:
             handle.http.close()
+            handle.http = None  # a start builds a new pool
         return {"PID": proc.pid if proc is not None else None, "RETURN_CODE": code}
 
     # -- views -------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> int:
             break
     if pool.load_errors:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: _load_model failed: {'; '.join(pool.load_errors)}")
+    state.loaded = True
     if not stop.is_set():
         logger.info("%s ready: %d worker(s) loaded in %.2fs", name, pool.ready, time.monotonic() - started)
         stop.wait()

@@ -45,6 +45,7 @@ class ServerState:
     admin_token: str | None = None
     execution_path: str = "/run"
     draining: bool = False
+    loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background
     call_ids: Any = field(default_factory=lambda: itertools.count(1))
     inflight: InFlight = field(default_factory=InFlight)
 
@@ -52,7 +53,8 @@ class ServerState:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
     def health(self) -> tuple[dict[str, Any], int]:
-        """READY only when every worker has loaded and the workers are not stuck.
+        """READY once the first NR_WORKERS have loaded (workers added later load in the background
+        while the others serve), and while the workers are not stuck.
 
         Stuck: every worker has been on one request past REQUEST_TIMEOUT (its client already had
         a 504), or one worker past STUCK_FACTOR x REQUEST_TIMEOUT. A thread cannot be killed, so
@@ -62,7 +64,8 @@ class ServerState:
         busy_for = self.pool.busy_for()
         late = [t for t in busy_for if t > self.request_timeout]
         stuck = bool(late) and (len(late) >= stats["ready"] or max(late) > STUCK_FACTOR * self.request_timeout)
-        ready = stats["ready"] > 0 and not stats["loading"] and not self.draining and not stuck
+        loaded = self.loaded or not stats["loading"]
+        ready = stats["ready"] > 0 and loaded and not self.draining and not stuck
         state = "DRAINING" if self.draining else "STUCK" if stuck else "READY" if ready else "LOADING"
         body: dict[str, Any] = {"status": state, "name": self.name, "workers": stats}
         if stuck:

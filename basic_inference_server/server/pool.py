@@ -198,7 +198,7 @@ class WorkerPool:
         try:
             worker = self._factory(idx)
             worker._load_model()
-        except Exception as exc:  # user code
+        except BaseException as exc:  # user code: SystemExit from a model must not hang the load
             logger.exception("Worker %d failed to load its model", idx)
             with self._lock:
                 self.loading -= 1

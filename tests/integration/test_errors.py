@@ -6,6 +6,7 @@ import http.client
 import json
 
 import pytest
+import requests
 
 
 def assert_error(reply, status: int, error_type: str | None = None, contains: str | None = None) -> dict:
@@ -22,14 +23,15 @@ def assert_error(reply, status: int, error_type: str | None = None, contains: st
 
 
 def assert_still_serving(gateway) -> None:
-    """Both endpoints answer and no worker stayed busy."""
+    """Both endpoints answer and no worker stayed busy (asked of each server now, not a cached probe)."""
     for name, value in (("echo", "ok-a"), ("echo_b", "ok-b")):
         reply = gateway.run(name, VALUE=value)
         assert reply.status_code == 200, reply.text
         assert reply.json()["predict_result"]["echo"] == value
     servers = gateway.servers()
     for name in ("echo", "echo_b"):
-        assert servers[name]["WORKERS"]["busy"] == 0, servers[name]
+        health = requests.get(f"http://127.0.0.1:{servers[name]['PORT']}/health", timeout=5).json()
+        assert health["workers"]["busy"] == 0, health
 
 
 @pytest.mark.parametrize(
@@ -68,6 +70,21 @@ def test_body_over_limit_is_413(echo_gateway):
     big = json.dumps({"SIGNATURE": "echo", "VALUE": "x" * 300_000}).encode()  # limit is 0.25 MB
     assert_error(echo_gateway.post("/run", data=big), 413, "PayloadTooLarge")
     assert_still_serving(echo_gateway)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_huge_body_is_a_json_413_too(echo_gateway, chunked):
+    huge = b'{"SIGNATURE": "echo", "VALUE": "' + b"z" * 3_000_000 + b'"}'  # far over the 0.25 MB limit
+    data = (huge[i:i + 65536] for i in range(0, len(huge), 65536)) if chunked else huge
+    reply = echo_gateway.post("/run", data=data, headers={"Content-Type": "application/json"})
+    assert_error(reply, 413, "PayloadTooLarge")
+    assert_still_serving(echo_gateway)
+
+
+def test_nan_is_not_json(echo_gateway):
+    reply = echo_gateway.post("/run", data=b'{"SIGNATURE": "echo", "VALUE": NaN}',
+                              headers={"Content-Type": "application/json"})
+    assert_error(reply, 400, "BadRequest", "NaN")
 
 
 def test_chunked_body_over_limit_is_413(echo_gateway):

@@ -21,6 +21,12 @@ def support_status(gateway) -> dict:
     return gateway.get("/system_status").json()["SYSTEM_STATUS"]["system_support_services"]["helper"]
 
 
+def restarted(gateway, name: str, old_pid: int):
+    """The server's listing once it is READY again under a new process, else None."""
+    info = gateway.servers()[name]
+    return info if info["STATE"] == "READY" and info["PID"] not in (None, old_pid) else None
+
+
 def wait_until(predicate, timeout: float, message: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,9 +104,7 @@ def test_stuck_server_is_not_ready_and_gets_recycled(gateway_factory):
     reply = gateway.run("stuck", VALUE=2)
     assert reply.status_code == 503 and time.monotonic() - started < 0.5
     assert "stuck" in reply.json()["ERROR"]
-    after = wait_until(
-        lambda: (s := gateway.servers()["stuck"])["STATE"] == "READY" and s["PID"] != old_pid and s, 15,
-        "stuck server was not recycled")
+    after = wait_until(lambda: restarted(gateway, "stuck", old_pid), 15, "stuck server was not recycled")
     assert after["RESTARTS"] == 1
     assert gateway.run("stuck", VALUE=3).status_code == 200
     assert gateway.run("echo", VALUE=4).status_code == 200
@@ -145,3 +149,68 @@ def test_history_is_kept_across_runs(tmp_path, gateway_factory):
     finally:
         second.stop()
         second.assert_nothing_left()
+
+
+def test_stopped_server_starts_again_and_is_supervised(gateway_factory):
+    gateway = gateway_factory(config_with())
+    assert gateway.admin("/kill_server", {"SIGNATURE": "echo_b"}).status_code == 200
+    assert gateway.admin("/start_server", {"SIGNATURE": "echo_b"}).status_code == 202
+    assert gateway.admin("/start_server", {"SIGNATURE": "echo_b"}).status_code == 409
+    info = gateway.wait_state("echo_b", "READY", timeout=5)
+    assert gateway.run("echo_b", VALUE="again").json()["predict_result"]["echo"] == "again"
+    os.kill(info["PID"], signal.SIGKILL)  # and it is supervised again: restarted after a crash
+    wait_until(lambda: restarted(gateway, "echo_b", info["PID"]), 10, "restarted server not supervised")
+
+
+def test_kill_all_also_stops_children_waiting_to_restart(gateway_factory):
+    gateway = gateway_factory(config_with(crashy={"SERVER_CLASS": "crash_model", "NR_WORKERS": 1}), wait_ready=False)
+    gateway.wait_state("echo", "READY")
+    gateway.wait_state("crashy", "RESTARTING")
+    killed = gateway.admin("/kill_server", {"SIGNATURE": "*"}).json()["KILLED"]
+    assert set(killed) == {"echo", "echo_b", "crashy", "helper"}
+    restarts = gateway.servers()["crashy"]["RESTARTS"]
+    time.sleep(3)
+    servers = gateway.servers()
+    assert all(s["STATE"] == "STOPPED" for s in servers.values()), servers
+    assert servers["crashy"]["RESTARTS"] == restarts
+
+
+def test_growing_a_slow_loading_server_keeps_it_serving_and_survives_restart(gateway_factory):
+    gateway = gateway_factory(config_with(slow={"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "LOAD_SECONDS": 2}))
+    grown = gateway.admin("/update_workers", {"SIGNATURE": "slow", "NR_WORKERS": 2})
+    assert grown.status_code == 200, grown.text
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:  # the new worker loads for 2 s: the old one keeps serving
+        reply = gateway.run("slow", VALUE="during")
+        assert reply.status_code == 200, reply.text
+        assert gateway.servers()["slow"]["STATE"] == "READY"
+        time.sleep(0.2)
+    assert gateway.servers()["slow"]["WORKERS"]["ready"] == 2
+    pid = gateway.servers()["slow"]["PID"]
+    os.kill(pid, signal.SIGKILL)
+    after = wait_until(lambda: restarted(gateway, "slow", pid), 15, "not restarted")
+    wait_until(lambda: gateway.servers()["slow"]["WORKERS"].get("ready") == 2, 5, "restart lost the new size")
+    assert after["RESTARTS"] == 1
+
+
+def test_saturated_endpoint_sheds_load_and_the_gateway_keeps_answering(gateway_factory):
+    from concurrent.futures import ThreadPoolExecutor
+
+    gateway = gateway_factory(config_with(tiny={"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "MAX_QUEUE": 2}))
+
+    def slow_call(i):
+        with __import__("requests").Session() as session:
+            return session.post(gateway.url + "/run", json={"SIGNATURE": "tiny", "VALUE": i, "SLEEP": 1},
+                                timeout=30).status_code
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        futures = [pool.submit(slow_call, i) for i in range(40)]
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert gateway.get("/health", timeout=5).status_code == 200
+        assert gateway.get("/ready", timeout=5).status_code == 200
+        assert gateway.run("echo", VALUE="other").status_code == 200
+        assert time.monotonic() - started < 2.0
+        statuses = [f.result() for f in futures]
+    assert statuses.count(200) == 3  # one running + MAX_QUEUE waiting
+    assert statuses.count(503) == 37

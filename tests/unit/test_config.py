@@ -223,9 +223,12 @@ def test_missing_support_script_is_a_config_error(root):
     assert message.startswith("CONFIG_ENDPOINTS.watcher: support process: no endpoint file for 'watcher'")
 
 
-def test_disabled_support_entry_needs_no_script(root):
+def test_disabled_support_entry_needs_no_script_but_keeps_it_when_present(root):
     config = parse(root, {"watcher": {"HOST": "NO_HOST", "DISABLED": True}})
     assert config.endpoint("watcher").script is None
+    root.write("watcher", "print('watching')\n")
+    config = parse(root, {"watcher": {"HOST": "NO_HOST", "DISABLED": True}})
+    assert config.endpoint("watcher").script.name == "watcher.py"  # so /start_server can run it
 
 
 def test_server_class_resolves_another_file(root):

@@ -127,3 +127,15 @@ def test_from_http_status_keeps_unknown_status():
     exc = from_http_status(418, "teapot")
     assert exc.status == 418
     assert exc.to_body()["error"]["type"] == "ServingError"
+
+
+def test_nan_and_infinity_are_refused_both_ways():
+    import math
+
+    with pytest.raises(ValueError):
+        jsonutil.dumps({"score": math.nan})
+    with pytest.raises(ValueError):
+        jsonutil.dumps({"score": math.inf})
+    for body in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'):
+        with pytest.raises(BadRequest):
+            jsonutil.loads_object(body)

@@ -262,3 +262,14 @@ def test_stop_finishes_queued_jobs_and_ends_threads(pool_of, kit):
     assert queued.job.result["echo"] == "queued"
     assert [t.job.result["echo"] for t in busy] == ["busy0", "busy1"]
     assert pool.stats()["ready"] == 0
+
+
+def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
+    class Exiting(FakeWorker):
+        def _load_model(self):
+            raise SystemExit("weights missing")
+
+    pool = kit.pool(lambda idx: Exiting([]), 4)
+    pool.start(1)
+    assert pool.wait_loaded(2) is True
+    assert pool.load_errors == ["worker 0: SystemExit: weights missing"]

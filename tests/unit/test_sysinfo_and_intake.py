@@ -101,3 +101,18 @@ def test_intake_from_another_host_needs_the_admin_token(tmp_path):
                        environ_base=remote).status_code == 200
     assert client.post("/support_update_status", json=body).status_code == 200  # loopback: no token
     assert gateway.system_status()["SYSTEM_STATUS"]["system_support_services"]["mon"]["data"] == {"cpu": 5}
+
+
+def test_support_processes_post_to_where_the_gateway_listens(tmp_path):
+    from basic_inference_server.config import parse_config
+    from basic_inference_server.gateway.children import support_config
+    from basic_inference_server.gateway.supervisor import connect_host
+
+    (tmp_path / "endpoints").mkdir()
+    (tmp_path / "endpoints" / "mon.py").write_text("print('support')\n")
+    config = parse_config({"CONFIG_ENDPOINTS": {"mon": {"HOST": "NO_HOST", "PING_INTERVAL": 2, "LEVEL": 3}}},
+                          tmp_path)
+    data = support_config(config.endpoint("mon"), connect_host("0.0.0.0"), 5002)
+    assert data == {"HOST": "NO_HOST", "PING_INTERVAL": 2.0, "LEVEL": 3, "SERVER": "127.0.0.1",
+                    "SERVER_PORT": 5002, "SERVER_PATH": "/support_update_status", "SUPPORT_NAME": "mon"}
+    assert support_config(config.endpoint("mon"), connect_host("127.0.0.2"), 5002)["SERVER"] == "127.0.0.2"
