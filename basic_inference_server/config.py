@@ -50,6 +50,8 @@ class EndpointConfig:
     server_threads: int
     ping_interval: float
     response_format: str | None
+    max_batch_size: int
+    max_batch_wait_ms: float
     worker_config: Mapping[str, Any]  # every key, upper-cased: merged over the module's _CONFIG
     worker: WorkerLocation | None = None  # model servers only
     script: Path | None = None  # support processes only: the script to run
@@ -242,6 +244,8 @@ def _parse_endpoint(
         ),
         ping_interval=_number(settings, "PING_INTERVAL", DEFAULT_PING_INTERVAL, where),
         response_format=_choice(settings, "RESPONSE_FORMAT", ("nested", "flat"), None, where),
+        max_batch_size=_integer(settings, "MAX_BATCH_SIZE", 1, where, minimum=1, maximum=4096),
+        max_batch_wait_ms=_number(settings, "MAX_BATCH_WAIT_MS", 5, where, maximum=10_000),
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,

@@ -50,6 +50,16 @@ class FlaskWorker:
         Use ``self.P(...)`` / ``self.log.P(...)`` to log and ``self._create_notification(...)``
         for messages a client can read back from ``/notifications``; do not ``print``.
 
+    Batching:
+        With ``MAX_BATCH_SIZE`` > 1 in the endpoint's config, requests waiting in the queue are
+        grouped (up to that size, waiting at most ``MAX_BATCH_WAIT_MS`` after the first arrived)
+        and one worker takes the group: ``_pre_process(inputs)`` per request, then
+        ``_predict(list_of_prepared)`` once, which must return a list (or array) of as many
+        predictions in the same order, then ``_post_process(pred)`` per request. An exception in
+        ``_pre_process`` or ``_post_process`` fails that request only; an exception in
+        ``_predict`` (or a wrong number of predictions) fails every request of the batch.
+        Without the key (or with 1) ``_predict`` gets one prepared input, as always.
+
     Errors:
         An exception in ``_pre_process`` answers 400 with its message (bad input). An exception
         in ``_predict`` or ``_post_process`` answers 500 with its type and message; the
@@ -150,21 +160,59 @@ class FlaskWorker:
     # -- called by the worker pool -----------------------------------------------------------
     def _bis_execute(self, inputs: dict[str, Any], call_id: int) -> Any:
         """Run the three hooks on one request; map exceptions to client errors."""
-        self._counter = call_id
-        self._last_query = inputs
-        try:
-            prep = self._pre_process(inputs)
-        except ServingError:
-            raise
-        except Exception as exc:
-            self._note_exception("_pre_process", exc)
-            raise InvalidInput(str(exc) or type(exc).__name__) from exc
+        prep = self._bis_pre(inputs, call_id)
         if prep is None:
             return None
         pred = self._run_stage(self._predict, prep)
         if pred is None:
             return None
         return self._run_stage(self._post_process, pred)
+
+    def _bis_pre(self, inputs: dict[str, Any], call_id: int) -> Any:
+        self._counter = call_id
+        self._last_query = inputs
+        try:
+            return self._pre_process(inputs)
+        except ServingError:
+            raise
+        except Exception as exc:
+            self._note_exception("_pre_process", exc)
+            raise InvalidInput(str(exc) or type(exc).__name__) from exc
+
+    def _bis_execute_batch(self, jobs: list[Any]) -> None:
+        """Run one batch (``MAX_BATCH_SIZE`` > 1): ``_pre_process`` per item, ``_predict`` once on
+        the list of prepared inputs (it must return one prediction per input, in order),
+        ``_post_process`` per item. Sets ``job.result`` or ``job.error`` on each job."""
+        prepared = []
+        for job in jobs:
+            try:
+                prep = self._bis_pre(job.inputs, job.call_id)
+            except ServingError as exc:
+                job.error = exc  # this item only
+                continue
+            if prep is None:
+                job.result = None
+            else:
+                prepared.append((job, prep))
+        if not prepared:
+            return
+        self._counter = prepared[0][0].call_id
+        try:
+            preds = self._run_stage(self._predict, [prep for _, prep in prepared])
+            if not hasattr(preds, "__len__") or len(preds) != len(prepared):
+                got = len(preds) if hasattr(preds, "__len__") else type(preds).__name__
+                raise ModelError(f"_predict must return {len(prepared)} predictions for a batch of "
+                                 f"{len(prepared)}, got {got}")
+        except ServingError as exc:
+            for job, _ in prepared:
+                job.error = exc  # _predict sees the whole batch: its failure fails every item
+            return
+        for (job, _), pred in zip(prepared, list(preds), strict=False):
+            self._counter = job.call_id
+            try:
+                job.result = None if pred is None else self._run_stage(self._post_process, pred)
+            except ServingError as exc:
+                job.error = exc
 
     def _run_stage(self, hook: Any, value: Any) -> Any:
         try:

@@ -67,6 +67,8 @@ def model_server_spec(
         "max_queue": endpoint.max_queue,
         "server_threads": endpoint.server_threads,
         "request_timeout": endpoint.request_timeout,
+        "max_batch_size": endpoint.max_batch_size,
+        "max_batch_wait_ms": endpoint.max_batch_wait_ms,
         "endpoint_config": dict(endpoint.worker_config),
         "app_root": str(app_root),
         "workers_location": workers_location,

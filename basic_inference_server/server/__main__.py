@@ -83,7 +83,9 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> int:
                           upstream_config=endpoint_config, notifications=notifications)
 
     pool = WorkerPool(build_worker, int(spec.get("max_queue", 64)),
-                      on_event=lambda text: notifications.add(GENERAL, "log", "ModelServer", text))
+                      on_event=lambda text: notifications.add(GENERAL, "log", "ModelServer", text),
+                      max_batch_size=int(spec.get("max_batch_size", 1)),
+                      max_batch_wait=float(spec.get("max_batch_wait_ms", 5)) / 1000)
     state = ServerState(
         name=name, server_class=spec.get("server_class", name), class_name=location.class_name,
         host_id=spec.get("host_id", "h0000"), pool=pool, notifications=notifications,

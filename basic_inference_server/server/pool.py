@@ -27,7 +27,7 @@ _RETIRE = object()  # control item: the worker that takes it stops
 class Job:
     """One request waiting for, or served by, a worker."""
 
-    __slots__ = ("inputs", "call_id", "done", "result", "error", "cancelled", "worker_idx")
+    __slots__ = ("inputs", "call_id", "done", "result", "error", "cancelled", "worker_idx", "enqueued")
 
     def __init__(self, inputs: dict[str, Any], call_id: int):
         self.inputs = inputs
@@ -37,6 +37,7 @@ class Job:
         self.error: ServingError | None = None
         self.cancelled = False
         self.worker_idx = -1
+        self.enqueued = 0.0
 
 
 class JobQueue:
@@ -53,6 +54,7 @@ class JobQueue:
             if self._jobs >= self.max_jobs:
                 raise Overloaded(f"request queue is full ({self.max_jobs} waiting); retry later")
             self._jobs += 1
+            job.enqueued = time.monotonic()
             self._items.append(job)
             self._cond.notify()
 
@@ -69,6 +71,31 @@ class JobQueue:
             if item.__class__ is Job:
                 self._jobs -= 1
             return item
+
+    def get_batch(self, max_jobs: int, window: float) -> list[Any]:
+        """Up to ``max_jobs`` jobs in arrival order, waiting at most ``window`` seconds after the
+        first one arrived for more to come. A control item is returned alone."""
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            first = self._items.popleft()
+            if first.__class__ is not Job:
+                return [first]
+            self._jobs -= 1
+            batch = [first]
+            deadline = first.enqueued + window
+            while len(batch) < max_jobs:
+                if self._items:
+                    if self._items[0].__class__ is not Job:
+                        break
+                    batch.append(self._items.popleft())
+                    self._jobs -= 1
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return batch
 
     @property
     def depth(self) -> int:
@@ -87,8 +114,17 @@ class WorkerPool:
         on_event: called with a short text for lifecycle events (shown in ``/notifications``).
     """
 
-    def __init__(self, factory: WorkerFactory, max_queue: int, on_event: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        factory: WorkerFactory,
+        max_queue: int,
+        on_event: Callable[[str], None] | None = None,
+        max_batch_size: int = 1,
+        max_batch_wait: float = 0.005,
+    ):
         self._factory = factory
+        self.max_batch_size = max_batch_size
+        self.max_batch_wait = max_batch_wait
         self._queue = JobQueue(max_queue)
         self._on_event = on_event or (lambda text: None)
         self._lock = threading.Condition(threading.Lock())
@@ -215,27 +251,38 @@ class WorkerPool:
         return worker
 
     def _serve(self, worker: FlaskWorker, idx: int) -> None:
-        queue_get = self._queue.get
+        batching = self.max_batch_size > 1
         while True:
-            job = queue_get()
-            if job is _RETIRE:
+            if batching:
+                items = self._queue.get_batch(self.max_batch_size, self.max_batch_wait)
+            else:
+                items = [self._queue.get()]
+            if items[0] is _RETIRE:
                 logger.info("Worker %d retired", idx)
                 return
-            if job.cancelled:  # its client already got 504
+            jobs = [job for job in items if not job.cancelled]  # cancelled: their clients had 504
+            if not jobs:
                 continue
             with self._lock:
                 self.busy += 1
                 self._busy_since[idx] = time.monotonic()
             try:
-                job.worker_idx = idx
-                job.result = worker._bis_execute(job.inputs, job.call_id)
+                for job in jobs:
+                    job.worker_idx = idx
+                if batching:
+                    worker._bis_execute_batch(jobs)
+                else:
+                    jobs[0].result = worker._bis_execute(jobs[0].inputs, jobs[0].call_id)
             except ServingError as exc:
-                job.error = exc
-            except BaseException as exc:
+                jobs[0].error = exc
+            except BaseException as exc:  # nothing may leave a worker busy or a client waiting
                 logger.exception("Worker %d: unexpected %s", idx, type(exc).__name__)
-                job.error = ModelError(f"{type(exc).__name__}: {exc}")
+                for job in jobs:
+                    if job.error is None:
+                        job.error = ModelError(f"{type(exc).__name__}: {exc}")
             finally:
                 with self._lock:
                     self.busy -= 1
                     del self._busy_since[idx]
-                job.done.set()
+                for job in jobs:
+                    job.done.set()

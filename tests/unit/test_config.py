@@ -330,3 +330,12 @@ def test_load_config_applies_overrides_before_validation(root):
     write_json(data_folder / "docker_config.json", {"CONFIG_ENDPOINTS": {"demo": {"NR_WORKERS": 3}}})
     config = load_config(path, data_folder=data_folder, app_root=root.root, workers_location=root.package)
     assert config.endpoint("demo").nr_workers == 3
+
+
+def test_batching_keys(root):
+    endpoint = parse(root, {"demo": {"NR_WORKERS": 1, "MAX_BATCH_SIZE": 8, "MAX_BATCH_WAIT_MS": 2.5}}).endpoint("demo")
+    assert (endpoint.max_batch_size, endpoint.max_batch_wait_ms) == (8, 2.5)
+    plain = parse(root, {"demo": {"NR_WORKERS": 1}}).endpoint("demo")
+    assert plain.max_batch_size == 1
+    assert config_error(root, {"demo": {"NR_WORKERS": 1, "MAX_BATCH_SIZE": 0}}).startswith(
+        "CONFIG_ENDPOINTS.demo.MAX_BATCH_SIZE: expected an integer >= 1")

@@ -273,3 +273,50 @@ def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
     pool.start(1)
     assert pool.wait_loaded(2) is True
     assert pool.load_errors == ["worker 0: SystemExit: weights missing"]
+
+
+def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
+    import time
+
+    from basic_inference_server.server.pool import Job, JobQueue
+
+    queue = JobQueue(100)
+    jobs = [Job({"i": i}, i) for i in range(5)]
+    for job in jobs:
+        queue.put(job)
+    assert queue.get_batch(3, 0.5) == jobs[:3]
+    started = time.monotonic()
+    assert queue.get_batch(8, 0.1) == jobs[3:]  # only two left: returns after the window
+    assert 0.05 <= time.monotonic() - started < 0.5
+    assert queue.depth == 0
+    queue.put_control("stop")
+    queue.put(Job({}, 9))
+    assert queue.get_batch(8, 0.1) == ["stop"]  # a control item is never batched
+
+
+def test_batched_pool_groups_waiting_jobs(kit):
+    import threading
+
+    sizes = []
+
+    class Batched(FlaskWorker):
+        def _predict(self, batch):
+            sizes.append(len(batch))
+            return [item["i"] * 10 for item in batch]
+
+    pool = kit.pool(lambda idx: Batched(), 16)
+    pool.max_batch_size, pool.max_batch_wait = 4, 0.2
+    pool.start(1)
+    assert pool.wait_loaded(2)
+    results = {}
+
+    def submit(i):
+        results[i] = pool.submit({"i": i}, i, 5).result
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert results == {i: i * 10 for i in range(8)}
+    assert max(sizes) > 1 and sum(sizes) == 8 and all(size <= 4 for size in sizes)
