@@ -76,7 +76,7 @@ class GatewayConfig:
     last_server_port: int = 5010
     startup_timeout: float = 300.0
     shutdown_grace: float = 10.0
-    gateway_threads: int = 48
+    gateway_threads: int = 128
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -171,7 +171,7 @@ def parse_config(
         last_server_port=last_port,
         startup_timeout=_number(data, "STARTUP_TIMEOUT", 300, ""),
         shutdown_grace=_number(data, "SHUTDOWN_GRACE", 10, ""),
-        gateway_threads=_integer(data, "GATEWAY_THREADS", 48, "", minimum=8, maximum=1024),
+        gateway_threads=_integer(data, "GATEWAY_THREADS", 128, "", minimum=8, maximum=1024),
         raw=MappingProxyType(dict(data)),
     )
 
