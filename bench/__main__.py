@@ -7,7 +7,9 @@ One gateway runs the bench endpoints of ``bench/endpoints`` (a dummy linear mode
 a batch-friendly model with and without batching, a pure-Python CPU model). For every model and
 concurrency, each round measures, interleaved, the gateway (two hops) and the model server
 called directly (one hop) with wrk (Debian's package, installed by this script when missing and
-run as root) for ``--duration`` seconds over keep-alive connections. Results are the medians of
+run as root) for ``--duration`` seconds over keep-alive connections. With ``--litserve`` the dummy
+and numpy models are also served by LitServe with its defaults (installed in its own venv,
+``bench/.venv-litserve``) and measured in the same rounds. Results are the medians of
 the rounds; ratios are taken within the same run. Prints a table and writes JSON and Markdown to
 ``bench/results/``.
 """
@@ -83,6 +85,57 @@ def wrk(binary: str, url: str, body: dict, concurrency: int, duration: float) ->
     raise RuntimeError(f"wrk gave no result: {proc.stdout} {proc.stderr}")
 
 
+LITSERVE_VENV = BENCH / ".venv-litserve"
+LITSERVE_VERSION = "0.2.19"
+LITSERVE_MODELS = ("dummy", "numpy")
+
+
+def ensure_litserve() -> Path:
+    python = LITSERVE_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(LITSERVE_VENV)], check=True)
+    check = subprocess.run([str(python), "-c", "import litserve, numpy"], capture_output=True)
+    if check.returncode != 0:
+        print(f"Installing litserve=={LITSERVE_VERSION} into {LITSERVE_VENV} ...", file=sys.stderr)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litserve=={LITSERVE_VERSION}", "numpy"],
+                       check=True)
+    return python
+
+
+class LitServeProcess:
+    """One LitServe server (defaults) for one bench model."""
+
+    def __init__(self, python: Path, model: str, port: int):
+        self.url = f"http://127.0.0.1:{port}/predict"
+        self.proc = subprocess.Popen([str(python), str(BENCH / "litserve_app.py"), model, str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        body = MODELS[model][1]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.post(self.url, json=body, timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"LitServe for {model} did not start")
+
+    def rss_mb(self) -> float:
+        try:
+            proc = psutil.Process(self.proc.pid)
+            return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
+        except psutil.Error:
+            return 0.0
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
 def _free_base(count: int) -> int:
     import socket
 
@@ -129,6 +182,17 @@ class BenchGateway:
             sys.exit("the gateway did not become ready:\n" + (app / "gateway.txt").read_text())
         self.servers = requests.get(self.url + "/list_servers", timeout=5).json()["AVAIL_SERVERS"]
 
+    def wait_idle(self, model: str, timeout: float = 60) -> None:
+        """Wait until the model server has finished what the last point left in its queue
+        (requests still queued when wrk stopped would count against the next point)."""
+        url = f"http://127.0.0.1:{self.servers[model]['PORT']}/health"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = requests.get(url, timeout=5).json().get("workers", {})
+            if not workers.get("busy") and not workers.get("queue"):
+                return
+            time.sleep(0.05)
+
     def rss_mb(self) -> dict[str, float]:
         out = {"gateway": round(psutil.Process(self.proc.pid).memory_info().rss / 2**20, 1)}
         for name, info in self.servers.items():
@@ -151,26 +215,41 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--litserve", action="store_true", help="also measure LitServe (installs it in its own venv)")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     levels = [int(c) for c in args.concurrency.split(",")]
     binary = ensure_wrk()
+    litserve: dict[str, LitServeProcess] = {}
+    if args.litserve:
+        python = ensure_litserve()
+        port = _free_base(len(LITSERVE_MODELS) + 20) + 10
+        for offset, model in enumerate(m for m in LITSERVE_MODELS if m in models):
+            litserve[model] = LitServeProcess(python, model, port + offset)
     gateway = BenchGateway(models)
     samples: dict[tuple[str, str, int], list[dict]] = {}
     try:
         idle_rss = gateway.rss_mb()
+        idle_rss.update({f"litserve_{m}": p.rss_mb() for m, p in litserve.items()})
         for round_no in range(args.rounds):
             for model in models:
                 body = {"SIGNATURE": model, **MODELS[model][1]}
                 direct = f"http://127.0.0.1:{gateway.servers[model]['PORT']}/run"
                 for concurrency in levels:
-                    for system, url in (("gateway", gateway.url + "/run"), ("direct", direct)):
+                    systems = [("gateway", gateway.url + "/run"), ("direct", direct)]
+                    if model in litserve:
+                        systems.append(("litserve", litserve[model].url))
+                    for system, url in systems:
                         result = wrk(binary, url, body, concurrency, args.duration)
+                        gateway.wait_idle(model)
                         samples.setdefault((system, model, concurrency), []).append(result)
                         print(f"round {round_no + 1} {system:8} {model:10} c={concurrency:<3} {result}", flush=True)
         loaded_rss = gateway.rss_mb()
+        loaded_rss.update({f"litserve_{m}": p.rss_mb() for m, p in litserve.items()})
     finally:
         gateway.stop()
+        for process in litserve.values():
+            process.stop()
     report = summarise(samples, idle_rss, loaded_rss, args)
     write_report(report)
     return 0
@@ -187,15 +266,22 @@ def summarise(samples, idle_rss, loaded_rss, args) -> dict:
     by_key = {(r["system"], r["model"], r["concurrency"]): r for r in rows}
     ratios = []
     for (system, model, concurrency), row in by_key.items():
-        if system == "gateway" and ("direct", model, concurrency) in by_key:
-            direct = by_key[("direct", model, concurrency)]
-            ratios.append({"model": model, "concurrency": concurrency, "gateway_over_direct":
-                           round(row["rps"] / direct["rps"], 2) if direct["rps"] else None})
+        if system != "gateway":
+            continue
+        ratio = {"model": model, "concurrency": concurrency}
+        direct = by_key.get(("direct", model, concurrency))
+        if direct and direct["rps"]:
+            ratio["gateway_over_direct"] = round(row["rps"] / direct["rps"], 2)
+        lit = by_key.get(("litserve", model, concurrency))
+        if lit and lit["rps"]:
+            ratio["gateway_over_litserve"] = round(row["rps"] / lit["rps"], 2)
+            ratio["p99_gateway_vs_litserve_ms"] = f"{row['p99_ms']} vs {lit['p99_ms']}"
+        ratios.append(ratio)
     batch = {c: (by_key.get(("gateway", "batch_on", c)), by_key.get(("gateway", "batch_off", c))) for c in
              {r["concurrency"] for r in rows}}
     for c, (on, off) in batch.items():
         if on and off and off["rps"]:
-            ratios.append({"model": "batch_on/batch_off", "concurrency": c, "gateway_over_direct": None,
+            ratios.append({"model": "batch_on/batch_off", "concurrency": c,
                            "batching_speedup": round(on["rps"] / off["rps"], 2)})
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -213,9 +299,11 @@ def write_report(report: dict) -> None:
     for r in report["rows"]:
         lines.append(f"| {r['system']} | {r['model']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['errors']} |")
-    lines += ["", "| model | concurrency | gateway / direct | batching speed-up |", "|---|---|---|---|"]
-    for r in report["ratios"]:
-        lines.append(f"| {r['model']} | {r['concurrency']} | {r.get('gateway_over_direct')} | "
+    lines += ["", "| model | concurrency | gateway / direct | gateway / LitServe | p99 gateway vs LitServe "
+              "| batching speed-up |", "|---|---|---|---|---|---|"]
+    for r in sorted(report["ratios"], key=lambda r: (r["model"], r["concurrency"])):
+        lines.append(f"| {r['model']} | {r['concurrency']} | {r.get('gateway_over_direct', '')} | "
+                     f"{r.get('gateway_over_litserve', '')} | {r.get('p99_gateway_vs_litserve_ms', '')} | "
                      f"{r.get('batching_speedup', '')} |")
     lines += ["", f"RSS MB idle: {report['rss_mb_idle']}", f"RSS MB after load: {report['rss_mb_after_load']}",
               f"Machine: {report['machine']}; {report['settings']}"]
