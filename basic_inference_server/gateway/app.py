@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
@@ -19,9 +16,6 @@ from flask import Flask, Response, request
 from .. import jsonutil
 from ..errors import (
     BadRequest,
-    Overloaded,
-    ServerDied,
-    SignatureDisabled,
     Unavailable,
     UnknownSignature,
 )
@@ -35,7 +29,7 @@ from ..webutil import (
 )
 from .forward import Reply, forward
 from .ports import PortsExhausted
-from .supervisor import FAILED, READY, RESTARTING, STARTING, STOPPED, ChildHandle
+from .supervisor import READY, STOPPED, ChildHandle
 from .support_data import metrics_of
 
 if TYPE_CHECKING:
@@ -67,89 +61,26 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             return {}
         return read_json_object(request, limit)
 
-    def signature_of(payload: dict[str, Any]) -> str:
-        signature = payload.get("SIGNATURE")
-        if signature is None:
-            raise BadRequest("Bad input. SIGNATURE not found: send {\"SIGNATURE\": \"<endpoint>\", ...}")
-        if not isinstance(signature, str):
-            raise BadRequest(f"SIGNATURE must be a string, got {type(signature).__name__}")
-        return signature
-
-    def route_to(signature: str) -> ChildHandle:
-        handle = supervisor.handles.get(signature)
-        if handle is None:
-            endpoint = gw.config.endpoint(signature)
-            if endpoint is None or endpoint.is_support:
-                available = sorted(supervisor.handles)
-                raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: {available}")
-            raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
-                                    "an admin can start it with /start_server")
-        if handle.is_support:
-            raise UnknownSignature(f"{signature!r} is a support process, not a model endpoint")
-        state = handle.state
-        if state == READY:
-            if handle.health_failures:
-                raise Unavailable(f"endpoint {signature!r} is not healthy: {handle.error}", retry_after=2)
-            return handle
-        if state == STARTING:
-            raise Unavailable(f"endpoint {signature!r} is starting", retry_after=2)
-        if state == RESTARTING:
-            wait = max(1, math.ceil(handle.restart_at - time.monotonic()) + 1)
-            raise Unavailable(f"endpoint {signature!r} is restarting after: {handle.error}", retry_after=wait)
-        if state == FAILED:
-            raise Unavailable(f"endpoint {signature!r} failed: {handle.error}", retry_after=30)
-        raise Unavailable(f"endpoint {signature!r} is {state}", retry_after=5)
+    router = gw.router
+    signature_of, route_to = router.signature_of, router.route_to
 
     def relay(reply: Reply, flat: bool = False) -> Response:
-        if reply.status == 200:
-            try:
-                return raw_json_response(envelope.wrap(reply.data, flat))
-            except ValueError:
-                raise ServerDied("model server sent an answer that is not a JSON object") from None
-        headers = {"Retry-After": reply.retry_after} if reply.retry_after else None
-        if not reply.data.startswith(b"{"):
-            raise ServerDied(f"model server answered HTTP {reply.status} without a JSON body")
-        return raw_json_response(reply.data, reply.status, headers)
-
-    @contextmanager
-    def forwarding(handle: ChildHandle) -> Iterator[None]:
-        """Bound what one endpoint, and all of them together, may hold of the gateway's threads:
-        past the bound a request gets 503 at once instead of waiting without limit, and threads
-        stay free for /health, /ready and the admin routes."""
-        if not gw.inflight.try_enter(gw.forward_limit):
-            raise Overloaded(f"gateway busy: {gw.forward_limit} requests in flight; retry later")
-        try:
-            if not handle.inflight.try_enter(handle.capacity):
-                raise Overloaded(f"endpoint {handle.name!r} has {handle.capacity} requests in flight "
-                                 "(workers + MAX_QUEUE); retry later")
-            try:
-                yield
-            finally:
-                handle.inflight.exit()
-        finally:
-            gw.inflight.exit()
+        status, body, headers = router.relay(reply, flat)
+        return raw_json_response(body, status, headers)
 
     def status_response() -> Response:
         return json_response(envelope.add_to(gw.system_status()))
 
     @app.route(gw.execution_path, methods=["POST"])
     def run() -> Response:
-        if gw.draining:
-            raise Unavailable("gateway is shutting down", retry_after=5)
-        raw = read_body(request, limit)
-        signature = signature_of(jsonutil.loads_object(raw))
-        if signature == SYSTEM_STATUS:
-            return status_response()
-        handle = route_to(signature)
-        flat = (handle.endpoint.response_format or gw.config.response_format) == "flat"
-        with forwarding(handle):
-            reply = forward(handle, gw.execution_path, raw)
-        return relay(reply, flat)
+        # The gateway serves POST /run through RunPath (no Flask); this route serves the test client.
+        status, body, headers = router.run(read_body(request, limit))
+        return raw_json_response(body, status, headers)
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
         handle = route_to(signature_of(read_payload()))
-        with forwarding(handle):
+        with router.forwarding(handle):
             return relay(forward(handle, "/notifications", b"{}"))
 
     @app.route("/update_workers", methods=["POST"])

@@ -21,6 +21,7 @@ from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .envelope import Envelope
 from .history import StateHistory
+from .router import Router, RunPath
 from .status import system_status
 from .supervisor import Supervisor
 from .support_data import SupportData
@@ -101,6 +102,7 @@ class FlaskGateway:
             workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
             history=self.history,
         )
+        self.router = Router(self)
         self.inflight = InFlight()
         # Forwarded requests may hold all gateway threads but a few, kept for the control routes.
         self.forward_limit = max(1, self.config.gateway_threads - 4)
@@ -134,7 +136,8 @@ class FlaskGateway:
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
         try:
-            self.http = HttpServer(create_gateway_app(self), self.host, self.port,
+            app = RunPath(self.router, self.execution_path, self.config.max_body_bytes, create_gateway_app(self))
+            self.http = HttpServer(app, self.host, self.port,
                                    self.config.gateway_threads, self.config.max_body_bytes)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None

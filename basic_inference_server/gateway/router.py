@@ -1,0 +1,169 @@
+"""The ``/run`` hot path: find the server of a ``SIGNATURE``, bound the load, forward, wrap.
+
+:class:`Router` holds the logic shared by the Flask routes and :class:`RunPath`, a plain WSGI
+front that answers ``POST /run`` without Flask's per-request machinery (it costs more than the
+rest of the gateway's work on a small request) and hands every other request to Flask.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonutil
+from ..errors import (
+    BadRequest,
+    Overloaded,
+    PayloadTooLarge,
+    ServerDied,
+    ServingError,
+    SignatureDisabled,
+    Unavailable,
+    UnknownSignature,
+    error_body,
+)
+from .forward import Reply, forward
+from .supervisor import FAILED, READY, RESTARTING, STARTING, ChildHandle
+
+if TYPE_CHECKING:
+    from .core import FlaskGateway
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_STATUS = "SYSTEM_STATUS"
+Answer = tuple[int, bytes, dict[str, str] | None]
+
+
+class Router:
+    def __init__(self, gw: FlaskGateway):
+        self.gw = gw
+
+    @staticmethod
+    def signature_of(payload: dict[str, Any]) -> str:
+        signature = payload.get("SIGNATURE")
+        if signature is None:
+            raise BadRequest("Bad input. SIGNATURE not found: send {\"SIGNATURE\": \"<endpoint>\", ...}")
+        if not isinstance(signature, str):
+            raise BadRequest(f"SIGNATURE must be a string, got {type(signature).__name__}")
+        return signature
+
+    def route_to(self, signature: str) -> ChildHandle:
+        """The READY model server of ``signature``; a 404/503 ServingError otherwise."""
+        supervisor = self.gw.supervisor
+        handle = supervisor.handles.get(signature)
+        if handle is None:
+            endpoint = self.gw.config.endpoint(signature)
+            if endpoint is None or endpoint.is_support:
+                available = sorted(h.name for h in supervisor.servers())
+                raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: {available}")
+            raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
+                                    "an admin can start it with /start_server")
+        if handle.is_support:
+            raise UnknownSignature(f"{signature!r} is a support process, not a model endpoint")
+        state = handle.state
+        if state == READY:
+            if handle.health_failures:
+                raise Unavailable(f"endpoint {signature!r} is not healthy: {handle.error}", retry_after=2)
+            return handle
+        if state == STARTING:
+            raise Unavailable(f"endpoint {signature!r} is starting", retry_after=2)
+        if state == RESTARTING:
+            wait = max(1, math.ceil(handle.restart_at - time.monotonic()) + 1)
+            raise Unavailable(f"endpoint {signature!r} is restarting after: {handle.error}", retry_after=wait)
+        if state == FAILED:
+            raise Unavailable(f"endpoint {signature!r} failed: {handle.error}", retry_after=30)
+        raise Unavailable(f"endpoint {signature!r} is {state}", retry_after=5)
+
+    @contextmanager
+    def forwarding(self, handle: ChildHandle) -> Iterator[None]:
+        """Bound what one endpoint, and all of them together, may hold of the gateway's threads:
+        past the bound a request gets 503 at once instead of waiting without limit, and threads
+        stay free for /health, /ready and the admin routes."""
+        gw = self.gw
+        if not gw.inflight.try_enter(gw.forward_limit):
+            raise Overloaded(f"gateway busy: {gw.forward_limit} requests in flight; retry later")
+        try:
+            if not handle.inflight.try_enter(handle.capacity):
+                raise Overloaded(f"endpoint {handle.name!r} has {handle.capacity} requests in flight "
+                                 "(workers + MAX_QUEUE); retry later")
+            try:
+                yield
+            finally:
+                handle.inflight.exit()
+        finally:
+            gw.inflight.exit()
+
+    def relay(self, reply: Reply, flat: bool = False) -> Answer:
+        """The gateway's answer for a model server's reply: the envelope on success, errors as they are."""
+        if reply.status == 200:
+            try:
+                return 200, self.gw.envelope.wrap(reply.data, flat), None
+            except ValueError:
+                raise ServerDied("model server sent an answer that is not a JSON object") from None
+        if not reply.data.startswith(b"{"):
+            raise ServerDied(f"model server answered HTTP {reply.status} without a JSON body")
+        return reply.status, reply.data, {"Retry-After": reply.retry_after} if reply.retry_after else None
+
+    def run(self, raw: bytes) -> Answer:
+        """``POST /run`` with body ``raw``."""
+        gw = self.gw
+        if gw.draining:
+            raise Unavailable("gateway is shutting down", retry_after=5)
+        signature = self.signature_of(jsonutil.loads_object(raw))
+        if signature == SYSTEM_STATUS:
+            return 200, jsonutil.dumps_bytes(gw.envelope.add_to(gw.system_status())), None
+        handle = self.route_to(signature)
+        flat = (handle.endpoint.response_format or gw.config.response_format) == "flat"
+        with self.forwarding(handle):
+            reply = forward(handle, gw.execution_path, raw)
+        return self.relay(reply, flat)
+
+
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+class RunPath:
+    """WSGI front: ``POST <execution path>`` is served here, everything else by the Flask app."""
+
+    def __init__(self, router: Router, path: str, limit: int, fallback: Callable[..., Iterable[bytes]]):
+        self.router = router
+        self.path = path
+        self.limit = limit
+        self.fallback = fallback
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
+            return self.fallback(environ, start_response)
+        headers: dict[str, str] | None
+        try:
+            status, body, headers = self.router.run(self._read(environ))
+        except ServingError as exc:
+            status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
+        except Exception as exc:
+            logger.exception("Unhandled %s on /run", type(exc).__name__)
+            status, body, headers = 500, jsonutil.dumps_bytes(
+                error_body("InternalError", f"internal error: {type(exc).__name__}")), None
+        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if headers:
+            response_headers.extend(headers.items())
+        start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)
+        return [body]
+
+    def _read(self, environ: dict[str, Any]) -> bytes:
+        limit = self.limit
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
+        stream = environ["wsgi.input"]
+        data = stream.read(declared) if declared else stream.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
+        return data
