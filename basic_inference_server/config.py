@@ -52,6 +52,7 @@ class EndpointConfig:
     response_format: str | None
     max_batch_size: int
     max_batch_wait_ms: float
+    nr_replicas: int
     worker_config: Mapping[str, Any]  # every key, upper-cased: merged over the module's _CONFIG
     worker: WorkerLocation | None = None  # model servers only
     script: Path | None = None  # support processes only: the script to run
@@ -246,6 +247,7 @@ def _parse_endpoint(
         response_format=_choice(settings, "RESPONSE_FORMAT", ("nested", "flat"), None, where),
         max_batch_size=_integer(settings, "MAX_BATCH_SIZE", 1, where, minimum=1, maximum=4096),
         max_batch_wait_ms=_number(settings, "MAX_BATCH_WAIT_MS", 5, where, maximum=10_000),
+        nr_replicas=_integer(settings, "NR_REPLICAS", 1, where, minimum=1, maximum=16),
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,

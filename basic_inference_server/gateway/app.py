@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,20 +80,33 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
-        handle = route_to(signature_of(read_payload()))
-        with router.forwarding(handle):
-            return relay(forward(handle, "/notifications", b"{}"))
+        signature = signature_of(read_payload())
+        merged: dict[str, list[Any]] = {}
+        for handle in ready_replicas(signature):
+            with router.forwarding(handle):
+                reply = forward(handle, "/notifications", b"{}")
+            if reply.status != 200:
+                return relay(reply)
+            for key, items in json.loads(reply.data).items():
+                merged.setdefault(key, []).extend(items if isinstance(items, list) else [items])
+        return json_response(envelope.add_to(merged))
+
+    def ready_replicas(signature: str) -> list[ChildHandle]:
+        """Every READY replica of ``signature`` (at least one, else route_to's 404/503)."""
+        first = route_to(signature)
+        return [first] + [h for h in supervisor.replicas_of(signature) if h is not first and h.state == READY]
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
         payload = read_json_object(request, limit)
         require_admin(gw.admin_token, request, payload)
-        handle = route_to(signature_of(payload))
         count = payload.get("NR_WORKERS")
         body = jsonutil.dumps_bytes({"NR_WORKERS": count})
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.admin_token}"}
-        reply = forward(handle, "/update_workers", body, headers)
-        if reply.status == 200:
+        for handle in ready_replicas(signature_of(payload)):
+            reply = forward(handle, "/update_workers", body, headers)
+            if reply.status != 200:
+                break
             handle.nr_workers = count  # a restart of this server keeps the new size
         return relay(reply)
 
@@ -151,7 +165,9 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         signature = signature_of(payload)
         if signature == "*":
             names = [n for n, h in supervisor.handles.items() if h.state != STOPPED or h.pid is not None]
-        elif signature in supervisor.handles:
+        elif supervisor.replicas_of(signature):
+            names = [h.name for h in supervisor.replicas_of(signature)]
+        elif signature in supervisor.handles:  # one replica, by its key ("name#2")
             names = [signature]
         else:
             raise UnknownSignature(f"Bad signature {signature!r}. Available signatures: {sorted(supervisor.handles)}")

@@ -53,9 +53,15 @@ class Router:
         return signature
 
     def route_to(self, signature: str) -> ChildHandle:
-        """The READY model server of ``signature``; a 404/503 ServingError otherwise."""
+        """The READY replica of ``signature`` with the fewest requests in flight; a 404/503
+        ServingError when there is none."""
         supervisor = self.gw.supervisor
-        handle = supervisor.handles.get(signature)
+        replicas = supervisor.replicas_of(signature)
+        if len(replicas) > 1:
+            ready = [h for h in replicas if h.state == READY and not h.health_failures]
+            if ready:
+                return min(ready, key=lambda h: h.inflight.count)
+        handle = replicas[0] if replicas else None
         if handle is None:
             endpoint = self.gw.config.endpoint(signature)
             if endpoint is None or endpoint.is_support:

@@ -54,6 +54,11 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "localhost", "": "127.0.0.1"}.get(host, host)
 
 
+def replica_key(name: str, replica: int) -> str:
+    """Table key of a replica: the endpoint's name for the first, ``name#2``, ``name#3``... after."""
+    return name if replica == 0 else f"{name}#{replica + 1}"
+
+
 def backoff(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
 
@@ -64,6 +69,7 @@ class ChildHandle:
 
     endpoint: EndpointConfig
     port: int | None  # None for support processes
+    replica: int = 0  # NR_REPLICAS: each replica is its own child, on its own port
     state: str = STOPPED
     proc: subprocess.Popen | None = None
     started_at: float = 0.0  # time.monotonic() of the last spawn
@@ -85,7 +91,7 @@ class ChildHandle:
 
     @property
     def name(self) -> str:
-        return self.endpoint.name
+        return replica_key(self.endpoint.name, self.replica)
 
     @property
     def is_support(self) -> bool:
@@ -142,7 +148,8 @@ class Supervisor:
         for endpoint in self.config.endpoints:
             if not endpoint.disabled:
                 with self._lock:
-                    self._spawn(self._handle(endpoint))
+                    for replica in range(1 if endpoint.is_support else endpoint.nr_replicas):
+                        self._spawn(self._handle(endpoint, replica))
 
     def request_start(self, name: str) -> ChildHandle:
         """Ask for ``name`` to start (any thread); the main loop spawns it.
@@ -153,19 +160,30 @@ class Supervisor:
         if endpoint is None:
             raise KeyError(name)
         with self._lock:
-            current = self.handles.get(name)
-            if current is not None and (current.state not in (STOPPED, FAILED) or current.pid is not None):
-                raise Conflict(f"Signature {name!r} already started ({current.state})")
-            handle = self._handle(endpoint)
-            handle.state, handle.proc, handle.failures, handle.error = STARTING, None, 0, None
-            return handle
+            for current in self.replicas_of(name):
+                if current.state not in (STOPPED, FAILED) or current.pid is not None:
+                    raise Conflict(f"Signature {current.name!r} already started ({current.state})")
+            started = []
+            for replica in range(1 if endpoint.is_support else endpoint.nr_replicas):
+                handle = self._handle(endpoint, replica)
+                handle.state, handle.proc, handle.failures, handle.error = STARTING, None, 0, None
+                started.append(handle)
+            return started[0]
 
-    def _handle(self, endpoint: EndpointConfig) -> ChildHandle:
-        handle = self.handles.get(endpoint.name)
+    def _handle(self, endpoint: EndpointConfig, replica: int = 0) -> ChildHandle:
+        key = replica_key(endpoint.name, replica)
+        handle = self.handles.get(key)
         if handle is None:
-            port = None if endpoint.is_support else self.ports.allocate(endpoint.name, endpoint.host)
-            handle = self.handles[endpoint.name] = ChildHandle(endpoint=endpoint, port=port)
+            port = None if endpoint.is_support else self.ports.allocate(key, endpoint.host)
+            handle = self.handles[key] = ChildHandle(endpoint=endpoint, port=port, replica=replica)
         return handle
+
+    def replicas_of(self, name: str) -> list[ChildHandle]:
+        """The children serving endpoint ``name``, first replica first (empty if none started)."""
+        endpoint = self.config.endpoint(name)
+        count = 1 if endpoint is None or endpoint.is_support else endpoint.nr_replicas
+        keys = (replica_key(name, replica) for replica in range(count))
+        return [self.handles[key] for key in keys if key in self.handles]
 
     def _spawn(self, handle: ChildHandle) -> None:
         if handle.proc is not None and handle.proc.stdin is not None:
@@ -186,6 +204,7 @@ class Supervisor:
                 workers_location=self.workers_location, workers_suffix=self.workers_suffix,
                 execution_path=self.execution_path,
             )
+            spec["name"] = handle.name  # replicas log to files of their own
             handle.proc = spawn_model_server(spec, self.app_root)
             if handle.http is None or handle.http.port != handle.port or handle.http.pool is None:
                 handle.http = urllib3.HTTPConnectionPool(
