@@ -45,6 +45,7 @@ MODELS: dict[str, tuple[dict, dict]] = {
     "batch_on": ({"SERVER_CLASS": "bench_batch", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 8, "MAX_BATCH_WAIT_MS": 2},
                  {"INPUT_VALUE": 3}),
     "cpu": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2}, {"INPUT_VALUE": 3}),
+    "cpu_x2": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2, "NR_REPLICAS": 2}, {"INPUT_VALUE": 3}),
 }
 
 
@@ -160,13 +161,13 @@ class BenchGateway:
         shutil.copytree(BENCH / "endpoints", app / "endpoints")
         config = {"CONFIG_ENDPOINTS": {name: MODELS[name][0] for name in models}}
         (app / "config_gateway.txt").write_text(json.dumps(config))
-        self.base = _free_base(1 + len(models))
+        self.base = _free_base(1 + sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models))
         env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN=TOKEN, BIS_LOG_LEVEL="WARNING")
         self.log = open(app / "gateway.txt", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
              "--port", str(self.base), "--first_server_port", str(self.base + 1),
-             "--last_server_port", str(self.base + len(models))],
+             "--last_server_port", str(self.base + sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models))],
             cwd=app, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.base}"
         deadline = time.monotonic() + 60
@@ -277,12 +278,12 @@ def summarise(samples, idle_rss, loaded_rss, args) -> dict:
             ratio["gateway_over_litserve"] = round(row["rps"] / lit["rps"], 2)
             ratio["p99_gateway_vs_litserve_ms"] = f"{row['p99_ms']} vs {lit['p99_ms']}"
         ratios.append(ratio)
-    batch = {c: (by_key.get(("gateway", "batch_on", c)), by_key.get(("gateway", "batch_off", c))) for c in
-             {r["concurrency"] for r in rows}}
-    for c, (on, off) in batch.items():
-        if on and off and off["rps"]:
-            ratios.append({"model": "batch_on/batch_off", "concurrency": c,
-                           "batching_speedup": round(on["rps"] / off["rps"], 2)})
+    for c in {r["concurrency"] for r in rows}:
+        for label, key, (top, bottom) in (("batch_on/batch_off", "batching_speedup", ("batch_on", "batch_off")),
+                                          ("cpu_x2/cpu", "replica_speedup", ("cpu_x2", "cpu"))):
+            on, off = by_key.get(("gateway", top, c)), by_key.get(("gateway", bottom, c))
+            if on and off and off["rps"]:
+                ratios.append({"model": label, "concurrency": c, key: round(on["rps"] / off["rps"], 2)})
     return {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "settings": {"duration_s": args.duration, "rounds": args.rounds, "load_generator": "wrk -t1, keep-alive"},
@@ -300,11 +301,11 @@ def write_report(report: dict) -> None:
         lines.append(f"| {r['system']} | {r['model']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']} | "
                      f"{r['p99_ms']} | {r['errors']} |")
     lines += ["", "| model | concurrency | gateway / direct | gateway / LitServe | p99 gateway vs LitServe "
-              "| batching speed-up |", "|---|---|---|---|---|---|"]
+              "| batching speed-up | replicas speed-up |", "|---|---|---|---|---|---|---|"]
     for r in sorted(report["ratios"], key=lambda r: (r["model"], r["concurrency"])):
         lines.append(f"| {r['model']} | {r['concurrency']} | {r.get('gateway_over_direct', '')} | "
                      f"{r.get('gateway_over_litserve', '')} | {r.get('p99_gateway_vs_litserve_ms', '')} | "
-                     f"{r.get('batching_speedup', '')} |")
+                     f"{r.get('batching_speedup', '')} | {r.get('replica_speedup', '')} |")
     lines += ["", f"RSS MB idle: {report['rss_mb_idle']}", f"RSS MB after load: {report['rss_mb_after_load']}",
               f"Machine: {report['machine']}; {report['settings']}"]
     text = "\n".join(lines)
