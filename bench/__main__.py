@@ -32,6 +32,8 @@ from pathlib import Path
 import psutil
 import requests
 
+from bench.common import free_port_block
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -137,21 +139,6 @@ class LitServeProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _free_base(count: int) -> int:
-    import socket
-
-    for base in range(23000, 32000, 41):  # below the ephemeral range
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
 
 
 class BenchGateway:
@@ -161,13 +148,14 @@ class BenchGateway:
         shutil.copytree(BENCH / "endpoints", app / "endpoints")
         config = {"CONFIG_ENDPOINTS": {name: MODELS[name][0] for name in models}}
         (app / "config_gateway.txt").write_text(json.dumps(config))
-        self.base = _free_base(1 + sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models))
+        servers = sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models)
+        self.base = free_port_block(1 + servers, 23000)
         env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN=TOKEN, BIS_LOG_LEVEL="WARNING")
         self.log = open(app / "gateway.txt", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
              "--port", str(self.base), "--first_server_port", str(self.base + 1),
-             "--last_server_port", str(self.base + sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models))],
+             "--last_server_port", str(self.base + servers)],
             cwd=app, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{self.base}"
         deadline = time.monotonic() + 60
@@ -224,7 +212,7 @@ def main() -> int:
     litserve: dict[str, LitServeProcess] = {}
     if args.litserve:
         python = ensure_litserve()
-        port = _free_base(len(LITSERVE_MODELS) + 20) + 10
+        port = free_port_block(len(LITSERVE_MODELS) + 20, 23000) + 10
         for offset, model in enumerate(m for m in LITSERVE_MODELS if m in models):
             litserve[model] = LitServeProcess(python, model, port + offset)
     gateway = BenchGateway(models)

@@ -25,7 +25,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,26 +35,13 @@ from pathlib import Path
 
 import requests
 
+from bench.common import free_port_block
+
 REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = {"soak_a": 1, "soak_b": 2}  # name -> WEIGHT
 WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside it
 
 
-def _free_block(count: int) -> int:
-    for base in range(22000, 32000, 37):  # below the ephemeral range (32768+)
-        try:
-            socks = []
-            for port in range(base, base + count):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no free ports")
 
 
 class Soak:
@@ -188,7 +174,7 @@ def main() -> int:
             name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight}
             for name, weight in ENDPOINTS.items()}}
         (app / "config_gateway.txt").write_text(json.dumps(config))
-        base = _free_block(1 + len(ENDPOINTS))
+        base = free_port_block(1 + len(ENDPOINTS), 22000)
         env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="soak-token-1234567")
         log = open(app / "gateway.txt", "wb")
         gateway = subprocess.Popen(

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,22 +25,11 @@ from pathlib import Path
 
 import psutil
 
+from bench.common import free_port_block
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_block(count: int) -> int:
-    for base in range(21000, 32000, 50):  # below the ephemeral range (32768+)
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free ports")
 
 
 def one_round(endpoints: int) -> dict:
@@ -52,7 +40,7 @@ def one_round(endpoints: int) -> dict:
         config = {"CONFIG_ENDPOINTS": {f"dummy{i}": {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2}
                                        for i in range(endpoints)}}
         (app / "config_gateway.txt").write_text(json.dumps(config))
-        base = _free_block(endpoints + 1)
+        base = free_port_block(endpoints + 1, 21000)
         env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="bench-token-123456")
         started = time.monotonic()
         proc = subprocess.Popen(
