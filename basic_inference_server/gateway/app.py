@@ -1,7 +1,7 @@
-"""The gateway's HTTP routes.
+"""The gateway's HTTP routes (Flask): status, notifications, admin and support-metric routes.
 
-``/run`` parses the body once (to read ``SIGNATURE``), forwards the bytes as received, and
-extends the server's answer with the envelope. Admin routes need the admin token.
+``POST /run`` itself is answered by :class:`~.router.RunPath` in front of this app; the logic of
+routing and forwarding lives in :class:`~.router.Router`. Admin routes need the admin token.
 """
 
 from __future__ import annotations
