@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Request, Response
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import jsonutil
-from .errors import PayloadTooLarge, ServingError, Unauthorized, error_body, from_http_status
+from .errors import BadRequest, PayloadTooLarge, ServingError, Unauthorized, error_body, from_http_status
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +97,52 @@ def require_admin(expected: str, request: Request, body: dict[str, Any] | None) 
         raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in the body")
     if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
         raise Unauthorized("admin token is wrong")
+
+
+Answer = tuple[int, bytes, dict[str, str] | None]  # status, JSON body, extra headers
+_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+class PostFront:
+    """WSGI front that answers ``POST <path>`` with ``handler(body) -> (status, body, headers)``
+    and hands every other request to the Flask app. Flask's per-request machinery costs more
+    than the rest of the work on a small request, and every /run crosses two of these."""
+
+    def __init__(self, handler: Callable[[bytes], Answer], path: str, limit: int,
+                 fallback: Callable[..., Iterable[bytes]]):
+        self.handler = handler
+        self.path = path
+        self.limit = limit
+        self.fallback = fallback
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
+            return self.fallback(environ, start_response)
+        headers: dict[str, str] | None
+        try:
+            status, body, headers = self.handler(self._read(environ))
+        except ServingError as exc:
+            status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
+        except Exception as exc:
+            logger.exception("Unhandled %s on /run", type(exc).__name__)
+            status, body, headers = 500, jsonutil.dumps_bytes(
+                error_body("InternalError", f"internal error: {type(exc).__name__}")), None
+        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        if headers:
+            response_headers.extend(headers.items())
+        start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)
+        return [body]
+
+    def _read(self, environ: dict[str, Any]) -> bytes:
+        limit = self.limit
+        try:
+            declared = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if declared > limit:
+            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
+        stream = environ["wsgi.input"]
+        data = stream.read(declared) if declared else stream.read(limit + 1)
+        if len(data) > limit:
+            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
+        return data

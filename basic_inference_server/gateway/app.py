@@ -1,7 +1,7 @@
 """The gateway's HTTP routes (Flask): status, notifications, admin and support-metric routes.
 
-``POST /run`` itself is answered by :class:`~.router.RunPath` in front of this app; the logic of
-routing and forwarding lives in :class:`~.router.Router`. Admin routes need the admin token.
+``POST /run`` itself is answered by a :class:`~basic_inference_server.webutil.PostFront` in front
+of this app; routing and forwarding live in :class:`~.router.Router`. Admin routes need the token.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route(gw.execution_path, methods=["POST"])
     def run() -> Response:
-        # The gateway serves POST /run through RunPath (no Flask); this route serves the test client.
+        # The gateway serves POST /run through PostFront (no Flask); this route serves the test client.
         status, body, headers = router.run(read_body(request, limit))
         return raw_json_response(body, status, headers)
 

@@ -17,11 +17,12 @@ from ..config import ConfigError, GatewayConfig, load_config, parse_config
 from ..httpserve import HttpServer, InFlight
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
+from ..webutil import PostFront
 from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .envelope import Envelope
 from .history import StateHistory
-from .router import Router, RunPath
+from .router import Router
 from .status import system_status
 from .supervisor import Supervisor
 from .support_data import SupportData
@@ -136,7 +137,8 @@ class FlaskGateway:
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
         try:
-            app = RunPath(self.router, self.execution_path, self.config.max_body_bytes, create_gateway_app(self))
+            app = PostFront(self.router.run, self.execution_path, self.config.max_body_bytes,
+                            create_gateway_app(self))
             self.http = HttpServer(app, self.host, self.port,
                                    self.config.gateway_threads, self.config.max_body_bytes)
         except OSError as exc:

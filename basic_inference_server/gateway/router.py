@@ -1,8 +1,7 @@
 """The ``/run`` hot path: find the server of a ``SIGNATURE``, bound the load, forward, wrap.
 
-:class:`Router` holds the logic shared by the Flask routes and :class:`RunPath`, a plain WSGI
-front that answers ``POST /run`` without Flask's per-request machinery (it costs more than the
-rest of the gateway's work on a small request) and hands every other request to Flask.
+:class:`Router` holds the logic shared by the Flask routes and the plain WSGI front
+(:class:`~basic_inference_server.webutil.PostFront`) that answers ``POST /run`` without Flask.
 """
 
 from __future__ import annotations
@@ -10,23 +9,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonutil
 from ..errors import (
     BadRequest,
     Overloaded,
-    PayloadTooLarge,
     ServerDied,
-    ServingError,
     SignatureDisabled,
     Unavailable,
     UnknownSignature,
-    error_body,
 )
+from ..webutil import Answer
 from .forward import Reply, forward
 from .supervisor import FAILED, READY, RESTARTING, STARTING, ChildHandle
 
@@ -36,7 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SYSTEM_STATUS = "SYSTEM_STATUS"
-Answer = tuple[int, bytes, dict[str, str] | None]
 
 
 class Router:
@@ -128,48 +123,3 @@ class Router:
         with self.forwarding(handle):
             reply = forward(handle, gw.execution_path, raw)
         return self.relay(reply, flat)
-
-
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
-
-
-class RunPath:
-    """WSGI front: ``POST <execution path>`` is served here, everything else by the Flask app."""
-
-    def __init__(self, router: Router, path: str, limit: int, fallback: Callable[..., Iterable[bytes]]):
-        self.router = router
-        self.path = path
-        self.limit = limit
-        self.fallback = fallback
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
-            return self.fallback(environ, start_response)
-        headers: dict[str, str] | None
-        try:
-            status, body, headers = self.router.run(self._read(environ))
-        except ServingError as exc:
-            status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
-        except Exception as exc:
-            logger.exception("Unhandled %s on /run", type(exc).__name__)
-            status, body, headers = 500, jsonutil.dumps_bytes(
-                error_body("InternalError", f"internal error: {type(exc).__name__}")), None
-        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
-        if headers:
-            response_headers.extend(headers.items())
-        start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)
-        return [body]
-
-    def _read(self, environ: dict[str, Any]) -> bytes:
-        limit = self.limit
-        try:
-            declared = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-        if declared > limit:
-            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
-        stream = environ["wsgi.input"]
-        data = stream.read(declared) if declared else stream.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
-        return data

@@ -24,6 +24,7 @@ from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
 from ..notifications import GENERAL, NotificationStore
+from ..webutil import PostFront
 from .app import ServerState, create_app
 from .pool import WorkerPool
 
@@ -95,8 +96,8 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> int:
     )
     host, port = spec.get("host", "127.0.0.1"), int(spec["port"])
     try:
-        http = HttpServer(create_app(state), host, port, int(spec.get("server_threads", 16)),
-                          state.max_body_bytes)
+        front = PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state))
+        http = HttpServer(front, host, port, int(spec.get("server_threads", 16)), state.max_body_bytes)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {host}:{port}: {exc.strerror}")
     http.start()

@@ -14,10 +14,11 @@ from ..errors import BadRequest, ModelError, Unavailable
 from ..httpserve import InFlight
 from ..notifications import GENERAL, NotificationStore
 from ..webutil import (
-    error_response,
+    Answer,
     install_error_handlers,
     json_response,
     raw_json_response,
+    read_body,
     read_json_object,
     require_admin,
 )
@@ -52,6 +53,27 @@ class ServerState:
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
+    def run(self, raw: bytes) -> Answer:
+        """``POST /run``: queue the request for a worker, wait, answer ``predict_result``."""
+        if self.draining:
+            raise Unavailable("model server is shutting down")
+        body = jsonutil.loads_object(raw)
+        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        call_id = next(self.call_ids)
+        with self.inflight:
+            job = self.pool.submit(inputs, call_id, self.request_timeout)
+        answer = {
+            "predict_result": job.result,
+            "call_id": call_id,
+            "signature": self.signature_of(job.worker_idx),
+            "worker_id": f"{self.host_id}:{job.worker_idx}",
+        }
+        try:
+            return 200, jsonutil.dumps_bytes(answer), None
+        except (TypeError, ValueError) as exc:
+            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", call_id, exc)
+            raise ModelError(f"result of _post_process is not JSON-serialisable: {exc}") from None
+
     def health(self) -> tuple[dict[str, Any], int]:
         """READY once the first NR_WORKERS have loaded (workers added later load in the background
         while the others serve), and while the workers are not stuck.
@@ -80,28 +102,11 @@ def create_app(state: ServerState) -> Flask:
     app = Flask(f"bis-server-{state.name}")
     app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
     install_error_handlers(app)
-    dumps_bytes = jsonutil.dumps_bytes
 
     def run() -> Response:
-        if state.draining:
-            raise Unavailable("model server is shutting down")
-        body = read_json_object(request, state.max_body_bytes)
-        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
-        call_id = next(state.call_ids)
-        with state.inflight:
-            job = state.pool.submit(inputs, call_id, state.request_timeout)
-        answer = {
-            "predict_result": job.result,
-            "call_id": call_id,
-            "signature": state.signature_of(job.worker_idx),
-            "worker_id": f"{state.host_id}:{job.worker_idx}",
-        }
-        try:
-            data = dumps_bytes(answer)
-        except (TypeError, ValueError) as exc:
-            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", call_id, exc)
-            return error_response(ModelError(f"result of _post_process is not JSON-serialisable: {exc}"))
-        return raw_json_response(data)
+        # The process serves POST /run through PostFront (no Flask); this route serves the test client.
+        status, body, headers = state.run(read_body(request, state.max_body_bytes))
+        return raw_json_response(body, status, headers)
 
     app.add_url_rule(state.execution_path, "run", run, methods=["POST"])
 
