@@ -249,7 +249,7 @@ def summarise(samples, idle_rss, loaded_rss, args) -> dict:
     for (system, model, concurrency), runs in samples.items():
         rows.append({
             "system": system, "model": model, "concurrency": concurrency,
-            **{key: statistics.median(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")},
+            **{key: round(statistics.median(r[key] for r in runs), 2) for key in ("rps", "p50_ms", "p99_ms")},
             "errors": sum(r["errors"] for r in runs), "rounds": len(runs),
         })
     by_key = {(r["system"], r["model"], r["concurrency"]): r for r in rows}
