@@ -9,7 +9,7 @@ from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Request, Response
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 
 from . import jsonutil
 from .errors import BadRequest, PayloadTooLarge, ServingError, Unauthorized, error_body, from_http_status
@@ -31,18 +31,23 @@ def error_response(exc: ServingError) -> Response:
     return json_response(exc.to_body(), exc.status, exc.headers())
 
 
-def read_body(request: Request, limit: int) -> bytes:
+def read_limited(environ: dict[str, Any], limit: int) -> bytes:
     """The raw request body, refusing more than ``limit`` bytes (declared or chunked) with 413."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
     try:
-        data = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        raise _too_large(limit) from None
+        declared = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        raise BadRequest("invalid Content-Length") from None
+    if declared > limit:
+        raise _too_large(limit)
+    stream = environ["wsgi.input"]
+    data = stream.read(declared) if declared else stream.read(limit + 1)
     if len(data) > limit:
         raise _too_large(limit)
     return data
+
+
+def read_body(request: Request, limit: int) -> bytes:
+    return read_limited(request.environ, limit)
 
 
 def read_json_object(request: Request, limit: int) -> dict[str, Any]:
@@ -120,7 +125,7 @@ class PostFront:
             return self.fallback(environ, start_response)
         headers: dict[str, str] | None
         try:
-            status, body, headers = self.handler(self._read(environ))
+            status, body, headers = self.handler(read_limited(environ, self.limit))
         except ServingError as exc:
             status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
         except Exception as exc:
@@ -132,17 +137,3 @@ class PostFront:
             response_headers.extend(headers.items())
         start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)
         return [body]
-
-    def _read(self, environ: dict[str, Any]) -> bytes:
-        limit = self.limit
-        try:
-            declared = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            raise BadRequest("invalid Content-Length") from None
-        if declared > limit:
-            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
-        stream = environ["wsgi.input"]
-        data = stream.read(declared) if declared else stream.read(limit + 1)
-        if len(data) > limit:
-            raise PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
-        return data

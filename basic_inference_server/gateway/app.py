@@ -49,7 +49,6 @@ def is_loopback(address: str | None) -> bool:
 
 def create_gateway_app(gw: FlaskGateway) -> Flask:
     app = Flask("bis-gateway")
-    app.config["MAX_CONTENT_LENGTH"] = gw.config.max_body_bytes
     install_error_handlers(app)
     limit = gw.config.max_body_bytes
     supervisor = gw.supervisor

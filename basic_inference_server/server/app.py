@@ -100,7 +100,6 @@ class ServerState:
 
 def create_app(state: ServerState) -> Flask:
     app = Flask(f"bis-server-{state.name}")
-    app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
     install_error_handlers(app)
 
     def run() -> Response:
