@@ -25,19 +25,16 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import requests
 
-from bench.common import free_port_block
+from bench.common import REPO, GatewayRun, free_port_block
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
-TOKEN = "bench-admin-token-0123456789"
 
 # name -> (endpoint config, request body)
 MODELS: dict[str, tuple[dict, dict]] = {
@@ -141,34 +138,18 @@ class LitServeProcess:
 
 
 
-class BenchGateway:
+class BenchGateway(GatewayRun):
+    """The gateway with the bench endpoints of ``models``."""
+
     def __init__(self, models: list[str]):
-        self.tmp = tempfile.TemporaryDirectory()
-        app = Path(self.tmp.name)
-        shutil.copytree(BENCH / "endpoints", app / "endpoints")
         config = {"CONFIG_ENDPOINTS": {name: MODELS[name][0] for name in models}}
-        (app / "config_gateway.txt").write_text(json.dumps(config))
         servers = sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models)
-        self.base = free_port_block(1 + servers, 23000)
-        env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN=TOKEN, BIS_LOG_LEVEL="WARNING")
-        self.log = open(app / "gateway.txt", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
-             "--port", str(self.base), "--first_server_port", str(self.base + 1),
-             "--last_server_port", str(self.base + servers)],
-            cwd=app, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{self.base}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        else:
+        super().__init__(sorted((BENCH / "endpoints").glob("*.py")), config, servers, 23000,
+                         env={"BIS_LOG_LEVEL": "WARNING"})
+        if self.wait_ready() is None:
+            output = self.output()
             self.stop()
-            sys.exit("the gateway did not become ready:\n" + (app / "gateway.txt").read_text())
+            sys.exit("the gateway did not become ready:\n" + output)
         self.servers = requests.get(self.url + "/list_servers", timeout=5).json()["AVAIL_SERVERS"]
 
     def wait_idle(self, model: str, timeout: float = 60) -> None:
@@ -190,12 +171,6 @@ class BenchGateway:
             except (psutil.Error, TypeError):
                 out[name] = None
         return out
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(30)
-        self.log.close()
-        self.tmp.cleanup()
 
 
 def main() -> int:

@@ -1,8 +1,22 @@
-"""Helpers shared by the bench scripts."""
+"""Helpers shared by the bench scripts: free ports, and a gateway run in a temporary app folder."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
 from basic_inference_server.gateway.ports import port_is_free
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port_block(count: int, start: int) -> int:
@@ -12,3 +26,51 @@ def free_port_block(count: int, start: int) -> int:
         if all(port_is_free("127.0.0.1", port) for port in range(base, base + count)):
             return base
     raise RuntimeError("no block of free ports below 32000")
+
+
+class GatewayRun:
+    """A gateway on free loopback ports, with ``endpoint_files`` and ``config``, in a temp folder."""
+
+    def __init__(self, endpoint_files: list[Path], config: dict, servers: int, port_start: int,
+                 env: dict[str, str] | None = None):
+        self._tmp = tempfile.TemporaryDirectory()
+        self.app = Path(self._tmp.name)
+        (self.app / "endpoints").mkdir()
+        for path in endpoint_files:
+            shutil.copy(path, self.app / "endpoints")
+        (self.app / "config_gateway.txt").write_text(json.dumps(config))
+        self.base = free_port_block(1 + servers, port_start)
+        self.url = f"http://127.0.0.1:{self.base}"
+        self._log = open(self.app / "gateway.txt", "wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
+             "--port", str(self.base), "--first_server_port", str(self.base + 1),
+             "--last_server_port", str(self.base + servers)],
+            cwd=self.app, env=dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="bench-admin-token-0123456789",
+                                   **(env or {})),
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60, poll: float = 0.05) -> float | None:
+        """Seconds from launch until ``/ready`` answered 200, or None after ``timeout``."""
+        with requests.Session() as session:
+            while time.monotonic() - self.started < timeout:
+                try:
+                    if session.get(self.url + "/ready", timeout=1).status_code == 200:
+                        return time.monotonic() - self.started
+                except requests.RequestException:
+                    pass
+                time.sleep(poll)
+        return None
+
+    def output(self) -> str:
+        return (self.app / "gateway.txt").read_text(errors="replace")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+        self._tmp.cleanup()

@@ -23,21 +23,16 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import requests
 
-from bench.common import free_port_block
+from bench.common import REPO, GatewayRun
 
-REPO = Path(__file__).resolve().parents[1]
 ENDPOINTS = {"soak_a": 1, "soak_b": 2}  # name -> WEIGHT
 WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside it
 
@@ -166,39 +161,17 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        app = Path(tmp)
-        (app / "endpoints").mkdir()
-        shutil.copy(REPO / "endpoints" / "dummy_model_demo2.py", app / "endpoints")
-        config = {"SHUTDOWN_GRACE": 5, "CONFIG_ENDPOINTS": {
-            name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight}
-            for name, weight in ENDPOINTS.items()}}
-        (app / "config_gateway.txt").write_text(json.dumps(config))
-        base = free_port_block(1 + len(ENDPOINTS), 22000)
-        env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="soak-token-1234567")
-        log = open(app / "gateway.txt", "wb")
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1", "--port", str(base),
-             "--first_server_port", str(base + 1), "--last_server_port", str(base + len(ENDPOINTS))],
-            cwd=app, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{base}"
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if requests.get(f"{url}/ready", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.05)
-            else:
-                print((app / "gateway.txt").read_text(), file=sys.stderr)
-                return 2
-            summary = Soak(url, args.duration, args.clients, args.seed).run()
-        finally:
-            os.killpg(gateway.pid, signal.SIGTERM)
-            gateway.wait(30)
-            log.close()
+    config = {"SHUTDOWN_GRACE": 5, "CONFIG_ENDPOINTS": {
+        name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight}
+        for name, weight in ENDPOINTS.items()}}
+    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, len(ENDPOINTS), 22000)
+    try:
+        if run.wait_ready(timeout=30) is None:
+            print(run.output(), file=sys.stderr)
+            return 2
+        summary = Soak(run.url, args.duration, args.clients, args.seed).run()
+    finally:
+        run.stop()
     print(json.dumps(summary, indent=2))
     clean = (summary["lost"] == summary["wrong_answer"] == summary["executed_twice"]
              == summary["errors_outside_restart_windows"] == 0 and summary["kills"] > 0)

@@ -12,65 +12,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from pathlib import Path
 
 import psutil
 
-from bench.common import free_port_block
-
-REPO = Path(__file__).resolve().parents[1]
-
-
+from bench.common import REPO, GatewayRun
 
 
 def one_round(endpoints: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        app = Path(tmp)
-        (app / "endpoints").mkdir()
-        shutil.copy(REPO / "endpoints" / "dummy_model_demo2.py", app / "endpoints")
-        config = {"CONFIG_ENDPOINTS": {f"dummy{i}": {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2}
-                                       for i in range(endpoints)}}
-        (app / "config_gateway.txt").write_text(json.dumps(config))
-        base = free_port_block(endpoints + 1, 21000)
-        env = dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="bench-token-123456")
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1", "--port", str(base),
-             "--first_server_port", str(base + 1), "--last_server_port", str(base + endpoints)],
-            cwd=app, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            ready = None
-            while time.monotonic() - started < 60:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{base}/ready", timeout=1) as reply:
-                        if reply.status == 200:
-                            ready = time.monotonic() - started
-                            break
-                except OSError:
-                    pass
-                time.sleep(0.01)
-            time.sleep(1.0)
-            gateway = psutil.Process(proc.pid)
-            servers = gateway.children()
-            return {
-                "endpoints": endpoints,
-                "ready_s": round(ready, 3) if ready else None,
-                "gateway_rss_mb": round(gateway.memory_info().rss / 2**20, 1),
-                "server_rss_mb": round(statistics.median(s.memory_info().rss for s in servers) / 2**20, 1),
-                "servers": len(servers),
-            }
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(20)
+    config = {"CONFIG_ENDPOINTS": {f"dummy{i}": {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2}
+                                   for i in range(endpoints)}}
+    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, endpoints, 21000)
+    try:
+        ready = run.wait_ready(poll=0.01)
+        time.sleep(1.0)
+        gateway = psutil.Process(run.proc.pid)
+        servers = gateway.children()
+        return {
+            "endpoints": endpoints,
+            "ready_s": round(ready, 3) if ready else None,
+            "gateway_rss_mb": round(gateway.memory_info().rss / 2**20, 1),
+            "server_rss_mb": round(statistics.median(s.memory_info().rss for s in servers) / 2**20, 1),
+            "servers": len(servers),
+        }
+    finally:
+        run.stop()
 
 
 def main() -> None:
