@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from bench.common import REPO, GatewayRun, free_port_block
+from bench.common import REPO, GatewayRun, free_port_block, stop_group
 
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -129,11 +128,7 @@ class LitServeProcess:
             return 0.0
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc, grace=20)
 
 
 

@@ -28,6 +28,18 @@ def free_port_block(count: int, start: int) -> int:
     raise RuntimeError("no block of free ports below 32000")
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
+    """SIGTERM a process group started with ``start_new_session``; SIGKILL it after ``grace``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    except ProcessLookupError:
+        pass
+
+
 class GatewayRun:
     """A gateway on free loopback ports, with ``endpoint_files`` and ``config``, in a temp folder."""
 
@@ -67,10 +79,6 @@ class GatewayRun:
         return (self.app / "gateway.txt").read_text(errors="replace")
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
         self._log.close()
         self._tmp.cleanup()
