@@ -106,7 +106,8 @@ class LitServeProcess:
 
     def __init__(self, python: Path, model: str, port: int):
         self.url = f"http://127.0.0.1:{port}/predict"
-        self.proc = subprocess.Popen([str(python), str(BENCH / "litserve_app.py"), model, str(port)],
+        RESULTS.mkdir(parents=True, exist_ok=True)  # LitServe writes a sample client.py into its cwd
+        self.proc = subprocess.Popen([str(python), str(BENCH / "litserve_app.py"), model, str(port)], cwd=RESULTS,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         body = MODELS[model][1]
         deadline = time.monotonic() + 120

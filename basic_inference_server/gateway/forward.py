@@ -10,15 +10,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
-
 from ..errors import RequestTimeout, ServerDied, Unavailable
 from .supervisor import READY, ChildHandle
+from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 2.0
 # The server answers 504 itself at REQUEST_TIMEOUT; the gateway waits a little longer than that.
 READ_MARGIN = 5.0
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -33,23 +30,20 @@ class Reply:
 
 def forward(handle: ChildHandle, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
     """POST ``body`` to ``path`` on the handle's server; raise a ServingError on transport failure."""
-    http = handle.http
-    if http is None:
+    upstream = handle.http
+    if upstream is None:
         raise Unavailable(f"endpoint {handle.name!r} is not running")
-    timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT, read=handle.endpoint.request_timeout + READ_MARGIN)
     try:
-        response = http.urlopen(
-            "POST", path, body=body, headers=headers or _JSON_HEADERS, retries=False,
-            timeout=timeout, redirect=False, preload_content=True,
-        )
-    except (NewConnectionError, ConnectTimeoutError) as exc:
+        reply = upstream.request("POST", path, body, headers or _JSON_HEADERS,
+                                 timeout=handle.endpoint.request_timeout + READ_MARGIN)
+    except ConnectFailed as exc:
         if handle.state != READY:
             raise Unavailable(f"endpoint {handle.name!r} is {handle.state}") from None
         logger.warning("%s unreachable: %s", handle.name, exc)
         raise ServerDied(f"model server {handle.name!r} is not reachable") from None
-    except ReadTimeoutError:
+    except ReadTimedOut:
         raise RequestTimeout(f"model server {handle.name!r} did not answer in time") from None
-    except HTTPError as exc:
-        logger.warning("%s: connection lost: %s", handle.name, exc)
+    except ConnectionLost as exc:
+        logger.warning("%s: %s", handle.name, exc)
         raise ServerDied(f"model server {handle.name!r} closed the connection before answering") from None
-    return Reply(response.status, response.data, response.headers.get("Retry-After"))
+    return Reply(reply.status, reply.data, reply.headers.get("retry-after"))

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import urllib3
-
 from .. import exitcodes
 from ..config import EndpointConfig, GatewayConfig
 from ..errors import Conflict
@@ -33,6 +31,7 @@ from ..httpserve import InFlight
 from .children import model_server_spec, spawn_model_server, spawn_support
 from .history import StateHistory
 from .ports import PortAllocator
+from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class ChildHandle:
     workers: dict[str, Any] = field(default_factory=dict)
     nr_workers: int | None = None  # set by /update_workers: kept across restarts
     inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
-    http: urllib3.HTTPConnectionPool | None = field(default=None, repr=False)
+    http: Upstream | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -206,10 +205,8 @@ class Supervisor:
             )
             spec["name"] = handle.name  # replicas log to files of their own
             handle.proc = spawn_model_server(spec, self.app_root)
-            if handle.http is None or handle.http.port != handle.port or handle.http.pool is None:
-                handle.http = urllib3.HTTPConnectionPool(
-                    connect_host(endpoint.host), handle.port, maxsize=self.pool_size, block=False, retries=False,
-                )
+            if handle.http is None or handle.http.port != handle.port or handle.http.closed:
+                handle.http = Upstream(connect_host(endpoint.host), handle.port, maxsize=self.pool_size)
         now = time.monotonic()
         handle.state, handle.started_at, handle.ready_at = STARTING, now, None
         handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
@@ -339,9 +336,9 @@ class Supervisor:
         if handle.http is None:
             return None, {}
         try:
-            response = handle.http.request("GET", "/health", timeout=timeout, retries=False)
+            response = handle.http.request("GET", "/health", timeout=timeout)
             return response.status, json.loads(response.data or b"{}")
-        except (urllib3.exceptions.HTTPError, ValueError):
+        except (OSError, ValueError):
             return None, {}
 
     # -- stopping ----------------------------------------------------------------------------
