@@ -1,0 +1,37 @@
+"""A Python client and a command line (``bis``) for the gateway.
+
+Example::
+
+    from basic_inference_server.client import Client, UnknownSignature
+
+    with Client("http://127.0.0.1:5002") as client:
+        print(client.run("dummy_model_demo2", INPUT_VALUE=3)["predict_result"])
+
+See :class:`Client` for the timeouts and the retry policy, and :mod:`.errors` for the exceptions.
+"""
+
+from __future__ import annotations
+
+from .core import Client
+from .errors import (
+    BadInput,
+    ClientError,
+    ConnectionFailed,
+    ServerError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+    UnknownSignature,
+)
+
+__all__ = [
+    "BadInput",
+    "Client",
+    "ClientError",
+    "ConnectionFailed",
+    "ServerError",
+    "Timeout",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownSignature",
+]

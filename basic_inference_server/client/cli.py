@@ -1,0 +1,271 @@
+"""``bis``: the gateway from the command line (``python -m basic_inference_server.client``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import render
+from .core import Client
+from .errors import BadInput, ClientError, ConnectionFailed, Unauthorized, Unavailable, UnknownSignature
+
+PROG = "bis"
+DEFAULT_URL = "http://127.0.0.1:5002"
+DEFAULT_TIMEOUT = 65.0  # above the endpoints' default REQUEST_TIMEOUT (60 s): the gateway's 504 comes first
+MAX_CONNECT_TIMEOUT = 10.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_UNKNOWN_SIGNATURE = 4
+
+EPILOG = f"""\
+exit codes:
+  {EXIT_OK}  success
+  {EXIT_ERROR}  the model or the gateway failed (500, 502, 504, timeout), admin token refused, other errors
+  {EXIT_USAGE}  usage error, or the input was rejected (400, 413, 422)
+  {EXIT_UNREACHABLE}  nothing answers at the URL, or the endpoint/gateway is unavailable (503)
+  {EXIT_UNKNOWN_SIGNATURE}  unknown signature (404)
+
+environment:
+  BIS_URL          gateway URL (default {DEFAULT_URL})
+  BIS_ADMIN_TOKEN  admin token, for `{PROG} shutdown`
+
+examples:
+  {PROG} run dummy_model_demo2 INPUT_VALUE=3
+  {PROG} run dummy_model_demo1 --data '{{"INPUT_VALUE": "casa", "LANGUAGE": "ro"}}'
+  {PROG} run dummy_model_demo1 --data @inputs.json LANGUAGE=en
+  {PROG} servers
+  {PROG} --json status
+  {PROG} notifications dummy_model_demo2
+  {PROG} --token "$(cat _cache/_data/admin_token)" shutdown
+"""
+
+
+class UsageError(Exception):
+    """A command-line value the CLI cannot use (exit code 2)."""
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN, Infinity: not JSON, keep the text
+
+
+def parse_value(text: str) -> Any:
+    """A value of ``KEY=VALUE``: JSON when it parses (``3``, ``true``, ``[1, 2]``, ``"3"``), else the text."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999
+        return text
+    return value
+
+
+def parse_inputs(pairs: list[str], data: str | None) -> dict[str, Any]:
+    """The inputs of ``bis run``: ``--data`` (JSON text, ``@file`` or ``@-`` for stdin), then each
+    ``KEY=VALUE`` over it."""
+    inputs: dict[str, Any] = {}
+    if data is not None:
+        if data.startswith("@"):
+            source = data[1:]
+            try:
+                data = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--data: cannot read {source!r}: {exc.strerror}") from None
+        try:
+            loaded = json.loads(data)
+        except ValueError as exc:
+            raise UsageError(f"--data is not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--data must be a JSON object, got {type(loaded).__name__}")
+        inputs.update(loaded)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
+        inputs[key] = parse_value(value)
+    if "SIGNATURE" in inputs:
+        raise UsageError("give the signature as the first argument of run, not as SIGNATURE=")
+    return inputs
+
+
+# -- commands -----------------------------------------------------------------------------------
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def cmd_run(client: Client, args: argparse.Namespace) -> int:
+    inputs = parse_inputs(args.inputs, args.data)
+    try:
+        answer = client.run(args.signature, **inputs)
+    except ValueError as exc:  # a value that cannot be sent as JSON
+        raise UsageError(str(exc)) from None
+    # The model's answer is what a user asked for; --json adds the envelope (call_id, time, ...).
+    _print_json(answer if args.json or "predict_result" not in answer else answer["predict_result"])
+    return EXIT_OK
+
+
+def cmd_servers(client: Client, args: argparse.Namespace) -> int:
+    answer = client.list_servers()
+    if args.json:
+        _print_json(answer)
+    else:
+        print(render.servers_text(answer))
+    return EXIT_OK
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    answer = client.system_status()
+    if args.json:
+        _print_json(answer)
+    else:
+        print(render.status_text(answer))
+    return EXIT_OK
+
+
+def cmd_notifications(client: Client, args: argparse.Namespace) -> int:
+    answer = client.notifications(args.signature)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(render.notifications_text(answer, args.signature))
+    return EXIT_OK
+
+
+def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+    answer = client.shutdown()
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer.get("MESSAGE", "OK"))
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------------
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """The options every command takes, before or after its name (``bis --json servers`` and
+    ``bis servers --json``): the sub-parsers' copies default to SUPPRESS so they do not reset
+    what was given before the command."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--url", default=default(os.environ.get("BIS_URL") or DEFAULT_URL),
+                        help=f"gateway URL (default: $BIS_URL or {DEFAULT_URL})")
+    parser.add_argument("--token", default=default(os.environ.get("BIS_ADMIN_TOKEN")),
+                        help="admin token (default: $BIS_ADMIN_TOKEN)")
+    parser.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
+                        help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g}; connecting: at most "
+                             f"{MAX_CONNECT_TIMEOUT:g})")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="print the gateway's JSON answer instead of text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bis`` argument parser."""
+    parser = argparse.ArgumentParser(prog=PROG, description="Call a basic_inference_server gateway.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_global_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, defaults=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, handler: Callable[[Client, argparse.Namespace], int], help_text: str,
+                **kwargs: Any) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text, **kwargs)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command("run", cmd_run, "run an endpoint and print its predict_result",
+                  epilog="VALUEs are JSON when they parse (3, true, [1,2], \"3\"), else text (casa).")
+    run.add_argument("signature", metavar="SIGNATURE", help="the endpoint, e.g. dummy_model_demo2")
+    run.add_argument("inputs", nargs="*", metavar="KEY=VALUE", help="an input, e.g. INPUT_VALUE=3")
+    run.add_argument("--data", metavar="JSON|@FILE", help="inputs as a JSON object, from a file with @FILE "
+                                                            "or stdin with @-; KEY=VALUEs are applied over it")
+    command("servers", cmd_servers, "table of the model servers and support processes")
+    command("status", cmd_status, "memory, disk, alerts and history of the gateway's machine")
+    notes = command("notifications", cmd_notifications, "print (and clear) the notifications of an endpoint, "
+                                                        "or of every READY endpoint")
+    notes.add_argument("signature", nargs="?", metavar="SIGNATURE", help="the endpoint (default: all)")
+    command("shutdown", cmd_shutdown, "stop the gateway and its servers (needs the admin token)")
+    return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``, letting ``bis run`` take its KEY=VALUEs before and after its options
+    (argparse alone stops collecting a ``*`` positional at the first option)."""
+    args, extras = parser.parse_known_args(argv)
+    if args.command == "run":
+        pairs = [item for item in extras if "=" in item and not item.startswith("-")]
+        args.inputs += pairs
+        extras = [item for item in extras if item not in pairs]
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
+# -- entry point --------------------------------------------------------------------------------
+def exit_code(exc: ClientError) -> int:
+    """The exit code for a client error (see the epilog)."""
+    if isinstance(exc, UnknownSignature):
+        return EXIT_UNKNOWN_SIGNATURE
+    if isinstance(exc, (ConnectionFailed, Unavailable)):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, BadInput):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``bis`` with ``argv`` (default: the command line) and return its exit code."""
+    parser = build_parser()
+    try:
+        args = _parse(parser, argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    timeout = (min(args.timeout, MAX_CONNECT_TIMEOUT), args.timeout)
+    try:
+        with Client(args.url, token=args.token, timeout=timeout) as client:
+            return args.handler(client, args)
+    except UsageError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except ClientError as exc:
+        hint = ""
+        if isinstance(exc, ConnectionFailed):
+            hint = "; is the gateway running there? (--url or BIS_URL)"
+        elif isinstance(exc, Unauthorized) and not args.token:
+            hint = "; pass --token or set BIS_ADMIN_TOKEN"
+        _error(f"{exc}{hint}")
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `bis ... | head`: stop quietly, and keep Python's exit-time flush quiet too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""What can go wrong when calling a gateway, as one small tree of exceptions.
+
+Every exception is a :class:`ClientError`; its subclass says what the caller can do about it:
+
+==================  ==============================  =========================================
+class               when                            what to do
+==================  ==============================  =========================================
+BadInput            400, 413, 422 (and any 4xx a    fix the request
+                    hook raised as ``InputError``)
+Unauthorized        401, 403                        pass the admin token
+UnknownSignature    404 for a ``SIGNATURE``         check the name (``Client.list_servers``)
+Unavailable         503 (starting, restarting,      retry later (``retry_after`` seconds)
+                    failed, overloaded, stopping)
+Timeout             504, or no answer within the    the request may still be running
+                    client's read timeout
+ServerError         500, 502, other 5xx, or the     look at the gateway's log
+                    connection dropped mid-request
+ConnectionFailed    could not connect               is the gateway running at that URL?
+==================  ==============================  =========================================
+
+The gateway answers every error as
+``{"ERROR": "<message>", "error": {"type": "<ErrorType>", "message": "<message>"}}``;
+``error_type`` and ``message`` come from that body when there is one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "BadInput",
+    "ClientError",
+    "ConnectionFailed",
+    "ServerError",
+    "Timeout",
+    "Unauthorized",
+    "Unavailable",
+    "UnknownSignature",
+    "error_from_response",
+]
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class ClientError(Exception):
+    """Base class of every error raised by :class:`~basic_inference_server.client.Client`.
+
+    Attributes:
+        message: What went wrong, from the gateway's error body when it sent one.
+        status: The HTTP status, or ``None`` when no answer was received.
+        error_type: The gateway's ``error.type`` (e.g. ``"InvalidInput"``), or ``None``.
+        request_id: The answer's ``X-Request-ID`` header, when the gateway sent one.
+        body: The decoded JSON body of the answer (its text if it was not JSON), or ``None``.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None,
+                 request_id: str | None = None, body: Any = None):
+        self.message = " ".join(str(message).split())  # one line, whatever the server sent
+        self.status = status
+        self.error_type = error_type
+        self.request_id = request_id
+        self.body = body
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        where = []
+        if self.status is not None:
+            where.append(f"HTTP {self.status}")
+        if self.error_type:
+            where.append(self.error_type)
+        if self.request_id:
+            where.append(f"request {self.request_id}")
+        return f"{' '.join(where)}: {self.message}" if where else self.message
+
+
+class BadInput(ClientError):
+    """The gateway or the model rejected the request (400, 413, 422, or a hook's 4xx)."""
+
+
+class Unauthorized(ClientError):
+    """The admin token is missing or wrong (401, 403)."""
+
+
+class UnknownSignature(ClientError):
+    """No started endpoint has this ``SIGNATURE`` (404), or it is disabled in the configuration."""
+
+
+class Unavailable(ClientError):
+    """The endpoint or the gateway cannot take the request now (503).
+
+    Attributes:
+        retry_after: Seconds the gateway asked to wait (its ``Retry-After`` header), or ``None``.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any):
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class Timeout(ClientError):
+    """No answer in time: the gateway's 504, or the client's own read timeout (``status`` is
+    ``None`` then). The request may have run, or may still be running, on the server."""
+
+
+class ServerError(ClientError):
+    """The model or the gateway failed (500, 502, other 5xx), or the connection was lost after
+    the request was sent (``status`` is ``None`` then)."""
+
+
+class ConnectionFailed(ClientError):
+    """No connection could be made: nothing listens at the URL, the name does not resolve, or
+    connecting timed out. The request was never sent."""
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """The ``Retry-After`` header in seconds, or ``None`` if absent or not a number of seconds."""
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: the gateway never sends one
+    return seconds if seconds >= 0 else None
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", errors="replace")
+
+
+def _message_and_type(body: Any, status: int) -> tuple[str, str | None]:
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"]), error.get("type")
+        if body.get("ERROR"):
+            return str(body["ERROR"]), None
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:300], None
+    return f"HTTP {status} without an error message", None
+
+
+def error_from_response(status: int, headers: Mapping[str, str], data: bytes) -> ClientError:
+    """The exception for an error answer of the gateway.
+
+    Args:
+        status: The HTTP status (not 2xx).
+        headers: The answer's headers (``Retry-After`` and ``X-Request-ID`` are read).
+        data: The raw body.
+
+    Returns:
+        The :class:`ClientError` subclass that matches the status and the body's ``error.type``.
+    """
+    body = _decode(data)
+    message, error_type = _message_and_type(body, status)
+    details: dict[str, Any] = {"status": status, "error_type": error_type,
+                               "request_id": headers.get(REQUEST_ID_HEADER), "body": body}
+    if status in (400, 413, 422) or (400 <= status < 500 and error_type == "InputError"):
+        return BadInput(message, **details)
+    if status in (401, 403):
+        return Unauthorized(message, **details)
+    if status == 404 and error_type != "NotFound":  # "NotFound" is a wrong route, not a signature
+        return UnknownSignature(message, **details)
+    if status == 503:
+        return Unavailable(message, retry_after=retry_after_of(headers), **details)
+    if status == 504:
+        return Timeout(message, **details)
+    if status >= 500:
+        return ServerError(message, **details)
+    return ClientError(message, **details)
