@@ -2,15 +2,18 @@
 
 Every error answer, from the gateway or from a model server, has one JSON shape::
 
-    {"ERROR": "<message>", "error": {"type": "<ErrorType>", "message": "<message>"}}
+    {"ERROR": "<message>", "error": {"type": "<ErrorType>", "message": "<message>", "request_id": "<id>"}}
 
 ``ERROR`` is what clients of the original system look for; ``error.type`` is stable and
-machine-readable. Tracebacks never go to the client, only to the log.
+machine-readable; ``error.request_id`` is the ``X-Request-ID`` of the request (see
+:mod:`~basic_inference_server.requestid`). Tracebacks never go to the client, only to the log.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from . import requestid
 
 
 class ServingError(Exception):
@@ -159,8 +162,12 @@ _HTTP_TYPES = {
 
 
 def error_body(error_type: str, message: str) -> dict[str, Any]:
-    """The JSON body of every error answer."""
-    return {"ERROR": message, "error": {"type": error_type, "message": message}}
+    """The JSON body of every error answer, with the id of the request being served."""
+    error = {"type": error_type, "message": message}
+    request_id = requestid.current()
+    if request_id != requestid.NONE:
+        error["request_id"] = request_id
+    return {"ERROR": message, "error": error}
 
 
 def from_http_status(status: int, message: str) -> ServingError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from flask.json.provider import DefaultJSONProvider
 
 from .errors import BadRequest
@@ -58,6 +59,24 @@ def loads_object(data: bytes) -> dict[str, Any]:
         raise BadRequest(f"Malformed JSON body: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest(f"JSON body must be an object, got {type(value).__name__}")
+    return value
+
+
+def loads_for_routing(data: bytes) -> dict[str, Any]:
+    """Parse a body the gateway only routes (it forwards the bytes, never the parsed values).
+
+    orjson parses several times faster than the standard library, which the gateway would
+    otherwise spend about a sixth of its CPU on for a 1,000-number input. Its few differences
+    (integers beyond 64 bits become floats, lone surrogates are refused) do not matter for
+    reading ``SIGNATURE``, and whatever it refuses is parsed again by :func:`loads_object`, so
+    what is accepted and the error messages are exactly the model server's.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return loads_object(data)
+    if not isinstance(value, dict):
+        return loads_object(data)
     return value
 
 

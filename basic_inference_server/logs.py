@@ -13,20 +13,24 @@ import re
 import sys
 from pathlib import Path
 
-LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d %(role)s] %(name)s: %(message)s"
+from .requestid import RequestIdFilter
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(process)d %(role)s] [%(request_id)s] %(name)s: %(message)s"
 MAX_LOG_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5
 _SAFE_RE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
-class _RoleFilter(logging.Filter):
+class _RoleFilter(RequestIdFilter):
+    """Adds the process role and the id of the request being served (``-`` outside one)."""
+
     def __init__(self, role: str):
         super().__init__()
         self.role = role
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
-        return True
+        return super().filter(record)
 
 
 def safe_file_name(name: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Request, Response
 from werkzeug.exceptions import HTTPException
 
-from . import jsonutil
+from . import jsonutil, requestid
 from .errors import BadRequest, PayloadTooLarge, ServingError, Unauthorized, error_body, from_http_status
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in H
 class PostFront:
     """WSGI front that answers ``POST <path>`` with ``handler(body) -> (status, body, headers)``
     and hands every other request to the Flask app. Flask's per-request machinery costs more
-    than the rest of the work on a small request, and every /run crosses two of these."""
+    than the rest of the work on a small request, and every /run crosses two of these.
+    For both it binds the request id (:mod:`~basic_inference_server.requestid`) and answers it
+    in ``X-Request-ID``."""
 
     def __init__(self, handler: Callable[[bytes], Answer], path: str, limit: int,
                  fallback: Callable[..., Iterable[bytes]]):
@@ -121,8 +123,19 @@ class PostFront:
         self.fallback = fallback
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
-            return self.fallback(environ, start_response)
+        request_id = requestid.accept(environ.get(requestid.ENVIRON_KEY))
+        token = requestid.bind(request_id)
+        try:
+            if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
+                def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                    headers.append((requestid.HEADER, request_id))
+                    return start_response(status, headers, exc_info)
+                return self.fallback(environ, start_with_id)
+            return self._post(environ, start_response, request_id)
+        finally:
+            requestid.unbind(token)
+
+    def _post(self, environ: dict[str, Any], start_response: Callable[..., Any], request_id: str) -> list[bytes]:
         headers: dict[str, str] | None
         try:
             status, body, headers = self.handler(read_limited(environ, self.limit))
@@ -132,7 +145,8 @@ class PostFront:
             logger.exception("Unhandled %s on /run", type(exc).__name__)
             status, body, headers = 500, jsonutil.dumps_bytes(
                 error_body("InternalError", f"internal error: {type(exc).__name__}")), None
-        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                            (requestid.HEADER, request_id)]
         if headers:
             response_headers.extend(headers.items())
         start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)

@@ -7,6 +7,7 @@ import logging
 import socket
 from typing import Any
 
+from . import requestid
 from .errors import InputError, InvalidInput, ModelError, ServingError
 from .notifications import INIT, NotificationStore
 
@@ -185,11 +186,14 @@ class FlaskWorker:
         ``_post_process`` per item. Sets ``job.result`` or ``job.error`` on each job."""
         prepared = []
         for job in jobs:
+            token = requestid.bind(job.request_id)
             try:
                 prep = self._bis_pre(job.inputs, job.call_id)
             except ServingError as exc:
                 job.error = exc  # this item only
                 continue
+            finally:
+                requestid.unbind(token)
             if prep is None:
                 job.result = None
             else:
@@ -209,10 +213,13 @@ class FlaskWorker:
             return
         for (job, _), pred in zip(prepared, list(preds), strict=False):
             self._counter = job.call_id
+            token = requestid.bind(job.request_id)
             try:
                 job.result = None if pred is None else self._run_stage(self._post_process, pred)
             except ServingError as exc:
                 job.error = exc
+            finally:
+                requestid.unbind(token)
 
     def _run_stage(self, hook: Any, value: Any) -> Any:
         try:

@@ -29,7 +29,9 @@ from ..webutil import (
     require_admin,
 )
 from .forward import Reply, forward
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .ports import PortsExhausted
+from .status import memory_mb
 from .supervisor import READY, STOPPED, ChildHandle
 from .support_data import metrics_of
 
@@ -197,6 +199,21 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise UnknownSignature(f"{signature!r} is not a support process of the configuration")
         gw.support_data.store(signature, metrics_of(payload))
         return json_response({"MESSAGE": "OK."})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics() -> Response:
+        return Response(gw.metrics.render(), mimetype=None, content_type=METRICS_CONTENT_TYPE)
+
+    @app.route("/dashboard/data", methods=["GET"])
+    def dashboard_data() -> Response:
+        return json_response(envelope.add_to({
+            "AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
+            "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()},
+            "SUPPORT_DATA": gw.support_status(),
+            "MEMORY_MB": memory_mb(supervisor.handles.values()),
+            "REQUESTS": gw.metrics.requests_by_signature(),
+            "SERIES": gw.metrics.activity.series(),
+        }))
 
     @app.route("/health", methods=["GET"])
     def health() -> Response:

@@ -22,6 +22,7 @@ from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .envelope import Envelope
 from .history import StateHistory
+from .metrics import GatewayMetrics
 from .router import Router
 from .status import system_status
 from .supervisor import Supervisor
@@ -103,6 +104,7 @@ class FlaskGateway:
             workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
             history=self.history,
         )
+        self.metrics = GatewayMetrics(self.supervisor)
         self.router = Router(self)
         self.inflight = InFlight()
         # Forwarded requests may hold all gateway threads but a few, kept for the control routes.
@@ -167,10 +169,14 @@ class FlaskGateway:
     def system_status(self) -> dict[str, Any]:
         """The body of ``/system_status``: machine, gateway, children, support data, history."""
         status = system_status(self.config.server_name, list(self.supervisor.handles.values()))
-        intervals = {e.name: e.ping_interval for e in self.config.endpoints if e.is_support and not e.disabled}
-        status["SYSTEM_STATUS"]["system_support_services"] = self.support_data.view(intervals)
+        status["SYSTEM_STATUS"]["system_support_services"] = self.support_status()
         status["SYSTEM_HISTORY"] = self.history.snapshot()
         return status
+
+    def support_status(self) -> dict[str, Any]:
+        """The latest data each support process posted, with its age and a stale flag."""
+        intervals = {e.name: e.ping_interval for e in self.config.endpoints if e.is_support and not e.disabled}
+        return self.support_data.view(intervals)
 
     def _announce(self, elapsed: float) -> None:
         waiting = self.supervisor.not_ready()

@@ -13,17 +13,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .. import jsonutil
+from .. import jsonutil, requestid
 from ..errors import (
     BadRequest,
     Overloaded,
     ServerDied,
+    ServingError,
     SignatureDisabled,
     Unavailable,
     UnknownSignature,
 )
 from ..webutil import Answer
 from .forward import Reply, forward
+from .metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE
 from .supervisor import FAILED, READY, RESTARTING, STARTING, ChildHandle
 
 if TYPE_CHECKING:
@@ -111,15 +113,32 @@ class Router:
         return reply.status, reply.data, {"Retry-After": reply.retry_after} if reply.retry_after else None
 
     def run(self, raw: bytes) -> Answer:
-        """``POST /run`` with body ``raw``."""
+        """``POST /run`` with body ``raw``; counted in the metrics whatever its outcome."""
         gw = self.gw
-        if gw.draining:
-            raise Unavailable("gateway is shutting down", retry_after=5)
-        signature = self.signature_of(jsonutil.loads_object(raw))
+        started = time.perf_counter()
+        label, status = NO_SIGNATURE, 500
+        try:
+            if gw.draining:
+                raise Unavailable("gateway is shutting down", retry_after=5)
+            label = signature = self.signature_of(jsonutil.loads_for_routing(raw))
+            answer = self._answer(signature, raw)
+            status = answer[0]
+            return answer
+        except ServingError as exc:
+            status = exc.status
+            if isinstance(exc, UnknownSignature):
+                label = UNKNOWN_SIGNATURE  # one label for every name that is not an endpoint
+            raise
+        finally:
+            gw.metrics.observe(label, status, time.perf_counter() - started)
+
+    def _answer(self, signature: str, raw: bytes) -> Answer:
+        gw = self.gw
         if signature == SYSTEM_STATUS:
             return 200, jsonutil.dumps_bytes(gw.envelope.add_to(gw.system_status())), None
         handle = self.route_to(signature)
         flat = (handle.endpoint.response_format or gw.config.response_format) == "flat"
+        headers = {"Content-Type": "application/json", requestid.HEADER: requestid.current()}
         with self.forwarding(handle):
-            reply = forward(handle, gw.execution_path, raw)
+            reply = forward(handle, gw.execution_path, raw, headers)
         return self.relay(reply, flat)

@@ -26,20 +26,17 @@ def _gb(value: float) -> float:
 
 def process_tree_rss(pid: int | None) -> int:
     """RSS of a process and all its descendants, in bytes (0 if it is gone)."""
-    if pid is None:
-        return 0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
-    total = 0
-    for item in procs:
-        try:
-            total += item.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
+    usage = sysinfo.process_tree_usage(pid)
+    return usage[0] if usage else 0
+
+
+def memory_mb(handles: Iterable[ChildHandle]) -> dict[str, float | None]:
+    """RSS in MB of the gateway and of each child with its descendants (None when not running)."""
+    out: dict[str, float | None] = {"gateway": round(psutil.Process().memory_info().rss / 2**20, 1)}
+    for handle in handles:
+        usage = sysinfo.process_tree_usage(handle.pid)
+        out[handle.name] = round(usage[0] / 2**20, 1) if usage else None
+    return out
 
 
 def system_status(server_name: str, handles: Iterable[ChildHandle], disk_path: str = "/") -> dict[str, Any]:

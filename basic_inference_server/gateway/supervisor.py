@@ -31,6 +31,7 @@ from ..httpserve import InFlight
 from .children import model_server_spec, spawn_model_server, spawn_support
 from .history import StateHistory
 from .ports import PortAllocator
+from .reaper import reap_orphans
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class Supervisor:
                 if self._probe_due(handle, now):
                     handle.probing = True
                     self._probes.submit(self._probe, handle, handle.proc)
+            reap_orphans({h.proc.pid for h in self.handles.values() if h.proc and h.proc.returncode is None})
 
     def _step(self, handle: ChildHandle, now: float) -> None:
         proc, state = handle.proc, handle.state

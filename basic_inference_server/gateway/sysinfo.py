@@ -1,4 +1,5 @@
-"""Memory of the machine, or of the container when a cgroup limit applies (v1 and v2).
+"""Memory of the machine, or of the container when a cgroup limit applies (v1 and v2), and the
+memory and CPU of a process tree.
 
 Inside a container psutil reports the host's memory; the limit that matters is the cgroup's.
 """
@@ -68,3 +69,24 @@ def memory(root: Path = CGROUP_ROOT) -> Memory:
     if limited is not None and limited.total < host.total:
         return Memory(limited.total, min(limited.available, host.available), limited.source)
     return Memory(host.total, host.available, "host")
+
+
+def process_tree_usage(pid: int | None) -> tuple[int, float] | None:
+    """(RSS bytes, CPU seconds) of a process with all its descendants; None when it is gone."""
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    rss, cpu = 0, 0.0
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+        except psutil.Error:
+            continue
+    return rss, cpu

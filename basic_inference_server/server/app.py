@@ -1,4 +1,5 @@
-"""The HTTP face of one model server: ``/run``, ``/notifications``, ``/update_workers``, ``/health``."""
+"""The HTTP face of one model server: ``/run``, ``/notifications``, ``/update_workers``, ``/health``,
+``/stats`` (what the gateway's ``/metrics`` reports for it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from .. import jsonutil
+from .. import jsonutil, requestid
 from ..errors import BadRequest, ModelError, Unavailable
 from ..httpserve import InFlight
 from ..notifications import GENERAL, NotificationStore
@@ -61,7 +62,7 @@ class ServerState:
         inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
         call_id = next(self.call_ids)
         with self.inflight:
-            job = self.pool.submit(inputs, call_id, self.request_timeout)
+            job = self.pool.submit(inputs, call_id, self.request_timeout, requestid.current())
         answer = {
             "predict_result": job.result,
             "call_id": call_id,
@@ -130,6 +131,10 @@ def create_app(state: ServerState) -> Flask:
     def health() -> Response:
         body, status = state.health()
         return json_response(body, status)
+
+    @app.route("/stats", methods=["GET"])
+    def stats() -> Response:
+        return json_response({"name": state.name, "workers": state.pool.stats(), **state.pool.measured.to_json()})
 
     @app.route("/get_paths", methods=["GET", "POST"])
     def get_paths() -> Response:

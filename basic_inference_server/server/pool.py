@@ -16,7 +16,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import requestid
 from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unavailable
+from ..stats import ServerStats
 from ..worker import FlaskWorker
 
 logger = logging.getLogger(__name__)
@@ -27,11 +29,12 @@ _RETIRE = object()  # control item: the worker that takes it stops
 class Job:
     """One request waiting for, or served by, a worker."""
 
-    __slots__ = ("inputs", "call_id", "done", "result", "error", "cancelled", "worker_idx", "enqueued")
+    __slots__ = ("inputs", "call_id", "request_id", "done", "result", "error", "cancelled", "worker_idx", "enqueued")
 
-    def __init__(self, inputs: dict[str, Any], call_id: int):
+    def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE):
         self.inputs = inputs
         self.call_id = call_id
+        self.request_id = request_id
         self.done = threading.Event()
         self.result: Any = None
         self.error: ServingError | None = None
@@ -136,6 +139,7 @@ class WorkerPool:
         self.busy = 0
         self._busy_since: dict[int, float] = {}  # worker idx -> time.monotonic() its job started
         self.load_errors: list[str] = []
+        self.measured = ServerStats()  # model time, queue time, batch sizes: GET /stats
 
     # -- size --------------------------------------------------------------------------------
     def start(self, count: int) -> None:
@@ -173,11 +177,11 @@ class WorkerPool:
         return True
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float) -> Job:
+    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
         """Queue a request and wait for its answer; raise a ServingError on any failure."""
         if not self.ready:
             raise Unavailable("no worker is ready yet (models are loading)")
-        job = Job(inputs, call_id)
+        job = Job(inputs, call_id, request_id)
         self._queue.put(job)
         if not job.done.wait(min(timeout, threading.TIMEOUT_MAX)):
             job.cancelled = True
@@ -263,9 +267,12 @@ class WorkerPool:
             jobs = [job for job in items if not job.cancelled]  # cancelled: their clients had 504
             if not jobs:
                 continue
+            started = time.monotonic()
             with self._lock:
                 self.busy += 1
-                self._busy_since[idx] = time.monotonic()
+                self._busy_since[idx] = started
+            # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
+            token = requestid.bind(",".join(job.request_id for job in jobs))
             try:
                 for job in jobs:
                     job.worker_idx = idx
@@ -281,6 +288,9 @@ class WorkerPool:
                     if job.error is None:
                         job.error = ModelError(f"{type(exc).__name__}: {exc}")
             finally:
+                requestid.unbind(token)
+                self.measured.record_batch([started - job.enqueued for job in jobs], time.monotonic() - started,
+                                           batching)
                 with self._lock:
                     self.busy -= 1
                     del self._busy_since[idx]

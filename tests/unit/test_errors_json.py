@@ -35,15 +35,31 @@ from basic_inference_server.errors import (
     ],
     ids=["empty", "malformed", "not-utf8", "list", "string", "null"],
 )
-def test_loads_object_rejects_bad_bodies_with_400(body, message):
+@pytest.mark.parametrize("loads", [jsonutil.loads_object, jsonutil.loads_for_routing], ids=["server", "gateway"])
+def test_loads_object_rejects_bad_bodies_with_400(body, message, loads):
     with pytest.raises(BadRequest, match=message) as info:
-        jsonutil.loads_object(body)
+        loads(body)
     assert info.value.status == 400
 
 
-def test_loads_object_deep_nesting_is_a_bad_request_not_recursion_error():
+@pytest.mark.parametrize("loads", [jsonutil.loads_object, jsonutil.loads_for_routing], ids=["server", "gateway"])
+def test_nan_and_infinity_are_rejected_by_both_parsers(loads):
+    for body in (b'{"SIGNATURE": "a", "X": NaN}', b'{"SIGNATURE": "a", "X": -Infinity}'):
+        with pytest.raises(BadRequest, match="Malformed JSON body"):
+            loads(body)
+
+
+def test_gateway_parser_accepts_what_the_server_accepts():
+    # orjson refuses a lone surrogate; the standard parser takes over.
+    assert jsonutil.loads_for_routing(b'{"SIGNATURE": "a", "X": "\\ud800"}')["X"] == "\ud800"
+    big = b'{"SIGNATURE": "a", "X": 123456789012345678901234567890}'
+    assert jsonutil.loads_for_routing(big)["SIGNATURE"] == "a"
+
+
+@pytest.mark.parametrize("loads", [jsonutil.loads_object, jsonutil.loads_for_routing], ids=["server", "gateway"])
+def test_loads_object_deep_nesting_is_a_bad_request_not_recursion_error(loads):
     with pytest.raises(BadRequest, match="nested too deeply") as info:
-        jsonutil.loads_object(b"[" * 100_000)
+        loads(b"[" * 100_000)
     assert info.value.status == 400
 
 

@@ -1,0 +1,166 @@
+"""``GET /metrics``: the gateway's and its children's figures in Prometheus text format.
+
+The gateway counts what it sees itself (requests by ``SIGNATURE`` and status, their total
+latency). What happens inside a model server (model time, time in the queue, batch sizes,
+workers) is fetched from each server's ``GET /stats`` when Prometheus scrapes, so every figure
+is the real one of its process, and children that restarted start their counters again from
+zero (which Prometheus's ``rate`` handles). Memory and CPU come from psutil for the gateway and
+every child process tree.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from ..stats import LATENCY_BOUNDS, cumulative_buckets
+from .activity import Activity
+from .supervisor import READY, ChildHandle
+from .sysinfo import process_tree_usage
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+NO_SIGNATURE = "(none)"  # body without a usable SIGNATURE
+UNKNOWN_SIGNATURE = "(unknown)"  # a SIGNATURE that is not configured: one label, not one per typo
+STATS_TIMEOUT = 1.0
+STATES = ("STARTING", "READY", "RESTARTING", "STOPPING", "STOPPED", "FAILED")
+
+
+class GatewayMetrics:
+    """The gateway's own counters plus a collector for its children, in one registry."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("bis_requests", "Requests answered by the gateway's /run, by SIGNATURE and status",
+                                ["signature", "code"], registry=self.registry)
+        self.latency = Histogram("bis_request_duration_seconds", "Time the gateway took to answer /run",
+                                 ["signature"], buckets=LATENCY_BOUNDS, registry=self.registry)
+        self.registry.register(_ChildrenCollector(supervisor))
+        self.activity = Activity()
+        self._counters: dict[tuple[str, int], Any] = {}  # label children, cached: labels() takes a lock
+        self._histograms: dict[str, Any] = {}
+
+    def observe(self, signature: str, status: int, seconds: float) -> None:
+        """Count one answered ``/run``."""
+        counter = self._counters.get((signature, status))
+        if counter is None:
+            counter = self._counters[(signature, status)] = self.requests.labels(signature, str(status))
+        counter.inc()
+        histogram = self._histograms.get(signature)
+        if histogram is None:
+            histogram = self._histograms[signature] = self.latency.labels(signature)
+        histogram.observe(seconds)
+        self.activity.count(signature, status, seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def requests_by_signature(self) -> dict[str, dict[str, int]]:
+        """``{signature: {status code: count}}`` since the gateway started."""
+        out: dict[str, dict[str, int]] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    labels = sample.labels
+                    out.setdefault(labels["signature"], {})[labels["code"]] = int(sample.value)
+        return out
+
+
+class _ChildrenCollector:
+    """Collects, at scrape time, the children's state, workers, server-side histograms and the
+    memory and CPU of every process."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.supervisor = supervisor
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics")
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the children present; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        handles = list(self.supervisor.handles.values())
+        servers = [h for h in handles if not h.is_support]
+        labels = ["signature", "replica"]
+        state = GaugeMetricFamily("bis_server_state", "1 for the state each child is in", labels=[*labels, "state"])
+        restarts = CounterMetricFamily("bis_server_restarts", "Times the gateway restarted the child", labels=labels)
+        for handle in handles:
+            for name in STATES:
+                state.add_metric([*self._labels(handle), name], 1.0 if handle.state == name else 0.0)
+            restarts.add_metric(self._labels(handle), handle.restarts)
+        yield state
+        yield restarts
+        yield from self._server_families(servers, labels)
+        yield from self._process_families(handles)
+
+    @staticmethod
+    def _labels(handle: ChildHandle) -> list[str]:
+        return [handle.endpoint.name, str(handle.replica)]
+
+    def _server_families(self, servers: list[ChildHandle], labels: list[str]) -> Iterator[Metric]:
+        ready = [h for h in servers if h.state == READY and h.http is not None]
+        stats = list(self._pool.map(_fetch_stats, ready))
+        gauges = {
+            "queue": GaugeMetricFamily("bis_queue_depth", "Requests waiting for a free worker", labels=labels),
+            "busy": GaugeMetricFamily("bis_workers_busy", "Workers running a request", labels=labels),
+            "total": GaugeMetricFamily("bis_workers", "Workers configured (NR_WORKERS)", labels=labels),
+            "ready": GaugeMetricFamily("bis_workers_ready", "Workers with their model loaded", labels=labels),
+        }
+        histograms = {
+            "model_seconds": HistogramMetricFamily(
+                "bis_model_duration_seconds", "Time in the worker's hooks, per request (a batch counts for each item)",
+                labels=labels),
+            "queue_seconds": HistogramMetricFamily(
+                "bis_queue_wait_seconds", "Time a request waited in the server's queue", labels=labels),
+            "batch_size": HistogramMetricFamily(
+                "bis_batch_size", "Requests per call of _predict (endpoints with MAX_BATCH_SIZE > 1)", labels=labels),
+        }
+        for handle, data in zip(ready, stats, strict=False):
+            if data is None:
+                continue
+            values = self._labels(handle)
+            for key, family in gauges.items():
+                family.add_metric(values, data.get("workers", {}).get(key, 0))
+            for key, family in histograms.items():
+                if key in data and (key != "batch_size" or handle.endpoint.max_batch_size > 1):
+                    family.add_metric(values, cumulative_buckets(data[key]), data[key]["sum"])
+        yield from gauges.values()
+        yield from histograms.values()
+
+    def _process_families(self, handles: list[ChildHandle]) -> Iterator[Metric]:
+        memory = GaugeMetricFamily("bis_process_resident_memory_bytes",
+                                   "RSS of the gateway and of each child with its descendants", labels=["process"])
+        cpu = CounterMetricFamily("bis_process_cpu_seconds",
+                                  "CPU time (user + system) of the gateway and of each child with its descendants",
+                                  labels=["process"])
+        processes = [("gateway", os.getpid())] + [(h.name, h.pid) for h in handles if h.pid]
+        for name, pid in processes:
+            figures = process_tree_usage(pid)
+            if figures is not None:
+                memory.add_metric([name], figures[0])
+                cpu.add_metric([name], figures[1])
+        yield memory
+        yield cpu
+
+
+def _fetch_stats(handle: ChildHandle) -> dict[str, Any] | None:
+    try:
+        reply = handle.http.request("GET", "/stats", timeout=STATS_TIMEOUT)  # type: ignore[union-attr]
+        return json.loads(reply.data) if reply.status == 200 else None
+    except (OSError, ValueError) as exc:
+        logger.debug("No /stats from %s: %s", handle.name, exc)
+        return None
+
+
