@@ -10,6 +10,7 @@ import datetime
 import ipaddress
 import json
 import time
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, request
@@ -40,6 +41,9 @@ if TYPE_CHECKING:
 
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
 SYSTEM_STATUS = "SYSTEM_STATUS"
+# The dashboard is one self-contained page: its inline script and style, and fetches to this gateway only.
+DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                 "img-src 'self' data:; connect-src 'self'")
 
 
 def is_loopback(address: str | None) -> bool:
@@ -214,6 +218,13 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             "REQUESTS": gw.metrics.requests_by_signature(),
             "SERIES": gw.metrics.activity.series(),
         }))
+
+    dashboard_page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
+
+    @app.route("/dashboard", methods=["GET"])
+    def dashboard() -> Response:
+        return Response(dashboard_page, content_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"})
 
     @app.route("/health", methods=["GET"])
     def health() -> Response:

@@ -107,7 +107,7 @@ class _ChildrenCollector:
 
     @staticmethod
     def _labels(handle: ChildHandle) -> list[str]:
-        return [handle.endpoint.name, str(handle.replica)]
+        return [handle.endpoint.name, str(handle.replica + 1)]  # 1, 2, ... as in the names echo, echo#2
 
     def _server_families(self, servers: list[ChildHandle], labels: list[str]) -> Iterator[Metric]:
         ready = [h for h in servers if h.state == READY and h.http is not None]

@@ -56,21 +56,21 @@ def test_metrics_count_exactly_what_was_sent_in_gateway_and_servers(gateway_fact
     assert sample(text, "bis_requests_total", signature="(none)", code="400") == 1
     assert sample(text, "bis_request_duration_seconds_count", signature="echo") == 53
     # Measured inside the model server, fetched at scrape time.
-    assert sample(text, "bis_model_duration_seconds_count", signature="echo", replica="0") == 53
-    assert sample(text, "bis_queue_wait_seconds_count", signature="echo", replica="0") == 53
-    assert sample(text, "bis_workers", signature="echo", replica="0") == 2
-    assert sample(text, "bis_workers_ready", signature="echo", replica="0") == 2
-    assert sample(text, "bis_workers_busy", signature="echo", replica="0") == 0
-    assert sample(text, "bis_queue_depth", signature="echo", replica="0") == 0
-    assert sample(text, "bis_model_duration_seconds_count", signature="batched", replica="0") == 16
-    batches = sample(text, "bis_batch_size_count", signature="batched", replica="0")
+    assert sample(text, "bis_model_duration_seconds_count", signature="echo", replica="1") == 53
+    assert sample(text, "bis_queue_wait_seconds_count", signature="echo", replica="1") == 53
+    assert sample(text, "bis_workers", signature="echo", replica="1") == 2
+    assert sample(text, "bis_workers_ready", signature="echo", replica="1") == 2
+    assert sample(text, "bis_workers_busy", signature="echo", replica="1") == 0
+    assert sample(text, "bis_queue_depth", signature="echo", replica="1") == 0
+    assert sample(text, "bis_model_duration_seconds_count", signature="batched", replica="1") == 16
+    batches = sample(text, "bis_batch_size_count", signature="batched", replica="1")
     assert batches is not None and batches < 16  # grouped
-    assert sample(text, "bis_batch_size_sum", signature="batched", replica="0") == 16
-    assert sample(text, "bis_batch_size_count", signature="echo", replica="0") is None  # no batching there
+    assert sample(text, "bis_batch_size_sum", signature="batched", replica="1") == 16
+    assert sample(text, "bis_batch_size_count", signature="echo", replica="1") is None  # no batching there
     # State, restarts, memory and CPU of every process.
-    assert sample(text, "bis_server_state", signature="echo", replica="0", state="READY") == 1
-    assert sample(text, "bis_server_state", signature="echo", replica="0", state="FAILED") == 0
-    assert sample(text, "bis_server_restarts_total", signature="echo", replica="0") == 0
+    assert sample(text, "bis_server_state", signature="echo", replica="1", state="READY") == 1
+    assert sample(text, "bis_server_state", signature="echo", replica="1", state="FAILED") == 0
+    assert sample(text, "bis_server_restarts_total", signature="echo", replica="1") == 0
     for process in ("gateway", "echo", "echo_b", "batched", "helper"):
         assert sample(text, "bis_process_resident_memory_bytes", process=process) > 5 * 2**20, process
         assert sample(text, "bis_process_cpu_seconds_total", process=process) > 0, process
