@@ -1,10 +1,32 @@
-# The gateway with the endpoints of ./endpoints and ./config_gateway.txt.
+# The gateway with the endpoints of ./endpoints and ./config_gateway.txt, run as a non-root user.
+#
 #   docker build -t basic_inference_server .
-#   docker run -p 5002-5010:5002-5010 -v ai_vol:/aid_app/_cache basic_inference_server
+#   docker run -d --name bis_gateway -p 5002-5010:5002-5010 -v ai_vol:/aid_app/_cache \
+#       -e BIS_ADMIN_TOKEN --stop-timeout 30 basic_inference_server
+#   ./run.sh does the same in a loop that starts it again after POST /shutdown (the way to update).
+#
+# Environment (override with `docker run -e NAME=value`):
+#   AID_APP_DOCKER   "Yes" here: the start banner says "Docker: True".
+#   AID_APP_ID       the name in the start banner ("Starting BaseAidApp, TZ: UTC, ...").
+#   BIS_ADMIN_TOKEN  the admin token of /shutdown, /start_server, /kill_server, /update_workers.
+#                    Never set in the image (a layer keeps it for anyone who pulls): pass it at run
+#                    time; without it the gateway generates one into the volume, _data/admin_token.
+#   BIS_LOG_LEVEL    log level of the gateway and its children (INFO when unset).
+#   TZ               time zone of the timestamps in the logs, the answers and the state history.
+#
+# The cache volume holds _logs, _data (admin token, configuration overrides, gw_state_history.json)
+# and _run. It belongs to uid 10001: a new named volume takes that owner from the image; a host
+# folder must be chown'ed to 10001:10001 first.
+#
+# PID 1 is the gateway itself (exec-form CMD, no shell). On `docker stop` it gets SIGTERM, lets the
+# requests in flight finish (SHUTDOWN_GRACE, 10 s), stops its model servers and exits 0: allow it
+# more than docker's default 10 s (`docker stop -t 30`, `docker run --stop-timeout 30`). It also
+# reaps orphaned processes (gateway/reaper.py), so no init (`--init`, tini) is needed.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     AID_APP_DOCKER=Yes \
     AID_APP_ID=BaseAidApp \
     TZ=UTC
@@ -15,15 +37,20 @@ WORKDIR /aid_app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
-COPY . .
-RUN useradd --create-home --uid 10001 bis \
+# The cache folder is the volume's mount point: a new named volume gets its owner.
+RUN useradd --create-home --uid 10001 --user-group bis \
     && mkdir -p /aid_app/_cache \
-    && chown -R bis:bis /aid_app/_cache
-USER bis
+    && chown 10001:10001 /aid_app/_cache
 
+# The code stays root's (read-only for the gateway); .dockerignore keeps out _cache, venvs, tests.
+COPY . .
+
+USER 10001:10001
 EXPOSE 5002-5010
 VOLUME /aid_app/_cache
+
+# 200 from /ready only when every model server is READY (Python: no curl in the slim image).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:5002/ready', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:5002/ready', timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
 STOPSIGNAL SIGTERM
 CMD ["python", "run_gateway.py"]

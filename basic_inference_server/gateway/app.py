@@ -21,6 +21,7 @@ from ..errors import (
     Unavailable,
     UnknownSignature,
 )
+from ..lib_ver import LIB_VER
 from ..webutil import (
     install_error_handlers,
     json_response,
@@ -31,6 +32,7 @@ from ..webutil import (
 )
 from .forward import Reply, forward
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .openapi import openapi_document
 from .ports import PortsExhausted
 from .status import memory_mb
 from .supervisor import READY, STOPPED, ChildHandle
@@ -54,7 +56,7 @@ def is_loopback(address: str | None) -> bool:
 
 
 def create_gateway_app(gw: FlaskGateway) -> Flask:
-    app = Flask("bis-gateway")
+    app = Flask("bis-gateway", static_folder=None)  # serve no files from the working folder
     install_error_handlers(app)
     limit = gw.config.max_body_bytes
     supervisor = gw.supervisor
@@ -225,6 +227,11 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     def dashboard() -> Response:
         return Response(dashboard_page, content_type="text/html; charset=utf-8",
                         headers={"Content-Security-Policy": DASHBOARD_CSP, "Cache-Control": "no-cache"})
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi() -> Response:
+        return json_response(openapi_document([h.name for h in supervisor.servers()], LIB_VER,
+                                              run_path=gw.execution_path))
 
     @app.route("/health", methods=["GET"])
     def health() -> Response:

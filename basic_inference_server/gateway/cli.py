@@ -6,7 +6,9 @@ import argparse
 import logging
 import os
 import platform
+import signal
 import sys
+import threading
 
 from ..config import ConfigError
 from ..discovery import DiscoveryError
@@ -35,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # As PID 1 in a container a signal without a handler is ignored: catch a stop that arrives
+    # while the gateway is still being built, and hand it to the gateway once it exists.
+    early: list[int] = []
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda number, _frame: early.append(number))
     cache = os.path.join(args.base_folder, args.app_folder)
     try:
         setup_process_logging("gateway", os.path.join(cache, "_logs"), file_stem="gateway")
@@ -58,6 +66,12 @@ def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
     except (ConfigError, DiscoveryError) as exc:
         logger.error("Configuration error: %s", exc)
         return EXIT_CONFIG
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, gateway.request_stop)
+    if early:
+        logger.info("Stop requested (signal %d) while starting: stopping", early[0])
+        gateway.request_stop()
     try:
         return gateway.run()
     except (GatewayStartupError, PortsExhausted) as exc:

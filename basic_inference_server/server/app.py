@@ -100,7 +100,7 @@ class ServerState:
 
 
 def create_app(state: ServerState) -> Flask:
-    app = Flask(f"bis-server-{state.name}")
+    app = Flask(f"bis-server-{state.name}", static_folder=None)
     install_error_handlers(app)
 
     def run() -> Response:
