@@ -10,12 +10,17 @@ gateway started, on loopback or a private network, never to arbitrary hosts.
 Sockets are pooled per server in a deque (appends and pops are atomic, so no lock); an idle
 socket is checked before reuse, so a server that restarted on the same port is never sent a
 request over a dead connection. Requests are never retried here: ``/run`` is not idempotent.
+
+Timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``, set only when they change) on
+blocking sockets: Python's own socket timeouts make every ``send``/``recv`` two system calls
+(a ``poll`` first) and ``settimeout`` a third, which a loaded gateway pays on every request.
 """
 
 from __future__ import annotations
 
 import collections
 import socket
+import struct
 
 _CRLF2 = b"\r\n\r\n"
 _READ_SIZE = 65536
@@ -52,7 +57,7 @@ class Upstream:
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout
         self.closed = False
-        self._idle: collections.deque[socket.socket] = collections.deque()
+        self._idle: collections.deque[tuple[socket.socket, float]] = collections.deque()  # (socket, its timeout)
         self._host_header = f"Host: {host}:{port}\r\n".encode("latin-1")
 
     def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
@@ -62,19 +67,20 @@ class Upstream:
         if headers:
             head.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        sock = self._checkout()
+        sock, current = self._checkout()
         try:
-            sock.settimeout(timeout)
+            if timeout != current:
+                _set_timeout(sock, timeout)
             sock.sendall(b"".join(head) + body)
             reply, keep = _read_reply(sock, method == "HEAD")
-        except TimeoutError:
+        except BlockingIOError:  # what a kernel timeout raises on a blocking socket
             sock.close()
             raise ReadTimedOut(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
         except OSError as exc:
             sock.close()
             raise ConnectionLost(f"connection to {self.host}:{self.port} lost: {exc}") from None
         if keep and not self.closed and len(self._idle) < self.maxsize:
-            self._idle.append(sock)
+            self._idle.append((sock, timeout))
         else:
             sock.close()
         return reply
@@ -84,31 +90,39 @@ class Upstream:
         self.closed = True
         while self._idle:
             try:
-                self._idle.pop().close()
+                self._idle.pop()[0].close()
             except IndexError:
                 break
 
-    def _checkout(self) -> socket.socket:
+    def _checkout(self) -> tuple[socket.socket, float | None]:
+        """A pooled live socket and the timeout set on it, or a new one (no timeout set yet)."""
         while True:
             try:
-                sock = self._idle.pop()
+                sock, timeout = self._idle.pop()
             except IndexError:
                 break
             if _alive(sock):
-                return sock
+                return sock, timeout
             sock.close()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        sock.settimeout(None)  # blocking from here on; the kernel enforces the timeouts
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        return sock, None
+
+
+def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _alive(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when the server has neither closed it nor sent
     anything on it (a closed one reads EOF at once; a live one would block)."""
-    sock.setblocking(False)  # with a timeout set, Python would wait for data despite MSG_DONTWAIT
     try:
         sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:

@@ -1,8 +1,8 @@
-"""Bench: pure-Python CPU work that holds the GIL (about 5 ms per call): replicas are what scale it."""
+"""Bench: pure-Python CPU work that holds the GIL (about 20 ms per call): replicas are what scale it."""
 
 from basic_inference_server import FlaskWorker
 
-_CONFIG = {"ITERATIONS": 60000}
+_CONFIG = {"ITERATIONS": 240000}
 
 
 class BenchCpuWorker(FlaskWorker):

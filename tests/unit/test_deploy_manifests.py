@@ -224,7 +224,7 @@ def test_pod_runs_as_the_image_user_with_a_per_pod_cache() -> None:
     deployment = by_kind("Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = gateway_container()
-    assert container["image"] == "basic-inference-server:latest"
+    assert container["image"] == "basic_inference_server:latest"
     assert container["imagePullPolicy"] == "IfNotPresent"
     [uid] = re.findall(r"--uid (\d+)", dockerfile())
     assert pod["securityContext"]["runAsNonRoot"] is True
