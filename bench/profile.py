@@ -2,12 +2,14 @@
 
     .venv/bin/python -m bench.profile [--model dummy] [--concurrency 8] [--duration 10]
 
-Starts the bench gateway with one model, drives it with wrk, and samples the gateway and its
-model server with py-spy (installed into this venv when missing) at the same time, keeping only
-the thread that holds the GIL (``--gil``): each process is bound by its GIL, so that thread's
-time is the process's cost. Writes the collapsed stacks to ``bench/results/profile-<process>.txt``
-(load them into speedscope or flamegraph.pl) and prints, per process, the share of samples
-spent in each library (waitress, urllib3, http.client, json, ...) and in our own modules.
+Starts the bench gateway with one model and drives it with wrk. First, without a profiler, it
+measures the CPU time (user and kernel) the gateway and the model server spend per answered
+request, through the gateway and direct. Then it samples both processes with py-spy (installed
+into this venv when missing) at the same time, keeping only the thread that holds the GIL
+(``--gil``): what runs Python code in a process is the thread holding its GIL. Writes the
+collapsed stacks to ``bench/results/profile-<process>.txt`` (load them into speedscope or
+flamegraph.pl) and prints, per process, the share of samples spent in each library (waitress,
+urllib3, http.client, json, ...) and in our own modules.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import psutil
 
 from bench.__main__ import MODELS, RESULTS, BenchGateway, ensure_wrk, wrk
 
@@ -84,6 +88,22 @@ def _bucket(frame: str) -> str:
     return "other"
 
 
+def cpu_per_request(wrk_binary: str, url: str, body: dict, concurrency: int, duration: float,
+                    pids: dict[str, int]) -> dict:
+    """wrk's result plus the CPU time (user and kernel, microseconds) each process spent per
+    answered request, measured without the profiler attached."""
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    before = {name: proc.cpu_times() for name, proc in procs.items()}
+    result = wrk(wrk_binary, url, body, concurrency, duration)
+    after = {name: proc.cpu_times() for name, proc in procs.items()}
+    answered = max(1.0, result["rps"] * duration)
+    result["cpu_us_per_request"] = {
+        name: {"user": round((after[name].user - before[name].user) / answered * 1e6),
+               "system": round((after[name].system - before[name].system) / answered * 1e6)}
+        for name in procs}
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dummy", choices=sorted(MODELS))
@@ -98,6 +118,9 @@ def main() -> int:
         url = gateway.url + "/run"
         body = {"SIGNATURE": args.model, **MODELS[args.model][1]}
         wrk(wrk_binary, url, body, args.concurrency, 2)  # warm up
+        direct_url = f"http://127.0.0.1:{gateway.servers[args.model]['PORT']}/run"
+        costs = {"gateway": cpu_per_request(wrk_binary, url, body, args.concurrency, args.duration, pids),
+                 "direct": cpu_per_request(wrk_binary, direct_url, body, args.concurrency, args.duration, pids)}
         result: dict = {}
         load = threading.Thread(target=lambda: result.update(
             wrk(wrk_binary, url, body, args.concurrency, args.duration + 2)))
@@ -112,10 +135,14 @@ def main() -> int:
         load.join()
     finally:
         gateway.stop()
-    report = {"model": args.model, "concurrency": args.concurrency, "load": result,
+    report = {"model": args.model, "concurrency": args.concurrency, "cpu_cost": costs, "load": result,
               "processes": {name: summarise(RESULTS / f"profile-{name}.txt") for name in pids}}
     (RESULTS / "profile.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{args.model} c={args.concurrency} through the gateway: {result}")
+    for path, cost in costs.items():
+        per = "; ".join(f"{name} {c['user']} user + {c['system']} kernel"
+                        for name, c in cost["cpu_us_per_request"].items())
+        print(f"{args.model} c={args.concurrency} {path:<7} {cost['rps']:>7} req/s   CPU us per request: {per}")
+    print(f"{args.model} c={args.concurrency} through the gateway under py-spy: {result}")
     for name, data in report["processes"].items():
         print(f"\n{name} ({data['samples']} samples)   self%   total%")
         for bucket, pct in data["total_pct"].items():

@@ -20,6 +20,7 @@ from ..errors import (
     BadRequest,
     Unavailable,
     UnknownSignature,
+    error_body,
 )
 from ..lib_ver import LIB_VER
 from ..webutil import (
@@ -244,9 +245,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise Unavailable("gateway is shutting down")
         if waiting:
             listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())
-            body = {"ERROR": f"not ready: {listed}",
-                    "error": {"type": "NotReady", "message": f"not ready: {listed}"},
-                    "NOT_READY": waiting}
+            body = {**error_body("NotReady", f"not ready: {listed}"), "NOT_READY": waiting}
             return json_response(body, 503, {"Retry-After": "1"})
         return json_response({"status": "ready", "servers": len(supervisor.handles)})
 
