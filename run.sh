@@ -58,8 +58,13 @@ while [ "$stopping" -eq 0 ]; do
   if [ "$stopping" -eq 1 ]; then
     # The trap stopped the container, unless it was only being created then: stop it until
     # docker run ends, and take docker run's own exit code.
+    tries=0
     while kill -0 "$child" 2> /dev/null; do
       docker stop --time "$STOP_TIMEOUT" "$NAME" > /dev/null 2>&1 || sleep 1
+      tries=$((tries + 1))
+      if [ "$tries" -gt 10 ]; then  # the container is gone but the client hangs: do not hang with it
+        kill "$child" 2> /dev/null
+      fi
     done
     wait "$child"
     code=$?

@@ -435,7 +435,12 @@ def test_run_sh_restarts_after_shutdown_with_the_new_image_and_stops_on_ctrl_c(l
         assert "echo_model" in session.post(url + "/list_servers", json={}, timeout=10).json()["AVAIL_SERVERS"]
 
         os.killpg(keeper.pid, signal.SIGINT)  # Ctrl-C in the terminal that runs it
-        assert keeper.wait(STOP_TIMEOUT + 30) == 0, output.read_text(errors="replace")
+        try:
+            code = keeper.wait(STOP_TIMEOUT + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("run.sh did not stop after Ctrl-C; its output:\n" + output.read_text(errors="replace")
+                        + "\ncontainers:\n" + lab.docker("ps", "-a", check=False).stdout)
+        assert code == 0, output.read_text(errors="replace")
     finally:
         if keeper.poll() is None:
             os.killpg(keeper.pid, signal.SIGKILL)
