@@ -413,8 +413,11 @@ def test_run_sh_restarts_after_shutdown_with_the_new_image_and_stops_on_ctrl_c(l
                BIS_ADMIN_TOKEN=TOKEN, RESTART_DELAY="1", STOP_TIMEOUT=str(STOP_TIMEOUT))
     output = lab.workdir / "run_sh.log"
     with open(output, "wb") as out:
+        # As from a terminal: a test run in the background inherits SIGINT ignored, and a shell
+        # cannot trap a signal ignored when it started.
         keeper = subprocess.Popen(["bash", str(REPO / "run.sh")], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+                                  stdin=subprocess.DEVNULL, start_new_session=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         def container_id() -> str:
             return lab.inspect(name, "{{.Id}}", check=False)
