@@ -28,10 +28,13 @@ class Histogram:
         self._lock = threading.Lock()
 
     def observe(self, value: float, times: int = 1) -> None:
-        index = bisect.bisect_left(self.bounds, value)
         with self._lock:
-            self.counts[index] += times
-            self.sum += value * times
+            self.observe_unlocked(value, times)
+
+    def observe_unlocked(self, value: float, times: int = 1) -> None:
+        """For an owner that already serialises the calls with a lock of its own."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += times
+        self.sum += value * times
 
     @property
     def count(self) -> int:
@@ -83,18 +86,22 @@ class ServerStats:
     """What one model server measures about the requests its workers serve."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.model_seconds = Histogram()
         self.queue_seconds = Histogram()
         self.batch_size = Histogram(BATCH_BOUNDS)
 
     def record_batch(self, waited: list[float], model_seconds: float, batching: bool) -> None:
-        """One run of the hooks over ``len(waited)`` requests that waited ``waited`` seconds each."""
-        for seconds in waited:
-            self.queue_seconds.observe(seconds)
-        self.model_seconds.observe(model_seconds, len(waited))
-        if batching:
-            self.batch_size.observe(len(waited))
+        """One run of the hooks over ``len(waited)`` requests that waited ``waited`` seconds each
+        (one lock for the three histograms: this runs after every request)."""
+        with self._lock:
+            for seconds in waited:
+                self.queue_seconds.observe_unlocked(seconds)
+            self.model_seconds.observe_unlocked(model_seconds, len(waited))
+            if batching:
+                self.batch_size.observe_unlocked(len(waited))
 
     def to_json(self) -> dict[str, Any]:
-        return {"model_seconds": self.model_seconds.to_json(), "queue_seconds": self.queue_seconds.to_json(),
-                "batch_size": self.batch_size.to_json()}
+        with self._lock:
+            return {"model_seconds": self.model_seconds.to_json(), "queue_seconds": self.queue_seconds.to_json(),
+                    "batch_size": self.batch_size.to_json()}

@@ -58,7 +58,7 @@ class Activity:
             tally.requests += 1
             if status >= 400:
                 tally.errors += 1
-        tally.latency.observe(seconds)
+            tally.latency.observe_unlocked(seconds)  # already under this lock: one lock per /run, not two
 
     def series(self) -> dict[str, Any]:
         """Finished intervals, oldest first: ``{"interval_s", "t": [start...], "signatures":

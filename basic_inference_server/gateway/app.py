@@ -120,10 +120,11 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/list_servers", methods=["GET", "POST"])
     def list_servers() -> Response:
-        return json_response(envelope.add_to({
-            "AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
-            "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()},
-        }))
+        return json_response(envelope.add_to(children_view()))
+
+    def children_view() -> dict[str, Any]:
+        return {"AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
+                "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()}}
 
     def describe(handle: ChildHandle) -> dict[str, Any]:
         endpoint = handle.endpoint
@@ -214,8 +215,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     @app.route("/dashboard/data", methods=["GET"])
     def dashboard_data() -> Response:
         return json_response(envelope.add_to({
-            "AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
-            "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()},
+            **children_view(),
             "SUPPORT_DATA": gw.support_status(),
             "MEMORY_MB": memory_mb(supervisor.handles.values()),
             "REQUESTS": gw.metrics.requests_by_signature(),
