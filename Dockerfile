@@ -22,6 +22,10 @@
 # requests in flight finish (SHUTDOWN_GRACE, 10 s), stops its model servers and exits 0: allow it
 # more than docker's default 10 s (`docker stop -t 30`, `docker run --stop-timeout 30`). It also
 # reaps orphaned processes (gateway/reaper.py), so no init (`--init`, tini) is needed.
+#
+# Every client connection is an open file: the gateway raises its soft limit to the hard one at
+# start. Docker's default is usually 1048576; where it is lower, give it `--ulimit nofile=65536:65536`
+# (run.sh does).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -78,6 +78,10 @@ class GatewayConfig:
     startup_timeout: float = 300.0
     shutdown_grace: float = 10.0
     gateway_threads: int = 128
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int | None = None  # None: as many as the open-file limit allows
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -173,6 +177,10 @@ def parse_config(
         startup_timeout=_number(data, "STARTUP_TIMEOUT", 300, ""),
         shutdown_grace=_number(data, "SHUTDOWN_GRACE", 10, ""),
         gateway_threads=_integer(data, "GATEWAY_THREADS", 128, "", minimum=8, maximum=1024),
+        header_timeout=_number(data, "HEADER_TIMEOUT", 10, ""),
+        body_timeout=_number(data, "BODY_TIMEOUT", 30, ""),
+        keepalive_timeout=_number(data, "KEEPALIVE_TIMEOUT", 75, ""),
+        max_connections=_integer(data, "MAX_CONNECTIONS", 0, "", minimum=0, maximum=1_000_000) or None,
         raw=MappingProxyType(dict(data)),
     )
 

@@ -112,6 +112,10 @@ class InFlight:
         with self._lock:
             self._count -= 1
 
+    def enter(self) -> None:
+        with self._lock:
+            self._count += 1
+
     def try_enter(self, limit: int) -> bool:
         """Count one more request unless ``limit`` are already in; never waits."""
         with self._lock:

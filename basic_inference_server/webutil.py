@@ -12,7 +12,15 @@ from flask import Flask, Request, Response
 from werkzeug.exceptions import HTTPException
 
 from . import jsonutil, requestid
-from .errors import BadRequest, PayloadTooLarge, ServingError, Unauthorized, error_body, from_http_status
+from .errors import (
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    ServingError,
+    Unauthorized,
+    error_body,
+    from_http_status,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,32 +113,55 @@ def require_admin(expected: str, request: Request, body: dict[str, Any] | None) 
 
 
 Answer = tuple[int, bytes, dict[str, str] | None]  # status, JSON body, extra headers
+
+
+class _PostOnly(MethodNotAllowed):
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "POST"}
+
+
+METHOD_NOT_ALLOWED = _PostOnly("method not allowed here; allowed: POST")
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
+
+
+class RequestIds:
+    """WSGI middleware: the request's id (the client's ``X-Request-ID`` when valid, else a new
+    one) is bound while the app runs (:mod:`~basic_inference_server.requestid`) and answered in
+    ``X-Request-ID``."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]):
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        request_id = requestid.accept(environ.get(requestid.ENVIRON_KEY))
+        token = requestid.bind(request_id)
+        try:
+            def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+                headers.append((requestid.HEADER, request_id))
+                return start_response(status, headers, exc_info)
+            return self.app(environ, start_with_id)
+        finally:
+            requestid.unbind(token)
 
 
 class PostFront:
     """WSGI front that answers ``POST <path>`` with ``handler(body) -> (status, body, headers)``
-    and hands every other request to the Flask app. Flask's per-request machinery costs more
-    than the rest of the work on a small request, and every /run crosses two of these.
-    For both it binds the request id (:mod:`~basic_inference_server.requestid`) and answers it
-    in ``X-Request-ID``."""
+    and hands every other request to the Flask app: Flask's per-request machinery costs more
+    than the rest of the work on a small request. Both carry the request id (:class:`RequestIds`)."""
 
     def __init__(self, handler: Callable[[bytes], Answer], path: str, limit: int,
                  fallback: Callable[..., Iterable[bytes]]):
         self.handler = handler
         self.path = path
         self.limit = limit
-        self.fallback = fallback
+        self.fallback = RequestIds(fallback)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != self.path:
+            return self.fallback(environ, start_response)
         request_id = requestid.accept(environ.get(requestid.ENVIRON_KEY))
         token = requestid.bind(request_id)
         try:
-            if environ.get("PATH_INFO") != self.path or environ.get("REQUEST_METHOD") != "POST":
-                def start_with_id(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-                    headers.append((requestid.HEADER, request_id))
-                    return start_response(status, headers, exc_info)
-                return self.fallback(environ, start_with_id)
             return self._post(environ, start_response, request_id)
         finally:
             requestid.unbind(token)
@@ -138,6 +169,8 @@ class PostFront:
     def _post(self, environ: dict[str, Any], start_response: Callable[..., Any], request_id: str) -> list[bytes]:
         headers: dict[str, str] | None
         try:
+            if environ.get("REQUEST_METHOD") != "POST":
+                raise METHOD_NOT_ALLOWED
             status, body, headers = self.handler(read_limited(environ, self.limit))
         except ServingError as exc:
             status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()

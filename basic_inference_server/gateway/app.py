@@ -1,7 +1,7 @@
 """The gateway's HTTP routes (Flask): status, notifications, admin and support-metric routes.
 
-``POST /run`` itself is answered by a :class:`~basic_inference_server.webutil.PostFront` in front
-of this app; routing and forwarding live in :class:`~.router.Router`. Admin routes need the token.
+``POST /run`` itself is answered in the HTTP front's event loop (:mod:`.runpath`); routing lives
+in :class:`~.router.Router`. Admin routes need the token.
 """
 
 from __future__ import annotations
@@ -27,16 +27,15 @@ from ..webutil import (
     install_error_handlers,
     json_response,
     raw_json_response,
-    read_body,
     read_json_object,
     require_admin,
 )
 from .forward import Reply, forward
+from .handle import READY, STOPPED, ChildHandle
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openapi import openapi_document
 from .ports import PortsExhausted
 from .status import memory_mb
-from .supervisor import READY, STOPPED, ChildHandle
 from .support_data import metrics_of
 
 if TYPE_CHECKING:
@@ -73,25 +72,19 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     router = gw.router
     signature_of, route_to = router.signature_of, router.route_to
 
-    def relay(reply: Reply, flat: bool = False) -> Response:
-        status, body, headers = router.relay(reply, flat)
+    def relay(reply: Reply) -> Response:
+        status, body, headers = router.relay(reply.status, reply.data, reply.retry_after)
         return raw_json_response(body, status, headers)
 
     def status_response() -> Response:
         return json_response(envelope.add_to(gw.system_status()))
-
-    @app.route(gw.execution_path, methods=["POST"])
-    def run() -> Response:
-        # The gateway serves POST /run through PostFront (no Flask); this route serves the test client.
-        status, body, headers = router.run(read_body(request, limit))
-        return raw_json_response(body, status, headers)
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
         signature = signature_of(read_payload())
         merged: dict[str, list[Any]] = {}
         for handle in ready_replicas(signature):
-            with router.forwarding(handle):
+            with router.admission.forwarding(handle):
                 reply = forward(handle, "/notifications", b"{}")
             if reply.status != 200:
                 return relay(reply)
@@ -102,7 +95,8 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     def ready_replicas(signature: str) -> list[ChildHandle]:
         """Every READY replica of ``signature`` (at least one, else route_to's 404/503)."""
         first = route_to(signature)
-        return [first] + [h for h in supervisor.replicas_of(signature) if h is not first and h.state == READY]
+        replicas = router.table.routes.servers.get(signature, ())
+        return [first] + [h for h in replicas if h is not first and h.state == READY]
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
@@ -241,7 +235,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     @app.route("/ready", methods=["GET"])
     def ready() -> Response:
         waiting = supervisor.not_ready()
-        if gw.draining:
+        if router.admission.draining:
             raise Unavailable("gateway is shutting down")
         if waiting:
             listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())

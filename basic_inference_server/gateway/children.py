@@ -14,10 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..config import EndpointConfig, GatewayConfig
+from ..server.spec import ServerSpec
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 SUPPORT_PATH = "/support_update_status"
@@ -40,7 +42,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-def spawn_model_server(spec: dict[str, Any], app_root: Path) -> subprocess.Popen:
+def spawn_model_server(spec: ServerSpec, app_root: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-m", "basic_inference_server.server"],
         stdin=subprocess.PIPE,
@@ -48,39 +50,52 @@ def spawn_model_server(spec: dict[str, Any], app_root: Path) -> subprocess.Popen
         env=child_env(app_root),
     )
     assert proc.stdin is not None
-    proc.stdin.write(json.dumps(spec).encode("utf-8") + b"\n")
+    proc.stdin.write(spec.to_json().encode("utf-8") + b"\n")
     proc.stdin.flush()
     return proc
 
 
 def model_server_spec(
-    endpoint: EndpointConfig, port: int, config: GatewayConfig, *, nr_workers: int, app_root: Path, cache_folder: Path,
-    error_file: Path, host_id: str, admin_token: str | None, workers_location: str, workers_suffix: str,
-    execution_path: str,
-) -> dict[str, Any]:
-    return {
-        "name": endpoint.name,
-        "server_class": endpoint.server_class,
-        "host": endpoint.host,
-        "port": port,
-        "nr_workers": nr_workers,
-        "max_queue": endpoint.max_queue,
-        "server_threads": endpoint.server_threads,
-        "request_timeout": endpoint.request_timeout,
-        "max_batch_size": endpoint.max_batch_size,
-        "max_batch_wait_ms": endpoint.max_batch_wait_ms,
-        "endpoint_config": dict(endpoint.worker_config),
-        "app_root": str(app_root),
-        "workers_location": workers_location,
-        "workers_suffix": workers_suffix,
-        "execution_path": execution_path,
-        "cache_folder": str(cache_folder),
-        "host_id": host_id,
-        "admin_token": admin_token,
-        "max_body_bytes": config.max_body_bytes,
-        "shutdown_grace": config.shutdown_grace,
-        "error_file": str(error_file),
-    }
+    endpoint: EndpointConfig, name: str, port: int, socket_path: str, config: GatewayConfig, *, nr_workers: int,
+    app_root: Path, cache_folder: Path, error_file: Path, host_id: str, admin_token: str | None,
+    workers_location: str, workers_suffix: str, execution_path: str,
+) -> ServerSpec:
+    return ServerSpec(
+        name=name,
+        server_class=endpoint.server_class,
+        host=endpoint.host,
+        port=port,
+        socket_path=socket_path,
+        nr_workers=nr_workers,
+        max_queue=endpoint.max_queue,
+        server_threads=endpoint.server_threads,
+        request_timeout=endpoint.request_timeout,
+        max_batch_size=endpoint.max_batch_size,
+        max_batch_wait_ms=endpoint.max_batch_wait_ms,
+        endpoint_config=dict(endpoint.worker_config),
+        app_root=str(app_root),
+        workers_location=workers_location,
+        workers_suffix=workers_suffix,
+        execution_path=execution_path,
+        cache_folder=str(cache_folder),
+        host_id=host_id,
+        admin_token=admin_token,
+        max_body_bytes=config.max_body_bytes,
+        shutdown_grace=config.shutdown_grace,
+        error_file=str(error_file),
+    )
+
+
+def socket_folder(cache_folder: Path) -> tuple[Path, bool]:
+    """A folder private to this user for the model servers' Unix sockets, and whether it is a
+    temporary one (to remove at the end). ``<cache>/_run/sockets`` when its socket paths fit
+    the 108 bytes a Unix socket address holds, else a new folder in the temp directory."""
+    folder = cache_folder / "_run" / "sockets"
+    if len(str(folder)) + len("/65535.sock") < 100:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+        return folder, False
+    return Path(tempfile.mkdtemp(prefix="bis-")), True
 
 
 def support_config(endpoint: EndpointConfig, gateway_host: str, gateway_port: int) -> dict[str, Any]:

@@ -14,21 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
-from ..httpserve import HttpServer, InFlight
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
-from ..webutil import PostFront
+from ..transport.httpfront import FrontLimits, HttpFront, raise_open_file_limit
+from ..webutil import RequestIds
 from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .envelope import Envelope
 from .history import StateHistory
 from .metrics import GatewayMetrics
-from .router import Router
+from .router import Admission, Router
+from .runpath import RunPath
 from .status import system_status
 from .supervisor import Supervisor
 from .support_data import SupportData
 
 logger = logging.getLogger(__name__)
+
+
+MAX_IN_FLIGHT = 8192  # requests forwarded at once by the whole gateway (each endpoint has its own bound too)
 
 
 class GatewayStartupError(Exception):
@@ -54,6 +58,8 @@ class FlaskGateway:
         config: a ready configuration (dict or :class:`GatewayConfig`), overrides the file.
         app_root: folder holding the endpoints folder (default: the current directory).
         app_version: reported as ``ver-app``.
+        server_names: accepted for code written for the original and ignored: the
+            configuration's ``CONFIG_ENDPOINTS`` says which endpoints run.
     """
 
     def __init__(
@@ -73,7 +79,7 @@ class FlaskGateway:
         app_root: str | os.PathLike | None = None,
         app_version: str | None = None,
         run: bool = True,
-        **kwargs: Any,
+        server_names: list[str] | None = None,
     ):
         self.app_root = Path(app_root or os.getcwd()).resolve()
         if log is not None and hasattr(log, "root_folder"):
@@ -82,6 +88,8 @@ class FlaskGateway:
             self.cache_folder = (self.app_root / (base_folder or ".") / (app_folder or "_cache")).resolve()
         if not logging_configured():
             setup_process_logging("gateway", self.cache_folder / "_logs", file_stem="gateway")
+        if server_names is not None:
+            logger.warning("FlaskGateway(server_names=...) is ignored: CONFIG_ENDPOINTS lists the endpoints")
         self.host = host
         self.port = port
         self.execution_path = "/" + server_execution_path.lstrip("/")
@@ -105,13 +113,11 @@ class FlaskGateway:
             history=self.history,
         )
         self.metrics = GatewayMetrics(self.supervisor)
-        self.router = Router(self)
-        self.inflight = InFlight()
-        # Forwarded requests may hold all gateway threads but a few, kept for the control routes.
-        self.forward_limit = max(1, self.config.gateway_threads - 4)
-        self.draining = False
+        self.admission = Admission(MAX_IN_FLIGHT)
+        self.router = Router(self.supervisor.table, self.envelope, self.admission, self.config.response_format)
         self._stop = threading.Event()
-        self.http: HttpServer | None = None
+        self.http: HttpFront | None = None
+        self.run_path: RunPath | None = None
         if run:
             self.run()
 
@@ -138,13 +144,20 @@ class FlaskGateway:
         started = time.monotonic()
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
+        files = raise_open_file_limit()
+        config = self.config
+        limits = FrontLimits(
+            max_body=config.max_body_bytes, header_timeout=config.header_timeout, body_timeout=config.body_timeout,
+            keepalive_timeout=config.keepalive_timeout,
+            max_connections=config.max_connections or max(256, min(100_000, files - 1024)),
+        )
         try:
-            app = PostFront(self.router.run, self.execution_path, self.config.max_body_bytes,
-                            create_gateway_app(self))
-            self.http = HttpServer(app, self.host, self.port,
-                                   self.config.gateway_threads, self.config.max_body_bytes)
+            self.http = HttpFront(RequestIds(create_gateway_app(self)), self.host, self.port,
+                                  fast_path=self.execution_path, threads=config.gateway_threads, limits=limits)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status)
+        self.http.fast_handler = self.run_path
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -188,15 +201,17 @@ class FlaskGateway:
 
     def _shutdown(self) -> int:
         grace = self.config.shutdown_grace
-        logger.info("Shutting down: %d request(s) in flight, grace %.0fs", self.inflight.count, grace)
-        self.draining = True
+        inflight = self.admission.inflight
+        logger.info("Shutting down: %d request(s) in flight, grace %.0fs", inflight.count, grace)
+        self.admission.draining = True
         deadline = time.monotonic() + grace
-        while self.inflight.count and time.monotonic() < deadline:
+        while inflight.count and time.monotonic() < deadline:
             time.sleep(0.02)
         self.supervisor.stop_all(max(1.0, deadline - time.monotonic()))
         self.history.record("SHUTDOWN")
         if self.http is not None:
             self.http.wait_flushed(2.0)
+            self.http.close()
         logger.info("Gateway stopped")
         return 0
 

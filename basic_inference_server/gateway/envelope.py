@@ -23,6 +23,14 @@ class Envelope:
         self.app_version = app_version
         self.hostname = hostname or socket.gethostname()
         self.started = time.monotonic()
+        self._extra = (0, b"")  # (second, the fields as JSON): they change once a second
+
+    def _extra_json(self) -> bytes:
+        """The fields as a JSON object's members (no braces), cached for the current second."""
+        now = int(time.time())
+        if self._extra[0] != now:
+            self._extra = (now, json.dumps(self.fields(), separators=(",", ":")).encode("utf-8")[1:-1])
+        return self._extra[1]
 
     def uptime(self) -> str:
         return str(datetime.timedelta(seconds=int(time.monotonic() - self.started)))
@@ -48,14 +56,11 @@ class Envelope:
             if not isinstance(answer, dict):
                 raise ValueError("model server answer is not a JSON object")
             return jsonutil.dumps_bytes(self.add_to(_flatten(answer)))
-        extra = json.dumps(self.fields(), separators=(",", ":")).encode("utf-8")
         head = data.rstrip()
         if not head.startswith(b"{") or not head.endswith(b"}"):
             raise ValueError("model server answer is not a JSON object")
         head = head[:-1].rstrip()
-        if head == b"{":
-            return head + extra[1:]
-        return head + b"," + extra[1:]
+        return b"".join((head, b"" if head == b"{" else b",", self._extra_json(), b"}"))
 
 
 def _flatten(answer: dict[str, Any]) -> dict[str, Any]:

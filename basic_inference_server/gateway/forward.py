@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..errors import RequestTimeout, ServerDied, Unavailable
-from .supervisor import READY, ChildHandle
-from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from ..errors import RequestTimeout, ServerDied, ServingError, Unavailable
+from .handle import READY, ChildHandle
+from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut, TransportError
 
 logger = logging.getLogger(__name__)
 
@@ -29,21 +29,27 @@ class Reply:
 
 
 def forward(handle: ChildHandle, path: str, body: bytes, headers: dict[str, str] | None = None) -> Reply:
-    """POST ``body`` to ``path`` on the handle's server; raise a ServingError on transport failure."""
+    """POST ``body`` to ``path`` on the handle's HTTP port; raise a ServingError on transport failure."""
     upstream = handle.http
     if upstream is None:
         raise Unavailable(f"endpoint {handle.name!r} is not running")
     try:
         reply = upstream.request("POST", path, body, headers or _JSON_HEADERS,
                                  timeout=handle.endpoint.request_timeout + READ_MARGIN)
-    except ConnectFailed as exc:
-        if handle.state != READY:
-            raise Unavailable(f"endpoint {handle.name!r} is {handle.state}") from None
-        logger.warning("%s unreachable: %s", handle.name, exc)
-        raise ServerDied(f"model server {handle.name!r} is not reachable") from None
-    except ReadTimedOut:
-        raise RequestTimeout(f"model server {handle.name!r} did not answer in time") from None
-    except ConnectionLost as exc:
-        logger.warning("%s: %s", handle.name, exc)
-        raise ServerDied(f"model server {handle.name!r} closed the connection before answering") from None
+    except (ConnectFailed, ReadTimedOut, ConnectionLost) as exc:
+        raise transport_error(handle, exc) from None
     return Reply(reply.status, reply.data, reply.headers.get("retry-after"))
+
+
+def transport_error(handle: ChildHandle, error: TransportError) -> ServingError:
+    """What the client is told when a request to a model server got no answer (HTTP or channel)."""
+    name = handle.name
+    if isinstance(error, ConnectFailed):
+        if handle.state != READY:
+            return Unavailable(f"endpoint {name!r} is {handle.state}")
+        logger.warning("%s unreachable: %s", name, error)
+        return ServerDied(f"model server {name!r} is not reachable")
+    if isinstance(error, ReadTimedOut):
+        return RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={handle.endpoint.request_timeout:g}s")
+    logger.warning("%s: %s", name, error)
+    return ServerDied(f"model server {name!r} closed the connection before answering")

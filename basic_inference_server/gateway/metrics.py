@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ..stats import LATENCY_BOUNDS, cumulative_buckets
 from .activity import Activity
-from .supervisor import READY, ChildHandle
+from .handle import READY, ChildHandle, ChildState
 from .sysinfo import process_tree_usage
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 NO_SIGNATURE = "(none)"  # body without a usable SIGNATURE
 UNKNOWN_SIGNATURE = "(unknown)"  # a SIGNATURE that is not configured: one label, not one per typo
 STATS_TIMEOUT = 1.0
-STATES = ("STARTING", "READY", "RESTARTING", "STOPPING", "STOPPED", "FAILED")
+STATES = tuple(state.value for state in ChildState)
 
 
 class GatewayMetrics:

@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from . import sysinfo
-from .supervisor import ChildHandle
+from .handle import ChildHandle
 
 GB = 1024**3
 MEM_ALERT_RATIO = 0.15

@@ -7,37 +7,39 @@ READY for a minute), recycles servers whose ``/health`` keeps failing (hung, or 
 and marks FAILED, without restarting, a server that exits because its model cannot load.
 Health probes run on a small thread pool so a hung server never stalls the loop.
 
-States: STARTING -> READY; READY -> RESTARTING (crash, hang) -> STARTING; STARTING -> FAILED
-(load error, startup timeout); any -> STOPPING -> STOPPED (admin). Only the main thread spawns
-(a support process's death signal is tied to the thread that forked it).
+States are :class:`~.handle.ChildState`; :meth:`Supervisor._transition` is the one place that
+changes them, and it writes nothing itself: log lines and history events are flushed after the
+lock is released, and processes are spawned outside it too, so request threads that read the
+table never wait on a fork or a disk. Only the main thread spawns (a support process's death
+signal is tied to the thread that forked it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import exitcodes
 from ..config import EndpointConfig, GatewayConfig
 from ..errors import Conflict
-from ..httpserve import InFlight
-from .children import model_server_spec, spawn_model_server, spawn_support
+from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support
+from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, ChildState, replica_key
 from .history import StateHistory
 from .ports import PortAllocator
 from .reaper import reap_orphans
+from .routes import Routes, RouteTable
 from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 
-STARTING, READY, RESTARTING = "STARTING", "READY", "RESTARTING"
-STOPPING, STOPPED, FAILED = "STOPPING", "STOPPED", "FAILED"
 NO_RESTART_CODES = (exitcodes.LOAD_FAILED, exitcodes.CONFIG_ERROR)
 BIND_RETRIES = 3
 STARTING_PROBE_INTERVAL = 0.05
@@ -54,57 +56,8 @@ def connect_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "localhost", "": "127.0.0.1"}.get(host, host)
 
 
-def replica_key(name: str, replica: int) -> str:
-    """Table key of a replica: the endpoint's name for the first, ``name#2``, ``name#3``... after."""
-    return name if replica == 0 else f"{name}#{replica + 1}"
-
-
 def backoff(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
-
-
-@dataclass
-class ChildHandle:
-    """One child process and what the gateway knows of it."""
-
-    endpoint: EndpointConfig
-    port: int | None  # None for support processes
-    replica: int = 0  # NR_REPLICAS: each replica is its own child, on its own port
-    state: str = STOPPED
-    proc: subprocess.Popen | None = None
-    started_at: float = 0.0  # time.monotonic() of the last spawn
-    ready_at: float | None = None
-    error: str | None = None
-    exit_code: int | None = None
-    restarts: int = 0
-    failures: int = 0  # consecutive failed runs, for the backoff
-    restart_at: float = 0.0
-    kill_at: float | None = None
-    bind_retries: int = 0
-    probe_due: float = 0.0
-    probing: bool = False
-    health_failures: int = 0
-    workers: dict[str, Any] = field(default_factory=dict)
-    nr_workers: int | None = None  # set by /update_workers: kept across restarts
-    inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
-    http: Upstream | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return replica_key(self.endpoint.name, self.replica)
-
-    @property
-    def is_support(self) -> bool:
-        return self.endpoint.is_support
-
-    @property
-    def capacity(self) -> int:
-        """Requests the server can hold: one per worker plus its queue."""
-        return (self.nr_workers or self.endpoint.nr_workers) + self.endpoint.max_queue
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
 class Supervisor:
@@ -123,6 +76,7 @@ class Supervisor:
         ports: PortAllocator | None = None,
         pool_size: int = 32,
         history: StateHistory | None = None,
+        table: RouteTable | None = None,
     ):
         self.config = config
         self.app_root = app_root
@@ -139,8 +93,32 @@ class Supervisor:
         self.gateway_host = "127.0.0.1"  # set by the gateway once it listens (support processes post there)
         self.gateway_port = 0
         self.handles: dict[str, ChildHandle] = {}
+        self.table = table or RouteTable()
+        self.socket_folder, self._temporary_sockets = socket_folder(cache_folder)
         self._lock = threading.RLock()
+        self._events: deque[tuple[str, ChildState, ChildState, str, str | None]] = deque()  # for _flush
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe")
+
+    # -- the one place that changes a child's state ------------------------------------------
+    def _transition(self, handle: ChildHandle, state: ChildState, why: str = "", event: str | None = None) -> None:
+        """Move ``handle`` to ``state`` (the caller holds the lock). The log line and the history
+        event are queued and written by :meth:`_flush` once the lock is released: request
+        threads take this lock (``/ready``, admin routes) and must not wait on a disk."""
+        previous, handle.state = handle.state, state
+        if state == READY:
+            handle.ready_at, handle.error = time.monotonic(), None
+        elif state in (FAILED, RESTARTING) and why:
+            handle.error = why
+        self._events.append((handle.name, previous, state, why, event))
+
+    def _flush(self) -> None:
+        """Write the queued transitions to the log and the history (never under the lock)."""
+        while self._events:
+            name, previous, state, why, event = self._events.popleft()
+            level = logging.ERROR if state in (FAILED, RESTARTING) else logging.INFO
+            logger.log(level, "%s: %s -> %s%s", name, previous, state, f" ({why})" if why else "")
+            if event is not None and self.history is not None:
+                self.history.record(event, name, why or None)
 
     # -- starting ----------------------------------------------------------------------------
     def start_enabled(self) -> None:
@@ -148,8 +126,11 @@ class Supervisor:
         for endpoint in self.config.endpoints:
             if not endpoint.disabled:
                 with self._lock:
-                    for replica in range(1 if endpoint.is_support else endpoint.nr_replicas):
-                        self._spawn(self._handle(endpoint, replica))
+                    handles = [self._handle(endpoint, replica)
+                               for replica in range(1 if endpoint.is_support else endpoint.nr_replicas)]
+                for handle in handles:
+                    self._spawn(handle)
+        self._flush()
 
     def request_start(self, name: str) -> ChildHandle:
         """Ask for ``name`` to start (any thread); the main loop spawns it.
@@ -166,9 +147,11 @@ class Supervisor:
             started = []
             for replica in range(1 if endpoint.is_support else endpoint.nr_replicas):
                 handle = self._handle(endpoint, replica)
-                handle.state, handle.proc, handle.failures, handle.error = STARTING, None, 0, None
+                handle.proc, handle.failures, handle.error = None, 0, None
+                self._transition(handle, STARTING, "start requested")
                 started.append(handle)
-            return started[0]
+        self._flush()
+        return started[0]
 
     def _handle(self, endpoint: EndpointConfig, replica: int = 0) -> ChildHandle:
         key = replica_key(endpoint.name, replica)
@@ -176,6 +159,7 @@ class Supervisor:
         if handle is None:
             port = None if endpoint.is_support else self.ports.allocate(key, endpoint.host)
             handle = self.handles[key] = ChildHandle(endpoint=endpoint, port=port, replica=replica)
+            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
         return handle
 
     def replicas_of(self, name: str) -> list[ChildHandle]:
@@ -186,33 +170,37 @@ class Supervisor:
         return [self.handles[key] for key in keys if key in self.handles]
 
     def _spawn(self, handle: ChildHandle) -> None:
+        """Start the handle's process (main thread, without the lock: Popen forks and writes)."""
         if handle.proc is not None and handle.proc.stdin is not None:
             handle.proc.stdin.close()  # the previous run's pipe
         endpoint = handle.endpoint
         if handle.is_support:
             assert endpoint.script is not None
-            handle.proc = spawn_support(endpoint.script, endpoint, connect_host(self.gateway_host),
-                                        self.gateway_port, self.app_root)
+            proc = spawn_support(endpoint.script, endpoint, connect_host(self.gateway_host), self.gateway_port,
+                                 self.app_root)
         else:
             assert handle.port is not None
             error_file = self._error_file(handle)
             error_file.unlink(missing_ok=True)
+            socket_path = str(self.socket_folder / f"{handle.port}.sock")
             spec = model_server_spec(
-                endpoint, handle.port, self.config, nr_workers=handle.nr_workers or endpoint.nr_workers,
-                app_root=self.app_root, cache_folder=self.cache_folder,
-                error_file=error_file, host_id=self.host_id, admin_token=self.admin_token,
-                workers_location=self.workers_location, workers_suffix=self.workers_suffix,
-                execution_path=self.execution_path,
+                endpoint, handle.name, handle.port, socket_path, self.config,
+                nr_workers=handle.nr_workers or endpoint.nr_workers, app_root=self.app_root,
+                cache_folder=self.cache_folder, error_file=error_file, host_id=self.host_id,
+                admin_token=self.admin_token, workers_location=self.workers_location,
+                workers_suffix=self.workers_suffix, execution_path=self.execution_path,
             )
-            spec["name"] = handle.name  # replicas log to files of their own
-            handle.proc = spawn_model_server(spec, self.app_root)
-            if handle.http is None or handle.http.port != handle.port or handle.http.closed:
-                handle.http = Upstream(connect_host(endpoint.host), handle.port, maxsize=self.pool_size)
+            proc = spawn_model_server(spec, self.app_root)
         now = time.monotonic()
-        handle.state, handle.started_at, handle.ready_at = STARTING, now, None
-        handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
-        logger.info("Starting %s (pid %d%s)", handle.name, handle.proc.pid,
-                    "" if handle.is_support else f", port {handle.port}, {endpoint.nr_workers} workers")
+        with self._lock:
+            handle.proc, handle.started_at, handle.ready_at = proc, now, None
+            handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
+            if not handle.is_support:
+                handle.socket_path = socket_path
+                if handle.http is None or handle.http.port != handle.port or handle.http.closed:
+                    handle.http = Upstream(connect_host(endpoint.host), handle.port, maxsize=self.pool_size)
+            detail = "" if handle.is_support else f", port {handle.port}, {endpoint.nr_workers} workers"
+            self._transition(handle, STARTING, f"pid {proc.pid}{detail}")
 
     def _error_file(self, handle: ChildHandle) -> Path:
         self.run_folder.mkdir(parents=True, exist_ok=True)
@@ -223,25 +211,42 @@ class Supervisor:
         """One supervision step; called by the gateway's main thread about ten times a second."""
         now = time.monotonic()
         with self._lock:
+            exited = [(h, h.proc.poll()) for h in self.handles.values()
+                      if h.proc is not None and h.state in (STARTING, READY, RESTARTING, STOPPING)]
+        errors = {h.name: self._read_error(h) for h, code in exited if code is not None and not h.is_support}
+        to_spawn = []
+        with self._lock:
             for handle in list(self.handles.values()):
-                self._step(handle, now)
+                if self._step(handle, now, errors.get(handle.name, "")):
+                    to_spawn.append(handle)
                 if self._probe_due(handle, now):
                     handle.probing = True
                     self._probes.submit(self._probe, handle, handle.proc)
-            reap_orphans({h.proc.pid for h in self.handles.values() if h.proc and h.proc.returncode is None})
+            alive = {h.proc.pid for h in self.handles.values() if h.proc and h.proc.returncode is None}
+        for handle in to_spawn:
+            self._spawn(handle)
+        self._flush()
+        reap_orphans(alive)
 
-    def _step(self, handle: ChildHandle, now: float) -> None:
+    def _read_error(self, handle: ChildHandle) -> str:
+        error_file = self._error_file(handle)
+        try:
+            return error_file.read_text(encoding="utf-8").strip()
+        except OSError:
+            return ""
+
+    def _step(self, handle: ChildHandle, now: float, detail: str) -> bool:
+        """Act on one child (under the lock); True when it must be spawned now."""
         proc, state = handle.proc, handle.state
         if state == STARTING and proc is None:
-            self._spawn(handle)
-            return
+            return True
         code = proc.poll() if proc is not None else None
         if state in (STARTING, READY):
             if code is not None:
-                self._on_exit(handle, code, now)
-            elif handle.is_support:
+                return self._on_exit(handle, code, now, detail)
+            if handle.is_support:
                 if state == STARTING and now - handle.started_at >= SUPPORT_SETTLE:
-                    self._mark_ready(handle, now)
+                    self._transition(handle, READY, f"{now - handle.started_at:.2f}s after start")
             elif state == STARTING and now - handle.started_at > self.config.startup_timeout:
                 self._fail(handle, f"not ready after STARTUP_TIMEOUT={self.config.startup_timeout:g}s")
                 self._terminate(handle, now)
@@ -253,18 +258,12 @@ class Supervisor:
             logger.warning("%s (pid %d) ignored SIGTERM: killing it", handle.name, proc.pid)
             proc.kill()
         elif state == RESTARTING and code is not None and now >= handle.restart_at:
-            self._spawn(handle)
+            return True
+        return False
 
-    def _mark_ready(self, handle: ChildHandle, now: float) -> None:
-        handle.state, handle.ready_at, handle.error = READY, now, None
-        logger.info("%s is READY (%.2fs after start)", handle.name, now - handle.started_at)
-
-    def _on_exit(self, handle: ChildHandle, code: int, now: float) -> None:
+    def _on_exit(self, handle: ChildHandle, code: int, now: float, detail: str) -> bool:
         handle.exit_code = code
-        detail = ""
         if not handle.is_support:
-            error_file = self._error_file(handle)
-            detail = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else ""
             if code == exitcodes.BIND_FAILED and handle.bind_retries < BIND_RETRIES:
                 handle.bind_retries += 1
                 try:
@@ -273,34 +272,28 @@ class Supervisor:
                     detail = f"{detail}; {exc}"
                 else:
                     logger.warning("%s: port taken, retrying on port %d", handle.name, handle.port)
-                    self._spawn(handle)
-                    return
+                    return True
             if code in NO_RESTART_CODES:
                 reason = exitcodes.DESCRIPTIONS[code]
                 self._fail(handle, f"{reason} (exit code {code})" + (f": {detail}" if detail else ""))
-                return
-        handle.error = f"exited with code {code}" + (f": {detail}" if detail else "")
-        self._schedule_restart(handle, now)
+                return False
+        self._schedule_restart(handle, now, f"exited with code {code}" + (f": {detail}" if detail else ""))
+        return False
 
     def _fail(self, handle: ChildHandle, error: str) -> None:
-        handle.state, handle.error = FAILED, error
-        logger.error("%s FAILED: %s (not restarted)", handle.name, error)
-        if self.history is not None:
-            self.history.record("FAILED", handle.name, error)
+        self._transition(handle, FAILED, error, event="FAILED")
 
-    def _schedule_restart(self, handle: ChildHandle, now: float) -> None:
+    def _schedule_restart(self, handle: ChildHandle, now: float, why: str) -> None:
         handle.failures += 1
         handle.restarts += 1
         delay = backoff(handle.failures)
-        handle.state, handle.restart_at = RESTARTING, now + delay
-        logger.error("%s %s; restarting in %.0fs (restart #%d)", handle.name, handle.error, delay, handle.restarts)
-        if self.history is not None:
-            self.history.record("RESTART", handle.name, handle.error)
+        handle.restart_at = now + delay
+        self._transition(handle, RESTARTING, why, event="RESTART")
+        logger.info("%s: restarting in %.0fs (restart #%d)", handle.name, delay, handle.restarts)
 
     def _recycle(self, handle: ChildHandle, now: float) -> None:
-        handle.error = f"unhealthy: {handle.error or 'no answer to /health'}"
         self._terminate(handle, now)
-        self._schedule_restart(handle, now)
+        self._schedule_restart(handle, now, f"unhealthy: {handle.error or 'no answer to /health'}")
 
     def _terminate(self, handle: ChildHandle, now: float) -> None:
         if handle.proc is not None and handle.proc.poll() is None:
@@ -316,6 +309,7 @@ class Supervisor:
     def _probe(self, handle: ChildHandle, proc: subprocess.Popen | None) -> None:
         starting = handle.state == STARTING
         status, body = self.health(handle, timeout=0.5 if starting else HEALTH_TIMEOUT)
+        failed = None
         with self._lock:
             handle.probing = False
             if handle.proc is not proc:
@@ -325,13 +319,14 @@ class Supervisor:
                 handle.workers = body.get("workers", {})
                 handle.health_failures = 0
                 if handle.state == STARTING:
-                    self._mark_ready(handle, now)
+                    self._transition(handle, READY, f"{now - handle.started_at:.2f}s after start")
             elif handle.state == READY:
                 handle.health_failures += 1
-                handle.error = body.get("ERROR") or f"/health answered {status or 'nothing'}"
-                logger.warning("%s health check failed (%d in a row): %s", handle.name,
-                               handle.health_failures, handle.error)
+                handle.error = failed = body.get("ERROR") or f"/health answered {status or 'nothing'}"
             handle.probe_due = now + (STARTING_PROBE_INTERVAL if handle.state == STARTING else HEALTH_INTERVAL)
+        if failed is not None:
+            logger.warning("%s health check failed (%d in a row): %s", handle.name, handle.health_failures, failed)
+        self._flush()
 
     def health(self, handle: ChildHandle, timeout: float = 1.0) -> tuple[int | None, dict[str, Any]]:
         """``(status, body)`` of the server's ``/health``; ``(None, {})`` when unreachable."""
@@ -351,11 +346,14 @@ class Supervisor:
         with self._lock:
             handles = [self.handles[n] for n in names]
             for handle in handles:
-                handle.state = STOPPING
+                self._transition(handle, STOPPING)
                 if handle.proc is not None and handle.proc.poll() is None:
                     handle.proc.terminate()
+        self._flush()
         deadline = time.monotonic() + grace
-        return {handle.name: self._reap(handle, deadline) for handle in handles}
+        stopped = {handle.name: self._reap(handle, deadline) for handle in handles}
+        self._flush()
+        return stopped
 
     def stop_all(self, grace: float | None = None) -> None:
         with self._lock:
@@ -364,6 +362,8 @@ class Supervisor:
             logger.info("Stopping %d child process(es): %s", len(running), ", ".join(running))
             self.stop_many(running, grace)
         self._probes.shutdown(wait=False, cancel_futures=True)
+        if self._temporary_sockets:
+            shutil.rmtree(self.socket_folder, ignore_errors=True)
 
     def _reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
         proc = handle.proc
@@ -378,7 +378,8 @@ class Supervisor:
             if proc.stdin is not None:
                 proc.stdin.close()
         with self._lock:
-            handle.state, handle.exit_code, handle.ready_at = STOPPED, code, None
+            handle.exit_code, handle.ready_at = code, None
+            self._transition(handle, STOPPED, f"exit code {code}")
         if handle.http is not None:
             handle.http.close()
             handle.http = None  # a start builds a new pool

@@ -39,6 +39,9 @@ class ConnectionLost(OSError):
     """The connection broke after (part of) the request was sent, before a full answer."""
 
 
+TransportError = ConnectFailed | ReadTimedOut | ConnectionLost
+
+
 class UpstreamReply:
     __slots__ = ("data", "headers", "status")
 
@@ -76,6 +79,9 @@ class Upstream:
         except BlockingIOError:  # what a kernel timeout raises on a blocking socket
             sock.close()
             raise ReadTimedOut(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
+        except ConnectionLost:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             raise ConnectionLost(f"connection to {self.host}:{self.port} lost: {exc}") from None

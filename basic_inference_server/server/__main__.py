@@ -1,14 +1,15 @@
 """Entry point of a model server process.
 
-The configuration is one JSON object, read from ``--config-file PATH`` or from the first line
-of stdin. When it comes on stdin the process keeps reading stdin afterwards: end-of-file means
-the gateway is gone (even after a SIGKILL), and the server stops on its own.
+The configuration is one :class:`~.spec.ServerSpec` as JSON, read from ``--config-file PATH`` or
+from the first line of stdin. When it comes on stdin the process keeps reading stdin afterwards:
+end-of-file means the gateway is gone (even after a SIGKILL), and the server stops on its own.
+The server listens on its HTTP port (every route) and, when the spec names one, on the Unix
+socket of the internal channel, which the gateway uses for ``/run``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -24,20 +25,21 @@ from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
 from ..notifications import GENERAL, NotificationStore
-from ..webutil import PostFront
-from .app import ServerState, create_app
+from .app import ServerState, create_wsgi
+from .channel import ChannelServer
 from .pool import WorkerPool
+from .spec import ServerSpec, SpecError
 
 logger = logging.getLogger("basic_inference_server.server")
 
 
-def _read_spec(args: argparse.Namespace) -> dict[str, Any]:
+def _read_spec(args: argparse.Namespace) -> ServerSpec:
     if args.config_file:
-        return json.loads(Path(args.config_file).read_text(encoding="utf-8"))
+        return ServerSpec.from_json(Path(args.config_file).read_text(encoding="utf-8"))
     line = sys.stdin.buffer.readline()
     if not line:
-        raise ValueError("no configuration on stdin")
-    return json.loads(line)
+        raise SpecError("no configuration on stdin")
+    return ServerSpec.from_json(line)
 
 
 def _watch_parent(stop: threading.Event) -> None:
@@ -52,60 +54,58 @@ def _watch_parent(stop: threading.Event) -> None:
         stop.set()
 
 
-def _fail(spec: dict[str, Any], code: int, message: str) -> int:
+def _fail(spec: ServerSpec, code: int, message: str) -> int:
     logger.error("%s", message)
-    error_file = spec.get("error_file")
-    if error_file:
+    if spec.error_file:
         try:
-            Path(error_file).write_text(message, encoding="utf-8")
+            Path(spec.error_file).write_text(message, encoding="utf-8")
         except OSError:
-            logger.exception("Cannot write %s", error_file)
+            logger.exception("Cannot write %s", spec.error_file)
     return code
 
 
-def serve(spec: dict[str, Any], stop: threading.Event) -> int:
+def serve(spec: ServerSpec, stop: threading.Event) -> int:
     """Load the workers, serve until ``stop`` is set, drain, return the exit code."""
-    name = spec["name"]
-    app_root = Path(spec.get("app_root", "."))
+    name = spec.name
     try:
-        location = locate_worker(app_root, spec.get("workers_location", "endpoints"),
-                                 spec.get("server_class", name), spec.get("workers_suffix", "Worker"))
-        worker_cls, default_config = import_worker(app_root, location)
+        location = locate_worker(Path(spec.app_root), spec.workers_location, spec.server_class, spec.workers_suffix)
+        worker_cls, default_config = import_worker(Path(spec.app_root), location)
     except DiscoveryError as exc:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
 
-    cache = Path(spec.get("cache_folder", "_cache"))
+    cache = Path(spec.cache_folder)
     log = Logger(lib_name=name, base_folder=str(cache.parent), app_folder=cache.name)
     notifications = NotificationStore()
-    endpoint_config = spec.get("endpoint_config", {})
+    endpoint_config = dict(spec.endpoint_config)
 
     def build_worker(idx: int) -> Any:
         return worker_cls(log=log, default_config=default_config, verbosity_level=1, worker_id=idx,
                           upstream_config=endpoint_config, notifications=notifications)
 
-    pool = WorkerPool(build_worker, int(spec.get("max_queue", 64)),
+    pool = WorkerPool(build_worker, spec.max_queue,
                       on_event=lambda text: notifications.add(GENERAL, "log", "ModelServer", text),
-                      max_batch_size=int(spec.get("max_batch_size", 1)),
-                      max_batch_wait=float(spec.get("max_batch_wait_ms", 5)) / 1000)
+                      max_batch_size=spec.max_batch_size, max_batch_wait=spec.max_batch_wait_ms / 1000)
     state = ServerState(
-        name=name, server_class=spec.get("server_class", name), class_name=location.class_name,
-        host_id=spec.get("host_id", "h0000"), pool=pool, notifications=notifications,
-        request_timeout=float(spec.get("request_timeout", 60)),
-        max_body_bytes=int(spec.get("max_body_bytes", 8 * 1024 * 1024)),
-        admin_token=spec.get("admin_token"), execution_path=spec.get("execution_path", "/run"),
+        name=name, server_class=spec.server_class, class_name=location.class_name, host_id=spec.host_id,
+        pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
+        max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
     )
-    host, port = spec.get("host", "127.0.0.1"), int(spec["port"])
     try:
-        front = PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state))
-        http = HttpServer(front, host, port, int(spec.get("server_threads", 16)), state.max_body_bytes)
+        http = HttpServer(create_wsgi(state), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)
     except OSError as exc:
-        return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {host}:{port}: {exc.strerror}")
+        return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
+    channel = None
+    if spec.socket_path:
+        try:
+            channel = ChannelServer(spec.socket_path, state.run_frame, spec.max_body_bytes)
+        except OSError as exc:
+            return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
+        channel.start()
     http.start()
     started = time.monotonic()
-    nr_workers = int(spec.get("nr_workers", 1))
-    logger.info("%s listening on %s:%d; loading %d worker(s) of %s", name, host, http.port,
-                nr_workers, location.class_name)
-    pool.start(nr_workers)
+    logger.info("%s listening on %s:%d%s; loading %d worker(s) of %s", name, spec.host, http.port,
+                f" and {spec.socket_path}" if channel else "", spec.nr_workers, location.class_name)
+    pool.start(spec.nr_workers)
     while not pool.wait_loaded(0.2):
         if stop.is_set():
             break
@@ -115,7 +115,11 @@ def serve(spec: dict[str, Any], stop: threading.Event) -> int:
     if not stop.is_set():
         logger.info("%s ready: %d worker(s) loaded in %.2fs", name, pool.ready, time.monotonic() - started)
         stop.wait()
-    return _drain(state, http, float(spec.get("shutdown_grace", 10)))
+    try:
+        return _drain(state, http, spec.shutdown_grace)
+    finally:
+        if channel is not None:
+            channel.close()
 
 
 def _drain(state: ServerState, http: HttpServer, grace: float) -> int:
@@ -136,12 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = _read_spec(args)
-    except (OSError, ValueError) as exc:
+    except (OSError, SpecError) as exc:
         print(f"basic_inference_server.server: bad configuration: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
-    name = spec.get("name", "server")
-    logs = Path(spec.get("cache_folder", "_cache")) / "_logs"
-    setup_process_logging(f"server:{name}", logs, file_stem=f"server_{name}")
+    setup_process_logging(f"server:{spec.name}", Path(spec.cache_folder) / "_logs", file_stem=f"server_{spec.name}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if args.config_file:

@@ -11,20 +11,14 @@ from typing import Any
 from flask import Flask, Response, request
 
 from .. import jsonutil, requestid
-from ..errors import BadRequest, ModelError, Unavailable
+from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, Unavailable, error_body
 from ..httpserve import InFlight
 from ..notifications import GENERAL, NotificationStore
-from ..webutil import (
-    Answer,
-    install_error_handlers,
-    json_response,
-    raw_json_response,
-    read_body,
-    read_json_object,
-    require_admin,
-)
+from ..transport.frames import MISROUTED
+from ..webutil import Answer, PostFront, install_error_handlers, json_response, read_json_object, require_admin
 from ..worker import CONTROL_KEYS
-from .pool import WorkerPool
+from .channel import Connection
+from .pool import Job, WorkerPool
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +49,82 @@ class ServerState:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
     def run(self, raw: bytes) -> Answer:
-        """``POST /run``: queue the request for a worker, wait, answer ``predict_result``."""
+        """``POST /run`` on the HTTP port: queue the request for a worker, wait, answer."""
+        inputs, call_id = self._accept(raw)
+        with self.inflight:
+            job = self.pool.submit(inputs, call_id, self.request_timeout, requestid.current())
+        return self.answer_of(job)
+
+    def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int) -> None:
+        """A request from the internal channel: queue it without waiting; the worker that
+        finishes it sends the answer (errors found here are answered at once)."""
+        token = requestid.bind(request_id)
+        try:
+            if oversize:
+                raise PayloadTooLarge(f"request body of {oversize} bytes is larger than the limit of "
+                                      f"{self.max_body_bytes} bytes")
+            accepted = self._accept(raw, routed)
+            if accepted is None:
+                conn.reply(tag, MISROUTED, b"")
+                return
+            inputs, call_id = accepted
+            job = Job(inputs, call_id, request_id, on_done=lambda job: self._deliver(conn, tag, job))
+            conn.pending[tag] = job
+            self.inflight.enter()
+            try:
+                self.pool.enqueue(job)
+            except BaseException:
+                conn.pending.pop(tag, None)
+                self.inflight.exit()
+                raise
+        except ServingError as exc:
+            conn.reply(tag, exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc))
+        except Exception as exc:
+            logger.exception("Unhandled %s on a channel request", type(exc).__name__)
+            body = error_body("InternalError", f"internal error: {type(exc).__name__}")
+            conn.reply(tag, 500, jsonutil.dumps_bytes(body))
+        finally:
+            requestid.unbind(token)
+
+    def _deliver(self, conn: Connection, tag: int, job: Job) -> None:
+        self.inflight.exit()
+        if job.cancelled:
+            conn.pending.pop(tag, None)  # the gateway gave up on it: nobody reads an answer
+            return
+        token = requestid.bind(job.request_id)
+        try:
+            try:
+                status, body, headers = self.answer_of(job)
+            except ServingError as exc:
+                status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
+            conn.reply(tag, status, body, headers.get("Retry-After") if headers else None)
+        finally:
+            requestid.unbind(token)
+
+    def _accept(self, raw: bytes, routed: str = "") -> tuple[dict[str, Any], int] | None:
+        """The model inputs of a request body and its call id; None when the body's SIGNATURE is
+        not ``routed``, the one the gateway routed it by without parsing it."""
         if self.draining:
             raise Unavailable("model server is shutting down")
         body = jsonutil.loads_object(raw)
-        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
-        call_id = next(self.call_ids)
-        with self.inflight:
-            job = self.pool.submit(inputs, call_id, self.request_timeout, requestid.current())
+        if routed and body.get("SIGNATURE") != routed:
+            return None
+        return {k: v for k, v in body.items() if k not in CONTROL_KEYS}, next(self.call_ids)
+
+    def answer_of(self, job: Job) -> Answer:
+        """The answer of a finished job: ``predict_result`` and where it ran, or its error."""
+        if job.error is not None:
+            raise job.error
         answer = {
             "predict_result": job.result,
-            "call_id": call_id,
+            "call_id": job.call_id,
             "signature": self.signature_of(job.worker_idx),
             "worker_id": f"{self.host_id}:{job.worker_idx}",
         }
         try:
             return 200, jsonutil.dumps_bytes(answer), None
         except (TypeError, ValueError) as exc:
-            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", call_id, exc)
+            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", job.call_id, exc)
             raise ModelError(f"result of _post_process is not JSON-serialisable: {exc}") from None
 
     def health(self) -> tuple[dict[str, Any], int]:
@@ -99,16 +151,18 @@ class ServerState:
         return body, 200 if ready else 503
 
 
+def _retry_after(exc: ServingError) -> str | None:
+    return None if exc.retry_after is None else str(exc.retry_after)
+
+
+def create_wsgi(state: ServerState) -> PostFront:
+    """What the HTTP port serves: ``POST /run`` without Flask, every other route by the Flask app."""
+    return PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state))
+
+
 def create_app(state: ServerState) -> Flask:
     app = Flask(f"bis-server-{state.name}", static_folder=None)
     install_error_handlers(app)
-
-    def run() -> Response:
-        # The process serves POST /run through PostFront (no Flask); this route serves the test client.
-        status, body, headers = state.run(read_body(request, state.max_body_bytes))
-        return raw_json_response(body, status, headers)
-
-    app.add_url_rule(state.execution_path, "run", run, methods=["POST"])
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:

@@ -27,20 +27,37 @@ _RETIRE = object()  # control item: the worker that takes it stops
 
 
 class Job:
-    """One request waiting for, or served by, a worker."""
+    """One request waiting for, or served by, a worker.
 
-    __slots__ = ("inputs", "call_id", "request_id", "done", "result", "error", "cancelled", "worker_idx", "enqueued")
+    Whoever queued it learns that it finished either from ``on_done(job)``, called on the
+    worker's thread (the channel path: nothing waits), or by waiting on ``done``.
+    """
 
-    def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE):
+    __slots__ = ("inputs", "call_id", "request_id", "done", "on_done", "result", "error", "cancelled",
+                 "worker_idx", "enqueued")
+
+    def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE,
+                 on_done: Callable[[Job], None] | None = None):
         self.inputs = inputs
         self.call_id = call_id
         self.request_id = request_id
-        self.done = threading.Event()
+        self.on_done = on_done
+        self.done = threading.Event() if on_done is None else None
         self.result: Any = None
         self.error: ServingError | None = None
         self.cancelled = False
         self.worker_idx = -1
         self.enqueued = 0.0
+
+    def finish(self) -> None:
+        self.inputs = None  # a finished job may be referenced a while longer: drop the body now
+        if self.on_done is None:
+            self.done.set()
+            return
+        try:
+            self.on_done(self)
+        except Exception:
+            logger.exception("Call %d: delivering the answer failed", self.call_id)
 
 
 class JobQueue:
@@ -177,12 +194,16 @@ class WorkerPool:
         return True
 
     # -- requests ----------------------------------------------------------------------------
-    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
-        """Queue a request and wait for its answer; raise a ServingError on any failure."""
+    def enqueue(self, job: Job) -> None:
+        """Queue a job without waiting for it; raise Unavailable (no worker yet) or Overloaded."""
         if not self.ready:
             raise Unavailable("no worker is ready yet (models are loading)")
-        job = Job(inputs, call_id, request_id)
         self._queue.put(job)
+
+    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
+        """Queue a request and wait for its answer; raise a ServingError on any failure."""
+        job = Job(inputs, call_id, request_id)
+        self.enqueue(job)
         if not job.done.wait(min(timeout, threading.TIMEOUT_MAX)):
             job.cancelled = True
             raise RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={timeout:g}s")
@@ -264,7 +285,12 @@ class WorkerPool:
             if items[0] is _RETIRE:
                 logger.info("Worker %d retired", idx)
                 return
-            jobs = [job for job in items if not job.cancelled]  # cancelled: their clients had 504
+            jobs = []
+            for job in items:
+                if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
+                    job.finish()
+                else:
+                    jobs.append(job)
             if not jobs:
                 continue
             started = time.monotonic()
@@ -295,4 +321,4 @@ class WorkerPool:
                     self.busy -= 1
                     del self._busy_since[idx]
                 for job in jobs:
-                    job.done.set()
+                    job.finish()

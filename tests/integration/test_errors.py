@@ -198,3 +198,33 @@ def test_raw_http_garbage_does_not_break_the_gateway(echo_gateway):
     conn.send(b'{"SIGNATURE": "echo"')  # then hang up before the promised body arrives
     conn.close()
     assert_still_serving(echo_gateway)
+
+
+@pytest.mark.parametrize(
+    "body, prefix",
+    [
+        (b'{"X": {"SIGNATURE": "echo_b"}, "SIGNATURE": "echo", "VALUE": "n"}', "e1"),  # a nested one comes first
+        (b'{"X": "\\"SIGNATURE\\": \\"echo_b\\"", "SIGNATURE": "echo", "VALUE": "n"}', "e1"),  # inside a string
+        (b'{"SIGNATURE": "echo", "VALUE": "n", "SIGNATURE": "echo_b"}', "e2"),  # JSON's last key wins
+        (b'{"SIGNATURE": "ech\\u006f_b", "VALUE": "n"}', "e2"),  # an escaped name
+    ],
+    ids=["nested-first", "in-a-string", "duplicate-key", "escaped"],
+)
+def test_the_endpoint_is_the_one_the_parsed_body_names(echo_gateway, body, prefix):
+    """The gateway routes by the first "SIGNATURE" it sees without parsing the body; whenever
+    that is not the body's real top-level SIGNATURE, the answer still comes from the right one."""
+    reply = requests.post(echo_gateway.url + "/run", data=body, timeout=10)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["predict_result"]["prefix"] == prefix
+
+
+@pytest.mark.parametrize(
+    "body, status, error_type",
+    [
+        (b'{"X": {"SIGNATURE": "echo"}, "VALUE": 1}', 400, "BadRequest"),  # no top-level SIGNATURE
+        (b'{"X": {"SIGNATURE": "echo"}, "SIGNATURE": "nope"}', 404, "UnknownSignature"),
+        (b'{"SIGNATURE": "echo", "VALUE": 1', 400, "BadRequest"),  # routable, but not JSON
+    ],
+)
+def test_a_guessed_signature_never_hides_an_error(echo_gateway, body, status, error_type):
+    assert_error(requests.post(echo_gateway.url + "/run", data=body, timeout=10), status, error_type)

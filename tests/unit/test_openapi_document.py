@@ -34,8 +34,9 @@ def gateway_app(tmp_path: Path, clean_root_logging):
 
 
 def served_operations(app) -> set[tuple[str, str]]:
+    """The Flask app's routes, and POST /run, which the HTTP front answers itself."""
     return {(method, rule.rule) for rule in app.url_map.iter_rules()
-            for method in rule.methods - IMPLICIT_METHODS}
+            for method in rule.methods - IMPLICIT_METHODS} | {("POST", "/run")}
 
 
 def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:

@@ -22,8 +22,9 @@ import pytest
 
 from basic_inference_server.config import GatewayConfig
 from basic_inference_server.gateway import supervisor as supervisor_module
+from basic_inference_server.gateway.handle import READY, STOPPED, ChildHandle
 from basic_inference_server.gateway.reaper import reap_orphans
-from basic_inference_server.gateway.supervisor import READY, STOPPED, ChildHandle, Supervisor
+from basic_inference_server.gateway.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 

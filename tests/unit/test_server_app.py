@@ -1,14 +1,15 @@
-"""server/app.py: the model server's routes, through Flask's test client."""
+"""server/app.py: the model server's routes, through a test client of the WSGI app its HTTP port serves."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
+from werkzeug.test import Client
 
 from basic_inference_server import FlaskWorker
 from basic_inference_server.notifications import GENERAL, NotificationStore
-from basic_inference_server.server.app import ServerState, create_app
+from basic_inference_server.server.app import ServerState, create_wsgi
 
 TOKEN = "admin-secret-1234"
 
@@ -45,7 +46,7 @@ def server(kit):
         pool.start(n)
         if wait:
             assert pool.wait_loaded(2)
-        return state, create_app(state).test_client()
+        return state, Client(create_wsgi(state))
 
     return build
 

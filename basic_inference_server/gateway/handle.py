@@ -1,0 +1,86 @@
+"""One child process of the gateway (a model server or a support process) and its state.
+
+States (:class:`ChildState`): STARTING -> READY; READY -> RESTARTING (crash, hang) -> STARTING;
+STARTING -> FAILED (load error, startup timeout); any -> STOPPING -> STOPPED (admin, shutdown).
+Only :meth:`Supervisor._transition <basic_inference_server.gateway.supervisor.Supervisor>` moves
+a handle from one state to another.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from ..config import EndpointConfig
+from ..httpserve import InFlight
+from .upstream import Upstream
+
+
+class ChildState(str, Enum):
+    """A child's state; a ``str`` so that it compares with and serialises as its name."""
+
+    STARTING = "STARTING"
+    READY = "READY"
+    RESTARTING = "RESTARTING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+STARTING, READY, RESTARTING = ChildState.STARTING, ChildState.READY, ChildState.RESTARTING
+STOPPING, STOPPED, FAILED = ChildState.STOPPING, ChildState.STOPPED, ChildState.FAILED
+
+
+def replica_key(name: str, replica: int) -> str:
+    """Table key of a replica: the endpoint's name for the first, ``name#2``, ``name#3``... after."""
+    return name if replica == 0 else f"{name}#{replica + 1}"
+
+
+@dataclass
+class ChildHandle:
+    """One child process and what the gateway knows of it."""
+
+    endpoint: EndpointConfig
+    port: int | None  # None for support processes
+    replica: int = 0  # NR_REPLICAS: each replica is its own child, on its own port
+    state: ChildState = STOPPED  # changed only by Supervisor._transition
+    proc: subprocess.Popen | None = None
+    started_at: float = 0.0  # time.monotonic() of the last spawn
+    ready_at: float | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    restarts: int = 0
+    failures: int = 0  # consecutive failed runs, for the backoff
+    restart_at: float = 0.0
+    kill_at: float | None = None
+    bind_retries: int = 0
+    probe_due: float = 0.0
+    probing: bool = False
+    health_failures: int = 0
+    workers: dict[str, Any] = field(default_factory=dict)
+    nr_workers: int | None = None  # set by /update_workers: kept across restarts
+    inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
+    http: Upstream | None = field(default=None, repr=False)  # its HTTP port: health, admin routes
+    socket_path: str = ""  # its internal channel: /run
+
+    @property
+    def name(self) -> str:
+        return replica_key(self.endpoint.name, self.replica)
+
+    @property
+    def is_support(self) -> bool:
+        return self.endpoint.is_support
+
+    @property
+    def capacity(self) -> int:
+        """Requests the server can hold: one per worker plus its queue."""
+        return (self.nr_workers or self.endpoint.nr_workers) + self.endpoint.max_queue
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None

@@ -1,0 +1,140 @@
+"""``POST /run`` in the HTTP front's event loop: route, admit, forward over the channel, answer.
+
+Nothing here blocks or waits on a thread: a request is routed (by the signature read straight
+from the body when the body names a served endpoint, else by parsing it), admitted, written to
+its model server's channel, and answered from the channel's callback. A model server that finds
+the body's ``SIGNATURE`` differs from the one it was routed by answers MISROUTED, and the
+request is routed again from the parsed body, so the fast guess never changes an answer.
+Every request is counted in the metrics, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from .. import jsonutil, requestid
+from ..errors import ServingError, Unavailable, UnknownSignature
+from ..transport.frames import MISROUTED
+from ..transport.httpfront import HttpRequest, Respond
+from .channel import ChannelClient
+from .forward import transport_error
+from .handle import ChildHandle
+from .metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
+from .router import SYSTEM_STATUS, Router
+
+logger = logging.getLogger(__name__)
+
+EXPIRE_INTERVAL = 0.1  # how often answers past their deadline are looked for
+
+
+class RunPath:
+    def __init__(self, router: Router, metrics: GatewayMetrics, loop: asyncio.AbstractEventLoop, executor: Executor,
+                 system_status: Callable[[], dict[str, Any]]):
+        self.router = router
+        self.metrics = metrics
+        self.loop = loop
+        self.executor = executor
+        self.system_status = system_status
+        self._channels: dict[str, ChannelClient] = {}
+        loop.call_soon_threadsafe(self._expire)
+
+    def __call__(self, request: HttpRequest, respond: Respond) -> None:
+        _Call(self, request, respond).route(trust_guess=True)
+
+    def channel(self, handle: ChildHandle) -> ChannelClient:
+        path = handle.socket_path
+        channel = self._channels.get(path)
+        if channel is None:
+            channel = self._channels[path] = ChannelClient(self.loop, path)
+        return channel
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for channel in list(self._channels.values()):
+            if channel.in_flight:
+                channel.expire(now)
+        self.loop.call_later(EXPIRE_INTERVAL, self._expire)
+
+
+class _Call:
+    """One ``/run`` on its way through the gateway."""
+
+    __slots__ = ("flat", "handle", "label", "path", "request", "respond", "started")
+
+    def __init__(self, path: RunPath, request: HttpRequest, respond: Respond):
+        self.path = path
+        self.request = request
+        self.respond = respond
+        self.started = time.perf_counter()
+        self.label = NO_SIGNATURE
+        self.handle: ChildHandle | None = None
+        self.flat = False
+
+    def route(self, trust_guess: bool) -> None:
+        path, router = self.path, self.path.router
+        token = requestid.bind(self.request.request_id)
+        try:
+            if router.admission.draining:
+                raise Unavailable("gateway is shutting down", retry_after=5)
+            raw = self.request.body
+            routed = router.guess(raw) if trust_guess else None
+            signature = routed or router.signature_of(jsonutil.loads_object(raw))
+            self.label = signature
+            if signature == SYSTEM_STATUS:
+                future = path.loop.run_in_executor(path.executor, path.system_status)
+                future.add_done_callback(self._status_done)
+                return
+            handle = router.route_to(signature)
+            router.admission.enter(handle)
+            self.handle, self.flat = handle, router.is_flat(handle)
+            path.channel(handle).send(self.request.request_id, routed or "", raw, handle.endpoint.request_timeout,
+                                      self._replied)
+        except ServingError as exc:
+            self._fail(exc)
+        finally:
+            requestid.unbind(token)
+
+    def _replied(self, status: Any, retry_after: str | None, body: bytes) -> None:
+        handle = self.handle
+        self.path.router.admission.exit(handle)
+        if status == MISROUTED:
+            self.route(trust_guess=False)
+            return
+        token = requestid.bind(self.request.request_id)
+        try:
+            if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
+                raise transport_error(handle, status)
+            self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
+        except ServingError as exc:
+            self._fail(exc)
+        finally:
+            requestid.unbind(token)
+
+    def _status_done(self, future: asyncio.Future) -> None:
+        token = requestid.bind(self.request.request_id)
+        try:
+            status = self.path.router.envelope.add_to(future.result())
+            self._finish(200, jsonutil.dumps_bytes(status), None)
+        except Exception as exc:
+            logger.exception("SYSTEM_STATUS failed")
+            self._fail(ServingError(f"system status failed: {type(exc).__name__}"))
+        finally:
+            requestid.unbind(token)
+
+    def _fail(self, exc: ServingError) -> None:
+        if isinstance(exc, UnknownSignature):
+            self.label = UNKNOWN_SIGNATURE  # one label for every name that is not an endpoint
+        self._finish(exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
+
+    def _finish(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
+        self.respond(status, body, list(headers.items()) if headers else None)
+        self.path.metrics.observe(self.label, status, time.perf_counter() - self.started)

@@ -1,0 +1,140 @@
+"""The model server's end of the internal channel: frames from the gateway on a Unix socket.
+
+One thread accepts; each connection has one reader thread that decodes frames
+(:mod:`~basic_inference_server.transport.frames`) and hands each request straight to the
+handler, which queues it for the worker pool without waiting. The answer is written back by
+whichever thread finishes the request (a worker, or the reader for an immediate error), under
+the connection's send lock, so a request costs one hand-off: reader to worker.
+
+The socket file is created private to this user (mode 0600, in a folder the gateway made 0700)
+and removed when the server stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ..transport.frames import CANCEL, REQUEST, FrameReader, ProtocolError, reply_frame
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 262144
+
+
+class Connection:
+    """One connection from the gateway: requests in, answers out (from any thread)."""
+
+    def __init__(self, sock: socket.socket, max_body: int):
+        self.sock = sock
+        self.reader = FrameReader(max_body)
+        self.pending: dict[int, Any] = {}  # tag -> the job queued for it (to cancel it)
+        self.closed = False
+        self._send_lock = threading.Lock()
+
+    def reply(self, tag: int, status: int, body: bytes, retry_after: str | None = None) -> None:
+        """Send the answer of request ``tag``; a gateway that went away is not an error here."""
+        self.pending.pop(tag, None)
+        data = reply_frame(tag, status, body, retry_after)
+        with self._send_lock:
+            if self.closed:
+                return
+            try:
+                self.sock.sendall(data)
+            except OSError as exc:
+                logger.warning("Channel: answer of request %d not delivered: %s", tag, exc)
+                self.closed = True
+
+    def close(self) -> None:
+        with self._send_lock:
+            self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+# handler(connection, tag, request id, routed signature, body, oversize): answers at once with
+# connection.reply(...), or records the job in connection.pending[tag] before queuing it.
+RequestHandler = Callable[[Connection, int, str, str, bytes, int], None]
+
+
+class ChannelServer:
+    """Listens on ``path`` and serves frames with ``handler`` until :meth:`close`."""
+
+    def __init__(self, path: str, handler: RequestHandler, max_body: int):
+        self.path = path
+        self.handler = handler
+        self.max_body = max_body
+        self.connections: set[Connection] = set()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a server of this port that was killed
+        old_umask = os.umask(0o177)
+        try:
+            self._listener.bind(path)
+        finally:
+            os.umask(old_umask)
+        self._listener.listen(64)
+        self._closed = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept_loop, name="channel-accept", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket file; open connections stay until the process ends
+        (answers of requests in flight still go out)."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                if self._closed:
+                    return
+                logger.exception("Channel: accept failed")
+                continue
+            conn = Connection(sock, self.max_body)
+            self.connections.add(conn)
+            threading.Thread(target=self._read_loop, args=(conn,), name="channel-read", daemon=True).start()
+
+    def _read_loop(self, conn: Connection) -> None:
+        sock, reader, handler, pending = conn.sock, conn.reader, self.handler, conn.pending
+        try:
+            while True:
+                data = sock.recv(READ_SIZE)
+                if not data:
+                    if reader.pending:
+                        logger.warning("Channel: the gateway closed the connection in the middle of a frame")
+                    break
+                for frame in reader.feed(data):
+                    if frame.kind == REQUEST:
+                        request_id, routed = frame.request_meta()
+                        handler(conn, frame.tag, request_id, routed, frame.body, frame.oversize)
+                    elif frame.kind == CANCEL:
+                        job = pending.pop(frame.tag, None)
+                        if job is not None:
+                            job.cancelled = True
+                    else:
+                        raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
+        except ProtocolError as exc:
+            logger.error("Channel: %s; closing the connection", exc)
+        except OSError as exc:
+            if not conn.closed:
+                logger.warning("Channel: connection lost: %s", exc)
+        finally:
+            # Nobody waits for the answers of this connection any more: skip what is still queued.
+            for job in list(pending.values()):
+                job.cancelled = True
+            conn.close()
+            self.connections.discard(conn)

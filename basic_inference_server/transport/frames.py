@@ -1,0 +1,133 @@
+"""The internal channel's wire format: length-prefixed binary frames over a Unix socket.
+
+The gateway forwards ``/run`` to a model server over one or a few connections to the server's
+Unix socket, many requests in flight on each (a request is matched to its reply by its tag).
+Every frame is a fixed 16-byte header, then ``meta_len`` bytes of metadata, then ``body_len``
+bytes of body. Integers are big-endian::
+
+    offset  size  field
+    0       1     kind       REQUEST (1), REPLY (2), CANCEL (3)
+    1       1     flags      0 (reserved)
+    2       2     status     REPLY: the HTTP status of the answer; otherwise 0
+    4       4     tag        the request's number on its connection, chosen by the gateway;
+                             a REPLY or CANCEL carries the tag of its REQUEST
+    8       2     meta_len
+    10      2     -          0 (reserved)
+    12      4     body_len
+
+    REQUEST  meta: the request id, then "\\n", then the signature the gateway routed by (empty:
+             it parsed the body itself); body: the request body as the client sent it
+    REPLY    meta: the Retry-After value, or empty; body: the answer (JSON)
+    CANCEL   no meta, no body: the gateway no longer waits for this request
+
+A receiver refuses a frame whose body is larger than its limit (:class:`FrameReader` reports it
+and skips the body, so the connection and the other requests on it go on); a header it cannot
+read ends the connection (:class:`ProtocolError`).
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEAD = struct.Struct(">BBHIHxxI")
+HEAD_SIZE = HEAD.size  # 16
+REQUEST, REPLY, CANCEL = 1, 2, 3
+KINDS = frozenset((REQUEST, REPLY, CANCEL))
+MAX_META = 0xFFFF
+MAX_BODY = 0xFFFFFFFF
+MISROUTED = 421  # REPLY status: the body's SIGNATURE is not the one the gateway routed by
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a frame: the connection cannot go on."""
+
+
+class Frame:
+    """One decoded frame. ``oversize`` is set (and ``body`` empty) when the body was over the
+    reader's limit and has been skipped."""
+
+    __slots__ = ("body", "kind", "meta", "oversize", "status", "tag")
+
+    def __init__(self, kind: int, status: int, tag: int, meta: bytes, body: bytes, oversize: int = 0):
+        self.kind = kind
+        self.status = status
+        self.tag = tag
+        self.meta = meta
+        self.body = body
+        self.oversize = oversize
+
+    def request_meta(self) -> tuple[str, str]:
+        """``(request id, routed signature)`` of a REQUEST."""
+        request_id, _, signature = self.meta.decode("ascii", "replace").partition("\n")
+        return request_id, signature
+
+    def __repr__(self) -> str:
+        return f"Frame(kind={self.kind}, status={self.status}, tag={self.tag}, meta={self.meta!r}, " \
+               f"body={len(self.body)} bytes{', oversize' if self.oversize else ''})"
+
+
+def request_head(tag: int, request_id: str, signature: str, body_len: int) -> bytes:
+    """Header and metadata of a REQUEST; the body follows as its own buffer (no copy)."""
+    meta = f"{request_id}\n{signature}".encode("ascii")
+    return HEAD.pack(REQUEST, 0, 0, tag, len(meta), body_len) + meta
+
+
+def reply_frame(tag: int, status: int, body: bytes, retry_after: str | None = None) -> bytes:
+    meta = retry_after.encode("ascii") if retry_after else b""
+    return HEAD.pack(REPLY, 0, status, tag, len(meta), len(body)) + meta + body
+
+
+def cancel_frame(tag: int) -> bytes:
+    return HEAD.pack(CANCEL, 0, 0, tag, 0, 0)
+
+
+class FrameReader:
+    """Incremental decoder: :meth:`feed` bytes as they arrive, get the frames they complete.
+
+    Bodies over ``max_body`` are not buffered: the frame is returned at once with ``oversize``
+    set to the announced size, and the body bytes are dropped as they arrive.
+    """
+
+    def __init__(self, max_body: int = MAX_BODY):
+        self.max_body = max_body
+        self._buf = bytearray()
+        self._skip = 0  # bytes of an oversize body still to drop
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held (0 between frames)."""
+        return len(self._buf) + self._skip
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        start, size = 0, len(buf)
+        while size - start >= HEAD_SIZE:
+            kind, _flags, status, tag, meta_len, body_len = HEAD.unpack_from(buf, start)
+            if kind not in KINDS:
+                raise ProtocolError(f"unknown frame kind {kind}")
+            meta_end = start + HEAD_SIZE + meta_len
+            if body_len > self.max_body:
+                if size < meta_end:
+                    break
+                frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), b"", body_len))
+                available = size - meta_end
+                if available >= body_len:
+                    start = meta_end + body_len
+                    continue
+                self._skip = body_len - available
+                start = size
+                break
+            end = meta_end + body_len
+            if size < end:
+                break
+            frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), bytes(buf[meta_end:end])))
+            start = end
+        if start:
+            del buf[:start]
+        return frames

@@ -1,0 +1,394 @@
+"""The gateway's HTTP/1.1 front: one event loop (uvloop), httptools to parse, no thread per connection.
+
+``POST <fast path>`` (the gateway's ``/run``) is handed to a handler that runs in the loop and
+answers through a callback whenever its answer is ready, so a request waiting for a model
+server holds no thread. Every other request goes to a WSGI app (the gateway's Flask routes) on a
+thread pool. Chosen by measurement over waitress and granian (see the README's performance
+section): it parses HTTP in C, holds tens of thousands of idle connections in a few KB each,
+and hands nothing between threads on the hot path.
+
+Limits, each answered with a JSON error: a request head must arrive within ``header_timeout``
+of its first byte (and a new connection must send it within that time), a body within
+``body_timeout`` of its head, an idle keep-alive connection is closed after
+``keepalive_timeout``; heads over ``max_header_bytes`` or ``max_headers`` get 431, bodies over
+``max_body`` (declared or chunked) 413, malformed HTTP 400, and past ``max_connections`` new
+connections get 503 and are closed. Pipelined requests are answered in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import resource
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+
+from .. import jsonutil, requestid
+from ..errors import error_body
+from ..webutil import METHOD_NOT_ALLOWED
+from .wsgi import WsgiCall, call_wsgi, wsgi_environ
+
+logger = logging.getLogger(__name__)
+
+Headers = list[tuple[str, str]]
+Respond = Callable[[int, bytes, "Headers | None"], None]  # status, JSON body, extra headers
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SWEEP_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class FrontLimits:
+    max_body: int
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    max_connections: int = 10_000
+    max_header_bytes: int = 65536
+    max_headers: int = 100
+    max_pipelined: int = 16
+
+
+class HttpRequest:
+    __slots__ = ("body", "headers", "keep_alive", "method", "remote", "request_id", "target", "version")
+
+    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, version: str,
+                 keep_alive: bool, request_id: str, remote: tuple[str, int]):
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.version = version
+        self.keep_alive = keep_alive
+        self.request_id = request_id
+        self.remote = remote
+
+
+class _Reading(Enum):
+    IDLE = "idle"  # between requests (keep-alive) or before the first byte
+    HEAD = "head"
+    BODY = "body"
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+class HttpFront:
+    """A bound listening socket served by an event loop in a background thread."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int, *, fast_path: str,
+                 threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], None] | None = None):
+        self.app = app
+        self.fast_path = fast_path.encode("latin-1")
+        self.fast_handler = fast_handler
+        self.limits = limits
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, port), family=family, backlog=4096)
+        self.host, self.port = host, self.sock.getsockname()[1]
+        try:
+            import uvloop
+            self.loop = uvloop.new_event_loop()
+        except ImportError:  # no uvloop for this platform: the standard loop works, slower
+            self.loop = asyncio.new_event_loop()
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="gateway-route")
+        self.connections: set[_Connection] = set()
+        self.draining_connections = False  # answers close their connection (shutting down)
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._date = (0, b"")
+
+    # -- lifecycle (any thread) --------------------------------------------------------------
+    def start(self) -> None:
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self._server = self.loop.run_until_complete(
+                self.loop.create_server(lambda: _Connection(self), sock=self.sock, backlog=4096))
+            self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+            started.set()
+            self.loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="http-loop", daemon=True)
+        self._thread.start()
+        started.wait(10)
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(callback, *args)
+
+    def pending_output(self) -> int:
+        """Bytes of answers written but not yet sent to clients."""
+        return sum(c.transport.get_write_buffer_size() for c in list(self.connections) if c.transport)
+
+    def wait_flushed(self, timeout: float = 2.0) -> bool:
+        """Wait until every answer given so far has left for its client (for a clean exit)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.pending_output() and not any(c.busy for c in list(self.connections)):
+                return True
+            time.sleep(0.02)
+        logger.warning("Stopping with %d bytes of answers not yet sent", self.pending_output())
+        return False
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            for conn in list(self.connections):
+                conn.close()
+            self.loop.stop()
+        if self._thread is not None and self._thread.is_alive():
+            self.call_soon(stop)
+            self._thread.join(5)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- in the loop ---------------------------------------------------------------------------
+    def date_header(self) -> bytes:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, f"Date: {email.utils.formatdate(now, usegmt=True)}\r\n".encode("latin-1"))
+        return self._date[1]
+
+    def _sweep(self) -> None:
+        """Close the connections past their read deadline (no request in progress)."""
+        now = time.monotonic()
+        for conn in list(self.connections):
+            if not conn.busy and now > conn.deadline:
+                conn.timed_out()
+        self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse requests, answer them in order."""
+
+    def __init__(self, front: HttpFront):
+        self.front = front
+        self.limits = front.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.reading = _Reading.IDLE
+        self.deadline = time.monotonic() + self.limits.header_timeout
+        self.busy = False  # a request has been handed over and not answered yet
+        self.queue: deque[HttpRequest] = deque()
+        self.remote: tuple[str, int] = ("", 0)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._request_id: str | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+        self.front.connections.add(self)
+        if len(self.front.connections) > self.limits.max_connections:
+            logger.warning("Refusing a connection: %d open, MAX_CONNECTIONS=%d", len(self.front.connections) - 1,
+                           self.limits.max_connections)
+            self._refuse(503, f"too many connections (MAX_CONNECTIONS={self.limits.max_connections}); retry later")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, cause.message)
+            else:
+                logger.error("HTTP front: %s", exc)
+                self._refuse(500, "internal error while reading the request")
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported here")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._set_reading(_Reading.HEAD)
+        self._url, self._headers, self._head_bytes = b"", [], 0
+        self._body, self._body_bytes, self._request_id = [], 0, None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        if len(self._headers) >= self.limits.max_headers:
+            raise _Refused(431, f"more than {self.limits.max_headers} request headers")
+        self._headers.append((name, value))
+        if len(name) == 12 and name.lower() == b"x-request-id":
+            self._request_id = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._set_reading(_Reading.BODY)
+        declared = next((v for n, v in self._headers if n.lower() == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body:
+            raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+        if any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers):
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body:
+            raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
+                              parser.get_http_version(), parser.should_keep_alive(),
+                              requestid.accept(self._request_id), self.remote)
+        self._set_reading(_Reading.IDLE)
+        self.queue.append(request)
+        if len(self.queue) > self.limits.max_pipelined:
+            self.transport.pause_reading()
+        if not self.busy:
+            self._dispatch()
+
+    # -- answering -------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        request = self.queue.popleft()
+        self.busy = True
+        if request.target.partition(b"?")[0] == self.front.fast_path:
+            if request.method != "POST":
+                exc = METHOD_NOT_ALLOWED
+                self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
+                return
+            try:
+                self.front.fast_handler(request, lambda status, body, headers: self.respond(request, status, body,
+                                                                                             headers))
+            except Exception as exc:
+                logger.exception("Unhandled %s on %s", type(exc).__name__, self.front.fast_path.decode())
+                self.respond(request, 500, jsonutil.dumps_bytes(
+                    error_body("InternalError", f"internal error: {type(exc).__name__}")), None)
+            return
+        environ = wsgi_environ(request, self.front.host, self.front.port)
+        future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
+        future.add_done_callback(lambda done: self._wsgi_done(request, done))
+
+    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None,
+                content_type: str = "application/json") -> None:
+        """Answer ``request`` (any time after it was handed over; in the loop)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        keep = request.keep_alive and not self.front.draining_connections
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nX-Request-ID: {request.request_id}\r\n".encode("latin-1"),
+                self.front.date_header()]
+        if headers:
+            head.append("".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1"))
+        head.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
+        if request.method != "HEAD":
+            head.append(body)
+        transport.write(b"".join(head))
+        self._answered(keep)
+
+    def _wsgi_done(self, request: HttpRequest, done: asyncio.Future) -> None:
+        try:
+            call: WsgiCall = done.result()
+        except Exception as exc:
+            logger.exception("Unhandled %s in a route", type(exc).__name__)
+            self.respond(request, 500, jsonutil.dumps_bytes(error_body("InternalError", "internal error")), None)
+            return
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            keep = request.keep_alive and not self.front.draining_connections and call.keep_alive
+            head = [f"HTTP/1.1 {call.status}\r\n".encode("latin-1"), self.front.date_header(),
+                    "".join(f"{name}: {value}\r\n" for name, value in call.headers).encode("latin-1")]
+            if not call.has_length:
+                head.append(b"Content-Length: %d\r\n" % len(call.body))
+            head.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
+            if request.method != "HEAD":
+                head.append(call.body)
+            transport.write(b"".join(head))
+            self._answered(keep)
+        if call.close is not None:
+            self.front.executor.submit(call.close)  # after the answer is out: /shutdown stops on close
+
+    def _answered(self, keep: bool) -> None:
+        self.busy = False
+        if not keep:
+            self.transport.close()
+            return
+        if self.queue:
+            self.transport.resume_reading()
+            self._dispatch()
+        elif self.reading is _Reading.IDLE:
+            self.deadline = time.monotonic() + self.limits.keepalive_timeout
+
+    # -- reading state and limits ------------------------------------------------------------------
+    def _set_reading(self, reading: _Reading) -> None:
+        """The one place that moves the read state; each state has its own deadline."""
+        self.reading = reading
+        limits = self.limits
+        timeout = {_Reading.HEAD: limits.header_timeout, _Reading.BODY: limits.body_timeout,
+                   _Reading.IDLE: limits.keepalive_timeout}[reading]
+        self.deadline = time.monotonic() + timeout
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.limits.max_header_bytes:
+            raise _Refused(431, f"request head larger than {self.limits.max_header_bytes} bytes")
+
+    def timed_out(self) -> None:
+        if self.reading is _Reading.IDLE:
+            self.close()  # nothing half-read: a quiet close, as for any idle keep-alive connection
+            return
+        what = "request head" if self.reading is _Reading.HEAD else "request body"
+        self._refuse(408, f"{what} not received in time")
+
+    def _refuse(self, status: int, message: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = jsonutil.dumps_bytes(error_body(_error_type(status), message))
+        transport.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1") + body)
+        self.busy = False
+        transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _error_type(status: int) -> str:
+    return {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge", 431: "HeadersTooLarge",
+            503: "Overloaded"}.get(status, "ServingError")

@@ -1,0 +1,232 @@
+"""The internal channel end to end: the gateway's ChannelClient against a real ChannelServer
+(a model server's listener) on a Unix socket, with scripted handlers instead of workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+import threading
+import time
+
+import pytest
+import uvloop
+
+from basic_inference_server.gateway.channel import ChannelClient
+from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from basic_inference_server.server.channel import ChannelServer, Connection
+from basic_inference_server.transport.frames import FrameReader, reply_frame, request_head
+
+
+class Job:
+    cancelled = False
+
+
+class Handler:
+    """Answers each request from its own thread (as a worker would), or holds it until released."""
+
+    def __init__(self):
+        self.seen: list[tuple[int, str, str, bytes, int]] = []
+        self.jobs: dict[int, Job] = {}
+        self.release = threading.Event()
+
+    def __call__(self, conn, tag, request_id, routed, body, oversize):
+        self.seen.append((tag, request_id, routed, body, oversize))
+        if oversize:
+            conn.reply(tag, 413, b'{"ERROR": "too large"}')
+            return
+        job = self.jobs[tag] = conn.pending[tag] = Job()
+        if body == b"hold":
+            threading.Thread(target=self._later, args=(conn, tag, job), daemon=True).start()
+        else:
+            threading.Thread(target=conn.reply, args=(tag, 200, b'{"echo": ' + body + b"}", None)).start()
+
+    def _later(self, conn, tag, job):
+        self.release.wait(5)
+        if not job.cancelled:
+            conn.reply(tag, 200, b'{"late": true}')
+
+
+@pytest.fixture
+def socket_path(tmp_path):
+    return str(tmp_path / "s.sock")
+
+
+@pytest.fixture
+def server(socket_path):
+    handler = Handler()
+    channel = ChannelServer(socket_path, handler, max_body=1000)
+    channel.start()
+    yield channel, handler
+    handler.release.set()
+    channel.close()
+
+
+def run(coroutine):
+    return uvloop.run(asyncio.wait_for(coroutine, 10))
+
+
+async def call(client: ChannelClient, body: bytes, timeout: float = 5.0, routed: str = "demo"):
+    future = asyncio.get_running_loop().create_future()
+    client.send("rid-7", routed, body, timeout, lambda *answer: future.done() or future.set_result(answer))
+    return await future
+
+
+def test_socket_file_is_private_and_removed_on_close(socket_path):
+    channel = ChannelServer(socket_path, Handler(), max_body=10)
+    assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
+    channel.close()
+    assert not os.path.exists(socket_path)
+
+
+def test_a_stale_socket_file_is_replaced(socket_path):
+    with open(socket_path, "w"):
+        pass
+    channel = ChannelServer(socket_path, Handler(), max_body=10)
+    assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+    channel.close()
+
+
+def test_many_requests_in_flight_on_one_connection_each_get_their_own_answer(server):
+    _, handler = server
+
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), server[0].path)
+        answers = await asyncio.gather(*(call(client, str(i).encode()) for i in range(200)))
+        client.close()
+        return answers
+
+    answers = run(main())
+    assert [a[2] for a in answers] == [b'{"echo": %d}' % i for i in range(200)]
+    assert {a[0] for a in answers} == {200}
+    assert {(rid, routed) for _, rid, routed, _, _ in handler.seen} == {("rid-7", "demo")}
+
+
+def test_retry_after_travels_back():
+    left, right = socket.socketpair(socket.AF_UNIX)
+    Connection(left, 100).reply(9, 503, b"{}", "4")
+    (frame,) = FrameReader().feed(right.recv(100))
+    assert (frame.tag, frame.status, frame.meta, frame.body) == (9, 503, b"4", b"{}")
+    left.close()
+    right.close()
+
+
+def test_an_oversize_request_is_refused_and_the_connection_goes_on(server):
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), server[0].path)
+        big = await call(client, b"x" * 5000)
+        small = await call(client, b"1")
+        client.close()
+        return big, small
+
+    big, small = run(main())
+    assert big[0] == 413
+    assert small == (200, None, b'{"echo": 1}')
+
+
+def test_no_server_is_connect_failed(tmp_path):
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), str(tmp_path / "nobody.sock"))
+        return await call(client, b"1")
+
+    error, _, _ = run(main())
+    assert isinstance(error, ConnectFailed)
+
+
+def test_a_late_answer_times_out_and_the_server_is_told_to_skip_it(server):
+    _, handler = server
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client = ChannelClient(loop, server[0].path)
+        pending = asyncio.ensure_future(call(client, b"hold", timeout=0.2))
+        await asyncio.sleep(0.3)
+        client.expire(time.monotonic())
+        answer = await pending
+        await asyncio.sleep(0.1)  # the CANCEL frame reaches the server
+        handler.release.set()
+        after = await call(client, b"2")
+        client.close()
+        return answer, after
+
+    (error, _, _), after = run(main())
+    assert isinstance(error, ReadTimedOut)
+    assert after[2] == b'{"echo": 2}'
+    (job,) = [job for tag, job in handler.jobs.items() if handler.seen[tag - 1][3] == b"hold"]
+    assert job.cancelled
+
+
+def test_server_dying_mid_request_is_connection_lost(socket_path):
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path)
+    listener.listen()
+
+    def die_after_reading():
+        conn, _ = listener.accept()
+        conn.recv(100)
+        conn.close()
+
+    thread = threading.Thread(target=die_after_reading)
+    thread.start()
+
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), socket_path)
+        return await call(client, b"1")
+
+    error, _, _ = run(main())
+    thread.join()
+    listener.close()
+    assert isinstance(error, ConnectionLost)
+
+
+def test_a_connection_the_server_closed_while_idle_is_never_used(socket_path):
+    """The server answers one request, then closes the connection (it restarted); the next
+    request goes on a new connection instead of failing on the dead one."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path)
+    listener.listen()
+    accepted = []
+    closed = threading.Event()
+
+    def serve_one_each():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            reader, frames = FrameReader(), []
+            while not frames:
+                frames = reader.feed(conn.recv(1000))
+            conn.sendall(reply_frame(frames[0].tag, 200, b"{}"))
+            conn.shutdown(socket.SHUT_WR)  # closes its end after answering
+            closed.set()
+
+    thread = threading.Thread(target=serve_one_each, daemon=True)
+    thread.start()
+
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), socket_path)
+        first = await call(client, b"1")
+        await asyncio.get_running_loop().run_in_executor(None, closed.wait, 5)
+        second = await call(client, b"2")
+        return first, second
+
+    first, second = run(main())
+    thread.join(5)
+    listener.close()
+    assert first[0] == 200 and second[0] == 200
+    assert len(accepted) == 2
+
+
+def test_a_gateway_closing_mid_frame_cancels_nothing_else(server):
+    """Half a frame then EOF: the server drops that connection and keeps serving others."""
+    channel, handler = server
+    raw = socket.socket(socket.AF_UNIX)
+    raw.connect(channel.path)
+    raw.sendall(request_head(1, "r", "", 100) + b"x" * 10)
+    raw.close()
+
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), channel.path)
+        return await call(client, b"3")
+
+    assert run(main())[2] == b'{"echo": 3}'
