@@ -109,7 +109,8 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.reader = FrameReader(client.max_reply)
         self.transport: asyncio.Transport | None = None
-        self.backlog: list[bytes] = []
+        self.backlog: list[bytes] = []  # frames not written yet
+        self._flush_due = False
         self.closed = False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -139,19 +140,23 @@ class _Connection(asyncio.Protocol):
         return False
 
     def write(self, head: bytes, body: bytes) -> None:
-        if self.transport is None:
-            self.backlog += (head, body)
-        elif len(body) < 65536:
-            self.transport.write(head + body)
-        else:
-            self.transport.writelines((head, body))
+        """Queue a frame; the frames of one turn of the loop leave in one write, so that a burst
+        of requests wakes the model server once, not once per request."""
+        self.backlog += (head, body)
+        if self.transport is not None and not self._flush_due:
+            self._flush_due = True
+            self.client.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self.transport is not None and self.backlog:
+            self.transport.writelines(self.backlog)
+            self.backlog = []
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.backlog:
-            transport.writelines(self.backlog)  # type: ignore[attr-defined]
-            self.backlog = []
+        self._flush()
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -16,7 +16,8 @@ from typing import Any
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
-from ..transport.httpfront import FrontLimits, HttpFront, raise_open_file_limit
+from ..transport.httpfront import FrontLimits, HttpFront
+from ..transport.tuning import raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds
 from .app import create_gateway_app
 from .auth import resolve_admin_token
@@ -145,6 +146,7 @@ class FlaskGateway:
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
         files = raise_open_file_limit()
+        return_large_blocks()
         config = self.config
         limits = FrontLimits(
             max_body=config.max_body_bytes, header_timeout=config.header_timeout, body_timeout=config.body_timeout,

@@ -25,6 +25,7 @@ from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
 from ..notifications import GENERAL, NotificationStore
+from ..transport.tuning import return_large_blocks
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
 from .pool import WorkerPool
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, SpecError) as exc:
         print(f"basic_inference_server.server: bad configuration: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
+    return_large_blocks()
     setup_process_logging(f"server:{spec.name}", Path(spec.cache_folder) / "_logs", file_stem=f"server_{spec.name}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..transport.frames import CANCEL, REQUEST, FrameReader, ProtocolError, reply_frame
@@ -25,6 +25,22 @@ from ..transport.frames import CANCEL, REQUEST, FrameReader, ProtocolError, repl
 logger = logging.getLogger(__name__)
 
 READ_SIZE = 262144
+
+
+_together = threading.local()
+
+
+@contextlib.contextmanager
+def replies_together() -> Iterator[None]:
+    """Answers given on this thread inside the block are sent at its end, one write per
+    connection (a worker finishing a batch answers all its requests at once)."""
+    _together.connections = connections = {}
+    try:
+        yield
+    finally:
+        _together.connections = None
+        for conn in connections:
+            conn.send_pending()
 
 
 class Connection:
@@ -36,19 +52,45 @@ class Connection:
         self.pending: dict[int, Any] = {}  # tag -> the job queued for it (to cancel it)
         self.closed = False
         self._send_lock = threading.Lock()
+        self._outbox: list[bytes] = []  # answers waiting for the thread that is sending
+        self._sending = False
 
     def reply(self, tag: int, status: int, body: bytes, retry_after: str | None = None) -> None:
-        """Send the answer of request ``tag``; a gateway that went away is not an error here."""
+        """Send the answer of request ``tag`` (any thread); a gateway that went away is not an
+        error here. Answers given while another thread is sending leave with its next write,
+        and those given inside :func:`replies_together` at its end: one system call, and one
+        wake-up of the gateway, for a burst of answers."""
         self.pending.pop(tag, None)
-        data = reply_frame(tag, status, body, retry_after)
         with self._send_lock:
             if self.closed:
                 return
+            self._outbox.append(reply_frame(tag, status, body, retry_after))
+        together = getattr(_together, "connections", None)
+        if together is not None:
+            together[self] = None
+        else:
+            self.send_pending()
+
+    def send_pending(self) -> None:
+        with self._send_lock:
+            if self._sending:
+                return  # the thread that is sending takes these too
+            self._sending = True
+        while True:
+            with self._send_lock:
+                data = b"".join(self._outbox)
+                self._outbox.clear()
+                if not data or self.closed:
+                    self._sending = False
+                    return
             try:
                 self.sock.sendall(data)
             except OSError as exc:
-                logger.warning("Channel: answer of request %d not delivered: %s", tag, exc)
-                self.closed = True
+                logger.warning("Channel: answers not delivered: %s", exc)
+                with self._send_lock:
+                    self.closed, self._sending = True, False
+                    self._outbox.clear()
+                return
 
     def close(self) -> None:
         with self._send_lock:

@@ -20,6 +20,7 @@ from .. import requestid
 from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unavailable
 from ..stats import ServerStats
 from ..worker import FlaskWorker
+from .channel import replies_together
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,18 @@ class Job:
 
 
 class JobQueue:
-    """FIFO with a bound on waiting jobs; control items bypass the bound."""
+    """FIFO with a bound on waiting jobs; control items bypass the bound.
+
+    While a worker gathers a batch, a new job wakes it only once the batch can be full (or at
+    the batch's deadline), not once per job: each wake-up is a thread switch that the threads
+    still delivering requests would pay for.
+    """
 
     def __init__(self, max_jobs: int):
         self.max_jobs = max_jobs
         self._items: deque[Any] = deque()
         self._jobs = 0
+        self._wanted = 1  # waiting jobs worth waking a worker for
         self._cond = threading.Condition(threading.Lock())
 
     def put(self, job: Job) -> None:
@@ -76,7 +83,8 @@ class JobQueue:
             self._jobs += 1
             job.enqueued = time.monotonic()
             self._items.append(job)
-            self._cond.notify()
+            if len(self._items) >= self._wanted:
+                self._cond.notify()
 
     def put_control(self, item: Any) -> None:
         with self._cond:
@@ -114,7 +122,11 @@ class JobQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                self._wanted = max_jobs - len(batch)
                 self._cond.wait(remaining)
+                self._wanted = 1
+            if self._items:
+                self._cond.notify()  # what is left is for another worker
             return batch
 
     @property
@@ -320,5 +332,6 @@ class WorkerPool:
                 with self._lock:
                     self.busy -= 1
                     del self._busy_since[idx]
-                for job in jobs:
-                    job.finish()
+                with replies_together():
+                    for job in jobs:
+                        job.finish()

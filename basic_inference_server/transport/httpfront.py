@@ -18,10 +18,8 @@ connections get 503 and are closed. Pipelined requests are answered in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
-import resource
 import socket
 import threading
 import time
@@ -89,16 +87,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def raise_open_file_limit() -> int:
-    """Raise this process's soft limit of open files to its hard limit; returns the new limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return hard
-    return soft
 
 
 class HttpFront:

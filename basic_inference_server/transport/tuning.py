@@ -1,0 +1,42 @@
+"""Process settings for serving many connections and large bodies (the gateway and the servers).
+
+- Every connection is an open file: the soft limit is raised to the hard one.
+- Request bodies of a megabyte come and go by the thousand. glibc's malloc serves a large block
+  from the heap once it has seen one freed (its mmap threshold grows), and a heap fragmented by
+  such blocks keeps the process's memory at its peak long after. A fixed threshold keeps every
+  block of 128 KB or more in its own mapping, returned to the system when it is freed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import resource
+
+logger = logging.getLogger(__name__)
+
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+def return_large_blocks() -> bool:
+    """Ask glibc to map blocks of MMAP_THRESHOLD bytes or more on their own (False elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    except (OSError, AttributeError):
+        logger.debug("mallopt is not available: large blocks stay with the allocator's defaults")
+        return False
