@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..stats import LATENCY_BOUNDS, cumulative_buckets
+from ..stats import Histogram as StatsHistogram
+from ..stats import cumulative_buckets
 from .activity import Activity
 from .handle import READY, ChildHandle, ChildState
 from .sysinfo import process_tree_usage
@@ -39,30 +40,27 @@ STATES = tuple(state.value for state in ChildState)
 
 
 class GatewayMetrics:
-    """The gateway's own counters plus a collector for its children, in one registry."""
+    """The gateway's own counts of ``/run`` plus a collector for its children, in one registry."""
 
     def __init__(self, supervisor: Supervisor):
         self.supervisor = supervisor
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("bis_requests", "Requests answered by the gateway's /run, by SIGNATURE and status",
-                                ["signature", "code"], registry=self.registry)
-        self.latency = Histogram("bis_request_duration_seconds", "Time the gateway took to answer /run",
-                                 ["signature"], buckets=LATENCY_BOUNDS, registry=self.registry)
+        self._counts: dict[tuple[str, int], int] = {}  # (signature, status) -> answers
+        self._latency: dict[str, StatsHistogram] = {}
+        self.registry.register(_RunCollector(self))
         self.registry.register(_ChildrenCollector(supervisor))
         self.activity = Activity()
-        self._counters: dict[tuple[str, int], Any] = {}  # label children, cached: labels() takes a lock
-        self._histograms: dict[str, Any] = {}
 
     def observe(self, signature: str, status: int, seconds: float) -> None:
-        """Count one answered ``/run``."""
-        counter = self._counters.get((signature, status))
-        if counter is None:
-            counter = self._counters[(signature, status)] = self.requests.labels(signature, str(status))
-        counter.inc()
-        histogram = self._histograms.get(signature)
+        """Count one answered ``/run``. Only the HTTP front's event loop calls this, so the counts
+        take no lock; a scrape reads them as they are at that instant."""
+        key = (signature, status)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        histogram = self._latency.get(signature)
         if histogram is None:
-            histogram = self._histograms[signature] = self.latency.labels(signature)
-        histogram.observe(seconds)
+            histogram = self._latency[signature] = StatsHistogram()
+        histogram.observe_unlocked(seconds)
         self.activity.count(signature, status, seconds)
 
     def render(self) -> bytes:
@@ -71,12 +69,32 @@ class GatewayMetrics:
     def requests_by_signature(self) -> dict[str, dict[str, int]]:
         """``{signature: {status code: count}}`` since the gateway started."""
         out: dict[str, dict[str, int]] = {}
-        for family in self.requests.collect():
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    labels = sample.labels
-                    out.setdefault(labels["signature"], {})[labels["code"]] = int(sample.value)
+        for (signature, status), count in list(self._counts.items()):
+            out.setdefault(signature, {})[str(status)] = count
         return out
+
+
+class _RunCollector:
+    """``bis_requests_total`` and ``bis_request_duration_seconds`` from the gateway's counts."""
+
+    def __init__(self, metrics: GatewayMetrics):
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("bis_requests", "Requests answered by the gateway's /run, by SIGNATURE "
+                                       "and status", labels=["signature", "code"])
+        for (signature, status), count in sorted(list(self.metrics._counts.items())):
+            requests.add_metric([signature, str(status)], count)
+        latency = HistogramMetricFamily("bis_request_duration_seconds", "Time the gateway took to answer /run",
+                                        labels=["signature"])
+        for signature, histogram in sorted(list(self.metrics._latency.items())):
+            data = histogram.to_json()
+            latency.add_metric([signature], cumulative_buckets(data), data["sum"])
+        yield requests
+        yield latency
 
 
 class _ChildrenCollector:

@@ -193,6 +193,8 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._request_id: str | None = None
+        self._declared: bytes | None = None  # Content-Length
+        self._expect = False  # Expect: 100-continue
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -229,6 +231,7 @@ class _Connection(asyncio.Protocol):
         self._set_reading(_Reading.HEAD)
         self._url, self._headers, self._head_bytes = b"", [], 0
         self._body, self._body_bytes, self._request_id = [], 0, None
+        self._declared, self._expect = None, False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -239,15 +242,20 @@ class _Connection(asyncio.Protocol):
         if len(self._headers) >= self.limits.max_headers:
             raise _Refused(431, f"more than {self.limits.max_headers} request headers")
         self._headers.append((name, value))
-        if len(name) == 12 and name.lower() == b"x-request-id":
+        size = len(name)  # the few headers read here, found by their length first
+        if size == 12 and name.lower() == b"x-request-id":
             self._request_id = value.decode("latin-1")
+        elif size == 14 and name.lower() == b"content-length":
+            self._declared = value
+        elif size == 6 and name.lower() == b"expect":
+            self._expect = value.lower() == b"100-continue"
 
     def on_headers_complete(self) -> None:
         self._set_reading(_Reading.BODY)
-        declared = next((v for n, v in self._headers if n.lower() == b"content-length"), None)
+        declared = self._declared
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body:
             raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
-        if any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in self._headers):
+        if self._expect:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
@@ -346,8 +354,12 @@ class _Connection(asyncio.Protocol):
         """The one place that moves the read state; each state has its own deadline."""
         self.reading = reading
         limits = self.limits
-        timeout = {_Reading.HEAD: limits.header_timeout, _Reading.BODY: limits.body_timeout,
-                   _Reading.IDLE: limits.keepalive_timeout}[reading]
+        if reading is _Reading.HEAD:
+            timeout = limits.header_timeout
+        elif reading is _Reading.BODY:
+            timeout = limits.body_timeout
+        else:
+            timeout = limits.keepalive_timeout
         self.deadline = time.monotonic() + timeout
 
     def _count_head(self, size: int) -> None:
