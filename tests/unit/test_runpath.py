@@ -1,0 +1,202 @@
+"""The gateway's /run hot path in process: the HTTP front's connection, the router and RunPath,
+exactly as production runs them, with a scripted channel instead of a model server."""
+
+from __future__ import annotations
+
+import json
+from types import MappingProxyType
+
+import pytest
+import uvloop
+
+from basic_inference_server.config import EndpointConfig
+from basic_inference_server.gateway.envelope import Envelope
+from basic_inference_server.gateway.handle import READY, RESTARTING, ChildHandle
+from basic_inference_server.gateway.metrics import GatewayMetrics
+from basic_inference_server.gateway.router import Admission, Router
+from basic_inference_server.gateway.routes import Routes, RouteTable
+from basic_inference_server.gateway.runpath import RunPath
+from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from basic_inference_server.transport.frames import MISROUTED
+from basic_inference_server.transport.httpfront import FrontLimits, HttpFront, _Connection
+
+ANSWER = b'{"predict_result":{"y":7},"call_id":1,"signature":"h.x.Y.0","worker_id":"h:0"}'
+
+
+def endpoint(name: str, **changes) -> EndpointConfig:
+    values = dict(name=name, server_class=name, nr_workers=1, host="127.0.0.1", description="", disabled=False,
+                  request_timeout=5.0, max_queue=1, server_threads=4, ping_interval=10.0, response_format=None,
+                  max_batch_size=1, max_batch_wait_ms=5.0, nr_replicas=1, worker_config=MappingProxyType({}))
+    values.update(changes)
+    return EndpointConfig(**values)
+
+
+class ScriptedChannel:
+    """Answers each request with the next scripted reply; records what it was sent."""
+
+    def __init__(self, name: str, replies: list):
+        self.name = name
+        self.replies = replies
+        self.sent: list[tuple[str, str, bytes]] = []
+        self.held: list = []
+
+    def send(self, request_id, routed, body, timeout, callback):
+        self.sent.append((request_id, routed, body))
+        reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)
+        if reply == "hold":
+            self.held.append(callback)
+        elif isinstance(reply, Exception):
+            callback(reply, None, b"")
+        else:
+            callback(*reply)
+
+
+class FakeTransport:
+    def __init__(self):
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def write(self, data):
+        self.out.append(data)
+
+    def is_closing(self):
+        return self.closed
+
+    def close(self):
+        self.closed = True
+
+    def get_extra_info(self, key):
+        return ("127.0.0.1", 4242)
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+class Gateway:
+    def __init__(self, endpoints, states=None, replies=None):
+        handles = []
+        for number, ep in enumerate(endpoints):
+            handle = ChildHandle(endpoint=ep, port=6000 + number)
+            handle.state = (states or {}).get(ep.name, READY)
+            handle.socket_path = ep.name
+            handles.append(handle)
+        table = RouteTable()
+        table.routes = Routes.build(tuple(endpoints) + (endpoint("off", disabled=True),), handles)
+        self.handles = {h.name: h for h in handles}
+        self.router = Router(table, Envelope("1.2.3"), Admission(100), "nested")
+        self.metrics = GatewayMetrics(type("Sup", (), {"handles": self.handles})())
+        self.loop = uvloop.new_event_loop()
+        self.front = HttpFront(lambda environ, start: [], "127.0.0.1", 0, fast_path="/run", threads=1,
+                               limits=FrontLimits(max_body=10_000))
+        self.run_path = RunPath(self.router, self.metrics, self.loop, self.front.executor, lambda: {"up": 1})
+        self.channels = {name: ScriptedChannel(name, list((replies or {}).get(name, []))) for name in self.handles}
+        self.run_path.channel = lambda handle: self.channels[handle.name]
+        self.front.fast_handler = self.run_path
+
+    def post(self, body: bytes, headers: bytes = b"") -> tuple[int, dict, dict]:
+        conn = _Connection(self.front)
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n" % (len(body), headers)
+                           + body)
+        return parse(b"".join(transport.out))
+
+    def close(self):
+        self.front.sock.close()
+        self.front.executor.shutdown()
+        self.loop.close()
+
+
+def parse(raw: bytes) -> tuple[int, dict, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, json.loads(body) if body else {}
+
+
+@pytest.fixture
+def gateway():
+    made = []
+
+    def build(*args, **kwargs):
+        made.append(Gateway(*args, **kwargs))
+        return made[-1]
+
+    yield build
+    for gw in made:
+        gw.close()
+
+
+def test_answer_is_the_servers_with_the_envelope_and_the_request_id(gateway):
+    gw = gateway([endpoint("echo")])
+    status, headers, body = gw.post(b'{"SIGNATURE": "echo", "X": 1}', b"X-Request-ID: abc-1\r\n")
+    assert status == 200
+    assert body["predict_result"] == {"y": 7} and body["ver"] == "1.2.3" and "gw-uptime" in body
+    assert headers["x-request-id"] == "abc-1"
+    (request_id, routed, sent), = gw.channels["echo"].sent
+    assert (request_id, routed, sent) == ("abc-1", "echo", b'{"SIGNATURE": "echo", "X": 1}')  # as received
+    assert gw.metrics.requests_by_signature() == {"echo": {"200": 1}}
+
+
+def test_a_misrouted_guess_is_routed_again_from_the_parsed_body(gateway):
+    gw = gateway([endpoint("a"), endpoint("b")], replies={"a": [(MISROUTED, None, b"")]})
+    status, _, _ = gw.post(b'{"X": {"SIGNATURE": "a"}, "SIGNATURE": "b"}')
+    assert status == 200
+    assert [s[1] for s in gw.channels["a"].sent] == ["a"]
+    assert [s[1] for s in gw.channels["b"].sent] == [""]  # the second time, routed from a full parse
+    assert gw.metrics.requests_by_signature() == {"b": {"200": 1}}
+
+
+@pytest.mark.parametrize("error, status, error_type", [
+    (ConnectionLost("gone"), 502, "ServerDied"),
+    (ReadTimedOut("late"), 504, "Timeout"),
+    (ConnectFailed("no socket"), 502, "ServerDied"),
+])
+def test_transport_failures_are_the_documented_statuses(gateway, error, status, error_type):
+    gw = gateway([endpoint("echo")], replies={"echo": [error]})
+    got, _, body = gw.post(b'{"SIGNATURE": "echo"}')
+    assert (got, body["error"]["type"]) == (status, error_type)
+
+
+def test_errors_before_forwarding(gateway):
+    gw = gateway([endpoint("echo"), endpoint("down")], states={"down": RESTARTING})
+    assert gw.post(b'{"SIGNATURE": "nope"}')[0] == 404
+    assert gw.post(b'{"SIGNATURE": "off"}')[2]["error"]["type"] == "SignatureDisabled"
+    assert gw.post(b'{"VALUE": 1}')[0] == 400
+    assert gw.post(b'{"SIGNATURE": "nope", "X": ')[0] == 400  # not routable: parsed here, and not JSON
+    status, headers, body = gw.post(b'{"SIGNATURE": "down"}')
+    assert status == 503 and "Retry-After" in {k.title(): v for k, v in headers.items()}
+    assert gw.metrics.requests_by_signature()["(unknown)"] == {"404": 1}
+    assert not any(channel.sent for channel in gw.channels.values())
+
+
+def test_errors_of_the_server_are_relayed_with_retry_after(gateway):
+    gw = gateway([endpoint("echo")], replies={"echo": [(503, "7", b'{"ERROR": "full", "error": {}}')]})
+    status, headers, body = gw.post(b'{"SIGNATURE": "echo"}')
+    assert (status, headers["retry-after"], body["ERROR"]) == (503, "7", "full")
+
+
+def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
+    gw = gateway([endpoint("echo")], replies={"echo": ["hold", "hold", "hold"]})  # capacity 1 + 1
+    conns = []
+    for _ in range(3):
+        conn, transport = _Connection(gw.front), FakeTransport()
+        conn.connection_made(transport)
+        conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
+        conns.append(transport)
+    assert len(gw.channels["echo"].sent) == 2
+    assert parse(b"".join(conns[2].out))[2]["error"]["type"] == "Overloaded"
+    for callback in gw.channels["echo"].held:
+        callback(200, None, ANSWER)
+    assert [parse(b"".join(t.out))[0] for t in conns] == [200, 200, 503]
+    assert gw.router.admission.inflight.count == 0 and gw.handles["echo"].inflight.count == 0
+
+
+def test_draining_refuses_new_requests(gateway):
+    gw = gateway([endpoint("echo")])
+    gw.router.admission.draining = True
+    status, _, body = gw.post(b'{"SIGNATURE": "echo"}')
+    assert status == 503 and "shutting down" in body["ERROR"]
