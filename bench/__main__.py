@@ -1,39 +1,58 @@
-"""The benchmark: the gateway against the same model servers called directly, side by side.
+"""The benchmark: the gateway against the same model servers called directly, and other serving systems, side by side.
 
     .venv/bin/python -m bench [--duration 10] [--rounds 3] [--concurrency 1,8,64] [--models dummy,numpy,...]
+                              [--pin] [--peers litserve,mosec,aqueduct] [--idle N] [--warmup S]
     make bench
 
 One gateway runs the bench endpoints of ``bench/endpoints`` (a dummy linear model, a numpy model,
-a batch-friendly model with and without batching, a pure-Python CPU model). For every model and
-concurrency, each round measures, interleaved, the gateway (two hops) and the model server
-called directly (one hop) with wrk (Debian's package, installed by this script when missing and
-run as root) for ``--duration`` seconds over keep-alive connections. With ``--litserve`` the dummy
-and numpy models are also served by LitServe with its defaults (installed in its own venv,
-``bench/.venv-litserve``) and measured in the same rounds. Results are the medians of
-the rounds; ratios are taken within the same run. Prints a table and writes JSON and Markdown to
-``bench/results/``.
+a batch-friendly model with and without batching, a pure-Python CPU model, a 1 MB body). For every
+model and concurrency, each round measures, interleaved, the gateway (two hops), the model server
+called directly (one hop) and each peer of ``--peers`` with wrk (Debian's package, installed by this
+script when missing and run as root) for ``--duration`` seconds over keep-alive connections.
+
+Peers (``bench/peers.py``) serve the models ``dummy``, ``numpy``, ``batch8`` and ``large`` with the
+same model code and request bodies, one worker process each, installed on demand in their own
+venvs (``bench/.venv-<peer>``); ``--litserve`` is ``--peers litserve``. ``--pin`` runs every serving
+process on CPU 1 and wrk (and this script) on CPU 0; the setup of the performance notes is
+``--pin --duration 6 --warmup 2 --rounds 2``.
+
+Besides req/s and latency: the mean batch the model server formed (models that batch), the CPU
+time per answered request of the gateway, the model server and each peer, the RSS after the
+large-body points, and with ``--idle N`` the slow-client check (``bench/checks.py``). Results are the
+medians of the rounds; ratios are taken within the same run. Prints a table and writes JSON and
+Markdown to ``bench/results/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import platform
-import shutil
-import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
-import psutil
 import requests
 
-from bench.common import REPO, GatewayRun, free_port_block, stop_group
+from bench.checks import batch_counts, idle_check, mean_batch, raise_nofile_limit
+from bench.common import GatewayRun, free_port_block
+from bench.load import (
+    BENCH,
+    SERVE_CPU,
+    WRK_CPU,
+    CpuMeter,
+    affinities,
+    check_pinning_possible,
+    cpu_shares,
+    cpu_ticks,
+    ensure_wrk,
+    rss_mb,
+    wrk,
+)
+from bench.peers import PEER_MODELS, PEERS, PeerProcess, start_peers
+from bench.report import CHECK_CONCURRENCY, RESULTS, summarise, write_report
 
-BENCH = REPO / "bench"
-RESULTS = BENCH / "results"
+__all__ = ["MODELS", "RESULTS", "BenchGateway", "ensure_wrk", "wrk"]
 
 # name -> (endpoint config, request body)
 MODELS: dict[str, tuple[dict, dict]] = {
@@ -43,106 +62,28 @@ MODELS: dict[str, tuple[dict, dict]] = {
     # A batch as large as the highest concurrency: 10 + 0.5 x 64 = 42 ms when full.
     "batch_on": ({"SERVER_CLASS": "bench_batch", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 64, "MAX_BATCH_WAIT_MS": 2},
                  {"INPUT_VALUE": 3}),
+    # The peers' batch setting: at most 8 per call, gathered for at most 2 ms.
+    "batch8": ({"SERVER_CLASS": "bench_batch", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 8, "MAX_BATCH_WAIT_MS": 2},
+               {"INPUT_VALUE": 3}),
     "cpu": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2}, {"INPUT_VALUE": 3}),
     "cpu_x2": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2, "NR_REPLICAS": 2}, {"INPUT_VALUE": 3}),
+    # 100,000 floats: a JSON body of about 1 MB.
+    "large": ({"SERVER_CLASS": "bench_large", "NR_WORKERS": 2}, {"VALUES": [0.001 * i for i in range(100_000)]}),
 }
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() != 0:
-        sys.exit("wrk is needed: install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
-    print("Installing wrk from Debian's packages ...", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, stdout=subprocess.DEVNULL)
-    found = shutil.which("wrk")
-    if not found:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
-        found = shutil.which("wrk")
-    return found or sys.exit("could not install wrk")
-
-
-def wrk(binary: str, url: str, body: dict, concurrency: int, duration: float) -> dict:
-    env = dict(os.environ, BENCH_BODY=json.dumps(body))
-    proc = subprocess.run(
-        [binary, "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s", "--latency",
-         "-s", str(BENCH / "wrk_report.lua"), url],
-        env=env, capture_output=True, text=True, timeout=duration + 60,
-    )
-    for line in proc.stdout.splitlines():
-        if line.startswith("BENCH_JSON "):
-            data = json.loads(line[len("BENCH_JSON "):])
-            seconds = data["duration_us"] / 1e6
-            failed = data["errors"] + data["non2xx"]
-            return {
-                "rps": round((data["requests"] - failed) / seconds, 1),  # successful answers only
-                "p50_ms": round(data["p50_us"] / 1000, 2),
-                "p99_ms": round(data["p99_us"] / 1000, 2),
-                "errors": failed,
-            }
-    raise RuntimeError(f"wrk gave no result: {proc.stdout} {proc.stderr}")
-
-
-LITSERVE_VENV = BENCH / ".venv-litserve"
-LITSERVE_VERSION = "0.2.19"
-LITSERVE_MODELS = ("dummy", "numpy")
-
-
-def ensure_litserve() -> Path:
-    python = LITSERVE_VENV / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(LITSERVE_VENV)], check=True)
-    check = subprocess.run([str(python), "-c", "import litserve, numpy"], capture_output=True)
-    if check.returncode != 0:
-        print(f"Installing litserve=={LITSERVE_VERSION} into {LITSERVE_VENV} ...", file=sys.stderr)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"litserve=={LITSERVE_VERSION}", "numpy"],
-                       check=True)
-    return python
-
-
-class LitServeProcess:
-    """One LitServe server (defaults) for one bench model."""
-
-    def __init__(self, python: Path, model: str, port: int):
-        self.url = f"http://127.0.0.1:{port}/predict"
-        RESULTS.mkdir(parents=True, exist_ok=True)  # LitServe writes a sample client.py into its cwd
-        self.proc = subprocess.Popen([str(python), str(BENCH / "litserve_app.py"), model, str(port)], cwd=RESULTS,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        body = MODELS[model][1]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.post(self.url, json=body, timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"LitServe for {model} did not start")
-
-    def rss_mb(self) -> float:
-        try:
-            proc = psutil.Process(self.proc.pid)
-            return round(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20, 1)
-        except psutil.Error:
-            return 0.0
-
-    def stop(self) -> None:
-        stop_group(self.proc, grace=20)
-
-
+def body_of(model: str) -> dict:
+    return {"SIGNATURE": model, **MODELS[model][1]}
 
 
 class BenchGateway(GatewayRun):
-    """The gateway with the bench endpoints of ``models``."""
+    """The gateway with the bench endpoints of ``models``, pinned to ``cpu`` when given."""
 
-    def __init__(self, models: list[str]):
+    def __init__(self, models: list[str], cpu: str | None = None):
         config = {"CONFIG_ENDPOINTS": {name: MODELS[name][0] for name in models}}
         servers = sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models)
         super().__init__(sorted((BENCH / "endpoints").glob("*.py")), config, servers, 23000,
-                         env={"BIS_LOG_LEVEL": "WARNING"})
+                         env={"BIS_LOG_LEVEL": "WARNING"}, cpu=cpu)
         if self.wait_ready() is None:
             output = self.output()
             self.stop()
@@ -160,121 +101,182 @@ class BenchGateway(GatewayRun):
                 return
             time.sleep(0.05)
 
-    def rss_mb(self) -> dict[str, float]:
-        out = {"gateway": round(psutil.Process(self.proc.pid).memory_info().rss / 2**20, 1)}
+    def rss_mb(self) -> dict[str, float | None]:
+        out = {"gateway": rss_mb([self.proc.pid])}
         for name, info in self.servers.items():
-            try:
-                out[name] = round(psutil.Process(info["PID"]).memory_info().rss / 2**20, 1)
-            except (psutil.Error, TypeError):
-                out[name] = None
+            out[name] = rss_mb([info["PID"]]) if isinstance(info.get("PID"), int) else None
         return out
 
 
-def main() -> int:
+class Bench:
+    """The processes of one run and how to measure one point on each of them."""
+
+    def __init__(self, args: argparse.Namespace, peers: list[str]):
+        self.args, self.peer_names = args, peers
+        self.wrk_binary = ensure_wrk()
+        self.wrk_cpu, self.serve_cpu = (WRK_CPU, SERVE_CPU) if args.pin else (None, None)
+        self.peers: dict[tuple[str, str], PeerProcess] = {}
+        self.peer_failures: dict[str, str] = {}
+        self.gateway: BenchGateway | None = None
+
+    def start(self, models: list[str]) -> None:
+        if self.peer_names:
+            wanted = [m for m in models if m in PEER_MODELS]
+            port = free_port_block(len(self.peer_names) * len(wanted) + 1, 24000)
+            self.peers, self.peer_failures = start_peers(self.peer_names, wanted, port,
+                                                         {m: body_of(m) for m in wanted}, self.serve_cpu)
+        gateway_models = models + (["dummy"] if self.args.idle and "dummy" not in models else [])
+        self.gateway = BenchGateway(gateway_models, self.serve_cpu)
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        for process in self.peers.values():
+            process.stop()
+
+    def systems(self, model: str) -> list[str]:
+        return ["gateway", "direct", *(p for p in self.peer_names if (p, model) in self.peers)]
+
+    def server(self, model: str) -> dict:
+        return self.gateway.servers[model]
+
+    def _target(self, system: str, model: str) -> tuple[str, CpuMeter, Callable | None, Callable[[], None]]:
+        """URL, CPU meter, batch-size reader (models that batch) and drain of ``system`` for ``model``."""
+        batching = MODELS[model][0].get("MAX_BATCH_SIZE", 1) > 1  # the peers batch the same models
+        if system in ("gateway", "direct"):
+            server = self.server(model)
+            url = self.gateway.url + "/run" if system == "gateway" else f"http://127.0.0.1:{server['PORT']}/run"
+            meter = CpuMeter({"gateway": self.gateway.proc.pid, "server": server["PID"]}, recursive=False)
+            batches = functools.partial(batch_counts, server["PORT"]) if batching else None
+            return url, meter, batches, functools.partial(self.gateway.wait_idle, model)
+        peer = self.peers[system, model]
+        return (peer.url, CpuMeter({"tree": peer.proc.pid}), peer.batch_counts if batching else None,
+                functools.partial(peer.drain, body_of(model)))
+
+    def measure(self, system: str, model: str, concurrency: int) -> dict:
+        """One point: wrk's figures, CPU per request, how busy the serving CPU was, the mean batch."""
+        peer = self.peers.get((system, model))
+        if peer is not None:
+            peer.resume()  # frozen while the others are measured
+        try:
+            url, meter, batches, drain = self._target(system, model)
+            if peer is not None:
+                drain()  # it answers again
+            body = body_of(model)
+            if self.args.warmup > 0:
+                wrk(self.wrk_binary, url, body, concurrency, self.args.warmup, self.wrk_cpu)
+                drain()
+            before = batches() if batches else None
+            meter.start()
+            ticks = cpu_ticks(self.serve_cpu)
+            result = wrk(self.wrk_binary, url, body, concurrency, self.args.duration, self.wrk_cpu)
+            result["cpu_us"] = meter.per_request(result["answered"])
+            # how busy the serving CPU was (all CPUs when unpinned), and by whom
+            result.update(cpu_shares(ticks, cpu_ticks(self.serve_cpu), meter.used_s if self.serve_cpu else None))
+            drain()
+            if batches:
+                result["mean_batch"] = mean_batch(before, batches())
+            return result
+        finally:
+            if peer is not None:
+                peer.pause()
+
+    def rss(self) -> dict[str, float | None]:
+        out = self.gateway.rss_mb()
+        out.update({f"{p}_{m}": process.rss_mb() for (p, m), process in self.peers.items()})
+        return out
+
+    def rss_after_large(self, system: str) -> dict[str, float | None]:
+        if system == "gateway":
+            return {"gateway": rss_mb([self.gateway.proc.pid]), "server": rss_mb([self.server("large")["PID"]])}
+        return {system: self.peers[system, "large"].rss_mb()} if system != "direct" else {}
+
+    def pinning(self) -> dict:
+        roots = [self.gateway.proc.pid, *(info["PID"] for info in self.gateway.servers.values()
+                                          if isinstance(info.get("PID"), int))]
+        roots += [process.proc.pid for process in self.peers.values()]
+        found = affinities(roots)
+        wrong = {pid: cpus for pid, cpus in found.items() if cpus != [int(SERVE_CPU)]}
+        summary = (f"all {len(found)} serving processes on CPU {SERVE_CPU}, wrk and this script on CPU {WRK_CPU}"
+                   if not wrong else f"{len(wrong)} of {len(found)} serving processes not on CPU {SERVE_CPU}: {wrong}")
+        return {"serve_cpu": int(SERVE_CPU), "wrk_cpu": int(WRK_CPU), "processes": len(found),
+                "not_pinned": wrong, "summary": summary}
+
+    def idle(self, count: int) -> dict:
+        url = self.gateway.url + "/run"
+        return idle_check(count, "127.0.0.1", self.gateway.base, self.gateway.proc.pid,
+                          lambda: wrk(self.wrk_binary, url, body_of("dummy"), CHECK_CONCURRENCY,
+                                      self.args.duration, self.wrk_cpu))
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=10)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measured point")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--litserve", action="store_true", help="also measure LitServe (installs it in its own venv)")
+    parser.add_argument("--warmup", type=float, default=0, help="seconds of unmeasured load before each point")
+    parser.add_argument("--pin", action="store_true",
+                        help=f"serving processes on CPU {SERVE_CPU}, wrk on CPU {WRK_CPU}")
+    parser.add_argument("--peers", default="", help=f"also measure these, comma-separated: {','.join(PEERS)}")
+    parser.add_argument("--litserve", action="store_true", help="the same as --peers litserve")
+    parser.add_argument("--idle", type=int, default=0, metavar="N",
+                        help="hold N slow-client connections on the gateway while measuring dummy at c=8")
     args = parser.parse_args()
-    models = [m for m in args.models.split(",") if m]
-    levels = [int(c) for c in args.concurrency.split(",")]
-    binary = ensure_wrk()
-    litserve: dict[str, LitServeProcess] = {}
-    if args.litserve:
-        python = ensure_litserve()
-        port = free_port_block(len(LITSERVE_MODELS) + 20, 23000) + 10
-        for offset, model in enumerate(m for m in LITSERVE_MODELS if m in models):
-            litserve[model] = LitServeProcess(python, model, port + offset)
-    gateway = BenchGateway(models)
+    args.model_list = [m for m in args.models.split(",") if m]
+    args.levels = [int(c) for c in args.concurrency.split(",") if c]
+    args.peer_list = [p for p in args.peers.split(",") if p]
+    if args.litserve and "litserve" not in args.peer_list:
+        args.peer_list.insert(0, "litserve")
+    unknown = [m for m in args.model_list if m not in MODELS] + [p for p in args.peer_list if p not in PEERS]
+    if unknown:
+        parser.error(f"unknown model or peer: {', '.join(unknown)} (models: {', '.join(MODELS)}; "
+                     f"peers: {', '.join(PEERS)})")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    models, levels = args.model_list, args.levels
+    if args.pin:
+        check_pinning_possible()
+        os.sched_setaffinity(0, {int(WRK_CPU)})  # this script beside wrk, off the serving CPU
+    if args.idle:
+        raise_nofile_limit()  # before the gateway starts: it inherits the limit
+    bench = Bench(args, args.peer_list)
     samples: dict[tuple[str, str, int], list[dict]] = {}
+    extra: dict = {}
     try:
-        idle_rss = gateway.rss_mb()
-        idle_rss.update({f"litserve_{m}": p.rss_mb() for m, p in litserve.items()})
+        bench.start(models)
+        extra["pinning"] = bench.pinning() if args.pin else None
+        extra["rss_mb_idle"] = bench.rss()
+        large_rss: dict[str, float | None] = {}
         for round_no in range(args.rounds):
             for model in models:
-                body = {"SIGNATURE": model, **MODELS[model][1]}
-                direct = f"http://127.0.0.1:{gateway.servers[model]['PORT']}/run"
                 for concurrency in levels:
-                    systems = [("gateway", gateway.url + "/run"), ("direct", direct)]
-                    if model in litserve:
-                        systems.append(("litserve", litserve[model].url))
-                    for system, url in systems:
-                        result = wrk(binary, url, body, concurrency, args.duration)
-                        gateway.wait_idle(model)
+                    for system in bench.systems(model):
+                        result = bench.measure(system, model, concurrency)
                         samples.setdefault((system, model, concurrency), []).append(result)
-                        print(f"round {round_no + 1} {system:8} {model:10} c={concurrency:<3} {result}", flush=True)
-        loaded_rss = gateway.rss_mb()
-        loaded_rss.update({f"litserve_{m}": p.rss_mb() for m, p in litserve.items()})
+                        shown = {k: v for k, v in result.items() if k not in ("cpu_us", "answered", "sample")}
+                        print(f"round {round_no + 1} {system:8} {model:10} c={concurrency:<3} {shown}", flush=True)
+                        if model == "large" and concurrency == max(levels):
+                            large_rss.update(bench.rss_after_large(system))
+        extra["rss_mb_after_load"] = bench.rss()
+        if large_rss:
+            extra["rss_mb_after_large"] = {"concurrency": max(levels), "rss_mb": large_rss}
+        if args.idle:
+            print(f"idle check: {args.idle} slow clients on the gateway, dummy at c={CHECK_CONCURRENCY} ...",
+                  flush=True)
+            extra["idle_check"] = bench.idle(args.idle)
+            print(f"idle check: {extra['idle_check']}", flush=True)
     finally:
-        gateway.stop()
-        for process in litserve.values():
-            process.stop()
-    report = summarise(samples, idle_rss, loaded_rss, args)
-    write_report(report)
+        bench.stop()
+    systems = ["gateway", "direct", *args.peer_list]
+    extra["peer_failures"] = bench.peer_failures
+    extra["settings"] = {"duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
+                         "pinned": args.pin, "load_generator": "wrk -t1, keep-alive"}
+    write_report(summarise(samples, systems, extra))
     return 0
-
-
-def summarise(samples, idle_rss, loaded_rss, args) -> dict:
-    rows = []
-    for (system, model, concurrency), runs in samples.items():
-        rows.append({
-            "system": system, "model": model, "concurrency": concurrency,
-            **{key: round(statistics.median(r[key] for r in runs), 2) for key in ("rps", "p50_ms", "p99_ms")},
-            "errors": sum(r["errors"] for r in runs), "rounds": len(runs),
-        })
-    by_key = {(r["system"], r["model"], r["concurrency"]): r for r in rows}
-    ratios = []
-    for (system, model, concurrency), row in by_key.items():
-        if system != "gateway":
-            continue
-        ratio = {"model": model, "concurrency": concurrency}
-        direct = by_key.get(("direct", model, concurrency))
-        if direct and direct["rps"]:
-            ratio["gateway_over_direct"] = round(row["rps"] / direct["rps"], 2)
-        lit = by_key.get(("litserve", model, concurrency))
-        if lit and lit["rps"]:
-            ratio["gateway_over_litserve"] = round(row["rps"] / lit["rps"], 2)
-            ratio["p99_gateway_vs_litserve_ms"] = f"{row['p99_ms']} vs {lit['p99_ms']}"
-        ratios.append(ratio)
-    for c in {r["concurrency"] for r in rows}:
-        for label, key, (top, bottom) in (("batch_on/batch_off", "batching_speedup", ("batch_on", "batch_off")),
-                                          ("cpu_x2/cpu", "replica_speedup", ("cpu_x2", "cpu"))):
-            on, off = by_key.get(("gateway", top, c)), by_key.get(("gateway", bottom, c))
-            if on and off and off["rps"]:
-                ratios.append({"model": label, "concurrency": c, key: round(on["rps"] / off["rps"], 2)})
-    return {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "settings": {"duration_s": args.duration, "rounds": args.rounds, "load_generator": "wrk -t1, keep-alive"},
-        "rows": sorted(rows, key=lambda r: (r["model"], r["concurrency"], r["system"])),
-        "ratios": ratios,
-        "rss_mb_idle": idle_rss,
-        "rss_mb_after_load": loaded_rss,
-    }
-
-
-def write_report(report: dict) -> None:
-    lines = ["| system | model | concurrency | req/s (2xx) | p50 ms | p99 ms | errors |",
-             "|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['system']} | {r['model']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']} | "
-                     f"{r['p99_ms']} | {r['errors']} |")
-    lines += ["", "| model | concurrency | gateway / direct | gateway / LitServe | p99 gateway vs LitServe "
-              "| batching speed-up | replicas speed-up |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(report["ratios"], key=lambda r: (r["model"], r["concurrency"])):
-        lines.append(f"| {r['model']} | {r['concurrency']} | {r.get('gateway_over_direct', '')} | "
-                     f"{r.get('gateway_over_litserve', '')} | {r.get('p99_gateway_vs_litserve_ms', '')} | "
-                     f"{r.get('batching_speedup', '')} | {r.get('replica_speedup', '')} |")
-    lines += ["", f"RSS MB idle: {report['rss_mb_idle']}", f"RSS MB after load: {report['rss_mb_after_load']}",
-              f"Machine: {report['machine']}; {report['settings']}"]
-    text = "\n".join(lines)
-    print("\n" + text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d_%H%M%S")
-    (RESULTS / f"bench_{stamp}.json").write_text(json.dumps(report, indent=2))
-    (RESULTS / f"bench_{stamp}.md").write_text(text + "\n")
-    (RESULTS / "latest.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

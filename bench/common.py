@@ -12,9 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 from basic_inference_server.gateway.ports import port_is_free
+from bench.load import pinned
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,23 +30,50 @@ def free_port_block(count: int, start: int) -> int:
     raise RuntimeError("no block of free ports below 32000")
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group ``pgid``."""
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 30) -> None:
-    """SIGTERM a process group started with ``start_new_session``; SIGKILL it after ``grace``."""
+    """SIGTERM a process group started with ``start_new_session``; SIGKILL what is left of it after
+    ``grace`` (the leader and any child that outlived it)."""
+    deadline = time.monotonic() + grace
     try:
         os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.poll()
+        return
+    try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    while group_members(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if group_members(proc.pid):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
         proc.wait(5)
-    except ProcessLookupError:
+    except subprocess.TimeoutExpired:
         pass
 
 
 class GatewayRun:
-    """A gateway on free loopback ports, with ``endpoint_files`` and ``config``, in a temp folder."""
+    """A gateway on free loopback ports, with ``endpoint_files`` and ``config``, in a temp folder;
+    pinned at launch to ``cpu`` (``taskset -c``) when given, so that its model servers are too."""
 
     def __init__(self, endpoint_files: list[Path], config: dict, servers: int, port_start: int,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, cpu: str | None = None):
         self._tmp = tempfile.TemporaryDirectory()
         self.app = Path(self._tmp.name)
         (self.app / "endpoints").mkdir()
@@ -55,10 +84,11 @@ class GatewayRun:
         self.url = f"http://127.0.0.1:{self.base}"
         self._log = open(self.app / "gateway.txt", "wb")
         self.started = time.monotonic()
+        command = [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
+                   "--port", str(self.base), "--first_server_port", str(self.base + 1),
+                   "--last_server_port", str(self.base + servers)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "basic_inference_server.gateway.cli", "--host", "127.0.0.1",
-             "--port", str(self.base), "--first_server_port", str(self.base + 1),
-             "--last_server_port", str(self.base + servers)],
+            pinned(command, cpu),
             cwd=self.app, env=dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="bench-admin-token-0123456789",
                                    **(env or {})),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)

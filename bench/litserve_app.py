@@ -1,51 +1,40 @@
-"""The bench's dummy and numpy models served by LitServe with its defaults (for comparison only).
+"""The bench models served by LitServe (for comparison only), one inference worker.
 
-    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy} PORT
+    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy|batch8|large} PORT
 
-Run by ``python -m bench --litserve``, in its own virtual environment (bench/.venv-litserve).
-Requests are the same JSON bodies as the gateway's; the route is LitServe's ``/predict``.
+Run by ``python -m bench --peers litserve``, in its own virtual environment (bench/.venv-litserve).
+Requests are the same JSON bodies as the gateway's; the route is LitServe's ``/predict``. The model
+code is ``bench/peer_models.py``; ``batch8`` uses LitServe's batching (max_batch_size=8,
+batch_timeout=0.002), the others LitServe's defaults.
 """
 
 import sys
 
 import litserve as ls
-import numpy as np
+from peer_models import MODELS, load
 
 
-class DummyAPI(ls.LitAPI):
+class BenchAPI(ls.LitAPI):
+    def __init__(self, name: str):
+        model = MODELS[name]
+        super().__init__(max_batch_size=model.max_batch_size, batch_timeout=model.batch_wait_s)
+        self.name = name
+
     def setup(self, device):
-        self.weight, self.bias = 2, 1
+        self.model = load(self.name)
 
     def decode_request(self, request):
-        return float(request["INPUT_VALUE"])
+        return self.model.decode(request)
 
-    def predict(self, value):
-        return value * self.weight + self.bias
-
-    def encode_response(self, output):
-        return {"y": output}
-
-
-class NumpyAPI(ls.LitAPI):
-    def setup(self, device):
-        rng = np.random.default_rng(0)
-        self.weights = rng.standard_normal(1000)
-        self.matrix = rng.standard_normal((200, 200))
-
-    def decode_request(self, request):
-        return np.asarray(request["VALUES"], dtype=np.float64)
-
-    def predict(self, values):
-        work = self.matrix
-        for _ in range(4):  # the same work as bench/endpoints/bench_numpy.py
-            work = np.tanh(work @ self.matrix * 0.01)
-        return float(values @ self.weights) + float(work[0, 0]) * 0.0
+    def predict(self, x):
+        # batched: x is the list of decoded requests (LitServe's default batch() of plain values)
+        return self.model.predict_batch(x) if self.max_batch_size > 1 else self.model.predict(x)
 
     def encode_response(self, output):
-        return {"score": output}
+        return self.model.encode(output)
 
 
 if __name__ == "__main__":
-    model, port = sys.argv[1], int(sys.argv[2])
-    api = {"dummy": DummyAPI, "numpy": NumpyAPI}[model]()
-    ls.LitServer(api).run(port=port)
+    name, port = sys.argv[1], int(sys.argv[2])
+    ls.LitServer(BenchAPI(name), accelerator="cpu", workers_per_device=1).run(
+        host="127.0.0.1", port=port, log_level="warning", generate_client_file=False)

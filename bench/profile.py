@@ -23,9 +23,8 @@ import sys
 import threading
 from pathlib import Path
 
-import psutil
-
-from bench.__main__ import MODELS, RESULTS, BenchGateway, ensure_wrk, wrk
+from bench.__main__ import MODELS, RESULTS, BenchGateway
+from bench.load import cpu_per_request, ensure_wrk, wrk
 
 # A sampled frame belongs to the first of these that appears in its file path.
 BUCKETS = (
@@ -86,22 +85,6 @@ def _bucket(frame: str) -> str:
         if marker in frame:
             return name
     return "other"
-
-
-def cpu_per_request(wrk_binary: str, url: str, body: dict, concurrency: int, duration: float,
-                    pids: dict[str, int]) -> dict:
-    """wrk's result plus the CPU time (user and kernel, microseconds) each process spent per
-    answered request, measured without the profiler attached."""
-    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-    before = {name: proc.cpu_times() for name, proc in procs.items()}
-    result = wrk(wrk_binary, url, body, concurrency, duration)
-    after = {name: proc.cpu_times() for name, proc in procs.items()}
-    answered = max(1.0, result["rps"] * duration)
-    result["cpu_us_per_request"] = {
-        name: {"user": round((after[name].user - before[name].user) / answered * 1e6),
-               "system": round((after[name].system - before[name].system) / answered * 1e6)}
-        for name in procs}
-    return result
 
 
 def main() -> int:

@@ -206,6 +206,8 @@ class FlaskGateway:
         inflight = self.admission.inflight
         logger.info("Shutting down: %d request(s) in flight, grace %.0fs", inflight.count, grace)
         self.admission.draining = True
+        if self.http is not None:
+            self.http.draining_connections = True  # answers from now on close their connection
         deadline = time.monotonic() + grace
         while inflight.count and time.monotonic() < deadline:
             time.sleep(0.02)

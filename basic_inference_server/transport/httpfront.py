@@ -109,6 +109,8 @@ class HttpFront:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="gateway-route")
         self.connections: set[_Connection] = set()
         self.draining_connections = False  # answers close their connection (shutting down)
+        self.refused = 0  # connections refused past MAX_CONNECTIONS
+        self.refused_logged = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._date = (0, b"")
@@ -203,8 +205,12 @@ class _Connection(asyncio.Protocol):
         self.remote = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
         self.front.connections.add(self)
         if len(self.front.connections) > self.limits.max_connections:
-            logger.warning("Refusing a connection: %d open, MAX_CONNECTIONS=%d", len(self.front.connections) - 1,
-                           self.limits.max_connections)
+            self.front.refused += 1
+            now = time.monotonic()
+            if now - self.front.refused_logged > 10:  # once per 10 s, however many are refused
+                self.front.refused_logged = now
+                logger.warning("Refusing connections: MAX_CONNECTIONS=%d are open (%d refused so far)",
+                               self.limits.max_connections, self.front.refused)
             self._refuse(503, f"too many connections (MAX_CONNECTIONS={self.limits.max_connections}); retry later")
 
     def connection_lost(self, exc: Exception | None) -> None:

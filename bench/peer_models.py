@@ -1,0 +1,120 @@
+"""The bench models as the peer apps serve them: the computations of ``bench/endpoints`` (which run
+inside our ``FlaskWorker``) written once for LitServe, Mosec and Aqueduct.
+
+Each model splits like the endpoints: ``decode`` (``_pre_process``), ``predict_batch`` (``_predict``
+on a list) and ``encode`` (``_post_process``). ``max_batch_size`` / ``batch_wait_s`` are what the peers
+that batch are configured with. Standard library and numpy only: each peer runs in its own venv.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+
+class BenchModel:
+    max_batch_size = 1
+    batch_wait_s = 0.0
+
+    def setup(self) -> None:
+        """Load the model, once per worker process."""
+
+    def decode(self, request: dict) -> Any:
+        raise NotImplementedError
+
+    def predict_batch(self, items: list) -> list:
+        return [self.predict(item) for item in items]
+
+    def predict(self, item: Any) -> Any:
+        return self.predict_batch([item])[0]
+
+    def encode(self, output: Any) -> dict:
+        raise NotImplementedError
+
+    def answer(self, request: dict) -> dict:
+        return self.encode(self.predict(self.decode(request)))
+
+    def answer_batch(self, requests: list[dict]) -> list[dict]:
+        return [self.encode(out) for out in self.predict_batch([self.decode(r) for r in requests])]
+
+
+class Dummy(BenchModel):
+    """bench_dummy: a linear model on one number (WEIGHT 2, BIAS 1)."""
+
+    def decode(self, request):
+        return float(request["INPUT_VALUE"])
+
+    def predict(self, value):
+        return value * 2 + 1
+
+    def encode(self, output):
+        return {"y": output}
+
+
+class Numpy(BenchModel):
+    """bench_numpy: 1,000 floats, a dot product and about 2 ms of numpy work (WORK_ROUNDS 4)."""
+
+    def setup(self):
+        rng = np.random.default_rng(0)
+        self.weights = rng.standard_normal(1000)
+        self.matrix = rng.standard_normal((200, 200))
+
+    def decode(self, request):
+        values = np.asarray(request["VALUES"], dtype=np.float64)
+        if values.shape != (1000,):
+            raise ValueError("VALUES must hold 1000 numbers")
+        return values
+
+    def predict(self, values):
+        work = self.matrix
+        for _ in range(4):
+            work = np.tanh(work @ self.matrix * 0.01)
+        return float(values @ self.weights) + float(work[0, 0]) * 0.0
+
+    def encode(self, output):
+        return {"score": output}
+
+
+class Batch8(BenchModel):
+    """bench_batch: 10 ms per call + 0.5 ms per item, sleeping (an accelerator-like call), batches
+    of up to 8 gathered for up to 2 ms."""
+
+    max_batch_size = 8
+    batch_wait_s = 0.002
+
+    def decode(self, request):
+        return float(request["INPUT_VALUE"])
+
+    def predict_batch(self, items):
+        time.sleep((10.0 + 0.5 * len(items)) / 1000)
+        return [value * 2 for value in items]
+
+    def encode(self, output):
+        return {"y": output}
+
+
+class Large(BenchModel):
+    """bench_large: the sum of 100,000 floats (a body of about 1 MB)."""
+
+    def decode(self, request):
+        values = request["VALUES"]
+        if not isinstance(values, list):
+            raise ValueError("VALUES must be a list of numbers")
+        return values
+
+    def predict(self, values):
+        return float(sum(values))
+
+    def encode(self, output):
+        return {"sum": output}
+
+
+MODELS: dict[str, type[BenchModel]] = {"dummy": Dummy, "numpy": Numpy, "batch8": Batch8, "large": Large}
+
+
+def load(name: str) -> BenchModel:
+    model = MODELS[name]()
+    model.setup()
+    return model
