@@ -94,10 +94,11 @@ class ServerState:
         token = requestid.bind(job.request_id)
         try:
             try:
-                status, body, headers = self.answer_of(job)
+                status, body, _ = self.answer_of(job)
+                retry_after = None
             except ServingError as exc:
-                status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
-            conn.reply(tag, status, body, headers.get("Retry-After") if headers else None)
+                status, body, retry_after = exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc)
+            conn.reply(tag, status, body, retry_after)
         finally:
             requestid.unbind(token)
 

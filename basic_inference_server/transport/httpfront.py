@@ -44,7 +44,9 @@ Headers = list[tuple[str, str]]
 Respond = Callable[[int, bytes, "Headers | None"], None]  # status, JSON body, extra headers
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_WHOLE_BODY = 65536  # bodies declared larger are read into one preallocated buffer
 _SWEEP_INTERVAL = 0.5
+_SWEEP_WORK, _CLOSE_WORK = 2000, 20  # per turn of the loop: a connection looked at costs 1, one closed 20
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,24 @@ class HttpFront:
         return self._date[1]
 
     def _sweep(self) -> None:
-        """Close the connections past their read deadline (no request in progress)."""
-        now = time.monotonic()
-        for conn in list(self.connections):
-            if not conn.busy and now > conn.deadline:
+        """Close the connections past their read deadline (no request in progress), a slice per
+        turn of the loop: ten thousand idle clients timing out together must not stall the
+        requests of everyone else."""
+        self._sweep_slice(list(self.connections), 0, time.monotonic())
+
+    def _sweep_slice(self, connections: list[_Connection], start: int, now: float) -> None:
+        work, index = 0, start
+        while index < len(connections) and work < _SWEEP_WORK:
+            conn = connections[index]
+            index += 1
+            work += 1
+            if conn.transport is not None and not conn.busy and now > conn.deadline:
                 conn.timed_out()
-        self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+                work += _CLOSE_WORK
+        if index < len(connections):
+            self.loop.call_soon(self._sweep_slice, connections, index, now)
+        else:
+            self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
 
 class _Connection(asyncio.Protocol):
@@ -193,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
         self._body: list[bytes] = []
+        self._whole: bytearray | None = None  # the body of a large request with a Content-Length
         self._body_bytes = 0
         self._request_id: str | None = None
         self._declared: bytes | None = None  # Content-Length
@@ -259,20 +274,31 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._set_reading(_Reading.BODY)
         declared = self._declared
-        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body:
-            raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+        if declared is not None and declared.isdigit():
+            size = int(declared)
+            if size > self.limits.max_body:
+                raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+            if size > _WHOLE_BODY:  # a large body goes straight into one buffer: no pieces, no join
+                self._whole = bytearray(size)
         if self._expect:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
+        start = self._body_bytes
         self._body_bytes += len(body)
         if self._body_bytes > self.limits.max_body:
             raise _Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
-        self._body.append(body)
+        if self._whole is not None:
+            self._whole[start:self._body_bytes] = body
+        else:
+            self._body.append(body)
 
     def on_message_complete(self) -> None:
         parser = self.parser
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if self._whole is not None:
+            body, self._whole = self._whole, None
+        else:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
                               parser.get_http_version(), parser.should_keep_alive(),
                               requestid.accept(self._request_id), self.remote)
