@@ -22,6 +22,7 @@ import itertools
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,10 @@ from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 logger = logging.getLogger(__name__)
 
 MAX_REPLY = 1 << 30  # an answer larger than this (1 GiB) is refused
+# Frames waiting to be written past BACKLOG_HIGH bytes make the front stop reading requests until
+# they are down to BACKLOG_LOW (the gateway reads no faster than its model servers take what it
+# admitted); the transport itself is given at most about BACKLOG_LOW at a time.
+BACKLOG_HIGH, BACKLOG_LOW = 8 << 20, 1 << 20
 
 
 # callback(status, retry_after, body) on an answer, callback(<a TransportError>, None, b"") on failure
@@ -40,10 +45,12 @@ Callback = Callable[[Any, "str | None", bytes], None]
 class ChannelClient:
     """Frames to and from the model server listening on ``path``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, max_reply: int = MAX_REPLY):
+    def __init__(self, loop: asyncio.AbstractEventLoop, path: str, max_reply: int = MAX_REPLY,
+                 congested: Callable[[object, bool], None] | None = None):
         self.loop = loop
         self.path = path
         self.max_reply = max_reply
+        self.congested = congested or (lambda source, on: None)  # told when frames pile up unsent
         self._conn: _Connection | None = None
         self._tags = itertools.count(1)
         self._waiting: dict[int, tuple[float, Callback]] = {}  # tag -> (deadline, callback), oldest first
@@ -52,7 +59,9 @@ class ChannelClient:
     def in_flight(self) -> int:
         return len(self._waiting)
 
-    def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback) -> None:
+    def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback) -> int | None:
+        """Write one request; its answer goes to ``callback``. Returns its tag (for :meth:`cancel`),
+        or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self._waiting and not conn.alive():
             conn.close()
@@ -62,10 +71,21 @@ class ChannelClient:
                 conn = self._conn = _Connection(self)
             except OSError as exc:
                 callback(ConnectFailed(f"cannot connect to {self.path}: {exc.strerror or exc}"), None, b"")
-                return
+                return None
         tag = next(self._tags) & 0xFFFFFFFF
         self._waiting[tag] = (time.monotonic() + timeout, callback)
-        conn.write(request_head(tag, request_id, routed, len(body)), body)
+        conn.write(request_head(tag, request_id, routed, len(body)), body, tag)
+        return tag
+
+    def cancel(self, tag: int) -> bool:
+        """Forget request ``tag`` (its client left): dropped here if it has not been written yet,
+        else the server is told to skip it if it has not started. True when it was still
+        waiting; its callback is not called."""
+        if self._waiting.pop(tag, None) is None:
+            return False
+        if self._conn is not None and not self._conn.unsend(tag):
+            self._conn.write(cancel_frame(tag), b"")
+        return True
 
     def expire(self, now: float) -> None:
         """Fail the requests whose deadline has passed (called periodically by the loop)."""
@@ -109,7 +129,8 @@ class _Connection(asyncio.Protocol):
         self.client = client
         self.reader = FrameReader(client.max_reply)
         self.transport: asyncio.Transport | None = None
-        self.backlog: list[bytes] = []  # frames not written yet
+        self.unsent: deque[tuple[int | None, bytes, bytes]] = deque()  # (tag, head, body) not yet written
+        self.unsent_bytes = 0
         self._flush_due = False
         self.closed = False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -139,24 +160,54 @@ class _Connection(asyncio.Protocol):
             return False
         return False
 
-    def write(self, head: bytes, body: bytes) -> None:
-        """Queue a frame; the frames of one turn of the loop leave in one write, so that a burst
-        of requests wakes the model server once, not once per request."""
-        self.backlog += (head, body)
+    def write(self, head: bytes, body: bytes, tag: int | None = None) -> None:
+        """Queue a frame. Frames are handed to the transport a burst at a time, one write for all
+        those of a turn of the loop (a burst of requests wakes the model server once), and only
+        while the transport holds less than BACKLOG_LOW: the rest wait here, where a request
+        whose client leaves can still be dropped unsent (:meth:`unsend`)."""
+        self.unsent.append((tag, head, body))
+        self.unsent_bytes += len(head) + len(body)
+        if self.unsent_bytes > BACKLOG_HIGH:
+            self.client.congested(self, True)
         if self.transport is not None and not self._flush_due:
             self._flush_due = True
             self.client.loop.call_soon(self._flush)
 
+    def unsend(self, tag: int) -> bool:
+        for index, (queued, head, body) in enumerate(self.unsent):
+            if queued == tag:
+                del self.unsent[index]
+                self.unsent_bytes -= len(head) + len(body)
+                return True
+        return False
+
     def _flush(self) -> None:
         self._flush_due = False
-        if self.transport is not None and self.backlog:
-            self.transport.writelines(self.backlog)
-            self.backlog = []
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        buffers, room = [], BACKLOG_LOW - transport.get_write_buffer_size()
+        while self.unsent and room > 0:
+            _tag, head, body = self.unsent.popleft()
+            size = len(head) + len(body)
+            self.unsent_bytes -= size
+            room -= size
+            buffers += (head, body) if body else (head,)
+        if buffers:
+            transport.writelines(buffers)
+        if self.unsent_bytes < BACKLOG_LOW:
+            self.client.congested(self, False)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=BACKLOG_LOW, low=BACKLOG_LOW // 4)  # type: ignore[attr-defined]
         self._flush()
+
+    def resume_writing(self) -> None:
+        if self.unsent and not self._flush_due:  # the transport has room again: hand it more
+            self._flush_due = True
+            self.client.loop.call_soon(self._flush)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -172,6 +223,7 @@ class _Connection(asyncio.Protocol):
         self._fail("model server closed the connection before answering" + (f": {exc}" if exc else ""))
 
     def _fail(self, reason: str) -> None:
+        self.client.congested(self, False)
         if not self.closed:
             self.close()
         self.client._lost(self, reason)

@@ -158,7 +158,8 @@ class FlaskGateway:
                                   fast_path=self.execution_path, threads=config.gateway_threads, limits=limits)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
-        self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status)
+        self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status,
+                                congested=self.http.hold_back)
         self.http.fast_handler = self.run_path
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)

@@ -30,27 +30,32 @@ from .router import SYSTEM_STATUS, Router
 logger = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL = 0.1  # how often answers past their deadline are looked for
+CLIENT_GONE = 499  # counted in the metrics for a request whose client left before its answer
 
 
 class RunPath:
     def __init__(self, router: Router, metrics: GatewayMetrics, loop: asyncio.AbstractEventLoop, executor: Executor,
-                 system_status: Callable[[], dict[str, Any]]):
+                 system_status: Callable[[], dict[str, Any]],
+                 congested: Callable[[object, bool], None] | None = None):
         self.router = router
         self.metrics = metrics
         self.loop = loop
         self.executor = executor
         self.system_status = system_status
+        self.congested = congested
         self._channels: dict[str, ChannelClient] = {}
         loop.call_soon_threadsafe(self._expire)
 
-    def __call__(self, request: HttpRequest, respond: Respond) -> None:
-        _Call(self, request, respond).route(trust_guess=True)
+    def __call__(self, request: HttpRequest, respond: Respond) -> _Call:
+        call = _Call(self, request, respond)
+        call.route(trust_guess=True)
+        return call
 
     def channel(self, handle: ChildHandle) -> ChannelClient:
         path = handle.socket_path
         channel = self._channels.get(path)
         if channel is None:
-            channel = self._channels[path] = ChannelClient(self.loop, path)
+            channel = self._channels[path] = ChannelClient(self.loop, path, congested=self.congested)
         return channel
 
     def close(self) -> None:
@@ -68,7 +73,7 @@ class RunPath:
 class _Call:
     """One ``/run`` on its way through the gateway."""
 
-    __slots__ = ("flat", "handle", "label", "path", "request", "respond", "started")
+    __slots__ = ("channel", "flat", "handle", "label", "path", "request", "respond", "started", "tag")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Respond):
         self.path = path
@@ -78,6 +83,8 @@ class _Call:
         self.label = NO_SIGNATURE
         self.handle: ChildHandle | None = None
         self.flat = False
+        self.channel: ChannelClient | None = None
+        self.tag: int | None = None  # while forwarded and not answered
 
     def route(self, trust_guess: bool) -> None:
         path, router = self.path, self.path.router
@@ -96,15 +103,25 @@ class _Call:
             handle = router.route_to(signature)
             router.admission.enter(handle)
             self.handle, self.flat = handle, router.is_flat(handle)
-            path.channel(handle).send(self.request.request_id, routed or "", raw, handle.endpoint.request_timeout,
-                                      self._replied)
+            self.channel = path.channel(handle)
+            self.tag = self.channel.send(self.request.request_id, routed or "", raw, handle.endpoint.request_timeout,
+                                         self._replied)
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
 
+    def cancel(self) -> None:
+        """The client went away: stop waiting, and have the model server skip the request if it
+        has not started it (so that a burst of abandoned requests does not hold the queue)."""
+        if self.tag is not None and self.channel is not None and self.channel.cancel(self.tag):
+            self.tag = None
+            self.path.router.admission.exit(self.handle)
+            self.path.metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
+
     def _replied(self, status: Any, retry_after: str | None, body: bytes) -> None:
         handle = self.handle
+        self.tag = None
         self.path.router.admission.exit(handle)
         if status == MISROUTED:
             self.route(trust_guess=False)

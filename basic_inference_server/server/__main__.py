@@ -98,7 +98,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     channel = None
     if spec.socket_path:
         try:
-            channel = ChannelServer(spec.socket_path, state.run_frame, spec.max_body_bytes)
+            channel = ChannelServer(spec.socket_path, state.run_frame, spec.max_body_bytes, cancel=pool.cancel)
         except OSError as exc:
             return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
         channel.start()

@@ -108,9 +108,10 @@ RequestHandler = Callable[[Connection, int, str, str, bytes, int], None]
 class ChannelServer:
     """Listens on ``path`` and serves frames with ``handler`` until :meth:`close`."""
 
-    def __init__(self, path: str, handler: RequestHandler, max_body: int):
+    def __init__(self, path: str, handler: RequestHandler, max_body: int, cancel: Callable[[Any], None]):
         self.path = path
         self.handler = handler
+        self.cancel = cancel  # called with the job of a CANCEL frame
         self.max_body = max_body
         self.connections: set[Connection] = set()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -166,7 +167,7 @@ class ChannelServer:
                     elif frame.kind == CANCEL:
                         job = pending.pop(frame.tag, None)
                         if job is not None:
-                            job.cancelled = True
+                            self.cancel(job)
                     else:
                         raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
         except ProtocolError as exc:

@@ -86,6 +86,16 @@ class JobQueue:
             if len(self._items) >= self._wanted:
                 self._cond.notify()
 
+    def remove(self, job: Job) -> bool:
+        """Take a job out of the queue; False when a worker already has it (or it is done)."""
+        with self._cond:
+            try:
+                self._items.remove(job)
+            except ValueError:
+                return False
+            self._jobs -= 1
+            return True
+
     def put_control(self, item: Any) -> None:
         with self._cond:
             self._items.append(item)
@@ -211,6 +221,14 @@ class WorkerPool:
         if not self.ready:
             raise Unavailable("no worker is ready yet (models are loading)")
         self._queue.put(job)
+
+    def cancel(self, job: Job) -> None:
+        """Nobody waits for ``job`` any more: out of the queue at once if it is still there (its
+        place goes to the next request), else skipped when a worker takes it; a job already
+        running finishes (a thread cannot be stopped) and its answer is dropped."""
+        job.cancelled = True
+        if self._queue.remove(job):
+            job.finish()
 
     def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
         """Queue a request and wait for its answer; raise a ServingError on any failure."""

@@ -2,7 +2,8 @@
 
 ``POST <fast path>`` (the gateway's ``/run``) is handed to a handler that runs in the loop and
 answers through a callback whenever its answer is ready, so a request waiting for a model
-server holds no thread. Every other request goes to a WSGI app (the gateway's Flask routes) on a
+server holds no thread; what the handler returns is cancelled (``.cancel()``) when the client
+leaves before its answer. Every other request goes to a WSGI app (the gateway's Flask routes) on a
 thread pool. Chosen by measurement over waitress and granian (see the README's performance
 section): it parses HTTP in C, holds tens of thousands of idle connections in a few KB each,
 and hands nothing between threads on the hot path.
@@ -95,7 +96,7 @@ class HttpFront:
     """A bound listening socket served by an event loop in a background thread."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int, *, fast_path: str,
-                 threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], None] | None = None):
+                 threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], Any] | None = None):
         self.app = app
         self.fast_path = fast_path.encode("latin-1")
         self.fast_handler = fast_handler
@@ -113,6 +114,8 @@ class HttpFront:
         self.draining_connections = False  # answers close their connection (shutting down)
         self.refused = 0  # connections refused past MAX_CONNECTIONS
         self.refused_logged = 0.0
+        self.held_back: set[object] = set()  # who asked to stop reading requests (congested channels)
+        self._held_since = self._held_logged = 0.0
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
         self._date = (0, b"")
@@ -163,6 +166,30 @@ class HttpFront:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     # -- in the loop ---------------------------------------------------------------------------
+    def hold_back(self, source: object, hold: bool) -> None:
+        """Stop reading requests while ``source`` (a model server's channel with a large backlog
+        of unsent frames) asks for it, and go on when no source does. Without this, clients that
+        keep sending large bodies could take every turn of the loop, and the frames already
+        admitted would wait behind them; read deadlines are moved on by the time held."""
+        was_held = bool(self.held_back)
+        if hold:
+            self.held_back.add(source)
+        else:
+            self.held_back.discard(source)
+        if was_held == bool(self.held_back):
+            return
+        if self.held_back:
+            self._held_since = now = time.monotonic()
+            if now - self._held_logged > 10:  # once per 10 s, however often it happens
+                self._held_logged = now
+                logger.warning("A model server's channel is congested: reading no requests until it drains")
+        else:
+            held = time.monotonic() - self._held_since
+            for conn in self.connections:
+                conn.deadline += held
+        for conn in list(self.connections):
+            conn.update_reading()
+
     def date_header(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
@@ -172,7 +199,10 @@ class HttpFront:
     def _sweep(self) -> None:
         """Close the connections past their read deadline (no request in progress), a slice per
         turn of the loop: ten thousand idle clients timing out together must not stall the
-        requests of everyone else."""
+        requests of everyone else. Nobody times out while the front is not reading."""
+        if self.held_back:
+            self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
+            return
         self._sweep_slice(list(self.connections), 0, time.monotonic())
 
     def _sweep_slice(self, connections: list[_Connection], start: int, now: float) -> None:
@@ -212,6 +242,7 @@ class _Connection(asyncio.Protocol):
         self._request_id: str | None = None
         self._declared: bytes | None = None  # Content-Length
         self._expect = False  # Expect: 100-continue
+        self._pending: Any = None  # the fast handler's request in progress (has .cancel())
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -219,6 +250,8 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
         self.front.connections.add(self)
+        if self.front.held_back:
+            transport.pause_reading()  # type: ignore[attr-defined]
         if len(self.front.connections) > self.limits.max_connections:
             self.front.refused += 1
             now = time.monotonic()
@@ -231,6 +264,9 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
         self.transport = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -305,7 +341,7 @@ class _Connection(asyncio.Protocol):
         self._set_reading(_Reading.IDLE)
         self.queue.append(request)
         if len(self.queue) > self.limits.max_pipelined:
-            self.transport.pause_reading()
+            self.update_reading()
         if not self.busy:
             self._dispatch()
 
@@ -319,8 +355,10 @@ class _Connection(asyncio.Protocol):
                 self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
                 return
             try:
-                self.front.fast_handler(request, lambda status, body, headers: self.respond(request, status, body,
-                                                                                             headers))
+                pending = self.front.fast_handler(request, lambda status, body, headers: self.respond(
+                    request, status, body, headers))
+                if self.busy:  # not answered yet: to cancel if the client leaves first
+                    self._pending = pending
             except Exception as exc:
                 logger.exception("Unhandled %s on %s", type(exc).__name__, self.front.fast_path.decode())
                 self.respond(request, 500, jsonutil.dumps_bytes(
@@ -335,6 +373,7 @@ class _Connection(asyncio.Protocol):
         """Answer ``request`` (any time after it was handed over; in the loop)."""
         transport = self.transport
         if transport is None or transport.is_closing():
+            self._pending = None
             return
         keep = request.keep_alive and not self.front.draining_connections
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
@@ -372,16 +411,27 @@ class _Connection(asyncio.Protocol):
 
     def _answered(self, keep: bool) -> None:
         self.busy = False
+        self._pending = None
         if not keep:
             self.transport.close()
             return
         if self.queue:
-            self.transport.resume_reading()
+            self.update_reading()
             self._dispatch()
         elif self.reading is _Reading.IDLE:
             self.deadline = time.monotonic() + self.limits.keepalive_timeout
 
     # -- reading state and limits ------------------------------------------------------------------
+    def update_reading(self) -> None:
+        """Read from the client unless it has pipelined too much or the front holds back."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.front.held_back or len(self.queue) > self.limits.max_pipelined:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
     def _set_reading(self, reading: _Reading) -> None:
         """The one place that moves the read state; each state has its own deadline."""
         self.reading = reading

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
+import threading
 import time
 
 import psutil
@@ -215,3 +216,32 @@ def test_past_max_connections_new_clients_get_503_and_others_recover(tmp_path):
     finally:
         gateway.stop()
         gateway.assert_nothing_left()
+
+
+def test_a_request_whose_client_left_is_not_run(gateway_factory):
+    """One worker busy for a while; a second request queued behind it, whose client then hangs
+    up: the model server skips it (it never runs) and the next request takes its place."""
+    gateway = gateway_factory({"CONFIG_ENDPOINTS": {"slow": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1,
+                                                             "MAX_QUEUE": 1}}})
+    port = gateway.servers()["slow"]["PORT"]
+
+    def executed() -> int:
+        stats = requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+        return sum(stats["model_seconds"]["counts"])
+
+    before = executed()
+    with requests.Session() as first_client:
+        first = threading.Thread(target=lambda: first_client.post(
+            gateway.url + "/run", json={"SIGNATURE": "slow", "VALUE": "a", "SLEEP": 1.5}, timeout=10))
+        first.start()
+        time.sleep(0.3)
+        with connect(gateway) as leaving:
+            leaving.sendall(post(json.dumps({"SIGNATURE": "slow", "VALUE": "b", "SLEEP": 3}).encode()))
+            time.sleep(0.3)  # queued behind the first one
+        time.sleep(0.3)  # the gateway saw the client go and cancelled it
+        third = requests.post(gateway.url + "/run", json={"SIGNATURE": "slow", "VALUE": "c"}, timeout=10)
+        first.join(10)
+    assert third.status_code == 200, third.text  # MAX_QUEUE 1: only free because "b" left the queue
+    assert executed() - before == 2  # "a" and "c"; "b" never ran
+    metrics = requests.get(gateway.url + "/metrics", timeout=5).text
+    assert 'bis_requests_total{code="499",signature="slow"} 1.0' in metrics

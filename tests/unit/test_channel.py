@@ -56,7 +56,7 @@ def socket_path(tmp_path):
 @pytest.fixture
 def server(socket_path):
     handler = Handler()
-    channel = ChannelServer(socket_path, handler, max_body=1000)
+    channel = ChannelServer(socket_path, handler, max_body=1000, cancel=lambda job: setattr(job, "cancelled", True))
     channel.start()
     yield channel, handler
     handler.release.set()
@@ -74,7 +74,7 @@ async def call(client: ChannelClient, body: bytes, timeout: float = 5.0, routed:
 
 
 def test_socket_file_is_private_and_removed_on_close(socket_path):
-    channel = ChannelServer(socket_path, Handler(), max_body=10)
+    channel = ChannelServer(socket_path, Handler(), max_body=10, cancel=print)
     assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o600
     channel.close()
     assert not os.path.exists(socket_path)
@@ -83,7 +83,7 @@ def test_socket_file_is_private_and_removed_on_close(socket_path):
 def test_a_stale_socket_file_is_replaced(socket_path):
     with open(socket_path, "w"):
         pass
-    channel = ChannelServer(socket_path, Handler(), max_body=10)
+    channel = ChannelServer(socket_path, Handler(), max_body=10, cancel=print)
     assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
     channel.close()
 

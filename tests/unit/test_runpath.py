@@ -39,16 +39,23 @@ class ScriptedChannel:
         self.replies = replies
         self.sent: list[tuple[str, str, bytes]] = []
         self.held: list = []
+        self.cancelled: list[int] = []
 
     def send(self, request_id, routed, body, timeout, callback):
         self.sent.append((request_id, routed, body))
         reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)
         if reply == "hold":
             self.held.append(callback)
-        elif isinstance(reply, Exception):
+            return len(self.sent)
+        if isinstance(reply, Exception):
             callback(reply, None, b"")
         else:
             callback(*reply)
+        return None
+
+    def cancel(self, tag):
+        self.cancelled.append(tag)
+        return True
 
 
 class FakeTransport:
@@ -200,3 +207,16 @@ def test_draining_refuses_new_requests(gateway):
     gw.router.admission.draining = True
     status, _, body = gw.post(b'{"SIGNATURE": "echo"}')
     assert status == 503 and "shutting down" in body["ERROR"]
+
+
+def test_a_client_that_leaves_cancels_its_request_and_frees_its_place(gateway):
+    gw = gateway([endpoint("echo")], replies={"echo": ["hold"]})
+    conn, transport = _Connection(gw.front), FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
+    assert gw.handles["echo"].inflight.count == 1
+    conn.connection_lost(None)
+    assert gw.channels["echo"].cancelled == [1]
+    assert gw.handles["echo"].inflight.count == 0 and gw.router.admission.inflight.count == 0
+    assert gw.metrics.requests_by_signature() == {"echo": {"499": 1}}
+    assert gw.post(b'{"SIGNATURE": "echo"}')[0] == 200  # the place is free again
