@@ -25,7 +25,7 @@
 #
 # Every client connection is an open file: the gateway raises its soft limit to the hard one at
 # start. Docker's default is usually 1048576; where it is lower, give it `--ulimit nofile=65536:65536`
-# (run.sh does).
+# (`NOFILE=65536 ./run.sh`).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

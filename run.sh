@@ -14,7 +14,8 @@
 #   BIS_ADMIN_TOKEN  admin token, passed to the container by name: its value stays off command lines
 #   STOP_TIMEOUT     seconds the gateway gets to drain on stop before SIGKILL (30)
 #   RESTART_DELAY    seconds between a stop and the next start (5)
-#   NOFILE           open-file limit of the container: one per client connection (65536)
+#   NOFILE           open-file limit for the container (one per client connection), e.g. 65536;
+#                    unset: Docker's default, which is usually higher already
 set -u
 
 IMAGE="${IMAGE:-basic_inference_server}"
@@ -24,7 +25,7 @@ NAME="${NAME:-bis_gateway}"
 PORTS="${PORTS:-5002-5010:5002-5010}"
 STOP_TIMEOUT="${STOP_TIMEOUT:-30}"
 RESTART_DELAY="${RESTART_DELAY:-5}"
-NOFILE="${NOFILE:-65536}"
+NOFILE="${NOFILE:-}"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -50,7 +51,7 @@ while [ "$stopping" -eq 0 ]; do
   # In the background so that the trap runs at once: `wait` returns when a signal arrives, while
   # bash would only act on it after a foreground `docker run` ended.
   docker run --rm --name "$NAME" --pull="$PULL" --stop-timeout "$STOP_TIMEOUT" \
-    --ulimit nofile="$NOFILE:$NOFILE" \
+    ${NOFILE:+--ulimit "nofile=$NOFILE:$NOFILE"} \
     -p "$PORTS" \
     -v "$VOLUME":/aid_app/_cache \
     ${BIS_ADMIN_TOKEN:+-e BIS_ADMIN_TOKEN} \
