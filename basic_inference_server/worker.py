@@ -53,7 +53,7 @@ class FlaskWorker:
 
     Batching:
         With ``MAX_BATCH_SIZE`` > 1 in the endpoint's config, requests waiting in the queue are
-        grouped (up to that size, waiting at most ``MAX_BATCH_WAIT_MS`` after the first arrived)
+        grouped (up to that size, waiting at most ``MAX_BATCH_WAIT_MS`` once a worker has the first)
         and one worker takes the group: ``_pre_process(inputs)`` per request, then
         ``_predict(list_of_prepared)`` once, which must return a list (or array) of as many
         predictions in the same order, then ``_post_process(pred)`` per request. An exception in

@@ -111,8 +111,8 @@ class JobQueue:
             return item
 
     def get_batch(self, max_jobs: int, window: float) -> list[Any]:
-        """Up to ``max_jobs`` jobs in arrival order, waiting at most ``window`` seconds after the
-        first one arrived for more to come. A control item is returned alone."""
+        """Up to ``max_jobs`` jobs in arrival order, waiting at most ``window`` seconds, once the
+        first is taken, for more to come. A control item is returned alone."""
         with self._cond:
             while not self._items:
                 self._cond.wait()
@@ -121,7 +121,10 @@ class JobQueue:
                 return [first]
             self._jobs -= 1
             batch = [first]
-            deadline = first.enqueued + window
+            # From now, not from when the first job arrived: a job that waited for the worker
+            # would otherwise leave at once with whatever had queued behind it, and closed-loop
+            # clients would settle into half batches that never merge again.
+            deadline = time.monotonic() + window
             while len(batch) < max_jobs:
                 if self._items:
                     if self._items[0].__class__ is not Job:
