@@ -8,6 +8,7 @@ import resource
 import socket
 import threading
 import time
+import weakref
 
 import psutil
 import pytest
@@ -37,9 +38,12 @@ def connect(gateway, timeout: float = 5) -> socket.socket:
     return socket.create_connection(("127.0.0.1", gateway.port), timeout=timeout)
 
 
+_LEFT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bytes read past an answer (pipelining)
+
+
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP answer from ``sock`` (Content-Length framed)."""
-    data = b""
+    """One HTTP answer from ``sock`` (Content-Length framed); what follows it is kept for the next call."""
+    data = _LEFT.pop(sock, b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
@@ -51,7 +55,8 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     length = int(headers.get("content-length", 0))
     while len(rest) < length:
         rest += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, rest
+    _LEFT[sock] = rest[length:]
+    return int(lines[0].split()[1]), headers, rest[:length]
 
 
 def closed_by_peer(sock: socket.socket, within: float) -> bool:
