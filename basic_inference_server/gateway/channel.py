@@ -95,7 +95,7 @@ class ChannelClient:
             if deadline > now:
                 return
             del waiting[tag]
-            if self._conn is not None:
+            if self._conn is not None and not self._conn.unsend(tag):
                 self._conn.write(cancel_frame(tag), b"")
             callback(ReadTimedOut(f"no answer from {self.path} in time"), None, b"")
 
@@ -174,10 +174,13 @@ class _Connection(asyncio.Protocol):
             self.client.loop.call_soon(self._flush)
 
     def unsend(self, tag: int) -> bool:
+        """Drop the frame of request ``tag`` if it has not been written yet."""
         for index, (queued, head, body) in enumerate(self.unsent):
             if queued == tag:
                 del self.unsent[index]
                 self.unsent_bytes -= len(head) + len(body)
+                if self.unsent_bytes < BACKLOG_LOW:
+                    self.client.congested(self, False)
                 return True
         return False
 

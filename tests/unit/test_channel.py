@@ -230,3 +230,28 @@ def test_a_gateway_closing_mid_frame_cancels_nothing_else(server):
         return await call(client, b"3")
 
     assert run(main())[2] == b'{"echo": 3}'
+
+
+def test_frames_waiting_unsent_hold_the_front_back_and_a_cancel_drops_them(socket_path):
+    """Past BACKLOG_HIGH bytes of unsent frames the front is told to stop reading; cancelling
+    requests whose frames were never written drops them and lets it read again."""
+    from basic_inference_server.gateway.channel import BACKLOG_HIGH
+
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path)
+    listener.listen()
+    told: list[bool] = []
+
+    async def main():
+        client = ChannelClient(asyncio.get_running_loop(), socket_path, congested=lambda source, on: told.append(on))
+        body = b"x" * (1 << 20)
+        tags = [client.send("r", "", body, 5, lambda *answer: None) for _ in range(BACKLOG_HIGH // len(body) + 2)]
+        assert told and told[-1] is True  # nothing written yet (not connected): all of it waits
+        for tag in tags:
+            assert client.cancel(tag)
+        assert told[-1] is False
+        assert client.in_flight == 0
+        client.close()
+
+    run(main())
+    listener.close()
