@@ -105,6 +105,13 @@ class MethodNotAllowed(ServingError):
     type_name = "MethodNotAllowed"
 
 
+class SlowClient(ServingError):
+    """The client did not send its request head or body within the front's read timeout."""
+
+    status = 408
+    type_name = "RequestTimeout"
+
+
 class Conflict(ServingError):
     status = 409
     type_name = "Conflict"
@@ -113,6 +120,11 @@ class Conflict(ServingError):
 class PayloadTooLarge(ServingError):
     status = 413
     type_name = "PayloadTooLarge"
+
+
+class HeadersTooLarge(ServingError):
+    status = 431
+    type_name = "HeadersTooLarge"
 
 
 class ModelError(ServingError):
@@ -157,7 +169,10 @@ _HTTP_TYPES = {
     401: Unauthorized,
     404: NotFound,
     405: MethodNotAllowed,
+    408: SlowClient,
     413: PayloadTooLarge,
+    431: HeadersTooLarge,
+    503: Overloaded,
 }
 
 

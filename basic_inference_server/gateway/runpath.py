@@ -58,10 +58,6 @@ class RunPath:
             channel = self._channels[path] = ChannelClient(self.loop, path, congested=self.congested)
         return channel
 
-    def close(self) -> None:
-        for channel in self._channels.values():
-            channel.close()
-
     def _expire(self) -> None:
         now = time.monotonic()
         for channel in list(self._channels.values()):

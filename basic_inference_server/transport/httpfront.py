@@ -35,7 +35,7 @@ from typing import Any
 import httptools
 
 from .. import jsonutil, requestid
-from ..errors import error_body
+from ..errors import error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
 
@@ -136,9 +136,6 @@ class HttpFront:
         self._thread.start()
         started.wait(10)
 
-    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)
-
     def pending_output(self) -> int:
         """Bytes of answers written but not yet sent to clients."""
         return sum(c.transport.get_write_buffer_size() for c in list(self.connections) if c.transport)
@@ -161,7 +158,7 @@ class HttpFront:
                 conn.close()
             self.loop.stop()
         if self._thread is not None and self._thread.is_alive():
-            self.call_soon(stop)
+            self.loop.call_soon_threadsafe(stop)
             self._thread.join(5)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -368,23 +365,17 @@ class _Connection(asyncio.Protocol):
         future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
         future.add_done_callback(lambda done: self._wsgi_done(request, done))
 
-    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None,
-                content_type: str = "application/json") -> None:
-        """Answer ``request`` (any time after it was handed over; in the loop)."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
+    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None) -> None:
+        """Answer ``request`` with JSON (any time after it was handed over; in the loop)."""
+        if self.transport is None or self.transport.is_closing():
             self._pending = None
             return
         keep = request.keep_alive and not self.front.draining_connections
-        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nX-Request-ID: {request.request_id}\r\n".encode("latin-1"),
-                self.front.date_header()]
+        head = (f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"X-Request-ID: {request.request_id}\r\n")
         if headers:
-            head.append("".join(f"{name}: {value}\r\n" for name, value in headers).encode("latin-1"))
-        head.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
-        if request.method != "HEAD":
-            head.append(body)
-        transport.write(b"".join(head))
+            head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self._write(f"{status} {_REASONS.get(status, 'Unknown')}", head, body, keep, request.method == "HEAD")
         self._answered(keep)
 
     def _wsgi_done(self, request: HttpRequest, done: asyncio.Future) -> None:
@@ -394,20 +385,21 @@ class _Connection(asyncio.Protocol):
             logger.exception("Unhandled %s in a route", type(exc).__name__)
             self.respond(request, 500, jsonutil.dumps_bytes(error_body("InternalError", "internal error")), None)
             return
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             keep = request.keep_alive and not self.front.draining_connections and call.keep_alive
-            head = [f"HTTP/1.1 {call.status}\r\n".encode("latin-1"), self.front.date_header(),
-                    "".join(f"{name}: {value}\r\n" for name, value in call.headers).encode("latin-1")]
+            head = "".join(f"{name}: {value}\r\n" for name, value in call.headers)
             if not call.has_length:
-                head.append(b"Content-Length: %d\r\n" % len(call.body))
-            head.append(b"\r\n" if keep else b"Connection: close\r\n\r\n")
-            if request.method != "HEAD":
-                head.append(call.body)
-            transport.write(b"".join(head))
+                head += f"Content-Length: {len(call.body)}\r\n"
+            self._write(call.status, head, call.body, keep, request.method == "HEAD")
             self._answered(keep)
         if call.close is not None:
             self.front.executor.submit(call.close)  # after the answer is out: /shutdown stops on close
+
+    def _write(self, status_line: str, head: str, body: bytes, keep: bool, head_only: bool) -> None:
+        """The one place an answer is written: status line, headers, Date, Connection, body."""
+        self.transport.write(b"".join((
+            f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
+            b"\r\n" if keep else b"Connection: close\r\n\r\n", b"" if head_only else body)))
 
     def _answered(self, keep: bool) -> None:
         self.busy = False
@@ -457,20 +449,15 @@ class _Connection(asyncio.Protocol):
         self._refuse(408, f"{what} not received in time")
 
     def _refuse(self, status: int, message: str) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.transport is None or self.transport.is_closing():
             return
-        body = jsonutil.dumps_bytes(error_body(_error_type(status), message))
-        transport.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1") + body)
+        body = jsonutil.dumps_bytes(from_http_status(status, message).to_body())
+        self._write(f"{status} {_REASONS.get(status, 'Error')}",
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body, False, False)
         self.busy = False
-        transport.close()
+        self.transport.close()
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
-
-def _error_type(status: int) -> str:
-    return {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge", 431: "HeadersTooLarge",
-            503: "Overloaded"}.get(status, "ServingError")
