@@ -27,6 +27,7 @@ _OVERRIDE_MARKERS = ("conf", "cfg")
 DEFAULT_NR_WORKERS = 5
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REQUEST_TIMEOUT = 60.0
+DEFAULT_STREAM_TIMEOUT = 600.0
 DEFAULT_MAX_QUEUE = 64
 DEFAULT_PING_INTERVAL = 10.0
 
@@ -56,6 +57,8 @@ class EndpointConfig:
     worker_config: Mapping[str, Any]  # every key, upper-cased: merged over the module's _CONFIG
     worker: WorkerLocation | None = None  # model servers only
     script: Path | None = None  # support processes only: the script to run
+    stream_idle_timeout: float = DEFAULT_REQUEST_TIMEOUT  # longest wait for a stream's next item
+    stream_timeout: float = DEFAULT_STREAM_TIMEOUT  # longest stream
 
     @property
     def is_support(self) -> bool:
@@ -221,6 +224,7 @@ def _parse_endpoint(
         raise ConfigError(_expected(f"{where}.SERVER_CLASS", "an endpoint file name", server_class))
     nr_workers = _integer(settings, "NR_WORKERS", DEFAULT_NR_WORKERS, where, minimum=1, maximum=256)
     max_queue = _integer(settings, "MAX_QUEUE", DEFAULT_MAX_QUEUE, where, minimum=1, maximum=100_000)
+    request_timeout = _number(settings, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, where)
     description = settings.get("DESCRIPTION", "")
     disabled = _boolean(settings, "DISABLED", False, where)
     worker = script = None
@@ -246,7 +250,9 @@ def _parse_endpoint(
         host=host,
         description=description if isinstance(description, str) else str(description),
         disabled=disabled,
-        request_timeout=_number(settings, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, where),
+        request_timeout=request_timeout,
+        stream_idle_timeout=_number(settings, "STREAM_IDLE_TIMEOUT", request_timeout, where),
+        stream_timeout=_number(settings, "STREAM_TIMEOUT", DEFAULT_STREAM_TIMEOUT, where),
         max_queue=max_queue,
         server_threads=_integer(
             settings, "SERVER_THREADS", min(nr_workers + max_queue + 4, 128), where, minimum=1, maximum=1024

@@ -90,6 +90,7 @@ class ServerStats:
         self.model_seconds = Histogram()
         self.queue_seconds = Histogram()
         self.batch_size = Histogram(BATCH_BOUNDS)
+        self.cancels: dict[str, int] = {"queued": 0, "running": 0}  # requests whose client left, by stage
 
     def record_batch(self, waited: list[float], model_seconds: float, batching: bool) -> None:
         """One run of the hooks over ``len(waited)`` requests that waited ``waited`` seconds each
@@ -101,7 +102,13 @@ class ServerStats:
             if batching:
                 self.batch_size.observe_unlocked(len(waited))
 
+    def cancelled(self, stage: str) -> None:
+        """A request dropped because its client left: still ``queued``, or ``running`` (its
+        generator was closed)."""
+        with self._lock:
+            self.cancels[stage] += 1
+
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             return {"model_seconds": self.model_seconds.to_json(), "queue_seconds": self.queue_seconds.to_json(),
-                    "batch_size": self.batch_size.to_json()}
+                    "batch_size": self.batch_size.to_json(), "cancelled": dict(self.cancels)}

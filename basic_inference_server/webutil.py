@@ -145,11 +145,12 @@ class RequestIds:
 
 
 class PostFront:
-    """WSGI front that answers ``POST <path>`` with ``handler(body) -> (status, body, headers)``
-    and hands every other request to the Flask app: Flask's per-request machinery costs more
+    """WSGI front that answers ``POST <path>`` with ``handler(body, accept) -> (status, body,
+    headers)`` (or an iterable with a ``content_type``: a streamed answer), and hands every other
+    request to the Flask app: Flask's per-request machinery costs more
     than the rest of the work on a small request. Both carry the request id (:class:`RequestIds`)."""
 
-    def __init__(self, handler: Callable[[bytes], Answer], path: str, limit: int,
+    def __init__(self, handler: Callable[[bytes, str | None], Any], path: str, limit: int,
                  fallback: Callable[..., Iterable[bytes]]):
         self.handler = handler
         self.path = path
@@ -166,12 +167,17 @@ class PostFront:
         finally:
             requestid.unbind(token)
 
-    def _post(self, environ: dict[str, Any], start_response: Callable[..., Any], request_id: str) -> list[bytes]:
+    def _post(self, environ: dict[str, Any], start_response: Callable[..., Any], request_id: str) -> Iterable[bytes]:
         headers: dict[str, str] | None
         try:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise METHOD_NOT_ALLOWED
-            status, body, headers = self.handler(read_limited(environ, self.limit))
+            answer = self.handler(read_limited(environ, self.limit), environ.get("HTTP_ACCEPT"))
+            if not isinstance(answer, tuple):  # a streamed answer: its chunks as the worker yields them
+                start_response("200 OK", [("Content-Type", answer.content_type), ("Cache-Control", "no-cache"),
+                                          (requestid.HEADER, request_id)])
+                return answer
+            status, body, headers = answer
         except ServingError as exc:
             status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
         except Exception as exc:

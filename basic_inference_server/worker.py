@@ -10,11 +10,12 @@ from typing import Any
 from . import requestid
 from .errors import InputError, InvalidInput, ModelError, ServingError
 from .notifications import INIT, NotificationStore
+from .server import streams
 
 logger = logging.getLogger(__name__)
 
 # Control keys of the original clients; they are not model inputs.
-CONTROL_KEYS = frozenset({"SIGNATURE", "BASE64_KEYS", "BASE64_OUTPUTS", "ENCODING", "TOKEN"})
+CONTROL_KEYS = frozenset({"SIGNATURE", "BASE64_KEYS", "BASE64_OUTPUTS", "ENCODING", "TOKEN", "STREAM"})
 
 
 class _PlainLog:
@@ -107,6 +108,7 @@ class FlaskWorker:
             merged[str(key).upper()] = copy.deepcopy(value)
         self.config_data: dict[str, Any] = merged
         self.config_worker = merged  # name used by code written for the original
+        self.cancelled_slots: set[int] = set()  # streaming batch: positions whose client left
 
     # -- hooks: override these ---------------------------------------------------------------
     def _load_model(self) -> None:
@@ -159,14 +161,17 @@ class FlaskWorker:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- called by the worker pool -----------------------------------------------------------
-    def _bis_execute(self, inputs: dict[str, Any], call_id: int) -> Any:
-        """Run the three hooks on one request; map exceptions to client errors."""
+    def _bis_execute(self, inputs: dict[str, Any], call_id: int, job: Any = None) -> Any:
+        """Run the three hooks on one request; map exceptions to client errors. A ``_predict``
+        that returns an iterator is streamed to ``job`` (or collected into a list without one)."""
         prep = self._bis_pre(inputs, call_id)
         if prep is None:
             return None
         pred = self._run_stage(self._predict, prep)
         if pred is None:
             return None
+        if streams.is_stream(pred):
+            return streams.relay(self, pred, job)
         return self._run_stage(self._post_process, pred)
 
     def _bis_pre(self, inputs: dict[str, Any], call_id: int) -> Any:
@@ -203,6 +208,9 @@ class FlaskWorker:
         self._counter = prepared[0][0].call_id
         try:
             preds = self._run_stage(self._predict, [prep for _, prep in prepared])
+            if streams.is_stream(preds):
+                streams.relay_batch(self, preds, [job for job, _ in prepared])
+                return
             if not hasattr(preds, "__len__") or len(preds) != len(prepared):
                 got = len(preds) if hasattr(preds, "__len__") else type(preds).__name__
                 raise ModelError(f"_predict must return {len(prepared)} predictions for a batch of "
@@ -221,13 +229,13 @@ class FlaskWorker:
             finally:
                 requestid.unbind(token)
 
-    def _run_stage(self, hook: Any, value: Any) -> Any:
+    def _run_stage(self, hook: Any, value: Any, stage: str | None = None) -> Any:
         try:
             return hook(value)
         except InputError:
             raise
         except Exception as exc:
-            stage = hook.__name__
+            stage = stage or hook.__name__
             logger.exception("%s %s raised in %s", self.prefix_log, type(exc).__name__, stage)
             self._note_exception(stage, exc)
             raise ModelError(f"{type(exc).__name__} in {stage}: {exc}") from exc

@@ -24,9 +24,19 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from enum import Enum
 
-from ..transport.frames import REPLY, Frame, FrameReader, ProtocolError, cancel_frame, request_head
+from ..transport.frames import (
+    ITEM,
+    REPLY,
+    STREAM,
+    Frame,
+    FrameReader,
+    ProtocolError,
+    cancel_frame,
+    credit_frame,
+    request_head,
+)
 from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 
 logger = logging.getLogger(__name__)
@@ -38,8 +48,42 @@ MAX_REPLY = 1 << 30  # an answer larger than this (1 GiB) is refused
 BACKLOG_HIGH, BACKLOG_LOW = 8 << 20, 1 << 20
 
 
-# callback(status, retry_after, body) on an answer, callback(<a TransportError>, None, b"") on failure
-Callback = Callable[[Any, "str | None", bytes], None]
+# callback(status, retry_after, body, stream_end) on an answer (stream_end: the REPLY ends a
+# streamed answer), callback(<a TransportError>, None, b"") on failure
+Callback = Callable[..., None]
+OnItem = Callable[[bytes], None]
+
+
+class Cancel(Enum):
+    """What :meth:`ChannelClient.cancel` did with a request."""
+
+    NOT_WAITING = "not waiting"  # answered, failed or cancelled already: nothing to do
+    UNSENT = "unsent"  # dropped before it was written: the model server never saw it
+    SENT = "sent"  # the model server was told to skip it, or to close its generator
+
+
+class StreamLimits:
+    """Deadlines of a streamed answer once its first item has come: the next item within
+    ``idle`` seconds, the whole stream within ``total`` seconds of the request."""
+
+    __slots__ = ("idle", "total")
+
+    def __init__(self, idle: float, total: float):
+        self.idle = idle
+        self.total = total
+
+
+class _Stream:
+    """A request whose items are arriving: its deadline moves with every item."""
+
+    __slots__ = ("callback", "deadline", "ends_at", "limits", "on_item")
+
+    def __init__(self, callback: Callback, on_item: OnItem, limits: StreamLimits, started: float):
+        self.callback = callback
+        self.on_item = on_item
+        self.limits = limits
+        self.ends_at = started + limits.total
+        self.deadline = 0.0
 
 
 class ChannelClient:
@@ -54,14 +98,20 @@ class ChannelClient:
         self._conn: _Connection | None = None
         self._tags = itertools.count(1)
         self._waiting: dict[int, tuple[float, Callback]] = {}  # tag -> (deadline, callback), oldest first
+        self._items: dict[int, tuple[float, OnItem, StreamLimits]] = {}  # tag -> what a stream's items need
+        self._streams: dict[int, _Stream] = {}  # tag -> a request whose items have started
 
     @property
     def in_flight(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._streams)
 
-    def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback) -> int | None:
-        """Write one request; its answer goes to ``callback``. Returns its tag (for :meth:`cancel`),
-        or None when it failed at once (``callback`` has been told)."""
+    def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
+             on_item: OnItem | None = None, stream: StreamLimits | None = None, wants_stream: bool = False,
+             ) -> int | None:
+        """Write one request; its answer goes to ``callback``, and the items of a streamed answer
+        to ``on_item`` (each to be acknowledged with :meth:`grant`). ``wants_stream``: the client
+        asked for a stream. Returns the request's tag (for :meth:`cancel`), or None when it
+        failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self._waiting and not conn.alive():
             conn.close()
@@ -73,19 +123,30 @@ class ChannelClient:
                 callback(ConnectFailed(f"cannot connect to {self.path}: {exc.strerror or exc}"), None, b"")
                 return None
         tag = next(self._tags) & 0xFFFFFFFF
-        self._waiting[tag] = (time.monotonic() + timeout, callback)
-        conn.write(request_head(tag, request_id, routed, len(body)), body, tag)
+        now = time.monotonic()
+        self._waiting[tag] = (now + timeout, callback)
+        if on_item is not None and stream is not None:
+            self._items[tag] = (now, on_item, stream)
+        conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0), body, tag)
         return tag
 
-    def cancel(self, tag: int) -> bool:
+    def grant(self, tag: int, items: int) -> None:
+        """The client of stream ``tag`` has taken ``items`` more: the server may send as many."""
+        if tag in self._streams and self._conn is not None:
+            self._conn.write(credit_frame(tag, items), b"")
+
+    def cancel(self, tag: int) -> Cancel:
         """Forget request ``tag`` (its client left): dropped here if it has not been written yet,
-        else the server is told to skip it if it has not started. True when it was still
-        waiting; its callback is not called."""
-        if self._waiting.pop(tag, None) is None:
-            return False
-        if self._conn is not None and not self._conn.unsend(tag):
-            self._conn.write(cancel_frame(tag), b"")
-        return True
+        else the server is told to skip it, or to close its generator. Its callback is not called."""
+        self._items.pop(tag, None)
+        if self._waiting.pop(tag, None) is None and self._streams.pop(tag, None) is None:
+            return Cancel.NOT_WAITING
+        if self._conn is None:
+            return Cancel.UNSENT
+        if self._conn.unsend(tag):
+            return Cancel.UNSENT
+        self._conn.write(cancel_frame(tag), b"")
+        return Cancel.SENT
 
     def expire(self, now: float) -> None:
         """Fail the requests whose deadline has passed (called periodically by the loop)."""
@@ -93,11 +154,22 @@ class ChannelClient:
         while waiting:
             tag, (deadline, callback) = next(iter(waiting.items()))
             if deadline > now:
-                return
+                break
             del waiting[tag]
-            if self._conn is not None and not self._conn.unsend(tag):
-                self._conn.write(cancel_frame(tag), b"")
+            self._items.pop(tag, None)
+            self._give_up(tag)
             callback(ReadTimedOut(f"no answer from {self.path} in time"), None, b"")
+        for tag, stream in [(tag, stream) for tag, stream in self._streams.items() if stream.deadline <= now]:
+            del self._streams[tag]
+            self._give_up(tag)
+            limits = stream.limits
+            message = (f"the stream took longer than STREAM_TIMEOUT={limits.total:g}s" if now >= stream.ends_at
+                       else f"no item within STREAM_IDLE_TIMEOUT={limits.idle:g}s")
+            stream.callback(ReadTimedOut(message), None, b"")
+
+    def _give_up(self, tag: int) -> None:
+        if self._conn is not None and not self._conn.unsend(tag):
+            self._conn.write(cancel_frame(tag), b"")
 
     def close(self) -> None:
         if self._conn is not None:
@@ -105,20 +177,47 @@ class ChannelClient:
 
     # -- from the connection -----------------------------------------------------------------------
     def _answer(self, frame: Frame) -> None:
-        entry = self._waiting.pop(frame.tag, None)
-        if entry is None:
-            return  # timed out already
+        tag = frame.tag
+        entry = self._waiting.pop(tag, None)
+        if entry is not None:
+            callback = entry[1]
+            self._items.pop(tag, None)
+        else:
+            stream = self._streams.pop(tag, None)
+            if stream is None:
+                return  # timed out or cancelled already
+            callback = stream.callback
         if frame.oversize:
-            entry[1](ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"),
+            callback(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"),
                      None, b"")
             return
-        entry[1](frame.status, frame.meta.decode("ascii", "replace") or None, frame.body)
+        callback(frame.status, frame.meta.decode("ascii", "replace") or None, frame.body, bool(frame.flags & STREAM))
+
+    def _item(self, frame: Frame) -> None:
+        tag = frame.tag
+        stream = self._streams.get(tag)
+        if stream is None:
+            entry = self._waiting.pop(tag, None)
+            items = self._items.pop(tag, None)
+            if entry is None or items is None:
+                return  # timed out or cancelled already (or nobody here reads items)
+            stream = self._streams[tag] = _Stream(entry[1], items[1], items[2], items[0])
+        if frame.oversize:
+            del self._streams[tag]
+            self._give_up(tag)
+            stream.callback(ConnectionLost(f"an item of {frame.oversize} bytes is over the limit of "
+                                           f"{self.max_reply}"), None, b"")
+            return
+        stream.deadline = min(time.monotonic() + stream.limits.idle, stream.ends_at)
+        stream.on_item(frame.body)
 
     def _lost(self, conn: _Connection, reason: str) -> None:
         if self._conn is conn:
             self._conn = None
         waiting, self._waiting = self._waiting, {}
-        for _deadline, callback in waiting.values():
+        streams, self._streams = self._streams, {}
+        self._items.clear()
+        for callback in [callback for _deadline, callback in waiting.values()] + [s.callback for s in streams.values()]:
             callback(ConnectionLost(reason), None, b"")
 
 
@@ -221,6 +320,8 @@ class _Connection(asyncio.Protocol):
         for frame in frames:
             if frame.kind == REPLY:
                 self.client._answer(frame)
+            elif frame.kind == ITEM:
+                self.client._item(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail("model server closed the connection before answering" + (f": {exc}" if exc else ""))

@@ -70,6 +70,8 @@ def model_server_spec(
         max_queue=endpoint.max_queue,
         server_threads=endpoint.server_threads,
         request_timeout=endpoint.request_timeout,
+        stream_idle_timeout=endpoint.stream_idle_timeout,
+        stream_timeout=endpoint.stream_timeout,
         max_batch_size=endpoint.max_batch_size,
         max_batch_wait_ms=endpoint.max_batch_wait_ms,
         endpoint_config=dict(endpoint.worker_config),

@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from ..stats import LATENCY_BOUNDS, cumulative_buckets
 from ..stats import Histogram as StatsHistogram
-from ..stats import cumulative_buckets
 from .activity import Activity
 from .handle import READY, ChildHandle, ChildState
 from .sysinfo import process_tree_usage
@@ -37,6 +37,14 @@ NO_SIGNATURE = "(none)"  # body without a usable SIGNATURE
 UNKNOWN_SIGNATURE = "(unknown)"  # a SIGNATURE that is not configured: one label, not one per typo
 STATS_TIMEOUT = 1.0
 STATES = tuple(state.value for state in ChildState)
+ITEM_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def _histogram(table: dict[str, StatsHistogram], signature: str, bounds: tuple[float, ...]) -> StatsHistogram:
+    histogram = table.get(signature)
+    if histogram is None:
+        histogram = table[signature] = StatsHistogram(bounds)
+    return histogram
 
 
 class GatewayMetrics:
@@ -47,8 +55,12 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._counts: dict[tuple[str, int], int] = {}  # (signature, status) -> answers
         self._latency: dict[str, StatsHistogram] = {}
+        self._first_item: dict[str, StatsHistogram] = {}  # streams: time to the first item
+        self._stream_items: dict[str, StatsHistogram] = {}  # streams: items per stream
+        self.active_streams: dict[str, int] = {}
+        self._cancelled: dict[tuple[str, str], int] = {}  # (signature, stage) -> dropped before a server saw them
         self.registry.register(_RunCollector(self))
-        self.registry.register(_ChildrenCollector(supervisor))
+        self.registry.register(_ChildrenCollector(supervisor, self))
         self.activity = Activity()
 
     def observe(self, signature: str, status: int, seconds: float) -> None:
@@ -57,11 +69,22 @@ class GatewayMetrics:
         key = (signature, status)
         counts = self._counts
         counts[key] = counts.get(key, 0) + 1
-        histogram = self._latency.get(signature)
-        if histogram is None:
-            histogram = self._latency[signature] = StatsHistogram()
-        histogram.observe_unlocked(seconds)
+        _histogram(self._latency, signature, LATENCY_BOUNDS).observe_unlocked(seconds)
         self.activity.count(signature, status, seconds)
+
+    def stream_started(self, signature: str, first_item_seconds: float) -> None:
+        _histogram(self._first_item, signature, LATENCY_BOUNDS).observe_unlocked(first_item_seconds)
+        self.active_streams[signature] = self.active_streams.get(signature, 0) + 1
+
+    def stream_ended(self, signature: str, items: int) -> None:
+        _histogram(self._stream_items, signature, ITEM_BOUNDS).observe_unlocked(items)
+        self.active_streams[signature] -= 1
+
+    def cancelled(self, signature: str, stage: str) -> None:
+        """A request whose client left before the gateway had written it to its model server
+        (the servers count those they dropped from their queue or stopped running)."""
+        key = (signature, stage)
+        self._cancelled[key] = self._cancelled.get(key, 0) + 1
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -93,16 +116,30 @@ class _RunCollector:
         for signature, histogram in sorted(list(self.metrics._latency.items())):
             data = histogram.to_json()
             latency.add_metric([signature], cumulative_buckets(data), data["sum"])
+        first = HistogramMetricFamily("bis_stream_first_item_seconds", "Time from a streamed request to its first "
+                                      "item, at the gateway", labels=["signature"])
+        items = HistogramMetricFamily("bis_stream_items", "Items per streamed answer", labels=["signature"])
+        for family, table in ((first, self.metrics._first_item), (items, self.metrics._stream_items)):
+            for signature, histogram in sorted(list(table.items())):
+                data = histogram.to_json()
+                family.add_metric([signature], cumulative_buckets(data), data["sum"])
+        active = GaugeMetricFamily("bis_active_streams", "Streamed answers in progress", labels=["signature"])
+        for signature, count in sorted(list(self.metrics.active_streams.items())):
+            active.add_metric([signature], count)
         yield requests
         yield latency
+        yield first
+        yield items
+        yield active
 
 
 class _ChildrenCollector:
     """Collects, at scrape time, the children's state, workers, server-side histograms and the
     memory and CPU of every process."""
 
-    def __init__(self, supervisor: Supervisor):
+    def __init__(self, supervisor: Supervisor, metrics: GatewayMetrics):
         self.supervisor = supervisor
+        self.metrics = metrics
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics")
 
     def describe(self) -> list[Metric]:
@@ -145,17 +182,27 @@ class _ChildrenCollector:
             "batch_size": HistogramMetricFamily(
                 "bis_batch_size", "Requests per call of _predict (endpoints with MAX_BATCH_SIZE > 1)", labels=labels),
         }
+        cancelled = dict(self.metrics._cancelled)
         for handle, data in zip(ready, stats, strict=False):
             if data is None:
                 continue
+            for stage, count in data.get("cancelled", {}).items():
+                key = (handle.endpoint.name, stage)
+                cancelled[key] = cancelled.get(key, 0) + count
             values = self._labels(handle)
             for key, family in gauges.items():
                 family.add_metric(values, data.get("workers", {}).get(key, 0))
             for key, family in histograms.items():
                 if key in data and (key != "batch_size" or handle.endpoint.max_batch_size > 1):
                     family.add_metric(values, cumulative_buckets(data[key]), data[key]["sum"])
+        cancels = CounterMetricFamily("bis_cancelled", "Requests dropped because their client left: still queued "
+                                      "(no worker ran them) or running (their generator was closed)",
+                                      labels=["signature", "stage"])
+        for (signature, stage), count in sorted(cancelled.items()):
+            cancels.add_metric([signature, stage], count)
         yield from gauges.values()
         yield from histograms.values()
+        yield cancels
 
     def _process_families(self, handles: list[ChildHandle]) -> Iterator[Metric]:
         memory = GaugeMetricFamily("bis_process_resident_memory_bytes",

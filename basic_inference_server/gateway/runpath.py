@@ -18,14 +18,16 @@ from concurrent.futures import Executor
 from typing import Any
 
 from .. import jsonutil, requestid
-from ..errors import ServingError, Unavailable, UnknownSignature
+from ..errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
+from ..transport import streamformat
 from ..transport.frames import MISROUTED
-from ..transport.httpfront import HttpRequest, Respond
-from .channel import ChannelClient
+from ..transport.httpfront import HttpRequest, Responder
+from .channel import Cancel, ChannelClient, StreamLimits
 from .forward import transport_error
 from .handle import ChildHandle
 from .metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
 from .router import SYSTEM_STATUS, Router
+from .upstream import ReadTimedOut
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class RunPath:
         self._channels: dict[str, ChannelClient] = {}
         loop.call_soon_threadsafe(self._expire)
 
-    def __call__(self, request: HttpRequest, respond: Respond) -> _Call:
+    def __call__(self, request: HttpRequest, respond: Responder) -> _Call:
         call = _Call(self, request, respond)
         call.route(trust_guess=True)
         return call
@@ -67,11 +69,19 @@ class RunPath:
 
 
 class _Call:
-    """One ``/run`` on its way through the gateway."""
+    """One ``/run`` on its way through the gateway.
 
-    __slots__ = ("channel", "flat", "handle", "label", "path", "request", "respond", "started", "tag")
+    A streamed answer (the client asked for one in ``Accept``, or in the body with ``"STREAM":
+    true``) is relayed item by item as the model server sends them: the first item starts the
+    HTTP answer, each item is written to the client as it arrives and acknowledged to the server
+    once the client has taken it (at once, or when the client's socket drains), so a slow
+    client holds back its own stream only.
+    """
 
-    def __init__(self, path: RunPath, request: HttpRequest, respond: Respond):
+    __slots__ = ("channel", "first_item", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
+                 "respond", "started", "streaming", "tag")
+
+    def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
         self.path = path
         self.request = request
         self.respond = respond
@@ -81,6 +91,10 @@ class _Call:
         self.flat = False
         self.channel: ChannelClient | None = None
         self.tag: int | None = None  # while forwarded and not answered
+        self.fmt = streamformat.from_accept(request.accept)  # the stream the client asked for, if any
+        self.streaming = False  # the streamed answer has begun
+        self.items = self.owed = 0  # items relayed; credits to give back when the client drains
+        self.first_item = 0.0
 
     def route(self, trust_guess: bool) -> None:
         path, router = self.path, self.path.router
@@ -100,8 +114,11 @@ class _Call:
             router.admission.enter(handle)
             self.handle, self.flat = handle, router.is_flat(handle)
             self.channel = path.channel(handle)
-            self.tag = self.channel.send(self.request.request_id, routed or "", raw, handle.endpoint.request_timeout,
-                                         self._replied)
+            endpoint = handle.endpoint
+            self.tag = self.channel.send(self.request.request_id, routed or "", raw, endpoint.request_timeout,
+                                         self._replied, self._item,
+                                         StreamLimits(endpoint.stream_idle_timeout, endpoint.stream_timeout),
+                                         self.fmt is not None)
         except ServingError as exc:
             self._fail(exc)
         finally:
@@ -109,13 +126,44 @@ class _Call:
 
     def cancel(self) -> None:
         """The client went away: stop waiting, and have the model server skip the request if it
-        has not started it (so that a burst of abandoned requests does not hold the queue)."""
-        if self.tag is not None and self.channel is not None and self.channel.cancel(self.tag):
-            self.tag = None
-            self.path.router.admission.exit(self.handle)
-            self.path.metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
+        has not started it, or close its generator (so that a burst of abandoned requests does
+        not hold the queue, and an abandoned stream frees its worker)."""
+        if self.tag is None or self.channel is None:
+            return
+        cancelled = self.channel.cancel(self.tag)
+        if cancelled is Cancel.NOT_WAITING:
+            return
+        self.tag = None
+        self.path.router.admission.exit(self.handle)
+        metrics = self.path.metrics
+        if cancelled is Cancel.UNSENT:
+            metrics.cancelled(self.label, "queued")  # never reached the model server
+        logger.debug("Request %s cancelled: its client left", self.request.request_id)
+        if self.streaming:
+            metrics.stream_ended(self.label, self.items)
+        metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
 
-    def _replied(self, status: Any, retry_after: str | None, body: bytes) -> None:
+    def resumed(self) -> None:
+        """The client's socket has drained: the model server may send the items it was owed."""
+        if self.owed and self.tag is not None:
+            self.channel.grant(self.tag, self.owed)
+            self.owed = 0
+
+    def _item(self, body: bytes) -> None:
+        if not self.streaming:
+            self._begin_stream()
+        self.items += 1
+        if self.respond.chunk(self.fmt.item(body)):
+            self.channel.grant(self.tag, 1)
+        else:
+            self.owed += 1
+
+    def _begin_stream(self) -> None:
+        self.streaming, self.fmt = True, self.fmt or streamformat.SSE
+        self.path.metrics.stream_started(self.label, time.perf_counter() - self.started)
+        self.respond.start_stream(self.fmt.content_type)
+
+    def _replied(self, status: Any, retry_after: str | None, body: bytes, stream_end: bool = False) -> None:
         handle = self.handle
         self.tag = None
         self.path.router.admission.exit(handle)
@@ -124,6 +172,9 @@ class _Call:
             return
         token = requestid.bind(self.request.request_id)
         try:
+            if self.streaming or stream_end:
+                self._end_stream(status, body)
+                return
             if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
                 raise transport_error(handle, status)
             self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
@@ -131,6 +182,31 @@ class _Call:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _end_stream(self, status: Any, body: bytes) -> None:
+        """The REPLY that ends a streamed answer: its envelope, or the error that ended it."""
+        if not self.streaming:  # a stream without items begins and ends here
+            self._begin_stream()
+        try:
+            if isinstance(status, ReadTimedOut):  # STREAM_IDLE_TIMEOUT or STREAM_TIMEOUT
+                raise RequestTimeout(str(status))
+            if isinstance(status, OSError):
+                raise transport_error(self.handle, status)
+            if status == 200:
+                try:
+                    last = self.fmt.end(self.path.router.envelope.wrap(body))
+                except ValueError:
+                    raise ServerDied("model server ended a stream with an envelope that is not JSON") from None
+            else:
+                last = self.fmt.error(body)
+                logger.warning("Stream of %s ended by HTTP %s after %d item(s)", self.label, status, self.items)
+        except ServingError as exc:
+            status, last = exc.status, self.fmt.error(jsonutil.dumps_bytes(exc.to_body()))
+            logger.warning("Stream of %s ended after %d item(s): %s", self.label, self.items, exc)
+        self.respond.end_stream(last)
+        metrics = self.path.metrics
+        metrics.stream_ended(self.label, self.items)
+        metrics.observe(self.label, status, time.perf_counter() - self.started)
 
     def _status_done(self, future: asyncio.Future) -> None:
         token = requestid.bind(self.request.request_id)

@@ -89,6 +89,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     state = ServerState(
         name=name, server_class=spec.server_class, class_name=location.class_name, host_id=spec.host_id,
         pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
+        stream_idle_timeout=spec.stream_idle_timeout, stream_timeout=spec.stream_timeout,
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
     )
     try:

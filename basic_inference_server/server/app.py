@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,11 +15,14 @@ from .. import jsonutil, requestid
 from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, Unavailable, error_body
 from ..httpserve import InFlight
 from ..notifications import GENERAL, NotificationStore
-from ..transport.frames import MISROUTED
+from ..transport import streamformat
+from ..transport.frames import MISROUTED, STREAM, reply_frame
 from ..webutil import Answer, PostFront, install_error_handlers, json_response, read_json_object, require_admin
 from ..worker import CONTROL_KEYS
 from .channel import Connection
+from .httpstream import HttpStream
 from .pool import Job, WorkerPool
+from .streams import BATCH_BACKLOG, StreamOut
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ class ServerState:
     notifications: NotificationStore
     request_timeout: float
     max_body_bytes: int
+    stream_idle_timeout: float = 60.0
+    stream_timeout: float = 600.0
     admin_token: str | None = None
     execution_path: str = "/run"
     draining: bool = False
@@ -48,14 +54,24 @@ class ServerState:
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
-    def run(self, raw: bytes) -> Answer:
-        """``POST /run`` on the HTTP port: queue the request for a worker, wait, answer."""
-        inputs, call_id = self._accept(raw)
+    def run(self, raw: bytes, accept: str | None = None) -> Answer | HttpStream:
+        """``POST /run`` on the HTTP port: queue the request for a worker, wait, answer (or
+        stream the answer, when the client asked for a stream)."""
+        inputs, call_id, wants_stream = self._accept(raw)
+        fmt = streamformat.from_accept(accept) or (streamformat.SSE if wants_stream else None)
+        if fmt is not None:
+            return HttpStream(self, fmt, inputs, call_id, requestid.current()).start()
         with self.inflight:
             job = self.pool.submit(inputs, call_id, self.request_timeout, requestid.current())
         return self.answer_of(job)
 
-    def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int) -> None:
+    def stream_out(self, send: Callable[[bytes], None], push: Callable[[], None]) -> StreamOut:
+        """Where a streamed request's items go (a batch keeps a few items per request when its
+        client is slow, so that the others of the batch go on)."""
+        return StreamOut(send, push, backlog=BATCH_BACKLOG if self.pool.max_batch_size > 1 else 0)
+
+    def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int,
+                  stream: bool = False) -> None:
         """A request from the internal channel: queue it without waiting; the worker that
         finishes it sends the answer (errors found here are answered at once)."""
         token = requestid.bind(request_id)
@@ -67,8 +83,11 @@ class ServerState:
             if accepted is None:
                 conn.reply(tag, MISROUTED, b"")
                 return
-            inputs, call_id = accepted
-            job = Job(inputs, call_id, request_id, on_done=lambda job: self._deliver(conn, tag, job))
+            inputs, call_id, wants_stream = accepted
+            out = None
+            if stream or wants_stream:
+                out = self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
+            job = Job(inputs, call_id, request_id, on_done=lambda job: self._deliver(conn, tag, job), stream=out)
             conn.pending[tag] = job
             self.inflight.enter()
             try:
@@ -93,24 +112,52 @@ class ServerState:
             return
         token = requestid.bind(job.request_id)
         try:
-            try:
-                status, body, _ = self.answer_of(job)
-                retry_after = None
-            except ServingError as exc:
-                status, body, retry_after = exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc)
-            conn.reply(tag, status, body, retry_after)
+            if job.stream is None:
+                try:
+                    status, body, _ = self.answer_of(job)
+                    retry_after = None
+                except ServingError as exc:
+                    status, body, retry_after = exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc)
+                conn.reply(tag, status, body, retry_after)
+                return
+            items, (status, body, flags) = self.stream_end(job)
+            for item in items:
+                conn.queue_item(tag, item)
+            job.stream.end(lambda: conn.queue(reply_frame(tag, status, body, None, flags)))
+            conn.pending.pop(tag, None)
         finally:
             requestid.unbind(token)
 
-    def _accept(self, raw: bytes, routed: str = "") -> tuple[dict[str, Any], int] | None:
-        """The model inputs of a request body and its call id; None when the body's SIGNATURE is
-        not ``routed``, the one the gateway routed it by without parsing it."""
+    def stream_end(self, job: Job) -> tuple[list[bytes], tuple[int, bytes, int]]:
+        """How a streamed request ends: the items still to send (a ``_predict`` that returned a
+        plain value is one item), then the REPLY that ends the stream (status, body, flags)."""
+        items = []
+        try:
+            if job.error is not None:
+                raise job.error
+            if not job.streamed:
+                items.append(jsonutil.dumps_bytes(job.result))
+                job.stream.count += 1
+            body = jsonutil.dumps_bytes({"call_id": job.call_id, "signature": self.signature_of(job.worker_idx),
+                                         "worker_id": f"{self.host_id}:{job.worker_idx}", "items": job.stream.count})
+            return items, (200, body, STREAM)
+        except (TypeError, ValueError) as exc:
+            error = ModelError(f"result of _post_process is not JSON-serialisable: {exc}")
+            return [], (error.status, jsonutil.dumps_bytes(error.to_body()), 0)
+        except ServingError as exc:
+            return [], (exc.status, jsonutil.dumps_bytes(exc.to_body()), 0)
+
+    def _accept(self, raw: bytes, routed: str = "") -> tuple[dict[str, Any], int, bool] | None:
+        """The model inputs of a request body, its call id and whether it asks for a stream
+        (``"STREAM": true``); None when the body's SIGNATURE is not ``routed``, the one the
+        gateway routed it by without parsing it."""
         if self.draining:
             raise Unavailable("model server is shutting down")
         body = jsonutil.loads_object(raw)
         if routed and body.get("SIGNATURE") != routed:
             return None
-        return {k: v for k, v in body.items() if k not in CONTROL_KEYS}, next(self.call_ids)
+        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        return inputs, next(self.call_ids), body.get("STREAM") is True
 
     def answer_of(self, job: Job) -> Answer:
         """The answer of a finished job: ``predict_result`` and where it ran, or its error."""

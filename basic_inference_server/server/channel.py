@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..transport.frames import CANCEL, REQUEST, FrameReader, ProtocolError, reply_frame
+from ..transport.frames import CANCEL, CREDIT, REQUEST, STREAM, FrameReader, ProtocolError, item_frame, reply_frame
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +61,20 @@ class Connection:
         and those given inside :func:`replies_together` at its end: one system call, and one
         wake-up of the gateway, for a burst of answers."""
         self.pending.pop(tag, None)
+        self.queue(reply_frame(tag, status, body, retry_after))
+        self.push()
+
+    def queue(self, frame: bytes) -> None:
+        """Add a frame to what goes out next (never blocks: frames queued in order leave in order)."""
         with self._send_lock:
-            if self.closed:
-                return
-            self._outbox.append(reply_frame(tag, status, body, retry_after))
+            if not self.closed:
+                self._outbox.append(frame)
+
+    def queue_item(self, tag: int, body: bytes) -> None:
+        self.queue(item_frame(tag, body))
+
+    def push(self) -> None:
+        """Write what is queued: now, or at the end of :func:`replies_together` on this thread."""
         together = getattr(_together, "connections", None)
         if together is not None:
             together[self] = None
@@ -100,9 +110,9 @@ class Connection:
         self.sock.close()
 
 
-# handler(connection, tag, request id, routed signature, body, oversize): answers at once with
-# connection.reply(...), or records the job in connection.pending[tag] before queuing it.
-RequestHandler = Callable[[Connection, int, str, str, bytes, int], None]
+# handler(connection, tag, request id, routed signature, body, oversize, stream wanted): answers at
+# once with connection.reply(...), or records the job in connection.pending[tag] before queuing it.
+RequestHandler = Callable[[Connection, int, str, str, bytes, int, bool], None]
 
 
 class ChannelServer:
@@ -163,11 +173,16 @@ class ChannelServer:
                 for frame in reader.feed(data):
                     if frame.kind == REQUEST:
                         request_id, routed = frame.request_meta()
-                        handler(conn, frame.tag, request_id, routed, frame.body, frame.oversize)
+                        handler(conn, frame.tag, request_id, routed, frame.body, frame.oversize,
+                                bool(frame.flags & STREAM))
                     elif frame.kind == CANCEL:
                         job = pending.pop(frame.tag, None)
                         if job is not None:
                             self.cancel(job)
+                    elif frame.kind == CREDIT:
+                        job = pending.get(frame.tag)
+                        if job is not None and job.stream is not None:
+                            job.stream.grant(frame.status)
                     else:
                         raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
         except ProtocolError as exc:
@@ -176,8 +191,9 @@ class ChannelServer:
             if not conn.closed:
                 logger.warning("Channel: connection lost: %s", exc)
         finally:
-            # Nobody waits for the answers of this connection any more: skip what is still queued.
-            for job in list(pending.values()):
-                job.cancelled = True
+            # Nobody waits for the answers of this connection any more: skip what is still queued,
+            # close the generators that still stream to it.
             conn.close()
+            for job in list(pending.values()):
+                self.cancel(job)
             self.connections.discard(conn)

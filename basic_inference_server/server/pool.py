@@ -21,6 +21,7 @@ from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unava
 from ..stats import ServerStats
 from ..worker import FlaskWorker
 from .channel import replies_together
+from .streams import StreamOut
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +36,15 @@ class Job:
     """
 
     __slots__ = ("inputs", "call_id", "request_id", "done", "on_done", "result", "error", "cancelled",
-                 "worker_idx", "enqueued")
+                 "worker_idx", "enqueued", "stream", "streamed", "stopped_running", "finished")
 
     def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE,
-                 on_done: Callable[[Job], None] | None = None):
+                 on_done: Callable[[Job], None] | None = None, stream: StreamOut | None = None):
         self.inputs = inputs
+        self.stream = stream  # the client asked for a streamed answer: items go out here
+        self.streamed = False  # a generator's items went out (or were collected into result)
+        self.stopped_running = False  # its client left while a worker ran its generator: closed
+        self.finished = False
         self.call_id = call_id
         self.request_id = request_id
         self.on_done = on_done
@@ -51,6 +56,9 @@ class Job:
         self.enqueued = 0.0
 
     def finish(self) -> None:
+        if self.finished:
+            return  # a request of a streaming batch is finished when its stream ends, not twice
+        self.finished = True
         self.inputs = None  # a finished job may be referenced a while longer: drop the body now
         if self.on_done is None:
             self.done.set()
@@ -228,9 +236,13 @@ class WorkerPool:
     def cancel(self, job: Job) -> None:
         """Nobody waits for ``job`` any more: out of the queue at once if it is still there (its
         place goes to the next request), else skipped when a worker takes it; a job already
-        running finishes (a thread cannot be stopped) and its answer is dropped."""
+        running finishes (a thread cannot be stopped) and its answer is dropped, except a
+        generator, which is closed before its next item."""
         job.cancelled = True
+        if job.stream is not None:
+            job.stream.cancel()  # a worker waiting to send its next item stops waiting
         if self._queue.remove(job):
+            self.measured.cancelled("queued")
             job.finish()
 
     def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
@@ -321,6 +333,7 @@ class WorkerPool:
             jobs = []
             for job in items:
                 if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
+                    self.measured.cancelled("queued")
                     job.finish()
                 else:
                     jobs.append(job)
@@ -338,7 +351,7 @@ class WorkerPool:
                 if batching:
                     worker._bis_execute_batch(jobs)
                 else:
-                    jobs[0].result = worker._bis_execute(jobs[0].inputs, jobs[0].call_id)
+                    jobs[0].result = worker._bis_execute(jobs[0].inputs, jobs[0].call_id, jobs[0])
             except ServingError as exc:
                 jobs[0].error = exc
             except BaseException as exc:  # nothing may leave a worker busy or a client waiting
@@ -355,4 +368,6 @@ class WorkerPool:
                     del self._busy_since[idx]
                 with replies_together():
                     for job in jobs:
+                        if job.stopped_running:
+                            self.measured.cancelled("running")
                         job.finish()

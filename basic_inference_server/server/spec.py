@@ -33,6 +33,8 @@ class ServerSpec:
     max_queue: int
     server_threads: int
     request_timeout: float
+    stream_idle_timeout: float
+    stream_timeout: float
     max_batch_size: int
     max_batch_wait_ms: float
     endpoint_config: Mapping[str, Any]  # the endpoint's entry of the configuration, keys upper-cased

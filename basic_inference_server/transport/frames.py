@@ -6,19 +6,28 @@ Every frame is a fixed 16-byte header, then ``meta_len`` bytes of metadata, then
 bytes of body. Integers are big-endian::
 
     offset  size  field
-    0       1     kind       REQUEST (1), REPLY (2), CANCEL (3)
-    1       1     flags      0 (reserved)
-    2       2     status     REPLY: the HTTP status of the answer; otherwise 0
+    0       1     kind       REQUEST (1), REPLY (2), CANCEL (3), ITEM (4), CREDIT (5)
+    1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer
+    2       2     status     REPLY: the HTTP status of the answer; CREDIT: a number of items;
+                             otherwise 0
     4       4     tag        the request's number on its connection, chosen by the gateway;
-                             a REPLY or CANCEL carries the tag of its REQUEST
+                             every other frame carries the tag of its REQUEST
     8       2     meta_len
     10      2     -          0 (reserved)
     12      4     body_len
 
     REQUEST  meta: the request id, then "\\n", then the signature the gateway routed by (empty:
              it parsed the body itself); body: the request body as the client sent it
-    REPLY    meta: the Retry-After value, or empty; body: the answer (JSON)
+    REPLY    meta: the Retry-After value, or empty; body: the answer (JSON); flags STREAM: the
+             end of a streamed answer, body its envelope
     CANCEL   no meta, no body: the gateway no longer waits for this request
+    ITEM     no meta; body: one item of a streamed answer (JSON). The REPLY that follows the
+             items ends the stream: 200 with the answer's envelope (no ``predict_result``), or
+             the error that ended it
+    CREDIT   no meta, no body: the server may send ``status`` more ITEMs of this request. A
+             server starts a stream with STREAM_WINDOW items of credit; the gateway gives one
+             back for each item its client has taken, so a slow reader holds back its own
+             stream only, never memory
 
 A receiver refuses a frame whose body is larger than its limit (:class:`FrameReader` reports it
 and skips the body, so the connection and the other requests on it go on); a header it cannot
@@ -31,8 +40,10 @@ import struct
 
 HEAD = struct.Struct(">BBHIHxxI")
 HEAD_SIZE = HEAD.size  # 16
-REQUEST, REPLY, CANCEL = 1, 2, 3
-KINDS = frozenset((REQUEST, REPLY, CANCEL))
+REQUEST, REPLY, CANCEL, ITEM, CREDIT = 1, 2, 3, 4, 5
+KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT))
+STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends the stream
+STREAM_WINDOW = 4  # ITEMs a server may send ahead of the gateway's CREDIT
 MAX_META = 0xFFFF
 MAX_BODY = 0xFFFFFFFF
 MISROUTED = 421  # REPLY status: the body's SIGNATURE is not the one the gateway routed by
@@ -46,10 +57,12 @@ class Frame:
     """One decoded frame. ``oversize`` is set (and ``body`` empty) when the body was over the
     reader's limit and has been skipped."""
 
-    __slots__ = ("body", "kind", "meta", "oversize", "status", "tag")
+    __slots__ = ("body", "flags", "kind", "meta", "oversize", "status", "tag")
 
-    def __init__(self, kind: int, status: int, tag: int, meta: bytes, body: bytes, oversize: int = 0):
+    def __init__(self, kind: int, status: int, tag: int, meta: bytes, body: bytes, oversize: int = 0,
+                 flags: int = 0):
         self.kind = kind
+        self.flags = flags
         self.status = status
         self.tag = tag
         self.meta = meta
@@ -66,19 +79,28 @@ class Frame:
                f"body={len(self.body)} bytes{', oversize' if self.oversize else ''})"
 
 
-def request_head(tag: int, request_id: str, signature: str, body_len: int) -> bytes:
+def request_head(tag: int, request_id: str, signature: str, body_len: int, flags: int = 0) -> bytes:
     """Header and metadata of a REQUEST; the body follows as its own buffer (no copy)."""
     meta = f"{request_id}\n{signature}".encode("ascii")
-    return HEAD.pack(REQUEST, 0, 0, tag, len(meta), body_len) + meta
+    return HEAD.pack(REQUEST, flags, 0, tag, len(meta), body_len) + meta
 
 
-def reply_frame(tag: int, status: int, body: bytes, retry_after: str | None = None) -> bytes:
+def reply_frame(tag: int, status: int, body: bytes, retry_after: str | None = None, flags: int = 0) -> bytes:
+    """A REPLY; ``flags`` STREAM marks the end of a streamed answer (``body``: its envelope)."""
     meta = retry_after.encode("ascii") if retry_after else b""
-    return HEAD.pack(REPLY, 0, status, tag, len(meta), len(body)) + meta + body
+    return HEAD.pack(REPLY, flags, status, tag, len(meta), len(body)) + meta + body
 
 
 def cancel_frame(tag: int) -> bytes:
     return HEAD.pack(CANCEL, 0, 0, tag, 0, 0)
+
+
+def item_frame(tag: int, body: bytes) -> bytes:
+    return HEAD.pack(ITEM, 0, 0, tag, 0, len(body)) + body
+
+
+def credit_frame(tag: int, items: int) -> bytes:
+    return HEAD.pack(CREDIT, 0, min(items, 0xFFFF), tag, 0, 0)
 
 
 class FrameReader:
@@ -108,14 +130,14 @@ class FrameReader:
         frames: list[Frame] = []
         start, size = 0, len(buf)
         while size - start >= HEAD_SIZE:
-            kind, _flags, status, tag, meta_len, body_len = HEAD.unpack_from(buf, start)
+            kind, flags, status, tag, meta_len, body_len = HEAD.unpack_from(buf, start)
             if kind not in KINDS:
                 raise ProtocolError(f"unknown frame kind {kind}")
             meta_end = start + HEAD_SIZE + meta_len
             if body_len > self.max_body:
                 if size < meta_end:
                     break
-                frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), b"", body_len))
+                frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), b"", body_len, flags))
                 available = size - meta_end
                 if available >= body_len:
                     start = meta_end + body_len
@@ -126,7 +148,8 @@ class FrameReader:
             end = meta_end + body_len
             if size < end:
                 break
-            frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), bytes(buf[meta_end:end])))
+            frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), bytes(buf[meta_end:end]),
+                                0, flags))
             start = end
         if start:
             del buf[:start]

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 Headers = list[tuple[str, str]]
 Respond = Callable[[int, bytes, "Headers | None"], None]  # status, JSON body, extra headers
+STREAM_BUFFER = 65536  # a streaming client's unsent bytes past which its producer is told to wait
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _WHOLE_BODY = 65536  # bodies declared larger are read into one preallocated buffer
@@ -63,10 +64,11 @@ class FrontLimits:
 
 
 class HttpRequest:
-    __slots__ = ("body", "headers", "keep_alive", "method", "remote", "request_id", "target", "version")
+    __slots__ = ("accept", "body", "headers", "keep_alive", "method", "remote", "request_id", "target", "version")
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, version: str,
-                 keep_alive: bool, request_id: str, remote: tuple[str, int]):
+                 keep_alive: bool, request_id: str, remote: tuple[str, int], accept: str | None = None):
+        self.accept = accept
         self.method = method
         self.target = target
         self.headers = headers
@@ -217,6 +219,29 @@ class HttpFront:
             self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
 
+class Responder:
+    """How the fast handler answers its request: call it once (JSON), or stream the answer."""
+
+    __slots__ = ("conn", "request")
+
+    def __init__(self, conn: _Connection, request: HttpRequest):
+        self.conn = conn
+        self.request = request
+
+    def __call__(self, status: int, body: bytes, headers: Headers | None) -> None:
+        self.conn.respond(self.request, status, body, headers)
+
+    def start_stream(self, content_type: str) -> None:
+        self.conn.start_stream(self.request, content_type)
+
+    def chunk(self, data: bytes) -> bool:
+        """Send a piece; True while the client keeps up (else wait for the handler's ``resumed``)."""
+        return self.conn.send_chunk(data)
+
+    def end_stream(self, data: bytes) -> None:
+        self.conn.end_stream(self.request, data)
+
+
 class _Connection(asyncio.Protocol):
     """One client connection: parse requests, answer them in order."""
 
@@ -239,7 +264,10 @@ class _Connection(asyncio.Protocol):
         self._request_id: str | None = None
         self._declared: bytes | None = None  # Content-Length
         self._expect = False  # Expect: 100-continue
-        self._pending: Any = None  # the fast handler's request in progress (has .cancel())
+        self._accept: bytes | None = None
+        self._pending: Any = None  # the fast handler's request in progress (has .cancel(), .resumed())
+        self.writable = True  # the client takes what is written (False: over the transport's high mark)
+        self._chunked = False  # the answer being streamed is chunked (HTTP/1.1)
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -257,6 +285,15 @@ class _Connection(asyncio.Protocol):
                 logger.warning("Refusing connections: MAX_CONNECTIONS=%d are open (%d refused so far)",
                                self.limits.max_connections, self.front.refused)
             self._refuse(503, f"too many connections (MAX_CONNECTIONS={self.limits.max_connections}); retry later")
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        pending = self._pending
+        if pending is not None:
+            pending.resumed()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
@@ -285,7 +322,7 @@ class _Connection(asyncio.Protocol):
         self._set_reading(_Reading.HEAD)
         self._url, self._headers, self._head_bytes = b"", [], 0
         self._body, self._body_bytes, self._request_id = [], 0, None
-        self._declared, self._expect = None, False
+        self._declared, self._expect, self._accept = None, False, None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -301,8 +338,12 @@ class _Connection(asyncio.Protocol):
             self._request_id = value.decode("latin-1")
         elif size == 14 and name.lower() == b"content-length":
             self._declared = value
-        elif size == 6 and name.lower() == b"expect":
-            self._expect = value.lower() == b"100-continue"
+        elif size == 6:
+            lower = name.lower()
+            if lower == b"expect":
+                self._expect = value.lower() == b"100-continue"
+            elif lower == b"accept":
+                self._accept = value
 
     def on_headers_complete(self) -> None:
         self._set_reading(_Reading.BODY)
@@ -334,7 +375,8 @@ class _Connection(asyncio.Protocol):
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
                               parser.get_http_version(), parser.should_keep_alive(),
-                              requestid.accept(self._request_id), self.remote)
+                              requestid.accept(self._request_id), self.remote,
+                              None if self._accept is None else self._accept.decode("latin-1"))
         self._set_reading(_Reading.IDLE)
         self.queue.append(request)
         if len(self.queue) > self.limits.max_pipelined:
@@ -352,8 +394,7 @@ class _Connection(asyncio.Protocol):
                 self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
                 return
             try:
-                pending = self.front.fast_handler(request, lambda status, body, headers: self.respond(
-                    request, status, body, headers))
+                pending = self.front.fast_handler(request, Responder(self, request))
                 if self.busy:  # not answered yet: to cancel if the client leaves first
                     self._pending = pending
             except Exception as exc:
@@ -377,6 +418,41 @@ class _Connection(asyncio.Protocol):
             head += "".join(f"{name}: {value}\r\n" for name, value in headers)
         self._write(f"{status} {_REASONS.get(status, 'Unknown')}", head, body, keep, request.method == "HEAD")
         self._answered(keep)
+
+    def start_stream(self, request: HttpRequest, content_type: str) -> None:
+        """Begin a streamed answer (200, chunked on HTTP/1.1, else ended by closing)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._chunked = request.version == "1.1"
+        keep = self._chunked and request.keep_alive and not self.front.draining_connections
+        head = (f"Content-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                f"X-Request-ID: {request.request_id}\r\n"
+                + ("Transfer-Encoding: chunked\r\n" if self._chunked else ""))
+        request.keep_alive = keep
+        self.transport.set_write_buffer_limits(high=STREAM_BUFFER)  # type: ignore[attr-defined]
+        self._write("200 OK", head, b"", keep, True)
+
+    def send_chunk(self, data: bytes) -> bool:
+        """Write a piece of a streamed answer; False when the client is not taking them as fast
+        (the producer waits for ``resumed()``) or is gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return self.writable
+
+    def end_stream(self, request: HttpRequest, data: bytes) -> None:
+        """The last piece of a streamed answer, then the connection serves its next request."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._pending = None
+            return
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+        elif data:
+            transport.write(data)
+        self._chunked = False
+        self._answered(request.keep_alive)
 
     def _wsgi_done(self, request: HttpRequest, done: asyncio.Future) -> None:
         try:

@@ -10,6 +10,7 @@ import pytest
 import uvloop
 
 from basic_inference_server.config import EndpointConfig
+from basic_inference_server.gateway.channel import Cancel
 from basic_inference_server.gateway.envelope import Envelope
 from basic_inference_server.gateway.handle import READY, RESTARTING, ChildHandle
 from basic_inference_server.gateway.metrics import GatewayMetrics
@@ -41,7 +42,7 @@ class ScriptedChannel:
         self.held: list = []
         self.cancelled: list[int] = []
 
-    def send(self, request_id, routed, body, timeout, callback):
+    def send(self, request_id, routed, body, timeout, callback, on_item=None, stream=None, wants_stream=False):
         self.sent.append((request_id, routed, body))
         reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)
         if reply == "hold":
@@ -55,7 +56,7 @@ class ScriptedChannel:
 
     def cancel(self, tag):
         self.cancelled.append(tag)
-        return True
+        return Cancel.SENT
 
 
 class FakeTransport:

@@ -13,7 +13,8 @@ from basic_inference_server.server.spec import ServerSpec, SpecError
 def spec(**changes) -> ServerSpec:
     base = dict(
         name="demo#2", server_class="demo", host="127.0.0.1", port=5004, socket_path="/tmp/x/5004.sock",
-        nr_workers=2, max_queue=64, server_threads=16, request_timeout=60.0, max_batch_size=1,
+        nr_workers=2, max_queue=64, server_threads=16, request_timeout=60.0, stream_idle_timeout=60.0,
+        stream_timeout=600.0, max_batch_size=1,
         max_batch_wait_ms=5.0, endpoint_config={"WEIGHT": 2, "NESTED": {"A": [1]}}, app_root="/app",
         workers_location="endpoints", workers_suffix="Worker", execution_path="/run", cache_folder="/app/_cache",
         host_id="h0042", admin_token=None, max_body_bytes=1024, shutdown_grace=10.0, error_file="/app/e",
