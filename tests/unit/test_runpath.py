@@ -19,7 +19,7 @@ from basic_inference_server.gateway.routes import Routes, RouteTable
 from basic_inference_server.gateway.runpath import RunPath
 from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.transport.frames import MISROUTED
-from basic_inference_server.transport.httpfront import FrontLimits, HttpFront, _Connection
+from basic_inference_server.transport.httpfront import FrontLimits, HttpConnection, HttpFront
 
 ANSWER = b'{"predict_result":{"y":7},"call_id":1,"signature":"h.x.Y.0","worker_id":"h:0"}'
 
@@ -105,7 +105,7 @@ class Gateway:
         self.front.fast_handler = self.run_path
 
     def post(self, body: bytes, headers: bytes = b"") -> tuple[int, dict, dict]:
-        conn = _Connection(self.front)
+        conn = HttpConnection(self.front)
         transport = FakeTransport()
         conn.connection_made(transport)
         conn.data_received(b"POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n" % (len(body), headers)
@@ -191,7 +191,7 @@ def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
     gw = gateway([endpoint("echo")], replies={"echo": ["hold", "hold", "hold"]})  # capacity 1 + 1
     conns = []
     for _ in range(3):
-        conn, transport = _Connection(gw.front), FakeTransport()
+        conn, transport = HttpConnection(gw.front), FakeTransport()
         conn.connection_made(transport)
         conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
         conns.append(transport)
@@ -212,7 +212,7 @@ def test_draining_refuses_new_requests(gateway):
 
 def test_a_client_that_leaves_cancels_its_request_and_frees_its_place(gateway):
     gw = gateway([endpoint("echo")], replies={"echo": ["hold"]})
-    conn, transport = _Connection(gw.front), FakeTransport()
+    conn, transport = HttpConnection(gw.front), FakeTransport()
     conn.connection_made(transport)
     conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
     assert gw.handles["echo"].inflight.count == 1

@@ -1,0 +1,333 @@
+"""One client connection of the gateway's HTTP front (:mod:`.httpfront`): parse with httptools,
+answer in order (JSON, WSGI or streamed), enforce the read limits and deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from enum import Enum
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from .. import jsonutil, requestid
+from ..errors import error_body, from_http_status
+from ..webutil import METHOD_NOT_ALLOWED
+from .httpmsg import Headers, HttpRequest, Refused, Responder
+from .wsgi import WsgiCall, call_wsgi, wsgi_environ
+
+if TYPE_CHECKING:
+    from .httpfront import HttpFront
+
+logger = logging.getLogger(__name__)
+
+STREAM_BUFFER = 65536  # a streaming client's unsent bytes past which its producer is told to wait
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_WHOLE_BODY = 65536  # bodies declared larger are read into one preallocated buffer
+
+
+class _Reading(Enum):
+    IDLE = "idle"  # between requests (keep-alive) or before the first byte
+    HEAD = "head"
+    BODY = "body"
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse requests, answer them in order."""
+
+    def __init__(self, front: HttpFront):
+        self.front = front
+        self.limits = front.limits
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.reading = _Reading.IDLE
+        self.deadline = time.monotonic() + self.limits.header_timeout
+        self.busy = False  # a request has been handed over and not answered yet
+        self.queue: deque[HttpRequest] = deque()
+        self.remote: tuple[str, int] = ("", 0)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._whole: bytearray | None = None  # the body of a large request with a Content-Length
+        self._body_bytes = 0
+        self._request_id: str | None = None
+        self._declared: bytes | None = None  # Content-Length
+        self._expect = False  # Expect: 100-continue
+        self._accept: bytes | None = None
+        self._pending: Any = None  # the fast handler's request in progress (has .cancel(), .resumed())
+        self.writable = True  # the client takes what is written (False: over the transport's high mark)
+        self._chunked = False  # the answer being streamed is chunked (HTTP/1.1)
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.remote = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
+        self.front.connections.add(self)
+        if self.front.held_back:
+            transport.pause_reading()  # type: ignore[attr-defined]
+        if len(self.front.connections) > self.limits.max_connections:
+            self.front.refused += 1
+            now = time.monotonic()
+            if now - self.front.refused_logged > 10:  # once per 10 s, however many are refused
+                self.front.refused_logged = now
+                logger.warning("Refusing connections: MAX_CONNECTIONS=%d are open (%d refused so far)",
+                               self.limits.max_connections, self.front.refused)
+            self._refuse(503, f"too many connections (MAX_CONNECTIONS={self.limits.max_connections}); retry later")
+
+    def pause_writing(self) -> None:
+        self.writable = False
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        pending = self._pending
+        if pending is not None:
+            pending.resumed()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.front.connections.discard(self)
+        self.transport = None
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Refused):
+                self._refuse(cause.status, cause.message)
+            else:
+                logger.error("HTTP front: %s", exc)
+                self._refuse(500, "internal error while reading the request")
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "protocol upgrades are not supported here")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._set_reading(_Reading.HEAD)
+        self._url, self._headers, self._head_bytes = b"", [], 0
+        self._body, self._body_bytes, self._request_id = [], 0, None
+        self._declared, self._expect, self._accept = None, False, None
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        if len(self._headers) >= self.limits.max_headers:
+            raise Refused(431, f"more than {self.limits.max_headers} request headers")
+        self._headers.append((name, value))
+        size = len(name)  # the few headers read here, found by their length first
+        if size == 12 and name.lower() == b"x-request-id":
+            self._request_id = value.decode("latin-1")
+        elif size == 14 and name.lower() == b"content-length":
+            self._declared = value
+        elif size == 6:
+            lower = name.lower()
+            if lower == b"expect":
+                self._expect = value.lower() == b"100-continue"
+            elif lower == b"accept":
+                self._accept = value
+
+    def on_headers_complete(self) -> None:
+        self._set_reading(_Reading.BODY)
+        declared = self._declared
+        if declared is not None and declared.isdigit():
+            size = int(declared)
+            if size > self.limits.max_body:
+                raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+            if size > _WHOLE_BODY:  # a large body goes straight into one buffer: no pieces, no join
+                self._whole = bytearray(size)
+        if self._expect:
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        start = self._body_bytes
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body:
+            raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+        if self._whole is not None:
+            self._whole[start:self._body_bytes] = body
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        if self._whole is not None:
+            body, self._whole = self._whole, None
+        else:
+            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
+                              parser.get_http_version(), parser.should_keep_alive(),
+                              requestid.accept(self._request_id), self.remote,
+                              None if self._accept is None else self._accept.decode("latin-1"))
+        self._set_reading(_Reading.IDLE)
+        self.queue.append(request)
+        if len(self.queue) > self.limits.max_pipelined:
+            self.update_reading()
+        if not self.busy:
+            self._dispatch()
+
+    # -- answering -------------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        request = self.queue.popleft()
+        self.busy = True
+        if request.target.partition(b"?")[0] == self.front.fast_path:
+            if request.method != "POST":
+                exc = METHOD_NOT_ALLOWED
+                self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
+                return
+            try:
+                pending = self.front.fast_handler(request, Responder(self, request))
+                if self.busy:  # not answered yet: to cancel if the client leaves first
+                    self._pending = pending
+            except Exception as exc:
+                logger.exception("Unhandled %s on %s", type(exc).__name__, self.front.fast_path.decode())
+                self.respond(request, 500, jsonutil.dumps_bytes(
+                    error_body("InternalError", f"internal error: {type(exc).__name__}")), None)
+            return
+        environ = wsgi_environ(request, self.front.host, self.front.port)
+        future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
+        future.add_done_callback(lambda done: self._wsgi_done(request, done))
+
+    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None) -> None:
+        """Answer ``request`` with JSON (any time after it was handed over; in the loop)."""
+        if self.transport is None or self.transport.is_closing():
+            self._pending = None
+            return
+        keep = request.keep_alive and not self.front.draining_connections
+        head = (f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                f"X-Request-ID: {request.request_id}\r\n")
+        if headers:
+            head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+        self._write(f"{status} {_REASONS.get(status, 'Unknown')}", head, body, keep, request.method == "HEAD")
+        self._answered(keep)
+
+    def start_stream(self, request: HttpRequest, content_type: str) -> None:
+        """Begin a streamed answer (200, chunked on HTTP/1.1, else ended by closing)."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._chunked = request.version == "1.1"
+        keep = self._chunked and request.keep_alive and not self.front.draining_connections
+        head = (f"Content-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
+                f"X-Request-ID: {request.request_id}\r\n"
+                + ("Transfer-Encoding: chunked\r\n" if self._chunked else ""))
+        request.keep_alive = keep
+        self.transport.set_write_buffer_limits(high=STREAM_BUFFER)  # type: ignore[attr-defined]
+        self._write("200 OK", head, b"", keep, True)
+
+    def send_chunk(self, data: bytes) -> bool:
+        """Write a piece of a streamed answer; False when the client is not taking them as fast
+        (the producer waits for ``resumed()``) or is gone."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        return self.writable
+
+    def end_stream(self, request: HttpRequest, data: bytes) -> None:
+        """The last piece of a streamed answer, then the connection serves its next request."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self._pending = None
+            return
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+        elif data:
+            transport.write(data)
+        self._chunked = False
+        self._answered(request.keep_alive)
+
+    def _wsgi_done(self, request: HttpRequest, done: asyncio.Future) -> None:
+        try:
+            call: WsgiCall = done.result()
+        except Exception as exc:
+            logger.exception("Unhandled %s in a route", type(exc).__name__)
+            self.respond(request, 500, jsonutil.dumps_bytes(error_body("InternalError", "internal error")), None)
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            keep = request.keep_alive and not self.front.draining_connections and call.keep_alive
+            head = "".join(f"{name}: {value}\r\n" for name, value in call.headers)
+            if not call.has_length:
+                head += f"Content-Length: {len(call.body)}\r\n"
+            self._write(call.status, head, call.body, keep, request.method == "HEAD")
+            self._answered(keep)
+        if call.close is not None:
+            self.front.executor.submit(call.close)  # after the answer is out: /shutdown stops on close
+
+    def _write(self, status_line: str, head: str, body: bytes, keep: bool, head_only: bool) -> None:
+        """The one place an answer is written: status line, headers, Date, Connection, body."""
+        self.transport.write(b"".join((
+            f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
+            b"\r\n" if keep else b"Connection: close\r\n\r\n", b"" if head_only else body)))
+
+    def _answered(self, keep: bool) -> None:
+        self.busy = False
+        self._pending = None
+        if not keep:
+            self.transport.close()
+            return
+        if self.queue:
+            self.update_reading()
+            self._dispatch()
+        elif self.reading is _Reading.IDLE:
+            self.deadline = time.monotonic() + self.limits.keepalive_timeout
+
+    # -- reading state and limits ------------------------------------------------------------------
+    def update_reading(self) -> None:
+        """Read from the client unless it has pipelined too much or the front holds back."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.front.held_back or len(self.queue) > self.limits.max_pipelined:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _set_reading(self, reading: _Reading) -> None:
+        """The one place that moves the read state; each state has its own deadline."""
+        self.reading = reading
+        limits = self.limits
+        if reading is _Reading.HEAD:
+            timeout = limits.header_timeout
+        elif reading is _Reading.BODY:
+            timeout = limits.body_timeout
+        else:
+            timeout = limits.keepalive_timeout
+        self.deadline = time.monotonic() + timeout
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.limits.max_header_bytes:
+            raise Refused(431, f"request head larger than {self.limits.max_header_bytes} bytes")
+
+    def timed_out(self) -> None:
+        if self.reading is _Reading.IDLE:
+            self.close()  # nothing half-read: a quiet close, as for any idle keep-alive connection
+            return
+        what = "request head" if self.reading is _Reading.HEAD else "request body"
+        self._refuse(408, f"{what} not received in time")
+
+    def _refuse(self, status: int, message: str) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        body = jsonutil.dumps_bytes(from_http_status(status, message).to_body())
+        self._write(f"{status} {_REASONS.get(status, 'Error')}",
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body, False, False)
+        self.busy = False
+        self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
