@@ -62,6 +62,19 @@ class FlaskWorker:
         ``_predict`` (or a wrong number of predictions) fails every request of the batch.
         Without the key (or with 1) ``_predict`` gets one prepared input, as always.
 
+    Streaming:
+        ``_predict`` may return a generator (or any iterator) instead of a value: each item it
+        yields goes through ``_post_process(item)`` and is sent to the client as soon as it is
+        ready (``Accept: text/event-stream`` or ``application/x-ndjson``, or ``"STREAM": true``
+        in the body); a client that asks for no stream gets the list of items as
+        ``predict_result``. A yielded ``None`` is skipped. The generator waits at its ``yield``
+        while the client is slow (at most a few items are in flight), and is closed when the
+        client leaves (``GeneratorExit`` at the ``yield``: release resources in ``finally``).
+        With batching, ``_predict(list)`` may yield, at each step, a list with one item per
+        request (``None``: nothing this step; ``END_OF_STREAM``: that request's stream ends);
+        ``self.cancelled_slots`` holds the positions whose client has left. An exception after
+        the first item ends the stream with an error event.
+
     Errors:
         An exception in ``_pre_process`` answers 400 with its message (bad input). An exception
         in ``_predict`` or ``_post_process`` answers 500 with its type and message; the
@@ -79,6 +92,15 @@ class FlaskWorker:
         ...         return text.upper()
         ...     def _post_process(self, pred):
         ...         return {"echo": pred}
+
+        A streamed answer, one word at a time:
+
+        >>> class WordsWorker(FlaskWorker):
+        ...     def _predict(self, inputs):
+        ...         for word in inputs["TEXT"].split():
+        ...             yield word
+        ...     def _post_process(self, word):
+        ...         return {"token": word}
     """
 
     def __init__(

@@ -299,3 +299,18 @@ def test_many_disconnects_under_load_leave_no_busy_worker_and_no_open_connection
     wait_for(lambda: psutil.Process(gateway.proc.pid).num_fds() <= gateway_fds + 2, 5, "gateway sockets closed")
     assert psutil.Process(server_pid).is_running()
     assert gateway.run("stream", N=1).status_code == 200
+
+
+def test_the_readme_text_generator_example_streams_its_words(gateway_factory):
+    from conftest import REPO
+
+    example = REPO / "examples" / "text_stream"
+    config = json.loads((example / "config_gateway.txt").read_text())
+    gateway = gateway_factory(config, sorted((example / "endpoints").glob("*.py")))
+    events = Stream(gateway.port, {"SIGNATURE": "text_generator", "PROMPT": "hello", "MAX_WORDS": 5}).events()
+    assert [data["index"] for _, data, _ in events[:-1]] == [0, 1, 2, 3, 4]
+    assert all(isinstance(data["token"], str) for _, data, _ in events[:-1])
+    assert events[-1][0] == "end"
+    collected = gateway.run("text_generator", PROMPT="hello", MAX_WORDS=5).json()["predict_result"]
+    assert collected == [data for _, data, _ in events[:-1]]  # the same prompt gives the same words
+    assert gateway.run("text_generator", PROMPT="").status_code == 400
