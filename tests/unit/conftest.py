@@ -32,8 +32,9 @@ class PoolKit:
         self.gates.append(gate)
         return gate
 
-    def pool(self, worker_factory: Callable[[int], Any], max_queue: int = 64, on_event=None) -> WorkerPool:
-        pool = WorkerPool(worker_factory, max_queue, on_event=on_event)
+    def pool(self, worker_factory: Callable[[int], Any], max_queue: int = 64, on_event=None,
+             **options: Any) -> WorkerPool:
+        pool = WorkerPool(worker_factory, max_queue, on_event=on_event, **options)
         self.pools.append(pool)
         return pool
 
