@@ -78,8 +78,10 @@ class ChildHandle:
 
     @property
     def capacity(self) -> int:
-        """Requests the server can hold: one per worker plus its queue."""
-        return (self.nr_workers or self.endpoint.nr_workers) + self.endpoint.max_queue
+        """Requests the server can hold: a batch per worker (one request without batching) plus its
+        queue."""
+        workers = self.nr_workers or self.endpoint.nr_workers
+        return workers * self.endpoint.max_batch_size + self.endpoint.max_queue
 
     @property
     def pid(self) -> int | None:

@@ -42,7 +42,7 @@ class Admission:
         if not handle.inflight.try_enter(handle.capacity):
             self.inflight.exit()
             raise Overloaded(f"endpoint {handle.name!r} has {handle.capacity} requests in flight "
-                             "(workers + MAX_QUEUE); retry later")
+                             "(NR_WORKERS x MAX_BATCH_SIZE + MAX_QUEUE); retry later")
 
     def exit(self, handle: ChildHandle) -> None:
         handle.inflight.exit()
