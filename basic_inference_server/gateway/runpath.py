@@ -150,18 +150,21 @@ class _Call:
             self.owed = 0
 
     def _item(self, body: bytes) -> None:
-        if not self.streaming:
-            self._begin_stream()
         self.items += 1
-        if self.respond.chunk(self.fmt.item(body)):
+        if self.streaming:
+            taken = self.respond.chunk(self.fmt.item(body))
+        else:
+            taken = self._begin_stream(body)
+        if taken:
             self.channel.grant(self.tag, 1)
         else:
             self.owed += 1
 
-    def _begin_stream(self) -> None:
+    def _begin_stream(self, first: bytes | None) -> bool:
+        """The first item (None: a stream that ends without one) starts the HTTP answer."""
         self.streaming, self.fmt = True, self.fmt or streamformat.SSE
         self.path.metrics.stream_started(self.label, time.perf_counter() - self.started)
-        self.respond.start_stream(self.fmt.content_type)
+        return self.respond.start_stream(self.fmt.content_type, b"" if first is None else self.fmt.item(first))
 
     def _replied(self, status: Any, retry_after: str | None, body: bytes, stream_end: bool = False) -> None:
         handle = self.handle
@@ -186,7 +189,7 @@ class _Call:
     def _end_stream(self, status: Any, body: bytes) -> None:
         """The REPLY that ends a streamed answer: its envelope, or the error that ended it."""
         if not self.streaming:  # a stream without items begins and ends here
-            self._begin_stream()
+            self._begin_stream(None)
         try:
             if isinstance(status, ReadTimedOut):  # STREAM_IDLE_TIMEOUT or STREAM_TIMEOUT
                 raise RequestTimeout(str(status))

@@ -213,10 +213,11 @@ class HttpConnection(asyncio.Protocol):
         self._write(f"{status} {_REASONS.get(status, 'Unknown')}", head, body, keep, request.method == "HEAD")
         self._answered(keep)
 
-    def start_stream(self, request: HttpRequest, content_type: str) -> None:
-        """Begin a streamed answer (200, chunked on HTTP/1.1, else ended by closing)."""
+    def start_stream(self, request: HttpRequest, content_type: str, first: bytes = b"") -> bool:
+        """Begin a streamed answer (200, chunked on HTTP/1.1, else ended by closing), its head and
+        ``first`` piece in one write; the same answer as :meth:`send_chunk`."""
         if self.transport is None or self.transport.is_closing():
-            return
+            return False
         self._chunked = request.version == "1.1"
         keep = self._chunked and request.keep_alive and not self.front.draining_connections
         head = (f"Content-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
@@ -224,7 +225,8 @@ class HttpConnection(asyncio.Protocol):
                 + ("Transfer-Encoding: chunked\r\n" if self._chunked else ""))
         request.keep_alive = keep
         self.transport.set_write_buffer_limits(high=STREAM_BUFFER)  # type: ignore[attr-defined]
-        self._write("200 OK", head, b"", keep, True)
+        self._write("200 OK", head, self._framed(first), keep, False)
+        return self.writable
 
     def send_chunk(self, data: bytes) -> bool:
         """Write a piece of a streamed answer; False when the client is not taking them as fast
@@ -232,8 +234,13 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self._chunked else data)
+        transport.write(self._framed(data))
         return self.writable
+
+    def _framed(self, data: bytes) -> bytes:
+        if not self._chunked or not data:  # an empty chunk would end the answer
+            return data
+        return b"%x\r\n%b\r\n" % (len(data), data)
 
     def end_stream(self, request: HttpRequest, data: bytes) -> None:
         """The last piece of a streamed answer, then the connection serves its next request."""
@@ -242,7 +249,7 @@ class HttpConnection(asyncio.Protocol):
             self._pending = None
             return
         if self._chunked:
-            transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if data else b"0\r\n\r\n")
+            transport.write(self._framed(data) + b"0\r\n\r\n")
         elif data:
             transport.write(data)
         self._chunked = False

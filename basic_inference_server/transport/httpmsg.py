@@ -60,8 +60,9 @@ class Responder:
     def __call__(self, status: int, body: bytes, headers: Headers | None) -> None:
         self.conn.respond(self.request, status, body, headers)
 
-    def start_stream(self, content_type: str) -> None:
-        self.conn.start_stream(self.request, content_type)
+    def start_stream(self, content_type: str, first: bytes = b"") -> bool:
+        """Begin a streamed answer with its first piece; the same answer as :meth:`chunk`."""
+        return self.conn.start_stream(self.request, content_type, first)
 
     def chunk(self, data: bytes) -> bool:
         """Send a piece; True while the client keeps up (else wait for the handler's ``resumed``)."""
