@@ -6,6 +6,9 @@ Example::
 
     with Client("http://127.0.0.1:5002") as client:
         print(client.run("dummy_model_demo2", INPUT_VALUE=3)["predict_result"])
+        with client.stream("chat", PROMPT="hello") as items:  # an endpoint whose _predict yields
+            for item in items:
+                print(item)
 
 See :class:`Client` for the timeouts and the retry policy, and :mod:`.errors` for the exceptions.
 """
@@ -23,6 +26,7 @@ from .errors import (
     Unavailable,
     UnknownSignature,
 )
+from .streaming import Stream
 
 __all__ = [
     "BadInput",
@@ -30,6 +34,7 @@ __all__ = [
     "ClientError",
     "ConnectionFailed",
     "ServerError",
+    "Stream",
     "Timeout",
     "Unauthorized",
     "Unavailable",

@@ -42,6 +42,7 @@ examples:
   {PROG} run dummy_model_demo2 INPUT_VALUE=3
   {PROG} run dummy_model_demo1 --data '{{"INPUT_VALUE": "casa", "LANGUAGE": "ro"}}'
   {PROG} run dummy_model_demo1 --data @inputs.json LANGUAGE=en
+  {PROG} run --stream my_streaming_model PROMPT=hello
   {PROG} servers
   {PROG} --json status
   {PROG} notifications dummy_model_demo2
@@ -104,12 +105,29 @@ def _print_json(data: Any) -> None:
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     inputs = parse_inputs(args.inputs, args.data)
+    if args.stream:
+        return _run_stream(client, args.signature, inputs, args.json)
     try:
         answer = client.run(args.signature, **inputs)
     except ValueError as exc:  # a value that cannot be sent as JSON
         raise UsageError(str(exc)) from None
     # The model's answer is what a user asked for; --json adds the envelope (call_id, time, ...).
     _print_json(answer if args.json or "predict_result" not in answer else answer["predict_result"])
+    return EXIT_OK
+
+
+def _run_stream(client: Client, signature: str, inputs: dict[str, Any], with_end: bool) -> int:
+    """``bis run --stream``: each item as one JSON line as soon as it arrives; ``--json`` adds the
+    end line ``{"END": <envelope>}``. An error mid-stream goes to stderr after the items printed."""
+    try:
+        items = client.stream(signature, **inputs)
+    except ValueError as exc:  # a value that cannot be sent as JSON
+        raise UsageError(str(exc)) from None
+    with items:  # Ctrl-C or a closed pipe closes the connection, and the gateway cancels the request
+        for item in items:
+            print(json.dumps(item, ensure_ascii=False), flush=True)
+    if with_end:
+        print(json.dumps({"END": items.envelope}, ensure_ascii=False), flush=True)
     return EXIT_OK
 
 
@@ -200,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("inputs", nargs="*", metavar="KEY=VALUE", help="an input, e.g. INPUT_VALUE=3")
     run.add_argument("--data", metavar="JSON|@FILE", help="inputs as a JSON object, from a file with @FILE "
                                                             "or stdin with @-; KEY=VALUEs are applied over it")
+    run.add_argument("--stream", action="store_true",
+                     help="stream the items of a model that yields them: one JSON line per item as it arrives "
+                          "(--json adds a last line {\"END\": <envelope>}); Ctrl-C cancels the request")
     command("servers", cmd_servers, "table of the model servers and support processes")
     command("status", cmd_status, "memory, disk, alerts and history of the gateway's machine")
     notes = command("notifications", cmd_notifications, "print (and clear) the notifications of an endpoint, "

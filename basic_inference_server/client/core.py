@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import urllib3
 from urllib3.exceptions import (
@@ -26,12 +26,15 @@ from .errors import (
     Timeout,
     Unavailable,
     error_from_response,
+    reason_of,
 )
+from .streaming import NDJSON_TYPE, Stream
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
 TimeoutSpec = float | tuple[float, float]
+T = TypeVar("T")
 
 
 class Client:
@@ -55,6 +58,9 @@ class Client:
 
     Never retried: a read timeout (:class:`Timeout`), a connection lost after the request was
     sent, any other 5xx (:class:`ServerError`), and 503 without ``Retry-After``.
+
+    Streaming: :meth:`stream` yields the items of an endpoint whose model is a generator as they
+    arrive; the same timeouts and retries apply until the first item.
 
     Example::
 
@@ -116,6 +122,49 @@ class Client:
         if "SIGNATURE" in inputs:
             raise ValueError("pass the signature as the first argument, not as a SIGNATURE input")
         return self.request("POST", "/run", {"SIGNATURE": signature, **inputs})
+
+    def stream(self, signature: str, /, **inputs: Any) -> Stream:
+        """Run the streaming endpoint ``signature`` on ``inputs`` and read its items as they come.
+
+        Sends ``POST /run`` with ``Accept: application/x-ndjson`` and returns once the first item
+        has arrived (the gateway answers when the model yields it). Errors before the first item
+        raise here, as :meth:`run` raises them, with the same retry policy; the read timeout
+        then applies to the wait for each next item.
+
+        Example::
+
+            with client.stream("chat", PROMPT="hello") as items:
+                for item in items:
+                    print(item)
+            print(items.envelope)  # call_id, signature, worker_id, items, time, ...
+
+        Leaving the ``with`` block (or ``break`` from a loop over ``client.stream(...)``) before the
+        end closes the connection, and the gateway cancels the request.
+
+        Args:
+            signature: The endpoint's name.
+            **inputs: The endpoint's inputs, as for :meth:`run`.
+
+        Returns:
+            A :class:`~basic_inference_server.client.streaming.Stream`: an iterator of the decoded
+            items and a context manager; its ``envelope`` is set once the stream has ended.
+
+        Raises:
+            ClientError: Before the first item, the subclasses :meth:`run` raises. While iterating,
+                the subclass for the error that ended the stream (``ServerError`` for a model that
+                raised, ``Timeout``, ...), with ``status`` ``None`` and the ``request_id``;
+                ``Timeout`` too when no item came within the read timeout, and ``ServerError``
+                when the connection was lost.
+            ValueError: As for :meth:`run`.
+        """
+        if "SIGNATURE" in inputs:
+            raise ValueError("pass the signature as the first argument, not as a SIGNATURE input")
+        body = _encode({"SIGNATURE": signature, **inputs})
+        headers = {"Accept": NDJSON_TYPE, "Content-Type": "application/json"}
+        url = self.url + "/run"
+        response = self._retrying("POST", "/run", True,
+                                  lambda: self._open("POST", url, body, headers, preload=False))
+        return Stream(response, url, self.timeout.read_timeout)
 
     def list_servers(self) -> dict[str, Any]:
         """The gateway's children (``GET /list_servers``).
@@ -208,44 +257,32 @@ class Client:
         if admin and self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         url = self.url + path
+        return self._retrying(method, path, retry, lambda: self._send(method, url, body, headers))
+
+    def _retrying(self, method: str, path: str, retry: bool, attempt: Callable[[], T]) -> T:
+        """``attempt()`` under the retry policy of the class (see its docstring)."""
         max_retries = self.retries if retry else 0
-        attempt = 0
+        tries = 0
         while True:
             try:
-                return self._send(method, url, body, headers)
+                return attempt()
             except ConnectionFailed as exc:
-                if attempt >= max_retries:
-                    if not attempt:
+                if tries >= max_retries:
+                    if not tries:
                         raise
-                    raise ConnectionFailed(f"{exc.message} ({attempt + 1} attempts)") from exc.__cause__
-                wait = self.backoff * 2**attempt
+                    raise ConnectionFailed(f"{exc.message} ({tries + 1} attempts)") from exc.__cause__
+                wait = self.backoff * 2**tries
             except Unavailable as exc:
-                if attempt >= max_retries or exc.retry_after is None or exc.retry_after > self.max_retry_wait:
+                if tries >= max_retries or exc.retry_after is None or exc.retry_after > self.max_retry_wait:
                     raise
                 wait = exc.retry_after
-            attempt += 1
-            logger.debug("%s %s: retry %d of %d in %.2fs", method, path, attempt, max_retries, wait)
+            tries += 1
+            logger.debug("%s %s: retry %d of %d in %.2fs", method, path, tries, max_retries, wait)
             self._sleep(wait)
 
     def _send(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
         """One attempt: the decoded answer, or the matching ClientError."""
-        try:
-            response = self._pool.request(method, url, body=body, headers=headers, timeout=self.timeout,
-                                          retries=False, redirect=False)
-        except NewConnectionError as exc:  # refused, unreachable, or the name does not resolve
-            raise ConnectionFailed(f"cannot connect to {self.url}: {_reason(exc)}") from exc
-        except ConnectTimeoutError as exc:
-            raise ConnectionFailed(f"cannot connect to {self.url}: timed out after "
-                                   f"{self.timeout.connect_timeout}s") from exc
-        except ReadTimeoutError as exc:
-            raise Timeout(f"no answer from {url} within {self.timeout.read_timeout}s (the request may "
-                          "still be running on the server)") from exc
-        except ProtocolError as exc:
-            raise ServerError(f"connection to {self.url} lost before the answer: {_reason(exc)}") from exc
-        except HTTPError as exc:
-            raise ClientError(f"{method} {url} failed: {exc}") from exc
-        if not 200 <= response.status < 300:
-            raise error_from_response(response.status, response.headers, response.data)
+        response = self._open(method, url, body, headers)
         try:
             answer = json.loads(response.data)
         except ValueError:
@@ -255,6 +292,29 @@ class Client:
                               request_id=response.headers.get(REQUEST_ID_HEADER),
                               body=response.data.decode("utf-8", errors="replace"))
         return answer
+
+    def _open(self, method: str, url: str, body: bytes | None, headers: dict[str, str], *,
+              preload: bool = True) -> urllib3.BaseHTTPResponse:
+        """One attempt: the 2xx answer (its body unread unless ``preload``), or the matching ClientError."""
+        try:
+            response = self._pool.request(method, url, body=body, headers=headers, timeout=self.timeout,
+                                          retries=False, redirect=False, preload_content=preload)
+            if not 200 <= response.status < 300:
+                # An error answer is read whole (its connection goes back to the pool).
+                raise error_from_response(response.status, response.headers, response.data)
+        except NewConnectionError as exc:  # refused, unreachable, or the name does not resolve
+            raise ConnectionFailed(f"cannot connect to {self.url}: {reason_of(exc)}") from exc
+        except ConnectTimeoutError as exc:
+            raise ConnectionFailed(f"cannot connect to {self.url}: timed out after "
+                                   f"{self.timeout.connect_timeout}s") from exc
+        except ReadTimeoutError as exc:
+            raise Timeout(f"no answer from {url} within {self.timeout.read_timeout}s (the request may "
+                          "still be running on the server)") from exc
+        except ProtocolError as exc:
+            raise ServerError(f"connection to {self.url} lost before the answer: {reason_of(exc)}") from exc
+        except HTTPError as exc:
+            raise ClientError(f"{method} {url} failed: {exc}") from exc
+        return response
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -286,17 +346,3 @@ def _numpy_default(value: Any) -> Any:
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
-
-def _reason(exc: BaseException) -> str:
-    """The OS-level reason of a urllib3 error ("Connection refused"), else its text."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        if isinstance(cause, ProtocolError) and len(cause.args) > 1 and isinstance(cause.args[1], BaseException):
-            cause = cause.args[1]
-            if str(cause):
-                return str(cause)
-            continue
-        cause = cause.__cause__ or cause.__context__
-    return str(exc)

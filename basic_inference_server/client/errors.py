@@ -20,7 +20,9 @@ ConnectionFailed    could not connect               is the gateway running at th
 
 The gateway answers every error as
 ``{"ERROR": "<message>", "error": {"type": "<ErrorType>", "message": "<message>"}}``;
-``error_type`` and ``message`` come from that body when there is one.
+``error_type`` and ``message`` come from that body when there is one. A stream
+(:meth:`Client.stream`) that fails after its first item ends with such a body as its last line;
+its exception is chosen by ``error.type`` and has ``status`` ``None`` (the answer began as 200).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+
+from urllib3.exceptions import ProtocolError
 
 __all__ = [
     "BadInput",
@@ -39,6 +43,7 @@ __all__ = [
     "Unavailable",
     "UnknownSignature",
     "error_from_response",
+    "error_from_stream",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -49,7 +54,8 @@ class ClientError(Exception):
 
     Attributes:
         message: What went wrong, from the gateway's error body when it sent one.
-        status: The HTTP status, or ``None`` when no answer was received.
+        status: The HTTP status, or ``None`` when no answer was received or the error ended a
+            stream that had begun.
         error_type: The gateway's ``error.type`` (e.g. ``"InvalidInput"``), or ``None``.
         request_id: The answer's ``X-Request-ID`` header, when the gateway sent one.
         body: The decoded JSON body of the answer (its text if it was not JSON), or ``None``.
@@ -126,6 +132,21 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def reason_of(exc: BaseException) -> str:
+    """The OS-level reason of a urllib3 error ("Connection refused"), else its text."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, ProtocolError) and len(cause.args) > 1 and isinstance(cause.args[1], BaseException):
+            cause = cause.args[1]
+            if str(cause):
+                return str(cause)
+            continue
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)
+
+
 def _decode(data: bytes) -> Any:
     try:
         return json.loads(data)
@@ -158,18 +179,52 @@ def error_from_response(status: int, headers: Mapping[str, str], data: bytes) ->
     """
     body = _decode(data)
     message, error_type = _message_and_type(body, status)
-    details: dict[str, Any] = {"status": status, "error_type": error_type,
-                               "request_id": headers.get(REQUEST_ID_HEADER), "body": body}
-    if status in (400, 413, 422) or (400 <= status < 500 and error_type == "InputError"):
+    return _error_for(status, message, status=status, error_type=error_type,
+                      request_id=headers.get(REQUEST_ID_HEADER), body=body,
+                      retry_after=retry_after_of(headers))
+
+
+# The status the gateway answers each error type with; a stream that has begun (200) can no
+# longer say it, so an error line is classified by its type alone.
+_TYPE_STATUS = {
+    "BadRequest": 400, "InvalidInput": 400, "InputError": 400, "PayloadTooLarge": 413,
+    "Unauthorized": 401, "UnknownSignature": 404, "SignatureDisabled": 404,
+    "ServerUnavailable": 503, "Overloaded": 503, "Timeout": 504,
+}
+
+
+def error_from_stream(body: Any, request_id: str | None = None) -> ClientError:
+    """The exception for the error line that ended a stream after its first item.
+
+    Args:
+        body: The decoded error line, ``{"ERROR": ..., "error": {"type": ..., "request_id": ...}}``.
+        request_id: The answer's ``X-Request-ID``, used when the line does not name one.
+
+    Returns:
+        The :class:`ClientError` subclass for the line's ``error.type`` (a type the client does not
+        know is a :class:`ServerError`), with ``status`` ``None``: the answer had begun with 200.
+    """
+    message, error_type = _message_and_type(body, 500)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("request_id"):
+        request_id = str(error["request_id"])
+    return _error_for(_TYPE_STATUS.get(error_type or "", 500), message, status=None, error_type=error_type,
+                      request_id=request_id, body=body)
+
+
+def _error_for(code: int, message: str, *, retry_after: float | None = None, **details: Any) -> ClientError:
+    """The subclass for the HTTP status ``code`` (and ``details["error_type"]``), built with ``details``."""
+    error_type = details["error_type"]
+    if code in (400, 413, 422) or (400 <= code < 500 and error_type == "InputError"):
         return BadInput(message, **details)
-    if status in (401, 403):
+    if code in (401, 403):
         return Unauthorized(message, **details)
-    if status == 404 and error_type != "NotFound":  # "NotFound" is a wrong route, not a signature
+    if code == 404 and error_type != "NotFound":  # "NotFound" is a wrong route, not a signature
         return UnknownSignature(message, **details)
-    if status == 503:
-        return Unavailable(message, retry_after=retry_after_of(headers), **details)
-    if status == 504:
+    if code == 503:
+        return Unavailable(message, retry_after=retry_after, **details)
+    if code == 504:
         return Timeout(message, **details)
-    if status >= 500:
+    if code >= 500:
         return ServerError(message, **details)
     return ClientError(message, **details)

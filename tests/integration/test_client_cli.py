@@ -1,16 +1,21 @@
-"""The Python client and ``bis`` against a real gateway running the shipped demo endpoints."""
+"""The Python client and ``bis`` against a real gateway: the shipped demo endpoints, and a
+streaming test endpoint for ``Client.stream`` and ``bis run --stream``."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
-from conftest import REPO, TOKEN, Gateway, free_port_block, make_app
+from conftest import ECHO_CONFIG, FIXTURES, REPO, TOKEN, Gateway, free_port_block, make_app
 
-from basic_inference_server.client import BadInput, Client, Unauthorized, UnknownSignature
+from basic_inference_server.client import BadInput, Client, ServerError, Unauthorized, UnknownSignature
 
 DEMO_FILES = [REPO / "endpoints" / name for name in ("dummy_model_demo1.py", "dummy_model_demo2.py",
                                                      "support_process.py")]
@@ -30,12 +35,38 @@ def demo(tmp_path_factory):
     gateway.assert_nothing_left()
 
 
-def bis(*args: str) -> subprocess.CompletedProcess:
-    """``python -m basic_inference_server.client *args``, without BIS_URL or a token from the environment."""
+@pytest.fixture(scope="module")
+def streaming(tmp_path_factory):
+    """One gateway with the streaming test endpoint (N items GAP_MS apart, FAIL_AT, MARK, BAD)."""
+    config = copy.deepcopy(ECHO_CONFIG)
+    config["CONFIG_ENDPOINTS"] = {"stream": {"SERVER_CLASS": "stream_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 5}}
+    app = make_app(tmp_path_factory.mktemp("client_stream"), config, [FIXTURES / "endpoints" / "stream_model.py"])
+    gateway = Gateway(app).start()
+    yield gateway
+    gateway.stop()
+    gateway.assert_nothing_left()
+
+
+def bis_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("BIS_URL", "BIS_ADMIN_TOKEN")}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "basic_inference_server.client", *args], env=env,
+    return env
+
+
+def bis(*args: str) -> subprocess.CompletedProcess:
+    """``python -m basic_inference_server.client *args``, without BIS_URL or a token from the environment."""
+    return subprocess.run([sys.executable, "-m", "basic_inference_server.client", *args], env=bis_env(),
                           capture_output=True, text=True, timeout=30)
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> str:
+    """The file's text once it is ``text``, or what it holds after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = path.read_text() if path.exists() else ""
+        if found == text or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 # -- Client -------------------------------------------------------------------------------------
@@ -92,6 +123,47 @@ def test_shutdown_needs_the_token_and_stops_the_gateway(gateway_factory):
         assert admin.health() is False
 
 
+def test_client_stream_yields_the_items_in_order_as_made_then_the_envelope(streaming):
+    with Client(streaming.url, timeout=10) as client, client.stream("stream", N=4, GAP_MS=150) as stream:
+        items, first_received = [next(stream)], time.time()
+        items += list(stream)
+    assert [item["i"] for item in items] == [0, 1, 2, 3]
+    assert first_received < items[-1]["t"]  # the first came before the model had made the last
+    envelope = stream.envelope
+    assert envelope["items"] == 4 and envelope["signature"].split(".")[1] == "stream_model"
+    assert {"call_id", "worker_id", "time", "ver"} <= set(envelope) and "predict_result" not in envelope
+    assert stream.request_id and stream.count == 4
+
+
+def test_client_stream_left_early_closes_the_models_generator(streaming, tmp_path):
+    mark = tmp_path / "mark"
+    with Client(streaming.url, timeout=10) as client:
+        with client.stream("stream", N=500, GAP_MS=20, MARK=str(mark)) as stream:
+            for item in stream:
+                if item["i"] == 2:
+                    break
+        assert wait_for_text(mark, "closed", timeout=2) == "closed"
+        assert len(list(client.stream("stream", N=2))) == 2  # the gateway and the pool carry on
+
+
+def test_client_stream_errors_before_and_after_the_first_item(streaming):
+    with Client(streaming.url, timeout=10) as client:
+        received = []
+        with pytest.raises(ServerError) as mid, client.stream("stream", N=5, FAIL_AT=2) as stream:
+            received += stream
+        with pytest.raises(ServerError) as before:
+            client.stream("stream", FAIL_AT=0)
+        with pytest.raises(BadInput) as bad:
+            client.stream("stream", BAD=True)
+        with pytest.raises(UnknownSignature):
+            client.stream("no_such_stream")
+    assert [item["i"] for item in received] == [0, 1]
+    assert (mid.value.status, mid.value.error_type) == (None, "ModelError")
+    assert mid.value.request_id == stream.request_id and "failed at item 2" in mid.value.message
+    assert (before.value.status, before.value.error_type) == (500, "ModelError") and before.value.request_id
+    assert bad.value.status == 400 and "BAD input refused" in bad.value.message
+
+
 # -- bis ----------------------------------------------------------------------------------------
 def test_cli_servers_prints_a_table_and_json(demo):
     table = bis("--url", demo.url, "servers")
@@ -128,3 +200,39 @@ def test_cli_exits_3_when_nothing_listens():
     result = bis("--url", f"http://127.0.0.1:{free_port_block(1)}", "--timeout", "2", "servers")
     assert result.returncode == 3
     assert "cannot connect" in result.stderr and "Connection refused" in result.stderr
+
+
+def test_cli_run_stream_prints_json_lines(streaming):
+    result = bis("--url", streaming.url, "run", "--stream", "stream", "N=3")
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["i"] for line in result.stdout.splitlines()] == [0, 1, 2]
+    with_end = bis("--url", streaming.url, "run", "stream", "N=2", "--stream", "--json")
+    *items, end = [json.loads(line) for line in with_end.stdout.splitlines()]
+    assert [item["i"] for item in items] == [0, 1] and end["END"]["items"] == 2
+    failed = bis("--url", streaming.url, "run", "--stream", "stream", "N=3", "FAIL_AT=1")
+    assert failed.returncode == 1 and len(failed.stdout.splitlines()) == 1
+    assert failed.stderr.startswith("bis: error: ModelError request ") and failed.stderr.count("\n") == 1
+    refused = bis("--url", streaming.url, "run", "--stream", "stream", "BAD=true")
+    assert refused.returncode == 2 and refused.stdout == "" and "HTTP 400" in refused.stderr
+
+
+def test_cli_run_stream_prints_as_items_come_and_stops_on_ctrl_c(streaming, tmp_path):
+    mark = tmp_path / "mark"
+    # SIGINT raises KeyboardInterrupt only where it is not ignored (a test run in the background
+    # may ignore it, and a child inherits that).
+    proc = subprocess.Popen([sys.executable, "-m", "basic_inference_server.client", "--url", streaming.url,
+                             "run", "--stream", "stream", "N=100", "GAP_MS=50", f"MARK={json.dumps(str(mark))}"],
+                            env=bis_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = proc.stdout.readline()  # bounded: the stream ends by itself after 5 s
+        assert json.loads(first)["i"] == 0 and mark.read_text() == "started"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 130, err
+    assert wait_for_text(mark, "closed", timeout=2) == "closed"
+    assert len(out.splitlines()) < 99  # stopped, not run to its end

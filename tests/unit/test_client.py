@@ -1,4 +1,4 @@
-"""The Python client and ``bis`` against a scripted HTTP server: error mapping and retry policy."""
+"""The Python client and ``bis`` against a scripted HTTP server: error mapping, retry policy, streams."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ class Reply:
     body: Any = field(default_factory=lambda: dict(ANSWER))
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    # A streamed answer (chunked NDJSON) instead of ``body``: JSON values are written as lines,
+    # bytes as they are, an Event is waited for (5 s at most) and a float is slept.
+    lines: list[Any] | None = None
 
 
 def error(status: int, error_type: str, message: str = "went wrong", **headers: str) -> Reply:
@@ -50,6 +53,8 @@ class Stub:
     def __init__(self, *replies: Reply):
         self.replies = list(replies) or [Reply()]
         self.received: list[dict[str, Any]] = []
+        self.gates: list[bool] = []  # per Event of a stream: whether it was set in time
+        self.gone = threading.Event()  # a stream could not be written: its client closed the connection
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,6 +74,9 @@ class Stub:
                                       "json": json.loads(body) if body else None, "port": self.client_address[1]})
                 reply = stub.replies.pop(0) if len(stub.replies) > 1 else stub.replies[0]
                 time.sleep(reply.delay)
+                if reply.lines is not None:
+                    self.stream(reply)
+                    return
                 data = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
@@ -79,6 +87,26 @@ class Stub:
                     self.wfile.write(data)
                 except OSError:
                     pass  # the client gave up (read timeout)
+
+            def stream(self, reply: Reply) -> None:
+                self.send_response(reply.status)
+                for key, value in {"Content-Type": "application/x-ndjson", "Transfer-Encoding": "chunked",
+                                   **reply.headers}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                try:
+                    for line in reply.lines:
+                        if isinstance(line, threading.Event):
+                            stub.gates.append(line.wait(5))
+                        elif isinstance(line, float):
+                            time.sleep(line)
+                        else:
+                            data = line if isinstance(line, bytes) else json.dumps(line).encode() + b"\n"
+                            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    stub.gone.set()
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -303,6 +331,137 @@ def test_health_and_ready_are_booleans_and_tried_once(stub):
         assert client.health() is False and sleeps == []
 
 
+# -- streams ------------------------------------------------------------------------------------
+ENVELOPE = {"call_id": 9, "signature": "h.model.W.0", "worker_id": "h:0", "items": 3, "time": "2026-01-01 00:00:00"}
+
+
+def items(count: int) -> list[dict[str, int]]:
+    return [{"i": index} for index in range(count)]
+
+
+def stream_reply(*lines: Any, end: bool = True, **headers: str) -> Reply:
+    return Reply(lines=[*lines, *([{"END": ENVELOPE}] if end else [])], headers=headers)
+
+
+def error_line(error_type: str, message: str = "boom", request_id: str = "r-7") -> dict[str, Any]:
+    return {"ERROR": message, "error": {"type": error_type, "message": message, "request_id": request_id}}
+
+
+def test_stream_yields_each_item_before_the_server_writes_the_next(stub):
+    first_seen = threading.Event()
+    server = stub(stream_reply(*items(1), first_seen, *items(3)[1:]))
+    with client_for(server.url) as client, client.stream("model", N=3) as stream:
+        first = next(stream)
+        first_seen.set()  # the server writes the rest only now (or after 5 s if we never got here)
+        rest = list(stream)
+    assert [first, *rest] == items(3)
+    assert server.gates == [True]
+    assert stream.envelope == ENVELOPE and stream.count == 3 and stream.closed
+    [request] = server.received
+    assert request["json"] == {"SIGNATURE": "model", "N": 3}
+    assert request["headers"]["Accept"] == "application/x-ndjson"
+
+
+def test_a_finished_stream_gives_its_connection_back_to_the_pool(stub):
+    server = stub(stream_reply(*items(2)), stream_reply(*items(1)), Reply())
+    with client_for(server.url) as client:
+        assert list(client.stream("model")) == items(2)
+        assert list(client.stream("model")) == items(1)
+        assert client.run("model") == ANSWER
+    assert len({r["port"] for r in server.received}) == 1
+
+
+@pytest.mark.parametrize("use_with", [True, False])
+def test_leaving_a_stream_early_closes_its_connection(stub, use_with):
+    # 2 items, then one every 20 ms for 4 s: writes fail soon after the client has closed.
+    server = stub(Reply(lines=[*items(2), *[line for item in items(200) for line in (0.02, item)]]), Reply())
+    with client_for(server.url) as client:
+        if use_with:
+            with client.stream("model") as stream:
+                for item in stream:
+                    if item["i"] == 1:
+                        break
+        else:
+            for item in client.stream("model"):  # the dropped Stream closes itself
+                if item["i"] == 1:
+                    break
+        assert server.gone.wait(3), "the server kept writing to an open connection"
+        assert client.run("model") == ANSWER  # the pool opens a new connection
+    assert server.received[0]["port"] != server.received[1]["port"]
+
+
+@pytest.mark.parametrize(("error_type", "expected"), [
+    ("ModelError", ServerError), ("ServerDied", ServerError), ("Timeout", Timeout), ("InputError", BadInput),
+    ("SomethingNew", ServerError),
+])
+def test_an_error_line_mid_stream_raises_with_the_request_id(stub, error_type, expected):
+    server = stub(stream_reply(*items(2), error_line(error_type), end=False, **{"X-Request-ID": "r-7"}))
+    received = []
+    with client_for(server.url) as client, pytest.raises(expected) as caught:
+        for item in client.stream("model"):
+            received.append(item)
+    assert received == items(2)
+    exc = caught.value
+    assert (type(exc), exc.status, exc.error_type, exc.request_id) == (expected, None, error_type, "r-7")
+    assert exc.message == "boom" and str(exc) == f"{error_type} request r-7: boom"
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    (error(400, "InvalidInput"), BadInput), (error(404, "UnknownSignature"), UnknownSignature),
+    (error(500, "ModelError"), ServerError), (error(503, "ServerUnavailable"), Unavailable),
+    (error(504, "Timeout"), Timeout),
+])
+def test_an_error_before_the_first_item_raises_as_run_does(stub, reply, expected):
+    reply.headers["X-Request-ID"] = "r-1"
+    server = stub(reply)
+    with client_for(server.url) as client, pytest.raises(expected) as caught:
+        client.stream("model")
+    assert (caught.value.status, caught.value.request_id) == (reply.status, "r-1")
+    assert len(server.received) == 1
+
+
+def test_a_stream_refused_with_retry_after_is_retried(stub):
+    server, sleeps = stub(error(503, "Overloaded", **{"Retry-After": "0"}), stream_reply(*items(2))), []
+    with client_for(server.url, sleeps) as client:
+        assert list(client.stream("model")) == items(2)
+    assert len(server.received) == 2 and sleeps == [0.0]
+
+
+def test_no_item_within_the_read_timeout_raises_timeout_and_closes(stub):
+    server = stub(Reply(lines=[*items(1), 1.0, *[line for item in items(50) for line in (0.02, item)]]))
+    with client_for(server.url, timeout=(2.0, 0.3)) as client:
+        stream = client.stream("model")
+        assert next(stream) == items(1)[0]
+        with pytest.raises(Timeout) as caught:
+            next(stream)
+    assert caught.value.status is None and "within 0.3s after 1 item(s)" in caught.value.message
+    assert stream.closed and stream.envelope is None
+    assert server.gone.wait(3)
+
+
+@pytest.mark.parametrize(("lines", "message"), [
+    (items(2), "without its end line"),
+    ([*items(1), b"not json\n"], "not JSON"),
+])
+def test_a_broken_stream_raises_server_error(stub, lines, message):
+    server = stub(Reply(lines=lines))
+    with client_for(server.url) as client, pytest.raises(ServerError, match=message):
+        list(client.stream("model"))
+
+
+def test_an_answer_that_is_not_a_stream_raises_server_error(stub):
+    server = stub(Reply())  # application/json: a gateway without streaming
+    with client_for(server.url) as client, pytest.raises(ServerError, match="application/json"):
+        client.stream("model")
+
+
+def test_stream_refuses_a_signature_input(stub):
+    server = stub(Reply())
+    with client_for(server.url) as client, pytest.raises(ValueError, match="first argument"):
+        client.stream("model", SIGNATURE="other")
+    assert server.received == []
+
+
 # -- command line -------------------------------------------------------------------------------
 @pytest.mark.parametrize(("text", "value"), [
     ("3", 3), ("2.5", 2.5), ("true", True), ("null", None), ("[1, 2]", [1, 2]), ('"3"', "3"),
@@ -356,3 +515,31 @@ def test_servers_table_has_a_row_per_child_and_their_errors():
     assert lines[2].split() == ["b", "FAILED", "-", "5004", "0/2", "-", "-", "0", "0:00:00"]
     assert lines[5].split() == ["s", "READY", "13", "1", "0:00:40"]
     assert lines[-1].strip() == "b (FAILED): ImportError: no module x"
+
+
+def test_cli_run_stream_prints_one_json_line_per_item(stub, capsys):
+    server = stub(stream_reply(*items(3)))
+    assert cli.main(["--url", server.url, "run", "--stream", "model", "N=3"]) == 0
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == items(3)
+    assert server.received[0]["json"] == {"SIGNATURE": "model", "N": 3}
+
+
+def test_cli_run_stream_json_adds_the_end_line(stub, capsys):
+    server = stub(stream_reply(*items(2)))
+    assert cli.main(["--url", server.url, "run", "model", "--stream", "--json"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines == [*items(2), {"END": ENVELOPE}]
+
+
+@pytest.mark.parametrize(("reply", "code", "printed"), [
+    (stream_reply(*items(2), error_line("ModelError"), end=False), 1, 2),
+    (stream_reply(*items(1), error_line("InputError"), end=False), 2, 1),
+    (error(404, "UnknownSignature"), 4, 0),
+    (error(503, "ServerUnavailable"), 3, 0),
+])
+def test_cli_run_stream_errors_exit_as_run_does(stub, capsys, reply, code, printed):
+    server = stub(reply)
+    assert cli.main(["--url", server.url, "run", "--stream", "model"]) == code
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == printed
+    assert err.startswith("bis: error: ") and err.count("\n") == 1
