@@ -2,13 +2,23 @@
 
     .venv/bin/python -m bench [--duration 10] [--rounds 3] [--concurrency 1,8,64] [--models dummy,numpy,...]
                               [--pin] [--peers litserve,mosec,aqueduct] [--idle N] [--warmup S]
+                              [--stream-format sse|ndjson] [--many-streams N]
     make bench
 
 One gateway runs the bench endpoints of ``bench/endpoints`` (a dummy linear model, a numpy model,
-a batch-friendly model with and without batching, a pure-Python CPU model, a 1 MB body). For every
-model and concurrency, each round measures, interleaved, the gateway (two hops), the model server
-called directly (one hop) and each peer of ``--peers`` with wrk (Debian's package, installed by this
-script when missing and run as root) for ``--duration`` seconds over keep-alive connections.
+a batch-friendly model with and without batching, a pure-Python CPU model, a 1 MB body, a streamed
+answer). For every model and concurrency, each round measures, interleaved, the gateway (two hops),
+the model server called directly (one hop) and each peer of ``--peers`` with wrk (Debian's package,
+installed by this script when missing and run as root) for ``--duration`` seconds over keep-alive
+connections.
+
+The streaming model ``stream`` (50 items, 10 ms apart, the first 10 ms after the model got the
+request) is measured with ``bench/streamload.py`` instead of wrk, which sees a stream as one slow
+answer: ``c`` connections each running one stream after another, read as they arrive (SSE, or
+NDJSON with ``--stream-format ndjson``; LitServe's JSON lines), for the time to first item, items/s,
+the whole stream's time and the peak RSS meanwhile. LitServe serves it with ``stream=True``; Mosec
+and Aqueduct do not. ``--many-streams N`` then opens N streams at once on the gateway (items 100 ms
+apart, a worker thread for each) and reports whether all completed and the RSS meanwhile.
 
 Peers (``bench/peers.py``) serve the models ``dummy``, ``numpy``, ``batch8`` and ``large`` with the
 same model code and request bodies, one worker process each, installed on demand in their own
@@ -41,16 +51,19 @@ from bench.load import (
     SERVE_CPU,
     WRK_CPU,
     CpuMeter,
+    RssPeak,
     affinities,
     check_pinning_possible,
     cpu_shares,
     cpu_ticks,
     ensure_wrk,
     rss_mb,
+    stream_load,
     wrk,
 )
-from bench.peers import PEER_MODELS, PEERS, PeerProcess, start_peers
+from bench.peers import PEERS, PeerProcess, start_peers
 from bench.report import CHECK_CONCURRENCY, RESULTS, summarise, write_report
+from bench.streamreport import summarise_streams
 
 __all__ = ["MODELS", "RESULTS", "BenchGateway", "ensure_wrk", "wrk"]
 
@@ -69,19 +82,33 @@ MODELS: dict[str, tuple[dict, dict]] = {
     "cpu_x2": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2, "NR_REPLICAS": 2}, {"INPUT_VALUE": 3}),
     # 100,000 floats: a JSON body of about 1 MB.
     "large": ({"SERVER_CLASS": "bench_large", "NR_WORKERS": 2}, {"VALUES": [0.001 * i for i in range(100_000)]}),
+    # A stream holds a worker thread from its first item to its last: one per stream at c=64, and spare.
+    "stream": ({"SERVER_CLASS": "bench_stream", "NR_WORKERS": 72}, {}),
 }
+STREAMED = ("stream",)  # measured with bench/streamload.py, not wrk
+SLOW_STREAM = "stream_slow"  # --many-streams
+
+
+def slow_stream_config(streams: int) -> dict:
+    """bench_stream with items 100 ms apart and a worker thread for each of ``streams`` at once
+    (at most 256 per model server: replicas for the rest)."""
+    replicas = -(-streams // 256)
+    return {"SERVER_CLASS": "bench_stream", "GAP_MS": 100.0, "NR_WORKERS": -(-streams // replicas),
+            "NR_REPLICAS": replicas, "MAX_QUEUE": max(64, streams)}
 
 
 def body_of(model: str) -> dict:
-    return {"SIGNATURE": model, **MODELS[model][1]}
+    return {"SIGNATURE": model, **(MODELS[model][1] if model in MODELS else {})}
 
 
 class BenchGateway(GatewayRun):
-    """The gateway with the bench endpoints of ``models``, pinned to ``cpu`` when given."""
+    """The gateway with the bench endpoints of ``models`` (and the endpoints of ``extra``, name ->
+    config), pinned to ``cpu`` when given."""
 
-    def __init__(self, models: list[str], cpu: str | None = None):
-        config = {"CONFIG_ENDPOINTS": {name: MODELS[name][0] for name in models}}
-        servers = sum(MODELS[m][0].get("NR_REPLICAS", 1) for m in models)
+    def __init__(self, models: list[str], cpu: str | None = None, extra: dict[str, dict] | None = None):
+        endpoints = {name: MODELS[name][0] for name in models} | (extra or {})
+        config = {"CONFIG_ENDPOINTS": endpoints}
+        servers = sum(e.get("NR_REPLICAS", 1) for e in endpoints.values())
         super().__init__(sorted((BENCH / "endpoints").glob("*.py")), config, servers, 23000,
                          env={"BIS_LOG_LEVEL": "WARNING"}, cpu=cpu)
         if self.wait_ready() is None:
@@ -100,6 +127,11 @@ class BenchGateway(GatewayRun):
             if not workers.get("busy") and not workers.get("queue"):
                 return
             time.sleep(0.05)
+
+    def pids_of(self, model: str) -> list[int]:
+        """The model servers of ``model``, every replica."""
+        return [info["PID"] for name, info in self.servers.items()
+                if name.split("#")[0] == model and isinstance(info.get("PID"), int)]
 
     def rss_mb(self) -> dict[str, float | None]:
         out = {"gateway": rss_mb([self.proc.pid])}
@@ -121,12 +153,14 @@ class Bench:
 
     def start(self, models: list[str]) -> None:
         if self.peer_names:
-            wanted = [m for m in models if m in PEER_MODELS]
-            port = free_port_block(len(self.peer_names) * len(wanted) + 1, 24000)
+            wanted = [m for m in models if any(m in PEERS[p].models for p in self.peer_names)]
+            count = sum(m in PEERS[p].models for p in self.peer_names for m in wanted)
+            port = free_port_block(count + 1, 24000)
             self.peers, self.peer_failures = start_peers(self.peer_names, wanted, port,
                                                          {m: body_of(m) for m in wanted}, self.serve_cpu)
         gateway_models = models + (["dummy"] if self.args.idle and "dummy" not in models else [])
-        self.gateway = BenchGateway(gateway_models, self.serve_cpu)
+        extra = {SLOW_STREAM: slow_stream_config(self.args.many_streams)} if self.args.many_streams else None
+        self.gateway = BenchGateway(gateway_models, self.serve_cpu, extra)
 
     def stop(self) -> None:
         if self.gateway is not None:
@@ -155,6 +189,8 @@ class Bench:
 
     def measure(self, system: str, model: str, concurrency: int) -> dict:
         """One point: wrk's figures, CPU per request, how busy the serving CPU was, the mean batch."""
+        if model in STREAMED:
+            return self.measure_stream(system, model, concurrency)
         peer = self.peers.get((system, model))
         if peer is not None:
             peer.resume()  # frozen while the others are measured
@@ -180,6 +216,54 @@ class Bench:
         finally:
             if peer is not None:
                 peer.pause()
+
+    def _rss_groups(self, system: str, model: str) -> dict[str, tuple[list[int], bool]]:
+        if system == "gateway":
+            return {"gateway": ([self.gateway.proc.pid], False), "server": (self.gateway.pids_of(model), False)}
+        if system == "direct":
+            return {"server": (self.gateway.pids_of(model), False)}
+        return {"tree": ([self.peers[system, model].proc.pid], True)}
+
+    def measure_stream(self, system: str, model: str, concurrency: int) -> dict:
+        """One point of a streaming model: the stream load generator's figures, CPU per item, how busy
+        the serving CPU was, the peak RSS of the serving processes meanwhile."""
+        peer = self.peers.get((system, model))
+        if peer is not None:
+            peer.resume()
+        try:
+            url, meter, _, drain = self._target(system, model)
+            if peer is not None:
+                drain()
+            sse = self.args.stream_format == "sse" and system in ("gateway", "direct")  # LitServe: JSON lines
+            load = functools.partial(stream_load, url, body_of(model), concurrency, cpu=self.wrk_cpu, sse=sse)
+            if self.args.warmup > 0:
+                load(self.args.warmup)
+                drain()
+            peak = RssPeak(self._rss_groups(system, model))
+            meter.start()
+            ticks = cpu_ticks(self.serve_cpu)
+            result = load(self.args.duration, sample=peak.sample)
+            result["cpu_us"] = meter.per_request(result["items"])  # per item
+            result.update(cpu_shares(ticks, cpu_ticks(self.serve_cpu), meter.used_s if self.serve_cpu else None))
+            result["rss_mb_peak"] = peak.peak
+            drain()
+            return result
+        finally:
+            if peer is not None:
+                peer.pause()
+
+    def many_streams(self, count: int) -> dict:
+        """``count`` streams at once through the gateway (items 100 ms apart): whether every one
+        completed, their timings, and the RSS of the gateway and the model servers meanwhile."""
+        groups = {"gateway": ([self.gateway.proc.pid], False), "servers": (self.gateway.pids_of(SLOW_STREAM), False)}
+        before = {name: rss_mb(pids) for name, (pids, _) in groups.items()}
+        peak = RssPeak(groups)
+        result = stream_load(self.gateway.url + "/run", body_of(SLOW_STREAM), count, 0, self.wrk_cpu,
+                             sse=self.args.stream_format == "sse", once=True, timeout=120, sample=peak.sample)
+        after = {name: rss_mb(pids) for name, (pids, _) in groups.items()}
+        self.gateway.wait_idle(SLOW_STREAM)
+        return {"requested": count, "server_processes": len(groups["servers"][0]), **result,
+                "rss_mb_before": before, "rss_mb_peak": peak.peak, "rss_mb_after": after}
 
     def rss(self) -> dict[str, float | None]:
         out = self.gateway.rss_mb()
@@ -209,12 +293,20 @@ class Bench:
                                       self.args.duration, self.wrk_cpu))
 
 
+STREAM_SHOWN = ("ttfi_p50_ms", "ttfi_p99_ms", "model_first_ms", "items_per_s", "total_p50_ms", "total_p99_ms",
+                "errors", "error_sample", "client_cpu_pct", "rss_mb_peak")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10, help="seconds per measured point")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--stream-format", choices=("sse", "ndjson"), default="sse",
+                        help="how the gateway and the server direct are asked to stream")
+    parser.add_argument("--many-streams", type=int, default=0, metavar="N",
+                        help="after the rounds, open N streams at once on the gateway (items 100 ms apart)")
     parser.add_argument("--warmup", type=float, default=0, help="seconds of unmeasured load before each point")
     parser.add_argument("--pin", action="store_true",
                         help=f"serving processes on CPU {SERVE_CPU}, wrk on CPU {WRK_CPU}")
@@ -241,10 +333,11 @@ def main() -> int:
     if args.pin:
         check_pinning_possible()
         os.sched_setaffinity(0, {int(WRK_CPU)})  # this script beside wrk, off the serving CPU
-    if args.idle:
+    if args.idle or args.many_streams:
         raise_nofile_limit()  # before the gateway starts: it inherits the limit
     bench = Bench(args, args.peer_list)
     samples: dict[tuple[str, str, int], list[dict]] = {}
+    stream_samples: dict[tuple[str, str, int], list[dict]] = {}
     extra: dict = {}
     try:
         bench.start(models)
@@ -256,8 +349,10 @@ def main() -> int:
                 for concurrency in levels:
                     for system in bench.systems(model):
                         result = bench.measure(system, model, concurrency)
-                        samples.setdefault((system, model, concurrency), []).append(result)
-                        shown = {k: v for k, v in result.items() if k not in ("cpu_us", "answered", "sample")}
+                        into = stream_samples if model in STREAMED else samples
+                        into.setdefault((system, model, concurrency), []).append(result)
+                        shown = {k: v for k, v in result.items() if k in STREAM_SHOWN} if model in STREAMED else {
+                            k: v for k, v in result.items() if k not in ("cpu_us", "answered", "sample")}
                         print(f"round {round_no + 1} {system:8} {model:10} c={concurrency:<3} {shown}", flush=True)
                         if model == "large" and concurrency == max(levels):
                             large_rss.update(bench.rss_after_large(system))
@@ -269,12 +364,19 @@ def main() -> int:
                   flush=True)
             extra["idle_check"] = bench.idle(args.idle)
             print(f"idle check: {extra['idle_check']}", flush=True)
+        if args.many_streams:
+            print(f"many streams: {args.many_streams} at once on the gateway ...", flush=True)
+            extra["many_streams"] = bench.many_streams(args.many_streams)
+            print(f"many streams: {extra['many_streams']}", flush=True)
     finally:
         bench.stop()
     systems = ["gateway", "direct", *args.peer_list]
     extra["peer_failures"] = bench.peer_failures
     extra["settings"] = {"duration_s": args.duration, "warmup_s": args.warmup, "rounds": args.rounds,
                          "pinned": args.pin, "load_generator": "wrk -t1, keep-alive"}
+    if stream_samples:
+        extra["settings"]["stream_load"] = f"bench/streamload.py, keep-alive, {args.stream_format} for gateway/direct"
+        extra["streams"] = summarise_streams(stream_samples, systems)
     write_report(summarise(samples, systems, extra))
     return 0
 

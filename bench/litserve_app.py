@@ -1,17 +1,22 @@
 """The bench models served by LitServe (for comparison only), one inference worker.
 
-    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy|batch8|large} PORT
+    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy|batch8|large|stream} PORT
 
 Run by ``python -m bench --peers litserve``, in its own virtual environment (bench/.venv-litserve).
 Requests are the same JSON bodies as the gateway's; the route is LitServe's ``/predict``. The model
 code is ``bench/peer_models.py``; ``batch8`` uses LitServe's batching (max_batch_size=8,
 batch_timeout=0.002), the others LitServe's defaults.
+
+``stream`` is a LitAPI with ``stream=True`` and ``enable_async=True``: ``predict`` is an async
+generator, so that one worker runs many streams at once in its event loop (LitServe's synchronous
+streaming loop runs one stream at a time per worker: at c=8 it would measure a queue). Each item
+goes out as a line of JSON (LitServe's ``format_encoded_response``), the stream ends with the body.
 """
 
 import sys
 
 import litserve as ls
-from peer_models import MODELS, load
+from peer_models import MODELS, STREAMED, load
 
 
 class BenchAPI(ls.LitAPI):
@@ -34,7 +39,28 @@ class BenchAPI(ls.LitAPI):
         return self.model.encode(output)
 
 
+class StreamAPI(ls.LitAPI):
+    def __init__(self, name: str):
+        super().__init__(stream=True, enable_async=True)
+        self.name = name
+
+    def setup(self, device):
+        self.model = load(self.name)
+
+    async def decode_request(self, request):
+        return self.model.decode(request)
+
+    async def predict(self, x):
+        async for item in self.model.aitems(x):
+            yield item
+
+    async def encode_response(self, outputs):
+        async for item in outputs:
+            yield self.model.encode(item)
+
+
 if __name__ == "__main__":
     name, port = sys.argv[1], int(sys.argv[2])
-    ls.LitServer(BenchAPI(name), accelerator="cpu", workers_per_device=1).run(
+    api = StreamAPI(name) if name in STREAMED else BenchAPI(name)
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
         host="127.0.0.1", port=port, log_level="warning", generate_client_file=False)

@@ -1,5 +1,6 @@
-"""Load generation for the bench scripts: wrk with a JSON body read from a file, CPU pinning, and
-the CPU time the serving processes spend per answered request.
+"""Load generation for the bench scripts: wrk with a JSON body read from a file, the streaming load
+generator (``bench/streamload.py``), CPU pinning, and the CPU time the serving processes spend per
+answered request.
 
 Bodies go to wrk through a file (``BENCH_BODY_FILE``, read by ``wrk_report.lua``): Linux limits one
 environment string to 128 KB, and the ``large`` model's body is about 1 MB.
@@ -13,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -100,6 +103,37 @@ def wrk(binary: str, url: str, body: dict, concurrency: int, duration: float, cp
                 result["statuses"], result["sample"] = data["statuses"], data["sample"]
             return result
     raise RuntimeError(f"wrk gave no result: {proc.stdout} {proc.stderr}")
+
+
+def stream_load(url: str, body: dict, concurrency: int, duration: float, cpu: str | None = None, *,
+                sse: bool = True, once: bool = False, timeout: float = 60,
+                sample: Callable[[], None] | None = None, every: float = 0.25) -> dict:
+    """One run of ``bench/streamload.py`` on ``cpu``: ``concurrency`` connections streaming answers
+    of ``body`` for ``duration`` seconds (with ``once``, one stream each, all at once), read as SSE
+    or NDJSON. ``sample()`` is called every ``every`` seconds while it runs (RSS readings)."""
+    with tempfile.NamedTemporaryFile("w", prefix="bench-body-", suffix=".json") as body_file:
+        body_file.write(json.dumps(body))
+        body_file.flush()
+        command = [sys.executable, str(BENCH / "streamload.py"), url, "--body", body_file.name,
+                   "--concurrency", str(concurrency), "--duration", f"{duration:g}",
+                   "--format", "sse" if sse else "ndjson", "--timeout", f"{timeout:g}", *(["--once"] if once else [])]
+        proc = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        limit = time.monotonic() + (0 if once else duration) + 2 * timeout + 30
+        while True:
+            try:
+                out, err = proc.communicate(timeout=every)
+                break
+            except subprocess.TimeoutExpired:
+                if sample is not None:
+                    sample()
+                if time.monotonic() > limit:
+                    proc.kill()
+                    out, err = proc.communicate()
+                    break
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            return json.loads(line[len("BENCH_JSON "):])
+    raise RuntimeError(f"the stream load gave no result (exit {proc.returncode}): {out[-2000:]} {err[-4000:]}")
 
 
 class CpuMeter:
@@ -198,3 +232,18 @@ def rss_mb(pids: list[int], recursive: bool = False) -> float | None:
         except psutil.Error:
             pass
     return round(total / 2**20, 1) if procs else None
+
+
+class RssPeak:
+    """The highest RSS (MiB) of named groups of processes over ``sample()`` calls: groups are
+    name -> (pids, with their descendants or not)."""
+
+    def __init__(self, groups: dict[str, tuple[list[int], bool]]):
+        self.groups = groups
+        self.peak: dict[str, float | None] = {name: None for name in groups}
+
+    def sample(self) -> None:
+        for name, (pids, recursive) in self.groups.items():
+            value = rss_mb(pids, recursive)
+            if value is not None and (self.peak[name] is None or value > self.peak[name]):
+                self.peak[name] = value

@@ -3,12 +3,15 @@ inside our ``FlaskWorker``) written once for LitServe, Mosec and Aqueduct.
 
 Each model splits like the endpoints: ``decode`` (``_pre_process``), ``predict_batch`` (``_predict``
 on a list) and ``encode`` (``_post_process``). ``max_batch_size`` / ``batch_wait_s`` are what the peers
-that batch are configured with. Standard library and numpy only: each peer runs in its own venv.
+that batch are configured with. ``Stream`` yields its items instead (``items``, or ``aitems`` for a
+peer that runs it in an event loop). Standard library and numpy only: each peer runs in its own venv.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
@@ -111,7 +114,43 @@ class Large(BenchModel):
         return {"sum": output}
 
 
-MODELS: dict[str, type[BenchModel]] = {"dummy": Dummy, "numpy": Numpy, "batch8": Batch8, "large": Large}
+class Stream(BenchModel):
+    """bench_stream: 50 items, the k-th yielded 10 ms x k after the request reached the model (the
+    first after 10 ms: the model's own first-item time), each with ``ms``, when it was yielded."""
+
+    count = 50
+    gap_s = 0.010
+
+    def decode(self, request):
+        return request
+
+    def items(self, _request) -> Iterator[dict]:
+        start = time.perf_counter()
+        for index in range(self.count):
+            delay = start + self.gap_s * (index + 1) - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            yield self._item(index, start)
+
+    async def aitems(self, _request) -> AsyncIterator[dict]:
+        start = time.perf_counter()
+        for index in range(self.count):
+            delay = start + self.gap_s * (index + 1) - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            yield self._item(index, start)
+
+    @staticmethod
+    def _item(index: int, start: float) -> dict:
+        return {"i": index, "ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    def encode(self, output):
+        return output
+
+
+MODELS: dict[str, type[BenchModel]] = {"dummy": Dummy, "numpy": Numpy, "batch8": Batch8, "large": Large,
+                                       "stream": Stream}
+STREAMED = ("stream",)  # models whose answer is a stream of items
 
 
 def load(name: str) -> BenchModel:

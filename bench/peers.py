@@ -3,11 +3,14 @@
 Each peer is installed on demand in its own venv (``bench/.venv-<peer>``) and serves the bench
 models of ``bench/peer_models.py`` with ``bench/<peer>_app.py MODEL PORT``, one worker process per
 model, on loopback. A peer is ready when a real request (the model's bench body) answers 200 with
-JSON; one that does not within the time limit is stopped and its output shown.
+JSON (one document, or JSON lines for a streamed answer); one that does not within the time limit is
+stopped and its output shown. LitServe also serves the streaming model (``stream=True``); Mosec and
+Aqueduct do not here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,6 +33,7 @@ class Peer:
     name: str
     requirements: tuple[str, ...]  # pip requirements, the first one the peer itself, pinned
     route: str  # where the app answers POST
+    models: tuple[str, ...] = PEER_MODELS  # the bench models it serves
 
     @property
     def venv(self) -> Path:
@@ -42,7 +46,7 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {
-    "litserve": Peer("litserve", ("litserve==0.2.19", "numpy"), "/predict"),
+    "litserve": Peer("litserve", ("litserve==0.2.19", "numpy"), "/predict", (*PEER_MODELS, "stream")),
     "mosec": Peer("mosec", ("mosec==0.9.8", "numpy"), "/inference"),
     "aqueduct": Peer("aqueduct", ("aqueduct[aiohttp]==1.15.0", "numpy"), "/predict"),
 }
@@ -67,6 +71,18 @@ def ensure_peer(peer: Peer) -> Path:
 
 class PeerStartError(RuntimeError):
     pass
+
+
+def _check_json(text: str) -> None:
+    """Raise ValueError unless ``text`` is one JSON document or JSON lines (a streamed answer)."""
+    try:
+        json.loads(text)
+    except ValueError:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            raise
+        for line in lines:
+            json.loads(line)
 
 
 class PeerProcess:
@@ -96,7 +112,7 @@ class PeerProcess:
                 try:
                     reply = session.post(self.url, json=body, timeout=5)
                     if reply.status_code == 200:
-                        reply.json()
+                        _check_json(reply.text)
                         return time.monotonic() - started
                     last = f"HTTP {reply.status_code}: {reply.text[:200]}"
                 except (requests.RequestException, ValueError) as exc:
@@ -177,7 +193,7 @@ def start_peers(names: list[str], models: list[str], port: int, bodies: dict[str
     ready, failures = {}, {}
     try:
         for name in names:
-            for model in (m for m in models if m in PEER_MODELS):
+            for model in (m for m in models if m in PEERS[name].models):
                 started[name, model] = PeerProcess(PEERS[name], pythons[name], model, port + len(started), cpu)
         for key, process in started.items():
             try:

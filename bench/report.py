@@ -9,6 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench import streamreport
 from bench.load import BENCH
 
 RESULTS = BENCH / "results"
@@ -107,7 +108,7 @@ def markdown(report: dict) -> str:
     keys = sorted({(r["model"], r["concurrency"]) for r in report["rows"]})
     head = ([f"{s} req/s" for s in systems] + [f"gw/{s}" for s in systems[1:]]
             + [f"p99 {s} ms" for s in systems] + (["p99 gw/mosec"] if "mosec" in peers else []) + ["errors"])
-    lines = ["| model | c | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    lines = ["| model | c | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)] if keys else []
     for model, c in keys:
         got = [rows.get((s, model, c)) for s in systems]
         ratio = ratios.get((model, c), {})
@@ -167,6 +168,9 @@ def markdown(report: dict) -> str:
                   f"{idle['rss_mb_after_load']} MB after the load (still held)",
                   f"- still open at the end: {idle['still_open_at_end']} of {idle['connected']}; "
                   f"ended by the gateway meanwhile: {ended}"]
+    if report.get("streams") or report.get("many_streams"):
+        lines += streamreport.markdown(report["streams"], report.get("many_streams"), CHECK_CONCURRENCY,
+                                       NOISE_WARN_PCT)
     lines += [""]
     for key, what in (("steal_pct_max", "Host steal on the serving CPU"),
                       ("foreign_pct_max", "CPU taken on the serving CPU by processes outside the measured system")):

@@ -1,0 +1,33 @@
+"""Bench: a streamed answer, ITEMS items GAP_MS apart (a token generator's rhythm, sleeping).
+
+The k-th item (k = 1 .. ITEMS) is yielded GAP_MS x k after ``_predict`` was called: the first one
+after GAP_MS too, the model's own time to first item. The schedule is kept against that start,
+so the time spent between items does not add up. Each item says when it was yielded, in ms since
+that start (``ms``): the first item's is the model's own first-item time, which the bench
+subtracts from the client's.
+"""
+
+import time
+
+from basic_inference_server import FlaskWorker
+
+_CONFIG = {"ITEMS": 50, "GAP_MS": 10.0}
+
+
+class BenchStreamWorker(FlaskWorker):
+    def _pre_process(self, inputs):
+        return inputs
+
+    def _predict(self, inputs):
+        return self._items(time.perf_counter())  # the clock starts now, not at the first next()
+
+    def _items(self, start):
+        gap = self.cfg_gap_ms / 1000
+        for index in range(self.cfg_items):
+            delay = start + gap * (index + 1) - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)  # releases the GIL, like waiting for an accelerator
+            yield {"i": index, "ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    def _post_process(self, item):
+        return item
