@@ -78,7 +78,7 @@ class _Call:
     client holds back its own stream only.
     """
 
-    __slots__ = ("channel", "first_item", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
+    __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
                  "respond", "started", "streaming", "tag")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
@@ -94,7 +94,6 @@ class _Call:
         self.fmt = streamformat.from_accept(request.accept)  # the stream the client asked for, if any
         self.streaming = False  # the streamed answer has begun
         self.items = self.owed = 0  # items relayed; credits to give back when the client drains
-        self.first_item = 0.0
 
     def route(self, trust_guess: bool) -> None:
         path, router = self.path, self.path.router

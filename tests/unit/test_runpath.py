@@ -221,3 +221,15 @@ def test_a_client_that_leaves_cancels_its_request_and_frees_its_place(gateway):
     assert gw.handles["echo"].inflight.count == 0 and gw.router.admission.inflight.count == 0
     assert gw.metrics.requests_by_signature() == {"echo": {"499": 1}}
     assert gw.post(b'{"SIGNATURE": "echo"}')[0] == 200  # the place is free again
+
+
+def test_a_batching_endpoint_holds_a_batch_per_worker(gateway):
+    gw = gateway([endpoint("echo", max_batch_size=3)], replies={"echo": ["hold"] * 5})  # capacity 1 x 3 + 1
+    transports = []
+    for _ in range(5):
+        conn, transport = HttpConnection(gw.front), FakeTransport()
+        conn.connection_made(transport)
+        conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
+        transports.append(transport)
+    assert len(gw.channels["echo"].sent) == 4
+    assert parse(b"".join(transports[4].out))[0] == 503
