@@ -140,12 +140,10 @@ def relay(worker: FlaskWorker, items: Iterator[Any], job: Job | None) -> list[An
                 job.stopped_running = True
                 return None
             item = _next(worker, items)
-            if item is _DONE:
+            if item is _DONE or item is END_OF_STREAM:
                 break
-            if item is None or item is END_OF_STREAM:
-                if item is END_OF_STREAM:
-                    break
-                continue
+            if item is None:
+                continue  # nothing at this step
             result = worker._run_stage(worker._post_process, item)
             if collected is not None:
                 collected.append(result)
