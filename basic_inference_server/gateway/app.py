@@ -213,8 +213,16 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             "SUPPORT_DATA": gw.support_status(),
             "MEMORY_MB": memory_mb(supervisor.handles.values()),
             "REQUESTS": gw.metrics.requests_by_signature(),
+            "ACTIVE_STREAMS": active_streams(),
             "SERIES": gw.metrics.activity.series(),
         }))
+
+    def active_streams() -> dict[str, int]:
+        """Streamed answers in progress by endpoint, 0 for a started endpoint without one. The
+        event loop's thread alone updates the counts: a copy of them is enough, without a lock."""
+        counts = dict.fromkeys(sorted({h.endpoint.name for h in supervisor.servers()}), 0)
+        counts.update(list(gw.metrics.active_streams.items()))
+        return counts
 
     dashboard_page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .metrics import STATES
+from .openapi_stream import RUN_STREAMING, STREAM_FLAG, stream_content, stream_end_schema
 
 OPENAPI_VERSION = "3.0.3"
 JSON = "application/json"
@@ -166,15 +167,17 @@ def _schemas() -> dict[str, Schema]:
         }, ["ERROR", "error"]),
         "Envelope": envelope,
         "RunRequest": _obj({"SIGNATURE": _str(
-            f"the endpoint to run (see /list_servers), or {SYSTEM_STATUS}; any other key is the model's input")},
-            ["SIGNATURE"], additionalProperties=True),
+            f"the endpoint to run (see /list_servers), or {SYSTEM_STATUS}; any other key is the model's input"),
+            "STREAM": STREAM_FLAG}, ["SIGNATURE"], additionalProperties=True),
         "ModelAnswer": _with_envelope(_obj({
-            "predict_result": {"nullable": True, "description": "what the worker's _post_process returned; "
-                               "with RESPONSE_FORMAT flat its keys are at the top level instead"},
+            "predict_result": {"nullable": True, "description": "what the worker's _post_process returned "
+                               "(for a generator not streamed: the list of its items); with RESPONSE_FORMAT "
+                               "flat its keys are at the top level instead"},
             "call_id": _int(description="counts the calls of that model server"),
             "signature": _str("<gateway id>.<SERVER_CLASS>.<worker class>.<worker index>"),
             "worker_id": _str("<gateway id>:<worker index>"),
         }, ["call_id", "signature", "worker_id"])),
+        "StreamEnd": stream_end_schema(_schema("Envelope")),
         "SystemStatus": _with_envelope(system_status),
         "ServerInfo": server_info,
         "SupportData": support_data,
@@ -194,9 +197,11 @@ def _schemas() -> dict[str, Schema]:
             "SUPPORT_DATA": _map(_schema("SupportData")),
             "MEMORY_MB": _map(_nullable(number)),
             "REQUESTS": _map(_map(_int())),
+            "ACTIVE_STREAMS": _map(_int(minimum=0)),
             "SERIES": _obj({"interval_s": number, "t": {"type": "array", "items": number},
                             "signatures": _map(_obj())}, ["interval_s", "t", "signatures"]),
-        }, ["AVAIL_SERVERS", "SUPPORT_PROCESSES", "SUPPORT_DATA", "MEMORY_MB", "REQUESTS", "SERIES"])),
+        }, ["AVAIL_SERVERS", "SUPPORT_PROCESSES", "SUPPORT_DATA", "MEMORY_MB", "REQUESTS", "ACTIVE_STREAMS",
+            "SERIES"])),
     }
 
 
@@ -259,15 +264,18 @@ FORWARDED = {"502": "ServerDied", "503": "Unavailable", "504": "Timeout"}  # ans
 def _run(run_path: str, signatures: list[str]) -> dict[str, Any]:
     examples = {name: {"SIGNATURE": name} for name in signatures}
     examples[SYSTEM_STATUS] = {"SIGNATURE": SYSTEM_STATUS}
+    answer = _answer("the model's answer (or SYSTEM_STATUS's) with the envelope, or its items streamed",
+                     {"anyOf": [_schema("ModelAnswer"), _schema("SystemStatus")]})
+    answer["content"].update(stream_content())
     run = _operation(
         "run", "Run the model of an endpoint on the inputs", "inference", {
-            "200": _answer("the model's answer (or SYSTEM_STATUS's) with the envelope",
-                           {"anyOf": [_schema("ModelAnswer"), _schema("SystemStatus")]}),
+            "200": answer,
             "400": "BadRequest", "404": "NotFound", "413": "PayloadTooLarge", "4XX": "InputError",
             "500": "ModelError", **FORWARDED},
         body=_body(_schema("RunRequest"), examples=examples),
         description="Routed by SIGNATURE to the least busy READY replica of that endpoint; the body is "
-                    f"forwarded as received. Configured endpoints: {', '.join(signatures) or 'none'}.")
+                    f"forwarded as received. Configured endpoints: {', '.join(signatures) or 'none'}.\n\n"
+                    + RUN_STREAMING)
     return {run_path: {"post": run}}
 
 
@@ -308,7 +316,8 @@ def _status_paths(signatures: list[str]) -> dict[str, Any]:
         "/dashboard": {"get": _operation("dashboard", "Live dashboard page", "observability", {
             "200": _answer("an HTML page that polls /dashboard/data", _str(), "text/html")})},
         "/dashboard/data": {"get": _operation("dashboardData", "The dashboard's figures", "observability", {
-            "200": _answer("servers, support data, memory, requests by status and recent rates",
+            "200": _answer("servers, support data, memory, requests by status, streams in progress and "
+                           "recent rates",
                            _schema("DashboardData"))})},
         "/openapi.json": {"get": _operation("openapi", "This description", "observability", {
             "200": _answer("OpenAPI 3 document", _obj({"openapi": _str(), "info": _obj(), "paths": _obj()},

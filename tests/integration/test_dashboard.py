@@ -29,6 +29,10 @@ APT_TIMEOUT = 120
 SCREENSHOT = REPO / "tests" / "output" / "dashboard.png"
 DOCS_SCREENSHOT = REPO / "docs" / "dashboard.png"
 BURST = 30
+# The echo endpoints, a support process and an endpoint that streams (N items GAP_MS apart).
+STREAM_CONFIG = copy.deepcopy(ECHO_CONFIG)
+STREAM_CONFIG["CONFIG_ENDPOINTS"]["stream"] = {"SERVER_CLASS": "stream_model", "NR_WORKERS": 2}
+SSE = {"Accept": "text/event-stream"}
 
 
 def test_dashboard_route_serves_a_self_contained_page_with_csp(tmp_path):
@@ -50,6 +54,51 @@ def test_dashboard_route_serves_a_self_contained_page_with_csp(tmp_path):
     for testid in ('id="servers"', 'id="requests"', 'id="support"', 'id="memory-rows"', 'id="error-banner"',
                    'id="last-update"', 'data-chart="rps"', 'data-chart="latency"'):
         assert testid in html
+
+
+# -- /dashboard/data ---------------------------------------------------------------------------
+
+def open_stream(gateway: Any, items: int, gap_ms: int) -> tuple[requests.Response, Iterator[bytes]]:
+    """A streamed /run once its first item has arrived, and its lines after that one (keep them:
+    when the iterator is collected, urllib3 closes the connection and the gateway the stream)."""
+    reply = requests.post(gateway.url + "/run", json={"SIGNATURE": "stream", "N": items, "GAP_MS": gap_ms},
+                          headers=SSE, stream=True, timeout=10)
+    assert reply.status_code == 200 and reply.headers["Content-Type"] == "text/event-stream", reply.text
+    lines = reply.iter_lines()
+    assert next(lines).startswith(b'data: {"i":0,')
+    return reply, lines
+
+
+def wait_for_streams(gateway: Any, expected: dict[str, int], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while (active := gateway.get("/dashboard/data").json()["ACTIVE_STREAMS"]) != expected:
+        if time.monotonic() > deadline:
+            pytest.fail(f"ACTIVE_STREAMS is {active} after {timeout}s, not {expected}")
+        time.sleep(0.05)
+
+
+@pytest.mark.timeout(60)
+def test_dashboard_data_counts_the_streams_in_progress_by_endpoint(gateway_factory):
+    gateway = gateway_factory(copy.deepcopy(STREAM_CONFIG))
+    idle = {"echo": 0, "echo_b": 0, "stream": 0}  # every started endpoint, support processes not
+    assert gateway.get("/dashboard/data").json()["ACTIVE_STREAMS"] == idle
+    # A stream of 10 s: counted from its first item until its client closes it, long before its end.
+    first, first_lines = open_stream(gateway, items=100, gap_ms=100)  # the lines are kept: see open_stream
+    try:
+        assert gateway.get("/dashboard/data").json()["ACTIVE_STREAMS"] == {**idle, "stream": 1}
+        second, second_lines = open_stream(gateway, items=100, gap_ms=100)
+        assert gateway.get("/dashboard/data").json()["ACTIVE_STREAMS"] == {**idle, "stream": 2}
+        second.close()
+        wait_for_streams(gateway, {**idle, "stream": 1}, timeout=3)
+    finally:
+        first.close()
+    wait_for_streams(gateway, idle, timeout=3)
+    # A stream read to its end is no longer counted either; a plain answer never was.
+    _, rest = open_stream(gateway, items=3, gap_ms=0)
+    assert b"event: end" in list(rest)
+    wait_for_streams(gateway, idle)
+    assert gateway.run("echo", VALUE=1).status_code == 200
+    assert gateway.get("/dashboard/data").json()["ACTIVE_STREAMS"] == idle
 
 
 # -- the live page in a browser ---------------------------------------------------------------
@@ -111,7 +160,7 @@ def chromium(capsys) -> Iterator[Any]:
 def test_dashboard_shows_servers_support_data_and_live_request_counts(gateway_factory, chromium):
     from playwright.sync_api import expect
 
-    gateway = gateway_factory(copy.deepcopy(ECHO_CONFIG))
+    gateway = gateway_factory(copy.deepcopy(STREAM_CONFIG))
     servers = gateway.servers()
     page = chromium.new_page(viewport={"width": 1280, "height": 900})
     page.set_default_timeout(10_000)
@@ -166,6 +215,16 @@ def test_dashboard_shows_servers_support_data_and_live_request_counts(gateway_fa
     expect(page.locator('[data-requests="echo_b"]')).to_have_text("8")
     expect(page.locator('[data-errors="echo_b"]')).to_have_text("2")
     expect(page.locator('tr[data-endpoint="echo_b"] [data-code="500"]')).to_have_text("500: 2")
+    # A stream in progress shows in its endpoint's row and in the total until its client closes it.
+    expect(page.locator('[data-streams="stream"]')).to_have_text("0")
+    reply, lines = open_stream(gateway, items=100, gap_ms=100)  # 10 s, closed well before its end; lines kept
+    try:
+        expect(page.locator('[data-streams="stream"]')).to_have_text("1", timeout=6_000)
+        expect(page.locator("[data-streams-total]")).to_have_text("1")
+        expect(page.locator('[data-streams="echo"]')).to_have_text("0")
+    finally:
+        reply.close()
+    expect(page.locator('[data-streams="stream"]')).to_have_text("0", timeout=6_000)
     # The gateway's 5 s interval with the burst ends, then the next poll draws it.
     rps_line = page.locator('svg[data-chart="rps"] path[data-series="echo"][data-kind="rps"]')
     expect(rps_line).to_have_count(1, timeout=12_000)

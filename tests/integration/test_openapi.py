@@ -9,6 +9,7 @@ cases), one request timeout. A failure prints the case as a curl command to repl
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from schemathesis.checks import (
 )
 
 from basic_inference_server.gateway.openapi import openapi_document
+from basic_inference_server.transport.streamformat import NDJSON_TYPE, SSE_TYPE
 
 
 def _harness() -> Any:
@@ -109,10 +111,12 @@ def gateway_schema(demo_gateway):
 
 def with_demo_inputs(document: dict) -> dict:
     """The document plus /run examples with the demo models' inputs, so that schemathesis also
-    gets real predictions through the gateway (the document itself cannot know a model's inputs)."""
+    gets real predictions through the gateway (the document itself cannot know a model's inputs),
+    plain and streamed (``"STREAM": true``: Server-Sent Events, each event checked)."""
     examples = document["paths"]["/run"]["post"]["requestBody"]["content"]["application/json"]["examples"]
     for name, value in DEMO_INPUTS.items():
         examples[f"{name} with inputs"] = {"value": {"SIGNATURE": name, **value}}
+        examples[f"{name} streamed"] = {"value": {"SIGNATURE": name, **value, "STREAM": True}}
     return document
 
 
@@ -123,3 +127,28 @@ schema = schemathesis.pytest.from_fixture("gateway_schema")
 @schema.parametrize()
 def test_gateway_answers_as_documented(case):
     case.call_and_validate(checks=CHECKS)
+
+
+@pytest.mark.parametrize(("headers", "extra", "media_type"), [
+    ({"Accept": SSE_TYPE}, {}, SSE_TYPE),
+    ({"Accept": NDJSON_TYPE}, {}, NDJSON_TYPE),
+    ({}, {"STREAM": True}, SSE_TYPE),
+], ids=["accept-sse", "accept-ndjson", "stream-flag"])
+def test_streamed_answers_are_documented(gateway_schema, headers, extra, media_type):
+    """A demo model (a plain value: a stream of one item) asked for a stream answers the
+    documented media type; schemathesis checks each Server-Sent Event against the document."""
+    operation = gateway_schema["/run"]["POST"]
+    body = {"SIGNATURE": "dummy_model_demo2", **DEMO_INPUTS["dummy_model_demo2"], **extra}
+    case = operation.Case(body=body, headers=headers, media_type="application/json")
+    response = case.call()
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == [media_type]
+    case.validate_response(response, checks=CHECKS)
+    if media_type == NDJSON_TYPE:  # schemathesis reads no NDJSON: the framing, as documented
+        lines = response.text.split("\n")
+        assert lines[-1] == "" and [set(json.loads(line)) for line in lines[:-1]] == [{"dummy_model_predict"}, {"END"}]
+        assert json.loads(lines[1])["END"]["items"] == 1
+    else:
+        item, end, rest = response.text.split("\n\n")
+        assert item.startswith("data: ") and end.startswith("event: end\ndata: ") and rest == ""
+        assert json.loads(end.removeprefix("event: end\ndata: "))["items"] == 1

@@ -152,3 +152,52 @@ def test_admin_routes_need_the_bearer_token(document):
     assert {} in document["paths"]["/support_update_status"]["post"]["security"]  # loopback needs no token
     scheme = document["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+
+
+def test_run_documents_its_streamed_answers(document):
+    run = document["paths"]["/run"]["post"]
+    content = run["responses"]["200"]["content"]
+    assert set(content) == {"application/json", "text/event-stream", "application/x-ndjson"}
+    for asked in ("`Accept: text/event-stream`", "`Accept: application/x-ndjson`", '`"STREAM": true`',
+                  "predict_result is their list"):
+        assert asked in run["description"]
+    request = resolve(document, run["requestBody"]["content"]["application/json"]["schema"])
+    assert request["properties"]["STREAM"]["type"] == "boolean" and request["required"] == ["SIGNATURE"]
+    answer = resolve(document, _schema_ref("ModelAnswer"))["allOf"][1]
+    assert "the list of its items" in answer["properties"]["predict_result"]["description"]
+    # Server-Sent Events: the schema is one event's, as a reader parses it (and as schemathesis checks them).
+    sse = content["text/event-stream"]["schema"]
+    assert sse["type"] == "object" and sse["required"] == ["data"]
+    assert set(sse["properties"]["event"]["enum"]) == {"message", "end", "error"}
+    for framing in ("`data: <item JSON>`", "`event: end`", "`event: error`", "#/components/schemas/StreamEnd",
+                    "#/components/schemas/Error"):
+        assert framing in sse["description"]
+    ndjson = content["application/x-ndjson"]["schema"]
+    assert ndjson["type"] == "string"
+    for framing in ("`<item JSON>`", '`{"END": <JSON>}`', "ERROR", "#/components/schemas/StreamEnd"):
+        assert framing in ndjson["description"]
+
+
+def test_streamed_examples_end_with_the_documented_keys(document):
+    content = document["paths"]["/run"]["post"]["responses"]["200"]["content"]
+    schemas = document["components"]["schemas"]
+    end_schema = schemas["StreamEnd"]
+    assert end_schema["allOf"][0] == _schema_ref("Envelope")
+    required = set(end_schema["allOf"][1]["required"]) | set(schemas["Envelope"]["required"])
+    assert "items" in required and "predict_result" not in end_schema["allOf"][1]["properties"]
+    *items, last = content["application/x-ndjson"]["example"].splitlines()
+    end = json.loads(last)["END"]
+    assert set(end) == required and end["items"] == len(items) == 2
+    compact = json.dumps(end, separators=(",", ":"))
+    sse_example = "".join(f"data: {item}\n\n" for item in items) + f"event: end\ndata: {compact}\n\n"
+    assert f"```\n{sse_example}```" in content["text/event-stream"]["schema"]["description"]
+
+
+def test_dashboard_data_has_the_active_streams(document):
+    data = resolve(document, _schema_ref("DashboardData"))["allOf"][1]
+    assert "ACTIVE_STREAMS" in data["required"]
+    assert data["properties"]["ACTIVE_STREAMS"]["additionalProperties"] == {"type": "integer", "minimum": 0}
+
+
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
