@@ -113,7 +113,7 @@ class ChannelClient:
         asked for a stream. Returns the request's tag (for :meth:`cancel`), or None when it
         failed at once (``callback`` has been told)."""
         conn = self._conn
-        if conn is not None and not self._waiting and not conn.alive():
+        if conn is not None and not self.in_flight and not conn.alive():
             conn.close()
             conn = None
         if conn is None:

@@ -13,10 +13,10 @@ import time
 import pytest
 import uvloop
 
-from basic_inference_server.gateway.channel import Cancel, ChannelClient
+from basic_inference_server.gateway.channel import Cancel, ChannelClient, StreamLimits
 from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.server.channel import ChannelServer, Connection
-from basic_inference_server.transport.frames import FrameReader, reply_frame, request_head
+from basic_inference_server.transport.frames import REQUEST, STREAM, FrameReader, item_frame, reply_frame, request_head
 
 
 class Job:
@@ -255,3 +255,59 @@ def test_frames_waiting_unsent_hold_the_front_back_and_a_cancel_drops_them(socke
 
     run(main())
     listener.close()
+
+
+def test_a_request_sent_while_only_a_stream_is_in_flight_keeps_the_connection(socket_path):
+    """With a stream's items still unread in the socket and nothing else waiting, a new request
+    must not take the connection for dead (it once did: the stream and everything on the
+    connection failed with 502)."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(socket_path)
+    listener.listen()
+
+    def serve():
+        conn, _ = listener.accept()
+        reader = FrameReader()
+        frames = []
+        while not frames:
+            frames = reader.feed(conn.recv(65536))
+        tag = frames[0].tag
+        conn.sendall(item_frame(tag, b'{"i":0}'))
+        time.sleep(0.1)
+        conn.sendall(item_frame(tag, b'{"i":1}'))  # unread when the next request is sent
+        frames = []
+        while not any(f.kind == REQUEST for f in frames):
+            frames += reader.feed(conn.recv(65536))
+        second = next(f for f in frames if f.kind == REQUEST).tag
+        conn.sendall(reply_frame(tag, 200, b"{}", None, STREAM) + reply_frame(second, 200, b'{"two":2}'))
+        time.sleep(0.5)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        client = ChannelClient(loop, socket_path)
+        items, answers = [], {}
+        done = loop.create_future()
+
+        def on_item(body):
+            items.append(body)
+            if len(items) == 1:
+                time.sleep(0.3)  # the second item arrives meanwhile and waits in the socket
+                client.send("r2", "", b"{}", 5, lambda *a: answers.setdefault("second", a) and None)
+
+        def first(*answer):
+            answers["first"] = answer
+            loop.call_later(0.1, done.set_result, None)
+
+        client.send("r1", "", b"{}", 5, first, on_item, StreamLimits(5, 60), True)
+        await done
+        client.close()
+        return items, answers
+
+    items, answers = run(main())
+    listener.close()
+    assert items == [b'{"i":0}', b'{"i":1}']
+    assert answers["first"][0] == 200 and answers["first"][3] is True
+    assert answers["second"][:3] == (200, None, b'{"two":2}')
