@@ -242,7 +242,7 @@ class WorkerPool:
         if job.stream is not None:
             job.stream.cancel()  # a worker waiting to send its next item stops waiting
         if self._queue.remove(job):
-            self.measured.cancelled("queued")
+            self._cancelled(job, "queued")
             job.finish()
 
     def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
@@ -285,6 +285,10 @@ class WorkerPool:
                 "queue": self._queue.depth,
                 "max_queue": self._queue.max_jobs,
             }
+
+    def _cancelled(self, job: Job, stage: str) -> None:
+        self.measured.cancelled(stage)
+        logger.debug("Call %d (request %s) cancelled while %s: its client left", job.call_id, job.request_id, stage)
 
     # -- the worker thread -------------------------------------------------------------------
     def _run(self, idx: int) -> None:
@@ -333,7 +337,7 @@ class WorkerPool:
             jobs = []
             for job in items:
                 if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
-                    self.measured.cancelled("queued")
+                    self._cancelled(job, "queued")
                     job.finish()
                 else:
                     jobs.append(job)
@@ -369,5 +373,5 @@ class WorkerPool:
                 with replies_together():
                     for job in jobs:
                         if job.stopped_running:
-                            self.measured.cancelled("running")
+                            self._cancelled(job, "running")
                         job.finish()

@@ -20,3 +20,15 @@ def test_soak_loses_nothing_while_servers_are_killed():
     assert summary["errors_outside_restart_windows"] == 0
     assert summary["answered"]["200"] > 500
     assert set(summary["answered"]) <= {"200", "502", "503"}
+
+
+def test_clients_leaving_mid_stream_under_load_leave_no_busy_worker_and_no_open_connection():
+    proc = subprocess.run([sys.executable, "-m", "bench.disconnects", "--duration", "12", "--clients", "4",
+                           "--leavers", "40", "--seed", "3"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["outcomes"].get("stream_ok", 0) >= 20 and summary["outcomes"].get("collected_ok", 0) >= 2
+    assert sum(summary["leavers"].values()) == 40 and summary["leavers"].get("error", 0) == 0
+    assert summary["busy_workers_after"] == 0
+    assert summary["client_connections_after"] <= summary["client_connections_before"]
+    assert summary["cancelled"]["running"] + summary["cancelled"]["queued"] >= summary["leavers"]["mid_stream"]
