@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from conftest import ECHO_CONFIG, FIXTURES
+from conftest import ECHO_CONFIG, FIXTURES, REPO, Gateway, make_app
 
 STREAM_FILES = [FIXTURES / "endpoints" / name for name in ("stream_model.py", "stream_batch_model.py",
                                                           "echo_model.py")]
@@ -90,8 +90,6 @@ def metric(gateway, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    from conftest import Gateway, make_app
-
     config = stream_config(
         sbatch={"SERVER_CLASS": "stream_batch_model", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 4,
                 "MAX_BATCH_WAIT_MS": 100},
@@ -302,8 +300,6 @@ def test_many_disconnects_under_load_leave_no_busy_worker_and_no_open_connection
 
 
 def test_the_readme_text_generator_example_streams_its_words(gateway_factory):
-    from conftest import REPO
-
     example = REPO / "examples" / "text_stream"
     config = json.loads((example / "config_gateway.txt").read_text())
     gateway = gateway_factory(config, sorted((example / "endpoints").glob("*.py")))
