@@ -123,8 +123,12 @@ class ServerState:
             items, (status, body, flags) = self.stream_end(job)
             for item in items:
                 conn.queue_item(tag, item)
-            job.stream.end(lambda: conn.queue(reply_frame(tag, status, body, None, flags)))
-            conn.pending.pop(tag, None)
+
+            def last_frame() -> None:  # once the items kept for credit have gone: until then
+                conn.pending.pop(tag, None)  # the job stays pending, to receive that credit
+                conn.queue(reply_frame(tag, status, body, None, flags))
+
+            job.stream.end(last_frame)
         finally:
             requestid.unbind(token)
 

@@ -310,3 +310,20 @@ def test_the_readme_text_generator_example_streams_its_words(gateway_factory):
     collected = gateway.run("text_generator", PROMPT="hello", MAX_WORDS=5).json()["predict_result"]
     assert collected == [data for _, data, _ in events[:-1]]  # the same prompt gives the same words
     assert gateway.run("text_generator", PROMPT="").status_code == 400
+
+
+def test_a_batch_stream_longer_than_its_credit_and_backlog_ends(gateway):
+    """Items kept for a slow client of a batch still go out, and then the end, after the job has
+    finished (the end waits for the client's credit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def read(value: int) -> list[tuple[str, dict[str, Any], float]]:
+        stream = Stream(gateway.port, {"SIGNATURE": "sbatch", "VALUE": value, "N": 200}, timeout=10)
+        time.sleep(0.3)  # the generator runs far ahead of this client meanwhile
+        return stream.events()
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(read, range(2)))
+    for value, events in enumerate(results):
+        assert [(d["value"], d["n"]) for _, d, _ in events[:-1]] == [(value, n) for n in range(200)]
+        assert events[-1][0] == "end"
