@@ -13,7 +13,7 @@ from .errors import InputError
 from .lib_ver import LIB_VER
 from .logger import Logger
 from .server.streams import END_OF_STREAM
-from .worker import FlaskWorker
+from .server.worker import FlaskWorker
 
 __all__ = ["END_OF_STREAM", "FlaskGateway", "FlaskWorker", "InputError", "LIB_VER", "Logger", "get_packages"]
 __version__ = LIB_VER

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
+from .server.discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from basic_inference_server.gateway.ports import port_is_free
+from basic_inference_server.gateway.supervision.ports import port_is_free
 from bench.load import pinned
 
 REPO = Path(__file__).resolve().parents[1]

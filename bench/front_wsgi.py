@@ -37,8 +37,8 @@ from basic_inference_server.errors import (
     ServingError,
     UnknownSignature,
 )
-from basic_inference_server.gateway.envelope import Envelope
-from basic_inference_server.gateway.router import Router
+from basic_inference_server.gateway.routing.envelope import Envelope
+from basic_inference_server.gateway.routing.router import Router
 from basic_inference_server.transport.frames import MISROUTED, REPLY, FrameReader, request_head
 
 logger = logging.getLogger(__name__)

@@ -30,12 +30,12 @@ from ..webutil import (
     read_json_object,
     require_admin,
 )
-from .forward import Reply, forward
-from .handle import READY, STOPPED, ChildHandle
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .openapi import openapi_document
-from .ports import PortsExhausted
-from .status import memory_mb
+from .observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .observe.openapi import openapi_document
+from .observe.status import memory_mb
+from .routing.forward import Reply, forward
+from .supervision.handle import READY, STOPPED, ChildHandle
+from .supervision.ports import PortsExhausted
 from .support_data import metrics_of
 
 if TYPE_CHECKING:
@@ -224,7 +224,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         counts.update(list(gw.metrics.active_streams.items()))
         return counts
 
-    dashboard_page = resources.files(__package__).joinpath("dashboard.html").read_text(encoding="utf-8")
+    dashboard_page = resources.files(f"{__package__}.observe").joinpath("dashboard.html").read_text(encoding="utf-8")
 
     @app.route("/dashboard", methods=["GET"])
     def dashboard() -> Response:

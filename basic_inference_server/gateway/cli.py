@@ -11,10 +11,10 @@ import sys
 import threading
 
 from ..config import ConfigError
-from ..discovery import DiscoveryError
 from ..logs import setup_process_logging
+from ..server.discovery import DiscoveryError
 from .core import FlaskGateway, GatewayStartupError
-from .ports import PortsExhausted
+from .supervision.ports import PortsExhausted
 
 logger = logging.getLogger("basic_inference_server.gateway")
 

@@ -21,13 +21,13 @@ from ..transport.tuning import raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds
 from .app import create_gateway_app
 from .auth import resolve_admin_token
-from .envelope import Envelope
-from .history import StateHistory
-from .metrics import GatewayMetrics
-from .router import Admission, Router
-from .runpath import RunPath
-from .status import system_status
-from .supervisor import Supervisor
+from .observe.metrics import GatewayMetrics
+from .observe.status import system_status
+from .routing.envelope import Envelope
+from .routing.router import Admission, Router
+from .routing.runpath import RunPath
+from .supervision.history import StateHistory
+from .supervision.supervisor import Supervisor
 from .support_data import SupportData
 
 logger = logging.getLogger(__name__)

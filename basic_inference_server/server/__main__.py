@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import exitcodes
-from ..discovery import DiscoveryError, import_worker, locate_worker
 from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
-from ..notifications import GENERAL, NotificationStore
 from ..transport.tuning import return_large_blocks
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
+from .discovery import DiscoveryError, import_worker, locate_worker
+from .notifications import GENERAL, NotificationStore
 from .pool import WorkerPool
 from .spec import ServerSpec, SpecError
 

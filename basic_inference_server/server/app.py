@@ -14,15 +14,15 @@ from flask import Flask, Response, request
 from .. import jsonutil, requestid
 from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, Unavailable, error_body
 from ..httpserve import InFlight
-from ..notifications import GENERAL, NotificationStore
 from ..transport import streamformat
 from ..transport.frames import MISROUTED, STREAM, reply_frame
 from ..webutil import Answer, PostFront, install_error_handlers, json_response, read_json_object, require_admin
-from ..worker import CONTROL_KEYS
 from .channel import Connection
 from .httpstream import HttpStream
+from .notifications import GENERAL, NotificationStore
 from .pool import Job, WorkerPool
 from .streams import BATCH_BACKLOG, StreamOut
+from .worker import CONTROL_KEYS
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from .. import requestid
 from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unavailable
-from ..stats import ServerStats
-from ..worker import FlaskWorker
 from .channel import replies_together
+from .stats import ServerStats
 from .streams import StreamOut
+from .worker import FlaskWorker
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from ..errors import ModelError, ServingError
 from ..transport.frames import STREAM_WINDOW
 
 if TYPE_CHECKING:
-    from ..worker import FlaskWorker
     from .pool import Job
+    from .worker import FlaskWorker
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import requests
 from dockerenv import BASE_IMAGE, DockerError, Engine, EngineUnavailable, run, tail
 
 from basic_inference_server.config import NO_HOST, read_config_file
-from basic_inference_server.gateway.history import FILE_NAME as HISTORY_FILE
+from basic_inference_server.gateway.supervision.history import FILE_NAME as HISTORY_FILE
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]  # the first test also builds the images
 

@@ -26,7 +26,7 @@ from schemathesis.checks import (
     unsupported_method,
 )
 
-from basic_inference_server.gateway.openapi import openapi_document
+from basic_inference_server.gateway.observe.openapi import openapi_document
 from basic_inference_server.transport.streamformat import NDJSON_TYPE, SSE_TYPE
 
 

@@ -13,8 +13,8 @@ import time
 import pytest
 import uvloop
 
-from basic_inference_server.gateway.channel import Cancel, ChannelClient, StreamLimits
-from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from basic_inference_server.gateway.routing.channel import Cancel, ChannelClient, StreamLimits
+from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.server.channel import ChannelServer, Connection
 from basic_inference_server.transport.frames import REQUEST, STREAM, FrameReader, item_frame, reply_frame, request_head
 
@@ -235,7 +235,7 @@ def test_a_gateway_closing_mid_frame_cancels_nothing_else(server):
 def test_frames_waiting_unsent_hold_the_front_back_and_a_cancel_drops_them(socket_path):
     """Past BACKLOG_HIGH bytes of unsent frames the front is told to stop reading; cancelling
     requests whose frames were never written drops them and lets it read again."""
-    from basic_inference_server.gateway.channel import BACKLOG_HIGH
+    from basic_inference_server.gateway.routing.channel import BACKLOG_HIGH
 
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(socket_path)

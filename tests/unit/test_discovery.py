@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from basic_inference_server.discovery import (
+from basic_inference_server.server.discovery import (
     DiscoveryError,
     WorkerLocation,
     find_endpoint_file,

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from basic_inference_server.gateway.envelope import Envelope
+from basic_inference_server.gateway.routing.envelope import Envelope
 from basic_inference_server.lib_ver import LIB_VER
 
 ENVELOPE_KEYS = {"time", "ver", "ver-app", "ver-lib", "gw-uptime", "hostname"}

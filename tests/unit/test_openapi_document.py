@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import schemathesis
 
-from basic_inference_server.gateway.openapi import openapi_document
+from basic_inference_server.gateway.observe.openapi import openapi_document
 
 SIGNATURES = ["dummy_model_demo1", "dummy_model_demo2"]
 # Flask adds these to every route it serves; the document lists the methods a route is written for.

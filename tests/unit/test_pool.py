@@ -15,7 +15,7 @@ from basic_inference_server.errors import (
     ServingError,
     Unavailable,
 )
-from basic_inference_server.worker import FlaskWorker
+from basic_inference_server.server.worker import FlaskWorker
 
 
 class FakeWorker(FlaskWorker):

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import pytest
 
 from basic_inference_server.config import GatewayConfig
-from basic_inference_server.gateway import supervisor as supervisor_module
-from basic_inference_server.gateway.handle import READY, STOPPED, ChildHandle
-from basic_inference_server.gateway.reaper import reap_orphans
-from basic_inference_server.gateway.supervisor import Supervisor
+from basic_inference_server.gateway.supervision import supervisor as supervisor_module
+from basic_inference_server.gateway.supervision.handle import READY, STOPPED, ChildHandle
+from basic_inference_server.gateway.supervision.reaper import reap_orphans
+from basic_inference_server.gateway.supervision.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +142,7 @@ def test_supervisor_poll_passes_the_pids_of_its_unreaped_children(monkeypatch, t
 
 PID1_PROGRAM = textwrap.dedent("""
     import json, os, subprocess, sys, time
-    from basic_inference_server.gateway.reaper import reap_orphans
+    from basic_inference_server.gateway.supervision.reaper import reap_orphans
 
     def state(pid):
         try:

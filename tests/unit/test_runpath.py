@@ -10,14 +10,14 @@ import pytest
 import uvloop
 
 from basic_inference_server.config import EndpointConfig
-from basic_inference_server.gateway.channel import Cancel
-from basic_inference_server.gateway.envelope import Envelope
-from basic_inference_server.gateway.handle import READY, RESTARTING, ChildHandle
-from basic_inference_server.gateway.metrics import GatewayMetrics
-from basic_inference_server.gateway.router import Admission, Router
-from basic_inference_server.gateway.routes import Routes, RouteTable
-from basic_inference_server.gateway.runpath import RunPath
-from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from basic_inference_server.gateway.observe.metrics import GatewayMetrics
+from basic_inference_server.gateway.routing.channel import Cancel
+from basic_inference_server.gateway.routing.envelope import Envelope
+from basic_inference_server.gateway.routing.router import Admission, Router
+from basic_inference_server.gateway.routing.routes import Routes, RouteTable
+from basic_inference_server.gateway.routing.runpath import RunPath
+from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from basic_inference_server.gateway.supervision.handle import READY, RESTARTING, ChildHandle
 from basic_inference_server.transport.frames import MISROUTED
 from basic_inference_server.transport.httpfront import FrontLimits, HttpConnection, HttpFront
 

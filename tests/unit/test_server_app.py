@@ -8,8 +8,8 @@ import pytest
 from werkzeug.test import Client
 
 from basic_inference_server import FlaskWorker
-from basic_inference_server.notifications import GENERAL, NotificationStore
 from basic_inference_server.server.app import ServerState, create_wsgi
+from basic_inference_server.server.notifications import GENERAL, NotificationStore
 
 TOKEN = "admin-secret-1234"
 

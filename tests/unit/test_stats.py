@@ -8,8 +8,8 @@ import pytest
 
 from basic_inference_server import requestid
 from basic_inference_server.errors import UnknownSignature
-from basic_inference_server.gateway.activity import Activity
-from basic_inference_server.stats import Histogram, ServerStats, cumulative_buckets
+from basic_inference_server.gateway.observe.activity import Activity
+from basic_inference_server.server.stats import Histogram, ServerStats, cumulative_buckets
 
 
 def test_histogram_buckets_sum_and_prometheus_cumulative_form():

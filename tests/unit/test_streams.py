@@ -12,6 +12,7 @@ from basic_inference_server import END_OF_STREAM
 from basic_inference_server.errors import ModelError
 from basic_inference_server.server.pool import Job, WorkerPool
 from basic_inference_server.server.streams import StreamOut
+from basic_inference_server.server.worker import FlaskWorker
 from basic_inference_server.transport.frames import (
     CREDIT,
     ITEM,
@@ -22,7 +23,6 @@ from basic_inference_server.transport.frames import (
     reply_frame,
     request_head,
 )
-from basic_inference_server.worker import FlaskWorker
 
 
 class Wire:

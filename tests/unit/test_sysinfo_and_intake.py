@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from basic_inference_server.errors import BadRequest
-from basic_inference_server.gateway import sysinfo
 from basic_inference_server.gateway.app import is_loopback
-from basic_inference_server.gateway.supervisor import backoff
+from basic_inference_server.gateway.observe import sysinfo
+from basic_inference_server.gateway.supervision.supervisor import backoff
 from basic_inference_server.gateway.support_data import SupportData, metrics_of
 
 GB = 1024**3
@@ -105,8 +105,8 @@ def test_intake_from_another_host_needs_the_admin_token(tmp_path):
 
 def test_support_processes_post_to_where_the_gateway_listens(tmp_path):
     from basic_inference_server.config import parse_config
-    from basic_inference_server.gateway.children import support_config
-    from basic_inference_server.gateway.supervisor import connect_host
+    from basic_inference_server.gateway.supervision.children import support_config
+    from basic_inference_server.gateway.supervision.supervisor import connect_host
 
     (tmp_path / "endpoints").mkdir()
     (tmp_path / "endpoints" / "mon.py").write_text("print('support')\n")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from basic_inference_server.gateway.upstream import ConnectFailed, ConnectionLost, ReadTimedOut, Upstream
+from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut, Upstream
 
 
 class ScriptedServer:

@@ -6,7 +6,7 @@ import pytest
 
 from basic_inference_server import FlaskWorker
 from basic_inference_server.errors import InputError, InvalidInput, ModelError
-from basic_inference_server.notifications import GENERAL, INIT, NotificationStore
+from basic_inference_server.server.notifications import GENERAL, INIT, NotificationStore
 
 
 class LinearWorker(FlaskWorker):

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import jsonutil
-from ..transport.streamformat import NDJSON, NDJSON_TYPE, SSE, SSE_TYPE, StreamFormat
+from ... import jsonutil
+from ...transport.streamformat import NDJSON, NDJSON_TYPE, SSE, SSE_TYPE, StreamFormat
 
 RUN_STREAMING = (
     "A model whose _predict returns a generator streams its items to a client that asks with "

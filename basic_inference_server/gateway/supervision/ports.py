@@ -56,3 +56,8 @@ class PortAllocator:
                 f"({len(taken)} used by other servers); widen the range with "
                 "--first_server_port/--last_server_port or FIRST_SERVER_PORT/LAST_SERVER_PORT"
             )
+
+    def release(self, name: str) -> None:
+        """``name`` no longer needs its port (an old generation that stopped)."""
+        with self._lock:
+            self._by_name.pop(name, None)

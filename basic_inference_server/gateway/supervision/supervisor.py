@@ -27,16 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .. import exitcodes
-from ..config import EndpointConfig, GatewayConfig
-from ..errors import Conflict
+from ... import exitcodes
+from ...config import EndpointConfig, GatewayConfig
+from ...errors import Conflict
+from ..routing.routes import Routes, RouteTable
+from ..routing.upstream import Upstream
 from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support
 from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, ChildState, replica_key
 from .history import StateHistory
 from .ports import PortAllocator
 from .reaper import reap_orphans
-from .routes import Routes, RouteTable
-from .upstream import Upstream
 
 logger = logging.getLogger(__name__)
 

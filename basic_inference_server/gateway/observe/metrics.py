@@ -21,14 +21,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from ..stats import LATENCY_BOUNDS, cumulative_buckets
-from ..stats import Histogram as StatsHistogram
+from ...server.stats import LATENCY_BOUNDS, cumulative_buckets
+from ...server.stats import Histogram as StatsHistogram
+from ..supervision.handle import READY, ChildHandle, ChildState
 from .activity import Activity
-from .handle import READY, ChildHandle, ChildState
 from .sysinfo import process_tree_usage
 
 if TYPE_CHECKING:
-    from .supervisor import Supervisor
+    from ..supervision.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
-from ..transport.frames import (
+from ...transport.frames import (
     ITEM,
     REPLY,
     STREAM,

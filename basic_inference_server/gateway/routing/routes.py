@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from ..config import EndpointConfig
+from ...config import EndpointConfig
 
 if TYPE_CHECKING:
-    from .handle import ChildHandle
+    from ..supervision.handle import ChildHandle
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 import psutil
 
+from ..supervision.handle import ChildHandle
 from . import sysinfo
-from .handle import ChildHandle
 
 GB = 1024**3
 MEM_ALERT_RATIO = 0.15

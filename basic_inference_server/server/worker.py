@@ -7,10 +7,10 @@ import logging
 import socket
 from typing import Any
 
-from . import requestid
-from .errors import InputError, InvalidInput, ModelError, ServingError
+from .. import requestid
+from ..errors import InputError, InvalidInput, ModelError, ServingError
+from . import streams
 from .notifications import INIT, NotificationStore
-from .server import streams
 
 logger = logging.getLogger(__name__)
 

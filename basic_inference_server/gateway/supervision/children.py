@@ -18,10 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import EndpointConfig, GatewayConfig
-from ..server.spec import ServerSpec
+from ...config import EndpointConfig, GatewayConfig
+from ...server.spec import ServerSpec
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 SUPPORT_PATH = "/support_update_status"
 _PR_SET_PDEATHSIG = 1
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..errors import RequestTimeout, ServerDied, ServingError, Unavailable
-from .handle import READY, ChildHandle
+from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable
+from ..supervision.handle import READY, ChildHandle
 from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut, TransportError
 
 logger = logging.getLogger(__name__)

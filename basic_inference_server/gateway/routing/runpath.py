@@ -17,15 +17,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
-from .. import jsonutil, requestid
-from ..errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
-from ..transport import streamformat
-from ..transport.frames import MISROUTED
-from ..transport.httpfront import HttpRequest, Responder
+from ... import jsonutil, requestid
+from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
+from ...transport import streamformat
+from ...transport.frames import MISROUTED
+from ...transport.httpfront import HttpRequest, Responder
+from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
+from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient, StreamLimits
 from .forward import transport_error
-from .handle import ChildHandle
-from .metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
 from .router import SYSTEM_STATUS, Router
 from .upstream import ReadTimedOut
 

@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
-from ..stats import Histogram
+from ...server.stats import Histogram
 
 INTERVAL = 5.0
 KEEP = 120  # intervals: 10 minutes

@@ -14,8 +14,8 @@ import socket
 import time
 from typing import Any
 
-from .. import jsonutil
-from ..lib_ver import LIB_VER
+from ... import jsonutil
+from ...lib_ver import LIB_VER
 
 
 class Envelope:

@@ -15,11 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
-from ..httpserve import InFlight
-from ..webutil import Answer
+from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
+from ...httpserve import InFlight
+from ...webutil import Answer
+from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
 from .envelope import Envelope
-from .handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
 from .routes import RouteTable
 
 SYSTEM_STATUS = "SYSTEM_STATUS"

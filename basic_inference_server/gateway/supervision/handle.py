@@ -2,7 +2,7 @@
 
 States (:class:`ChildState`): STARTING -> READY; READY -> RESTARTING (crash, hang) -> STARTING;
 STARTING -> FAILED (load error, startup timeout); any -> STOPPING -> STOPPED (admin, shutdown).
-Only :meth:`Supervisor._transition <basic_inference_server.gateway.supervisor.Supervisor>` moves
+Only :meth:`Supervisor._transition <basic_inference_server.gateway.supervision.supervisor.Supervisor>` moves
 a handle from one state to another.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..config import EndpointConfig
-from ..httpserve import InFlight
-from .upstream import Upstream
+from ...config import EndpointConfig
+from ...httpserve import InFlight
+from ..routing.upstream import Upstream
 
 
 class ChildState(str, Enum):
@@ -67,6 +67,8 @@ class ChildHandle:
     inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
     http: Upstream | None = field(default=None, repr=False)  # its HTTP port: health, admin routes
     socket_path: str = ""  # its internal channel: /run
+    generation: int = 1  # each blue-green replacement (reload, recycle) starts the next one
+    port_key: str = ""  # the name its port is allocated under ("" = its name)
 
     @property
     def name(self) -> str:
