@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, request
 
 from .. import jsonutil
+from ..config import ConfigError
 from ..errors import (
     BadRequest,
     Unavailable,
@@ -135,6 +136,8 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             "DESCRIPTION": endpoint.description,
         }
         if not handle.is_support:
+            last = supervisor.reloader.last.get(endpoint.name)
+            info.update(GENERATION=handle.generation, LAST_RELOAD=last.to_json() if last is not None else None)
             info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
                         WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
                         HEALTH_FAILURES=handle.health_failures)
@@ -160,6 +163,26 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             raise Unavailable(str(exc), retry_after=30) from None
         return json_response({"MESSAGE": f"OK. Starting {signature}", "STATE": handle.state,
                               "PORT": handle.port}, 202)
+
+    @app.route("/reload_server", methods=["POST"])
+    def reload_server() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        signature = signature_of(payload)
+        try:
+            reloads = gw.reload_servers(signature)
+        except ConfigError as exc:
+            raise BadRequest(f"the configuration cannot be read, nothing was reloaded: {exc}") from None
+        except KeyError:
+            raise UnknownSignature(f"{signature!r} is not a started endpoint of the configuration; "
+                                   f"started: {sorted(h.endpoint.name for h in supervisor.servers())}") from None
+        failed = [r for r in reloads if r["STATE"] != "DONE"]
+        if failed:
+            message = "; ".join(f"{r['SIGNATURE']}: {r['ERROR']}" for r in failed)
+            body = error_body("ReloadFailed", f"reload failed, the previous generation goes on serving: {message}")
+            return json_response({**body, "RELOADS": reloads}, 422)
+        return json_response({"MESSAGE": f"OK. Reloaded {', '.join(r['SIGNATURE'] for r in reloads)}",
+                              "RELOADS": reloads})
 
     @app.route("/kill_server", methods=["POST"])
     def kill_server() -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -96,6 +97,7 @@ class FlaskGateway:
         self.execution_path = "/" + server_execution_path.lstrip("/")
         self.workers_location = workers_location
         self.workers_suffix = workers_suffix
+        self._config_path: Path | None = None  # the file the configuration was read from, if any
         self.config = self._load_config(log, config, config_file)
         if first_server_port is not None or last_server_port is not None:
             first = first_server_port or self.config.first_server_port
@@ -132,8 +134,46 @@ class FlaskGateway:
         path = Path(config_file)
         if not path.is_absolute():
             path = self.app_root / path
-        return load_config(path, self.cache_folder / "_data", self.app_root, self.workers_location,
+        self._config_path = path
+        return self._read_config()
+
+    def _read_config(self) -> GatewayConfig:
+        assert self._config_path is not None
+        return load_config(self._config_path, self.cache_folder / "_data", self.app_root, self.workers_location,
                            self.workers_suffix)
+
+    # -- reloads -----------------------------------------------------------------------------
+    def reload_servers(self, signature: str) -> list[dict[str, Any]]:
+        """``POST /reload_server``: replace the servers of ``signature`` (``"*"``: of every started
+        endpoint, one after the other) by a new generation with the endpoint file as it is on disk
+        and its entry as the configuration now says; wait for each. Raises ConfigError (the
+        configuration no longer reads) or KeyError (not a started endpoint)."""
+        try:
+            config = self._read_config() if self._config_path is not None else self.supervisor.config
+        except ConfigError as exc:
+            for name in self._reload_names(signature):
+                self.supervisor.reload_refused(name, f"the configuration does not read: {exc}")
+            raise
+        results = []
+        for name in self._reload_names(signature):
+            endpoint = config.endpoint(name)
+            if endpoint is None or endpoint.is_support:
+                raise KeyError(name)
+            reload = self.supervisor.request_reload(name, endpoint)
+            wait = (self.config.startup_timeout + endpoint.request_timeout + 10) * endpoint.nr_replicas
+            if not reload.done.wait(wait):
+                results.append({**reload.to_json(), "ERROR": f"still in progress after {wait:.0f}s"})
+                break
+            self.config = dataclasses.replace(self.config, endpoints=self.supervisor.config.endpoints)
+            results.append(reload.to_json())
+        return results
+
+    def _reload_names(self, signature: str) -> list[str]:
+        if signature == "*":
+            return [h.endpoint.name for h in self.supervisor.servers() if h.replica == 0 and h.pid is not None]
+        if not self.supervisor.replicas_of(signature):
+            raise KeyError(signature)
+        return [signature]
 
     # -- lifecycle ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:

@@ -126,6 +126,8 @@ def _schemas() -> dict[str, Schema]:
         "WORKERS": _obj({"total": _int(), "ready": _int(), "loading": _int(), "busy": _int(),
                          "failed": _int(), "queue": _int(), "max_queue": _int()}, ["total", "ready"]),
         "HEALTH_FAILURES": _int(minimum=0),
+        "GENERATION": _int(minimum=1),
+        "LAST_RELOAD": _nullable(_schema("Reload")),
     }, ["STATE", "ONLINE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT_CODE", "ERROR", "DESCRIPTION"])
     support_data = _obj({
         "data": _nullable(_obj(description="the latest metrics the process posted")),
@@ -192,6 +194,10 @@ def _schemas() -> dict[str, Schema]:
             "TOKEN": _str("the admin token, for clients that cannot send an Authorization header"),
         }, ["SIGNATURE"], additionalProperties=True),
         "Message": _obj({"MESSAGE": _str()}, ["MESSAGE"]),
+        "Reload": _obj({"SIGNATURE": _str(), "STATE": _str(enum=["STARTING", "DONE", "FAILED"]),
+                        "GENERATION": _int(), "PIDS": {"type": "array", "items": _int()},
+                        "SECONDS": _nullable({"type": "number"}), "ERROR": _nullable(_str()),
+                        "IN_PLACE": _nullable(_str())}, ["SIGNATURE", "STATE", "GENERATION", "PIDS"]),
         "DashboardData": _with_envelope(_obj({
             **servers["properties"],
             "SUPPORT_DATA": _map(_schema("SupportData")),
@@ -347,6 +353,12 @@ def _admin_paths() -> dict[str, Any]:
                                _schema("AdminRequest"), {
             "202": _answer("starting", message(STATE=_str(enum=list(STATES)), PORT=_nullable(_int()))),
             "404": "NotFound", "409": "Conflict", "503": "Unavailable"}),
+        "/reload_server": admin("reloadServer", "Replace an endpoint's servers (\"*\": every started one) by a "
+                                "new generation with the file and entry as they are now, blue-green",
+                                _schema("AdminRequest"), {
+            "200": _answer("switched", message(RELOADS={"type": "array", "items": _schema("Reload")})),
+            "404": "NotFound", "422": _error("ReloadFailed: the new generation did not start; the old one goes on "
+                                             "serving (RELOADS says why)")}),
         "/kill_server": admin("killServer", "Stop a child for good (\"*\": every child)", _schema("AdminRequest"), {
             "200": _answer("stopped", message(KILLED=_map(_obj({"PID": _nullable(_int()),
                                                                 "RETURN_CODE": _nullable(_int())})))),

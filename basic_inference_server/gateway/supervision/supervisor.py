@@ -16,6 +16,7 @@ signal is tied to the thread that forked it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -37,6 +38,7 @@ from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, Chil
 from .history import StateHistory
 from .ports import PortAllocator
 from .reaper import reap_orphans
+from .reload import Reload, Reloader
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class Supervisor:
         self._lock = threading.RLock()
         self._events: deque[tuple[str, ChildState, ChildState, str, str | None]] = deque()  # for _flush
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe")
+        self.reloader = Reloader(self)
 
     # -- the one place that changes a child's state ------------------------------------------
     def _transition(self, handle: ChildHandle, state: ChildState, why: str = "", event: str | None = None) -> None:
@@ -115,10 +118,18 @@ class Supervisor:
         """Write the queued transitions to the log and the history (never under the lock)."""
         while self._events:
             name, previous, state, why, event = self._events.popleft()
+            if state is None:  # an event without a change of state (a reload)
+                if self.history is not None and event is not None:
+                    self.history.record(event, name, why or None)
+                continue
             level = logging.ERROR if state in (FAILED, RESTARTING) else logging.INFO
             logger.log(level, "%s: %s -> %s%s", name, previous, state, f" ({why})" if why else "")
             if event is not None and self.history is not None:
                 self.history.record(event, name, why or None)
+
+    def _record(self, event: str, name: str, detail: str | None) -> None:
+        """A history event that is not a change of state (under the lock, written by _flush)."""
+        self._events.append((name, None, None, detail or "", event))  # type: ignore[arg-type]
 
     # -- starting ----------------------------------------------------------------------------
     def start_enabled(self) -> None:
@@ -211,18 +222,21 @@ class Supervisor:
         """One supervision step; called by the gateway's main thread about ten times a second."""
         now = time.monotonic()
         with self._lock:
-            exited = [(h, h.proc.poll()) for h in self.handles.values()
+            children = list(self.handles.values()) + self.reloader.handles()
+            exited = [(h, h.proc.poll()) for h in children
                       if h.proc is not None and h.state in (STARTING, READY, RESTARTING, STOPPING)]
-        errors = {h.name: self._read_error(h) for h, code in exited if code is not None and not h.is_support}
+        errors = {id(h): self._read_error(h) for h, code in exited if code is not None and not h.is_support}
         to_spawn = []
         with self._lock:
-            for handle in list(self.handles.values()):
-                if self._step(handle, now, errors.get(handle.name, "")):
+            self.reloader.step(now)
+            for handle in list(self.handles.values()) + self.reloader.handles():
+                if self._step(handle, now, errors.get(id(handle), "")):
                     to_spawn.append(handle)
                 if self._probe_due(handle, now):
                     handle.probing = True
                     self._probes.submit(self._probe, handle, handle.proc)
-            alive = {h.proc.pid for h in self.handles.values() if h.proc and h.proc.returncode is None}
+            alive = {h.proc.pid for h in list(self.handles.values()) + self.reloader.handles()
+                     if h.proc and h.proc.returncode is None}
         for handle in to_spawn:
             self._spawn(handle)
         self._flush()
@@ -267,7 +281,8 @@ class Supervisor:
             if code == exitcodes.BIND_FAILED and handle.bind_retries < BIND_RETRIES:
                 handle.bind_retries += 1
                 try:
-                    handle.port = self.ports.allocate(handle.name, handle.endpoint.host, avoid=handle.port)
+                    handle.port = self.ports.allocate(handle.port_key or handle.name, handle.endpoint.host,
+                                                      avoid=handle.port)
                 except Exception as exc:  # noqa: BLE001 - reported as the server's error
                     detail = f"{detail}; {exc}"
                 else:
@@ -281,7 +296,8 @@ class Supervisor:
         return False
 
     def _fail(self, handle: ChildHandle, error: str) -> None:
-        self._transition(handle, FAILED, error, event="FAILED")
+        routed = self.handles.get(handle.name) is handle  # not a new generation that failed to load
+        self._transition(handle, FAILED, error, event="FAILED" if routed else None)
 
     def _schedule_restart(self, handle: ChildHandle, now: float, why: str) -> None:
         handle.failures += 1
@@ -299,6 +315,42 @@ class Supervisor:
         if handle.proc is not None and handle.proc.poll() is None:
             handle.proc.terminate()
             handle.kill_at = now + self.config.shutdown_grace + 2.0
+
+    # -- reloads (blue-green, see .reload) -------------------------------------------------------
+    def request_reload(self, name: str, endpoint: EndpointConfig) -> Reload:
+        """Replace ``name``'s servers by a new generation with ``endpoint`` (any thread); the main
+        loop does it. Raises KeyError when ``name`` has no started server."""
+        with self._lock:
+            if not self.replicas_of(name) or endpoint.is_support:
+                raise KeyError(name)
+            return self.reloader.request(name, endpoint)
+
+    def reload_refused(self, name: str, error: str) -> Reload:
+        """A reload that could not begin (the new configuration or file does not read): reported
+        as one that failed; nothing changes."""
+        with self._lock:
+            reload = self.reloader.refused(name, error)
+        self._flush()
+        return reload
+
+    def endpoint_changed(self, endpoint: EndpointConfig) -> None:
+        """A new configuration entry is in force for one endpoint (under the lock)."""
+        self.config = dataclasses.replace(self.config, endpoints=tuple(
+            endpoint if e.name == endpoint.name else e for e in self.config.endpoints))
+        self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+
+    def _release(self, handle: ChildHandle) -> None:
+        """An old generation (or a new one that failed) has exited: free what it held."""
+        if handle.proc is not None and handle.proc.stdin is not None:
+            handle.proc.stdin.close()
+        if handle.http is not None:
+            handle.http.close()
+            handle.http = None
+        if handle.port_key or handle.generation == 1:
+            self.ports.release(handle.port_key or handle.name)
+        code = handle.proc.returncode if handle.proc is not None else None
+        handle.exit_code = code
+        self._transition(handle, STOPPED, f"generation {handle.generation} stopped, exit code {code}")
 
     # -- health probes (on the probe threads) ------------------------------------------------
     @staticmethod
@@ -358,9 +410,14 @@ class Supervisor:
     def stop_all(self, grace: float | None = None) -> None:
         with self._lock:
             running = [n for n, h in self.handles.items() if h.proc is not None and h.proc.poll() is None]
+            others = [h for h in self.reloader.handles() if h.proc is not None and h.proc.poll() is None]
+        for handle in others:  # generations loading for a reload, or draining after one
+            handle.proc.terminate()
         if running:
             logger.info("Stopping %d child process(es): %s", len(running), ", ".join(running))
             self.stop_many(running, grace)
+        for handle in others:
+            self._reap(handle, time.monotonic() + (self.config.shutdown_grace if grace is None else grace))
         self._probes.shutdown(wait=False, cancel_futures=True)
         if self._temporary_sockets:
             shutil.rmtree(self.socket_folder, ignore_errors=True)

@@ -1,0 +1,209 @@
+"""Blue-green replacement of an endpoint's model servers: a new generation, then the switch.
+
+For each replica in turn: a new process (the next *generation*) starts on a port of its own
+with the endpoint file as it is now on disk and the given configuration entry, while the old one
+keeps serving. Once the new one is READY, routing switches to it in one assignment of the route
+table; the old one gets no new request, finishes those it was sent (the gateway waits until it
+holds none, then SIGTERM lets the server drain its own queue), and stops. A new generation that
+exits, fails to load or misses ``STARTUP_TIMEOUT`` is stopped, and the old one goes on serving:
+the reload is FAILED with the reason. With no free port for a second process, the replica is
+replaced in place instead (stopped, then started again): its requests get 503 with
+``Retry-After`` meanwhile, and the answer says so.
+
+:class:`Reload` is the record of one request; its state is a :class:`ReloadState` changed only
+by :meth:`Reload.move`. The supervisor's main loop drives it (:meth:`Reloader.step`), since
+only the main thread spawns processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from ...config import EndpointConfig
+from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, replica_key
+from .ports import PortsExhausted
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+RETIRE_MARGIN = 5.0  # seconds past REQUEST_TIMEOUT an old generation may keep requests before SIGTERM
+
+
+class ReloadState(str, Enum):
+    STARTING = "STARTING"  # the new generation of the current replica is loading
+    DONE = "DONE"
+    FAILED = "FAILED"
+
+    __str__ = str.__str__
+
+
+@dataclass
+class Reload:
+    """One reload of one endpoint: its replicas replaced one at a time."""
+
+    name: str
+    endpoint: EndpointConfig  # the configuration entry the new generation starts with
+    replicas: int
+    started: float = field(default_factory=time.monotonic)
+    state: ReloadState = ReloadState.STARTING
+    replica: int = 0  # the one being replaced
+    new: ChildHandle | None = None
+    in_place: str | None = None  # why a replica was replaced in place (no room for a second process)
+    error: str | None = None
+    pids: list[int] = field(default_factory=list)
+    generation: int = 0
+    seconds: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def move(self, state: ReloadState, error: str | None = None) -> None:
+        """The one place that changes a reload's state."""
+        self.state, self.error = state, error
+        if state in (ReloadState.DONE, ReloadState.FAILED):
+            self.seconds = round(time.monotonic() - self.started, 3)
+            self.done.set()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"SIGNATURE": self.name, "STATE": str(self.state), "GENERATION": self.generation,
+                "PIDS": list(self.pids), "SECONDS": self.seconds, "ERROR": self.error,
+                "IN_PLACE": self.in_place}
+
+
+class Reloader:
+    """The reloads in progress and the old generations still draining, for one supervisor."""
+
+    def __init__(self, supervisor: Supervisor):
+        self.sup = supervisor
+        self.active: dict[str, Reload] = {}
+        self.retiring: list[tuple[ChildHandle, float]] = []  # (old generation, switched at)
+        self.last: dict[str, Reload] = {}  # endpoint name -> its last finished reload
+
+    def handles(self) -> list[ChildHandle]:
+        """Children that are not in the route table: new generations loading, old ones draining."""
+        return [r.new for r in self.active.values() if r.new is not None] + [h for h, _ in self.retiring]
+
+    def request(self, name: str, endpoint: EndpointConfig) -> Reload:
+        """Queue a reload of ``name`` (any thread; the caller holds the supervisor's lock)."""
+        current = self.active.get(name)
+        if current is not None:
+            return current  # one at a time: a second call joins the one in progress
+        reload = self.active[name] = Reload(name, endpoint, endpoint.nr_replicas)
+        logger.info("%s: reload requested", name)
+        return reload
+
+    def refused(self, name: str, error: str) -> Reload:
+        """Record a reload that failed before any process started (under the lock)."""
+        reload = Reload(name, self.sup.config.endpoint(name), 0)  # type: ignore[arg-type]
+        reload.move(ReloadState.FAILED, error)
+        self.last[name] = reload
+        self.sup._record("RELOAD_FAILED", name, error)
+        return reload
+
+    def step(self, now: float) -> None:
+        """Advance every reload and retirement (main loop, under the lock). A new generation is
+        left STARTING without a process: the supervisor's step spawns it like any child."""
+        for name, reload in list(self.active.items()):
+            self._advance(reload, now)
+            if reload.done.is_set():
+                del self.active[name]
+                self.last[name] = reload
+        self._retire(now)
+
+    # -- one reload --------------------------------------------------------------------------
+    def _advance(self, reload: Reload, now: float) -> None:
+        sup = self.sup
+        new = reload.new
+        if new is None:
+            self._begin_replica(reload)
+            return
+        if new.state == READY:
+            self._switch(reload, new, now)
+            if not reload.done.is_set():
+                self._advance(reload, now)
+            return
+        if reload.in_place and new.state == RESTARTING and new.started_at < reload.started:
+            return  # still draining before its start with the new code
+        if reload.in_place and new.state in (FAILED, RESTARTING):
+            reload.new = None
+            reload.move(ReloadState.FAILED, f"{new.name}, replaced in place, did not start: {new.error}")
+            sup._record("RELOAD_FAILED", reload.name, reload.error)
+            return
+        if new.state in (FAILED, RESTARTING, STOPPED):
+            why = new.error or f"exited with code {new.exit_code}"
+            sup._terminate(new, now)
+            self.retiring.append((new, now - 1e9))  # nothing was routed to it: stop it at once
+            reload.new = None
+            reload.move(ReloadState.FAILED, f"the new generation of {new.name} did not start: {why}")
+            sup._record("RELOAD_FAILED", reload.name, reload.error)
+            logger.error("%s: reload failed, the old generation goes on serving: %s", reload.name, why)
+
+    def _begin_replica(self, reload: Reload) -> None:
+        sup = self.sup
+        key_handle = sup.handles.get(replica_key(reload.name, reload.replica))
+        generation = (key_handle.generation if key_handle is not None else 0) + 1
+        new = ChildHandle(endpoint=reload.endpoint, port=None, replica=reload.replica, generation=generation)
+        new.port_key = f"{new.name}@{generation}"
+        try:
+            new.port = sup.ports.allocate(new.port_key, reload.endpoint.host)
+        except PortsExhausted as exc:
+            if key_handle is None:
+                reload.move(ReloadState.FAILED, str(exc))
+                return
+            self._in_place(reload, key_handle, generation, str(exc))
+            return
+        new.nr_workers = key_handle.nr_workers if key_handle is not None else None
+        reload.new, reload.generation = new, generation
+        sup._transition(new, STARTING, f"generation {generation}")
+
+    def _in_place(self, reload: Reload, old: ChildHandle, generation: int, why: str) -> None:
+        """No room for a second process: the replica stops (draining) and starts again with the
+        new code and entry on its port; the router answers 503 with Retry-After meanwhile."""
+        reload.in_place = f"replaced in place (503 with Retry-After meanwhile): {why}"
+        logger.warning("%s: %s", old.name, reload.in_place)
+        now = time.monotonic()
+        old.endpoint, old.generation, old.restart_at = reload.endpoint, generation, now
+        self.sup._terminate(old, now)
+        self.sup._transition(old, RESTARTING, reload.in_place)
+        reload.new, reload.generation = old, generation
+
+    def _switch(self, reload: Reload, new: ChildHandle, now: float) -> None:
+        sup = self.sup
+        key = new.name
+        old = sup.handles.get(key)
+        sup.handles[key] = new
+        sup.endpoint_changed(reload.endpoint)
+        if old is not None and old is not new and old.proc is not None:
+            new.restarts = old.restarts
+            self.retiring.append((old, now))
+        reload.pids.append(new.pid or 0)
+        sup._record("RELOAD", new.name, f"generation {new.generation}, pid {new.pid}")
+        logger.info("%s: switched to generation %d (pid %s)", key, new.generation, new.pid)
+        reload.new = None
+        reload.replica += 1
+        if reload.replica >= reload.replicas:
+            reload.move(ReloadState.DONE)
+
+    # -- old generations ---------------------------------------------------------------------
+    def _retire(self, now: float) -> None:
+        sup = self.sup
+        still = []
+        for handle, since in self.retiring:
+            proc = handle.proc
+            if proc is None or proc.poll() is not None:
+                sup._release(handle)
+                continue
+            if handle.state != STOPPING:
+                late = now - since > handle.endpoint.request_timeout + RETIRE_MARGIN
+                if handle.inflight.count == 0 or late:  # what it was sent has been answered
+                    sup._transition(handle, STOPPING, f"generation {handle.generation} retired")
+                    sup._terminate(handle, now)
+            elif handle.kill_at is not None and now >= handle.kill_at:
+                proc.kill()
+            still.append((handle, since))
+        self.retiring = still

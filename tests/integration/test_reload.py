@@ -1,0 +1,160 @@
+"""Blue-green reloads through real processes: /reload_server under load loses nothing, answers
+change to the new code only after the switch, and a broken reload leaves the old code serving."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+from conftest import ECHO_CONFIG, FIXTURES
+
+FILES = [FIXTURES / "endpoints" / name for name in ("versioned_model.py", "echo_model.py")]
+
+
+def reload_config(**ver: Any) -> dict[str, Any]:
+    config = copy.deepcopy(ECHO_CONFIG)
+    config["CONFIG_ENDPOINTS"] = {
+        "ver": {"SERVER_CLASS": "versioned_model", "NR_WORKERS": 2, **ver},
+        "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2},
+    }
+    return config
+
+
+class Load:
+    """Client threads over two endpoints; every answer is kept, in order, per thread."""
+
+    def __init__(self, gateway, threads: int = 8):
+        self.gateway = gateway
+        self.stop = threading.Event()
+        self.answers: list[list[tuple[int | None, Any]]] = [[] for _ in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+
+    def _run(self, index: int) -> None:
+        with requests.Session() as session:
+            sequence = 0
+            while not self.stop.is_set():
+                sequence += 1
+                name = "ver" if index % 2 == 0 else "echo"
+                body = {"SIGNATURE": name, "ID": sequence} if name == "ver" else {"SIGNATURE": name, "VALUE": sequence}
+                try:
+                    reply = session.post(self.gateway.url + "/run", json=body, timeout=15)
+                    result = reply.json().get("predict_result") if reply.status_code == 200 else reply.text
+                    self.answers[index].append((reply.status_code, result))
+                except requests.RequestException as exc:
+                    self.answers[index].append((None, repr(exc)))
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(20)
+
+    def statuses(self) -> Counter:
+        return Counter(status for answers in self.answers for status, _ in answers)
+
+    def versions(self) -> list[list[int]]:
+        return [[result["version"] for status, result in answers if status == 200]
+                for index, answers in enumerate(self.answers) if index % 2 == 0]
+
+
+def reload(gateway, signature: str = "ver") -> requests.Response:
+    return gateway.admin("/reload_server", {"SIGNATURE": signature})
+
+
+def set_version(gateway, version: int) -> None:
+    path = Path(gateway.app_dir) / "endpoints" / "versioned_model.py"
+    text = path.read_text()
+    path.write_text("\n".join(f"VERSION = {version}" if line.startswith("VERSION = ") else line
+                              for line in text.splitlines()) + "\n")
+
+
+def test_reloading_changed_code_under_load_loses_nothing_and_switches_once(gateway_factory):
+    gateway = gateway_factory(reload_config())
+    old_pid = gateway.servers()["ver"]["PID"]
+    echo_pid = gateway.servers()["echo"]["PID"]
+    timings = []
+    with Load(gateway) as load:
+        for version in (2, 3, 4):
+            time.sleep(0.7)
+            set_version(gateway, version)
+            started = time.monotonic()
+            answer = reload(gateway)
+            timings.append(time.monotonic() - started)
+            assert answer.status_code == 200, answer.text
+            (done,) = answer.json()["RELOADS"]
+            assert done["STATE"] == "DONE" and done["GENERATION"] == version
+        time.sleep(0.7)
+    statuses = load.statuses()
+    assert set(statuses) == {200}, statuses
+    assert statuses[200] > 200
+    for versions in load.versions():  # each client sees 1, then 2, ... never an old one after a new one
+        assert versions == sorted(versions) and versions[0] == 1 and versions[-1] == 4
+    servers = gateway.servers()
+    assert servers["ver"]["PID"] != old_pid and servers["ver"]["GENERATION"] == 4
+    assert servers["echo"]["PID"] == echo_pid  # the other endpoint is not touched
+    assert servers["ver"]["LAST_RELOAD"]["STATE"] == "DONE"
+    assert max(timings) < 2.0, timings
+    gateway.remember_children()
+
+
+def test_a_broken_reload_leaves_the_old_code_answering_and_is_reported(gateway_factory):
+    gateway = gateway_factory(reload_config())
+    path = Path(gateway.app_dir) / "endpoints" / "versioned_model.py"
+    good = path.read_text()
+    with Load(gateway) as load:
+        time.sleep(0.3)
+        path.write_text(good + "\nthis is not python (\n")
+        broken = reload(gateway)
+        path.write_text(good.replace("_CONFIG = {\"WEIGHT\": 1, \"FAIL_LOAD\": False}",
+                                     "_CONFIG = {\"WEIGHT\": 1, \"FAIL_LOAD\": True}"))
+        failing = reload(gateway)
+        time.sleep(0.3)
+    assert broken.status_code == 400 and "syntax error" in broken.json()["ERROR"]
+    assert failing.status_code == 422, failing.text
+    body = failing.json()
+    assert body["error"]["type"] == "ReloadFailed" and "FAIL_LOAD is set" in body["ERROR"]
+    assert body["RELOADS"][0]["STATE"] == "FAILED"
+    assert set(load.statuses()) == {200}
+    assert all(set(versions) == {1} for versions in load.versions())
+    info = gateway.servers()["ver"]
+    assert info["STATE"] == "READY" and info["GENERATION"] == 1
+    assert info["LAST_RELOAD"]["STATE"] == "FAILED" and "FAIL_LOAD" in info["LAST_RELOAD"]["ERROR"]
+    events = gateway.post("/system_status").json()["SYSTEM_HISTORY"]["EVENTS"]
+    assert [e["event"] for e in events].count("RELOAD_FAILED") == 2
+    assert "FAILED" not in [e["event"] for e in events]  # the endpoint itself never failed
+
+
+def test_replicas_are_replaced_one_at_a_time_without_a_failed_request(gateway_factory):
+    gateway = gateway_factory(reload_config(NR_REPLICAS=2))
+    before = {name: info["PID"] for name, info in gateway.servers().items() if name.startswith("ver")}
+    with Load(gateway) as load:
+        time.sleep(0.5)
+        set_version(gateway, 2)
+        answer = reload(gateway)
+        time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["RELOADS"][0]["PIDS"]) == 2
+    assert set(load.statuses()) == {200}
+    after = {name: info for name, info in gateway.servers().items() if name.startswith("ver")}
+    assert set(after) == {"ver", "ver#2"}
+    assert all(info["GENERATION"] == 2 and info["PID"] not in before.values() for info in after.values())
+    gateway.remember_children()
+
+
+def test_reload_needs_the_token_and_a_started_endpoint(gateway_factory):
+    gateway = gateway_factory(reload_config())
+    assert gateway.post("/reload_server", {"SIGNATURE": "ver"}).status_code == 401
+    assert reload(gateway, "nope").status_code == 404
+    everything = reload(gateway, "*")
+    assert everything.status_code == 200
+    assert sorted(r["SIGNATURE"] for r in everything.json()["RELOADS"]) == ["echo", "ver"]
+    gateway.remember_children()
