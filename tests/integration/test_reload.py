@@ -158,3 +158,19 @@ def test_reload_needs_the_token_and_a_started_endpoint(gateway_factory):
     assert everything.status_code == 200
     assert sorted(r["SIGNATURE"] for r in everything.json()["RELOADS"]) == ["echo", "ver"]
     gateway.remember_children()
+
+
+def test_without_a_free_port_the_replica_is_replaced_in_place_and_says_so(gateway_factory):
+    gateway = gateway_factory(reload_config(), start=False)
+    gateway.start(extra_args=["--last_server_port", str(gateway.first_server_port + 1)])  # one port each
+    set_version(gateway, 2)
+    with requests.Session() as session:
+        answer = reload(gateway)
+        assert answer.status_code == 200, answer.text
+        (done,) = answer.json()["RELOADS"]
+        assert done["STATE"] == "DONE" and "in place" in done["IN_PLACE"] and "no free port" in done["IN_PLACE"]
+        reply = session.post(gateway.url + "/run", json={"SIGNATURE": "ver"}, timeout=10)
+        assert reply.json()["predict_result"]["version"] == 2
+    info = gateway.servers()["ver"]
+    assert info["GENERATION"] == 2 and info["PORT"] == gateway.first_server_port
+    gateway.remember_children()
