@@ -184,6 +184,16 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         return json_response({"MESSAGE": f"OK. Reloaded {', '.join(r['SIGNATURE'] for r in reloads)}",
                               "RELOADS": reloads})
 
+    @app.route("/reload_config", methods=["POST"])
+    def reload_config() -> Response:
+        payload = read_json_object(request, limit)
+        require_admin(gw.admin_token, request, payload)
+        try:
+            result = gw.reload_config()
+        except ConfigError as exc:
+            raise BadRequest(f"the configuration does not read, nothing changed: {exc}") from None
+        return json_response({"MESSAGE": "OK. Configuration reloaded", **result})
+
     @app.route("/kill_server", methods=["POST"])
     def kill_server() -> Response:
         payload = read_json_object(request, limit)

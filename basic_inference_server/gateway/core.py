@@ -20,6 +20,7 @@ from ..logs import logging_configured, setup_process_logging
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds
+from . import reconfigure
 from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .observe.metrics import GatewayMetrics
@@ -99,12 +100,8 @@ class FlaskGateway:
         self.workers_suffix = workers_suffix
         self._config_path: Path | None = None  # the file the configuration was read from, if any
         self.config = self._load_config(log, config, config_file)
-        if first_server_port is not None or last_server_port is not None:
-            first = first_server_port or self.config.first_server_port
-            last = last_server_port or first + 7
-            if last < first:
-                raise ConfigError(f"last server port {last} is below the first server port {first}")
-            self.config = replace(self.config, first_server_port=first, last_server_port=last)
+        self._port_flags = (first_server_port, last_server_port)
+        self.config = self._with_port_flags(self.config)
         self.host_id = "h" + secrets.token_hex(2)
         self.envelope = Envelope(app_version or _read_app_version(self.app_root))
         self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
@@ -119,6 +116,7 @@ class FlaskGateway:
         self.admission = Admission(MAX_IN_FLIGHT)
         self.router = Router(self.supervisor.table, self.envelope, self.admission, self.config.response_format)
         self._stop = threading.Event()
+        self._hup = threading.Event()
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
         if run:
@@ -141,6 +139,17 @@ class FlaskGateway:
         assert self._config_path is not None
         return load_config(self._config_path, self.cache_folder / "_data", self.app_root, self.workers_location,
                            self.workers_suffix)
+
+    def _with_port_flags(self, config: GatewayConfig) -> GatewayConfig:
+        """The command line's port range wins over the configuration's."""
+        first_flag, last_flag = self._port_flags
+        if first_flag is None and last_flag is None:
+            return config
+        first = first_flag or config.first_server_port
+        last = last_flag or first + 7
+        if last < first:
+            raise ConfigError(f"last server port {last} is below the first server port {first}")
+        return replace(config, first_server_port=first, last_server_port=last)
 
     # -- reloads -----------------------------------------------------------------------------
     def reload_servers(self, signature: str) -> list[dict[str, Any]]:
@@ -167,6 +176,32 @@ class FlaskGateway:
             self.config = dataclasses.replace(self.config, endpoints=self.supervisor.config.endpoints)
             results.append(reload.to_json())
         return results
+
+    def reload_config(self) -> dict[str, Any]:
+        """``POST /reload_config`` and SIGHUP: read the configuration again and put its endpoints
+        in force (:mod:`.reconfigure`). Raises ConfigError (nothing changes) when it does not read."""
+        if self._config_path is None:
+            raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
+        try:
+            config = self._with_port_flags(self._read_config())
+        except ConfigError as exc:
+            logger.error("reload_config: the configuration does not read, nothing changed: %s", exc)
+            self.history.record("RELOAD_CONFIG_FAILED", detail=str(exc))
+            raise
+        result = reconfigure.apply(self, config)
+        self.history.record("RELOAD_CONFIG", detail=", ".join(
+            f"{key.lower()} {value}" for key, value in result.items() if key in ("ADDED", "REMOVED", "CHANGED")))
+        return result
+
+    def _reload_config_in_background(self) -> None:
+        def run() -> None:
+            try:
+                self.reload_config()
+            except ConfigError:
+                pass  # logged and recorded
+            except Exception:
+                logger.exception("reload_config after SIGHUP failed")
+        threading.Thread(target=run, name="reload-config", daemon=True).start()
 
     def _reload_names(self, signature: str) -> list[str]:
         if signature == "*":
@@ -204,6 +239,7 @@ class FlaskGateway:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGHUP, lambda *_: self._hup.set())  # gunicorn's convention: reload
         self.supervisor.gateway_host, self.supervisor.gateway_port = self.host, self.http.port
         self.history.record("STARTUP", detail=f"pid {os.getpid()}, port {self.http.port}")
         try:
@@ -216,6 +252,10 @@ class FlaskGateway:
         announced = False
         while not self._stop.is_set():
             self.supervisor.poll()
+            if self._hup.is_set():
+                self._hup.clear()
+                logger.info("SIGHUP: reloading the configuration")
+                self._reload_config_in_background()
             if not announced and self.supervisor.settled():
                 announced = True
                 self._announce(time.monotonic() - started)

@@ -359,6 +359,10 @@ def _admin_paths() -> dict[str, Any]:
             "200": _answer("switched", message(RELOADS={"type": "array", "items": _schema("Reload")})),
             "404": "NotFound", "422": _error("ReloadFailed: the new generation did not start; the old one goes on "
                                              "serving (RELOADS says why)")}),
+        "/reload_config": admin("reloadConfig", "Read config_gateway.txt again: start added endpoints, stop removed "
+                                "ones, replace changed ones blue-green (also on SIGHUP)", _schema("AdminRequest"), {
+            "200": _answer("in force", message(**{k: {"type": "array"} for k in (
+                "ADDED", "REMOVED", "CHANGED", "UNCHANGED", "NEEDS_RESTART", "STARTED", "RELOADS")}))}),
         "/kill_server": admin("killServer", "Stop a child for good (\"*\": every child)", _schema("AdminRequest"), {
             "200": _answer("stopped", message(KILLED=_map(_obj({"PID": _nullable(_int()),
                                                                 "RETURN_CODE": _nullable(_int())})))),

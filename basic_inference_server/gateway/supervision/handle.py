@@ -69,6 +69,7 @@ class ChildHandle:
     socket_path: str = ""  # its internal channel: /run
     generation: int = 1  # each blue-green replacement (reload, recycle) starts the next one
     port_key: str = ""  # the name its port is allocated under ("" = its name)
+    code_hash: str = ""  # of the endpoint file it was started from (a reloaded configuration compares it)
 
     @property
     def name(self) -> str:

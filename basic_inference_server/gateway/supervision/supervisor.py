@@ -31,6 +31,7 @@ from typing import Any
 from ... import exitcodes
 from ...config import EndpointConfig, GatewayConfig
 from ...errors import Conflict
+from ..reconfigure import code_hash
 from ..routing.routes import Routes, RouteTable
 from ..routing.upstream import Upstream
 from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support
@@ -205,6 +206,7 @@ class Supervisor:
         now = time.monotonic()
         with self._lock:
             handle.proc, handle.started_at, handle.ready_at = proc, now, None
+            handle.code_hash = code_hash(endpoint)
             handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
             if not handle.is_support:
                 handle.socket_path = socket_path
@@ -391,12 +393,40 @@ class Supervisor:
             return None, {}
 
     # -- stopping ----------------------------------------------------------------------------
+    def remove_endpoints(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """Endpoints gone from the configuration: out of the route table at once (404 for new
+        requests), then each server is stopped once it holds no request (those it was sent are
+        answered), and its port is freed."""
+        if not names:
+            return {}
+        with self._lock:
+            handles = [h for h in self.handles.values() if h.endpoint.name in names]
+            for handle in handles:
+                del self.handles[handle.name]
+            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+        deadline = time.monotonic() + max(h.endpoint.request_timeout for h in handles) + 5 if handles else 0
+        while any(h.inflight.count for h in handles) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stopped = self._stop_handles(handles, self.config.shutdown_grace)
+        for handle in handles:
+            self.ports.release(handle.port_key or handle.name)
+        return stopped
+
+    def set_endpoints(self, endpoints: tuple[EndpointConfig, ...]) -> None:
+        """The configured endpoints from now on (a reloaded configuration)."""
+        with self._lock:
+            self.config = dataclasses.replace(self.config, endpoints=endpoints)
+            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+
     def stop_many(self, names: list[str], grace: float | None = None) -> dict[str, dict[str, Any]]:
         """Stop children at once (SIGTERM together, SIGKILL after one shared grace); they become
         STOPPED and stay so until started again."""
-        grace = self.config.shutdown_grace if grace is None else grace
         with self._lock:
             handles = [self.handles[n] for n in names]
+        return self._stop_handles(handles, self.config.shutdown_grace if grace is None else grace)
+
+    def _stop_handles(self, handles: list[ChildHandle], grace: float) -> dict[str, dict[str, Any]]:
+        with self._lock:
             for handle in handles:
                 self._transition(handle, STOPPING)
                 if handle.proc is not None and handle.proc.poll() is None:
