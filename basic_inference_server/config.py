@@ -59,6 +59,9 @@ class EndpointConfig:
     script: Path | None = None  # support processes only: the script to run
     stream_idle_timeout: float = DEFAULT_REQUEST_TIMEOUT  # longest wait for a stream's next item
     stream_timeout: float = DEFAULT_STREAM_TIMEOUT  # longest stream
+    max_requests: int = 0  # recycle a server after this many answers (0: never), plus up to the jitter
+    max_requests_jitter: int = 0
+    max_rss_mb: float = 0.0  # recycle a server whose process tree is larger (0: never)
 
     @property
     def is_support(self) -> bool:
@@ -262,6 +265,9 @@ def _parse_endpoint(
         max_batch_size=_integer(settings, "MAX_BATCH_SIZE", 1, where, minimum=1, maximum=4096),
         max_batch_wait_ms=_number(settings, "MAX_BATCH_WAIT_MS", 5, where, maximum=10_000),
         nr_replicas=_integer(settings, "NR_REPLICAS", 1, where, minimum=1, maximum=16),
+        max_requests=_integer(settings, "MAX_REQUESTS", 0, where, minimum=0, maximum=1_000_000_000),
+        max_requests_jitter=_integer(settings, "MAX_REQUESTS_JITTER", 0, where, minimum=0, maximum=1_000_000_000),
+        max_rss_mb=_optional_number(settings, "MAX_RSS_MB", where),
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,
@@ -310,6 +316,11 @@ def _number(data: Mapping, key: str, default: float, where: str, maximum: float 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
         raise ConfigError(_expected(_key(where, key), f"a number > 0 and <= {maximum:g}", value))
     return float(value)
+
+
+def _optional_number(data: Mapping, key: str, where: str) -> float:
+    """A number > 0, or 0 when the key is absent (the feature is off)."""
+    return _number(data, key, 0, where, maximum=1e9) if key in data else 0.0
 
 
 def _boolean(data: Mapping, key: str, default: bool, where: str) -> bool:

@@ -137,7 +137,11 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         }
         if not handle.is_support:
             last = supervisor.reloader.last.get(endpoint.name)
-            info.update(GENERATION=handle.generation, LAST_RELOAD=last.to_json() if last is not None else None)
+            recycles = {reason: count for (name, reason), count in supervisor.reloader.recycles.items()
+                        if name == endpoint.name}
+            info.update(GENERATION=handle.generation, LAST_RELOAD=last.to_json() if last is not None else None,
+                        REQUESTS_SERVED=handle.served, RSS_MB=round(handle.rss_bytes / 1048576, 1) or None,
+                        RECYCLES=recycles)
             info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
                         WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
                         HEALTH_FAILURES=handle.health_failures)

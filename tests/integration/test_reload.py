@@ -225,3 +225,52 @@ def psutil_alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def test_max_requests_recycles_each_server_blue_green_under_load(gateway_factory):
+    gateway = gateway_factory(reload_config(MAX_REQUESTS=150, MAX_REQUESTS_JITTER=20, NR_REPLICAS=2))
+    with Load(gateway) as load:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sum(info.get("GENERATION", 1) - 1 for name, info in gateway.servers().items()
+                   if name.startswith("ver")) >= 4:
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+    assert set(load.statuses()) == {200}, load.statuses()
+    servers = {name: info for name, info in gateway.servers().items() if name.startswith("ver")}
+    assert sum(info["GENERATION"] - 1 for info in servers.values()) >= 4
+    assert servers["ver"]["RECYCLES"].get("max_requests", 0) >= 4
+    # A server past its 150-170 keeps serving while its successor starts, then its successor counts anew.
+    total = load.statuses()[200] // 2  # the ver half of the load
+    assert all(info["REQUESTS_SERVED"] < max(400, total // 2) for info in servers.values()), (servers, total)
+    metrics = gateway.get("/metrics").text
+    assert 'bis_server_recycles_total{reason="max_requests",signature="ver"}' in metrics
+    events = [e["event"] for e in gateway.post("/system_status").json()["SYSTEM_HISTORY"]["EVENTS"]]
+    assert events.count("RECYCLE") >= 4
+    gateway.remember_children()
+
+
+def test_max_rss_mb_recycles_a_server_that_leaks(gateway_factory):
+    config = reload_config()
+    config["CONFIG_ENDPOINTS"]["leaky"] = {"SERVER_CLASS": "leaky_model", "NR_WORKERS": 1, "MAX_RSS_MB": 80}
+    gateway = gateway_factory(config, FILES + [FIXTURES / "endpoints" / "leaky_model.py"])
+    first_pid = gateway.servers()["leaky"]["PID"]
+    statuses = Counter()
+    kept = []
+    with requests.Session() as session:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and gateway.servers()["leaky"]["GENERATION"] < 3:
+            reply = session.post(gateway.url + "/run", json={"SIGNATURE": "leaky"}, timeout=10)
+            statuses[reply.status_code] += 1
+            if reply.status_code == 200:
+                kept.append(reply.json()["predict_result"]["kept_mb"])
+            time.sleep(0.01)
+    assert set(statuses) == {200}, statuses
+    info = gateway.servers()["leaky"]
+    assert info["GENERATION"] >= 3 and info["PID"] != first_pid
+    assert info["RECYCLES"]["max_rss"] >= 2
+    # Bounded: the limit plus what leaks between two probes (1 s) and while the next one starts.
+    assert max(kept) < 250, max(kept)
+    assert kept.count(1) >= 2  # each generation's first answer: its own leak starts again from 0
+    gateway.remember_children()

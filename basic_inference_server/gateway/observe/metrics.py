@@ -155,8 +155,13 @@ class _ChildrenCollector:
             for name in STATES:
                 state.add_metric([*self._labels(handle), name], 1.0 if handle.state == name else 0.0)
             restarts.add_metric(self._labels(handle), handle.restarts)
+        recycles = CounterMetricFamily("bis_server_recycles", "Servers replaced blue-green by MAX_REQUESTS or "
+                                       "MAX_RSS_MB", labels=["signature", "reason"])
+        for (name, reason), count in sorted(self.supervisor.reloader.recycles.items()):
+            recycles.add_metric([name, reason], count)
         yield state
         yield restarts
+        yield recycles
         yield from self._server_families(servers, labels)
         yield from self._process_families(handles)
 

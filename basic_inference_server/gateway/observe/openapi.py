@@ -128,6 +128,7 @@ def _schemas() -> dict[str, Schema]:
         "HEALTH_FAILURES": _int(minimum=0),
         "GENERATION": _int(minimum=1),
         "LAST_RELOAD": _nullable(_schema("Reload")),
+        "REQUESTS_SERVED": _int(minimum=0), "RSS_MB": _nullable({"type": "number"}), "RECYCLES": _map(_int()),
     }, ["STATE", "ONLINE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT_CODE", "ERROR", "DESCRIPTION"])
     support_data = _obj({
         "data": _nullable(_obj(description="the latest metrics the process posted")),
@@ -194,7 +195,8 @@ def _schemas() -> dict[str, Schema]:
             "TOKEN": _str("the admin token, for clients that cannot send an Authorization header"),
         }, ["SIGNATURE"], additionalProperties=True),
         "Message": _obj({"MESSAGE": _str()}, ["MESSAGE"]),
-        "Reload": _obj({"SIGNATURE": _str(), "STATE": _str(enum=["STARTING", "DONE", "FAILED"]),
+        "Reload": _obj({"SIGNATURE": _str(), "REASON": _str(enum=["reload", "max_requests", "max_rss"]),
+                        "STATE": _str(enum=["STARTING", "DONE", "FAILED"]),
                         "GENERATION": _int(), "PIDS": {"type": "array", "items": _int()},
                         "SECONDS": _nullable({"type": "number"}), "ERROR": _nullable(_str()),
                         "IN_PLACE": _nullable(_str())}, ["SIGNATURE", "STATE", "GENERATION", "PIDS"]),

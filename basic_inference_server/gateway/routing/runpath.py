@@ -169,6 +169,7 @@ class _Call:
         handle = self.handle
         self.tag = None
         self.path.router.admission.exit(handle)
+        handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
         if status == MISROUTED:
             self.route(trust_guess=False)
             return

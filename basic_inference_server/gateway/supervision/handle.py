@@ -70,6 +70,10 @@ class ChildHandle:
     generation: int = 1  # each blue-green replacement (reload, recycle) starts the next one
     port_key: str = ""  # the name its port is allocated under ("" = its name)
     code_hash: str = ""  # of the endpoint file it was started from (a reloaded configuration compares it)
+    served: int = 0  # answers the gateway relayed from it (counted by the event loop alone)
+    recycle_after: int = 0  # MAX_REQUESTS plus its jitter, drawn at each start (0: never)
+    rss_bytes: int = 0  # its process tree, measured with the health probes
+    recycle_paused_until: float = 0.0  # after a recycle that failed: not tried again before then
 
     @property
     def name(self) -> str:

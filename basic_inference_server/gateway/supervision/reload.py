@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETIRE_MARGIN = 5.0  # seconds past REQUEST_TIMEOUT an old generation may keep requests before SIGTERM
+RECYCLE_PAUSE = 60.0  # after a recycle that failed, seconds before the server is tried again
+RELOAD, MAX_REQUESTS, MAX_RSS = "reload", "max_requests", "max_rss"  # why a generation is replaced
 
 
 class ReloadState(str, Enum):
@@ -50,7 +52,8 @@ class Reload:
 
     name: str
     endpoint: EndpointConfig  # the configuration entry the new generation starts with
-    replicas: int
+    replicas: int  # replaced: replica .. replicas - 1
+    reason: str = RELOAD
     started: float = field(default_factory=time.monotonic)
     state: ReloadState = ReloadState.STARTING
     replica: int = 0  # the one being replaced
@@ -70,7 +73,7 @@ class Reload:
             self.done.set()
 
     def to_json(self) -> dict[str, Any]:
-        return {"SIGNATURE": self.name, "STATE": str(self.state), "GENERATION": self.generation,
+        return {"SIGNATURE": self.name, "REASON": self.reason, "STATE": str(self.state), "GENERATION": self.generation,
                 "PIDS": list(self.pids), "SECONDS": self.seconds, "ERROR": self.error,
                 "IN_PLACE": self.in_place}
 
@@ -83,6 +86,8 @@ class Reloader:
         self.active: dict[str, Reload] = {}
         self.retiring: list[tuple[ChildHandle, float]] = []  # (old generation, switched at)
         self.last: dict[str, Reload] = {}  # endpoint name -> its last finished reload
+        self.waiting: dict[str, Reload] = {}  # reloads asked for while a recycle of the endpoint runs
+        self.recycles: dict[tuple[str, str], int] = {}  # (endpoint, reason) -> recycles done
 
     def handles(self) -> list[ChildHandle]:
         """Children that are not in the route table: new generations loading, old ones draining."""
@@ -91,9 +96,12 @@ class Reloader:
     def request(self, name: str, endpoint: EndpointConfig) -> Reload:
         """Queue a reload of ``name`` (any thread; the caller holds the supervisor's lock)."""
         current = self.active.get(name)
-        if current is not None:
+        if current is not None and current.reason == RELOAD:
             return current  # one at a time: a second call joins the one in progress
-        reload = self.active[name] = Reload(name, endpoint, endpoint.nr_replicas)
+        reload = Reload(name, endpoint, endpoint.nr_replicas)
+        if current is not None:  # a recycle is replacing one replica: the reload comes after it
+            return self.waiting.setdefault(name, reload)
+        self.active[name] = reload
         logger.info("%s: reload requested", name)
         return reload
 
@@ -112,8 +120,43 @@ class Reloader:
             self._advance(reload, now)
             if reload.done.is_set():
                 del self.active[name]
-                self.last[name] = reload
+                self._finished(reload, now)
+                if name in self.waiting:
+                    self.active[name] = self.waiting.pop(name)
+        self._check_recycles(now)
         self._retire(now)
+
+    def _finished(self, reload: Reload, now: float) -> None:
+        if reload.reason == RELOAD:
+            self.last[reload.name] = reload
+            return
+        key = replica_key(reload.name, reload.replica - (reload.state == ReloadState.DONE))
+        if reload.state == ReloadState.DONE:
+            counted = (reload.name, reload.reason)
+            self.recycles[counted] = self.recycles.get(counted, 0) + 1
+            self.sup._record("RECYCLE", key, f"{reload.reason}, generation {reload.generation}")
+        else:
+            handle = self.sup.handles.get(key)
+            if handle is not None:
+                handle.recycle_paused_until = now + RECYCLE_PAUSE
+
+    def _check_recycles(self, now: float) -> None:
+        """MAX_REQUESTS and MAX_RSS_MB: a READY server past either is replaced blue-green."""
+        for handle in list(self.sup.handles.values()):
+            endpoint = handle.endpoint
+            if (handle.is_support or handle.state != READY or endpoint.name in self.active
+                    or now < handle.recycle_paused_until):
+                continue
+            reason = None
+            if handle.recycle_after and handle.served >= handle.recycle_after:
+                reason = MAX_REQUESTS
+            elif endpoint.max_rss_mb and handle.rss_bytes > endpoint.max_rss_mb * 1024 * 1024:
+                reason = MAX_RSS
+            if reason is not None:
+                logger.info("%s: recycling (%s: %d requests served, %.0f MB)", handle.name, reason, handle.served,
+                            handle.rss_bytes / 1e6)
+                self.active[endpoint.name] = Reload(endpoint.name, endpoint, handle.replica + 1, reason,
+                                                    replica=handle.replica)
 
     # -- one reload --------------------------------------------------------------------------
     def _advance(self, reload: Reload, now: float) -> None:
@@ -140,7 +183,7 @@ class Reloader:
             self.retiring.append((new, now - 1e9))  # nothing was routed to it: stop it at once
             reload.new = None
             reload.move(ReloadState.FAILED, f"the new generation of {new.name} did not start: {why}")
-            sup._record("RELOAD_FAILED", reload.name, reload.error)
+            sup._record("RELOAD_FAILED" if reload.reason == RELOAD else "RECYCLE_FAILED", reload.name, reload.error)
             logger.error("%s: reload failed, the old generation goes on serving: %s", reload.name, why)
 
     def _begin_replica(self, reload: Reload) -> None:
@@ -182,7 +225,8 @@ class Reloader:
             new.restarts = old.restarts
             self.retiring.append((old, now))
         reload.pids.append(new.pid or 0)
-        sup._record("RELOAD", new.name, f"generation {new.generation}, pid {new.pid}")
+        if reload.reason == RELOAD:  # a recycle is recorded when it is done (RECYCLE)
+            sup._record("RELOAD", new.name, f"generation {new.generation}, pid {new.pid}")
         logger.info("%s: switched to generation %d (pid %s)", key, new.generation, new.pid)
         reload.new = None
         reload.replica += 1

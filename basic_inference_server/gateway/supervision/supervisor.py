@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import shutil
 import subprocess
 import threading
@@ -31,6 +32,7 @@ from typing import Any
 from ... import exitcodes
 from ...config import EndpointConfig, GatewayConfig
 from ...errors import Conflict
+from ..observe.sysinfo import process_tree_usage
 from ..reconfigure import code_hash
 from ..routing.routes import Routes, RouteTable
 from ..routing.upstream import Upstream
@@ -207,6 +209,9 @@ class Supervisor:
         with self._lock:
             handle.proc, handle.started_at, handle.ready_at = proc, now, None
             handle.code_hash = code_hash(endpoint)
+            handle.served, handle.rss_bytes = 0, 0
+            handle.recycle_after = (endpoint.max_requests + random.randint(0, endpoint.max_requests_jitter)
+                                    if endpoint.max_requests else 0)
             handle.kill_at, handle.health_failures, handle.probe_due = None, 0, now
             if not handle.is_support:
                 handle.socket_path = socket_path
@@ -363,6 +368,8 @@ class Supervisor:
     def _probe(self, handle: ChildHandle, proc: subprocess.Popen | None) -> None:
         starting = handle.state == STARTING
         status, body = self.health(handle, timeout=0.5 if starting else HEALTH_TIMEOUT)
+        usage = process_tree_usage(proc.pid) if proc is not None and handle.endpoint.max_rss_mb else None
+        rss = usage[0] if usage is not None else 0
         failed = None
         with self._lock:
             handle.probing = False
@@ -372,6 +379,7 @@ class Supervisor:
             if status == 200:
                 handle.workers = body.get("workers", {})
                 handle.health_failures = 0
+                handle.rss_bytes = rss
                 if handle.state == STARTING:
                     self._transition(handle, READY, f"{now - handle.started_at:.2f}s after start")
             elif handle.state == READY:
