@@ -25,6 +25,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ...config import EndpointConfig
+from ..observe.sysinfo import memory, process_tree_usage
 from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, replica_key
 from .ports import PortsExhausted
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 RETIRE_MARGIN = 5.0  # seconds past REQUEST_TIMEOUT an old generation may keep requests before SIGTERM
+MEMORY_HEADROOM = 1.25  # a new generation is expected to need this much of the old one's RSS
 RECYCLE_PAUSE = 60.0  # after a recycle that failed, seconds before the server is tried again
 RELOAD, MAX_REQUESTS, MAX_RSS = "reload", "max_requests", "max_rss"  # why a generation is replaced
 
@@ -190,6 +192,10 @@ class Reloader:
         sup = self.sup
         key_handle = sup.handles.get(replica_key(reload.name, reload.replica))
         generation = (key_handle.generation if key_handle is not None else 0) + 1
+        no_room = _memory_short(key_handle)
+        if no_room is not None and key_handle is not None:
+            self._in_place(reload, key_handle, generation, no_room)
+            return
         new = ChildHandle(endpoint=reload.endpoint, port=None, replica=reload.replica, generation=generation)
         new.port_key = f"{new.name}@{generation}"
         try:
@@ -251,3 +257,16 @@ class Reloader:
                 proc.kill()
             still.append((handle, since))
         self.retiring = still
+
+
+def _memory_short(old: ChildHandle | None) -> str | None:
+    """Why a second process of ``old``'s size would not fit in the memory available (the
+    container's limit when there is one), or None when it fits."""
+    usage = process_tree_usage(old.pid) if old is not None else None
+    if usage is None:
+        return None
+    needed, available = usage[0] * MEMORY_HEADROOM, memory().available
+    if needed <= available:
+        return None
+    return (f"not enough memory for a second process: about {needed / 1048576:.0f} MB needed, "
+            f"{available / 1048576:.0f} MB available")
