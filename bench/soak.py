@@ -1,6 +1,10 @@
 """Fault soak: steady concurrent load on two endpoints while model servers are SIGKILLed at random.
 
-    .venv/bin/python -m bench.soak [--duration 60] [--clients 8] [--seed 1]
+    .venv/bin/python -m bench.soak [--duration 60] [--clients 8] [--seed 1] [--mixed]
+
+With ``--mixed``, the servers are also reloaded (``/reload_server``, a random endpoint every
+1-3 s) and recycled (``MAX_REQUESTS`` 200 with a jitter of 50) during the load: reloads and
+recycles must cost nothing, so errors are still allowed only inside a SIGKILL's window.
 
 A gateway runs two endpoints (the demo ``dummy_model_demo2`` with WEIGHT 1 and 2, two workers
 each) on free loopback ports. Client threads send ``INPUT_VALUE = <unique id>`` as fast as they
@@ -33,6 +37,8 @@ import requests
 
 from bench.common import REPO, GatewayRun
 
+ADMIN_TOKEN = "bench-admin-token-0123456789"  # the one GatewayRun gives the gateway
+
 ENDPOINTS = {"soak_a": 1, "soak_b": 2}  # name -> WEIGHT
 WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside it
 
@@ -40,8 +46,11 @@ WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside i
 
 
 class Soak:
-    def __init__(self, url: str, duration: float, clients: int, seed: int):
+    def __init__(self, url: str, duration: float, clients: int, seed: int, mixed: bool = False):
         self.url = url
+        self.mixed = mixed
+        self.reloads: Counter[int] = Counter()  # HTTP status of each /reload_server
+        self.reload_errors: list[str] = []
         self.duration = duration
         self.clients = clients
         self.rng = random.Random(seed)
@@ -115,11 +124,27 @@ class Soak:
                 time.sleep(0.05)
             self.windows.append((name, killed_at, time.monotonic()))
 
+    def reloader(self) -> None:
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        with requests.Session() as session:
+            while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
+                name = self.rng.choice(list(ENDPOINTS))
+                try:
+                    reply = session.post(f"{self.url}/reload_server", json={"SIGNATURE": name}, headers=headers,
+                                         timeout=60)
+                    self.reloads[reply.status_code] += 1
+                    if reply.status_code != 200:
+                        self.reload_errors.append(reply.text[:300])
+                except requests.RequestException:
+                    self.reloads[0] += 1
+
     def run(self) -> dict:
         threads = [threading.Thread(target=self.client) for _ in range(self.clients)]
         threads.append(threading.Thread(target=self.killer))
+        if self.mixed:
+            threads.append(threading.Thread(target=self.reloader))
         threads.append(threading.Thread(target=self.drain_notifications))
-        started = time.monotonic()
+        started = self.started = time.monotonic()
         for thread in threads:
             thread.start()
         self.stop.wait(self.duration)
@@ -136,8 +161,9 @@ class Soak:
         by_status = Counter(str(status) for _, _, _, status, _ in self.results)
         lost = by_status.pop("None", 0)
         wrong = sum(1 for _, _, _, status, ok in self.results if status is not None and not ok)
-        outside = [(n, s) for start, end, n, s, _ in self.results
-                   if s not in (None, 200) and not (s in (502, 503) and self.in_window(n, start, end))]
+        outside_at = [(n, s, start) for start, end, n, s, _ in self.results
+                      if s not in (None, 200) and not (s in (502, 503) and self.in_window(n, start, end))]
+        outside = [(n, s) for n, s, _ in outside_at]
         restart_times = [round(end - start, 2) for _, start, end in self.windows]
         return {
             "duration_s": round(elapsed, 1),
@@ -152,7 +178,17 @@ class Soak:
             "kills": len(self.windows),
             "kill_to_ready_s": {"min": min(restart_times, default=None), "max": max(restart_times, default=None)},
             "req_per_s": round(len(self.results) / elapsed, 1),
+            "errors_outside_sample": [(n, s, round(start - self.started, 2)) for n, s, start in outside_at[:8]],
+            "kill_windows": [(n, round(a - self.started, 2), round(b - self.started, 2)) for n, a, b in self.windows],
+            **({"reloads": dict(self.reloads), "reload_errors": self.reload_errors[:3],
+                "recycles": self.recycles()} if self.mixed else {}),
         }
+
+    def recycles(self) -> int:
+        try:
+            return sum(sum(info.get("RECYCLES", {}).values()) for info in self.servers().values())
+        except (requests.RequestException, ValueError):
+            return -1
 
 
 def main() -> int:
@@ -160,21 +196,27 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mixed", action="store_true", help="also reload and recycle the servers under load")
     args = parser.parse_args()
+    recycling = {"MAX_REQUESTS": 200, "MAX_REQUESTS_JITTER": 50} if args.mixed else {}
     config = {"SHUTDOWN_GRACE": 5, "CONFIG_ENDPOINTS": {
-        name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight}
+        name: {"SERVER_CLASS": "dummy_model_demo2", "NR_WORKERS": 2, "WEIGHT": weight, **recycling}
         for name, weight in ENDPOINTS.items()}}
-    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, len(ENDPOINTS), 22000)
+    # Ports for three generations per endpoint: the current one, the next one loading, and the one
+    # before still draining (fewer make a reload fall back to in place, which answers 503 meanwhile).
+    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, 3 * len(ENDPOINTS), 22000)
     try:
         if run.wait_ready(timeout=30) is None:
             print(run.output(), file=sys.stderr)
             return 2
-        summary = Soak(run.url, args.duration, args.clients, args.seed).run()
+        summary = Soak(run.url, args.duration, args.clients, args.seed, args.mixed).run()
     finally:
         run.stop()
     print(json.dumps(summary, indent=2))
     clean = (summary["lost"] == summary["wrong_answer"] == summary["executed_twice"]
              == summary["errors_outside_restart_windows"] == 0 and summary["kills"] > 0)
+    if args.mixed:
+        clean = clean and set(summary["reloads"]) == {200} and summary["recycles"] > 0
     return 0 if clean else 1
 
 

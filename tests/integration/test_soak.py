@@ -32,3 +32,14 @@ def test_clients_leaving_mid_stream_under_load_leave_no_busy_worker_and_no_open_
     assert summary["busy_workers_after"] == 0
     assert summary["client_connections_after"] <= summary["client_connections_before"]
     assert summary["cancelled"]["running"] + summary["cancelled"]["queued"] >= summary["leavers"]["mid_stream"]
+
+
+def test_soak_with_reloads_and_recycles_loses_nothing_and_fails_only_where_a_sigkill_hits():
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--duration", "12", "--clients", "6", "--seed", "5",
+                           "--mixed"], cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["lost"] == 0 and summary["wrong_answer"] == 0 and summary["executed_twice"] == 0
+    assert summary["errors_outside_restart_windows"] == 0
+    assert set(summary["reloads"]) == {"200"} and sum(summary["reloads"].values()) >= 3
+    assert summary["recycles"] >= 2 and summary["kills"] >= 2

@@ -190,7 +190,10 @@ class Reloader:
 
     def _begin_replica(self, reload: Reload) -> None:
         sup = self.sup
-        key_handle = sup.handles.get(replica_key(reload.name, reload.replica))
+        key = replica_key(reload.name, reload.replica)
+        if any(h.name == key and h.proc is not None and h.proc.poll() is None for h, _ in self.retiring):
+            return  # the generation before is still draining: wait for it (and its port) to go
+        key_handle = sup.handles.get(key)
         generation = (key_handle.generation if key_handle is not None else 0) + 1
         no_room = _memory_short(key_handle)
         if no_room is not None and key_handle is not None:
