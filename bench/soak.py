@@ -3,8 +3,11 @@
     .venv/bin/python -m bench.soak [--duration 60] [--clients 8] [--seed 1] [--mixed]
 
 With ``--mixed``, the servers are also reloaded (``/reload_server``, a random endpoint every
-1-3 s) and recycled (``MAX_REQUESTS`` 200 with a jitter of 50) during the load: reloads and
-recycles must cost nothing, so errors are still allowed only inside a SIGKILL's window.
+1-3 s), recycled (``MAX_REQUESTS`` 200 with a jitter of 50) and reconfigured (every 3-5 s the
+configuration file changes ``soak_a``'s ``NR_WORKERS`` and adds or removes a third endpoint, then
+the gateway gets SIGHUP) during the load: none of these may cost a request, so errors are still
+allowed only inside a SIGKILL's window. ``--no-kills`` leaves out the SIGKILLs: then every answer
+must be a 200.
 
 A gateway runs two endpoints (the demo ``dummy_model_demo2`` with WEIGHT 1 and 2, two workers
 each) on free loopback ports. Client threads send ``INPUT_VALUE = <unique id>`` as fast as they
@@ -32,6 +35,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import requests
 
@@ -46,9 +50,15 @@ WINDOW_MARGIN = 0.5  # seconds around a restart window still counted as inside i
 
 
 class Soak:
-    def __init__(self, url: str, duration: float, clients: int, seed: int, mixed: bool = False):
+    def __init__(self, url: str, duration: float, clients: int, seed: int, mixed: bool = False,
+                 kills: bool = True, config_file: Path | None = None, gateway_pid: int = 0):
         self.url = url
         self.mixed = mixed
+        self.kills = kills
+        self.config_file = config_file
+        self.gateway_pid = gateway_pid
+        self.reconfigured = 0
+        self.failures: list[str] = []
         self.reloads: Counter[int] = Counter()  # HTTP status of each /reload_server
         self.reload_errors: list[str] = []
         self.duration = duration
@@ -125,9 +135,12 @@ class Soak:
             self.windows.append((name, killed_at, time.monotonic()))
 
     def reloader(self) -> None:
+        """Change the endpoint file (a comment: new code, same answers) and reload one endpoint."""
         headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        code = self.config_file.parent / "endpoints" / "dummy_model_demo2.py"
         with requests.Session() as session:
             while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
+                code.write_text(code.read_text().split("\n# reload ")[0] + f"\n# reload {self.rng.random()}\n")
                 name = self.rng.choice(list(ENDPOINTS))
                 try:
                     reply = session.post(f"{self.url}/reload_server", json={"SIGNATURE": name}, headers=headers,
@@ -138,11 +151,27 @@ class Soak:
                 except requests.RequestException:
                     self.reloads[0] += 1
 
+    def configurer(self) -> None:
+        """Change the configuration file and send SIGHUP, every 3-5 s."""
+        while not self.stop.wait(self.rng.uniform(3.0, 5.0)):
+            config = json.loads(self.config_file.read_text())
+            endpoints = config["CONFIG_ENDPOINTS"]
+            endpoints["soak_a"]["NR_WORKERS"] = 3 if endpoints["soak_a"]["NR_WORKERS"] == 2 else 2
+            if "soak_c" in endpoints:
+                del endpoints["soak_c"]
+            else:
+                endpoints["soak_c"] = {**endpoints["soak_b"], "WEIGHT": 3}
+            self.config_file.write_text(json.dumps(config))
+            os.kill(self.gateway_pid, signal.SIGHUP)
+            self.reconfigured += 1
+
     def run(self) -> dict:
         threads = [threading.Thread(target=self.client) for _ in range(self.clients)]
-        threads.append(threading.Thread(target=self.killer))
+        if self.kills:
+            threads.append(threading.Thread(target=self.killer))
         if self.mixed:
             threads.append(threading.Thread(target=self.reloader))
+            threads.append(threading.Thread(target=self.configurer))
         threads.append(threading.Thread(target=self.drain_notifications))
         started = self.started = time.monotonic()
         for thread in threads:
@@ -181,8 +210,19 @@ class Soak:
             "errors_outside_sample": [(n, s, round(start - self.started, 2)) for n, s, start in outside_at[:8]],
             "kill_windows": [(n, round(a - self.started, 2), round(b - self.started, 2)) for n, a, b in self.windows],
             **({"reloads": dict(self.reloads), "reload_errors": self.reload_errors[:3],
-                "recycles": self.recycles()} if self.mixed else {}),
+                "recycles": self.recycles(), "sighup_reconfigurations": self.reconfigured,
+                "history": self.history(), "failed_events": self.failures[:3]} if self.mixed else {}),
         }
+
+    def history(self) -> dict[str, int]:
+        try:
+            events = requests.post(f"{self.url}/system_status", timeout=5).json()["SYSTEM_HISTORY"]["EVENTS"]
+        except (requests.RequestException, ValueError, KeyError):
+            return {}
+        counts = dict(Counter(e["event"] for e in events if e["event"].startswith(("RELOAD", "RECYCLE"))))
+        self.failures = [f"{e['event']} {e.get('name')}: {e.get('detail')}" for e in events
+                         if e["event"].endswith("FAILED")]
+        return counts
 
     def recycles(self) -> int:
         try:
@@ -196,7 +236,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--mixed", action="store_true", help="also reload and recycle the servers under load")
+    parser.add_argument("--mixed", action="store_true", help="also reload, recycle and reconfigure under load")
+    parser.add_argument("--no-kills", action="store_true", help="no SIGKILLs: every answer must be a 200")
     args = parser.parse_args()
     recycling = {"MAX_REQUESTS": 200, "MAX_REQUESTS_JITTER": 50} if args.mixed else {}
     config = {"SHUTDOWN_GRACE": 5, "CONFIG_ENDPOINTS": {
@@ -204,19 +245,22 @@ def main() -> int:
         for name, weight in ENDPOINTS.items()}}
     # Ports for three generations per endpoint: the current one, the next one loading, and the one
     # before still draining (fewer make a reload fall back to in place, which answers 503 meanwhile).
-    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, 3 * len(ENDPOINTS), 22000)
+    run = GatewayRun([REPO / "endpoints" / "dummy_model_demo2.py"], config, 3 * (len(ENDPOINTS) + 1), 22000)
     try:
         if run.wait_ready(timeout=30) is None:
             print(run.output(), file=sys.stderr)
             return 2
-        summary = Soak(run.url, args.duration, args.clients, args.seed, args.mixed).run()
+        summary = Soak(run.url, args.duration, args.clients, args.seed, args.mixed, not args.no_kills,
+                       run.app / "config_gateway.txt", run.proc.pid).run()
     finally:
         run.stop()
     print(json.dumps(summary, indent=2))
     clean = (summary["lost"] == summary["wrong_answer"] == summary["executed_twice"]
-             == summary["errors_outside_restart_windows"] == 0 and summary["kills"] > 0)
+             == summary["errors_outside_restart_windows"] == 0)
+    clean = clean and (summary["kills"] > 0 if not args.no_kills else set(summary["answered"]) == {"200"})
     if args.mixed:
-        clean = clean and set(summary["reloads"]) == {200} and summary["recycles"] > 0
+        clean = (clean and set(summary["reloads"]) == {200} and summary["recycles"] > 0
+                 and not any(k.endswith("FAILED") for k in summary["history"]))
     return 0 if clean else 1
 
 

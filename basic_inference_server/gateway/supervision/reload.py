@@ -115,6 +115,18 @@ class Reloader:
         self.sup._record("RELOAD_FAILED", name, error)
         return reload
 
+    def drop(self, name: str) -> None:
+        """``name`` is gone from the configuration: what was under way for it stops (under the lock)."""
+        self.waiting.pop(name, None)
+        reload = self.active.pop(name, None)
+        if reload is None:
+            return
+        if reload.new is not None and not reload.in_place:
+            self.sup._terminate(reload.new, time.monotonic())
+            self.retiring.append((reload.new, 0.0))
+        reload.new = None
+        reload.move(ReloadState.FAILED, "the endpoint was removed from the configuration")
+
     def step(self, now: float) -> None:
         """Advance every reload and retirement (main loop, under the lock). A new generation is
         left STARTING without a process: the supervisor's step spawns it like any child."""

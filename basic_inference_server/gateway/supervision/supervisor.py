@@ -368,7 +368,7 @@ class Supervisor:
     def _probe(self, handle: ChildHandle, proc: subprocess.Popen | None) -> None:
         starting = handle.state == STARTING
         status, body = self.health(handle, timeout=0.5 if starting else HEALTH_TIMEOUT)
-        usage = process_tree_usage(proc.pid) if proc is not None and handle.endpoint.max_rss_mb else None
+        usage = process_tree_usage(proc.pid) if proc is not None and not starting else None
         rss = usage[0] if usage is not None else 0
         failed = None
         with self._lock:
@@ -408,6 +408,8 @@ class Supervisor:
         if not names:
             return {}
         with self._lock:
+            for name in names:
+                self.reloader.drop(name)  # a reload or recycle under way must not bring it back
             handles = [h for h in self.handles.values() if h.endpoint.name in names]
             for handle in handles:
                 del self.handles[handle.name]
