@@ -274,3 +274,23 @@ def test_max_rss_mb_recycles_a_server_that_leaks(gateway_factory):
     assert max(kept) < 250, max(kept)
     assert kept.count(1) >= 2  # each generation's first answer: its own leak starts again from 0
     gateway.remember_children()
+
+
+def test_an_in_place_replacement_leaves_exactly_one_process_for_the_replica(gateway_factory):
+    import psutil
+
+    gateway = gateway_factory(reload_config(), start=False)
+    gateway.start(extra_args=["--last_server_port", str(gateway.first_server_port + 1)])
+    for version in (2, 3):
+        set_version(gateway, version)
+        assert reload(gateway).status_code == 200
+    time.sleep(0.5)
+    servers = []
+    for child in psutil.Process(gateway.proc.pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "basic_inference_server.server" in " ".join(child.cmdline()):
+                servers.append(child)
+        except psutil.Error:
+            continue
+    assert len(servers) == 2, [p.pid for p in servers]  # ver and echo, nothing orphaned or doubled
+    assert {gateway.servers()["ver"]["PID"], gateway.servers()["echo"]["PID"]} == {p.pid for p in servers}

@@ -92,8 +92,11 @@ class Reloader:
         self.recycles: dict[tuple[str, str], int] = {}  # (endpoint, reason) -> recycles done
 
     def handles(self) -> list[ChildHandle]:
-        """Children that are not in the route table: new generations loading, old ones draining."""
-        return [r.new for r in self.active.values() if r.new is not None] + [h for h, _ in self.retiring]
+        """Children that are not in the route table: new generations loading, old ones draining.
+        (A replica replaced in place is in the table already: listed twice, it would be stepped,
+        and spawned, twice.)"""
+        return ([r.new for r in self.active.values() if r.new is not None and not r.in_place]
+                + [h for h, _ in self.retiring])
 
     def request(self, name: str, endpoint: EndpointConfig) -> Reload:
         """Queue a reload of ``name`` (any thread; the caller holds the supervisor's lock)."""
