@@ -233,3 +233,15 @@ def test_a_batching_endpoint_holds_a_batch_per_worker(gateway):
         transports.append(transport)
     assert len(gw.channels["echo"].sent) == 4
     assert parse(b"".join(transports[4].out))[0] == 503
+
+
+def test_the_channels_of_servers_no_longer_routed_to_are_closed_once_idle(gateway, tmp_path):
+    gw = gateway([endpoint("echo")])
+    run_path = RunPath(gw.router, gw.metrics, gw.loop, gw.front.executor, lambda: {})
+    handle = gw.handles["echo"]
+    handle.socket_path = str(tmp_path / "old.sock")
+    old = run_path.channel(handle)
+    assert run_path.channel(handle) is old  # one channel per server, reused
+    handle.socket_path = str(tmp_path / "new.sock")  # the route table now points at a new generation
+    new = run_path.channel(handle)
+    assert new is not old and set(run_path._channels) == {handle.socket_path}

@@ -57,8 +57,18 @@ class RunPath:
         path = handle.socket_path
         channel = self._channels.get(path)
         if channel is None:
+            self._forget_idle_channels()
             channel = self._channels[path] = ChannelClient(self.loop, path, congested=self.congested)
         return channel
+
+    def _forget_idle_channels(self) -> None:
+        """Close the channels of servers that are no longer routed to (a generation replaced by a
+        reload or a recycle) once nothing is in flight on them."""
+        live = {h.socket_path for replicas in self.router.table.routes.servers.values() for h in replicas}
+        for path, channel in list(self._channels.items()):
+            if path not in live and not channel.in_flight:
+                channel.close()
+                del self._channels[path]
 
     def _expire(self) -> None:
         now = time.monotonic()
