@@ -13,7 +13,7 @@ import time
 import pytest
 import uvloop
 
-from basic_inference_server.gateway.routing.channel import Cancel, ChannelClient, StreamLimits
+from basic_inference_server.gateway.routing.channel import Cancel, ChannelClient
 from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.server.channel import ChannelServer, Connection
 from basic_inference_server.transport.frames import REQUEST, STREAM, FrameReader, item_frame, reply_frame, request_head
@@ -301,7 +301,7 @@ def test_a_request_sent_while_only_a_stream_is_in_flight_keeps_the_connection(so
             answers["first"] = answer
             loop.call_later(0.1, done.set_result, None)
 
-        client.send("r1", "", b"{}", 5, first, on_item, StreamLimits(5, 60), True)
+        client.send("r1", "", b"{}", 5, first, on_item, 5, 60, True)
         await done
         client.close()
         return items, answers

@@ -62,28 +62,20 @@ class Cancel(Enum):
     SENT = "sent"  # the model server was told to skip it, or to close its generator
 
 
-class StreamLimits:
-    """Deadlines of a streamed answer once its first item has come: the next item within
-    ``idle`` seconds, the whole stream within ``total`` seconds of the request."""
+class _Pending:
+    """A request waiting for its answer. Once its first item has come it is a stream, whose
+    deadline moves with every item (``idle`` seconds on), within ``total`` of the request."""
 
-    __slots__ = ("idle", "total")
+    __slots__ = ("callback", "deadline", "ends_at", "idle", "on_item", "total")
 
-    def __init__(self, idle: float, total: float):
-        self.idle = idle
-        self.total = total
-
-
-class _Stream:
-    """A request whose items are arriving: its deadline moves with every item."""
-
-    __slots__ = ("callback", "deadline", "ends_at", "limits", "on_item")
-
-    def __init__(self, callback: Callback, on_item: OnItem, limits: StreamLimits, started: float):
+    def __init__(self, callback: Callback, on_item: OnItem | None, sent: float, timeout: float, idle: float,
+                 total: float):
         self.callback = callback
         self.on_item = on_item
-        self.limits = limits
-        self.ends_at = started + limits.total
-        self.deadline = 0.0
+        self.deadline = sent + timeout
+        self.idle = idle
+        self.total = total
+        self.ends_at = sent + total
 
 
 class ChannelClient:
@@ -97,21 +89,21 @@ class ChannelClient:
         self.congested = congested or (lambda source, on: None)  # told when frames pile up unsent
         self._conn: _Connection | None = None
         self._tags = itertools.count(1)
-        self._waiting: dict[int, tuple[float, Callback]] = {}  # tag -> (deadline, callback), oldest first
-        self._items: dict[int, tuple[float, OnItem, StreamLimits]] = {}  # tag -> what a stream's items need
-        self._streams: dict[int, _Stream] = {}  # tag -> a request whose items have started
+        self._waiting: dict[int, _Pending] = {}  # tag -> a request before its answer or first item, oldest first
+        self._streams: dict[int, _Pending] = {}  # tag -> a request whose items have started
 
     @property
     def in_flight(self) -> int:
         return len(self._waiting) + len(self._streams)
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
-             on_item: OnItem | None = None, stream: StreamLimits | None = None, wants_stream: bool = False,
+             on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
              ) -> int | None:
-        """Write one request; its answer goes to ``callback``, and the items of a streamed answer
-        to ``on_item`` (each to be acknowledged with :meth:`grant`). ``wants_stream``: the client
-        asked for a stream. Returns the request's tag (for :meth:`cancel`), or None when it
-        failed at once (``callback`` has been told)."""
+        """Write one request; its answer (or its first item) is due within ``timeout``. The answer
+        goes to ``callback``, the items of a streamed answer to ``on_item`` (each to be
+        acknowledged with :meth:`grant`), due ``idle`` seconds apart and all within ``total`` of
+        the request. ``wants_stream``: the client asked for a stream. Returns the request's tag
+        (for :meth:`cancel`), or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self.in_flight and not conn.alive():
             conn.close()
@@ -124,9 +116,7 @@ class ChannelClient:
                 return None
         tag = next(self._tags) & 0xFFFFFFFF
         now = time.monotonic()
-        self._waiting[tag] = (now + timeout, callback)
-        if on_item is not None and stream is not None:
-            self._items[tag] = (now, on_item, stream)
+        self._waiting[tag] = _Pending(callback, on_item, now, timeout, idle, total)
         conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0), body, tag)
         return tag
 
@@ -138,7 +128,6 @@ class ChannelClient:
     def cancel(self, tag: int) -> Cancel:
         """Forget request ``tag`` (its client left): dropped here if it has not been written yet,
         else the server is told to skip it, or to close its generator. Its callback is not called."""
-        self._items.pop(tag, None)
         if self._waiting.pop(tag, None) is None and self._streams.pop(tag, None) is None:
             return Cancel.NOT_WAITING
         if self._conn is None:
@@ -152,19 +141,17 @@ class ChannelClient:
         """Fail the requests whose deadline has passed (called periodically by the loop)."""
         waiting = self._waiting
         while waiting:
-            tag, (deadline, callback) = next(iter(waiting.items()))
-            if deadline > now:
+            tag, pending = next(iter(waiting.items()))
+            if pending.deadline > now:
                 break
             del waiting[tag]
-            self._items.pop(tag, None)
             self._give_up(tag)
-            callback(ReadTimedOut(f"no answer from {self.path} in time"), None, b"")
+            pending.callback(ReadTimedOut(f"no answer from {self.path} in time"), None, b"")
         for tag, stream in [(tag, stream) for tag, stream in self._streams.items() if stream.deadline <= now]:
             del self._streams[tag]
             self._give_up(tag)
-            limits = stream.limits
-            message = (f"the stream took longer than STREAM_TIMEOUT={limits.total:g}s" if now >= stream.ends_at
-                       else f"no item within STREAM_IDLE_TIMEOUT={limits.idle:g}s")
+            message = (f"the stream took longer than STREAM_TIMEOUT={stream.total:g}s" if now >= stream.ends_at
+                       else f"no item within STREAM_IDLE_TIMEOUT={stream.idle:g}s")
             stream.callback(ReadTimedOut(message), None, b"")
 
     def _give_up(self, tag: int) -> None:
@@ -178,15 +165,10 @@ class ChannelClient:
     # -- from the connection -----------------------------------------------------------------------
     def _answer(self, frame: Frame) -> None:
         tag = frame.tag
-        entry = self._waiting.pop(tag, None)
-        if entry is not None:
-            callback = entry[1]
-            self._items.pop(tag, None)
-        else:
-            stream = self._streams.pop(tag, None)
-            if stream is None:
-                return  # timed out or cancelled already
-            callback = stream.callback
+        pending = self._waiting.pop(tag, None) or self._streams.pop(tag, None)
+        if pending is None:
+            return  # timed out or cancelled already
+        callback = pending.callback
         if frame.oversize:
             callback(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"),
                      None, b"")
@@ -197,18 +179,17 @@ class ChannelClient:
         tag = frame.tag
         stream = self._streams.get(tag)
         if stream is None:
-            entry = self._waiting.pop(tag, None)
-            items = self._items.pop(tag, None)
-            if entry is None or items is None:
+            stream = self._waiting.get(tag)
+            if stream is None or stream.on_item is None:
                 return  # timed out or cancelled already (or nobody here reads items)
-            stream = self._streams[tag] = _Stream(entry[1], items[1], items[2], items[0])
+            self._streams[tag] = self._waiting.pop(tag)
         if frame.oversize:
             del self._streams[tag]
             self._give_up(tag)
             stream.callback(ConnectionLost(f"an item of {frame.oversize} bytes is over the limit of "
                                            f"{self.max_reply}"), None, b"")
             return
-        stream.deadline = min(time.monotonic() + stream.limits.idle, stream.ends_at)
+        stream.deadline = min(time.monotonic() + stream.idle, stream.ends_at)
         stream.on_item(frame.body)
 
     def _lost(self, conn: _Connection, reason: str) -> None:
@@ -216,9 +197,8 @@ class ChannelClient:
             self._conn = None
         waiting, self._waiting = self._waiting, {}
         streams, self._streams = self._streams, {}
-        self._items.clear()
-        for callback in [callback for _deadline, callback in waiting.values()] + [s.callback for s in streams.values()]:
-            callback(ConnectionLost(reason), None, b"")
+        for pending in [*waiting.values(), *streams.values()]:
+            pending.callback(ConnectionLost(reason), None, b"")
 
 
 class _Connection(asyncio.Protocol):

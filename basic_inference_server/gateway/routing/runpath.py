@@ -24,7 +24,7 @@ from ...transport.frames import MISROUTED
 from ...transport.httpfront import HttpRequest, Responder
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
 from ..supervision.handle import ChildHandle
-from .channel import Cancel, ChannelClient, StreamLimits
+from .channel import Cancel, ChannelClient
 from .forward import transport_error
 from .router import SYSTEM_STATUS, Router
 from .upstream import ReadTimedOut
@@ -126,8 +126,7 @@ class _Call:
             endpoint = handle.endpoint
             self.tag = self.channel.send(self.request.request_id, routed or "", raw, endpoint.request_timeout,
                                          self._replied, self._item,
-                                         StreamLimits(endpoint.stream_idle_timeout, endpoint.stream_timeout),
-                                         self.fmt is not None)
+                                         endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
         except ServingError as exc:
             self._fail(exc)
         finally:
