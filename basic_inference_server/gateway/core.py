@@ -168,13 +168,10 @@ class FlaskGateway:
             endpoint = config.endpoint(name)
             if endpoint is None or endpoint.is_support:
                 raise KeyError(name)
-            reload = self.supervisor.request_reload(name, endpoint)
-            wait = (self.config.startup_timeout + endpoint.request_timeout + 10) * endpoint.nr_replicas
-            if not reload.done.wait(wait):
-                results.append({**reload.to_json(), "ERROR": f"still in progress after {wait:.0f}s"})
-                break
+            results.append(self.supervisor.reload_and_wait(name, endpoint))
             self.config = dataclasses.replace(self.config, endpoints=self.supervisor.config.endpoints)
-            results.append(reload.to_json())
+            if results[-1]["STATE"] == "STARTING":
+                break  # still in progress: the next ones would wait behind it
         return results
 
     def reload_config(self) -> dict[str, Any]:

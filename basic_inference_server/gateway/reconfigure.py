@@ -93,9 +93,7 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
     for name in todo.changed:
         endpoint = after[name]
         if name in running and not endpoint.disabled:
-            reload = supervisor.request_reload(name, endpoint)
-            reload.done.wait((gateway.config.startup_timeout + endpoint.request_timeout + 10) * endpoint.nr_replicas)
-            reloads.append(reload.to_json())
+            reloads.append(supervisor.reload_and_wait(name, endpoint))
         else:  # not running: the new entry is what a later start uses
             supervisor.set_endpoints(tuple(endpoint if e.name == name else e for e in supervisor.config.endpoints))
     gateway.config = dataclasses.replace(gateway.config, endpoints=supervisor.config.endpoints)

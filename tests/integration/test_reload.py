@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import ECHO_CONFIG, FIXTURES
+from conftest import ECHO_CONFIG, FIXTURES, _alive
 
 FILES = [FIXTURES / "endpoints" / name for name in ("versioned_model.py", "echo_model.py")]
 
@@ -209,22 +209,13 @@ def test_reload_config_by_sighup_and_route_adds_changes_and_removes_endpoints(ga
     assert sorted(body["UNCHANGED"]) == ["echo", "ver"] and body["CHANGED"] == []
     assert gateway.run("third").status_code == 404
     assert "third" not in gateway.servers()
-    assert not psutil_alive(third_pid)
+    assert not _alive(third_pid)
 
     config["CONFIG_ENDPOINTS"]["ver"]["NR_WORKERS"] = 0
     config_path.write_text(json.dumps(config))
     bad = gateway.admin("/reload_config", {})
     assert bad.status_code == 400 and "CONFIG_ENDPOINTS.ver.NR_WORKERS" in bad.json()["ERROR"]
     assert gateway.servers()["ver"]["WORKERS"]["total"] == 3 and gateway.run("ver").status_code == 200
-
-
-def psutil_alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def test_max_requests_recycles_each_server_blue_green_under_load(gateway_factory):

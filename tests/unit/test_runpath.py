@@ -42,7 +42,8 @@ class ScriptedChannel:
         self.held: list = []
         self.cancelled: list[int] = []
 
-    def send(self, request_id, routed, body, timeout, callback, on_item=None, stream=None, wants_stream=False):
+    def send(self, request_id, routed, body, timeout, callback, on_item=None, idle=0.0, total=0.0,
+             wants_stream=False):
         self.sent.append((request_id, routed, body))
         reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)
         if reply == "hold":
@@ -187,14 +188,20 @@ def test_errors_of_the_server_are_relayed_with_retry_after(gateway):
     assert (status, headers["retry-after"], body["ERROR"]) == (503, "7", "full")
 
 
-def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
-    gw = gateway([endpoint("echo")], replies={"echo": ["hold", "hold", "hold"]})  # capacity 1 + 1
-    conns = []
-    for _ in range(3):
+def open_echo_calls(gw, count: int) -> list:
+    """``count`` clients, each on its own connection, sending one /run to echo (not answered yet)."""
+    transports = []
+    for _ in range(count):
         conn, transport = HttpConnection(gw.front), FakeTransport()
         conn.connection_made(transport)
         conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
-        conns.append(transport)
+        transports.append(transport)
+    return transports
+
+
+def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
+    gw = gateway([endpoint("echo")], replies={"echo": ["hold", "hold", "hold"]})  # capacity 1 + 1
+    conns = open_echo_calls(gw, 3)
     assert len(gw.channels["echo"].sent) == 2
     assert parse(b"".join(conns[2].out))[2]["error"]["type"] == "Overloaded"
     for callback in gw.channels["echo"].held:
@@ -225,12 +232,7 @@ def test_a_client_that_leaves_cancels_its_request_and_frees_its_place(gateway):
 
 def test_a_batching_endpoint_holds_a_batch_per_worker(gateway):
     gw = gateway([endpoint("echo", max_batch_size=3)], replies={"echo": ["hold"] * 5})  # capacity 1 x 3 + 1
-    transports = []
-    for _ in range(5):
-        conn, transport = HttpConnection(gw.front), FakeTransport()
-        conn.connection_made(transport)
-        conn.data_received(b'POST /run HTTP/1.1\r\nHost: t\r\nContent-Length: 21\r\n\r\n{"SIGNATURE": "echo"}')
-        transports.append(transport)
+    transports = open_echo_calls(gw, 5)
     assert len(gw.channels["echo"].sent) == 4
     assert parse(b"".join(transports[4].out))[0] == 503
 

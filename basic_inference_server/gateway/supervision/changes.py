@@ -32,6 +32,15 @@ class ChangesMixin(_Base):
                 raise KeyError(name)
             return self.reloader.request(name, endpoint)
 
+    def reload_and_wait(self, name: str, endpoint: EndpointConfig) -> dict[str, Any]:
+        """:meth:`request_reload`, then wait for it: as long as each replica may take to start and
+        for its predecessor's requests to finish. The reload as ``/reload_server`` answers it."""
+        reload = self.request_reload(name, endpoint)
+        wait = (self.config.startup_timeout + endpoint.request_timeout + 10) * endpoint.nr_replicas
+        if not reload.done.wait(wait):
+            return {**reload.to_json(), "ERROR": f"still in progress after {wait:.0f}s"}
+        return reload.to_json()
+
     def reload_refused(self, name: str, error: str) -> Reload:
         """A reload that could not begin (the new configuration or file does not read): reported
         as one that failed; nothing changes."""
