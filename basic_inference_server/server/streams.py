@@ -59,7 +59,6 @@ class StreamOut:
         self._push = push
         self.credit = window
         self.backlog = backlog
-        self.sent = 0
         self.count = 0  # items accepted (sent or waiting)
         self.cancelled = False
         self._waiting: deque[bytes] = deque()
@@ -114,13 +113,13 @@ class StreamOut:
             self._cond.notify_all()
 
     def _send_waiting(self) -> bool:
-        count = 0
+        """Send what the credit allows; True when something was sent."""
+        sent = False
         while self._waiting and self.credit > 0:
             self._send(self._waiting.popleft())
             self.credit -= 1
-            count += 1
-        self.sent += count
-        return bool(count)
+            sent = True
+        return sent
 
 
 def is_stream(pred: Any) -> bool:
