@@ -38,6 +38,7 @@ from .routing.forward import Reply, forward
 from .supervision.handle import READY, STOPPED, ChildHandle
 from .supervision.ports import PortsExhausted
 from .support_data import metrics_of
+from .v2routes import install_v2_routes
 
 if TYPE_CHECKING:
     from .core import FlaskGateway
@@ -288,4 +289,5 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             return json_response(body, 503, {"Retry-After": "1"})
         return json_response({"status": "ready", "servers": len(supervisor.handles)})
 
+    install_v2_routes(app, gw)
     return app

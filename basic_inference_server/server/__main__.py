@@ -30,6 +30,7 @@ from .discovery import DiscoveryError, import_worker, locate_worker
 from .notifications import GENERAL, NotificationStore
 from .pool import WorkerPool
 from .spec import ServerSpec, SpecError
+from .v2 import ModelMetadata
 
 logger = logging.getLogger("basic_inference_server.server")
 
@@ -74,6 +75,11 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     except DiscoveryError as exc:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
 
+    try:
+        merged = {**default_config, **{str(key).upper(): value for key, value in spec.endpoint_config.items()}}
+        metadata = ModelMetadata.of(worker_cls, merged)
+    except ValueError as exc:
+        return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
     cache = Path(spec.cache_folder)
     log = Logger(lib_name=name, base_folder=str(cache.parent), app_folder=cache.name)
     notifications = NotificationStore()
@@ -91,6 +97,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
         stream_idle_timeout=spec.stream_idle_timeout, stream_timeout=spec.stream_timeout,
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
+        metadata=metadata,
     )
     try:
         http = HttpServer(create_wsgi(state), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)

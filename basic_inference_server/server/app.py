@@ -15,13 +15,17 @@ from .. import jsonutil, requestid
 from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, Unavailable, error_body
 from ..httpserve import InFlight
 from ..transport import streamformat
-from ..transport.frames import MISROUTED, STREAM, reply_frame
+from ..transport.frames import BINARY, MISROUTED, STREAM, reply_frame
+from ..transport.v2codec import encode_response
 from ..webutil import Answer, PostFront, install_error_handlers, json_response, read_json_object, require_admin
 from .channel import Connection
 from .httpstream import HttpStream
 from .notifications import GENERAL, NotificationStore
 from .pool import Job, WorkerPool
 from .streams import BATCH_BACKLOG, StreamOut
+from .v2 import ModelMetadata, V2Call
+from .v2 import accept as accept_v2
+from .v2 import error_body as v2_error_body
 from .worker import CONTROL_KEYS
 
 logger = logging.getLogger(__name__)
@@ -46,6 +50,7 @@ class ServerState:
     stream_timeout: float = 600.0
     admin_token: str | None = None
     execution_path: str = "/run"
+    metadata: ModelMetadata = field(default_factory=ModelMetadata)  # for the Open Inference Protocol
     draining: bool = False
     loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background
     call_ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -71,23 +76,31 @@ class ServerState:
         return StreamOut(send, push, backlog=BATCH_BACKLOG if self.pool.max_batch_size > 1 else 0)
 
     def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int,
-                  stream: bool = False) -> None:
-        """A request from the internal channel: queue it without waiting; the worker that
+                  stream: bool = False, v2: tuple[int | None, str] | None = None) -> None:
+        """A request from the internal channel (``v2``: an Open Inference Protocol infer request,
+        its JSON header length and model version): queue it without waiting; the worker that
         finishes it sends the answer (errors found here are answered at once)."""
         token = requestid.bind(request_id)
         try:
             if oversize:
                 raise PayloadTooLarge(f"request body of {oversize} bytes is larger than the limit of "
                                       f"{self.max_body_bytes} bytes")
-            accepted = self._accept(raw, routed)
-            if accepted is None:
-                conn.reply(tag, MISROUTED, b"")
-                return
-            inputs, call_id, wants_stream = accepted
-            out = None
-            if stream or wants_stream:
-                out = self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
+            out = call = None
+            if v2 is not None:
+                if self.draining:
+                    raise Unavailable("model server is shutting down")
+                inputs, request = accept_v2(self.metadata, raw, v2[0])
+                call_id, call = next(self.call_ids), V2Call(request, routed, v2[1])
+            else:
+                accepted = self._accept(raw, routed)
+                if accepted is None:
+                    conn.reply(tag, MISROUTED, b"")
+                    return
+                inputs, call_id, wants_stream = accepted
+                if stream or wants_stream:
+                    out = self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
             job = Job(inputs, call_id, request_id, on_done=lambda job: self._deliver(conn, tag, job), stream=out)
+            job.v2 = call
             conn.pending[tag] = job
             self.inflight.enter()
             try:
@@ -97,11 +110,12 @@ class ServerState:
                 self.inflight.exit()
                 raise
         except ServingError as exc:
-            conn.reply(tag, exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc))
+            body = v2_error_body(exc) if v2 is not None else jsonutil.dumps_bytes(exc.to_body())
+            conn.reply(tag, exc.status, body, _retry_after(exc))
         except Exception as exc:
             logger.exception("Unhandled %s on a channel request", type(exc).__name__)
             body = error_body("InternalError", f"internal error: {type(exc).__name__}")
-            conn.reply(tag, 500, jsonutil.dumps_bytes(body))
+            conn.reply(tag, 500, jsonutil.dumps_bytes({"error": body["ERROR"]} if v2 is not None else body))
         finally:
             requestid.unbind(token)
 
@@ -112,7 +126,9 @@ class ServerState:
             return
         token = requestid.bind(job.request_id)
         try:
-            if job.stream is None:
+            if job.v2 is not None:
+                self._deliver_v2(conn, tag, job)
+            elif job.stream is None:
                 try:
                     status, body, _ = self.answer_of(job)
                     retry_after = None
@@ -131,6 +147,22 @@ class ServerState:
             job.stream.end(last_frame)
         finally:
             requestid.unbind(token)
+
+    def _deliver_v2(self, conn: Connection, tag: int, job: Job) -> None:
+        call = job.v2
+        try:
+            if job.error is not None:
+                raise job.error
+            parts, header_length = encode_response(call.model, call.version, call.request, job.result,
+                                                   self.metadata.output_types)
+        except ServingError as exc:
+            logger.log(logging.ERROR if exc.status >= 500 else logging.DEBUG, "Call %d: %s", job.call_id, exc)
+            conn.reply(tag, exc.status, v2_error_body(exc), _retry_after(exc))
+            return
+        if header_length is None:
+            conn.reply(tag, 200, parts[0])
+        else:
+            conn.reply_parts(tag, parts, BINARY, str(header_length))
 
     def stream_end(self, job: Job) -> tuple[list[bytes], tuple[int, bytes, int]]:
         """How a streamed request ends: the items still to send (a ``_predict`` that returned a
@@ -241,6 +273,13 @@ def create_app(state: ServerState) -> Flask:
     @app.route("/stats", methods=["GET"])
     def stats() -> Response:
         return json_response({"name": state.name, "workers": state.pool.stats(), **state.pool.measured.to_json()})
+
+    @app.route("/v2/models/<name>", methods=["GET"])
+    def v2_model_metadata(name: str) -> Response:
+        model = state.name.partition("#")[0]  # the endpoint's name (a replica is "<name>#<n>")
+        if name != model:
+            return json_response({"error": f"unknown model {name!r}: this server serves {model!r}"}, 404)
+        return json_response(state.metadata.to_json(model))
 
     @app.route("/get_paths", methods=["GET", "POST"])
     def get_paths() -> Response:

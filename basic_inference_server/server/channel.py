@@ -20,7 +20,18 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..transport.frames import CANCEL, CREDIT, REQUEST, STREAM, FrameReader, ProtocolError, item_frame, reply_frame
+from ..transport.frames import (
+    CANCEL,
+    CREDIT,
+    REQUEST,
+    STREAM,
+    V2,
+    FrameReader,
+    ProtocolError,
+    item_frame,
+    reply_frame,
+    reply_head,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +73,15 @@ class Connection:
         wake-up of the gateway, for a burst of answers."""
         self.pending.pop(tag, None)
         self.queue(reply_frame(tag, status, body, retry_after))
+        self.push()
+
+    def reply_parts(self, tag: int, parts: list[Any], flags: int, meta: str) -> None:
+        """Send an answer given as pieces (a V2 answer's JSON header and its tensors): they are
+        joined once, with the other frames of the same write."""
+        self.pending.pop(tag, None)
+        with self._send_lock:
+            if not self.closed:
+                self._outbox += (reply_head(tag, 200, sum(len(p) for p in parts), meta, flags), *parts)
         self.push()
 
     def queue(self, frame: bytes) -> None:
@@ -110,9 +130,10 @@ class Connection:
         self.sock.close()
 
 
-# handler(connection, tag, request id, routed signature, body, oversize, stream wanted): answers at
-# once with connection.reply(...), or records the job in connection.pending[tag] before queuing it.
-RequestHandler = Callable[[Connection, int, str, str, bytes, int, bool], None]
+# handler(connection, tag, request id, routed signature, body, oversize, stream wanted, V2 meta or
+# None): answers at once with connection.reply(...), or records the job in connection.pending[tag]
+# before queuing it.
+RequestHandler = Callable[[Connection, int, str, str, bytes, int, bool, "tuple[int | None, str] | None"], None]
 
 
 class ChannelServer:
@@ -174,7 +195,7 @@ class ChannelServer:
                     if frame.kind == REQUEST:
                         request_id, routed = frame.request_meta()
                         handler(conn, frame.tag, request_id, routed, frame.body, frame.oversize,
-                                bool(frame.flags & STREAM))
+                                bool(frame.flags & STREAM), frame.v2_meta() if frame.flags & V2 else None)
                     elif frame.kind == CANCEL:
                         job = pending.pop(frame.tag, None)
                         if job is not None:

@@ -36,12 +36,13 @@ class Job:
     """
 
     __slots__ = ("inputs", "call_id", "request_id", "done", "on_done", "result", "error", "cancelled",
-                 "worker_idx", "enqueued", "stream", "streamed", "stopped_running", "finished")
+                 "worker_idx", "enqueued", "stream", "streamed", "stopped_running", "finished", "v2")
 
     def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE,
                  on_done: Callable[[Job], None] | None = None, stream: StreamOut | None = None):
         self.inputs = inputs
         self.stream = stream  # the client asked for a streamed answer: items go out here
+        self.v2: Any = None  # an Open Inference Protocol request: how to answer it (server.v2.V2Call)
         self.streamed = False  # a generator's items went out (or were collected into result)
         self.stopped_running = False  # its client left while a worker ran its generator: closed
         self.finished = False

@@ -7,7 +7,10 @@ bytes of body. Integers are big-endian::
 
     offset  size  field
     0       1     kind       REQUEST (1), REPLY (2), CANCEL (3), ITEM (4), CREDIT (5)
-    1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer
+    1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer,
+                             V2 (2) for an Open Inference Protocol infer request;
+                             REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
+                             with binary tensors
     2       2     status     REPLY: the HTTP status of the answer; CREDIT: a number of items;
                              otherwise 0
     4       4     tag        the request's number on its connection, chosen by the gateway;
@@ -17,9 +20,12 @@ bytes of body. Integers are big-endian::
     12      4     body_len
 
     REQUEST  meta: the request id, then "\\n", then the signature the gateway routed by (empty:
-             it parsed the body itself); body: the request body as the client sent it
-    REPLY    meta: the Retry-After value, or empty; body: the answer (JSON); flags STREAM: the
-             end of a streamed answer, body its envelope
+             it parsed the body itself); with V2, then "\\n" and the body's JSON header length
+             (empty: the body is all JSON), "\\n" and the model version; body: the request body
+             as the client sent it
+    REPLY    meta: the Retry-After value, or empty; with BINARY, the length of the body's JSON
+             header; body: the answer (JSON, or a V2 JSON header and its binary tensors); flags
+             STREAM: the end of a streamed answer, body its envelope
     CANCEL   no meta, no body: the gateway no longer waits for this request
     ITEM     no meta; body: one item of a streamed answer (JSON). The REPLY that follows the
              items ends the stream: 200 with the answer's envelope (no ``predict_result``), or
@@ -43,6 +49,8 @@ HEAD_SIZE = HEAD.size  # 16
 REQUEST, REPLY, CANCEL, ITEM, CREDIT = 1, 2, 3, 4, 5
 KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT))
 STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends the stream
+V2 = 2  # REQUEST flag: an Open Inference Protocol infer request (meta has its header length, version)
+BINARY = 2  # REPLY flag: a V2 answer with binary tensors (meta: its JSON header's length)
 STREAM_WINDOW = 4  # ITEMs a server may send ahead of the gateway's CREDIT
 MAX_META = 0xFFFF
 MAX_BODY = 0xFFFFFFFF
@@ -72,23 +80,41 @@ class Frame:
     def request_meta(self) -> tuple[str, str]:
         """``(request id, routed signature)`` of a REQUEST."""
         request_id, _, signature = self.meta.decode("ascii", "replace").partition("\n")
-        return request_id, signature
+        return request_id, signature.partition("\n")[0]
+
+    def v2_meta(self) -> tuple[int | None, str]:
+        """``(JSON header length or None, model version)`` of a V2 REQUEST."""
+        fields = self.meta.decode("ascii", "replace").split("\n")
+        if len(fields) != 4:
+            raise ProtocolError(f"a V2 request's meta has {len(fields)} fields, not 4")
+        return (int(fields[2]) if fields[2] else None), fields[3]
 
     def __repr__(self) -> str:
         return f"Frame(kind={self.kind}, status={self.status}, tag={self.tag}, meta={self.meta!r}, " \
                f"body={len(self.body)} bytes{', oversize' if self.oversize else ''})"
 
 
-def request_head(tag: int, request_id: str, signature: str, body_len: int, flags: int = 0) -> bytes:
-    """Header and metadata of a REQUEST; the body follows as its own buffer (no copy)."""
-    meta = f"{request_id}\n{signature}".encode("ascii")
+def request_head(tag: int, request_id: str, signature: str, body_len: int, flags: int = 0,
+                 v2: tuple[int | None, str] | None = None) -> bytes:
+    """Header and metadata of a REQUEST (``v2``: its JSON header length and model version); the
+    body follows as its own buffer (no copy)."""
+    meta = f"{request_id}\n{signature}"
+    if v2 is not None:
+        flags |= V2
+        meta += f"\n{'' if v2[0] is None else v2[0]}\n{v2[1]}"
+    meta = meta.encode("ascii")
     return HEAD.pack(REQUEST, flags, 0, tag, len(meta), body_len) + meta
 
 
 def reply_frame(tag: int, status: int, body: bytes, retry_after: str | None = None, flags: int = 0) -> bytes:
     """A REPLY; ``flags`` STREAM marks the end of a streamed answer (``body``: its envelope)."""
-    meta = retry_after.encode("ascii") if retry_after else b""
-    return HEAD.pack(REPLY, flags, status, tag, len(meta), len(body)) + meta + body
+    return reply_head(tag, status, len(body), retry_after or "", flags) + body
+
+
+def reply_head(tag: int, status: int, body_len: int, meta: str, flags: int = 0) -> bytes:
+    """Header and metadata of a REPLY whose body follows in pieces."""
+    raw = meta.encode("ascii")
+    return HEAD.pack(REPLY, flags, status, tag, len(raw), body_len) + raw
 
 
 def cancel_frame(tag: int) -> bytes:

@@ -16,7 +16,7 @@ import httptools
 from .. import jsonutil, requestid
 from ..errors import error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
-from .httpmsg import Headers, HttpRequest, Refused, Responder
+from .httpmsg import JSON, Headers, HttpRequest, Refused, Responder
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
 
 if TYPE_CHECKING:
@@ -182,7 +182,10 @@ class HttpConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         request = self.queue.popleft()
         self.busy = True
-        if request.target.partition(b"?")[0] == self.front.fast_path:
+        path = request.target.partition(b"?")[0]
+        front = self.front
+        if path == front.fast_path or (front.fast_prefix and request.method == "POST"
+                                       and path.startswith(front.fast_prefix)):
             if request.method != "POST":
                 exc = METHOD_NOT_ALLOWED
                 self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
@@ -192,7 +195,7 @@ class HttpConnection(asyncio.Protocol):
                 if self.busy:  # not answered yet: to cancel if the client leaves first
                     self._pending = pending
             except Exception as exc:
-                logger.exception("Unhandled %s on %s", type(exc).__name__, self.front.fast_path.decode())
+                logger.exception("Unhandled %s on %s", type(exc).__name__, path.decode("latin-1"))
                 self.respond(request, 500, jsonutil.dumps_bytes(
                     error_body("InternalError", f"internal error: {type(exc).__name__}")), None)
             return
@@ -200,13 +203,14 @@ class HttpConnection(asyncio.Protocol):
         future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
         future.add_done_callback(lambda done: self._wsgi_done(request, done))
 
-    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None) -> None:
-        """Answer ``request`` with JSON (any time after it was handed over; in the loop)."""
+    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None,
+                content_type: str = JSON) -> None:
+        """Answer ``request`` (JSON unless told; any time after it was handed over; in the loop)."""
         if self.transport is None or self.transport.is_closing():
             self._pending = None
             return
         keep = request.keep_alive and not self.front.draining_connections
-        head = (f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        head = (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                 f"X-Request-ID: {request.request_id}\r\n")
         if headers:
             head += "".join(f"{name}: {value}\r\n" for name, value in headers)

@@ -1,12 +1,12 @@
 """The gateway's HTTP/1.1 front: one event loop (uvloop), httptools to parse, no thread per connection.
 
-``POST <fast path>`` (the gateway's ``/run``) is handed to a handler that runs in the loop and
-answers through a callback whenever its answer is ready, so a request waiting for a model
-server holds no thread; what the handler returns is cancelled (``.cancel()``) when the client
-leaves before its answer. Every other request goes to a WSGI app (the gateway's Flask routes) on a
-thread pool. Chosen by measurement over waitress and granian (see the README's performance
-section): it parses HTTP in C, holds tens of thousands of idle connections in a few KB each,
-and hands nothing between threads on the hot path.
+``POST <fast path>`` (the gateway's ``/run``), and any POST under ``fast_prefix`` (V2 infer), is
+handed to a handler that runs in the loop and answers through a callback whenever its answer is
+ready, so a request waiting for a model server holds no thread; what the handler returns is
+cancelled (``.cancel()``) when the client leaves before its answer. Every other request goes to
+a WSGI app (the gateway's Flask routes) on a thread pool. Chosen by measurement over waitress
+and granian (see the README's performance section): it parses HTTP in C, holds tens of thousands
+of idle connections in a few KB each, and hands nothing between threads on the hot path.
 
 Limits, each answered with a JSON error: a request head must arrive within ``header_timeout``
 of its first byte (and a new connection must send it within that time), a body within
@@ -43,9 +43,11 @@ class HttpFront:
     """A bound listening socket served by an event loop in a background thread."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int, *, fast_path: str,
-                 threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], Any] | None = None):
+                 threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], Any] | None = None,
+                 fast_prefix: str = ""):
         self.app = app
         self.fast_path = fast_path.encode("latin-1")
+        self.fast_prefix = fast_prefix.encode("latin-1")  # POSTs under it go to the fast handler too
         self.fast_handler = fast_handler
         self.limits = limits
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -9,6 +9,7 @@ from typing import Any
 
 Headers = list[tuple[str, str]]
 Respond = Callable[[int, bytes, "Headers | None"], None]  # status, JSON body, extra headers
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ class HttpRequest:
         self.request_id = request_id
         self.remote = remote
 
+    def header(self, name: bytes) -> bytes | None:
+        """The value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
+
 
 class Refused(Exception):
     """Raised from a parser callback to answer ``status`` and close the connection."""
@@ -57,8 +65,8 @@ class Responder:
         self.conn = conn
         self.request = request
 
-    def __call__(self, status: int, body: bytes, headers: Headers | None) -> None:
-        self.conn.respond(self.request, status, body, headers)
+    def __call__(self, status: int, body: bytes, headers: Headers | None, content_type: str = JSON) -> None:
+        self.conn.respond(self.request, status, body, headers, content_type)
 
     def start_stream(self, content_type: str, first: bytes = b"") -> bool:
         """Begin a streamed answer with its first piece; the same answer as :meth:`chunk`."""

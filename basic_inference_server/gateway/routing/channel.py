@@ -48,8 +48,9 @@ MAX_REPLY = 1 << 30  # an answer larger than this (1 GiB) is refused
 BACKLOG_HIGH, BACKLOG_LOW = 8 << 20, 1 << 20
 
 
-# callback(status, retry_after, body, stream_end) on an answer (stream_end: the REPLY ends a
-# streamed answer), callback(<a TransportError>, None, b"") on failure
+# callback(status, meta, body, flags) on an answer (meta: the Retry-After value, or a BINARY
+# answer's JSON header length; flags STREAM: the REPLY ends a streamed answer), and
+# callback(<a TransportError>, None, b"") on failure
 Callback = Callable[..., None]
 OnItem = Callable[[bytes], None]
 
@@ -98,11 +99,12 @@ class ChannelClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             ) -> int | None:
+             v2: tuple[int | None, str] | None = None) -> int | None:
         """Write one request; its answer (or its first item) is due within ``timeout``. The answer
         goes to ``callback``, the items of a streamed answer to ``on_item`` (each to be
         acknowledged with :meth:`grant`), due ``idle`` seconds apart and all within ``total`` of
-        the request. ``wants_stream``: the client asked for a stream. Returns the request's tag
+        the request. ``wants_stream``: the client asked for a stream; ``v2``: an Open Inference
+        Protocol infer request, its JSON header length and model version. Returns the request's tag
         (for :meth:`cancel`), or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self.in_flight and not conn.alive():
@@ -117,7 +119,7 @@ class ChannelClient:
         tag = next(self._tags) & 0xFFFFFFFF
         now = time.monotonic()
         self._waiting[tag] = _Pending(callback, on_item, now, timeout, idle, total)
-        conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0), body, tag)
+        conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0, v2), body, tag)
         return tag
 
     def grant(self, tag: int, items: int) -> None:
@@ -173,7 +175,7 @@ class ChannelClient:
             callback(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"),
                      None, b"")
             return
-        callback(frame.status, frame.meta.decode("ascii", "replace") or None, frame.body, bool(frame.flags & STREAM))
+        callback(frame.status, frame.meta.decode("ascii", "replace") or None, frame.body, frame.flags)
 
     def _item(self, frame: Frame) -> None:
         tag = frame.tag

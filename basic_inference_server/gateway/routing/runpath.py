@@ -20,8 +20,9 @@ from typing import Any
 from ... import jsonutil, requestid
 from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
-from ...transport.frames import MISROUTED
+from ...transport.frames import MISROUTED, STREAM
 from ...transport.httpfront import HttpRequest, Responder
+from ...transport.httpmsg import JSON
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
 from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
@@ -48,8 +49,8 @@ class RunPath:
         self._channels: dict[str, ChannelClient] = {}
         loop.call_soon_threadsafe(self._expire)
 
-    def __call__(self, request: HttpRequest, respond: Responder) -> _Call:
-        call = _Call(self, request, respond)
+    def __call__(self, request: HttpRequest, respond: Responder) -> Call:
+        call = Call(self, request, respond)
         call.route(trust_guess=True)
         return call
 
@@ -78,7 +79,7 @@ class RunPath:
         self.loop.call_later(EXPIRE_INTERVAL, self._expire)
 
 
-class _Call:
+class Call:
     """One ``/run`` on its way through the gateway.
 
     A streamed answer (the client asked for one in ``Accept``, or in the body with ``"STREAM":
@@ -174,7 +175,7 @@ class _Call:
         self.path.metrics.stream_started(self.label, time.perf_counter() - self.started)
         return self.respond.start_stream(self.fmt.content_type, b"" if first is None else self.fmt.item(first))
 
-    def _replied(self, status: Any, retry_after: str | None, body: bytes, stream_end: bool = False) -> None:
+    def _replied(self, status: Any, retry_after: str | None, body: bytes, flags: int = 0) -> None:
         handle = self.handle
         self.tag = None
         self.path.router.admission.exit(handle)
@@ -184,7 +185,7 @@ class _Call:
             return
         token = requestid.bind(self.request.request_id)
         try:
-            if self.streaming or stream_end:
+            if self.streaming or flags & STREAM:
                 self._end_stream(status, body)
                 return
             if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
@@ -236,6 +237,6 @@ class _Call:
             self.label = UNKNOWN_SIGNATURE  # one label for every name that is not an endpoint
         self._finish(exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
 
-    def _finish(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
-        self.respond(status, body, list(headers.items()) if headers else None)
+    def _finish(self, status: int, body: bytes, headers: dict[str, str] | None, content_type: str = JSON) -> None:
+        self.respond(status, body, list(headers.items()) if headers else None, content_type)
         self.path.metrics.observe(self.label, status, time.perf_counter() - self.started)

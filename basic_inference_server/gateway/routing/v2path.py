@@ -1,0 +1,132 @@
+"""``POST /v2/models/{name}[/versions/{v}]/infer`` (the Open Inference Protocol) in the HTTP
+front's event loop, beside ``/run``: routed by the model name in the path, admitted, counted and
+timed like ``/run``, and forwarded over the same channel.
+
+The gateway never parses the tensors: the body (JSON, or JSON then binary tensors with
+``Inference-Header-Content-Length``) goes to the model server as it came, flagged V2 with its
+JSON header length and the model version, and the model server's answer (JSON, or binary with
+its header length) is relayed as it comes. A model's version is its endpoint's generation: 1,
+then one more for each reload or recycle. Errors are the protocol's ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+from ... import jsonutil, requestid
+from ...errors import BadRequest, NotFound, ServingError, Unavailable, UnknownSignature
+from ...transport.frames import BINARY
+from ...transport.httpfront import HttpRequest, Responder
+from ...transport.v2codec import BINARY_CONTENT_TYPE, HEADER_LENGTH
+from ..observe.metrics import UNKNOWN_SIGNATURE
+from ..supervision.handle import ChildHandle
+from .forward import transport_error
+from .router import Router
+from .runpath import Call, RunPath
+
+V2_MODELS = "/v2/models/"
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode("latin-1")
+
+
+def infer_target(path: str) -> tuple[str, str | None]:
+    """``(model name, version or None)`` of an infer path; NotFound for any other path."""
+    parts = path[len(V2_MODELS):].split("/")
+    if len(parts) == 2 and parts[1] == "infer":
+        name, version = parts[0], None
+    elif len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer":
+        name, version = parts[0], unquote(parts[2])
+    else:
+        raise NotFound(f"POST {path}: not a V2 route (POST /v2/models/<name>[/versions/<version>]/infer)")
+    return unquote(name), version
+
+
+def route_model(router: Router, name: str, version: str | None) -> ChildHandle:
+    """The model server of model ``name`` (at ``version``, when given); 404 or 503 when none."""
+    try:
+        handle = router.route_to(name)
+    except UnknownSignature:
+        raise UnknownSignature(f"unknown model {name!r}; the models are {sorted(router.table.routes.servers)}"
+                               ) from None
+    if version is not None and version != str(handle.generation):
+        raise NotFound(f"model {name!r} has no version {version!r}: version {handle.generation} is served")
+    return handle
+
+
+class FastRoutes:
+    """The HTTP front's handler in the loop: V2 infer requests here, every other one to ``/run``."""
+
+    def __init__(self, run_path: RunPath):
+        self.run_path = run_path
+
+    def __call__(self, request: HttpRequest, respond: Responder) -> Call:
+        if not request.target.startswith(b"/v2/"):
+            return self.run_path(request, respond)
+        call = InferCall(self.run_path, request, respond)
+        call.route(trust_guess=False)
+        return call
+
+
+class InferCall(Call):
+    """One V2 infer request on its way through the gateway (never streamed)."""
+
+    __slots__ = ()
+
+    def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
+        super().__init__(path, request, respond)
+        self.fmt = None  # V2 answers are never streams, whatever the client accepts
+
+    def route(self, trust_guess: bool) -> None:
+        router = self.path.router
+        request = self.request
+        token = requestid.bind(request.request_id)
+        try:
+            if router.admission.draining:
+                raise Unavailable("gateway is shutting down", retry_after=5)
+            name, version = infer_target(request.target.partition(b"?")[0].decode("latin-1"))
+            self.label = name
+            handle = route_model(router, name, version)
+            header_length = _header_length(request, len(request.body))
+            router.admission.enter(handle)
+            self.handle, self.channel = handle, self.path.channel(handle)
+            self.tag = self.channel.send(request.request_id, name, request.body, handle.endpoint.request_timeout,
+                                         self._replied, v2=(header_length, str(handle.generation)))
+        except ServingError as exc:
+            self._fail(exc)
+        finally:
+            requestid.unbind(token)
+
+    def _replied(self, status: Any, meta: str | None, body: bytes, flags: int = 0) -> None:
+        handle = self.handle
+        self.tag = None
+        self.path.router.admission.exit(handle)
+        handle.served += 1
+        token = requestid.bind(self.request.request_id)
+        try:
+            if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
+                raise transport_error(handle, status)
+            if status == 200 and flags & BINARY:
+                self._finish(200, body, {HEADER_LENGTH: meta or "0"}, BINARY_CONTENT_TYPE)
+            else:
+                self._finish(status, body, {"Retry-After": meta} if meta and status != 200 else None)
+        except ServingError as exc:
+            self._fail(exc)
+        finally:
+            requestid.unbind(token)
+
+    def _fail(self, exc: ServingError) -> None:
+        if isinstance(exc, UnknownSignature):
+            self.label = UNKNOWN_SIGNATURE
+        self._finish(exc.status, jsonutil.dumps_bytes({"error": exc.message}), exc.headers())
+
+
+def _header_length(request: HttpRequest, body_length: int) -> int | None:
+    raw = request.header(_HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise BadRequest(f"{HEADER_LENGTH} must be a number of bytes, got {raw.decode('latin-1')!r}")
+    length = int(raw)
+    if not 0 < length <= body_length:
+        raise BadRequest(f"{HEADER_LENGTH} is {length} but the body has {body_length} bytes")
+    return length

@@ -1,0 +1,115 @@
+"""The gateway's Open Inference Protocol (KServe V2) routes other than infer: server metadata,
+health, model metadata and model readiness (Flask, on the route threads). Infer runs in the event
+loop (:mod:`.routing.v2path`).
+
+Every endpoint is a model of the same name. Health follows the protocol: 200 means true, 400
+false. A model's metadata comes from its model server (``MODEL_METADATA``, see
+:mod:`basic_inference_server.server.v2`) and is kept per server process and generation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, Response
+
+from ..errors import NotFound, ServerDied, ServingError, Unavailable
+from ..lib_ver import LIB_VER
+from ..webutil import json_response
+from .routing.v2path import route_model
+from .supervision.handle import ChildHandle
+
+if TYPE_CHECKING:
+    from .core import FlaskGateway
+
+SERVER_NAME = "basic_inference_server"
+EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor extension
+METADATA_TIMEOUT = 5.0
+
+
+def v2_errors(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Errors as the protocol's ``{"error": "<message>"}``, with their status and headers."""
+
+    @functools.wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ServingError as exc:
+            return json_response({"error": exc.message}, exc.status, exc.headers())
+
+    return wrapped
+
+
+def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
+    supervisor, router = gw.supervisor, gw.router
+    metadata_cache: dict[tuple[str, int | None, int], dict[str, Any]] = {}
+    cache_lock = threading.Lock()
+
+    def metadata_of(handle: ChildHandle, name: str) -> dict[str, Any]:
+        key = (handle.name, handle.pid, handle.generation)
+        with cache_lock:
+            cached = metadata_cache.get(key)
+        if cached is not None:
+            return cached
+        if handle.http is None:
+            raise Unavailable(f"model {name!r} is not running")
+        try:
+            response = handle.http.request("GET", f"/v2/models/{name}", timeout=METADATA_TIMEOUT)
+            body = json.loads(response.data or b"{}")
+        except (OSError, ValueError) as exc:
+            raise ServerDied(f"model server of {name!r} gave no metadata: {exc}") from None
+        if response.status != 200:
+            raise ServerDied(f"model server of {name!r} answered {response.status} for its metadata: "
+                             f"{body.get('error', '')}")
+        metadata = {"name": name, "versions": [str(handle.generation)], "platform": body.get("platform", ""),
+                    "inputs": body.get("inputs", []), "outputs": body.get("outputs", [])}
+        with cache_lock:
+            for old in [k for k in metadata_cache if k[0] == handle.name]:
+                del metadata_cache[old]  # an earlier process or generation of this server
+            metadata_cache[key] = metadata
+        return metadata
+
+    @app.route("/v2", methods=["GET"])
+    @v2_errors
+    def v2_server_metadata() -> Response:
+        return json_response({"name": SERVER_NAME, "version": LIB_VER, "extensions": EXTENSIONS})
+
+    @app.route("/v2/health/live", methods=["GET"])
+    @v2_errors
+    def v2_live() -> Response:
+        return json_response({"live": True})
+
+    @app.route("/v2/health/ready", methods=["GET"])
+    @v2_errors
+    def v2_ready() -> Response:
+        waiting = supervisor.not_ready()
+        ready = not waiting and not router.admission.draining
+        return json_response({"ready": ready}, 200 if ready else 400)
+
+    @app.route("/v2/models/<name>", methods=["GET"])
+    @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
+    @v2_errors
+    def v2_model_metadata(name: str, version: str | None = None) -> Response:
+        return json_response(metadata_of(route_model(router, name, version), name))
+
+    @app.route("/v2/models/<name>/ready", methods=["GET"])
+    @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])
+    @v2_errors
+    def v2_model_ready(name: str, version: str | None = None) -> Response:
+        try:
+            route_model(router, name, version)
+        except Unavailable:
+            return json_response({"name": name, "ready": False}, 400)
+        return json_response({"name": name, "ready": True})
+
+    @app.route("/v2/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
+    @v2_errors
+    def v2_unknown(rest: str) -> Response:
+        if rest.endswith("/infer"):
+            return json_response({"error": "infer takes POST"}, 405, {"Allow": "POST"})
+        raise NotFound(f"/v2/{rest} is not a V2 route")
+

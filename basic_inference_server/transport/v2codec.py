@@ -1,0 +1,324 @@
+"""Tensors of the Open Inference Protocol (KServe "V2") to numpy and back, JSON or binary.
+
+An infer request is a JSON object (``id``, ``parameters``, ``inputs``, ``outputs``); each input
+names its ``datatype`` and ``shape`` and carries its elements as ``data`` (a flat or nested
+list, row-major). Triton's binary tensor extension, which ``tritonclient`` uses by default, puts
+the JSON first and raw tensors after it::
+
+    HTTP header  Inference-Header-Content-Length: <n>   (the JSON's size; absent: all JSON)
+    body         <n bytes of JSON> <input 0's bytes> <input 1's bytes> ...
+
+An input whose ``parameters`` hold ``binary_data_size`` has no ``data``: its elements are that
+many bytes of the binary part, in the order of the inputs, little-endian, one byte per BOOL, and
+for BYTES each element as a 4-byte little-endian length followed by its bytes. Answers use the
+same layout for the outputs asked for in binary (an output's ``parameters.binary_data``, or the
+request's ``parameters.binary_data_output`` for the others). Binary inputs are numpy views of
+the request's own bytes (read-only, no copy).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import jsonutil
+from ..errors import InvalidInput, ModelError
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+_LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
+
+# The protocol's datatypes and the numpy dtypes they travel as (BF16 has no numpy dtype).
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_BY_KIND_SIZE = {(dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items() if name != "BYTES"}
+# What a JSON list may hold for each kind of datatype (numpy's kind of the list as parsed).
+_JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "U"}
+PARAMETERS = "PARAMETERS"  # the key of the request's parameters in the worker's inputs
+
+
+class RequestedOutput:
+    __slots__ = ("binary", "name")
+
+    def __init__(self, name: str, binary: bool):
+        self.name = name
+        self.binary = binary
+
+
+class InferRequest:
+    """A decoded infer request: ``inputs`` maps each input's name to its array."""
+
+    __slots__ = ("binary_output", "id", "inputs", "outputs", "parameters")
+
+    def __init__(self, request_id: str | None, parameters: dict[str, Any], inputs: dict[str, np.ndarray],
+                 outputs: list[RequestedOutput] | None, binary_output: bool):
+        self.id = request_id
+        self.parameters = parameters
+        self.inputs = inputs
+        self.outputs = outputs  # None: every output, binary when binary_output
+        self.binary_output = binary_output
+
+    def worker_inputs(self) -> dict[str, Any]:
+        """What ``_pre_process`` receives: ``{<input name>: ndarray, ..., "PARAMETERS": {...}}``."""
+        return {**self.inputs, PARAMETERS: self.parameters}
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Parse an infer request (all JSON, or JSON then binary tensors); InvalidInput when it is not one."""
+    view = memoryview(body)
+    if header_length is None:
+        header, binary = body, view[len(body):]
+    else:
+        if not 0 < header_length <= len(body):
+            raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
+        header, binary = view[:header_length].tobytes(), view[header_length:]
+    request = jsonutil.loads_object(header)
+    parameters = _object(request.get("parameters", {}), "parameters")
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput(f"id must be a string, got {type(request_id).__name__}")
+    raw_inputs = request.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidInput("inputs must be a non-empty list of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for raw in raw_inputs:
+        name, datatype, shape = _tensor_head(raw)
+        if name in inputs or name == PARAMETERS:
+            raise InvalidInput(f"input {name!r} is given twice" if name in inputs else
+                               f"{PARAMETERS!r} cannot be an input's name")
+        size = _object(raw.get("parameters", {}), f"input {name!r} parameters").get("binary_data_size")
+        if size is None:
+            if "data" not in raw:
+                raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
+            inputs[name] = _from_json(name, datatype, shape, raw["data"])
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise InvalidInput(f"input {name!r}: binary_data_size must be an integer >= 0, got {size!r}")
+        if offset + size > len(binary):
+            raise InvalidInput(f"input {name!r}: binary data truncated: {size} bytes announced at offset {offset}, "
+                               f"{len(binary) - offset} left in the body")
+        inputs[name] = _from_binary(name, datatype, shape, binary[offset:offset + size])
+        offset += size
+    if offset != len(binary):
+        raise InvalidInput(f"{len(binary) - offset} bytes after the last binary input: the body does not match "
+                           "the inputs' binary_data_size")
+    return InferRequest(request_id, {k: v for k, v in parameters.items() if k != "binary_data_output"},
+                        inputs, _requested(request.get("outputs")), parameters.get("binary_data_output") is True)
+
+
+def check_inputs(inputs: Mapping[str, np.ndarray], declared: list[dict[str, Any]]) -> None:
+    """InvalidInput unless the inputs are exactly the declared ones, each of its datatype and shape
+    (-1: any size)."""
+    wanted = {tensor["name"]: tensor for tensor in declared}
+    unknown = sorted(set(inputs) - set(wanted))
+    if unknown:
+        raise InvalidInput(f"unknown input(s) {unknown}; the model takes {sorted(wanted)}")
+    for name, tensor in wanted.items():
+        array = inputs.get(name)
+        if array is None:
+            raise InvalidInput(f"input {name!r} is missing")
+        datatype = datatype_of(array)
+        if datatype != tensor["datatype"]:
+            raise InvalidInput(f"input {name!r}: datatype {datatype}, the model takes {tensor['datatype']}")
+        shape = tensor["shape"]
+        if len(shape) != array.ndim or any(d not in (-1, n) for d, n in zip(shape, array.shape, strict=True)):
+            raise InvalidInput(f"input {name!r}: shape {list(array.shape)}, the model takes {shape}")
+
+
+def encode_response(model_name: str, model_version: str, request: InferRequest, result: Any,
+                    declared: Mapping[str, str] | None = None) -> tuple[list[Any], int | None]:
+    """The answer to ``request`` from what ``_post_process`` returned (a dict of output name to
+    array, list or scalar; ``declared``: output name -> datatype to cast to). Returns the body's
+    pieces and the JSON header's length when some output is binary (None: the body is all JSON)."""
+    if result is None:
+        result = {}
+    if not isinstance(result, Mapping):
+        raise ModelError(f"a V2 answer needs _post_process to return a dict of output name to tensor, "
+                         f"got {type(result).__name__}")
+    if request.outputs is None:
+        wanted = [RequestedOutput(str(name), request.binary_output) for name in result]
+    else:
+        missing = [o.name for o in request.outputs if o.name not in result]
+        if missing:
+            raise InvalidInput(f"unknown output(s) {missing}; the model gives {sorted(map(str, result))}")
+        wanted = request.outputs
+    outputs, parts = [], []
+    for out in wanted:
+        array = to_array(out.name, result[out.name], (declared or {}).get(out.name))
+        datatype = datatype_of(array)
+        tensor: dict[str, Any] = {"name": out.name, "datatype": datatype, "shape": list(array.shape)}
+        if out.binary:
+            part = _to_binary(array)
+            tensor["parameters"] = {"binary_data_size": len(part)}
+            parts.append(part)
+        else:
+            tensor["data"] = _to_json_data(out.name, array)
+        outputs.append(tensor)
+    answer: dict[str, Any] = {"model_name": model_name, "model_version": model_version}
+    if request.id is not None:
+        answer["id"] = request.id
+    answer["outputs"] = outputs
+    try:
+        header = jsonutil.dumps_bytes(answer)
+    except ValueError as exc:
+        raise ModelError(f"an output is not valid JSON: {exc}") from None
+    return [header, *parts], (len(header) if parts else None)
+
+
+def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
+    """An output as an array: strings and bytes as BYTES, ``datatype`` (declared) cast to."""
+    try:
+        if datatype is not None and datatype != "BYTES":
+            return np.asarray(value, dtype=DATATYPES[datatype])
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"output {name!r} is not a tensor: {exc}") from None
+    if array.dtype.kind in "US":
+        array = array.astype(object)
+    return array
+
+
+def datatype_of(array: np.ndarray) -> str:
+    kind = array.dtype.kind
+    if kind in "OUS":
+        first = next(iter(array.flat), b"")
+        if isinstance(first, (str, bytes)):
+            return "BYTES"
+        raise ModelError(f"a tensor of {type(first).__name__} has no V2 datatype")
+    name = _BY_KIND_SIZE.get((kind, array.dtype.itemsize))
+    if name is None:
+        raise ModelError(f"numpy dtype {array.dtype} has no V2 datatype")
+    return name
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def _tensor_head(raw: Any) -> tuple[str, str, tuple[int, ...]]:
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"each input must be a JSON object, got {type(raw).__name__}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("each input needs a name (a non-empty string)")
+    datatype = raw.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidInput(f"input {name!r}: unsupported datatype {datatype!r}; expected one of {list(DATATYPES)}")
+    shape = raw.get("shape")
+    if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidInput(f"input {name!r}: shape must be a list of integers >= 0, got {shape!r}")
+    return name, datatype, tuple(shape)
+
+
+def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
+    count = math.prod(shape)
+    try:
+        parsed = np.asarray(data if isinstance(data, list) else [data])
+    except ValueError:
+        raise InvalidInput(f"input {name!r}: data is not a regular array (rows of different lengths)") from None
+    if parsed.size != count:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} element(s), data has {parsed.size}")
+    dtype = DATATYPES[datatype]
+    if count and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} "
+                           f"(got {_json_kind_name(parsed.dtype.kind)})")
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = [element.encode("utf-8") for element in parsed.reshape(-1).tolist()]
+        return array.reshape(shape)
+    if dtype.kind in "iu" and count:
+        info = np.iinfo(dtype)
+        low, high = parsed.min(), parsed.max()
+        if low < info.min or high > info.max:
+            raise InvalidInput(f"input {name!r}: values {low}..{high} do not fit {datatype}")
+    return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def _from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_elements(name, shape, count, data)
+    dtype = DATATYPES[datatype]
+    if len(data) != count * dtype.itemsize:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} "
+                           f"bytes, binary_data_size is {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
+    elements, offset, end = [], 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise InvalidInput(f"input {name!r}: BYTES data ends inside an element's length")
+        (size,) = _LENGTH.unpack_from(data, offset)
+        offset += 4
+        if offset + size > end:
+            raise InvalidInput(f"input {name!r}: BYTES element {len(elements)} of {size} bytes is truncated")
+        elements.append(data[offset:offset + size].tobytes())
+        offset += size
+    if len(elements) != count:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} element(s), data has {len(elements)}")
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array.reshape(shape)
+
+
+def _requested(raw: Any) -> list[RequestedOutput] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise InvalidInput(f"outputs must be a list, got {type(raw).__name__}")
+    outputs = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidInput("each requested output must be an object with a name")
+        parameters = _object(item.get("parameters", {}), f"output {item['name']!r} parameters")
+        if parameters.get("classification"):
+            raise InvalidInput("the classification extension is not supported")
+        outputs.append(RequestedOutput(item["name"], parameters.get("binary_data") is True))
+    return outputs
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _json_kind_name(kind: str) -> str:
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings"}.get(kind, "mixed values")
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def _to_binary(array: np.ndarray) -> Any:
+    if array.dtype.kind == "O":
+        pieces = []
+        for element in array.flat:
+            raw = element.encode("utf-8") if isinstance(element, str) else bytes(element)
+            pieces += (_LENGTH.pack(len(raw)), raw)
+        return b"".join(pieces)
+    little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    return memoryview(little.reshape(-1)).cast("B") if little.size else b""
+
+
+def _to_json_data(name: str, array: np.ndarray) -> list[Any]:
+    flat = array.reshape(-1)
+    if array.dtype.kind != "O":
+        return flat.tolist()
+    data = []
+    for element in flat:
+        if isinstance(element, bytes):
+            try:
+                element = element.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"output {name!r} holds bytes that are not UTF-8: ask for it in binary "
+                                   "(binary_data)") from None
+        data.append(element)
+    return data
