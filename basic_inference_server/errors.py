@@ -104,6 +104,13 @@ class MethodNotAllowed(ServingError):
     status = 405
     type_name = "MethodNotAllowed"
 
+    def __init__(self, message: str, allow: str = ""):
+        super().__init__(message)
+        self.allow = allow  # the methods the path takes: the Allow header
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
+
 
 class SlowClient(ServingError):
     """The client did not send its request head or body within the front's read timeout."""

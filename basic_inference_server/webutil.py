@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import jsonutil, requestid
@@ -33,10 +33,6 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 def raw_json_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(body, status=status, headers=headers, mimetype=JSON_MIMETYPE)
-
-
-def error_response(exc: ServingError) -> Response:
-    return json_response(exc.to_body(), exc.status, exc.headers())
 
 
 def read_limited(environ: dict[str, Any], limit: int) -> bytes:
@@ -66,8 +62,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
 
 
-def install_error_handlers(app: Flask) -> None:
-    """Every error leaves as ``{"ERROR": ..., "error": {"type": ..., "message": ...}}``."""
+def install_error_handlers(app: Flask, plain_under: str = "") -> None:
+    """Every error leaves as ``{"ERROR": ..., "error": {"type": ..., "message": ...}}``; under the
+    path prefix ``plain_under`` (the Open Inference Protocol's routes) as ``{"error": "<message>"}``."""
+
+    def error_response(exc: ServingError) -> Response:
+        if plain_under and request.path.startswith(plain_under):
+            return json_response({"error": exc.message}, exc.status, exc.headers())
+        return json_response(exc.to_body(), exc.status, exc.headers())
 
     @app.errorhandler(ServingError)
     def _serving_error(exc: ServingError) -> Response:
@@ -115,12 +117,7 @@ def require_admin(expected: str, request: Request, body: dict[str, Any] | None) 
 Answer = tuple[int, bytes, dict[str, str] | None]  # status, JSON body, extra headers
 
 
-class _PostOnly(MethodNotAllowed):
-    def headers(self) -> dict[str, str]:
-        return {"Allow": "POST"}
-
-
-METHOD_NOT_ALLOWED = _PostOnly("method not allowed here; allowed: POST")
+METHOD_NOT_ALLOWED = MethodNotAllowed("method not allowed here; allowed: POST", allow="POST")
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 

@@ -59,7 +59,7 @@ def is_loopback(address: str | None) -> bool:
 
 def create_gateway_app(gw: FlaskGateway) -> Flask:
     app = Flask("bis-gateway", static_folder=None)  # serve no files from the working folder
-    install_error_handlers(app)
+    install_error_handlers(app, plain_under="/v2")
     limit = gw.config.max_body_bytes
     supervisor = gw.supervisor
     envelope = gw.envelope

@@ -3,21 +3,20 @@ health, model metadata and model readiness (Flask, on the route threads). Infer 
 loop (:mod:`.routing.v2path`).
 
 Every endpoint is a model of the same name. Health follows the protocol: 200 means true, 400
-false. A model's metadata comes from its model server (``MODEL_METADATA``, see
+false. Errors under ``/v2`` are the protocol's ``{"error": "<message>"}`` (the app's error
+handlers, installed with ``plain_under="/v2"``). A model's metadata comes from its model server (``MODEL_METADATA``, see
 :mod:`basic_inference_server.server.v2`) and is kept per server process and generation.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response
 
-from ..errors import NotFound, ServerDied, ServingError, Unavailable
+from ..errors import ServerDied, Unavailable
 from ..lib_ver import LIB_VER
 from ..webutil import json_response
 from .routing.v2path import route_model
@@ -29,19 +28,6 @@ if TYPE_CHECKING:
 SERVER_NAME = "basic_inference_server"
 EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor extension
 METADATA_TIMEOUT = 5.0
-
-
-def v2_errors(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Errors as the protocol's ``{"error": "<message>"}``, with their status and headers."""
-
-    @functools.wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Response:
-        try:
-            return view(*args, **kwargs)
-        except ServingError as exc:
-            return json_response({"error": exc.message}, exc.status, exc.headers())
-
-    return wrapped
 
 
 def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
@@ -74,17 +60,14 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
         return metadata
 
     @app.route("/v2", methods=["GET"])
-    @v2_errors
     def v2_server_metadata() -> Response:
         return json_response({"name": SERVER_NAME, "version": LIB_VER, "extensions": EXTENSIONS})
 
     @app.route("/v2/health/live", methods=["GET"])
-    @v2_errors
     def v2_live() -> Response:
         return json_response({"live": True})
 
     @app.route("/v2/health/ready", methods=["GET"])
-    @v2_errors
     def v2_ready() -> Response:
         waiting = supervisor.not_ready()
         ready = not waiting and not router.admission.draining
@@ -92,13 +75,11 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
 
     @app.route("/v2/models/<name>", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
-    @v2_errors
     def v2_model_metadata(name: str, version: str | None = None) -> Response:
         return json_response(metadata_of(route_model(router, name, version), name))
 
     @app.route("/v2/models/<name>/ready", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])
-    @v2_errors
     def v2_model_ready(name: str, version: str | None = None) -> Response:
         try:
             route_model(router, name, version)
@@ -106,10 +87,9 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
             return json_response({"name": name, "ready": False}, 400)
         return json_response({"name": name, "ready": True})
 
-    @app.route("/v2/<path:rest>", methods=["GET", "POST", "PUT", "DELETE", "PATCH"])
-    @v2_errors
-    def v2_unknown(rest: str) -> Response:
-        if rest.endswith("/infer"):
-            return json_response({"error": "infer takes POST"}, 405, {"Allow": "POST"})
-        raise NotFound(f"/v2/{rest} is not a V2 route")
-
+    @app.route("/v2/models/<name>/infer", methods=["POST"])
+    @app.route("/v2/models/<name>/versions/<version>/infer", methods=["POST"])
+    def v2_infer(name: str, version: str | None = None) -> Response:
+        # The HTTP front answers these POSTs in its event loop (routing.v2path); here, Flask
+        # answers the other methods 405 with Allow: POST.
+        raise Unavailable("V2 infer is answered by the gateway's HTTP front")

@@ -176,15 +176,25 @@ def encode_response(model_name: str, model_version: str, request: InferRequest, 
 
 
 def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
-    """An output as an array: strings and bytes as BYTES, ``datatype`` (declared) cast to."""
+    """An output as an array: strings and bytes as BYTES, ``datatype`` (declared) cast to. A value
+    that is no tensor (a dict, a list of them, rows of different lengths) is one BYTES element
+    holding its JSON, so that any answer of ``/run`` can be answered over V2 too."""
     try:
         if datatype is not None and datatype != "BYTES":
             return np.asarray(value, dtype=DATATYPES[datatype])
-        array = np.asarray(value)
+        array = None if isinstance(value, Mapping) else np.asarray(value)
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"output {name!r} is not a tensor: {exc}") from None
-    if array.dtype.kind in "US":
-        array = array.astype(object)
+        if datatype is not None:
+            raise ModelError(f"output {name!r} is not a tensor of {datatype}: {exc}") from None
+        array = None
+    if array is not None and array.dtype.kind in "US":
+        return array.astype(object)
+    if array is None or (array.dtype.kind == "O" and not all(isinstance(e, (str, bytes)) for e in array.flat)):
+        try:
+            array = np.empty((), dtype=object)
+            array[()] = jsonutil.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"output {name!r} is neither a tensor nor JSON: {exc}") from None
     return array
 
 

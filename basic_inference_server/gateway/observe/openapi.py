@@ -2,7 +2,8 @@
 
 It describes what the gateway really answers, errors included: every route of :mod:`.app`
 (and ``POST /run``, served by :class:`~basic_inference_server.webutil.PostFront`), with the
-one JSON error shape of :mod:`basic_inference_server.errors`. ``tests/unit/test_openapi_document.py``
+one JSON error shape of :mod:`basic_inference_server.errors`; the Open Inference Protocol's
+routes are in :mod:`.openapi_v2`. ``tests/unit/test_openapi_document.py``
 keeps its paths and methods equal to the app's routes; ``tests/integration/test_openapi.py``
 checks a live gateway's answers against it with schemathesis.
 """
@@ -30,6 +31,7 @@ from .openapi_build import (
     _with_envelope,
 )
 from .openapi_stream import RUN_STREAMING, STREAM_FLAG, stream_content, stream_end_schema
+from .openapi_v2 import v2_paths, v2_schemas
 
 OPENAPI_VERSION = "3.0.3"
 SYSTEM_STATUS = "SYSTEM_STATUS"
@@ -163,7 +165,7 @@ def _responses() -> dict[str, Any]:
 
 def _components(signatures: list[str]) -> dict[str, Any]:
     return {
-        "schemas": _schemas(),
+        "schemas": {**_schemas(), **v2_schemas()},
         "responses": _responses(),
         "parameters": {
             "RequestId": {"name": "X-Request-ID", "in": "header", "required": False,
@@ -327,7 +329,7 @@ def openapi_document(signatures: list[str], version: str, *, run_path: str = "/r
                            "(#/components/schemas/Error) with a real status code; every path answers "
                            "405 MethodNotAllowed, with an Allow header, to a method it does not list.",
         },
-        "tags": [{"name": name} for name in ("inference", "status", "observability", "admin")],
-        "paths": {**_run(run_path, names), **_status_paths(names), **_admin_paths()},
+        "tags": [{"name": name} for name in ("inference", "v2", "status", "observability", "admin")],
+        "paths": {**_run(run_path, names), **v2_paths(), **_status_paths(names), **_admin_paths()},
         "components": _components(names),
     }

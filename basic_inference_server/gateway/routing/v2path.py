@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ... import jsonutil, requestid
-from ...errors import BadRequest, NotFound, ServingError, Unavailable, UnknownSignature
+from ...errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable, UnknownSignature
 from ...transport.frames import BINARY
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.v2codec import BINARY_CONTENT_TYPE, HEADER_LENGTH
@@ -30,15 +30,15 @@ _HEADER_LENGTH = HEADER_LENGTH.lower().encode("latin-1")
 
 
 def infer_target(path: str) -> tuple[str, str | None]:
-    """``(model name, version or None)`` of an infer path; NotFound for any other path."""
+    """``(model name, version or None)`` of an infer path; 405 for the model's other routes (they
+    take GET), 404 for any other path."""
     parts = path[len(V2_MODELS):].split("/")
-    if len(parts) == 2 and parts[1] == "infer":
-        name, version = parts[0], None
-    elif len(parts) == 4 and parts[1] == "versions" and parts[3] == "infer":
-        name, version = parts[0], unquote(parts[2])
-    else:
-        raise NotFound(f"POST {path}: not a V2 route (POST /v2/models/<name>[/versions/<version>]/infer)")
-    return unquote(name), version
+    if parts[-1] == "infer" and (len(parts) == 2 or (len(parts) == 4 and parts[1] == "versions")):
+        return unquote(parts[0]), (unquote(parts[2]) if len(parts) == 4 else None)
+    if parts[0] and (parts[1:] in ([], ["ready"]) or (len(parts) in (3, 4) and parts[1] == "versions"
+                                                      and parts[3:] in ([], ["ready"]))):
+        raise MethodNotAllowed(f"POST {path}: this route takes GET", allow="GET")
+    raise NotFound(f"POST {path}: not a V2 route (POST /v2/models/<name>[/versions/<version>]/infer)")
 
 
 def route_model(router: Router, name: str, version: str | None) -> ChildHandle:
