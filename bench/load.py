@@ -75,17 +75,20 @@ def ensure_wrk() -> str:
     return found or sys.exit("could not install wrk")
 
 
-def wrk(binary: str, url: str, body: dict, concurrency: int, duration: float, cpu: str | None = None) -> dict:
-    """One closed-loop wrk run (one thread, ``concurrency`` keep-alive connections) POSTing ``body``:
-    successful answers per second, p50/p99 latency and the failures (errors + non-2xx)."""
-    with tempfile.NamedTemporaryFile("w", prefix="bench-body-", suffix=".json") as body_file:
-        body_file.write(json.dumps(body))
+def wrk(binary: str, url: str, body: dict | bytes, concurrency: int, duration: float, cpu: str | None = None,
+        headers: dict[str, str] | None = None) -> dict:
+    """One closed-loop wrk run (one thread, ``concurrency`` keep-alive connections) POSTing ``body``
+    (a dict as JSON, or bytes as they are, with ``headers``): successful answers per second,
+    p50/p99 latency and the failures (errors + non-2xx)."""
+    with tempfile.NamedTemporaryFile("wb", prefix="bench-body-") as body_file:
+        body_file.write(body if isinstance(body, bytes) else json.dumps(body).encode())
         body_file.flush()
+        extra = "\n".join(f"{name}: {value}" for name, value in (headers or {}).items())
         proc = subprocess.run(
             pinned([binary, "-t1", f"-c{concurrency}", f"-d{duration:g}s", "--timeout", "10s", "--latency",
                     "-s", str(BENCH / "wrk_report.lua"), url], cpu),
-            env=dict(os.environ, BENCH_BODY_FILE=body_file.name), capture_output=True, text=True,
-            timeout=duration + 60,
+            env=dict(os.environ, BENCH_BODY_FILE=body_file.name, BENCH_HEADERS=extra), capture_output=True,
+            text=True, timeout=duration + 60,
         )
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH_JSON "):

@@ -1,4 +1,4 @@
--- wrk script: POST the JSON body read from the file BENCH_BODY_FILE (a file, not an environment
+-- wrk script: POST the body read from the file BENCH_BODY_FILE (a file, not an environment
 -- variable: Linux limits one environment string to 128 KB), count the answers that are not 2xx by
 -- status (with the first such body), print one machine-readable line at the end.
 local path = assert(os.getenv("BENCH_BODY_FILE"), "BENCH_BODY_FILE is not set")
@@ -7,6 +7,10 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = file:read("*a")
 file:close()
+-- BENCH_HEADERS: more request headers, one "Name: value" a line (e.g. a binary body's Content-Type)
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 local threads = {}
 function setup(thread)

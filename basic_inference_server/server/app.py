@@ -159,6 +159,10 @@ class ServerState:
             logger.log(logging.ERROR if exc.status >= 500 else logging.DEBUG, "Call %d: %s", job.call_id, exc)
             conn.reply(tag, exc.status, v2_error_body(exc), _retry_after(exc))
             return
+        except Exception as exc:  # an answer must leave whatever the outputs hold
+            logger.exception("Call %d: encoding the V2 answer failed", job.call_id)
+            conn.reply(tag, 500, v2_error_body(ModelError(f"the outputs cannot be encoded: {type(exc).__name__}")))
+            return
         if header_length is None:
             conn.reply(tag, 200, parts[0])
         else:

@@ -112,8 +112,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes after the last binary input: the body does not match "
                            "the inputs' binary_data_size")
+    binary_output = parameters.get("binary_data_output") is True
     return InferRequest(request_id, {k: v for k, v in parameters.items() if k != "binary_data_output"},
-                        inputs, _requested(request.get("outputs")), parameters.get("binary_data_output") is True)
+                        inputs, _requested(request.get("outputs"), binary_output), binary_output)
 
 
 def check_inputs(inputs: Mapping[str, np.ndarray], declared: list[dict[str, Any]]) -> None:
@@ -145,12 +146,13 @@ def encode_response(model_name: str, model_version: str, request: InferRequest, 
     if not isinstance(result, Mapping):
         raise ModelError(f"a V2 answer needs _post_process to return a dict of output name to tensor, "
                          f"got {type(result).__name__}")
+    result = {str(name): value for name, value in result.items()}
     if request.outputs is None:
-        wanted = [RequestedOutput(str(name), request.binary_output) for name in result]
+        wanted = [RequestedOutput(name, request.binary_output) for name in result]
     else:
         missing = [o.name for o in request.outputs if o.name not in result]
         if missing:
-            raise InvalidInput(f"unknown output(s) {missing}; the model gives {sorted(map(str, result))}")
+            raise InvalidInput(f"unknown output(s) {missing}; the model gives {sorted(result)}")
         wanted = request.outputs
     outputs, parts = [], []
     for out in wanted:
@@ -183,7 +185,7 @@ def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
         if datatype is not None and datatype != "BYTES":
             return np.asarray(value, dtype=DATATYPES[datatype])
         array = None if isinstance(value, Mapping) else np.asarray(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         if datatype is not None:
             raise ModelError(f"output {name!r} is not a tensor of {datatype}: {exc}") from None
         array = None
@@ -195,6 +197,8 @@ def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
             array[()] = jsonutil.dumps(value)
         except (TypeError, ValueError) as exc:
             raise ModelError(f"output {name!r} is neither a tensor nor JSON: {exc}") from None
+    if datatype == "BYTES" and array.dtype.kind != "O":
+        raise ModelError(f"output {name!r} is declared BYTES in MODEL_METADATA, got {datatype_of(array)}")
     return array
 
 
@@ -236,6 +240,8 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
     if parsed.size != count:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} element(s), data has {parsed.size}")
     dtype = DATATYPES[datatype]
+    if datatype == "UINT64" and parsed.dtype.kind in "fO":  # integers past INT64 parse as floats
+        parsed = _big_integers(name, data) if isinstance(data, list) else parsed
     if count and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} "
                            f"(got {_json_kind_name(parsed.dtype.kind)})")
@@ -249,6 +255,17 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         if low < info.min or high > info.max:
             raise InvalidInput(f"input {name!r}: values {low}..{high} do not fit {datatype}")
     return parsed.astype(dtype, copy=False).reshape(shape)
+
+
+def _big_integers(name: str, data: list[Any]) -> np.ndarray:
+    """UINT64 data with values past INT64's: numpy reads them as floats, so read them as Python ints."""
+    shape = np.asarray(data, dtype=object).shape
+    flat = np.asarray(data, dtype=object).reshape(-1).tolist()
+    if not all(type(v) is int for v in flat):
+        return np.asarray(data)
+    if any(v < 0 or v >= 1 << 64 for v in flat):
+        raise InvalidInput(f"input {name!r}: values {min(flat)}..{max(flat)} do not fit UINT64")
+    return np.array(flat, dtype=np.uint64).reshape(shape)
 
 
 def _from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryview) -> np.ndarray:
@@ -280,7 +297,7 @@ def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryv
     return array.reshape(shape)
 
 
-def _requested(raw: Any) -> list[RequestedOutput] | None:
+def _requested(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -292,7 +309,8 @@ def _requested(raw: Any) -> list[RequestedOutput] | None:
         parameters = _object(item.get("parameters", {}), f"output {item['name']!r} parameters")
         if parameters.get("classification"):
             raise InvalidInput("the classification extension is not supported")
-        outputs.append(RequestedOutput(item["name"], parameters.get("binary_data") is True))
+        binary = parameters.get("binary_data", binary_default)  # the output's own choice, else the request's
+        outputs.append(RequestedOutput(item["name"], binary is True))
     return outputs
 
 

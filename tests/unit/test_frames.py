@@ -8,15 +8,19 @@ import threading
 import pytest
 
 from basic_inference_server.transport.frames import (
+    BINARY,
     CANCEL,
     HEAD,
     HEAD_SIZE,
     REPLY,
     REQUEST,
+    STREAM,
+    V2,
     FrameReader,
     ProtocolError,
     cancel_frame,
     reply_frame,
+    reply_head,
     request_head,
 )
 
@@ -120,3 +124,69 @@ def test_over_a_socketpair_with_a_peer_dying_mid_frame():
     assert [f.tag for f in frames] == [1, 2]
     assert all(f.body == bytes(range(256)) * 40 for f in frames)
     assert reader.pending == len(cut)  # what the reader holds of the frame that never completed
+
+
+# -- Open Inference Protocol (V2) requests and binary answers ----------------------------------
+@pytest.mark.parametrize(("header_length", "version"), [(123, "1"), (None, "2024-05"), (0, ""), (None, "")])
+def test_a_v2_request_carries_its_header_length_and_model_version(header_length, version):
+    body = b'{"inputs": []}' + bytes(range(8))
+    head = request_head(9, "rid-v2", "mnist", len(body), v2=(header_length, version))
+    (frame,) = FrameReader().feed(head + body)
+    assert (frame.kind, frame.tag, frame.flags, frame.body) == (REQUEST, 9, V2, body)
+    assert frame.v2_meta() == (header_length, version)
+    assert frame.request_meta() == ("rid-v2", "mnist")
+
+
+def test_a_v2_request_meta_is_the_documented_one():
+    head = request_head(1, "rid", "sig", 0, v2=(42, "3"))
+    assert head[HEAD_SIZE:] == b"rid\nsig\n42\n3"
+    assert head[1] == V2
+    assert request_head(1, "rid", "sig", 0, v2=(None, "3"))[HEAD_SIZE:] == b"rid\nsig\n\n3"
+
+
+def test_the_v2_flag_adds_to_the_stream_flag():
+    (frame,) = FrameReader().feed(request_head(2, "r", "s", 0, flags=STREAM, v2=(None, "1")))
+    assert frame.flags == STREAM | V2
+    assert frame.v2_meta() == (None, "1")
+
+
+def test_a_plain_request_has_no_v2_flag_and_no_v2_meta():
+    (frame,) = FrameReader().feed(request(3, b"{}", "rid", "demo"))
+    assert frame.flags == 0
+    assert not frame.flags & V2
+    assert frame.request_meta() == ("rid", "demo")
+    with pytest.raises(ProtocolError, match="2 fields, not 4"):
+        frame.v2_meta()
+
+
+def test_a_v2_request_split_anywhere_decodes_the_same():
+    body = bytes(range(256)) * 4
+    stream = request_head(5, "rid", "m", len(body), v2=(100, "7")) + body
+    reader, frames = FrameReader(), []
+    for start in range(0, len(stream), 5):
+        frames += reader.feed(stream[start:start + 5])
+    (frame,) = frames
+    assert (frame.flags, frame.body, frame.v2_meta(), frame.request_meta()) == (V2, body, (100, "7"), ("rid", "m"))
+
+
+def test_an_oversize_v2_request_keeps_its_meta():
+    reader = FrameReader(max_body=10)
+    (frame,) = reader.feed(request_head(6, "rid", "m", 50, v2=(20, "1")) + b"b" * 50)
+    assert (frame.oversize, frame.body, frame.flags) == (50, b"", V2)
+    assert frame.v2_meta() == (20, "1")
+
+
+def test_a_binary_reply_in_pieces_decodes_as_one_reply_with_its_header_length():
+    header, tensor = b'{"outputs": [{"name": "y"}]}', memoryview(bytes(range(16)))
+    pieces = [reply_head(11, 200, len(header) + len(tensor), str(len(header)), BINARY), header, tensor]
+    (frame,) = FrameReader().feed(b"".join(pieces))
+    assert (frame.kind, frame.tag, frame.status, frame.flags) == (REPLY, 11, 200, BINARY)
+    assert int(frame.meta) == len(header)
+    assert frame.body == header + bytes(range(16))
+    assert frame.body[int(frame.meta):] == bytes(range(16))
+
+
+def test_reply_frame_is_reply_head_then_the_body():
+    assert reply_frame(4, 503, b"{}", "2") == reply_head(4, 503, 2, "2") + b"{}"
+    (frame,) = FrameReader().feed(reply_frame(4, 200, b"{}"))
+    assert (frame.flags, frame.meta) == (0, b"")
