@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from bench import BenchGateway
+from bench.__main__ import BenchGateway
 from bench.load import SERVE_CPU, WRK_CPU, CpuMeter, check_pinning_possible, ensure_wrk, wrk
 from bench.report import RESULTS
 

@@ -128,7 +128,8 @@ class ServerState:
         try:
             if job.v2 is not None:
                 self._deliver_v2(conn, tag, job)
-            elif job.stream is None:
+                return
+            if job.stream is None:
                 try:
                     status, body, _ = self.answer_of(job)
                     retry_after = None

@@ -75,6 +75,19 @@ class FlaskWorker:
         ``self.cancelled_slots`` holds the positions whose client has left. An exception after
         the first item ends the stream with an error event.
 
+    Open Inference Protocol (KServe V2):
+        ``POST /v2/models/<endpoint>/infer`` runs the same hooks. ``_pre_process`` receives
+        ``{<input name>: numpy.ndarray, ..., "PARAMETERS": {<the request's parameters>}}``: each
+        input an array of its datatype and shape (BYTES: an object array of ``bytes``; tensors
+        sent in binary are read-only views of the request, copy one before changing it in place).
+        ``_post_process`` returns a dict of output name to array, list or scalar (the datatypes
+        come from numpy; str and bytes are BYTES; a value that is no tensor, such as a dict, is one
+        BYTES element holding its JSON). ``MODEL_METADATA`` (a class attribute or ``_CONFIG`` key:
+        ``{"platform": ..., "inputs": [{"name", "datatype", "shape"}], "outputs": [...]}``, -1 for
+        any size) is answered as the model's metadata, checks the inputs before a worker sees
+        them and casts the outputs to their declared datatypes. With batching, each V2 request is
+        one item of the batch.
+
     Errors:
         An exception in ``_pre_process`` answers 400 with its message (bad input). An exception
         in ``_predict`` or ``_post_process`` answers 500 with its type and message; the

@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import tritonclient.http as triton
 from conftest import FIXTURES, REPO
 
 
@@ -39,6 +41,25 @@ def test_shipped_demo_answers_the_documented_prediction(tmp_path, gateway_factor
     assert all(s["STATE"] == "READY" and s["WORKERS"]["ready"] == 2 for s in servers.values())
     support = gateway.post("/list_servers").json()["SUPPORT_PROCESSES"]
     assert set(support) == {"support_process"} and support["support_process"]["PID"]
+
+
+def test_the_readmes_v2_examples_run_against_the_demo(tmp_path, gateway_factory):
+    """The README's tritonclient and curl calls, against the shipped demo (written for /run only)."""
+    app = _copy_app(tmp_path, REPO, ["dummy_model_demo1.py", "dummy_model_demo2.py", "support_process.py"])
+    gateway = gateway_factory({}, app_dir=app)
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{gateway.port}")
+    try:
+        assert client.is_server_ready() and client.is_model_ready("dummy_model_demo2")
+        value = triton.InferInput("INPUT_VALUE", [1], "INT64")
+        value.set_data_from_numpy(np.array([3], dtype=np.int64))
+        result = client.infer("dummy_model_demo2", [value])
+    finally:
+        client.close()
+    assert result.as_numpy("dummy_model_predict").tolist() == b"3*0 + 0 = 0 PREDICTED"
+    body = {"inputs": [{"name": "INPUT_VALUE", "datatype": "INT64", "shape": [1], "data": [3]}]}
+    answer = gateway.post("/v2/models/dummy_model_demo2/infer", body).json()
+    assert answer["outputs"] == [{"name": "dummy_model_predict", "datatype": "BYTES", "shape": [],
+                                  "data": ["3*0 + 0 = 0 PREDICTED"]}]
 
 
 def test_original_readme_files_run_unchanged(tmp_path, gateway_factory):

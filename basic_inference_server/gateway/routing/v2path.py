@@ -86,6 +86,10 @@ class InferCall(Call):
             name, version = infer_target(request.target.partition(b"?")[0].decode("latin-1"))
             self.label = name
             handle = route_model(router, name, version)
+            encoding = request.header(b"content-encoding")
+            if encoding not in (None, b"identity"):
+                raise ServingError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: send the body "
+                                   "uncompressed", status=415)
             header_length = _header_length(request, len(request.body))
             router.admission.enter(handle)
             self.handle, self.channel = handle, self.path.channel(handle)
