@@ -4,8 +4,9 @@ loop (:mod:`.routing.v2path`).
 
 Every endpoint is a model of the same name. Health follows the protocol: 200 means true, 400
 false. Errors under ``/v2`` are the protocol's ``{"error": "<message>"}`` (the app's error
-handlers, installed with ``plain_under="/v2"``). A model's metadata comes from its model server (``MODEL_METADATA``, see
-:mod:`basic_inference_server.server.v2`) and is kept per server process and generation.
+handlers, installed with ``plain_under="/v2"``). A model's metadata comes from its model server
+(``MODEL_METADATA``, see :mod:`basic_inference_server.server.v2`) and is kept per server process
+and generation.
 """
 
 from __future__ import annotations
