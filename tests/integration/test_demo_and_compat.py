@@ -50,13 +50,13 @@ def test_the_readmes_v2_examples_run_against_the_demo(tmp_path, gateway_factory)
     client = triton.InferenceServerClient(url=f"127.0.0.1:{gateway.port}")
     try:
         assert client.is_server_ready() and client.is_model_ready("dummy_model_demo2")
-        value = triton.InferInput("INPUT_VALUE", [1], "INT64")
-        value.set_data_from_numpy(np.array([3], dtype=np.int64))
+        value = triton.InferInput("INPUT_VALUE", [], "INT64")
+        value.set_data_from_numpy(np.array(3, dtype=np.int64))
         result = client.infer("dummy_model_demo2", [value])
     finally:
         client.close()
     assert result.as_numpy("dummy_model_predict").tolist() == b"3*0 + 0 = 0 PREDICTED"
-    body = {"inputs": [{"name": "INPUT_VALUE", "datatype": "INT64", "shape": [1], "data": [3]}]}
+    body = {"inputs": [{"name": "INPUT_VALUE", "datatype": "INT64", "shape": [], "data": [3]}]}
     answer = gateway.post("/v2/models/dummy_model_demo2/infer", body).json()
     assert answer["outputs"] == [{"name": "dummy_model_predict", "datatype": "BYTES", "shape": [],
                                   "data": ["3*0 + 0 = 0 PREDICTED"]}]
