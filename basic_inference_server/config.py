@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .server.discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
+from .server.placement import parse_devices, warmup_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class EndpointConfig:
     max_requests: int = 0  # recycle a server after this many answers (0: never), plus up to the jitter
     max_requests_jitter: int = 0
     max_rss_mb: float = 0.0  # recycle a server whose process tree is larger (0: never)
+    devices: tuple[str, ...] = ()  # DEVICES: replica i runs on devices[i % len(devices)]
 
     @property
     def is_support(self) -> bool:
@@ -230,6 +232,7 @@ def _parse_endpoint(
     request_timeout = _number(settings, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, where)
     description = settings.get("DESCRIPTION", "")
     disabled = _boolean(settings, "DISABLED", False, where)
+    _warmup(settings, where)
     worker = script = None
     if host == NO_HOST:
         try:
@@ -268,10 +271,27 @@ def _parse_endpoint(
         max_requests=_integer(settings, "MAX_REQUESTS", 0, where, minimum=0, maximum=1_000_000_000),
         max_requests_jitter=_integer(settings, "MAX_REQUESTS_JITTER", 0, where, minimum=0, maximum=1_000_000_000),
         max_rss_mb=_optional_number(settings, "MAX_RSS_MB", where),
+        devices=_devices(settings, where),
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,
     )
+
+
+def _devices(settings: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    if "DEVICES" not in settings:
+        return ()
+    try:
+        return parse_devices(settings["DEVICES"])
+    except ValueError as exc:
+        raise ConfigError(f"{_key(where, 'DEVICES')}: {exc}") from None
+
+
+def _warmup(settings: Mapping[str, Any], where: str) -> None:
+    try:
+        warmup_inputs(settings)
+    except ValueError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def _locate(where: str, app_root: Path, location: str, server_class: str, suffix: str) -> WorkerLocation:

@@ -24,6 +24,7 @@ from ..errors import (
     error_body,
 )
 from ..lib_ver import LIB_VER
+from ..server.placement import device_of
 from ..webutil import (
     install_error_handlers,
     json_response,
@@ -145,7 +146,8 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
                         RECYCLES=recycles)
             info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
                         WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
-                        HEALTH_FAILURES=handle.health_failures)
+                        HEALTH_FAILURES=handle.health_failures,
+                        DEVICE=device_of(endpoint.devices, handle.replica) or None)
         return info
 
     @app.route("/system_status", methods=["GET", "POST"])

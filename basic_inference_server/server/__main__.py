@@ -28,6 +28,7 @@ from .app import ServerState, create_wsgi
 from .channel import ChannelServer
 from .discovery import DiscoveryError, import_worker, locate_worker
 from .notifications import GENERAL, NotificationStore
+from .placement import local_device, warmup_inputs
 from .pool import WorkerPool
 from .spec import ServerSpec, SpecError
 from .v2 import ModelMetadata
@@ -78,6 +79,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     try:
         merged = {**default_config, **{str(key).upper(): value for key, value in spec.endpoint_config.items()}}
         metadata = ModelMetadata.of(worker_cls, merged)
+        warmup = warmup_inputs(merged)
     except ValueError as exc:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
     cache = Path(spec.cache_folder)
@@ -85,13 +87,19 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     notifications = NotificationStore()
     endpoint_config = dict(spec.endpoint_config)
 
+    shared = None  # what the class's _load_shared returns, once the HTTP port is up
+    device = local_device(spec.device)
+
     def build_worker(idx: int) -> Any:
-        return worker_cls(log=log, default_config=default_config, verbosity_level=1, worker_id=idx,
-                          upstream_config=endpoint_config, notifications=notifications)
+        worker = worker_cls(log=log, default_config=default_config, verbosity_level=1, worker_id=idx,
+                            upstream_config=endpoint_config, notifications=notifications)
+        worker.shared, worker.device, worker.physical_device = shared, device, spec.device or None
+        return worker
 
     pool = WorkerPool(build_worker, spec.max_queue,
                       on_event=lambda text: notifications.add(GENERAL, "log", "ModelServer", text),
-                      max_batch_size=spec.max_batch_size, max_batch_wait=spec.max_batch_wait_ms / 1000)
+                      max_batch_size=spec.max_batch_size, max_batch_wait=spec.max_batch_wait_ms / 1000,
+                      warmup=warmup)
     state = ServerState(
         name=name, server_class=spec.server_class, class_name=location.class_name, host_id=spec.host_id,
         pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
@@ -114,6 +122,11 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     started = time.monotonic()
     logger.info("%s listening on %s:%d%s; loading %d worker(s) of %s", name, spec.host, http.port,
                 f" and {spec.socket_path}" if channel else "", spec.nr_workers, location.class_name)
+    try:
+        shared = worker_cls._load_shared(merged)
+    except BaseException as exc:  # user code
+        logger.exception("%s: _load_shared failed", name)
+        return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: _load_shared failed: {type(exc).__name__}: {exc}")
     pool.start(spec.nr_workers)
     while not pool.wait_loaded(0.2):
         if stop.is_set():

@@ -175,8 +175,10 @@ class WorkerPool:
         on_event: Callable[[str], None] | None = None,
         max_batch_size: int = 1,
         max_batch_wait: float = 0.005,
+        warmup: list[dict[str, Any]] | None = None,
     ):
         self._factory = factory
+        self.warmup = warmup or []  # WARMUP_INPUTS: run by every worker once loaded
         self.max_batch_size = max_batch_size
         self.max_batch_wait = max_batch_wait
         self._queue = JobQueue(max_queue)
@@ -309,6 +311,7 @@ class WorkerPool:
         try:
             worker = self._factory(idx)
             worker._load_model()
+            self._warm(worker)
         except BaseException as exc:  # user code: SystemExit from a model must not hang the load
             logger.exception("Worker %d failed to load its model", idx)
             with self._lock:
@@ -324,6 +327,25 @@ class WorkerPool:
             self._lock.notify_all()
         logger.info("Worker %d loaded in %.2fs", idx, time.monotonic() - started)
         return worker
+
+    def _warm(self, worker: FlaskWorker) -> None:
+        """Run WARMUP_INPUTS through the worker's hooks (in batches when it batches); the first
+        failure raises, naming the input."""
+        size = self.max_batch_size
+        for start in range(0, len(self.warmup), size):
+            jobs = [Job(dict(inputs), 0) for inputs in self.warmup[start:start + size]]
+            try:
+                if size > 1:
+                    worker._bis_execute_batch(jobs)
+                else:
+                    jobs[0].result = worker._bis_execute(jobs[0].inputs, 0)
+            except ServingError as exc:
+                jobs[0].error = exc
+            for number, job in enumerate(jobs, start + 1):
+                if job.error is not None:
+                    raise RuntimeError(f"WARMUP_INPUTS[{number - 1}] failed: {job.error.message}")
+        if self.warmup:
+            logger.info("Worker %d warmed up with %d input(s)", worker.worker_id, len(self.warmup))
 
     def _serve(self, worker: FlaskWorker, idx: int) -> None:
         batching = self.max_batch_size > 1

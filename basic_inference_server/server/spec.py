@@ -48,6 +48,7 @@ class ServerSpec:
     max_body_bytes: int
     shutdown_grace: float
     error_file: str  # where the server writes why it could not start ("" for none)
+    device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "endpoint_config": dict(self.endpoint_config)})

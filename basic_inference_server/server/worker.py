@@ -37,6 +37,13 @@ class FlaskWorker:
         calls ``__init__`` (keep it light: call ``super().__init__(prefix_log='[XXXX]', **kwargs)``)
         and then ``_load_model()`` once. The server reports ready only when every worker has
         loaded; if ``_load_model`` raises, the server reports the failure and exits.
+        ``_load_shared(config)``, a class method you may define, runs once per server process
+        before any ``_load_model``; what it returns is ``self.shared`` in every worker (from
+        ``_load_model`` on): one copy of the weights however many workers. Every worker thread
+        reads it at once: treat it as read-only, or use the model's own locking.
+        ``WARMUP_INPUTS`` (a list of request bodies in the endpoint's config) go through the
+        hooks of every worker after its ``_load_model``, before the server reports ready; a
+        warmup that fails is a load failure.
         Per request: ``_pre_process(inputs)`` -> ``_predict(prep)`` -> ``_post_process(pred)``,
         whose result is answered as ``predict_result``. A stage returning ``None`` skips the
         later stages (``predict_result`` is then ``null``).
@@ -45,6 +52,13 @@ class FlaskWorker:
         ``self.config_data`` is the module's ``_CONFIG`` with this endpoint's entry of
         ``config_gateway.txt`` merged over it (keys upper-cased). Every key ``K`` is readable
         as ``self.cfg_<k>`` (``WEIGHT`` -> ``self.cfg_weight``); a ``cfg_x`` you define wins.
+
+    Devices:
+        With ``DEVICES`` in the endpoint's entry (``"cpu"``, or a list such as ``["cuda:0",
+        "cuda:1"]``), replica *i* runs on ``DEVICES[i % len(DEVICES)]``: its process sees only
+        that GPU (``CUDA_VISIBLE_DEVICES``), ``self.device`` is the name to give the framework
+        there (``"cuda:0"``, or ``"cpu"``) and ``self.physical_device`` the configured one
+        (``"cuda:1"``). Without ``DEVICES`` both are None.
 
     Threads:
         Each instance serves one request at a time, but instances of one endpoint run in
@@ -144,8 +158,18 @@ class FlaskWorker:
         self.config_data: dict[str, Any] = merged
         self.config_worker = merged  # name used by code written for the original
         self.cancelled_slots: set[int] = set()  # streaming batch: positions whose client left
+        self.shared: Any = None  # what _load_shared returned (set by the server before _load_model)
+        self.device: str | None = None  # DEVICES: the device inside this process ("cuda:0", "cpu")
+        self.physical_device: str | None = None  # DEVICES: the configured device ("cuda:1")
 
     # -- hooks: override these ---------------------------------------------------------------
+    @classmethod
+    def _load_shared(cls, config: dict[str, Any]) -> Any:
+        """Load what the workers of one server process share (``config``: the endpoint's merged
+        configuration, keys upper-cased); its result is ``self.shared``. Called once, before
+        any worker's ``_load_model``."""
+        return None
+
     def _load_model(self) -> None:
         """Load the model; called once per worker, before the server reports ready."""
 

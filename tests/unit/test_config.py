@@ -339,3 +339,25 @@ def test_batching_keys(root):
     assert plain.max_batch_size == 1
     assert config_error(root, {"demo": {"NR_WORKERS": 1, "MAX_BATCH_SIZE": 0}}).startswith(
         "CONFIG_ENDPOINTS.demo.MAX_BATCH_SIZE: expected an integer >= 1")
+
+
+# -- placement and warmup ------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["gpu", "cuda", "cuda:x", [], ["cpu", 1], {"cuda": 0}])
+def test_devices_must_be_cpu_or_cuda_n(root, value):
+    message = config_error(root, {"demo": {"DEVICES": value}})
+    assert message.startswith('CONFIG_ENDPOINTS.demo.DEVICES: expected "cpu", "cuda:<n>" or a non-empty list')
+
+
+def test_devices_are_kept_in_order(root):
+    (endpoint,) = parse(root, {"demo": {"DEVICES": ["cuda:1", "cpu"]}}).endpoints
+    assert endpoint.devices == ("cuda:1", "cpu")
+    (single,) = parse(root, {"demo": {"DEVICES": "cpu"}}).endpoints
+    assert single.devices == ("cpu",)
+    (none,) = parse(root, {"demo": {}}).endpoints
+    assert none.devices == ()
+
+
+@pytest.mark.parametrize("value", [{"VALUE": 1}, [1, 2], "x", [{"VALUE": 1}, None]])
+def test_warmup_inputs_must_be_a_list_of_bodies(root, value):
+    message = config_error(root, {"demo": {"WARMUP_INPUTS": value}})
+    assert message.startswith("CONFIG_ENDPOINTS.demo.WARMUP_INPUTS: expected a list of request bodies")

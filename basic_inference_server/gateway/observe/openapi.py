@@ -57,6 +57,7 @@ def _schemas() -> dict[str, Schema]:
         "GENERATION": _int(minimum=1),
         "LAST_RELOAD": _nullable(_schema("Reload")),
         "REQUESTS_SERVED": _int(minimum=0), "RSS_MB": _nullable({"type": "number"}), "RECYCLES": _map(_int()),
+        "DEVICE": _nullable(_str("DEVICES: this replica's device (cpu, cuda:<n>)")),
     }, ["STATE", "ONLINE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT_CODE", "ERROR", "DESCRIPTION"])
     support_data = _obj({
         "data": _nullable(_obj(description="the latest metrics the process posted")),

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...config import EndpointConfig, GatewayConfig
+from ...server.placement import VISIBLE, device_of, visible_devices
 from ...server.spec import ServerSpec
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
@@ -43,11 +44,15 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def spawn_model_server(spec: ServerSpec, app_root: Path) -> subprocess.Popen:
+    env = child_env(app_root)
+    visible = visible_devices(spec.device)
+    if visible is not None:  # DEVICES: this replica sees its own GPU only (or none, on "cpu")
+        env[VISIBLE] = visible
     proc = subprocess.Popen(
         [sys.executable, "-m", "basic_inference_server.server"],
         stdin=subprocess.PIPE,
         cwd=str(app_root),
-        env=child_env(app_root),
+        env=env,
     )
     assert proc.stdin is not None
     proc.stdin.write(spec.to_json().encode("utf-8") + b"\n")
@@ -58,7 +63,7 @@ def spawn_model_server(spec: ServerSpec, app_root: Path) -> subprocess.Popen:
 def model_server_spec(
     endpoint: EndpointConfig, name: str, port: int, socket_path: str, config: GatewayConfig, *, nr_workers: int,
     app_root: Path, cache_folder: Path, error_file: Path, host_id: str, admin_token: str | None,
-    workers_location: str, workers_suffix: str, execution_path: str,
+    workers_location: str, workers_suffix: str, execution_path: str, replica: int = 0,
 ) -> ServerSpec:
     return ServerSpec(
         name=name,
@@ -85,6 +90,7 @@ def model_server_spec(
         max_body_bytes=config.max_body_bytes,
         shutdown_grace=config.shutdown_grace,
         error_file=str(error_file),
+        device=device_of(endpoint.devices, replica),
     )
 
 

@@ -202,7 +202,7 @@ class Supervisor(ChangesMixin):
                 nr_workers=handle.nr_workers or endpoint.nr_workers, app_root=self.app_root,
                 cache_folder=self.cache_folder, error_file=error_file, host_id=self.host_id,
                 admin_token=self.admin_token, workers_location=self.workers_location,
-                workers_suffix=self.workers_suffix, execution_path=self.execution_path,
+                workers_suffix=self.workers_suffix, execution_path=self.execution_path, replica=handle.replica,
             )
             proc = spawn_model_server(spec, self.app_root)
         now = time.monotonic()

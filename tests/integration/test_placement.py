@@ -1,0 +1,67 @@
+"""_load_shared, WARMUP_INPUTS and DEVICES through real model servers."""
+
+from __future__ import annotations
+
+import requests
+from conftest import FIXTURES
+
+FILES = [FIXTURES / "endpoints" / "placed_model.py"]
+
+
+def test_workers_share_one_copy_loaded_once_per_process(gateway_factory):
+    gateway = gateway_factory({"CONFIG_ENDPOINTS": {"placed": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 4}}},
+                              FILES)
+    answers = [gateway.run("placed", VALUE=i).json()["predict_result"] for i in range(24)]
+    assert len({a["pid"] for a in answers}) == 1
+    assert len({a["shared_id"] for a in answers}) == 1  # every worker holds the same object
+    assert {a["shared_loads"] for a in answers} == {1}  # loaded once for the 4 workers
+    assert all(a["shared_at_load"] for a in answers)  # already there in _load_model
+
+
+def test_warmup_runs_every_worker_before_ready(gateway_factory):
+    config = {"CONFIG_ENDPOINTS": {"placed": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 2,
+                                              "WARMUP_INPUTS": [{"VALUE": "w1"}, {"VALUE": "w2"}]},
+                                   "placed_batch": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1,
+                                                    "MAX_BATCH_SIZE": 4, "WARMUP_INPUTS": [{"VALUE": "w"}] * 3}}}
+    gateway = gateway_factory(config, FILES)
+    first = gateway.run("placed", VALUE=1).json()["predict_result"]
+    assert first["calls_before"] == 2  # both warmup inputs went through this worker's hooks
+    servers = gateway.servers()
+    assert all(s["STATE"] == "READY" for s in servers.values())
+    port = servers["placed_batch"]["PORT"]
+    batched = requests.post(f"http://127.0.0.1:{port}/run", json={"VALUE": 1}, timeout=10).json()
+    assert batched["predict_result"]["calls_before"] == 1  # three warmup inputs, one batch
+
+
+def test_a_failing_warmup_or_shared_load_fails_the_endpoint_with_the_reason(gateway_factory):
+    config = {"CONFIG_ENDPOINTS": {
+        "warm_fail": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1, "FAIL_ON": "bad",
+                      "WARMUP_INPUTS": [{"VALUE": "good"}, {"VALUE": "bad"}]},
+        "shared_fail": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1, "FAIL_SHARED": True},
+        "fine": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1}}}
+    gateway = gateway_factory(config, FILES, wait_ready=False)
+    warm = gateway.wait_state("warm_fail", "FAILED", timeout=30)
+    assert "WARMUP_INPUTS[1] failed: cannot take VALUE 'bad'" in warm["ERROR"]
+    shared = gateway.wait_state("shared_fail", "FAILED", timeout=30)
+    assert "_load_shared failed: OSError: weights file models/missing.bin not found" in shared["ERROR"]
+    gateway.wait_state("fine", "READY", timeout=30)
+    assert gateway.run("fine", VALUE=1).status_code == 200
+    assert gateway.run("warm_fail", VALUE=1).status_code == 503
+
+
+def test_devices_place_each_replica(gateway_factory):
+    config = {"CONFIG_ENDPOINTS": {"placed": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 2, "NR_REPLICAS": 3,
+                                              "DEVICES": ["cuda:1", "cpu"]},
+                                   "unplaced": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1}}}
+    gateway = gateway_factory(config, FILES, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    servers = gateway.servers()
+    seen = {}
+    for name in ("placed", "placed#2", "placed#3"):
+        answer = requests.post(f"http://127.0.0.1:{servers[name]['PORT']}/run", json={"VALUE": 1}, timeout=10)
+        result = answer.json()["predict_result"]
+        seen[name] = (servers[name]["DEVICE"], result["physical_device"], result["device"], result["visible"])
+    assert seen == {"placed": ("cuda:1", "cuda:1", "cuda:0", "1"),
+                    "placed#2": ("cpu", "cpu", "cpu", ""),
+                    "placed#3": ("cuda:1", "cuda:1", "cuda:0", "1")}
+    unplaced = gateway.run("unplaced", VALUE=1).json()["predict_result"]
+    assert (servers["unplaced"]["DEVICE"], unplaced["device"], unplaced["visible"]) == (None, None, "0,1")
