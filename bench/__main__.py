@@ -20,7 +20,8 @@ the whole stream's time and the peak RSS meanwhile. LitServe serves it with ``st
 and Aqueduct do not. ``--many-streams N`` then opens N streams at once on the gateway (items 100 ms
 apart, a worker thread for each) and reports whether all completed and the RSS meanwhile.
 
-Peers (``bench/peers.py``) serve the models ``dummy``, ``numpy``, ``batch8`` and ``large`` with the
+Peers (``bench/peers.py``) serve the models ``dummy``, ``numpy``, ``batch8``, ``large``, ``onnx`` and
+``onnx_b8`` (the ONNX iris classifier of examples/onnx_classifier, unbatched and batched) with the
 same model code and request bodies, one worker process each, installed on demand in their own
 venvs (``bench/.venv-<peer>``); ``--litserve`` is ``--peers litserve``. ``--pin`` runs every serving
 process on CPU 1 and wrk (and this script) on CPU 0; the setup of the performance notes is
@@ -82,6 +83,10 @@ MODELS: dict[str, tuple[dict, dict]] = {
     "cpu_x2": ({"SERVER_CLASS": "bench_cpu", "NR_WORKERS": 2, "NR_REPLICAS": 2}, {"INPUT_VALUE": 3}),
     # 100,000 floats: a JSON body of about 1 MB.
     "large": ({"SERVER_CLASS": "bench_large", "NR_WORKERS": 2}, {"VALUES": [0.001 * i for i in range(100_000)]}),
+    # A real model: the ONNX iris classifier (one flower a request), unbatched and batched as batch8.
+    "onnx": ({"SERVER_CLASS": "bench_onnx", "NR_WORKERS": 2}, {"FEATURES": [5.9, 3.0, 4.2, 1.5]}),
+    "onnx_b8": ({"SERVER_CLASS": "bench_onnx", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 8, "MAX_BATCH_WAIT_MS": 2},
+                {"FEATURES": [5.9, 3.0, 4.2, 1.5]}),
     # A stream holds a worker thread from its first item to its last: one per stream at c=64, and spare.
     "stream": ({"SERVER_CLASS": "bench_stream", "NR_WORKERS": 72}, {}),
 }
@@ -327,6 +332,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def onnx_model_file() -> str:
+    """The ONNX model of examples/onnx_classifier, made there the first time (bench/.models/)."""
+    import importlib.util
+
+    path = BENCH / ".models" / "iris_classifier.onnx"
+    if not path.exists():
+        source = BENCH.parent / "examples" / "onnx_classifier" / "endpoints" / "onnx_classifier.py"
+        spec = importlib.util.spec_from_file_location("onnx_classifier_example", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.convert(path)
+    return str(path)
+
+
 def main() -> int:
     args = parse_args()
     models, levels = args.model_list, args.levels
@@ -335,6 +354,8 @@ def main() -> int:
         os.sched_setaffinity(0, {int(WRK_CPU)})  # this script beside wrk, off the serving CPU
     if args.idle or args.many_streams:
         raise_nofile_limit()  # before the gateway starts: it inherits the limit
+    if any(model.startswith("onnx") for model in models):
+        os.environ["BENCH_ONNX_FILE"] = str(onnx_model_file())  # the gateway and the peers inherit it
     bench = Bench(args, args.peer_list)
     samples: dict[tuple[str, str, int], list[dict]] = {}
     stream_samples: dict[tuple[str, str, int], list[dict]] = {}

@@ -4,7 +4,8 @@ inside our ``FlaskWorker``) written once for LitServe, Mosec and Aqueduct.
 Each model splits like the endpoints: ``decode`` (``_pre_process``), ``predict_batch`` (``_predict``
 on a list) and ``encode`` (``_post_process``). ``max_batch_size`` / ``batch_wait_s`` are what the peers
 that batch are configured with. ``Stream`` yields its items instead (``items``, or ``aitems`` for a
-peer that runs it in an event loop). Standard library and numpy only: each peer runs in its own venv.
+peer that runs it in an event loop). Standard library and numpy only (and onnxruntime, imported by
+the ONNX models when they load): each peer runs in its own venv.
 """
 
 from __future__ import annotations
@@ -148,8 +149,43 @@ class Stream(BenchModel):
         return output
 
 
+class OnnxIris(BenchModel):
+    """bench_onnx: the ONNX iris classifier (the file BENCH_ONNX_FILE names), one flower per request,
+    a batch as one session.run; ONNX Runtime with one thread (the serving process has one CPU)."""
+
+    def setup(self):
+        import os
+
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.environ["BENCH_ONNX_FILE"], options,
+                                            providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def decode(self, request):
+        return np.asarray(request["FEATURES"], dtype=np.float32).reshape(-1, 4)
+
+    def predict_batch(self, items):
+        sizes = np.cumsum([len(features) for features in items])[:-1]
+        labels, probabilities = self.session.run(None, {self.input: np.concatenate(items)})
+        return list(zip(np.split(labels, sizes), np.split(probabilities, sizes), strict=True))
+
+    def encode(self, output):
+        labels, probabilities = output
+        return {"class_id": labels.tolist(), "probabilities": probabilities.tolist()}
+
+
+class OnnxIris8(OnnxIris):
+    """bench_onnx batched as batch8: at most 8 per call, gathered for at most 2 ms."""
+
+    max_batch_size = 8
+    batch_wait_s = 0.002
+
+
 MODELS: dict[str, type[BenchModel]] = {"dummy": Dummy, "numpy": Numpy, "batch8": Batch8, "large": Large,
-                                       "stream": Stream}
+                                       "stream": Stream, "onnx": OnnxIris, "onnx_b8": OnnxIris8}
 STREAMED = ("stream",)  # models whose answer is a stream of items
 
 

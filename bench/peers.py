@@ -25,7 +25,8 @@ import requests
 from bench.common import stop_group
 from bench.load import BENCH, pinned, rss_mb, tree
 
-PEER_MODELS = ("dummy", "numpy", "batch8", "large")  # the bench models every peer serves
+PEER_MODELS = ("dummy", "numpy", "batch8", "large", "onnx", "onnx_b8")  # the bench models every peer serves
+ONNX_RUNTIME = "onnxruntime==1.31.1"  # the version the gateway's venv has (examples/onnx_classifier)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ class Peer:
 
 
 PEERS: dict[str, Peer] = {
-    "litserve": Peer("litserve", ("litserve==0.2.19", "numpy"), "/predict", (*PEER_MODELS, "stream")),
-    "mosec": Peer("mosec", ("mosec==0.9.8", "numpy"), "/inference"),
-    "aqueduct": Peer("aqueduct", ("aqueduct[aiohttp]==1.15.0", "numpy"), "/predict"),
+    "litserve": Peer("litserve", ("litserve==0.2.19", "numpy", ONNX_RUNTIME), "/predict", (*PEER_MODELS, "stream")),
+    "mosec": Peer("mosec", ("mosec==0.9.8", "numpy", ONNX_RUNTIME), "/inference"),
+    "aqueduct": Peer("aqueduct", ("aqueduct[aiohttp]==1.15.0", "numpy", ONNX_RUNTIME), "/predict"),
 }
 
 
@@ -57,9 +58,9 @@ def ensure_peer(peer: Peer) -> Path:
     python = peer.venv / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(peer.venv)], check=True)
-    name, version = peer.distribution
-    check = (f"import importlib.metadata as m, sys, numpy, {name}; "
-             f"sys.exit(m.version({name!r}) != {version!r})")
+    pins = [(r.split("==")[0].split("[")[0], r.partition("==")[2]) for r in peer.requirements]
+    check = (f"import importlib.metadata as m, sys; pins = {pins!r}; "
+             "sys.exit(any(v and m.version(n) != v for n, v in pins) or not all(m.version(n) for n, _ in pins))")
     if subprocess.run([str(python), "-c", check], capture_output=True).returncode != 0:
         print(f"Installing {' '.join(peer.requirements)} into {peer.venv} ...", file=sys.stderr, flush=True)
         done = subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.requirements],
