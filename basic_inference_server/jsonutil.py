@@ -44,7 +44,57 @@ def dumps(value: Any) -> str:
 
 
 def dumps_bytes(value: Any) -> bytes:
+    """Compact JSON as UTF-8 bytes, the same as :func:`dumps`.
+
+    A value made only of what both encoders write the same way (dicts with string keys, lists,
+    tuples, strings, booleans, None, integers, finite floats) is encoded by msgspec, about ten
+    times faster than the standard library on a model's answer; anything else (numpy values,
+    bytes, sets, NaN, other objects) by the standard library with its rules above."""
+    if _plain(value, 0):
+        try:
+            return _fast_encode(value)
+        except (OverflowError, TypeError, ValueError):  # an integer past 64 bits, a very deep nesting
+            pass
     return _ENCODER.encode(value).encode("utf-8")
+
+
+_fast_encode = msgspec.json.Encoder().encode
+_MAX_DEPTH = 64
+_NUMBERS = (int, float, bool)
+
+
+def _plain(value: Any, depth: int) -> bool:
+    """Whether msgspec writes ``value`` exactly as the standard encoder would (types checked
+    exactly: subclasses such as numpy's float64 or bool-like enums take the standard path)."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return value - value == 0.0  # False for NaN and the infinities, which JSON has not
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        if value and type(value[0]) in _NUMBERS:
+            try:  # a vector of numbers, checked at C speed: a sum that is a plain, finite number
+                total = sum(value)
+            except TypeError:
+                total = None
+            kind = type(total)
+            if kind is int:
+                return True
+            if kind is float:
+                return total - total == 0.0  # NaN and the infinities make it NaN (so may an overflow)
+        for item in value:
+            if not _plain(item, depth + 1):
+                return False
+        return True
+    return False
+
 
 
 def loads_object(data: bytes) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import enum
 import json
 
 import numpy as np
@@ -159,3 +161,32 @@ def test_nan_and_infinity_are_refused_both_ways():
     for body in (b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}'):
         with pytest.raises(BadRequest):
             jsonutil.loads_object(body)
+
+
+# -- answers: the fast encoder writes what the standard one writes, and refuses what it refuses ------
+class _Small(enum.IntEnum):
+    ONE = 1
+
+
+ANSWERS = [
+    {"predict_result": {"class_id": [1], "probabilities": [[0.015172928, 0.8988746, 0.08595253]]}, "call_id": 7},
+    [0.001 * i for i in range(1000)], [[1, 2], [3, 4.5]], [], (1, 2), {"é": "ü\n"}, [True, None, -0.0, 1e300],
+    [1e308, 1e308],  # the sum overflows: the standard path, same answer
+    [1, 2**70], {"k": [b"bytes are text"]}, {1: "int key"}, [_Small.ONE], {"x": np.float32(1.5)},
+    [np.int64(3), 2.0], {"deep": [[[[1]]]]},
+]
+REFUSED = [float("nan"), [1.0, float("inf")], {"x": [float("-inf")]}, [decimal.Decimal("1.5")],
+           {"x": object()}]
+
+
+@pytest.mark.parametrize("value", ANSWERS, ids=range(len(ANSWERS)))
+def test_answers_encode_as_the_standard_library_does(value):
+    standard = json.dumps(value, default=jsonutil._default, ensure_ascii=False, separators=(",", ":"),
+                          allow_nan=False).encode()
+    assert json.loads(jsonutil.dumps_bytes(value)) == json.loads(standard)
+
+
+@pytest.mark.parametrize("value", REFUSED, ids=range(len(REFUSED)))
+def test_what_json_has_not_is_refused(value):
+    with pytest.raises((TypeError, ValueError)):
+        jsonutil.dumps_bytes(value)
