@@ -82,7 +82,7 @@ def _plain(value: Any, depth: int) -> bool:
         if value and type(value[0]) in _NUMBERS:
             try:  # a vector of numbers, checked at C speed: a sum that is a plain, finite number
                 total = sum(value)
-            except TypeError:
+            except Exception:  # noqa: BLE001 - not plain numbers (or too large a sum): look at each
                 total = None
             kind = type(total)
             if kind is int:

@@ -91,7 +91,10 @@ def install_error_handlers(app: Flask, plain_under: str = "") -> None:
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
         logger.exception("Unhandled %s", type(exc).__name__)
-        return json_response(error_body("InternalError", f"internal error: {type(exc).__name__}"), 500)
+        message = f"internal error: {type(exc).__name__}"
+        if plain_under and request.path.startswith(plain_under):
+            return json_response({"error": message}, 500)
+        return json_response(error_body("InternalError", message), 500)
 
 
 def presented_token(request: Request, body: dict[str, Any] | None) -> str | None:

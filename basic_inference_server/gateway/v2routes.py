@@ -20,7 +20,7 @@ from flask import Flask, Response
 from ..errors import ServerDied, Unavailable
 from ..lib_ver import LIB_VER
 from ..webutil import json_response
-from .routing.v2path import route_model
+from .routing.v2path import route_model, served_versions
 from .supervision.handle import ChildHandle
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
         if response.status != 200:
             raise ServerDied(f"model server of {name!r} answered {response.status} for its metadata: "
                              f"{body.get('error', '')}")
-        metadata = {"name": name, "versions": [str(handle.generation)], "platform": body.get("platform", ""),
+        metadata = {"name": name, "platform": body.get("platform", ""),
                     "inputs": body.get("inputs", []), "outputs": body.get("outputs", [])}
         with cache_lock:
             for old in [k for k in metadata_cache if k[0] == handle.name]:
@@ -77,7 +77,8 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
     @app.route("/v2/models/<name>", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
     def v2_model_metadata(name: str, version: str | None = None) -> Response:
-        return json_response(metadata_of(route_model(router, name, version), name))
+        metadata = metadata_of(route_model(router, name, version), name)
+        return json_response({"name": name, "versions": served_versions(router, name), **metadata})
 
     @app.route("/v2/models/<name>/ready", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])

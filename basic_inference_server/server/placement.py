@@ -2,9 +2,9 @@
 
 ``DEVICES`` (``"cpu"``, ``"cuda:<n>"`` or a list of them) places replica *i* of an endpoint on
 ``DEVICES[i % len(DEVICES)]``. The gateway starts that replica's process with
-``CUDA_VISIBLE_DEVICES`` set to the GPU's index (empty for ``cpu``: no GPU), so inside the
-process the GPU is ``cuda:0``: that is ``self.device``, and the configured name is
-``self.physical_device``.
+``CUDA_VISIBLE_DEVICES`` set to the GPU's index (among the gateway's own CUDA_VISIBLE_DEVICES,
+when it has one; empty for ``cpu``: no GPU), so inside the process the GPU is ``cuda:0``: that
+is ``self.device``, and the configured name is ``self.physical_device``.
 """
 
 from __future__ import annotations
@@ -33,12 +33,18 @@ def device_of(devices: tuple[str, ...], replica: int) -> str:
     return devices[replica % len(devices)] if devices else ""
 
 
-def visible_devices(device: str) -> str | None:
-    """``CUDA_VISIBLE_DEVICES`` for a process on ``device`` (None: leave it as it is)."""
+def visible_devices(device: str, inherited: str | None = None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for a process on ``device`` (None: leave it as it is). ``cuda:<n>``
+    counts among the GPUs the gateway itself may use: when the gateway runs with
+    ``CUDA_VISIBLE_DEVICES=2,3`` (a scheduler's allocation), ``cuda:0`` is GPU 2."""
     if not device:
         return None
     match = _DEVICE.fullmatch(device)
-    return match.group(1) if match and match.group(1) is not None else ""
+    if match is None or match.group(1) is None:
+        return ""  # cpu: no GPU
+    allowed = [d.strip() for d in (inherited or "").split(",") if d.strip()]
+    index = int(match.group(1))
+    return allowed[index] if index < len(allowed) else str(index)
 
 
 def local_device(device: str) -> str | None:

@@ -8,6 +8,7 @@ Nothing polls or sleeps; a worker is free again as soon as its hooks return or r
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import threading
@@ -333,7 +334,7 @@ class WorkerPool:
         failure raises, naming the input."""
         size = self.max_batch_size
         for start in range(0, len(self.warmup), size):
-            jobs = [Job(dict(inputs), 0) for inputs in self.warmup[start:start + size]]
+            jobs = [Job(copy.deepcopy(inputs), 0) for inputs in self.warmup[start:start + size]]
             try:
                 if size > 1:
                     worker._bis_execute_batch(jobs)

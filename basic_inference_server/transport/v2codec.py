@@ -184,7 +184,12 @@ def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
     try:
         if datatype is not None and datatype != "BYTES":
             return np.asarray(value, dtype=DATATYPES[datatype])
-        array = None if isinstance(value, Mapping) else np.asarray(value)
+        if isinstance(value, Mapping):
+            array = None
+        elif _first_leaf(value).__class__ in (str, bytes):  # as objects: no padding, NULs kept
+            array = np.asarray(value, dtype=object)
+        else:
+            array = np.asarray(value)
     except (TypeError, ValueError, OverflowError) as exc:
         if datatype is not None:
             raise ModelError(f"output {name!r} is not a tensor of {datatype}: {exc}") from None
@@ -200,6 +205,12 @@ def to_array(name: str, value: Any, datatype: str | None = None) -> np.ndarray:
     if datatype == "BYTES" and array.dtype.kind != "O":
         raise ModelError(f"output {name!r} is declared BYTES in MODEL_METADATA, got {datatype_of(array)}")
     return array
+
+
+def _first_leaf(value: Any) -> Any:
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return value
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -233,6 +244,8 @@ def _tensor_head(raw: Any) -> tuple[str, str, tuple[int, ...]]:
 
 def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> np.ndarray:
     count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_from_json(name, shape, count, data)
     try:
         parsed = np.asarray(data if isinstance(data, list) else [data])
     except ValueError:
@@ -245,16 +258,44 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
     if count and parsed.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise InvalidInput(f"input {name!r}: data does not match datatype {datatype} "
                            f"(got {_json_kind_name(parsed.dtype.kind)})")
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        array[:] = [element.encode("utf-8") for element in parsed.reshape(-1).tolist()]
-        return array.reshape(shape)
     if dtype.kind in "iu" and count:
         info = np.iinfo(dtype)
         low, high = parsed.min(), parsed.max()
         if low < info.min or high > info.max:
             raise InvalidInput(f"input {name!r}: values {low}..{high} do not fit {datatype}")
-    return parsed.astype(dtype, copy=False).reshape(shape)
+    return _reshaped(name, parsed.astype(dtype, copy=False), shape)
+
+
+def _reshaped(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return array.reshape(shape)
+    except ValueError as exc:  # e.g. a dimension numpy cannot hold, beside a zero
+        raise InvalidInput(f"input {name!r}: shape {list(shape)}: {exc}") from None
+
+
+def _bytes_from_json(name: str, shape: tuple[int, ...], count: int, data: Any) -> np.ndarray:
+    """BYTES elements as an object array of ``bytes``, built element by element (numpy's fixed-width
+    strings would pad every element to the longest and drop trailing NUL characters)."""
+    flat: list[Any] = []
+    pending = [data] if isinstance(data, list) else [[data]]
+    while pending:  # flatten the nesting, row-major, without recursion
+        items = pending.pop()
+        for index, item in enumerate(items):
+            if isinstance(item, list):
+                pending.append(items[index + 1:])
+                pending.append(item)
+                break
+            flat.append(item)
+    if len(flat) != count:
+        raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} element(s), data has {len(flat)}")
+    if not all(type(item) is str for item in flat):
+        raise InvalidInput(f"input {name!r}: data does not match datatype BYTES (got values that are not strings)")
+    array = np.empty(count, dtype=object)
+    try:
+        array[:] = [item.encode("utf-8") for item in flat]
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"input {name!r}: a BYTES element is not valid text: {exc.reason}") from None
+    return _reshaped(name, array, shape)
 
 
 def _big_integers(name: str, data: list[Any]) -> np.ndarray:
@@ -276,7 +317,7 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryv
     if len(data) != count * dtype.itemsize:
         raise InvalidInput(f"input {name!r}: shape {list(shape)} of {datatype} needs {count * dtype.itemsize} "
                            f"bytes, binary_data_size is {len(data)}")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return _reshaped(name, np.frombuffer(data, dtype=dtype), shape)
 
 
 def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
@@ -294,7 +335,7 @@ def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryv
         raise InvalidInput(f"input {name!r}: shape {list(shape)} needs {count} element(s), data has {len(elements)}")
     array = np.empty(count, dtype=object)
     array[:] = elements
-    return array.reshape(shape)
+    return _reshaped(name, array, shape)
 
 
 def _requested(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
@@ -333,6 +374,8 @@ def _to_binary(array: np.ndarray) -> Any:
             pieces += (_LENGTH.pack(len(raw)), raw)
         return b"".join(pieces)
     little = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+    if np.may_share_memory(little, array):  # the model's own buffer, maybe reused before it is sent
+        return little.tobytes()
     return memoryview(little.reshape(-1)).cast("B") if little.size else b""
 
 

@@ -53,15 +53,16 @@ def test_devices_place_each_replica(gateway_factory):
     config = {"CONFIG_ENDPOINTS": {"placed": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 2, "NR_REPLICAS": 3,
                                               "DEVICES": ["cuda:1", "cpu"]},
                                    "unplaced": {"SERVER_CLASS": "placed_model", "NR_WORKERS": 1}}}
-    gateway = gateway_factory(config, FILES, env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    # The gateway's own allocation is GPUs 4 and 5: cuda:1 is GPU 5.
+    gateway = gateway_factory(config, FILES, env={"CUDA_VISIBLE_DEVICES": "4,5"})
     servers = gateway.servers()
     seen = {}
     for name in ("placed", "placed#2", "placed#3"):
         answer = requests.post(f"http://127.0.0.1:{servers[name]['PORT']}/run", json={"VALUE": 1}, timeout=10)
         result = answer.json()["predict_result"]
         seen[name] = (servers[name]["DEVICE"], result["physical_device"], result["device"], result["visible"])
-    assert seen == {"placed": ("cuda:1", "cuda:1", "cuda:0", "1"),
+    assert seen == {"placed": ("cuda:1", "cuda:1", "cuda:0", "5"),
                     "placed#2": ("cpu", "cpu", "cpu", ""),
-                    "placed#3": ("cuda:1", "cuda:1", "cuda:0", "1")}
+                    "placed#3": ("cuda:1", "cuda:1", "cuda:0", "5")}
     unplaced = gateway.run("unplaced", VALUE=1).json()["predict_result"]
-    assert (servers["unplaced"]["DEVICE"], unplaced["device"], unplaced["visible"]) == (None, None, "0,1")
+    assert (servers["unplaced"]["DEVICE"], unplaced["device"], unplaced["visible"]) == (None, None, "4,5")

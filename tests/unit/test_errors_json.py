@@ -174,6 +174,7 @@ ANSWERS = [
     [1e308, 1e308],  # the sum overflows: the standard path, same answer
     [1, 2**70], {"k": [b"bytes are text"]}, {1: "int key"}, [_Small.ONE], {"x": np.float32(1.5)},
     [np.int64(3), 2.0], {"deep": [[[[1]]]]},
+    [0.5, 10**400],  # the sum overflows a float: each item is looked at, the standard path writes it
 ]
 REFUSED = [float("nan"), [1.0, float("inf")], {"x": [float("-inf")]}, [decimal.Decimal("1.5")],
            {"x": object()}]

@@ -278,7 +278,7 @@ def test_ragged_json_rows_are_refused():
     ("INT32", [1, 2.0], "floats"),
     ("FP32", ["1.0", "2.0"], "strings"),
     ("BOOL", [1, 0], "integers"),
-    ("BYTES", [1, 2], "integers"),
+    ("BYTES", [1, 2], "values that are not strings"),
     ("UINT8", [True, False], "booleans"),
     ("FP64", [{"a": 1}, {"b": 2}], "mixed values"),
 ])
@@ -822,3 +822,42 @@ def test_bad_metadata_in_the_class_attribute_is_refused_too():
 
     with pytest.raises(ValueError, match=r"MODEL_METADATA\.outputs\.Y: shape must be"):
         ModelMetadata.of(Bad, {})
+
+
+# -- BYTES keep every byte, without numpy's fixed-width strings ------------------------------------
+def test_json_bytes_inputs_keep_trailing_nuls_and_cost_no_padding():
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2, 2],
+                                   "data": [["a\u0000", "b"], ["c", "d"]]}]}).encode()
+    assert decode_request(body).inputs["x"].tolist() == [[b"a\x00", b"b"], [b"c", b"d"]]
+    long_and_many = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [20001],
+                                            "data": ["x" * 20000] + [""] * 20000}]}).encode()
+    array = decode_request(long_and_many).inputs["x"]
+    assert array.dtype == object and array.nbytes < 1_000_000  # pointers, not 20001 x 20000 characters
+
+
+@pytest.mark.parametrize(("data", "words"), [(["a", 1], "not strings"), (["\ud800"], "not valid text")])
+def test_json_bytes_inputs_must_be_text(data, words):
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [len(data)], "data": data}]}).encode()
+    with pytest.raises(InvalidInput, match=words):
+        decode_request(body)
+
+
+def test_bytes_outputs_keep_trailing_nuls():
+    assert to_array("o", b"\x89PNG\x00\x00").tolist() == b"\x89PNG\x00\x00"
+    assert to_array("o", [b"\x01\x00", b"\x02"], "BYTES").tolist() == [b"\x01\x00", b"\x02"]
+    assert to_array("o", ["ab\x00"]).tolist() == ["ab\x00"]
+
+
+def test_a_binary_output_is_copied_from_the_models_own_buffer():
+    buffer = np.ones(4, dtype=np.float32)
+    parts, _ = encode_response("m", "1", decode_request(json.dumps({"inputs": [
+        {"name": "x", "datatype": "INT64", "shape": [1], "data": [1]}], "parameters": {"binary_data_output": True}
+    }).encode()), {"y": buffer})
+    buffer[:] = 2  # the model reuses its buffer before the answer is sent
+    assert np.frombuffer(bytes(parts[1]), dtype=np.float32).tolist() == [1.0] * 4
+
+
+def test_a_shape_numpy_cannot_hold_is_a_bad_request():
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [0, 2**62], "data": []}]}).encode()
+    with pytest.raises(InvalidInput, match="shape"):
+        decode_request(body)

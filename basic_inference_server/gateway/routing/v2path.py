@@ -20,7 +20,7 @@ from ...transport.frames import BINARY
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.v2codec import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from ..observe.metrics import UNKNOWN_SIGNATURE
-from ..supervision.handle import ChildHandle
+from ..supervision.handle import READY, ChildHandle
 from .forward import transport_error
 from .router import Router
 from .runpath import Call, RunPath
@@ -42,15 +42,28 @@ def infer_target(path: str) -> tuple[str, str | None]:
 
 
 def route_model(router: Router, name: str, version: str | None) -> ChildHandle:
-    """The model server of model ``name`` (at ``version``, when given); 404 or 503 when none."""
+    """The model server of model ``name``: at ``version``, when given, the least busy READY
+    replica of that generation (replicas may be at different ones while they reload or recycle);
+    404 or 503 when there is none."""
     try:
         handle = router.route_to(name)
     except UnknownSignature:
         raise UnknownSignature(f"unknown model {name!r}; the models are {sorted(router.table.routes.servers)}"
                                ) from None
-    if version is not None and version != str(handle.generation):
-        raise NotFound(f"model {name!r} has no version {version!r}: version {handle.generation} is served")
-    return handle
+    if version is None or version == str(handle.generation):
+        return handle
+    replicas = [h for h in router.table.routes.servers.get(name, ()) if str(h.generation) == version
+                and h.state == READY and not h.health_failures]
+    if not replicas:
+        raise NotFound(f"model {name!r} has no version {version!r}: version(s) "
+                       f"{', '.join(served_versions(router, name))} served")
+    return min(replicas, key=lambda h: h.inflight.count)
+
+
+def served_versions(router: Router, name: str) -> list[str]:
+    """The generations of the model's READY replicas, oldest first."""
+    handles = router.table.routes.servers.get(name, ())
+    return [str(g) for g in sorted({h.generation for h in handles if h.state == READY})]
 
 
 class FastRoutes:
@@ -128,7 +141,7 @@ def _header_length(request: HttpRequest, body_length: int) -> int | None:
     raw = request.header(_HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
+    if not raw.strip().isdigit() or len(raw) > 12:
         raise BadRequest(f"{HEADER_LENGTH} must be a number of bytes, got {raw.decode('latin-1')!r}")
     length = int(raw)
     if not 0 < length <= body_length:

@@ -45,7 +45,7 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 def spawn_model_server(spec: ServerSpec, app_root: Path) -> subprocess.Popen:
     env = child_env(app_root)
-    visible = visible_devices(spec.device)
+    visible = visible_devices(spec.device, env.get(VISIBLE))
     if visible is not None:  # DEVICES: this replica sees its own GPU only (or none, on "cpu")
         env[VISIBLE] = visible
     proc = subprocess.Popen(

@@ -25,3 +25,10 @@ def test_warmup_inputs_drop_control_keys():
     config = {"WARMUP_INPUTS": [{"SIGNATURE": "x", "VALUE": 1, "STREAM": True}]}
     assert warmup_inputs(config) == [{"VALUE": 1}]
     assert warmup_inputs({}) == []
+
+
+def test_cuda_n_counts_among_the_gpus_the_gateway_may_use():
+    assert visible_devices("cuda:0", "2,3") == "2"
+    assert visible_devices("cuda:1", " 2, 3 ") == "3"
+    assert visible_devices("cuda:5", "2,3") == "5"  # past the allocation: the index as it is
+    assert visible_devices("cpu", "2,3") == ""
