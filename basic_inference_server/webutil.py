@@ -144,6 +144,10 @@ class RequestIds:
             requestid.unbind(token)
 
 
+ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
+ENDPOINT_TOKEN_ENVIRON = "HTTP_X_ENDPOINT_TOKEN"
+
+
 class PostFront:
     """WSGI front that answers ``POST <path>`` with ``handler(body, accept) -> (status, body,
     headers)`` (or an iterable with a ``content_type``: a streamed answer), and hands every other
@@ -151,11 +155,12 @@ class PostFront:
     than the rest of the work on a small request. Both carry the request id (:class:`RequestIds`)."""
 
     def __init__(self, handler: Callable[[bytes, str | None], Any], path: str, limit: int,
-                 fallback: Callable[..., Iterable[bytes]]):
+                 fallback: Callable[..., Iterable[bytes]], token: str | None = None):
         self.handler = handler
         self.path = path
         self.limit = limit
         self.fallback = RequestIds(fallback)
+        self.token = token  # BIS_ENDPOINT_TOKEN: POSTs must carry it in ENDPOINT_TOKEN_HEADER
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != self.path:
@@ -172,6 +177,9 @@ class PostFront:
         try:
             if environ.get("REQUEST_METHOD") != "POST":
                 raise METHOD_NOT_ALLOWED
+            if self.token is not None and not hmac.compare_digest(
+                    environ.get(ENDPOINT_TOKEN_ENVIRON, "").encode(), self.token.encode()):
+                raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
             answer = self.handler(read_limited(environ, self.limit), environ.get("HTTP_ACCEPT"))
             if not isinstance(answer, tuple):  # a streamed answer: its chunks as the worker yields them
                 start_response("200 OK", [("Content-Type", answer.content_type), ("Cache-Control", "no-cache"),

@@ -1,4 +1,5 @@
-"""Command line of the gateway: ``run_gateway.py`` and the ``basic-inference-server`` script."""
+"""Command line of the gateway: ``run_gateway.py`` and the ``basic-inference-server`` script
+(``... endpoint <name>`` runs one endpoint's model server instead: :mod:`.endpoint_cli`)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["endpoint"]:  # one endpoint's model server on its own (gateway/endpoint_cli.py)
+        from .endpoint_cli import endpoint_main
+
+        return endpoint_main(argv[1:])
     args = build_parser().parse_args(argv)
     # As PID 1 in a container a signal without a handler is ignored: catch a stop that arrives
     # while the gateway is still being built, and hand it to the gateway once it exists.

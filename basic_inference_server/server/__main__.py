@@ -33,6 +33,8 @@ from .pool import WorkerPool
 from .spec import ServerSpec, SpecError
 from .v2 import ModelMetadata
 
+ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of a model server run on its own
+
 logger = logging.getLogger("basic_inference_server.server")
 
 
@@ -108,7 +110,8 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         metadata=metadata,
     )
     try:
-        http = HttpServer(create_wsgi(state), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)
+        token = (os.environ.get(ENDPOINT_TOKEN_ENV) or None) if spec.standalone else None
+        http = HttpServer(create_wsgi(state, token), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None

@@ -244,9 +244,10 @@ def _retry_after(exc: ServingError) -> str | None:
     return None if exc.retry_after is None else str(exc.retry_after)
 
 
-def create_wsgi(state: ServerState) -> PostFront:
-    """What the HTTP port serves: ``POST /run`` without Flask, every other route by the Flask app."""
-    return PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state))
+def create_wsgi(state: ServerState, endpoint_token: str | None = None) -> PostFront:
+    """What the HTTP port serves: ``POST /run`` without Flask (with ``endpoint_token``, only for a
+    client that sends it), every other route by the Flask app."""
+    return PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state), endpoint_token)
 
 
 def create_app(state: ServerState) -> Flask:

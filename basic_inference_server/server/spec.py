@@ -49,6 +49,7 @@ class ServerSpec:
     shutdown_grace: float
     error_file: str  # where the server writes why it could not start ("" for none)
     device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
+    standalone: bool = False  # run on its own (`endpoint <name>`), not by a gateway: BIS_ENDPOINT_TOKEN applies
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "endpoint_config": dict(self.endpoint_config)})

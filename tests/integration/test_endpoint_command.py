@@ -1,0 +1,92 @@
+"""``basic-inference-server endpoint <name>``: one endpoint's model server as a process of its own,
+from the same config and endpoints as the gateway: health, answers, drain on SIGTERM, and the
+shared secret BIS_ENDPOINT_TOKEN."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+from conftest import FIXTURES, REPO, Gateway, make_app
+
+CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2},
+                               "helper": {"HOST": "NO_HOST"}}}
+FILES = [FIXTURES / "endpoints" / "echo_model.py", FIXTURES / "endpoints" / "helper.py"]
+TOKEN = "endpoint-secret-4f1c9a"
+
+
+class EndpointProcess(Gateway):
+    """The harness's process handling (its own process group, stopped and checked at the end) for
+    the endpoint command, listening on ``self.port``."""
+
+    def start(self, wait_ready: bool = True, extra_args: list[str] | None = None,
+              command: list[str] | None = None) -> EndpointProcess:
+        args = [*(command or [sys.executable, "-m", "basic_inference_server.gateway.cli"]), "endpoint",
+                *(extra_args or ["echo"]), "--host", "127.0.0.1", "--port", str(self.port)]
+        self._out = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, cwd=self.app_dir, env=self.env, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.known_pids.add(self.proc.pid)
+        if wait_ready:
+            self.wait_for("/health", 200, timeout=30)
+        return self
+
+
+def started(tmp_path, env=None, **kwargs) -> EndpointProcess:
+    process = EndpointProcess(make_app(tmp_path, CONFIG, FILES), env=env)
+    return process.start(**kwargs)
+
+
+def test_the_endpoint_runs_on_its_own_and_drains_on_sigterm(tmp_path):
+    process = started(tmp_path, command=[sys.executable, str(REPO / "run_gateway.py")])
+    try:
+        answer = process.run("echo", VALUE="alone").json()
+        assert answer["predict_result"]["echo"] == "alone"
+        assert answer["predict_result"]["pid"] == process.proc.pid  # the model server is this process
+        assert process.get("/stats").json()["name"] == "echo"
+        slow: dict = {}
+        thread = threading.Thread(target=lambda: slow.update(r=process.run("echo", VALUE="late", SLEEP=1)))
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not process.get("/health").json()["workers"]["busy"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(process.proc.pid, signal.SIGTERM)
+        thread.join(10)
+        assert slow["r"].status_code == 200 and slow["r"].json()["predict_result"]["echo"] == "late"
+        assert process.proc.wait(15) == 0
+        assert "Stopping: finishing 1 request(s) in flight" in process.output()
+    finally:
+        process.stop()
+    process.assert_nothing_left()
+
+
+def test_the_shared_secret_guards_run_and_is_never_logged(tmp_path):
+    process = started(tmp_path, env={"BIS_ENDPOINT_TOKEN": TOKEN})
+    try:
+        url = f"{process.url}/run"
+        refused = requests.post(url, json={"VALUE": 1}, timeout=10)
+        assert refused.status_code == 401 and "X-Endpoint-Token" in refused.json()["ERROR"]
+        wrong = requests.post(url, json={"VALUE": 1}, headers={"X-Endpoint-Token": TOKEN + "x"}, timeout=10)
+        assert wrong.status_code == 401
+        right = requests.post(url, json={"VALUE": 1}, headers={"X-Endpoint-Token": TOKEN}, timeout=10)
+        assert right.status_code == 200 and right.json()["predict_result"]["echo"] == 1
+        assert process.get("/health").status_code == 200  # probes need no secret
+    finally:
+        process.stop()
+    logs = process.output() + "".join(p.read_text() for p in (process.app_dir / "_cache" / "_logs").glob("*"))
+    assert TOKEN not in logs
+
+
+def test_an_unknown_or_support_endpoint_is_a_configuration_error(tmp_path):
+    for name in ("nope", "helper"):
+        process = started(tmp_path / name, wait_ready=False, extra_args=[name])
+        try:
+            assert process.proc.wait(30) == 2
+            assert f"No endpoint '{name}'" in process.output() and "['echo']" in process.output()
+        finally:
+            process.stop()
