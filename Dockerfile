@@ -44,7 +44,9 @@ RUN pip install --no-cache-dir -r requirements.txt
 # The cache folder is the volume's mount point: a new named volume gets its owner.
 RUN useradd --create-home --uid 10001 --user-group bis \
     && mkdir -p /aid_app/_cache \
-    && chown 10001:10001 /aid_app/_cache
+    && chown 10001:10001 /aid_app/_cache \
+    && printf '#!/bin/sh\nexec python /aid_app/run_gateway.py endpoint "$@"\n' > /usr/local/bin/endpoint \
+    && chmod 755 /usr/local/bin/endpoint
 
 # The code stays root's (read-only for the gateway); .dockerignore keeps out _cache, venvs, tests.
 COPY . .
@@ -54,7 +56,11 @@ EXPOSE 5002-5010
 VOLUME /aid_app/_cache
 
 # 200 from /ready only when every model server is READY (Python: no curl in the slim image).
+# BIS_HEALTH_URL changes what is probed: one endpoint's server run on its own (`endpoint <name>`)
+# answers /health on its own port.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request\ntry:\n    urllib.request.urlopen('http://127.0.0.1:5002/ready', timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
+    CMD ["python", "-c", "import os, sys, urllib.request\ntry:\n    urllib.request.urlopen(os.environ.get('BIS_HEALTH_URL', 'http://127.0.0.1:5002/ready'), timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
 STOPSIGNAL SIGTERM
+# The gateway; `docker run <image> endpoint <name> --host 0.0.0.0 --port 5003` runs one endpoint's
+# model server instead (with -e BIS_HEALTH_URL=http://127.0.0.1:5003/health).
 CMD ["python", "run_gateway.py"]

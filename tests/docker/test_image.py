@@ -400,6 +400,30 @@ def test_docker_stop_lets_the_request_in_flight_finish(lab: Lab) -> None:
     assert "Shutting down: 1 request(s) in flight" in container.logs()
 
 
+def test_the_image_runs_one_endpoint_on_its_own(lab: Lab) -> None:
+    """`docker run <image> endpoint <name>`: that endpoint's model server alone, healthy by its own
+    /health (BIS_HEALTH_URL), guarded by BIS_ENDPOINT_TOKEN, and stopped cleanly by docker stop."""
+    name = f"{PREFIX}-{len(lab.containers)}"
+    lab.containers.append(name)
+    port, secret = free_port(), "image-endpoint-secret-0123"
+    lab.docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:5003", "-e", "BIS_ENDPOINT_TOKEN",
+               "-e", "BIS_HEALTH_URL=http://127.0.0.1:5003/health", "--health-interval=1s", lab.image,
+               "endpoint", "dummy_model_demo2", "--host", "0.0.0.0", "--port", "5003",
+               env=dict(os.environ, BIS_ENDPOINT_TOKEN=secret))
+    server = Container(lab, name, port)
+    server.wait_healthy()
+    assert server.exec("cat", "/proc/1/cmdline").stdout.split("\0")[:3] == ["python", "/aid_app/run_gateway.py",
+                                                                        "endpoint"]
+    url = f"{server.url}/run"
+    assert server.http.post(url, json={"INPUT_VALUE": 3}, timeout=30).status_code == 401
+    answer = server.http.post(url, json={"INPUT_VALUE": 3}, headers={"X-Endpoint-Token": secret}, timeout=30)
+    assert answer.status_code == 200 and answer.json()["predict_result"] == {
+        "dummy_model_predict": "3*0 + 0 = 0 PREDICTED"}
+    lab.docker("stop", "-t", str(STOP_TIMEOUT), name, timeout=STOP_TIMEOUT + 30)
+    assert server.wait_exit() == 0
+    assert secret not in server.logs()
+
+
 def test_run_sh_restarts_after_shutdown_with_the_new_image_and_stops_on_ctrl_c(lab: Lab) -> None:
     tag = f"{PREFIX}-runsh:latest"
     lab.images.append(tag)
