@@ -22,7 +22,7 @@ import pytest
 
 from basic_inference_server.config import GatewayConfig
 from basic_inference_server.gateway.supervision import supervisor as supervisor_module
-from basic_inference_server.gateway.supervision.handle import READY, STOPPED, ChildHandle
+from basic_inference_server.gateway.supervision.handle import FAILED, READY, STARTING, STOPPED, ChildHandle
 from basic_inference_server.gateway.supervision.reaper import reap_orphans
 from basic_inference_server.gateway.supervision.supervisor import Supervisor
 
@@ -216,3 +216,33 @@ def test_as_pid_1_the_reaper_collects_the_orphan_and_spares_the_known_child(tmp_
     assert result["after"] == "gone", result
     assert result["known_code"] == 7, result  # not stolen: Popen.wait() got the real exit code
     assert time.monotonic() - started < 30
+
+
+class ExitsBetweenLooks(FakeProc):
+    """A model server that exits between the supervisor's first look at this tick and the second."""
+
+    def __init__(self, pid: int, code: int):
+        super().__init__(pid, None)
+        self.code, self.looks = code, 0
+
+    def poll(self) -> int | None:
+        self.looks += 1
+        if self.looks > 1:
+            self.returncode = self.code
+        return self.returncode
+
+
+def test_a_server_that_exits_during_a_tick_fails_with_its_error_file(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(supervisor_module, "reap_orphans", lambda known: [])
+    supervisor = Supervisor(GatewayConfig(endpoints=()), tmp_path, tmp_path, "h0000", None)
+    try:
+        endpoint = SimpleNamespace(name="m", is_support=False, host="127.0.0.1")
+        handle = ChildHandle(endpoint=endpoint, port=5003, state=STARTING, proc=ExitsBetweenLooks(4545, 3))
+        supervisor.handles = {"m": handle}
+        supervisor._error_file(handle).write_text("m: importing endpoints/m.py failed: ImportError: no numpy")
+        supervisor.poll()  # it exited after the first look: nothing decided on a missing reason
+        assert handle.state == STARTING
+        supervisor.poll()
+    finally:
+        supervisor._probes.shutdown()
+    assert handle.state == FAILED and "ImportError: no numpy" in handle.error

@@ -237,7 +237,7 @@ class Supervisor(ChangesMixin):
         with self._lock:
             self.reloader.step(now)
             for handle in list(self.handles.values()) + self.reloader.handles():
-                if self._step(handle, now, errors.get(id(handle), "")):
+                if self._step(handle, now, errors.get(id(handle))):
                     to_spawn.append(handle)
                 if self._probe_due(handle, now):
                     handle.probing = True
@@ -256,12 +256,17 @@ class Supervisor(ChangesMixin):
         except OSError:
             return ""
 
-    def _step(self, handle: ChildHandle, now: float, detail: str) -> bool:
-        """Act on one child (under the lock); True when it must be spawned now."""
+    def _step(self, handle: ChildHandle, now: float, detail: str | None) -> bool:
+        """Act on one child (under the lock); True when it must be spawned now. ``detail``: what a
+        model server that had exited at this tick's first look wrote in its error file (None when it
+        had not exited then)."""
         proc, state = handle.proc, handle.state
         if state == STARTING and proc is None:
             return True
         code = proc.poll() if proc is not None else None
+        if code is not None and detail is None and not handle.is_support:
+            return False  # it exited since this tick's first look: its error file is read at the next tick
+        detail = detail or ""
         if state in (STARTING, READY):
             if code is not None:
                 return self._on_exit(handle, code, now, detail)
