@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import textwrap
 import threading
@@ -105,3 +106,15 @@ def app_root(tmp_path: Path) -> Iterator[AppRoot]:
     sys.path[:] = saved_path
     for name in [m for m in sys.modules if m == root.package or m.startswith(root.package + ".")]:
         del sys.modules[name]
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any attempt to reach the network (schemas must come from the installed package)."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -12,7 +12,6 @@ import dataclasses
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,18 +77,6 @@ def shutdown_grace() -> float:
 
 def dockerfile() -> str:
     return (ROOT / "Dockerfile").read_text(encoding="utf-8")
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to reach the network (schemas must come from the installed package)."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 # -- Kubernetes: schema validation ---------------------------------------------------------------

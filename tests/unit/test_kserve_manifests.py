@@ -17,7 +17,6 @@ No cluster with KServe is reachable here, so everything is checked offline:
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -293,18 +292,6 @@ def without(doc: dict[str, Any], path: list[str | int], key: str) -> dict[str, A
 
 def endpoint_names() -> set[str]:
     return set(read_config_file(ROOT / "config_gateway.txt")["CONFIG_ENDPOINTS"])
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any attempt to reach the network (schemas must come from the installed package)."""
-
-    def refuse(*args: Any, **kwargs: Any) -> None:
-        raise AssertionError(f"network access attempted: {args!r}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 # -- Parsing and schemas ---------------------------------------------------------------------------
