@@ -28,7 +28,7 @@ from .observe.status import system_status
 from .routing.envelope import Envelope
 from .routing.router import Admission, Router
 from .routing.runpath import RunPath
-from .routing.v2path import V2_MODELS, FastRoutes
+from .routing.v2path import V2_MODELS, InferPath
 from .supervision.history import StateHistory
 from .supervision.supervisor import Supervisor
 from .support_data import SupportData
@@ -234,7 +234,8 @@ class FlaskGateway:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status,
                                 congested=self.http.hold_back)
-        self.http.fast_handler = FastRoutes(self.run_path)
+        self.http.fast_handler = self.run_path
+        self.http.prefix_handler = InferPath(self.run_path)
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)

@@ -184,14 +184,18 @@ class HttpConnection(asyncio.Protocol):
         self.busy = True
         path = request.target.partition(b"?")[0]
         front = self.front
-        if path == front.fast_path or (front.fast_prefix and request.method == "POST"
-                                       and path.startswith(front.fast_prefix)):
+        handler = None
+        if path == front.fast_path:
+            handler = front.fast_handler
+        elif front.prefix_handler is not None and request.method == "POST" and path.startswith(front.fast_prefix):
+            handler = front.prefix_handler
+        if handler is not None:
             if request.method != "POST":
                 exc = METHOD_NOT_ALLOWED
                 self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
                 return
             try:
-                pending = self.front.fast_handler(request, Responder(self, request))
+                pending = handler(request, Responder(self, request))
                 if self.busy:  # not answered yet: to cancel if the client leaves first
                     self._pending = pending
             except Exception as exc:

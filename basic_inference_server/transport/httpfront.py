@@ -1,7 +1,7 @@
 """The gateway's HTTP/1.1 front: one event loop (uvloop), httptools to parse, no thread per connection.
 
 ``POST <fast path>`` (the gateway's ``/run``), and any POST under ``fast_prefix`` (V2 infer), is
-handed to a handler that runs in the loop and answers through a callback whenever its answer is
+handed to a handler of its own that runs in the loop and answers through a callback when its answer is
 ready, so a request waiting for a model server holds no thread; what the handler returns is
 cancelled (``.cancel()``) when the client leaves before its answer. Every other request goes to
 a WSGI app (the gateway's Flask routes) on a thread pool. Chosen by measurement over waitress
@@ -44,11 +44,12 @@ class HttpFront:
 
     def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int, *, fast_path: str,
                  threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], Any] | None = None,
-                 fast_prefix: str = ""):
+                 fast_prefix: str = "", prefix_handler: Callable[[HttpRequest, Respond], Any] | None = None):
         self.app = app
         self.fast_path = fast_path.encode("latin-1")
-        self.fast_prefix = fast_prefix.encode("latin-1")  # POSTs under it go to the fast handler too
         self.fast_handler = fast_handler
+        self.fast_prefix = fast_prefix.encode("latin-1")  # POSTs under it go to prefix_handler, in the loop too
+        self.prefix_handler = prefix_handler
         self.limits = limits
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=4096)

@@ -185,16 +185,20 @@ class Call:
             return
         token = requestid.bind(self.request.request_id)
         try:
-            if self.streaming or flags & STREAM:
-                self._end_stream(status, body)
-                return
-            if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
-                raise transport_error(handle, status)
-            self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
+            self._answer(status, retry_after, body, flags)
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _answer(self, status: Any, retry_after: str | None, body: bytes, flags: int) -> None:
+        """The client's answer for the model server's REPLY (or the channel's failure)."""
+        if self.streaming or flags & STREAM:
+            self._end_stream(status, body)
+            return
+        if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
+            raise transport_error(self.handle, status)
+        self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
 
     def _end_stream(self, status: Any, body: bytes) -> None:
         """The REPLY that ends a streamed answer: its envelope, or the error that ended it."""

@@ -66,15 +66,14 @@ def served_versions(router: Router, name: str) -> list[str]:
     return [str(g) for g in sorted({h.generation for h in handles if h.state == READY})]
 
 
-class FastRoutes:
-    """The HTTP front's handler in the loop: V2 infer requests here, every other one to ``/run``."""
+class InferPath:
+    """The HTTP front's handler, in its loop, of every POST under ``/v2/models/`` (``/run`` has
+    its own: the front tells them apart, so that ``/run`` pays nothing for this one)."""
 
     def __init__(self, run_path: RunPath):
         self.run_path = run_path
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Call:
-        if not request.target.startswith(b"/v2/"):
-            return self.run_path(request, respond)
         call = InferCall(self.run_path, request, respond)
         call.route(trust_guess=False)
         return call
@@ -113,23 +112,15 @@ class InferCall(Call):
         finally:
             requestid.unbind(token)
 
-    def _replied(self, status: Any, meta: str | None, body: bytes, flags: int = 0) -> None:
-        handle = self.handle
-        self.tag = None
-        self.path.router.admission.exit(handle)
-        handle.served += 1
-        token = requestid.bind(self.request.request_id)
-        try:
-            if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
-                raise transport_error(handle, status)
-            if status == 200 and flags & BINARY:
-                self._finish(200, body, {HEADER_LENGTH: meta or "0"}, BINARY_CONTENT_TYPE)
-            else:
-                self._finish(status, body, {"Retry-After": meta} if meta and status != 200 else None)
-        except ServingError as exc:
-            self._fail(exc)
-        finally:
-            requestid.unbind(token)
+    def _answer(self, status: Any, meta: str | None, body: bytes, flags: int) -> None:
+        """The model server's V2 answer as it came: JSON, or JSON then binary tensors (``meta``:
+        the JSON's length), or its error (``meta``: a Retry-After)."""
+        if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
+            raise transport_error(self.handle, status)
+        if status == 200 and flags & BINARY:
+            self._finish(200, body, {HEADER_LENGTH: meta or "0"}, BINARY_CONTENT_TYPE)
+        else:
+            self._finish(status, body, {"Retry-After": meta} if meta and status != 200 else None)
 
     def _fail(self, exc: ServingError) -> None:
         if isinstance(exc, UnknownSignature):
