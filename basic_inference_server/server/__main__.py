@@ -23,7 +23,6 @@ from .. import exitcodes
 from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
-from ..transport.tuning import return_large_blocks
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
 from .discovery import DiscoveryError, import_worker, locate_worker
@@ -168,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, SpecError) as exc:
         print(f"basic_inference_server.server: bad configuration: {exc}", file=sys.stderr)
         return exitcodes.CONFIG_ERROR
-    return_large_blocks()
     setup_process_logging(f"server:{spec.name}", Path(spec.cache_folder) / "_logs", file_stem=f"server_{spec.name}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
