@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,16 @@ class EndpointConfig:
     max_requests_jitter: int = 0
     max_rss_mb: float = 0.0  # recycle a server whose process tree is larger (0: never)
     devices: tuple[str, ...] = ()  # DEVICES: replica i runs on devices[i % len(devices)]
+    urls: tuple[tuple[str, int], ...] = ()  # URLS: (host, port) of model servers the gateway did not start
 
     @property
     def is_support(self) -> bool:
         return self.host == NO_HOST
+
+    @property
+    def is_remote(self) -> bool:
+        """Served by model servers elsewhere (``URLS``), not by children of this gateway."""
+        return bool(self.urls)
 
 
 @dataclass(frozen=True)
@@ -233,8 +240,11 @@ def _parse_endpoint(
     description = settings.get("DESCRIPTION", "")
     disabled = _boolean(settings, "DISABLED", False, where)
     _warmup(settings, where)
+    urls = _urls(settings, where)
     worker = script = None
-    if host == NO_HOST:
+    if urls:
+        pass  # served elsewhere: the endpoint file lives with its model servers
+    elif host == NO_HOST:
         try:
             script = _support_script(where, app_root, workers_location, server_class)
         except ConfigError as exc:
@@ -272,6 +282,7 @@ def _parse_endpoint(
         max_requests_jitter=_integer(settings, "MAX_REQUESTS_JITTER", 0, where, minimum=0, maximum=1_000_000_000),
         max_rss_mb=_optional_number(settings, "MAX_RSS_MB", where),
         devices=_devices(settings, where),
+        urls=urls,
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,
@@ -285,6 +296,33 @@ def _devices(settings: Mapping[str, Any], where: str) -> tuple[str, ...]:
         return parse_devices(settings["DEVICES"])
     except ValueError as exc:
         raise ConfigError(f"{_key(where, 'DEVICES')}: {exc}") from None
+
+
+def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[str, int], ...]:
+    """``URLS``: ``"http://host:port"`` or a list of them; each host may be a DNS name whose every
+    address is a model server of the endpoint."""
+    if "URLS" not in settings:
+        return ()
+    key = _key(where, "URLS")
+    value = settings["URLS"]
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
+        raise ConfigError(_expected(key, 'a URL "http://host:port" or a non-empty list of them', value))
+    if settings.get("HOST") == NO_HOST:
+        raise ConfigError(f"{key}: a support process (HOST \"NO_HOST\") has no URLS")
+    found: list[tuple[str, int]] = []
+    for item in items:
+        try:
+            parts = urllib.parse.urlsplit(item)
+            port = parts.port or 80
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {item!r}: {exc}") from None
+        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"{key}: expected \"http://host:port\" (plain HTTP on a private network, "
+                              f"authenticated by BIS_ENDPOINT_TOKEN), got {item!r}")
+        if (parts.hostname, port) not in found:
+            found.append((parts.hostname, port))
+    return tuple(found)
 
 
 def _warmup(settings: Mapping[str, Any], where: str) -> None:

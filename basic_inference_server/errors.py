@@ -156,6 +156,24 @@ class Unavailable(ServingError):
     retry_after = 1
 
 
+SHUTTING_DOWN = "model server is shutting down"
+
+
+class ShuttingDown(Unavailable):
+    """The model server is draining: it takes no new request (a gateway that reads
+    :data:`SHUTTING_DOWN` in the answer sends the request to another model server)."""
+
+    def __init__(self) -> None:
+        super().__init__(SHUTTING_DOWN)
+
+
+class Misrouted(ServingError):
+    """The body names another endpoint than the one the gateway routed it to (it routes it again)."""
+
+    status = 421
+    type_name = "Misrouted"
+
+
 class Overloaded(ServingError):
     """The request queue of the endpoint is full."""
 

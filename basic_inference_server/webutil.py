@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -144,17 +145,40 @@ class RequestIds:
             requestid.unbind(token)
 
 
+ROUTED_ENVIRON = "HTTP_X_ROUTED_SIGNATURE"  # X-Routed-Signature: the endpoint a gateway routed the body to
+ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of gateways and the model servers they did not start
+ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it (a Docker or Kubernetes secret)
+
+
+def endpoint_token() -> str | None:
+    """The shared secret: ``BIS_ENDPOINT_TOKEN``, else the content of the file
+    ``BIS_ENDPOINT_TOKEN_FILE`` names (stripped), else None. ValueError when that file cannot be
+    read or is empty (the message names the file, never the secret)."""
+    value = os.environ.get(ENDPOINT_TOKEN_ENV)
+    if value:
+        return value
+    path = os.environ.get(ENDPOINT_TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            value = file.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: {path} is empty")
+    return value
 ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
 ENDPOINT_TOKEN_ENVIRON = "HTTP_X_ENDPOINT_TOKEN"
 
 
 class PostFront:
-    """WSGI front that answers ``POST <path>`` with ``handler(body, accept) -> (status, body,
+    """WSGI front that answers ``POST <path>`` with ``handler(body, accept, routed) -> (status, body,
     headers)`` (or an iterable with a ``content_type``: a streamed answer), and hands every other
     request to the Flask app: Flask's per-request machinery costs more
     than the rest of the work on a small request. Both carry the request id (:class:`RequestIds`)."""
 
-    def __init__(self, handler: Callable[[bytes, str | None], Any], path: str, limit: int,
+    def __init__(self, handler: Callable[[bytes, str | None, str], Any], path: str, limit: int,
                  fallback: Callable[..., Iterable[bytes]], token: str | None = None):
         self.handler = handler
         self.path = path
@@ -180,7 +204,8 @@ class PostFront:
             if self.token is not None and not hmac.compare_digest(
                     environ.get(ENDPOINT_TOKEN_ENVIRON, "").encode(), self.token.encode()):
                 raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
-            answer = self.handler(read_limited(environ, self.limit), environ.get("HTTP_ACCEPT"))
+            answer = self.handler(read_limited(environ, self.limit), environ.get("HTTP_ACCEPT"),
+                                  environ.get(ROUTED_ENVIRON, ""))
             if not isinstance(answer, tuple):  # a streamed answer: its chunks as the worker yields them
                 start_response("200 OK", [("Content-Type", answer.content_type), ("Cache-Control", "no-cache"),
                                           (requestid.HEADER, request_id)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -201,3 +202,35 @@ def write_report(report: dict, results: Path = RESULTS) -> str:
     (results / f"bench_{stamp}.md").write_text(text + "\n")
     (results / "latest.md").write_text(text + "\n")
     return text
+
+
+def medians(runs: list[dict], processes: tuple[str, ...] = ("gateway", "server")) -> dict:
+    """One row of a side-by-side bench (bench.v2, bench.remote): the rounds' medians of req/s,
+    p50 and p99, and of each process's CPU per request (user + kernel), with the errors summed."""
+    row: dict = {"errors": sum(r["errors"] for r in runs)}
+    for key in ("rps", "p50_ms", "p99_ms"):
+        row[key] = round(statistics.median(r[key] for r in runs), 2)
+    for name in processes:
+        row[f"cpu_{name}_us"] = round(statistics.median(r["cpu_us"][name] for r in runs))
+    return row
+
+
+def save_table(prefix: str, text: str, args: argparse.Namespace, rows: list[dict], results: Path = RESULTS) -> None:
+    """Print a side-by-side bench's Markdown table and write it, with the rows as JSON, to
+    ``bench/results/<prefix>_<stamp>.md/.json``."""
+    print(text)
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (results / f"{prefix}_{stamp}.md").write_text(text + "\n")
+    (results / f"{prefix}_{stamp}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+
+
+def side_by_side_parser(doc: str, duration: float) -> argparse.ArgumentParser:
+    """The options every side-by-side bench takes: --duration, --rounds, --warmup, --concurrency, --pin."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=duration)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--pin", action="store_true")
+    return parser

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 
 from bench.__main__ import BenchGateway
 from bench.load import SERVE_CPU, WRK_CPU, CpuMeter, check_pinning_possible, ensure_wrk, wrk
-from bench.report import RESULTS
+from bench.report import medians, save_table, side_by_side_parser
 
 TENSOR_1M = 262_144  # FP32 numbers in 1 MiB
 MODELS = {"numpy": 1000, "tensor1m": TENSOR_1M}
@@ -75,13 +73,8 @@ def measure(gateway: BenchGateway, wrk_binary: str, model: str, case: str, concu
 def summarise(samples: dict[tuple[str, str, int], list[dict]]) -> list[dict]:
     rows = []
     for (model, case, concurrency), runs in samples.items():
-        row = {"model": model, "case": case, "c": concurrency, "body_bytes": runs[0]["body_bytes"],
-               "errors": sum(r["errors"] for r in runs)}
-        for key in ("rps", "p50_ms", "p99_ms"):
-            row[key] = round(statistics.median(r[key] for r in runs), 2)
-        for name in ("gateway", "server"):
-            row[f"cpu_{name}_us"] = round(statistics.median(r["cpu_us"][name] for r in runs))
-        rows.append(row)
+        rows.append({"model": model, "case": case, "c": concurrency, "body_bytes": runs[0]["body_bytes"],
+                     **medians(runs)})
     by_key = {(r["model"], r["case"], r["c"]): r for r in rows}
     for row in rows:
         base = by_key[(row["model"], "run", row["c"])]
@@ -101,13 +94,8 @@ def table(rows: list[dict]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--warmup", type=float, default=2)
-    parser.add_argument("--concurrency", default="1,8,64")
+    parser = side_by_side_parser(__doc__, duration=8)
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--pin", action="store_true")
     return parser.parse_args()
 
 
@@ -136,12 +124,7 @@ def main() -> int:
         gateway.stop()
     rows = summarise(dict(sorted(samples.items(), key=lambda kv: (models.index(kv[0][0]), kv[0][2],
                                                                   CASES.index(kv[0][1])))))
-    text = table(rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (RESULTS / f"v2_{stamp}.md").write_text(text + "\n")
-    (RESULTS / f"v2_{stamp}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    save_table("v2", table(rows), args, rows)
     return 0
 
 

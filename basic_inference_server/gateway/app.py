@@ -19,6 +19,7 @@ from .. import jsonutil
 from ..config import ConfigError
 from ..errors import (
     BadRequest,
+    Conflict,
     Unavailable,
     UnknownSignature,
     error_body,
@@ -35,6 +36,7 @@ from ..webutil import (
 from .observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .observe.openapi import openapi_document
 from .observe.status import memory_mb
+from .remote.handle import RemoteHandle
 from .routing.forward import Reply, forward
 from .supervision.handle import READY, STOPPED, ChildHandle
 from .supervision.ports import PortsExhausted
@@ -120,8 +122,24 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         return json_response(envelope.add_to(children_view()))
 
     def children_view() -> dict[str, Any]:
-        return {"AVAIL_SERVERS": {h.name: describe(h) for h in supervisor.servers()},
+        return {"AVAIL_SERVERS": {**{h.name: describe(h) for h in supervisor.servers()},
+                                  **{h.name: describe_remote(h) for h in gw.remote.handles()}},
                 "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()}}
+
+    def describe_remote(handle: RemoteHandle) -> dict[str, Any]:
+        """An address of a remote endpoint (URLS): a model server this gateway did not start."""
+        endpoint = handle.endpoint
+        return {
+            "STATE": handle.state, "ONLINE": handle.routable, "PID": None,
+            "UPTIME": str(datetime.timedelta(seconds=int(time.monotonic() - handle.since))),  # in this state
+            "RESTARTS": 0, "LAST_EXIT_CODE": None, "ERROR": handle.error, "DESCRIPTION": endpoint.description,
+            "REMOTE": True, "URL": handle.source, "HOST": handle.host, "PORT": handle.port,
+            "SERVER_CLASS": endpoint.server_class,
+            "WORKERS": handle.workers or {"total": endpoint.nr_workers, "ready": 0},
+            "HEALTH_FAILURES": handle.health_failures, "GENERATION": handle.generation,
+            "REQUESTS_SERVED": handle.served, "REQUESTS_UNREACHED": handle.failed,
+            "IN_FLIGHT": handle.inflight.count,
+        }
 
     def describe(handle: ChildHandle) -> dict[str, Any]:
         endpoint = handle.endpoint
@@ -162,6 +180,8 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         endpoint = gw.config.endpoint(signature)
         if endpoint is None:
             raise UnknownSignature(f"{signature!r} is not an endpoint of the configuration")
+        if endpoint.is_remote:
+            raise Conflict(f"{signature!r} is served by the model servers at its URLS; start them where they run")
         if endpoint.worker is None and endpoint.script is None:
             raise BadRequest(f"{signature!r} has no endpoint file or worker class (see the gateway log)")
         try:
@@ -282,7 +302,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/ready", methods=["GET"])
     def ready() -> Response:
-        waiting = supervisor.not_ready()
+        waiting = gw.not_ready()
         if router.admission.draining:
             raise Unavailable("gateway is shutting down")
         if waiting:

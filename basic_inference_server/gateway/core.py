@@ -19,12 +19,13 @@ from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import raise_open_file_limit, return_large_blocks
-from ..webutil import RequestIds
+from ..webutil import RequestIds, endpoint_token
 from . import reconfigure
 from .app import create_gateway_app
 from .auth import resolve_admin_token
 from .observe.metrics import GatewayMetrics
 from .observe.status import system_status
+from .remote.pool import RemoteEndpoints
 from .routing.envelope import Envelope
 from .routing.router import Admission, Router
 from .routing.runpath import RunPath
@@ -113,7 +114,8 @@ class FlaskGateway:
             workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
             history=self.history,
         )
-        self.metrics = GatewayMetrics(self.supervisor)
+        self.remote = RemoteEndpoints(self.config.endpoints, self.supervisor.table)
+        self.metrics = GatewayMetrics(self.supervisor, self.remote)
         self.admission = Admission(MAX_IN_FLIGHT)
         self.router = Router(self.supervisor.table, self.envelope, self.admission, self.config.response_format)
         self._stop = threading.Event()
@@ -227,13 +229,17 @@ class FlaskGateway:
             max_connections=config.max_connections or max(256, min(100_000, files - 1024)),
         )
         try:
+            token = endpoint_token()  # sent to the model servers of remote endpoints
+        except ValueError as exc:
+            raise GatewayStartupError(str(exc)) from None
+        try:
             self.http = HttpFront(RequestIds(create_gateway_app(self)), self.host, self.port,
                                   fast_path=self.execution_path, threads=config.gateway_threads, limits=limits,
                                   fast_prefix=V2_MODELS)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
         self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status,
-                                congested=self.http.hold_back)
+                                congested=self.http.hold_back, endpoint_token=token)
         self.http.fast_handler = self.run_path
         self.http.prefix_handler = InferPath(self.run_path)
         if threading.current_thread() is threading.main_thread():
@@ -247,6 +253,7 @@ class FlaskGateway:
         except Exception:
             self.supervisor.stop_all(grace=2.0)
             raise
+        self.remote.start()
         self.http.start()
         logger.info("Gateway listening on %s:%d", self.host, self.http.port)
         announced = False
@@ -274,6 +281,11 @@ class FlaskGateway:
         intervals = {e.name: e.ping_interval for e in self.config.endpoints if e.is_support and not e.disabled}
         return self.support_data.view(intervals)
 
+    def not_ready(self) -> dict[str, str]:
+        """What keeps the gateway from being ready: model servers that are not READY, and remote
+        endpoints without a READY address (name -> why)."""
+        return {**self.supervisor.not_ready(), **self.remote.not_ready()}
+
     def _announce(self, elapsed: float) -> None:
         waiting = self.supervisor.not_ready()
         if waiting:
@@ -293,6 +305,7 @@ class FlaskGateway:
         while inflight.count and time.monotonic() < deadline:
             time.sleep(0.02)
         self.supervisor.stop_all(max(1.0, deadline - time.monotonic()))
+        self.remote.stop()
         self.history.record("SHUTDOWN")
         if self.http is not None:
             self.http.wait_flushed(2.0)

@@ -86,17 +86,25 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
                              + tuple(after[name] for name in todo.added))
     started = []
     for name in todo.added:
-        if not after[name].disabled:
+        if not after[name].disabled and not after[name].is_remote:
             supervisor.request_start(name)
             started.append(name)
     reloads = []
     for name in todo.changed:
         endpoint = after[name]
-        if name in running and not endpoint.disabled:
+        before = supervisor.config.endpoint(name)
+        if endpoint.is_remote and name in running:  # served elsewhere from now on: its children stop
+            stopped.update(supervisor.remove_endpoints([name]))
+            supervisor.set_endpoints(tuple(endpoint if e.name == name else e for e in supervisor.config.endpoints))
+        elif name in running and not endpoint.disabled:
             reloads.append(supervisor.reload_and_wait(name, endpoint))
         else:  # not running: the new entry is what a later start uses
             supervisor.set_endpoints(tuple(endpoint if e.name == name else e for e in supervisor.config.endpoints))
+            if before is not None and before.is_remote and not endpoint.is_remote and not endpoint.disabled:
+                supervisor.request_start(name)  # served here again
+                started.append(name)
     gateway.config = dataclasses.replace(gateway.config, endpoints=supervisor.config.endpoints)
+    gateway.remote.configure(gateway.config.endpoints)
     logger.info("reload_config: added %s, removed %s, changed %s, unchanged %s", todo.added or "-",
                 todo.removed or "-", todo.changed or "-", len(todo.unchanged))
     return {**todo.to_json(), "STARTED": started, "STOPPED": stopped, "RELOADS": reloads}

@@ -32,7 +32,7 @@ METADATA_TIMEOUT = 5.0
 
 
 def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
-    supervisor, router = gw.supervisor, gw.router
+    router = gw.router
     metadata_cache: dict[tuple[str, int | None, int], dict[str, Any]] = {}
     cache_lock = threading.Lock()
 
@@ -70,7 +70,7 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
 
     @app.route("/v2/health/ready", methods=["GET"])
     def v2_ready() -> Response:
-        waiting = supervisor.not_ready()
+        waiting = gw.not_ready()
         ready = not waiting and not router.admission.draining
         return json_response({"ready": ready}, 200 if ready else 400)
 

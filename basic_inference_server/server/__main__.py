@@ -23,6 +23,7 @@ from .. import exitcodes
 from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
+from ..webutil import endpoint_token
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
 from .discovery import DiscoveryError, import_worker, locate_worker
@@ -31,8 +32,6 @@ from .placement import local_device, warmup_inputs
 from .pool import WorkerPool
 from .spec import ServerSpec, SpecError
 from .v2 import ModelMetadata
-
-ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of a model server run on its own
 
 logger = logging.getLogger("basic_inference_server.server")
 
@@ -56,6 +55,11 @@ def _watch_parent(stop: threading.Event) -> None:
     if not stop.is_set():
         logger.warning("Gateway pipe closed: stopping")
         stop.set()
+
+
+# A server run on its own keeps answering 503 "shutting down" this long after SIGTERM: three probe
+# intervals of the gateways routing to it (gateway/remote/pool.py), which then stop sending.
+DRAIN_LINGER = 1.5
 
 
 def _fail(spec: ServerSpec, code: int, message: str) -> int:
@@ -109,7 +113,10 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         metadata=metadata,
     )
     try:
-        token = (os.environ.get(ENDPOINT_TOKEN_ENV) or None) if spec.standalone else None
+        token = endpoint_token() if spec.standalone else None
+    except ValueError as exc:
+        return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")
+    try:
         http = HttpServer(create_wsgi(state, token), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
@@ -140,17 +147,22 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         logger.info("%s ready: %d worker(s) loaded in %.2fs", name, pool.ready, time.monotonic() - started)
         stop.wait()
     try:
-        return _drain(state, http, spec.shutdown_grace)
+        return _drain(state, http, spec.shutdown_grace, DRAIN_LINGER if spec.standalone else 0.0)
     finally:
         if channel is not None:
             channel.close()
 
 
-def _drain(state: ServerState, http: HttpServer, grace: float) -> int:
+def _drain(state: ServerState, http: HttpServer, grace: float, linger: float = 0.0) -> int:
+    """Finish the requests in flight (within ``grace``) while refusing new ones with 503 "shutting
+    down", for at least ``linger`` seconds: a server run on its own is called by gateways that
+    learn it is leaving from those answers and their probes, and must not close its port on a
+    request one of them sent meanwhile."""
     logger.info("Stopping: finishing %d request(s) in flight (grace %.0fs)", state.inflight.count, grace)
     state.draining = True
-    deadline = time.monotonic() + grace
-    while state.inflight.count and time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline, lingering = now + grace, now + min(linger, grace)
+    while (state.inflight.count or time.monotonic() < lingering) and time.monotonic() < deadline:
         time.sleep(0.02)
     state.pool.stop(max(0.1, deadline - time.monotonic()))
     http.wait_flushed(1.0)

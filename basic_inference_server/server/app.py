@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response, request
 
 from .. import jsonutil, requestid
-from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, Unavailable, error_body
+from ..errors import BadRequest, Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
 from ..httpserve import InFlight
 from ..transport import streamformat
 from ..transport.frames import BINARY, MISROUTED, STREAM, reply_frame
@@ -59,10 +59,14 @@ class ServerState:
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
-    def run(self, raw: bytes, accept: str | None = None) -> Answer | HttpStream:
+    def run(self, raw: bytes, accept: str | None = None, routed: str = "") -> Answer | HttpStream:
         """``POST /run`` on the HTTP port: queue the request for a worker, wait, answer (or
-        stream the answer, when the client asked for a stream)."""
-        inputs, call_id, wants_stream = self._accept(raw)
+        stream the answer, when the client asked for a stream). ``routed``: the signature a
+        gateway routed the body by without parsing it (421 when the body names another)."""
+        accepted = self._accept(raw, routed)
+        if accepted is None:
+            raise Misrouted(f"the body's SIGNATURE is not {routed!r}")
+        inputs, call_id, wants_stream = accepted
         fmt = streamformat.from_accept(accept) or (streamformat.SSE if wants_stream else None)
         if fmt is not None:
             return HttpStream(self, fmt, inputs, call_id, requestid.current()).start()
@@ -88,7 +92,7 @@ class ServerState:
             out = call = None
             if v2 is not None:
                 if self.draining:
-                    raise Unavailable("model server is shutting down")
+                    raise ShuttingDown()
                 inputs, request = accept_v2(self.metadata, raw, v2[0])
                 call_id, call = next(self.call_ids), V2Call(request, routed, v2[1])
             else:
@@ -193,7 +197,7 @@ class ServerState:
         (``"STREAM": true``); None when the body's SIGNATURE is not ``routed``, the one the
         gateway routed it by without parsing it."""
         if self.draining:
-            raise Unavailable("model server is shutting down")
+            raise ShuttingDown()
         body = jsonutil.loads_object(raw)
         if routed and body.get("SIGNATURE") != routed:
             return None

@@ -249,10 +249,8 @@ def say(config: pytest.Config, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-@pytest.fixture(scope="module")
-def lab(pytestconfig: pytest.Config) -> Iterator[Lab]:
-    started = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="bis-image-test-"))
+def engine_or_skip(config: pytest.Config, workdir: Path, what: str) -> Engine:
+    """The engine, with the base image; else the test is skipped, saying why on the terminal."""
     engine = Engine(workdir)
     try:
         engine.start()
@@ -260,8 +258,16 @@ def lab(pytestconfig: pytest.Config) -> Iterator[Lab]:
     except EngineUnavailable as exc:
         engine.close()
         shutil.rmtree(workdir, ignore_errors=True)
-        say(pytestconfig, f"\n*** SKIPPING the Docker image tests: {exc}")
+        say(config, f"\n*** SKIPPING the {what}: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
+    return engine
+
+
+@pytest.fixture(scope="module")
+def lab(pytestconfig: pytest.Config) -> Iterator[Lab]:
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="bis-image-test-"))
+    engine = engine_or_skip(pytestconfig, workdir, "Docker image tests")
     the_lab = Lab(engine, workdir)
     try:
         the_lab.build_images()

@@ -361,3 +361,43 @@ def test_devices_are_kept_in_order(root):
 def test_warmup_inputs_must_be_a_list_of_bodies(root, value):
     message = config_error(root, {"demo": {"WARMUP_INPUTS": value}})
     assert message.startswith("CONFIG_ENDPOINTS.demo.WARMUP_INPUTS: expected a list of request bodies")
+
+
+# -- URLS (remote endpoints) -------------------------------------------------------------------
+def test_urls_make_a_remote_endpoint_without_an_endpoint_file_here(root):
+    config = parse(root, {"far": {"URLS": ["http://10.0.0.5:5003", "http://tasks.far:5003/", "http://10.0.0.5:5003"],
+                                  "NR_WORKERS": 2}})
+    far = config.endpoint("far")
+    assert far.is_remote and far.worker is None  # no far.py needed in this gateway's endpoints/
+    assert far.urls == (("10.0.0.5", 5003), ("tasks.far", 5003))  # duplicates once
+    assert parse(root, {"far": {"URLS": "http://far"}}).endpoint("far").urls == (("far", 80),)
+    assert not parse(root, {"demo": {"NR_WORKERS": 1}}).endpoint("demo").is_remote
+
+
+@pytest.mark.parametrize("value", [[], "far:5003", ["https://far:5003"], ["http://far:5003/run"], ["http://:5003"],
+                                   ["http://far:99999"], [5003], {"a": "http://far"}])
+def test_bad_urls_are_refused_with_the_key(root, value):
+    message = config_error(root, {"far": {"URLS": value}})
+    assert message.startswith("CONFIG_ENDPOINTS.far.URLS: ")
+
+
+# -- BIS_ENDPOINT_TOKEN(_FILE): the shared secret of gateways and remote model servers ---------------
+def test_the_endpoint_secret_comes_from_the_variable_or_a_secret_file(monkeypatch, tmp_path):
+    from basic_inference_server.webutil import endpoint_token
+
+    monkeypatch.delenv("BIS_ENDPOINT_TOKEN", raising=False)
+    monkeypatch.delenv("BIS_ENDPOINT_TOKEN_FILE", raising=False)
+    assert endpoint_token() is None
+    secret = tmp_path / "bis_endpoint_token"
+    secret.write_text("from-a-docker-secret\n")
+    monkeypatch.setenv("BIS_ENDPOINT_TOKEN_FILE", str(secret))
+    assert endpoint_token() == "from-a-docker-secret"
+    monkeypatch.setenv("BIS_ENDPOINT_TOKEN", "from-the-variable")
+    assert endpoint_token() == "from-the-variable"  # the variable wins
+    monkeypatch.delenv("BIS_ENDPOINT_TOKEN")
+    secret.write_text("  \n")
+    with pytest.raises(ValueError, match="is empty"):
+        endpoint_token()
+    monkeypatch.setenv("BIS_ENDPOINT_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="cannot read .*missing"):
+        endpoint_token()

@@ -23,11 +23,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from ...server.stats import LATENCY_BOUNDS, cumulative_buckets
 from ...server.stats import Histogram as StatsHistogram
+from ..remote.handle import RemoteHandle, RemoteState
 from ..supervision.handle import READY, ChildHandle, ChildState
 from .activity import Activity
 from .sysinfo import process_tree_usage
 
 if TYPE_CHECKING:
+    from ..remote.pool import RemoteEndpoints
     from ..supervision.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ NO_SIGNATURE = "(none)"  # body without a usable SIGNATURE
 UNKNOWN_SIGNATURE = "(unknown)"  # a SIGNATURE that is not configured: one label, not one per typo
 STATS_TIMEOUT = 1.0
 STATES = tuple(state.value for state in ChildState)
+REMOTE_STATES = tuple(state.value for state in RemoteState)
 ITEM_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
@@ -50,8 +53,9 @@ def _histogram(table: dict[str, StatsHistogram], signature: str, bounds: tuple[f
 class GatewayMetrics:
     """The gateway's own counts of ``/run`` plus a collector for its children, in one registry."""
 
-    def __init__(self, supervisor: Supervisor):
+    def __init__(self, supervisor: Supervisor, remote: RemoteEndpoints | None = None):
         self.supervisor = supervisor
+        self.remote = remote
         self.registry = CollectorRegistry(auto_describe=True)
         self._counts: dict[tuple[str, int], int] = {}  # (signature, status) -> answers
         self._latency: dict[str, StatsHistogram] = {}
@@ -159,17 +163,37 @@ class _ChildrenCollector:
                                        "MAX_RSS_MB", labels=["signature", "reason"])
         for (name, reason), count in sorted(self.supervisor.reloader.recycles.items()):
             recycles.add_metric([name, reason], count)
+        remote = self.metrics.remote.handles() if self.metrics.remote is not None else []
+        address_labels = ["signature", "address"]
+        remote_state = GaugeMetricFamily("bis_remote_server_state", "1 for the state each address of a remote "
+                                         "endpoint (URLS) is in", labels=[*address_labels, "state"])
+        remote_inflight = GaugeMetricFamily("bis_remote_requests_in_flight", "Requests forwarded to the address "
+                                            "and not answered yet", labels=address_labels)
+        remote_failed = CounterMetricFamily("bis_remote_requests_unreached", "Requests that could not reach the "
+                                            "address (refused, connection lost, shutting down)", labels=address_labels)
+        for handle in remote:
+            values = self._labels(handle)
+            for name in REMOTE_STATES:
+                remote_state.add_metric([*values, name], 1.0 if handle.state == name else 0.0)
+            remote_inflight.add_metric(values, handle.inflight.count)
+            remote_failed.add_metric(values, handle.failed)
         yield state
         yield restarts
         yield recycles
-        yield from self._server_families(servers, labels)
+        yield remote_state
+        yield remote_inflight
+        yield remote_failed
+        yield from self._server_families([*servers, *remote], labels)
         yield from self._process_families(handles)
 
     @staticmethod
-    def _labels(handle: ChildHandle) -> list[str]:
+    def _labels(handle: ChildHandle | RemoteHandle) -> list[str]:
+        if handle.is_remote:
+            return [handle.endpoint.name, handle.address]
         return [handle.endpoint.name, str(handle.replica + 1)]  # 1, 2, ... as in the names echo, echo#2
 
-    def _server_families(self, servers: list[ChildHandle], labels: list[str]) -> Iterator[Metric]:
+    def _server_families(self, servers: list[ChildHandle | RemoteHandle], labels: list[str]) -> Iterator[Metric]:
+        """What each READY model server's /stats says (a remote one's ``replica`` label is its address)."""
         ready = [h for h in servers if h.state == READY and h.http is not None]
         stats = list(self._pool.map(_fetch_stats, ready))
         gauges = {
@@ -225,7 +249,7 @@ class _ChildrenCollector:
         yield cpu
 
 
-def _fetch_stats(handle: ChildHandle) -> dict[str, Any] | None:
+def _fetch_stats(handle: ChildHandle | RemoteHandle) -> dict[str, Any] | None:
     try:
         reply = handle.http.request("GET", "/stats", timeout=STATS_TIMEOUT)  # type: ignore[union-attr]
         return json.loads(reply.data) if reply.status == 200 else None

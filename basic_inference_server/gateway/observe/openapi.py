@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import STATES
+from .metrics import REMOTE_STATES, STATES
 from .openapi_build import (
     Schema,
     _answer,
@@ -40,7 +40,7 @@ SYSTEM_STATUS = "SYSTEM_STATUS"
 # -- components ----------------------------------------------------------------------------------
 def _schemas() -> dict[str, Schema]:
     server_info = _obj({
-        "STATE": _str(enum=list(STATES)),
+        "STATE": _str(enum=[*STATES, *(s for s in REMOTE_STATES if s not in STATES)]),
         "ONLINE": {"type": "boolean"},
         "PID": _nullable(_int()),
         "UPTIME": _str("h:mm:ss since the process started"),
@@ -58,6 +58,11 @@ def _schemas() -> dict[str, Schema]:
         "LAST_RELOAD": _nullable(_schema("Reload")),
         "REQUESTS_SERVED": _int(minimum=0), "RSS_MB": _nullable({"type": "number"}), "RECYCLES": _map(_int()),
         "DEVICE": _nullable(_str("DEVICES: this replica's device (cpu, cuda:<n>)")),
+        "REMOTE": {"type": "boolean", "description": "an address of a remote endpoint (URLS), named "
+                   "<endpoint>@<address>: a model server this gateway did not start"},
+        "URL": _str("remote: the URL of URLS this address was resolved from"),
+        "REQUESTS_UNREACHED": _int(minimum=0, description="remote: requests that could not reach it"),
+        "IN_FLIGHT": _int(minimum=0, description="remote: requests forwarded to it, not answered yet"),
     }, ["STATE", "ONLINE", "PID", "UPTIME", "RESTARTS", "LAST_EXIT_CODE", "ERROR", "DESCRIPTION"])
     support_data = _obj({
         "data": _nullable(_obj(description="the latest metrics the process posted")),

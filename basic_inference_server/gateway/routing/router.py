@@ -8,6 +8,7 @@ holds in flight: past the bound a request gets 503 at once instead of waiting wi
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -18,6 +19,7 @@ from typing import Any
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
 from ...webutil import Answer
+from ..remote.handle import RemoteHandle
 from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
 from .envelope import Envelope
 from .routes import RouteTable
@@ -63,6 +65,7 @@ class Router:
         self.envelope = envelope
         self.admission = admission
         self.response_format = response_format
+        self._turn = itertools.count()
 
     @staticmethod
     def signature_of(payload: dict[str, Any]) -> str:
@@ -91,6 +94,12 @@ class Router:
         ServingError when there is none."""
         routes = self.table.routes
         replicas = routes.servers.get(signature, ())
+        if replicas and replicas[0].is_remote:
+            handle = self.other_address(signature, frozenset())
+            if handle is None:
+                states = ", ".join(f"{h.address} {h.state}" + (f" ({h.error})" if h.error else "") for h in replicas)
+                raise Unavailable(f"endpoint {signature!r}: no model server is READY ({states})", retry_after=2)
+            return handle
         if len(replicas) > 1:
             ready = [h for h in replicas if h.state == READY and not h.health_failures]
             if ready:
@@ -100,6 +109,9 @@ class Router:
             if endpoint is None or endpoint.is_support:
                 raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: "
                                        f"{sorted(routes.servers)}")
+            if endpoint.is_remote and not endpoint.disabled:
+                urls = ", ".join(f"http://{host}:{port}" for host, port in endpoint.urls)
+                raise Unavailable(f"endpoint {signature!r}: no address of {urls} found yet", retry_after=2)
             raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
                                     "an admin can start it with /start_server")
         handle = replicas[0]
@@ -116,6 +128,15 @@ class Router:
         if state == FAILED:
             raise Unavailable(f"endpoint {signature!r} failed: {handle.error}", retry_after=30)
         raise Unavailable(f"endpoint {signature!r} is {state}", retry_after=5)
+
+    def other_address(self, signature: str, tried: frozenset[RemoteHandle]) -> RemoteHandle | None:
+        """The READY address of remote endpoint ``signature`` with the fewest requests in flight,
+        leaving out ``tried``; ties go round in turn, so that a light load spreads too."""
+        ready = [h for h in self.table.routes.servers.get(signature, ()) if h.routable and h not in tried]
+        if not ready:
+            return None
+        start = next(self._turn) % len(ready)
+        return min(ready[start:] + ready[:start], key=lambda h: h.inflight.count)  # type: ignore[union-attr]
 
     def is_flat(self, handle: ChildHandle) -> bool:
         return (handle.endpoint.response_format or self.response_format) == "flat"

@@ -1,12 +1,15 @@
-"""The router's view of the supervisor's table: endpoint name -> its model servers, as a snapshot.
+"""The router's view of who serves what: endpoint name -> its model servers, as a snapshot.
 
-The supervisor builds a new :class:`Routes` whenever a child is added and puts it in the
-:class:`RouteTable` in one assignment; request threads and the event loop read whichever
-snapshot is current, without a lock and without reaching into the supervisor.
+Two writers publish into the :class:`RouteTable`: the supervisor (its children, whenever one is
+added) and the remote endpoints (the addresses of ``URLS``, whenever they change). Each
+publication builds a new :class:`Routes` from the latest of both and puts it in place in one
+assignment; request threads and the event loop read whichever snapshot is current, without a
+lock and without reaching into either writer.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING
 from ...config import EndpointConfig
 
 if TYPE_CHECKING:
+    from ..remote.handle import RemoteHandle
     from ..supervision.handle import ChildHandle
 
 
@@ -22,20 +26,40 @@ if TYPE_CHECKING:
 class Routes:
     """What the router knows: the started model servers by endpoint, and every configured endpoint."""
 
-    servers: Mapping[str, tuple[ChildHandle, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    servers: Mapping[str, tuple[ChildHandle | RemoteHandle, ...]] = field(default_factory=lambda: MappingProxyType({}))
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
-    def build(cls, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle]) -> Routes:
-        servers: dict[str, list[ChildHandle]] = {}
+    def build(cls, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle],
+              remote: Mapping[str, tuple[RemoteHandle, ...]] | None = None) -> Routes:
+        servers: dict[str, list[ChildHandle | RemoteHandle]] = {}
         for handle in sorted((h for h in handles if not h.is_support), key=lambda h: h.replica):
             servers.setdefault(handle.endpoint.name, []).append(handle)
+        for name, addresses in (remote or {}).items():
+            if addresses:
+                servers[name] = list(addresses)
         return cls(MappingProxyType({name: tuple(replicas) for name, replicas in servers.items()}),
                    MappingProxyType({e.name: e for e in endpoints}))
 
 
 class RouteTable:
-    """The current :class:`Routes`; the supervisor replaces it whole, readers take it as it is."""
+    """The current :class:`Routes`, rebuilt whole at each publication; readers take it as it is."""
 
     def __init__(self) -> None:
         self.routes = Routes()
+        self._lock = threading.Lock()
+        self._endpoints: tuple[EndpointConfig, ...] = ()
+        self._handles: list[ChildHandle] = []
+        self._remote: Mapping[str, tuple[RemoteHandle, ...]] = {}
+
+    def publish_local(self, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle]) -> None:
+        """The supervisor's children (and the configuration) changed."""
+        with self._lock:
+            self._endpoints, self._handles = endpoints, handles
+            self.routes = Routes.build(endpoints, handles, self._remote)
+
+    def publish_remote(self, remote: Mapping[str, tuple[RemoteHandle, ...]]) -> None:
+        """The addresses of the remote endpoints (endpoint name -> its model servers) changed."""
+        with self._lock:
+            self._remote = dict(remote)
+            self.routes = Routes.build(self._endpoints, self._handles, self._remote)

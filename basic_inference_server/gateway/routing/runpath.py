@@ -18,35 +18,39 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ... import jsonutil, requestid
-from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
+from ...errors import SHUTTING_DOWN, RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
 from ...transport.frames import MISROUTED, STREAM
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.httpmsg import JSON
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
+from ..remote.client import RemoteClient
+from ..remote.handle import RemoteHandle
 from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
 from .forward import transport_error
 from .router import SYSTEM_STATUS, Router
-from .upstream import ReadTimedOut
+from .upstream import ConnectFailed, ReadTimedOut
 
 logger = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL = 0.1  # how often answers past their deadline are looked for
+_SHUTTING_DOWN = SHUTTING_DOWN.encode()
 CLIENT_GONE = 499  # counted in the metrics for a request whose client left before its answer
 
 
 class RunPath:
     def __init__(self, router: Router, metrics: GatewayMetrics, loop: asyncio.AbstractEventLoop, executor: Executor,
                  system_status: Callable[[], dict[str, Any]],
-                 congested: Callable[[object, bool], None] | None = None):
+                 congested: Callable[[object, bool], None] | None = None, endpoint_token: str | None = None):
         self.router = router
         self.metrics = metrics
         self.loop = loop
         self.executor = executor
         self.system_status = system_status
         self.congested = congested
-        self._channels: dict[str, ChannelClient] = {}
+        self.endpoint_token = endpoint_token  # BIS_ENDPOINT_TOKEN, sent to remote model servers
+        self._channels: dict[str, ChannelClient | RemoteClient] = {}
         loop.call_soon_threadsafe(self._expire)
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Call:
@@ -54,18 +58,23 @@ class RunPath:
         call.route(trust_guess=True)
         return call
 
-    def channel(self, handle: ChildHandle) -> ChannelClient:
-        path = handle.socket_path
-        channel = self._channels.get(path)
+    def channel(self, handle: ChildHandle | RemoteHandle) -> ChannelClient | RemoteClient:
+        """The client of ``handle``: the internal channel of a child, HTTP to a remote server."""
+        key = handle.key
+        channel = self._channels.get(key)
         if channel is None:
             self._forget_idle_channels()
-            channel = self._channels[path] = ChannelClient(self.loop, path, congested=self.congested)
+            if handle.is_remote:
+                channel = RemoteClient(self.loop, handle.host, handle.port, self.endpoint_token)
+            else:
+                channel = ChannelClient(self.loop, key, congested=self.congested)
+            self._channels[key] = channel
         return channel
 
     def _forget_idle_channels(self) -> None:
         """Close the channels of servers that are no longer routed to (a generation replaced by a
         reload or a recycle) once nothing is in flight on them."""
-        live = {h.socket_path for replicas in self.router.table.routes.servers.values() for h in replicas}
+        live = {h.key for replicas in self.router.table.routes.servers.values() for h in replicas}
         for path, channel in list(self._channels.items()):
             if path not in live and not channel.in_flight:
                 channel.close()
@@ -90,7 +99,7 @@ class Call:
     """
 
     __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
-                 "respond", "started", "streaming", "tag")
+                 "respond", "routed", "started", "streaming", "tag", "tried")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
         self.path = path
@@ -105,6 +114,8 @@ class Call:
         self.fmt = streamformat.from_accept(request.accept)  # the stream the client asked for, if any
         self.streaming = False  # the streamed answer has begun
         self.items = self.owed = 0  # items relayed; credits to give back when the client drains
+        self.routed = ""  # the signature read from the body without parsing it ("" once parsed)
+        self.tried: frozenset[RemoteHandle] | None = None  # remote addresses that did not take it
 
     def route(self, trust_guess: bool) -> None:
         path, router = self.path, self.path.router
@@ -120,18 +131,40 @@ class Call:
                 future = path.loop.run_in_executor(path.executor, path.system_status)
                 future.add_done_callback(self._status_done)
                 return
-            handle = router.route_to(signature)
-            router.admission.enter(handle)
-            self.handle, self.flat = handle, router.is_flat(handle)
-            self.channel = path.channel(handle)
-            endpoint = handle.endpoint
-            self.tag = self.channel.send(self.request.request_id, routed or "", raw, endpoint.request_timeout,
-                                         self._replied, self._item,
-                                         endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
+            self.routed = routed or ""
+            self._forward(router.route_to(signature))
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _forward(self, handle: ChildHandle | RemoteHandle) -> None:
+        router = self.path.router
+        router.admission.enter(handle)
+        self.handle, self.flat = handle, router.is_flat(handle)
+        self.channel = self.path.channel(handle)
+        endpoint = handle.endpoint
+        self.tag = self.channel.send(self.request.request_id, self.routed, self.request.body, endpoint.request_timeout,
+                                     self._replied, self._item,
+                                     endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
+
+    def _elsewhere(self, handle: RemoteHandle, status: Any, body: bytes) -> bool:
+        """A remote model server was not reached, or refused the request without running it (503:
+        shutting down, or its queue full): tell its endpoint's table (an address that could not
+        be reached, or is shutting down, is taken out at once) and send the request to another
+        READY address not tried yet. True when it went; a request that may have run is never
+        sent twice."""
+        draining = status == 503 and _SHUTTING_DOWN in body
+        if isinstance(status, OSError) and not isinstance(status, ReadTimedOut) or draining:
+            handle.report(handle, "shutting down" if draining else str(status), draining)
+        if self.streaming or not (isinstance(status, ConnectFailed) or status == 503):
+            return False
+        self.tried = (self.tried or frozenset()) | {handle}
+        other = self.path.router.other_address(handle.endpoint.name, self.tried)
+        if other is None:
+            return False
+        self._forward(other)
+        return True
 
     def cancel(self) -> None:
         """The client went away: stop waiting, and have the model server skip the request if it
@@ -185,6 +218,12 @@ class Call:
             return
         token = requestid.bind(self.request.request_id)
         try:
+            if handle.is_remote:
+                if self._elsewhere(handle, status, body):
+                    return
+                if status == 401:
+                    raise ServerDied(f"model server {handle.name!r} refused this gateway: its BIS_ENDPOINT_TOKEN "
+                                     "is not the gateway's (set the same secret on both)")
             self._answer(status, retry_after, body, flags)
         except ServingError as exc:
             self._fail(exc)

@@ -98,6 +98,9 @@ class InferCall(Call):
             name, version = infer_target(request.target.partition(b"?")[0].decode("latin-1"))
             self.label = name
             handle = route_model(router, name, version)
+            if handle.is_remote:
+                raise ServingError(f"model {name!r} is served by remote model servers (URLS), which take /run "
+                                   "only: V2 infer is not forwarded to them", status=501)
             encoding = request.header(b"content-encoding")
             if encoding not in (None, b"identity"):
                 raise ServingError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: send the body "

@@ -11,7 +11,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...config import EndpointConfig
-from ..routing.routes import Routes
 from .handle import STOPPED, ChildHandle
 from .reload import Reload
 
@@ -53,7 +52,7 @@ class ChangesMixin(_Base):
         """A new configuration entry is in force for one endpoint (under the lock)."""
         self.config = dataclasses.replace(self.config, endpoints=tuple(
             endpoint if e.name == endpoint.name else e for e in self.config.endpoints))
-        self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+        self.table.publish_local(self.config.endpoints, list(self.handles.values()))
 
     def _release(self, handle: ChildHandle) -> None:
         """An old generation (or a new one that failed) has exited: free what it held."""
@@ -80,7 +79,7 @@ class ChangesMixin(_Base):
             handles = [h for h in self.handles.values() if h.endpoint.name in names]
             for handle in handles:
                 del self.handles[handle.name]
-            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+            self.table.publish_local(self.config.endpoints, list(self.handles.values()))
         deadline = time.monotonic() + max(h.endpoint.request_timeout for h in handles) + 5 if handles else 0
         while any(h.inflight.count for h in handles) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -93,4 +92,4 @@ class ChangesMixin(_Base):
         """The configured endpoints from now on (a reloaded configuration)."""
         with self._lock:
             self.config = dataclasses.replace(self.config, endpoints=endpoints)
-            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+            self.table.publish_local(self.config.endpoints, list(self.handles.values()))

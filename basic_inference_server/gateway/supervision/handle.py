@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from ...config import EndpointConfig
 from ...httpserve import InFlight
@@ -44,6 +44,8 @@ def replica_key(name: str, replica: int) -> str:
 @dataclass
 class ChildHandle:
     """One child process and what the gateway knows of it."""
+
+    is_remote: ClassVar[bool] = False
 
     endpoint: EndpointConfig
     port: int | None  # None for support processes
@@ -78,6 +80,11 @@ class ChildHandle:
     @property
     def name(self) -> str:
         return replica_key(self.endpoint.name, self.replica)
+
+    @property
+    def key(self) -> str:
+        """What the gateway's clients are kept by: its internal channel."""
+        return self.socket_path
 
     @property
     def is_support(self) -> bool:

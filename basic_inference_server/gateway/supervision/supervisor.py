@@ -33,7 +33,7 @@ from ...config import EndpointConfig, GatewayConfig
 from ...errors import Conflict
 from ..observe.sysinfo import process_tree_usage
 from ..reconfigure import code_hash
-from ..routing.routes import Routes, RouteTable
+from ..routing.routes import RouteTable
 from ..routing.upstream import Upstream
 from .changes import ChangesMixin
 from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support
@@ -104,6 +104,7 @@ class Supervisor(ChangesMixin):
         self._events: deque[tuple[str, ChildState, ChildState, str, str | None]] = deque()  # for _flush
         self._probes = ThreadPoolExecutor(max_workers=4, thread_name_prefix="health-probe")
         self.reloader = Reloader(self)
+        self.table.publish_local(config.endpoints, [])
 
     # -- the one place that changes a child's state ------------------------------------------
     def _transition(self, handle: ChildHandle, state: ChildState, why: str = "", event: str | None = None) -> None:
@@ -138,7 +139,7 @@ class Supervisor(ChangesMixin):
     def start_enabled(self) -> None:
         """Spawn every enabled child, in configuration order, without waiting (main thread)."""
         for endpoint in self.config.endpoints:
-            if not endpoint.disabled:
+            if not endpoint.disabled and not endpoint.is_remote:
                 with self._lock:
                     handles = [self._handle(endpoint, replica)
                                for replica in range(1 if endpoint.is_support else endpoint.nr_replicas)]
@@ -154,6 +155,8 @@ class Supervisor(ChangesMixin):
         endpoint = self.config.endpoint(name)
         if endpoint is None:
             raise KeyError(name)
+        if endpoint.is_remote:
+            raise Conflict(f"{name!r} is served by the model servers at its URLS; start them where they run")
         with self._lock:
             for current in self.replicas_of(name):
                 if current.state not in (STOPPED, FAILED) or current.pid is not None:
@@ -173,7 +176,7 @@ class Supervisor(ChangesMixin):
         if handle is None:
             port = None if endpoint.is_support else self.ports.allocate(key, endpoint.host)
             handle = self.handles[key] = ChildHandle(endpoint=endpoint, port=port, replica=replica)
-            self.table.routes = Routes.build(self.config.endpoints, list(self.handles.values()))
+            self.table.publish_local(self.config.endpoints, list(self.handles.values()))
         return handle
 
     def replicas_of(self, name: str) -> list[ChildHandle]:

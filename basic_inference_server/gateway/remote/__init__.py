@@ -1,0 +1,1 @@
+"""Remote endpoints: model servers the gateway did not start, reached over HTTP (``URLS``)."""

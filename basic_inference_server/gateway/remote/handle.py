@@ -1,0 +1,76 @@
+"""One address of a remote endpoint (a model server the gateway did not start) and its state.
+
+States (:class:`RemoteState`): PROBING (found, not yet answered) -> READY; READY -> DOWN (a probe
+or a request failed to reach it) -> READY (a probe succeeded again); READY -> DRAINING (it said it
+is shutting down) -> READY or gone. An address that DNS no longer returns leaves the table.
+Only :meth:`RemoteEndpoints._transition <basic_inference_server.gateway.remote.pool.RemoteEndpoints>`
+changes a state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, ClassVar
+
+from ...config import EndpointConfig
+from ...httpserve import InFlight
+from ..routing.upstream import Upstream
+
+
+class RemoteState(str, Enum):
+    PROBING = "PROBING"
+    READY = "READY"
+    DOWN = "DOWN"
+    DRAINING = "DRAINING"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+@dataclass(eq=False)
+class RemoteHandle:
+    """One model server of a remote endpoint, at ``host:port`` (an address ``source`` resolved to)."""
+
+    is_remote: ClassVar[bool] = True
+    is_support: ClassVar[bool] = False
+    pid: ClassVar[None] = None
+    generation: ClassVar[int] = 1
+
+    endpoint: EndpointConfig
+    host: str
+    port: int
+    source: str  # the URL of URLS it came from
+    state: RemoteState = RemoteState.PROBING  # changed only by RemoteEndpoints._transition
+    error: str | None = None
+    since: float = 0.0  # time.monotonic() of the last change of state
+    inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
+    served: int = 0  # answers relayed from it (counted by the event loop alone)
+    failed: int = 0  # requests that could not reach it (refused, lost)
+    health_failures: int = 0  # consecutive failed probes
+    workers: dict[str, Any] = field(default_factory=dict)  # from its last /health
+    http: Upstream | None = field(default=None, repr=False)  # probes and admin routes
+    report: Callable[[RemoteHandle, str, bool], None] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.endpoint.name}@{self.address}"
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def key(self) -> str:
+        """What the gateway's clients are kept by (one pool of connections per address)."""
+        return "http://" + self.address
+
+    @property
+    def capacity(self) -> int:
+        endpoint = self.endpoint
+        return endpoint.nr_workers * endpoint.max_batch_size + endpoint.max_queue
+
+    @property
+    def routable(self) -> bool:
+        return self.state is RemoteState.READY

@@ -1,0 +1,197 @@
+"""The remote endpoints of a gateway: where their model servers are, and which of them can serve.
+
+For each endpoint with ``URLS``, every ``RESOLVE_INTERVAL`` the host names are resolved again (a
+name may return several addresses: every replica of a Docker Swarm service as
+``tasks.<service>``, or of a Kubernetes headless Service), new addresses are added as PROBING and
+addresses no longer returned leave the table (their requests in flight still finish). Every
+``PROBE_INTERVAL`` each address's ``/health`` is probed: READY when it answers READY, DRAINING when
+it says it is shutting down, DOWN after ``PROBE_FAILURES`` failed probes in a row. A request that
+could not reach an address (refused, connection lost) takes it out at once
+(:meth:`RemoteEndpoints.report`, from the event loop); a probe brings it back. The router sends
+requests only to READY addresses. All this runs on one thread of its own (probes on a small pool),
+never in the event loop, and publishes each change into the route table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
+
+from ...config import EndpointConfig
+from ..routing.routes import RouteTable
+from ..routing.upstream import Upstream
+from .handle import RemoteHandle, RemoteState
+
+logger = logging.getLogger(__name__)
+
+RESOLVE_INTERVAL = 2.0
+PROBE_INTERVAL = 0.5
+PROBE_TIMEOUT = 1.0
+PROBE_FAILURES = 2
+
+
+def resolve(host: str, port: int) -> list[str]:
+    """The addresses ``host`` has (IPv4 ones when it has any: ``localhost`` is one server, not two)."""
+    found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    v4 = sorted({info[4][0] for info in found if info[0] == socket.AF_INET})
+    return v4 or sorted({info[4][0] for info in found})
+
+
+class RemoteEndpoints:
+    """Resolves, probes and publishes the addresses of the endpoints that have ``URLS``."""
+
+    def __init__(self, endpoints: Iterable[EndpointConfig], table: RouteTable):
+        self.table = table
+        self.endpoints = {e.name: e for e in endpoints if e.is_remote and not e.disabled}
+        self.addresses: dict[str, dict[tuple[str, int], RemoteHandle]] = {name: {} for name in self.endpoints}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="remote-probe")
+        self._resolve_errors: dict[str, str] = {}  # URL -> the last error, logged once
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        if self.endpoints:
+            self._thread = threading.Thread(target=self._run, name="remote-endpoints", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(PROBE_TIMEOUT + 2)
+        self._probes.shutdown(wait=False, cancel_futures=True)
+
+    def configure(self, endpoints: Iterable[EndpointConfig]) -> None:
+        """A reloaded configuration: remote endpoints added, changed (their addresses are resolved
+        again at once; requests in flight finish) or removed (out of the route table at once)."""
+        wanted = {e.name: e for e in endpoints if e.is_remote and not e.disabled}
+        with self._lock:
+            for name in [n for n in self.addresses if n not in wanted]:
+                del self.addresses[name]
+            for name, endpoint in wanted.items():
+                self.addresses.setdefault(name, {})
+                for handle in self.addresses[name].values():
+                    handle.endpoint = endpoint
+            self.endpoints = wanted
+        self.resolve_all(publish=True)
+        if wanted and self._thread is None:
+            self.start()
+
+    def _run(self) -> None:
+        next_resolve = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() >= next_resolve:
+                self.resolve_all()
+                next_resolve = time.monotonic() + RESOLVE_INTERVAL
+            self.probe_all()
+            self._stop.wait(PROBE_INTERVAL)
+
+    # -- reading (any thread) ----------------------------------------------------------------
+    def handles(self) -> list[RemoteHandle]:
+        with self._lock:
+            return [h for table in self.addresses.values() for h in table.values()]
+
+    def not_ready(self) -> dict[str, str]:
+        """Remote endpoints without a READY address: name -> why."""
+        with self._lock:
+            return {name: "no READY address" for name, table in self.addresses.items()
+                    if not any(h.routable for h in table.values())}
+
+    # -- the one place that changes an address's state ---------------------------------------
+    def _transition(self, handle: RemoteHandle, state: RemoteState, why: str | None) -> None:
+        with self._lock:
+            previous = handle.state
+            handle.error = why if state is not RemoteState.READY else None
+            if previous is state:
+                return
+            handle.state, handle.since = state, time.monotonic()
+        level = logging.INFO if state in (RemoteState.READY, RemoteState.DRAINING) else logging.WARNING
+        logger.log(level, "%s: %s -> %s%s", handle.name, previous, state, f" ({why})" if why else "")
+
+    def report(self, handle: RemoteHandle, why: str, draining: bool) -> None:
+        """A request could not be served by ``handle`` (event loop): route no more to it until a
+        probe finds it READY again."""
+        handle.failed += 1
+        self._transition(handle, RemoteState.DRAINING if draining else RemoteState.DOWN, why)
+
+    # -- resolving ---------------------------------------------------------------------------
+    def resolve_all(self, publish: bool = False) -> None:
+        changed = publish
+        for name, endpoint in list(self.endpoints.items()):
+            found: dict[tuple[str, int], str] = {}
+            failed = False
+            for host, port in endpoint.urls:
+                source = f"http://{host}:{port}"
+                try:
+                    addresses = resolve(host, port)
+                except OSError as exc:
+                    failed = True
+                    if self._resolve_errors.get(source) != str(exc):
+                        self._resolve_errors[source] = str(exc)
+                        logger.warning("%s: cannot resolve %s: %s", name, source, exc)
+                    continue
+                self._resolve_errors.pop(source, None)
+                for address in addresses:
+                    found.setdefault((address, port), source)
+            changed |= self._update(endpoint, found, keep_missing=failed and not found)
+        if changed:
+            with self._lock:
+                snapshot = {name: tuple(table.values()) for name, table in self.addresses.items()}
+            self.table.publish_remote(snapshot)
+
+    def _update(self, endpoint: EndpointConfig, found: dict[tuple[str, int], str], keep_missing: bool) -> bool:
+        """Add the new addresses, drop the ones DNS no longer returns (not while DNS fails)."""
+        with self._lock:
+            table = self.addresses.get(endpoint.name)
+            if table is None:  # removed by a reloaded configuration meanwhile
+                return False
+            added = [key for key in found if key not in table]
+            gone = [] if keep_missing else [key for key in table if key not in found]
+            for host, port in added:
+                table[(host, port)] = RemoteHandle(endpoint=endpoint, host=host, port=port, source=found[(host, port)],
+                                                   since=time.monotonic(), http=Upstream(host, port, maxsize=2),
+                                                   report=self.report)
+            removed = [table.pop(key) for key in gone]
+        for handle in removed:
+            logger.info("%s: no longer an address of %s", handle.name, handle.source)
+            if handle.http is not None:
+                handle.http.close()
+        for key in added:
+            logger.info("%s: found at %s", table[key].name, table[key].source)
+        return bool(added or removed)
+
+    # -- probing -----------------------------------------------------------------------------
+    def probe_all(self) -> None:
+        handles = self.handles()
+        if handles:
+            wait([self._probes.submit(self._probe, h) for h in handles], timeout=PROBE_TIMEOUT + 1)
+
+    def _probe(self, handle: RemoteHandle) -> None:
+        try:
+            reply = handle.http.request("GET", "/health", timeout=PROBE_TIMEOUT)  # type: ignore[union-attr]
+            body = json.loads(reply.data) if reply.data.startswith(b"{") else {}
+        except (OSError, ValueError) as exc:
+            self._probe_failed(handle, f"/health: {exc}")
+            return
+        status = body.get("status") if isinstance(body, dict) else None
+        if isinstance(body.get("workers"), dict):
+            handle.workers = body["workers"]
+        if reply.status == 200 and status == "READY":
+            handle.health_failures = 0
+            self._transition(handle, RemoteState.READY, None)
+        elif status == "DRAINING":
+            handle.health_failures = 0
+            self._transition(handle, RemoteState.DRAINING, "shutting down")
+        else:
+            self._probe_failed(handle, f"/health answered {reply.status} {status or ''}".rstrip())
+
+    def _probe_failed(self, handle: RemoteHandle, why: str) -> None:
+        handle.health_failures += 1
+        if handle.health_failures >= PROBE_FAILURES or handle.state is not RemoteState.READY:
+            self._transition(handle, RemoteState.DOWN, why)
