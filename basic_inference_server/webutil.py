@@ -155,18 +155,22 @@ def endpoint_token() -> str | None:
     ``BIS_ENDPOINT_TOKEN_FILE`` names (stripped), else None. ValueError when that file cannot be
     read or is empty (the message names the file, never the secret)."""
     value = os.environ.get(ENDPOINT_TOKEN_ENV)
-    if value:
-        return value
-    path = os.environ.get(ENDPOINT_TOKEN_FILE_ENV)
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            value = file.read().strip()
-    except OSError as exc:
-        raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: cannot read {path}: {exc.strerror}") from None
+    where = ENDPOINT_TOKEN_ENV
     if not value:
-        raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: {path} is empty")
+        path = os.environ.get(ENDPOINT_TOKEN_FILE_ENV)
+        if not path:
+            return None
+        where = f"{ENDPOINT_TOKEN_FILE_ENV} ({path})"
+        try:
+            with open(path, encoding="utf-8") as file:
+                value = file.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: cannot read {path}: {reason}") from None
+        if not value:
+            raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: {path} is empty")
+    if not all(33 <= ord(char) <= 126 for char in value):  # it travels in an HTTP header
+        raise ValueError(f"{where}: the secret must be printable ASCII without spaces")
     return value
 ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
 ENDPOINT_TOKEN_ENVIRON = "HTTP_X_ENDPOINT_TOKEN"

@@ -81,6 +81,13 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
         logger.warning("reload_config: %s cannot change while the gateway runs: restart it for them",
                        ", ".join(todo.needs_restart))
     after = {e.name: e for e in new.endpoints}
+    # Remote endpoints first: added and changed ones are resolved and probed now (one coming back
+    # to local children stays remote until the end), and an endpoint moving to remote servers keeps
+    # its children until one of those servers is READY.
+    before = {e.name: e for e in supervisor.config.endpoints}
+    gateway.remote.configure([before[e.name] if e.name in before and before[e.name].is_remote and not e.is_remote
+                              else e for e in new.endpoints])
+    gateway.remote.wait_ready([n for n in todo.changed if after[n].is_remote and n in running], timeout=10)
     stopped = supervisor.remove_endpoints(todo.removed)
     supervisor.set_endpoints(tuple(e for e in supervisor.config.endpoints if e.name not in todo.removed)
                              + tuple(after[name] for name in todo.added))

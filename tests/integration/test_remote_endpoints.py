@@ -153,6 +153,7 @@ def test_clear_errors_when_no_remote_server_can_answer(gateway_factory, remote_s
     config = {"CONFIG_ENDPOINTS": {
         "echo": {**REMOTE_ENTRY, "URLS": f"http://localhost:{servers[0].port}"},  # a name, resolved to 127.0.0.1
         "nowhere": {**REMOTE_ENTRY, "URLS": ["http://no-such-host.invalid:5003"]},
+        "other": {**REMOTE_ENTRY, "URLS": [f"http://127.0.0.1:{servers[0].port}"]},  # echo's server, not other's
         "local": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1}}}
     wrong = gateway_factory(config, FILES, env={"BIS_ENDPOINT_TOKEN": SECRET + "-wrong"}, wait_ready=False)
     wrong.wait_state(f"echo@127.0.0.1:{servers[0].port}", "READY", timeout=10)
@@ -164,6 +165,9 @@ def test_clear_errors_when_no_remote_server_can_answer(gateway_factory, remote_s
     ready = wrong.get("/ready")
     assert ready.status_code == 503 and "nowhere" in ready.json()["NOT_READY"]
     assert wrong.run("local", VALUE=1).status_code == 200  # the rest works
+    other = wrong.wait_state(f"other@127.0.0.1:{servers[0].port}", "DOWN", timeout=5)
+    assert "serves 'echo', not 'other'" in other["ERROR"]
+    assert wrong.run("other", VALUE=1).status_code == 503  # never sent to another endpoint's model
     started = wrong.admin("/start_server", {"SIGNATURE": "echo"})
     assert started.status_code == 409 and "URLS" in started.json()["ERROR"]
     servers[0].stop()

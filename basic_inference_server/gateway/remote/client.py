@@ -55,7 +55,7 @@ class RemoteClient:
         self.loop = loop
         self.host, self.port = host, port
         self.max_reply = max_reply
-        self._host_line = f"Host: {host}:{port}\r\n".encode("latin-1")
+        self._host_line = f"Host: {f'[{host}]' if ':' in host else host}:{port}\r\n".encode("latin-1")
         self._token_line = f"{ENDPOINT_TOKEN_HEADER}: {token}\r\n".encode("latin-1") if token else b""
         self._idle: list[_HttpConnection] = []
         self._active: dict[int, _Request] = {}
@@ -184,6 +184,7 @@ class _HttpConnection(asyncio.Protocol):
         self.stream = False
         self.sse = bytearray()
         self.ending: tuple[int, bytes] | None = None  # a stream's last event: (status, data)
+        self.refused: OSError | None = None  # why the answer was given up while parsing it
         self._header_name = b""
         self.content_type = b""
 
@@ -238,7 +239,7 @@ class _HttpConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(ConnectionLost(f"model server sent malformed HTTP: {exc}"))
+            self._fail(self.refused or ConnectionLost(f"model server sent malformed HTTP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -268,12 +269,16 @@ class _HttpConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
-        if self.size > self.client.max_reply and not self.stream:
-            raise ConnectionLost(f"answer over the limit of {self.client.max_reply} bytes")
         if not self.stream:
+            if self.size > self.client.max_reply:
+                self.refused = ConnectionLost(f"answer over the limit of {self.client.max_reply} bytes")
+                raise self.refused  # stops the parser; data_received fails the request with it
             self.body.append(body)
             return
-        self.sse += body
+        self.sse += body.replace(b"\r\n", b"\n") if b"\r" in body else body
+        if len(self.sse) > self.client.max_reply:
+            self.refused = ConnectionLost(f"an item over the limit of {self.client.max_reply} bytes")
+            raise self.refused
         while (end := self.sse.find(b"\n\n")) >= 0:
             event, data = b"message", []
             for line in bytes(self.sse[:end]).split(b"\n"):
@@ -284,6 +289,8 @@ class _HttpConnection(asyncio.Protocol):
                 elif field == b"data":
                     data.append(value)
             del self.sse[:end + 2]
+            if not data:
+                continue  # a comment or a keep-alive: no event
             payload = b"\n".join(data)
             if event == b"end":
                 self.ending = (200, payload)

@@ -54,6 +54,8 @@ class RemoteEndpoints:
         self._thread: threading.Thread | None = None
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="remote-probe")
         self._resolve_errors: dict[str, str] = {}  # URL -> the last error, logged once
+        self._probing: set[RemoteHandle] = set()  # addresses whose probe is still running
+        self._resolving = threading.Lock()  # one resolve_all at a time (the loop's, a reload's)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +105,15 @@ class RemoteEndpoints:
             return {name: "no READY address" for name, table in self.addresses.items()
                     if not any(h.routable for h in table.values())}
 
+    def wait_ready(self, names: list[str], timeout: float) -> bool:
+        """Wait until each endpoint of ``names`` has a READY address (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while any(name in self.not_ready() for name in names):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     # -- the one place that changes an address's state ---------------------------------------
     def _transition(self, handle: RemoteHandle, state: RemoteState, why: str | None) -> None:
         with self._lock:
@@ -122,41 +133,43 @@ class RemoteEndpoints:
 
     # -- resolving ---------------------------------------------------------------------------
     def resolve_all(self, publish: bool = False) -> None:
-        changed = publish
-        for name, endpoint in list(self.endpoints.items()):
-            found: dict[tuple[str, int], str] = {}
-            failed = False
-            for host, port in endpoint.urls:
-                source = f"http://{host}:{port}"
-                try:
-                    addresses = resolve(host, port)
-                except OSError as exc:
-                    failed = True
-                    if self._resolve_errors.get(source) != str(exc):
-                        self._resolve_errors[source] = str(exc)
-                        logger.warning("%s: cannot resolve %s: %s", name, source, exc)
-                    continue
-                self._resolve_errors.pop(source, None)
-                for address in addresses:
-                    found.setdefault((address, port), source)
-            changed |= self._update(endpoint, found, keep_missing=failed and not found)
-        if changed:
-            with self._lock:
-                snapshot = {name: tuple(table.values()) for name, table in self.addresses.items()}
-            self.table.publish_remote(snapshot)
+        with self._resolving:
+            changed = publish
+            for name, endpoint in list(self.endpoints.items()):
+                found: dict[tuple[str, int], str] = {}
+                unresolved: set[str] = set()  # URLs whose addresses are kept while their DNS fails
+                for host, port in endpoint.urls:
+                    source = f"http://{host}:{port}"
+                    try:
+                        addresses = resolve(host, port)
+                    except OSError as exc:
+                        unresolved.add(source)
+                        if self._resolve_errors.get(source) != str(exc):
+                            self._resolve_errors[source] = str(exc)
+                            logger.warning("%s: cannot resolve %s: %s", name, source, exc)
+                        continue
+                    self._resolve_errors.pop(source, None)
+                    for address in addresses:
+                        found.setdefault((address, port), source)
+                changed |= self._update(endpoint, found, unresolved)
+            if changed:
+                with self._lock:
+                    snapshot = {name: tuple(table.values()) for name, table in self.addresses.items()}
+                self.table.publish_remote(snapshot)
 
-    def _update(self, endpoint: EndpointConfig, found: dict[tuple[str, int], str], keep_missing: bool) -> bool:
-        """Add the new addresses, drop the ones DNS no longer returns (not while DNS fails)."""
+    def _update(self, endpoint: EndpointConfig, found: dict[tuple[str, int], str], unresolved: set[str]) -> bool:
+        """Add the new addresses, drop the ones DNS no longer returns (not those of a URL whose
+        DNS fails just now)."""
         with self._lock:
             table = self.addresses.get(endpoint.name)
-            if table is None:  # removed by a reloaded configuration meanwhile
+            if table is None or self.endpoints.get(endpoint.name) is not endpoint:  # a reload came meanwhile
                 return False
             added = [key for key in found if key not in table]
-            gone = [] if keep_missing else [key for key in table if key not in found]
+            gone = [key for key, handle in table.items() if key not in found and handle.source not in unresolved]
             for host, port in added:
+                probes = Upstream(host, port, maxsize=2, connect_timeout=PROBE_TIMEOUT)
                 table[(host, port)] = RemoteHandle(endpoint=endpoint, host=host, port=port, source=found[(host, port)],
-                                                   since=time.monotonic(), http=Upstream(host, port, maxsize=2),
-                                                   report=self.report)
+                                                   since=time.monotonic(), http=probes, report=self.report)
             removed = [table.pop(key) for key in gone]
         for handle in removed:
             logger.info("%s: no longer an address of %s", handle.name, handle.source)
@@ -168,18 +181,34 @@ class RemoteEndpoints:
 
     # -- probing -----------------------------------------------------------------------------
     def probe_all(self) -> None:
-        handles = self.handles()
-        if handles:
-            wait([self._probes.submit(self._probe, h) for h in handles], timeout=PROBE_TIMEOUT + 1)
+        """Probe every address whose last probe has finished (one slow address holds back only itself)."""
+        futures = []
+        for handle in self.handles():
+            if handle not in self._probing:
+                self._probing.add(handle)
+                futures.append(self._probes.submit(self._probe, handle))
+        if futures:
+            wait(futures, timeout=PROBE_TIMEOUT + 1)
 
     def _probe(self, handle: RemoteHandle) -> None:
+        try:
+            self._probe_once(handle)
+        finally:
+            self._probing.discard(handle)
+
+    def _probe_once(self, handle: RemoteHandle) -> None:
         try:
             reply = handle.http.request("GET", "/health", timeout=PROBE_TIMEOUT)  # type: ignore[union-attr]
             body = json.loads(reply.data) if reply.data.startswith(b"{") else {}
         except (OSError, ValueError) as exc:
             self._probe_failed(handle, f"/health: {exc}")
             return
-        status = body.get("status") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            body = {}
+        status, served = body.get("status"), body.get("name")
+        if served != handle.endpoint.name:  # another endpoint's server (a wrong URL, a reused address)
+            self._probe_failed(handle, f"{handle.address} serves {served!r}, not {handle.endpoint.name!r}", now=True)
+            return
         if isinstance(body.get("workers"), dict):
             handle.workers = body["workers"]
         if reply.status == 200 and status == "READY":
@@ -191,7 +220,7 @@ class RemoteEndpoints:
         else:
             self._probe_failed(handle, f"/health answered {reply.status} {status or ''}".rstrip())
 
-    def _probe_failed(self, handle: RemoteHandle, why: str) -> None:
+    def _probe_failed(self, handle: RemoteHandle, why: str, now: bool = False) -> None:
         handle.health_failures += 1
-        if handle.health_failures >= PROBE_FAILURES or handle.state is not RemoteState.READY:
+        if now or handle.health_failures >= PROBE_FAILURES or handle.state is not RemoteState.READY:
             self._transition(handle, RemoteState.DOWN, why)

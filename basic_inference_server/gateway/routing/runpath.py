@@ -141,8 +141,12 @@ class Call:
     def _forward(self, handle: ChildHandle | RemoteHandle) -> None:
         router = self.path.router
         router.admission.enter(handle)
-        self.handle, self.flat = handle, router.is_flat(handle)
-        self.channel = self.path.channel(handle)
+        try:
+            self.handle, self.flat = handle, router.is_flat(handle)
+            self.channel = self.path.channel(handle)
+        except BaseException:
+            router.admission.exit(handle)
+            raise
         endpoint = handle.endpoint
         self.tag = self.channel.send(self.request.request_id, self.routed, self.request.body, endpoint.request_timeout,
                                      self._replied, self._item,
@@ -155,7 +159,7 @@ class Call:
         READY address not tried yet. True when it went; a request that may have run is never
         sent twice."""
         draining = status == 503 and _SHUTTING_DOWN in body
-        if isinstance(status, OSError) and not isinstance(status, ReadTimedOut) or draining:
+        if isinstance(status, ConnectFailed) or draining:  # a connection lost may be the gateway's doing
             handle.report(handle, "shutting down" if draining else str(status), draining)
         if self.streaming or not (isinstance(status, ConnectFailed) or status == 503):
             return False
