@@ -72,8 +72,6 @@ def setup_process_logging(
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
-    # waitress logs every queued task at WARNING under load; that is our metric, not a fault.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     return path
 
 

@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import exitcodes
-from ..httpserve import HttpServer
 from ..logger import Logger
 from ..logs import setup_process_logging
+from ..transport.httpfront import FrontLimits, HttpFront
 from ..webutil import endpoint_token
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
 from .discovery import DiscoveryError, import_worker, locate_worker
+from .httpfast import FastRun
 from .notifications import GENERAL, NotificationStore
 from .placement import local_device, warmup_inputs
 from .pool import WorkerPool
@@ -117,7 +118,8 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     except ValueError as exc:
         return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")
     try:
-        http = HttpServer(create_wsgi(state, token), spec.host, spec.port, spec.server_threads, spec.max_body_bytes)
+        http = HttpFront(create_wsgi(state, token), spec.host, spec.port, fast_path=spec.execution_path,
+                         threads=spec.server_threads, limits=FrontLimits(max_body=spec.max_body_bytes))
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None
@@ -127,6 +129,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         except OSError as exc:
             return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
         channel.start()
+    http.fast_handler = FastRun(state, http.loop, token)
     http.start()
     started = time.monotonic()
     logger.info("%s listening on %s:%d%s; loading %d worker(s) of %s", name, spec.host, http.port,
@@ -153,7 +156,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
             channel.close()
 
 
-def _drain(state: ServerState, http: HttpServer, grace: float, linger: float = 0.0) -> int:
+def _drain(state: ServerState, http: HttpFront, grace: float, linger: float = 0.0) -> int:
     """Finish the requests in flight (within ``grace``) while refusing new ones with 503 "shutting
     down", for at least ``linger`` seconds: a server run on its own is called by gateways that
     learn it is leaving from those answers and their probes, and must not close its port on a

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from conftest import FIXTURES, REPO, Gateway, make_app
@@ -90,3 +92,39 @@ def test_an_unknown_or_support_endpoint_is_a_configuration_error(tmp_path):
             assert f"No endpoint '{name}'" in process.output() and "['echo']" in process.output()
         finally:
             process.stop()
+
+
+def test_run_on_the_servers_own_port_keeps_its_deadline_and_queue_bound(tmp_path):
+    """/run on a model server's port is answered in its event loop: 504 past REQUEST_TIMEOUT (the
+    server goes on), 503 past MAX_QUEUE, and a client that leaves frees its place in the queue."""
+    config = {"CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1, "MAX_QUEUE": 1,
+                                            "REQUEST_TIMEOUT": 1}}}
+    process = EndpointProcess(make_app(tmp_path, config, FILES)).start()
+    try:
+        url = f"{process.url}/run"
+        late = requests.post(url, json={"VALUE": 1, "SLEEP": 2}, timeout=10)
+        assert late.status_code == 504 and "REQUEST_TIMEOUT=1s" in late.json()["ERROR"]
+        time.sleep(1.2)  # the worker finishes the late one
+        with ThreadPoolExecutor(3) as pool:
+            replies = list(pool.map(lambda _: requests.post(url, json={"VALUE": 2, "SLEEP": 0.5}, timeout=10),
+                                    range(3)))
+        statuses = sorted(r.status_code for r in replies)
+        assert statuses[0] == 200 and 503 in statuses  # one runs, one waits, the one past MAX_QUEUE is refused
+        assert all(r.json()["error"]["type"] == "Overloaded" for r in replies if r.status_code == 503)
+        # A client that leaves while queued: its place goes to the next one (else MAX_QUEUE 1 is full).
+        def post(sock: socket.socket, body: bytes) -> None:
+            sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body))
+
+        with socket.create_connection(("127.0.0.1", process.port)) as busy:
+            post(busy, b'{"VALUE": 3, "SLEEP": 0.8}')  # holds the one worker
+            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", process.port)) as leaver:
+                post(leaver, b'{"VALUE": 4}')  # queued behind it
+                time.sleep(0.2)
+            time.sleep(0.1)
+            queued = requests.post(url, json={"VALUE": 5}, timeout=10)
+            assert queued.status_code == 200 and queued.json()["predict_result"]["echo"] == 5
+        assert process.get("/health").json()["workers"]["queue"] == 0
+    finally:
+        process.stop()
+    process.assert_nothing_left()

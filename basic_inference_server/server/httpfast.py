@@ -1,0 +1,243 @@
+"""``POST /run`` on the model server's own HTTP port, in the HTTP front's event loop.
+
+The model server's port is served by the same front as the gateway's
+(:class:`~basic_inference_server.transport.httpfront.HttpFront`: uvloop, httptools, no thread per
+connection). A ``/run`` is accepted in the loop, queued for the worker pool without waiting, and
+answered from the loop when the worker that ran it is done, within ``REQUEST_TIMEOUT`` (504, and
+the job is dropped from the queue or its answer ignored); a client that leaves cancels it. A
+streamed answer (``Accept``, or ``"STREAM": true``) is written item by item as the worker yields
+them, with the same credit as over the gateway's channel. Every other route goes to the WSGI app
+(Flask) on the front's thread pool. This is what a gateway
+calls for a remote endpoint, and what a client calling a server directly gets; the behaviour is
+the WSGI path's: ``BIS_ENDPOINT_TOKEN`` (401), ``X-Routed-Signature`` (421), 503 while draining or
+with the queue full, the same JSON errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import TYPE_CHECKING
+
+from .. import jsonutil, requestid
+from ..errors import InvalidInput, Misrouted, RequestTimeout, ServingError, Unauthorized
+from ..transport import streamformat
+from ..transport.httpmsg import HttpRequest, Responder
+from ..webutil import ENDPOINT_TOKEN_HEADER
+from .pool import Job
+
+if TYPE_CHECKING:
+    from .app import ServerState
+
+_TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
+_ROUTED = b"x-routed-signature"
+
+
+class FastRun:
+    """The front's handler of ``POST /run`` (called in the loop)."""
+
+    def __init__(self, state: ServerState, loop: asyncio.AbstractEventLoop, token: str | None):
+        self.state = state
+        self.loop = loop
+        self.token = token.encode() if token else None
+
+    def __call__(self, request: HttpRequest, respond: Responder) -> _Call | None:
+        state = self.state
+        token = requestid.bind(request.request_id)
+        try:
+            if self.token is not None and not hmac.compare_digest(request.header(_TOKEN) or b"", self.token):
+                raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
+            routed = (request.header(_ROUTED) or b"").decode("latin-1")
+            accepted = state._accept(request.body, routed)
+            if accepted is None:
+                raise Misrouted(f"the body's SIGNATURE is not {routed!r}")
+            inputs, call_id, wants_stream = accepted
+            fmt = streamformat.from_accept(request.accept) or (streamformat.SSE if wants_stream else None)
+            call: _Call | _StreamCall
+            if fmt is not None:
+                call = _StreamCall(self, respond, fmt, inputs, call_id, request.request_id)
+            else:
+                call = _Call(self, respond, Job(inputs, call_id, request.request_id))
+            call.start()
+            return call
+        except ServingError as exc:
+            _fail(respond, exc)
+            return None
+        except (UnicodeDecodeError, ValueError) as exc:
+            _fail(respond, InvalidInput(f"the request is not valid: {exc}"))
+            return None
+        finally:
+            requestid.unbind(token)
+
+
+class _Queued:
+    """A ``/run`` queued for the workers and answered from the loop (once: ``ended``)."""
+
+    __slots__ = ("ended", "fast", "job", "respond", "timer")
+
+    def __init__(self, fast: FastRun, respond: Responder, job: Job):
+        self.fast, self.respond, self.job = fast, respond, job
+        self.ended = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def _enqueue(self) -> None:
+        state = self.fast.state
+        state.inflight.enter()
+        try:
+            state.pool.enqueue(self.job)
+        except BaseException:
+            state.inflight.exit()
+            raise
+
+    def _settle(self) -> None:
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def cancel(self) -> None:
+        """The client left before the end of its answer: the job leaves the queue, or its answer
+        is dropped (a generator is closed)."""
+        if not self.ended:
+            self._settle()
+            self.fast.state.pool.cancel(self.job)
+
+
+class _Call(_Queued):
+    """One ``/run`` answered whole."""
+
+    __slots__ = ()
+
+    def __init__(self, fast: FastRun, respond: Responder, job: Job):
+        super().__init__(fast, respond, job)
+        job.on_done = self._done_in_worker
+
+    def start(self) -> None:
+        self._enqueue()
+        self.timer = self.fast.loop.call_later(self.fast.state.request_timeout, self._timed_out)
+
+    def _done_in_worker(self, job: Job) -> None:
+        self.fast.state.inflight.exit()
+        if not job.cancelled:
+            self.fast.loop.call_soon_threadsafe(self._answer)
+
+    def _answer(self) -> None:
+        if self.ended:
+            return
+        self._settle()
+        token = requestid.bind(self.job.request_id)
+        try:
+            status, body, headers = self.fast.state.answer_of(self.job)
+        except ServingError as exc:
+            _fail(self.respond, exc)
+            return
+        finally:
+            requestid.unbind(token)
+        self.respond(status, body, list(headers.items()) if headers else None)
+
+    def _timed_out(self) -> None:
+        if self.ended:
+            return
+        self._settle()
+        self.fast.state.pool.cancel(self.job)
+        _fail(self.respond, RequestTimeout(
+            f"request did not finish within REQUEST_TIMEOUT={self.fast.state.request_timeout:g}s"))
+
+    def resumed(self) -> None:
+        """Nothing is streamed here."""
+
+
+class _StreamCall(_Queued):
+    """One streamed ``/run``: the worker's items are written as they come (SSE or NDJSON), each
+    one the client has taken lets the worker send one more; the end (or the error that ends
+    it) comes last. ``STREAM_IDLE_TIMEOUT`` and ``STREAM_TIMEOUT`` apply as at the gateway."""
+
+    __slots__ = ("began", "deadline", "ends_at", "fmt", "owed")
+
+    def __init__(self, fast: FastRun, respond: Responder, fmt: streamformat.StreamFormat, inputs: dict,
+                 call_id: int, request_id: str):
+        out = fast.state.stream_out(self._item_in_worker, lambda: None)
+        super().__init__(fast, respond, Job(inputs, call_id, request_id, on_done=self._done_in_worker, stream=out))
+        self.fmt = fmt
+        self.began = False
+        self.owed = 0
+        now = fast.loop.time()
+        self.deadline = now + fast.state.stream_idle_timeout
+        self.ends_at = now + fast.state.stream_timeout
+
+    def start(self) -> None:
+        self._enqueue()
+        self.timer = self.fast.loop.call_at(min(self.deadline, self.ends_at), self._check_time)
+
+    # -- from the worker's thread ----------------------------------------------------------------
+    def _item_in_worker(self, item: bytes) -> None:
+        self.fast.loop.call_soon_threadsafe(self._item, item)
+
+    def _done_in_worker(self, job: Job) -> None:
+        self.fast.state.inflight.exit()
+        if job.cancelled:
+            return
+        items, (status, body, _flags) = self.fast.state.stream_end(job)
+        for item in items:
+            self._item_in_worker(item)
+        if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
+            error = job.error or ServingError("streamed answer failed")
+            self.fast.loop.call_soon_threadsafe(self._fail_whole, error)
+            return
+        final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
+        job.stream.end(lambda: self.fast.loop.call_soon_threadsafe(self._end, final))
+
+    # -- in the loop -------------------------------------------------------------------------------
+    def _item(self, item: bytes) -> None:
+        if self.ended:
+            return
+        self.deadline = self.fast.loop.time() + self.fast.state.stream_idle_timeout
+        data = self.fmt.item(item)
+        taken = self.respond.chunk(data) if self.began else self.respond.start_stream(self.fmt.content_type, data)
+        self.began = True
+        if taken:
+            self.job.stream.grant(1)
+        else:
+            self.owed += 1
+
+    def _end(self, final: bytes) -> None:
+        if self.ended:
+            return
+        self._settle()
+        if not self.began:
+            self.respond.start_stream(self.fmt.content_type)
+        self.respond.end_stream(final)
+
+    def _fail_whole(self, error: ServingError) -> None:
+        if not self.ended:
+            self._settle()
+            _fail(self.respond, error)
+
+    def _check_time(self) -> None:
+        if self.ended:
+            return
+        now = self.fast.loop.time()
+        if now < min(self.deadline, self.ends_at):
+            self.timer = self.fast.loop.call_at(min(self.deadline, self.ends_at), self._check_time)
+            return
+        state = self.fast.state
+        error = RequestTimeout(f"stream took longer than STREAM_TIMEOUT={state.stream_timeout:g}s"
+                               if now >= self.ends_at else
+                               f"no item within STREAM_IDLE_TIMEOUT={state.stream_idle_timeout:g}s")
+        state.pool.cancel(self.job)
+        if self.began:
+            self._end(self.fmt.error(jsonutil.dumps_bytes(error.to_body())))
+        else:
+            self._fail_whole(error)
+
+    def resumed(self) -> None:
+        """The client's socket has drained: the worker may send the items it was owed."""
+        if self.owed and not self.ended:
+            self.job.stream.grant(self.owed)
+            self.owed = 0
+
+
+def _fail(respond: Responder, exc: ServingError) -> None:
+    body = jsonutil.dumps_bytes(exc.to_body())
+    headers = exc.headers()
+    respond(exc.status, body, list(headers.items()) if headers else None)
+
