@@ -23,6 +23,7 @@ from .. import exitcodes
 from ..logger import Logger
 from ..logs import setup_process_logging
 from ..transport.httpfront import FrontLimits, HttpFront
+from ..transport.tuning import raise_open_file_limit
 from ..webutil import endpoint_token
 from .app import ServerState, create_wsgi
 from .channel import ChannelServer
@@ -61,6 +62,7 @@ def _watch_parent(stop: threading.Event) -> None:
 # A server run on its own keeps answering 503 "shutting down" this long after SIGTERM: three probe
 # intervals of the gateways routing to it (gateway/remote/pool.py), which then stop sending.
 DRAIN_LINGER = 1.5
+BODY_TIMEOUT = 300.0  # seconds a request body may take once its head has come
 
 
 def _fail(spec: ServerSpec, code: int, message: str) -> int:
@@ -118,8 +120,11 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     except ValueError as exc:
         return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")
     try:
+        # A body may take its time (a large upload from afar), and every connection is an open file.
+        limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
+                             max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
         http = HttpFront(create_wsgi(state, token), spec.host, spec.port, fast_path=spec.execution_path,
-                         threads=spec.server_threads, limits=FrontLimits(max_body=spec.max_body_bytes))
+                         threads=spec.server_threads, limits=limits)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None

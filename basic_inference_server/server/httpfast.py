@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from typing import TYPE_CHECKING
 
 from .. import jsonutil, requestid
@@ -28,6 +29,8 @@ from .pool import Job
 
 if TYPE_CHECKING:
     from .app import ServerState
+
+logger = logging.getLogger(__name__)
 
 _TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
 _ROUTED = b"x-routed-signature"
@@ -116,23 +119,27 @@ class _Call(_Queued):
         self.timer = self.fast.loop.call_later(self.fast.state.request_timeout, self._timed_out)
 
     def _done_in_worker(self, job: Job) -> None:
+        """The answer is made here, on the worker's thread (a large result is encoded off the
+        loop), and written by the loop."""
         self.fast.state.inflight.exit()
-        if not job.cancelled:
-            self.fast.loop.call_soon_threadsafe(self._answer)
-
-    def _answer(self) -> None:
-        if self.ended:
+        if job.cancelled:
             return
-        self._settle()
-        token = requestid.bind(self.job.request_id)
+        token = requestid.bind(job.request_id)
         try:
-            status, body, headers = self.fast.state.answer_of(self.job)
+            answer = self.fast.state.answer_of(job)
         except ServingError as exc:
-            _fail(self.respond, exc)
-            return
+            answer = _error_answer(exc)
+        except Exception as exc:  # whatever happens, the client gets an answer
+            logger.exception("Call %d: the answer cannot be made", job.call_id)
+            answer = _error_answer(ServingError(f"internal error: {type(exc).__name__}"))
         finally:
             requestid.unbind(token)
-        self.respond(status, body, list(headers.items()) if headers else None)
+        self.fast.loop.call_soon_threadsafe(self._answer, answer)
+
+    def _answer(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
+        if not self.ended:
+            self._settle()
+            _write(self.respond, answer)
 
     def _timed_out(self) -> None:
         if self.ended:
@@ -151,7 +158,7 @@ class _StreamCall(_Queued):
     one the client has taken lets the worker send one more; the end (or the error that ends
     it) comes last. ``STREAM_IDLE_TIMEOUT`` and ``STREAM_TIMEOUT`` apply as at the gateway."""
 
-    __slots__ = ("began", "deadline", "ends_at", "fmt", "owed")
+    __slots__ = ("began", "deadline", "ends_at", "fmt", "owed", "parties")
 
     def __init__(self, fast: FastRun, respond: Responder, fmt: streamformat.StreamFormat, inputs: dict,
                  call_id: int, request_id: str):
@@ -160,6 +167,9 @@ class _StreamCall(_Queued):
         self.fmt = fmt
         self.began = False
         self.owed = 0
+        # The request counts in flight (a drain waits for it) until its job has finished and its
+        # answer has been written to the end, or given up: two parties, each leaves once.
+        self.parties = 2
         now = fast.loop.time()
         self.deadline = now + fast.state.stream_idle_timeout
         self.ends_at = now + fast.state.stream_timeout
@@ -173,18 +183,30 @@ class _StreamCall(_Queued):
         self.fast.loop.call_soon_threadsafe(self._item, item)
 
     def _done_in_worker(self, job: Job) -> None:
-        self.fast.state.inflight.exit()
-        if job.cancelled:
-            return
-        items, (status, body, _flags) = self.fast.state.stream_end(job)
-        for item in items:
-            self._item_in_worker(item)
-        if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
-            error = job.error or ServingError("streamed answer failed")
-            self.fast.loop.call_soon_threadsafe(self._fail_whole, error)
-            return
-        final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
-        job.stream.end(lambda: self.fast.loop.call_soon_threadsafe(self._end, final))
+        loop = self.fast.loop
+        try:
+            if job.cancelled:
+                return
+            token = requestid.bind(job.request_id)
+            try:
+                items, (status, body, _flags) = self.fast.state.stream_end(job)
+            finally:
+                requestid.unbind(token)
+            for item in items:
+                self._item_in_worker(item)
+            if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
+                headers = job.error.headers() if job.error is not None else None
+                loop.call_soon_threadsafe(self._fail_whole, (status, body, headers))
+                return
+            final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
+            job.stream.end(lambda: loop.call_soon_threadsafe(self._end, final))
+        finally:
+            loop.call_soon_threadsafe(self._leave)
+
+    def _leave(self) -> None:
+        self.parties -= 1
+        if not self.parties:
+            self.fast.state.inflight.exit()
 
     # -- in the loop -------------------------------------------------------------------------------
     def _item(self, item: bytes) -> None:
@@ -207,10 +229,14 @@ class _StreamCall(_Queued):
             self.respond.start_stream(self.fmt.content_type)
         self.respond.end_stream(final)
 
-    def _fail_whole(self, error: ServingError) -> None:
+    def _fail_whole(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
         if not self.ended:
             self._settle()
-            _fail(self.respond, error)
+            _write(self.respond, answer)
+
+    def _settle(self) -> None:
+        super()._settle()
+        self._leave()
 
     def _check_time(self) -> None:
         if self.ended:
@@ -227,7 +253,7 @@ class _StreamCall(_Queued):
         if self.began:
             self._end(self.fmt.error(jsonutil.dumps_bytes(error.to_body())))
         else:
-            self._fail_whole(error)
+            self._fail_whole(_error_answer(error))
 
     def resumed(self) -> None:
         """The client's socket has drained: the worker may send the items it was owed."""
@@ -236,8 +262,15 @@ class _StreamCall(_Queued):
             self.owed = 0
 
 
+def _error_answer(exc: ServingError) -> tuple[int, bytes, dict[str, str] | None]:
+    return exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
+
+
+def _write(respond: Responder, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
+    status, body, headers = answer
+    respond(status, body, list(headers.items()) if headers else None)
+
+
 def _fail(respond: Responder, exc: ServingError) -> None:
-    body = jsonutil.dumps_bytes(exc.to_body())
-    headers = exc.headers()
-    respond(exc.status, body, list(headers.items()) if headers else None)
+    _write(respond, _error_answer(exc))
 

@@ -60,6 +60,7 @@ class HttpConnection(asyncio.Protocol):
         self._expect = False  # Expect: 100-continue
         self._accept: bytes | None = None
         self._pending: Any = None  # the fast handler's request in progress (has .cancel(), .resumed())
+        self._current: HttpRequest | None = None  # the request handed to the fast handler last
         self.writable = True  # the client takes what is written (False: over the transport's high mark)
         self._chunked = False  # the answer being streamed is chunked (HTTP/1.1)
 
@@ -195,8 +196,11 @@ class HttpConnection(asyncio.Protocol):
                 self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
                 return
             try:
+                self._current = request
                 pending = handler(request, Responder(self, request))
-                if self.busy:  # not answered yet: to cancel if the client leaves first
+                # Not answered yet: to cancel if the client leaves first (unless the answer came
+                # at once and a pipelined request behind it is the one in progress now).
+                if self.busy and self._current is request:
                     self._pending = pending
             except Exception as exc:
                 logger.exception("Unhandled %s on %s", type(exc).__name__, path.decode("latin-1"))

@@ -4,6 +4,7 @@ shared secret BIS_ENDPOINT_TOKEN."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -125,6 +126,25 @@ def test_run_on_the_servers_own_port_keeps_its_deadline_and_queue_bound(tmp_path
             queued = requests.post(url, json={"VALUE": 5}, timeout=10)
             assert queued.status_code == 200 and queued.json()["predict_result"]["echo"] == 5
         assert process.get("/health").json()["workers"]["queue"] == 0
+    finally:
+        process.stop()
+    process.assert_nothing_left()
+
+
+def test_a_stream_in_progress_ends_whole_when_the_server_drains(tmp_path):
+    files = [FIXTURES / "endpoints" / "stream_model.py"]
+    config = {"CONFIG_ENDPOINTS": {"stream": {"SERVER_CLASS": "stream_model", "NR_WORKERS": 1}}}
+    process = EndpointProcess(make_app(tmp_path, config, files)).start(extra_args=["stream"])
+    try:
+        with requests.post(f"{process.url}/run", json={"N": 8, "GAP_MS": 150}, stream=True, timeout=20,
+                           headers={"Accept": "application/x-ndjson"}) as reply:
+            lines = reply.iter_lines()
+            first = json.loads(next(lines))
+            os.kill(process.proc.pid, signal.SIGTERM)  # while 7 items are still to come
+            rest = [json.loads(line) for line in lines]
+        assert first["i"] == 0 and [item["i"] for item in rest[:-1]] == list(range(1, 8))
+        assert rest[-1]["END"]["items"] == 8
+        assert process.proc.wait(15) == 0
     finally:
         process.stop()
     process.assert_nothing_left()
