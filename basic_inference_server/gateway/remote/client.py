@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Callable
 
 import httptools
 
 from ...requestid import HEADER as REQUEST_ID_HEADER
 from ...transport.frames import STREAM, STREAM_WINDOW
 from ...webutil import ENDPOINT_TOKEN_HEADER
-from ..routing.channel import MAX_REPLY, Callback, Cancel, OnItem
+from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Callback, Cancel, OnItem
 from ..routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 
 ROUTED_HEADER = "X-Routed-Signature"  # the endpoint the gateway routed a body to without parsing it
@@ -51,8 +52,9 @@ class RemoteClient:
     """Requests to the model server at ``host:port``, from the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, token: str | None,
-                 max_reply: int = MAX_REPLY):
+                 max_reply: int = MAX_REPLY, congested: Callable[[object, bool], None] | None = None):
         self.loop = loop
+        self.congested = congested or (lambda source, on: None)  # told while a connection cannot write
         self.host, self.port = host, port
         self.max_reply = max_reply
         self._host_line = f"Host: {f'[{host}]' if ':' in host else host}:{port}\r\n".encode("latin-1")
@@ -223,12 +225,22 @@ class _HttpConnection(asyncio.Protocol):
     def abandon(self) -> None:
         """Close without telling anyone (the request was cancelled, answered or timed out)."""
         self.request, self.closed = None, True
+        self.client.congested(self, False)
         if self.transport is not None:
             self.transport.close()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        """The server takes a body slower than clients send them: the front stops reading requests
+        (as for a congested channel) until this connection's buffer drains."""
+        self.client.congested(self, True)
+
+    def resume_writing(self) -> None:
+        self.client.congested(self, False)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport, self.connected = transport, True  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=BACKLOG_HIGH, low=BACKLOG_LOW)  # type: ignore[attr-defined]
         if self.closed:
             transport.close()
         elif self.pending_write:
@@ -250,6 +262,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def _fail(self, error: OSError) -> None:
         self.closed = True
+        self.client.congested(self, False)
         if self.transport is not None:
             self.transport.close()
         self.client._lost(self, error)

@@ -65,7 +65,8 @@ class RunPath:
         if channel is None:
             self._forget_idle_channels()
             if handle.is_remote:
-                channel = RemoteClient(self.loop, handle.host, handle.port, self.endpoint_token)
+                channel = RemoteClient(self.loop, handle.host, handle.port, self.endpoint_token,
+                                       congested=self.congested)
             else:
                 channel = ChannelClient(self.loop, key, congested=self.congested)
             self._channels[key] = channel
