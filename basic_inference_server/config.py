@@ -71,6 +71,11 @@ class EndpointConfig:
     def is_support(self) -> bool:
         return self.host == NO_HOST
 
+    def capacity(self, nr_workers: int | None = None) -> int:
+        """Requests one of its model servers can hold: a batch per worker (one request without
+        batching) plus its queue (``nr_workers``: a size changed by /update_workers)."""
+        return (nr_workers or self.nr_workers) * self.max_batch_size + self.max_queue
+
     @property
     def is_remote(self) -> bool:
         """Served by model servers elsewhere (``URLS``), not by children of this gateway."""

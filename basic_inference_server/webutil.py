@@ -145,7 +145,8 @@ class RequestIds:
             requestid.unbind(token)
 
 
-ROUTED_ENVIRON = "HTTP_X_ROUTED_SIGNATURE"  # X-Routed-Signature: the endpoint a gateway routed the body to
+ROUTED_HEADER = "X-Routed-Signature"  # the endpoint a gateway routed a body to without parsing it
+ROUTED_ENVIRON = "HTTP_" + ROUTED_HEADER.upper().replace("-", "_")
 ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of gateways and the model servers they did not start
 ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it (a Docker or Kubernetes secret)
 

@@ -24,7 +24,7 @@ from .. import jsonutil, requestid
 from ..errors import InvalidInput, Misrouted, RequestTimeout, ServingError, Unauthorized
 from ..transport import streamformat
 from ..transport.httpmsg import HttpRequest, Responder
-from ..webutil import ENDPOINT_TOKEN_HEADER
+from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER
 from .pool import Job
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
-_ROUTED = b"x-routed-signature"
+_ROUTED = ROUTED_HEADER.lower().encode("latin-1")
 
 
 class FastRun:

@@ -134,3 +134,44 @@ def test_nothing_listening_is_connect_failed() -> None:
         assert isinstance((await got.done)[0], ConnectFailed)
 
     run(scenario)
+
+
+@pytest.mark.parametrize("body, not_run, draining", [
+    (b'{"ERROR":"full","error":{"type":"Overloaded","message":"full"}}', True, False),
+    (b'{"ERROR":"model server is shutting down","error":{"type":"ServerUnavailable"}}', True, True),
+    (b'{"ERROR":"the model said no","error":{"type":"ServerUnavailable"}}', False, False),  # may have run
+])
+def test_only_a_refusal_before_running_may_go_to_another_server(body: bytes, not_run: bool, draining: bool) -> None:
+    from basic_inference_server.gateway.remote.client import NotRun
+
+    async def scenario() -> None:
+        head = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: %d\r\nRetry-After: 1\r\n\r\n" % len(body)
+        answer = head + body
+        server, port, _ = await serve(answer)
+        client = RemoteClient(asyncio.get_running_loop(), "127.0.0.1", port, None)
+        got = Recorder()
+        client.send("r", "", b"{}", 5, got.callback)
+        status = (await got.done)[0]
+        if not_run:
+            assert isinstance(status, NotRun) and status.draining is draining
+            assert (status.status, status.retry_after, status.body) == (503, "1", body)  # kept to relay
+        else:
+            assert status == 503
+        server.close()
+
+    run(scenario)
+
+
+def test_a_refused_secret_says_so() -> None:
+    from basic_inference_server.gateway.remote.client import SecretRefused
+
+    async def scenario() -> None:
+        server, port, _ = await serve(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}")
+        client = RemoteClient(asyncio.get_running_loop(), "127.0.0.1", port, "wrong")
+        got = Recorder()
+        client.send("r", "", b"{}", 5, got.callback)
+        status = (await got.done)[0]
+        assert isinstance(status, SecretRefused) and "BIS_ENDPOINT_TOKEN" in str(status)
+        server.close()
+
+    run(scenario)

@@ -22,13 +22,31 @@ from collections.abc import Callable
 
 import httptools
 
+from ...errors import SHUTTING_DOWN
 from ...requestid import HEADER as REQUEST_ID_HEADER
 from ...transport.frames import STREAM, STREAM_WINDOW
-from ...webutil import ENDPOINT_TOKEN_HEADER
+from ...webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER
 from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Callback, Cancel, OnItem
 from ..routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
+from .handle import address_of
 
-ROUTED_HEADER = "X-Routed-Signature"  # the endpoint the gateway routed a body to without parsing it
+_OVERLOADED = b'"type":"Overloaded"'
+_SHUTTING_DOWN = SHUTTING_DOWN.encode()
+
+
+class NotRun(OSError):
+    """The server refused the request without running it (503: shutting down, or its queue full):
+    it may go to another server. Holds the server's answer, for when none is left."""
+
+    def __init__(self, address: str, status: int, retry_after: str | None, body: bytes):
+        self.draining = _SHUTTING_DOWN in body
+        super().__init__(f"{address} refused the request without running it"
+                         + (" (shutting down)" if self.draining else " (its queue is full)"))
+        self.status, self.retry_after, self.body = status, retry_after, body
+
+
+class SecretRefused(OSError):
+    """The server answered 401: its BIS_ENDPOINT_TOKEN is not this gateway's."""
 CONNECT_TIMEOUT = 2.0
 IDLE_MAX = 30.0  # an idle connection older than this is closed, not reused (servers close theirs later)
 
@@ -56,8 +74,9 @@ class RemoteClient:
         self.loop = loop
         self.congested = congested or (lambda source, on: None)  # told while a connection cannot write
         self.host, self.port = host, port
+        self.address = address_of(host, port)
         self.max_reply = max_reply
-        self._host_line = f"Host: {f'[{host}]' if ':' in host else host}:{port}\r\n".encode("latin-1")
+        self._host_line = f"Host: {self.address}\r\n".encode("latin-1")
         self._token_line = f"{ENDPOINT_TOKEN_HEADER}: {token}\r\n".encode("latin-1") if token else b""
         self._idle: list[_HttpConnection] = []
         self._active: dict[int, _Request] = {}
@@ -115,10 +134,10 @@ class RemoteClient:
                 message = (f"the stream took longer than STREAM_TIMEOUT={request.total:g}s"
                            if now >= request.ends_at else f"no item within STREAM_IDLE_TIMEOUT={request.idle:g}s")
             elif request.conn is not None and not request.conn.connected:
-                request.callback(ConnectFailed(f"cannot connect to {self.host}:{self.port}: timed out"), None, b"")
+                request.callback(ConnectFailed(f"cannot connect to {self.address}: timed out"), None, b"")
                 continue
             else:
-                message = f"no answer from {self.host}:{self.port} in time"
+                message = f"no answer from {self.address} in time"
             request.callback(ReadTimedOut(message), None, b"")
 
     def close(self) -> None:
@@ -143,7 +162,15 @@ class RemoteClient:
             self._idle.append(conn)
         else:
             conn.abandon()
-        if self._active.pop(request.tag, None) is not None:
+        if self._active.pop(request.tag, None) is None:
+            return
+        if status == 503 and (_SHUTTING_DOWN in body or _OVERLOADED in body):
+            request.callback(NotRun(self.address, status, retry_after, body), None, b"")
+        elif status == 401:
+            request.callback(SecretRefused(f"model server {self.address} refused this gateway: its "
+                                           "BIS_ENDPOINT_TOKEN is not the gateway's (set the same secret on both)"),
+                             None, b"")
+        else:
             request.callback(status, retry_after, body, flags)
 
     def _item(self, request: _Request, data: bytes) -> None:
@@ -195,7 +222,7 @@ class _HttpConnection(asyncio.Protocol):
             error = task.exception() if not task.cancelled() else None
             self.closed = True
             reason = "timed out" if isinstance(error, asyncio.TimeoutError) else (str(error) or type(error).__name__)
-            self.client._lost(self, ConnectFailed(f"cannot connect to {self.client.host}:{self.client.port}: {reason}"))
+            self.client._lost(self, ConnectFailed(f"cannot connect to {self.client.address}: {reason}"))
 
     def usable(self, now: float) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing() \

@@ -19,6 +19,11 @@ from ...httpserve import InFlight
 from ..routing.upstream import Upstream
 
 
+def address_of(host: str, port: int) -> str:
+    """``host:port`` as written in a URL or a Host header (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class RemoteState(str, Enum):
     PROBING = "PROBING"
     READY = "READY"
@@ -59,7 +64,7 @@ class RemoteHandle:
 
     @property
     def address(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return address_of(self.host, self.port)
 
     @property
     def key(self) -> str:
@@ -68,8 +73,7 @@ class RemoteHandle:
 
     @property
     def capacity(self) -> int:
-        endpoint = self.endpoint
-        return endpoint.nr_workers * endpoint.max_batch_size + endpoint.max_queue
+        return self.endpoint.capacity()
 
     @property
     def routable(self) -> bool:

@@ -44,6 +44,8 @@ def forward(handle: ChildHandle, path: str, body: bytes, headers: dict[str, str]
 def transport_error(handle: ChildHandle, error: TransportError) -> ServingError:
     """What the client is told when a request to a model server got no answer (HTTP or channel)."""
     name = handle.name
+    if not isinstance(error, (ConnectFailed, ReadTimedOut, ConnectionLost)):  # a remote server's refusal
+        return ServerDied(str(error))
     if isinstance(error, ConnectFailed):
         if handle.state != READY:
             return Unavailable(f"endpoint {name!r} is {handle.state}")

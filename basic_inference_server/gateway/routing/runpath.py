@@ -18,13 +18,13 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ... import jsonutil, requestid
-from ...errors import SHUTTING_DOWN, RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
+from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
 from ...transport.frames import MISROUTED, STREAM
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.httpmsg import JSON
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
-from ..remote.client import RemoteClient
+from ..remote.client import NotRun, RemoteClient
 from ..remote.handle import RemoteHandle
 from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
@@ -35,7 +35,6 @@ from .upstream import ConnectFailed, ReadTimedOut
 logger = logging.getLogger(__name__)
 
 EXPIRE_INTERVAL = 0.1  # how often answers past their deadline are looked for
-_SHUTTING_DOWN = SHUTTING_DOWN.encode()
 CLIENT_GONE = 499  # counted in the metrics for a request whose client left before its answer
 
 
@@ -153,16 +152,17 @@ class Call:
                                      self._replied, self._item,
                                      endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
 
-    def _elsewhere(self, handle: RemoteHandle, status: Any, body: bytes) -> bool:
-        """A remote model server was not reached, or refused the request without running it (503:
-        shutting down, or its queue full): tell its endpoint's table (an address that could not
-        be reached, or is shutting down, is taken out at once) and send the request to another
-        READY address not tried yet. True when it went; a request that may have run is never
-        sent twice."""
-        draining = status == 503 and _SHUTTING_DOWN in body
-        if isinstance(status, ConnectFailed) or draining:  # a connection lost may be the gateway's doing
-            handle.report(handle, "shutting down" if draining else str(status), draining)
-        if self.streaming or not (isinstance(status, ConnectFailed) or status == 503):
+    def _elsewhere(self, handle: RemoteHandle, status: Any) -> bool:
+        """A remote model server was not reached (ConnectFailed), or refused the request without
+        running it (NotRun): an address that could not be reached, or is shutting down, is taken
+        out at once, and the request goes to another READY address not tried yet. True when it
+        went; a request that may have run is never sent twice."""
+        if not isinstance(status, (ConnectFailed, NotRun)):
+            return False
+        draining = isinstance(status, NotRun) and status.draining
+        if draining or isinstance(status, ConnectFailed):  # a connection lost may be the gateway's doing
+            handle.report(handle, str(status), draining)
+        if self.streaming:
             return False
         self.tried = (self.tried or frozenset()) | {handle}
         other = self.path.router.other_address(handle.endpoint.name, self.tried)
@@ -223,12 +223,8 @@ class Call:
             return
         token = requestid.bind(self.request.request_id)
         try:
-            if handle.is_remote:
-                if self._elsewhere(handle, status, body):
-                    return
-                if status == 401:
-                    raise ServerDied(f"model server {handle.name!r} refused this gateway: its BIS_ENDPOINT_TOKEN "
-                                     "is not the gateway's (set the same secret on both)")
+            if handle.is_remote and self._elsewhere(handle, status):
+                return
             self._answer(status, retry_after, body, flags)
         except ServingError as exc:
             self._fail(exc)
@@ -240,7 +236,9 @@ class Call:
         if self.streaming or flags & STREAM:
             self._end_stream(status, body)
             return
-        if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
+        if isinstance(status, NotRun):  # no other server took it: the server's own answer
+            status, retry_after, body = status.status, status.retry_after, status.body
+        elif isinstance(status, OSError):  # ConnectFailed, ReadTimedOut, ConnectionLost, SecretRefused
             raise transport_error(self.handle, status)
         self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
 

@@ -92,10 +92,7 @@ class ChildHandle:
 
     @property
     def capacity(self) -> int:
-        """Requests the server can hold: a batch per worker (one request without batching) plus its
-        queue."""
-        workers = self.nr_workers or self.endpoint.nr_workers
-        return workers * self.endpoint.max_batch_size + self.endpoint.max_queue
+        return self.endpoint.capacity(self.nr_workers)
 
     @property
     def pid(self) -> int | None:
