@@ -6,7 +6,6 @@ import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable
-from http import HTTPStatus
 from typing import Any
 
 from flask import Flask, Request, Response, request
@@ -122,7 +121,6 @@ Answer = tuple[int, bytes, dict[str, str] | None]  # status, JSON body, extra he
 
 
 METHOD_NOT_ALLOWED = MethodNotAllowed("method not allowed here; allowed: POST", allow="POST")
-_STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
 class RequestIds:
@@ -146,9 +144,9 @@ class RequestIds:
 
 
 ROUTED_HEADER = "X-Routed-Signature"  # the endpoint a gateway routed a body to without parsing it
-ROUTED_ENVIRON = "HTTP_" + ROUTED_HEADER.upper().replace("-", "_")
 ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of gateways and the model servers they did not start
 ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it (a Docker or Kubernetes secret)
+ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
 
 
 def endpoint_token() -> str | None:
@@ -173,58 +171,3 @@ def endpoint_token() -> str | None:
     if not all(33 <= ord(char) <= 126 for char in value):  # it travels in an HTTP header
         raise ValueError(f"{where}: the secret must be printable ASCII without spaces")
     return value
-ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
-ENDPOINT_TOKEN_ENVIRON = "HTTP_X_ENDPOINT_TOKEN"
-
-
-class PostFront:
-    """WSGI front that answers ``POST <path>`` with ``handler(body, accept, routed) -> (status, body,
-    headers)`` (or an iterable with a ``content_type``: a streamed answer), and hands every other
-    request to the Flask app: Flask's per-request machinery costs more
-    than the rest of the work on a small request. Both carry the request id (:class:`RequestIds`)."""
-
-    def __init__(self, handler: Callable[[bytes, str | None, str], Any], path: str, limit: int,
-                 fallback: Callable[..., Iterable[bytes]], token: str | None = None):
-        self.handler = handler
-        self.path = path
-        self.limit = limit
-        self.fallback = RequestIds(fallback)
-        self.token = token  # BIS_ENDPOINT_TOKEN: POSTs must carry it in ENDPOINT_TOKEN_HEADER
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != self.path:
-            return self.fallback(environ, start_response)
-        request_id = requestid.accept(environ.get(requestid.ENVIRON_KEY))
-        token = requestid.bind(request_id)
-        try:
-            return self._post(environ, start_response, request_id)
-        finally:
-            requestid.unbind(token)
-
-    def _post(self, environ: dict[str, Any], start_response: Callable[..., Any], request_id: str) -> Iterable[bytes]:
-        headers: dict[str, str] | None
-        try:
-            if environ.get("REQUEST_METHOD") != "POST":
-                raise METHOD_NOT_ALLOWED
-            if self.token is not None and not hmac.compare_digest(
-                    environ.get(ENDPOINT_TOKEN_ENVIRON, "").encode(), self.token.encode()):
-                raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
-            answer = self.handler(read_limited(environ, self.limit), environ.get("HTTP_ACCEPT"),
-                                  environ.get(ROUTED_ENVIRON, ""))
-            if not isinstance(answer, tuple):  # a streamed answer: its chunks as the worker yields them
-                start_response("200 OK", [("Content-Type", answer.content_type), ("Cache-Control", "no-cache"),
-                                          (requestid.HEADER, request_id)])
-                return answer
-            status, body, headers = answer
-        except ServingError as exc:
-            status, body, headers = exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
-        except Exception as exc:
-            logger.exception("Unhandled %s on /run", type(exc).__name__)
-            status, body, headers = 500, jsonutil.dumps_bytes(
-                error_body("InternalError", f"internal error: {type(exc).__name__}")), None
-        response_headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            (requestid.HEADER, request_id)]
-        if headers:
-            response_headers.extend(headers.items())
-        start_response(_STATUS_LINES.get(status, f"{status} Error"), response_headers)
-        return [body]

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from bench.__main__ import MODELS, RESULTS, BenchGateway
+from bench.__main__ import MODELS, RESULTS, BenchGateway, onnx_model_file
 from bench.load import cpu_per_request, ensure_wrk, wrk
 
 # A sampled frame belongs to the first of these that appears in its file path.
@@ -95,6 +96,8 @@ def main() -> int:
     args = parser.parse_args()
     wrk_binary, py_spy = ensure_wrk(), ensure_py_spy()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.model.startswith("onnx"):
+        os.environ["BENCH_ONNX_FILE"] = str(onnx_model_file())  # the gateway's servers inherit it
     gateway = BenchGateway([args.model])
     try:
         pids = {"gateway": gateway.proc.pid, "server": gateway.servers[args.model]["PID"]}

@@ -24,7 +24,6 @@ from ..logs import setup_process_logging
 from ..server.__main__ import serve
 from ..server.discovery import DiscoveryError
 from .core import FlaskGateway
-from .supervision.children import model_server_spec
 
 logger = logging.getLogger("basic_inference_server.endpoint")
 
@@ -67,12 +66,8 @@ def endpoint_main(argv: list[str]) -> int:
         endpoint = dataclasses.replace(endpoint, host=args.host)
     sup = gateway.supervisor
     sup.run_folder.mkdir(parents=True, exist_ok=True)
-    spec = model_server_spec(
-        endpoint, endpoint.name, args.port or gateway.config.first_server_port, "", gateway.config,
-        nr_workers=endpoint.nr_workers, app_root=sup.app_root, cache_folder=sup.cache_folder,
-        error_file=sup.run_folder / f"{endpoint.name}.error", host_id=sup.host_id, admin_token=sup.admin_token,
-        workers_location=sup.workers_location, workers_suffix=sup.workers_suffix,
-        execution_path=sup.execution_path)
+    spec = sup.server_spec(endpoint, endpoint.name, args.port or gateway.config.first_server_port, "",
+                           sup.run_folder / f"{endpoint.name}.error", endpoint.nr_workers)
     code = serve(dataclasses.replace(spec, standalone=True), stop)
     logging.shutdown()
     sys.stdout.flush()

@@ -25,10 +25,10 @@ from ..logs import setup_process_logging
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import raise_open_file_limit
 from ..webutil import endpoint_token
-from .app import ServerState, create_wsgi
+from .app import ServerState
 from .channel import ChannelServer
 from .discovery import DiscoveryError, import_worker, locate_worker
-from .httpfast import FastRun
+from .httpfast import serve_http
 from .notifications import GENERAL, NotificationStore
 from .placement import local_device, warmup_inputs
 from .pool import WorkerPool
@@ -123,8 +123,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         # A body may take its time (a large upload from afar), and every connection is an open file.
         limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
                              max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
-        http = HttpFront(create_wsgi(state, token), spec.host, spec.port, fast_path=spec.execution_path,
-                         threads=spec.server_threads, limits=limits)
+        http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None
@@ -134,7 +133,6 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         except OSError as exc:
             return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
         channel.start()
-    http.fast_handler = FastRun(state, http.loop, token)
     http.start()
     started = time.monotonic()
     logger.info("%s listening on %s:%d%s; loading %d worker(s) of %s", name, spec.host, http.port,

@@ -12,14 +12,12 @@ from typing import Any
 from flask import Flask, Response, request
 
 from .. import jsonutil, requestid
-from ..errors import BadRequest, Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
+from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
 from ..httpserve import InFlight
-from ..transport import streamformat
 from ..transport.frames import BINARY, MISROUTED, STREAM, reply_frame
 from ..transport.v2codec import encode_response
-from ..webutil import Answer, PostFront, install_error_handlers, json_response, read_json_object, require_admin
+from ..webutil import Answer, install_error_handlers, json_response, read_json_object, require_admin
 from .channel import Connection
-from .httpstream import HttpStream
 from .notifications import GENERAL, NotificationStore
 from .pool import Job, WorkerPool
 from .streams import BATCH_BACKLOG, StreamOut
@@ -58,21 +56,6 @@ class ServerState:
 
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
-
-    def run(self, raw: bytes, accept: str | None = None, routed: str = "") -> Answer | HttpStream:
-        """``POST /run`` on the HTTP port: queue the request for a worker, wait, answer (or
-        stream the answer, when the client asked for a stream). ``routed``: the signature a
-        gateway routed the body by without parsing it (421 when the body names another)."""
-        accepted = self._accept(raw, routed)
-        if accepted is None:
-            raise Misrouted(f"the body's SIGNATURE is not {routed!r}")
-        inputs, call_id, wants_stream = accepted
-        fmt = streamformat.from_accept(accept) or (streamformat.SSE if wants_stream else None)
-        if fmt is not None:
-            return HttpStream(self, fmt, inputs, call_id, requestid.current()).start()
-        with self.inflight:
-            job = self.pool.submit(inputs, call_id, self.request_timeout, requestid.current())
-        return self.answer_of(job)
 
     def stream_out(self, send: Callable[[bytes], None], push: Callable[[], None]) -> StreamOut:
         """Where a streamed request's items go (a batch keeps a few items per request when its
@@ -246,12 +229,6 @@ class ServerState:
 
 def _retry_after(exc: ServingError) -> str | None:
     return None if exc.retry_after is None else str(exc.retry_after)
-
-
-def create_wsgi(state: ServerState, endpoint_token: str | None = None) -> PostFront:
-    """What the HTTP port serves: ``POST /run`` without Flask (with ``endpoint_token``, only for a
-    client that sends it), every other route by the Flask app."""
-    return PostFront(state.run, state.execution_path, state.max_body_bytes, create_app(state), endpoint_token)
 
 
 def create_app(state: ServerState) -> Flask:

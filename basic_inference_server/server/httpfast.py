@@ -8,9 +8,9 @@ the job is dropped from the queue or its answer ignored); a client that leaves c
 streamed answer (``Accept``, or ``"STREAM": true``) is written item by item as the worker yields
 them, with the same credit as over the gateway's channel. Every other route goes to the WSGI app
 (Flask) on the front's thread pool. This is what a gateway
-calls for a remote endpoint, and what a client calling a server directly gets; the behaviour is
-the WSGI path's: ``BIS_ENDPOINT_TOKEN`` (401), ``X-Routed-Signature`` (421), 503 while draining or
-with the queue full, the same JSON errors.
+calls for a remote endpoint, and what a client calling a server directly gets:
+``BIS_ENDPOINT_TOKEN`` (401), ``X-Routed-Signature`` (421), 503 while draining or with the queue
+full, the same JSON errors as through the gateway.
 """
 
 from __future__ import annotations
@@ -18,22 +18,31 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING
 
 from .. import jsonutil, requestid
 from ..errors import InvalidInput, Misrouted, RequestTimeout, ServingError, Unauthorized
 from ..transport import streamformat
+from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
-from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER
+from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER, RequestIds
+from .app import ServerState, create_app
 from .pool import Job
-
-if TYPE_CHECKING:
-    from .app import ServerState
 
 logger = logging.getLogger(__name__)
 
 _TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
 _ROUTED = ROUTED_HEADER.lower().encode("latin-1")
+
+
+def serve_http(state: ServerState, host: str, port: int, *, token: str | None, threads: int,
+               limits: FrontLimits) -> HttpFront:
+    """The model server's HTTP port, bound (not yet started): ``POST <EXECUTION_PATH>`` in the
+    front's loop (with ``token``, only for a client that sends it), every other route by the
+    Flask app on ``threads`` threads."""
+    http = HttpFront(RequestIds(create_app(state)), host, port, fast_path=state.execution_path, threads=threads,
+                     limits=limits)
+    http.fast_handler = FastRun(state, http.loop, token)
+    return http
 
 
 class FastRun:

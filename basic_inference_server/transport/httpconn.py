@@ -10,6 +10,7 @@ from collections import deque
 from enum import Enum
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import httptools
 
@@ -184,6 +185,8 @@ class HttpConnection(asyncio.Protocol):
         request = self.queue.popleft()
         self.busy = True
         path = request.target.partition(b"?")[0]
+        if b"%" in path:  # "/%72un" is "/run", as it is for the routes of the WSGI app
+            path = unquote_to_bytes(path)
         front = self.front
         handler = None
         if path == front.fast_path:

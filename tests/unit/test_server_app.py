@@ -1,15 +1,18 @@
-"""server/app.py: the model server's routes, through a test client of the WSGI app its HTTP port serves."""
+"""server/app.py and server/httpfast.py: the model server's routes, over real HTTP on a loopback port
+served by the front its process serves (``serve_http``: ``/run`` in the event loop, the rest by Flask)."""
 
 from __future__ import annotations
 
 import re
 
 import pytest
-from werkzeug.test import Client
+import requests
 
 from basic_inference_server import FlaskWorker
-from basic_inference_server.server.app import ServerState, create_wsgi
+from basic_inference_server.server.app import ServerState
+from basic_inference_server.server.httpfast import serve_http
 from basic_inference_server.server.notifications import GENERAL, NotificationStore
+from basic_inference_server.transport.httpmsg import FrontLimits
 
 TOKEN = "admin-secret-1234"
 
@@ -27,11 +30,29 @@ class AppWorker(FlaskWorker):
         return {"inputs": sorted(inputs), "double": inputs["INPUT_VALUE"] * 2}
 
 
+class Client:
+    """requests against one server's port: ``post(path, json=..., data=..., content_type=...)``."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+
+    def post(self, path, json=None, data=None, content_type=None, headers=None):
+        headers = dict(headers or {})
+        if content_type:
+            headers["Content-Type"] = content_type
+        return self.session.post(self.url + path, json=json, data=data, headers=headers, timeout=10)
+
+    def get(self, path):
+        return self.session.get(self.url + path, timeout=10)
+
+
 @pytest.fixture
 def server(kit):
-    """Build a model server app over a pool of ``n`` workers; returns (state, test client)."""
+    """Serve a model server's port over a pool of ``n`` workers; returns (state, client)."""
+    fronts = []
 
-    def build(n=2, worker_cls=AppWorker, admin_token=None, max_body_bytes=1024, wait=True):
+    def build(n=2, worker_cls=AppWorker, admin_token=None, max_body_bytes=1024, wait=True, token=None):
         notifications = NotificationStore()
         pool = kit.pool(
             lambda idx: worker_cls(worker_id=idx, notifications=notifications),
@@ -46,15 +67,20 @@ def server(kit):
         pool.start(n)
         if wait:
             assert pool.wait_loaded(2)
-        return state, Client(create_wsgi(state))
+        http = serve_http(state, "127.0.0.1", 0, token=token, threads=4, limits=FrontLimits(max_body=max_body_bytes))
+        fronts.append(http)
+        http.start()
+        return state, Client(f"http://127.0.0.1:{http.port}")
 
-    return build
+    yield build
+    for http in fronts:
+        http.close()
 
 
 def assert_error(response, status, error_type):
     assert response.status_code == status
-    assert response.mimetype == "application/json"
-    body = response.get_json()
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
     assert body["error"]["type"] == error_type
     assert body["ERROR"] == body["error"]["message"]
     return body
@@ -66,21 +92,46 @@ def test_run_happy_path(server):
     first = client.post("/run", json={"SIGNATURE": "demo", "INPUT_VALUE": 3})
     second = client.post("/run", json={"SIGNATURE": "demo", "INPUT_VALUE": 4})
     assert first.status_code == 200
-    body = first.get_json()
+    body = first.json()
     assert body["predict_result"] == {"inputs": ["INPUT_VALUE"], "double": 6}
     assert body["call_id"] == 1
-    assert second.get_json()["call_id"] == 2
+    assert second.json()["call_id"] == 2
     match = re.fullmatch(r"h0042\.demo\.AppWorker\.(\d+)", body["signature"])
     assert match, body["signature"]
     assert match.group(1) in ("0", "1")
     assert body["worker_id"] == f"h0042:{match.group(1)}"
 
 
+def test_percent_encoded_run_path_is_run(server):
+    _, client = server()
+    response = client.post("/%72un", json={"SIGNATURE": "demo", "INPUT_VALUE": 5})
+    assert response.status_code == 200
+    assert response.json()["predict_result"]["double"] == 10
+
+
+def test_routed_signature_that_the_body_does_not_name_is_421(server):
+    _, client = server()
+    body = {"SIGNATURE": "other", "INPUT_VALUE": 1}
+    assert_error(client.post("/run", json=body, headers={"X-Routed-Signature": "demo"}), 421, "Misrouted")
+    body["SIGNATURE"] = "demo"
+    assert client.post("/run", json=body, headers={"X-Routed-Signature": "demo"}).status_code == 200
+
+
+def test_endpoint_token_guards_run_only(server):
+    _, client = server(token="s3cret-token")
+    assert_error(client.post("/run", json={"INPUT_VALUE": 1}), 401, "Unauthorized")
+    wrong = client.post("/run", json={"INPUT_VALUE": 1}, headers={"X-Endpoint-Token": "s3cret-tokeN"})
+    assert_error(wrong, 401, "Unauthorized")
+    right = client.post("/run", json={"INPUT_VALUE": 1}, headers={"X-Endpoint-Token": "s3cret-token"})
+    assert right.status_code == 200
+    assert client.get("/health").status_code == 200  # probes need no secret
+
+
 def test_control_keys_are_not_model_inputs(server):
     _, client = server()
     response = client.post("/run", json={"SIGNATURE": "demo", "TOKEN": "t", "BASE64_KEYS": [], "ENCODING": "x",
                                          "BASE64_OUTPUTS": [], "INPUT_VALUE": 1, "LANGUAGE": "en"})
-    assert response.get_json()["predict_result"]["inputs"] == ["INPUT_VALUE", "LANGUAGE"]
+    assert response.json()["predict_result"]["inputs"] == ["INPUT_VALUE", "LANGUAGE"]
 
 
 def test_run_without_body_is_400(server):
@@ -116,7 +167,7 @@ def test_unserialisable_result_is_500_and_server_keeps_serving(server):
     assert "Traceback" not in body["ERROR"]
     again = client.post("/run", json={"INPUT_VALUE": 2})
     assert again.status_code == 200
-    assert again.get_json()["predict_result"]["double"] == 4
+    assert again.json()["predict_result"]["double"] == 4
 
 
 def test_slow_request_is_504(server, kit):
@@ -145,7 +196,7 @@ def test_draining_server_refuses_new_requests(server):
     assert response.headers["Retry-After"] == "1"
     health = client.get("/health")
     assert health.status_code == 503
-    assert health.get_json()["status"] == "DRAINING"
+    assert health.json()["status"] == "DRAINING"
 
 
 def test_get_on_run_is_405_json(server):
@@ -162,7 +213,7 @@ def test_unknown_route_is_404_json(server):
 
 def test_get_paths(server):
     _, client = server()
-    assert client.get("/get_paths").get_json() == {"PATHS": ["/run", "/notifications", "/update_workers"]}
+    assert client.get("/get_paths").json() == {"PATHS": ["/run", "/notifications", "/update_workers"]}
 
 
 # -- /health -----------------------------------------------------------------------------------
@@ -170,7 +221,7 @@ def test_health_when_ready(server):
     _, client = server(n=2)
     response = client.get("/health")
     assert response.status_code == 200
-    body = response.get_json()
+    body = response.json()
     assert body["status"] == "READY"
     assert body["name"] == "demo"
     assert body["workers"]["total"] == 2
@@ -189,8 +240,8 @@ def test_health_is_503_until_models_are_loaded(server, kit):
     state, client = server(n=1, worker_cls=SlowLoader, wait=False)
     response = client.get("/health")
     assert response.status_code == 503
-    assert response.get_json()["status"] == "LOADING"
-    assert response.get_json()["workers"]["loading"] == 1
+    assert response.json()["status"] == "LOADING"
+    assert response.json()["workers"]["loading"] == 1
     assert_error(client.post("/run", json={"INPUT_VALUE": 1}), 503, "ServerUnavailable")
     gate.set()
     assert state.pool.wait_loaded(2)
@@ -209,7 +260,7 @@ def test_health_waits_for_every_worker_not_just_the_first(server, kit):
     assert kit.wait_until(lambda: state.pool.stats()["ready"] == 1)
     response = client.get("/health")
     assert response.status_code == 503
-    assert response.get_json()["workers"]["loading"] == 1
+    assert response.json()["workers"]["loading"] == 1
     gate.set()
     assert state.pool.wait_loaded(2)
     assert client.get("/health").status_code == 200
@@ -222,7 +273,7 @@ def test_health_shows_load_errors(server):
                 raise MemoryError("not enough GPU memory")
 
     _, client = server(n=2, worker_cls=HalfBroken)
-    body = client.get("/health").get_json()
+    body = client.get("/health").json()
     assert body["errors"] == ["worker 1: MemoryError: not enough GPU memory"]
     assert body["workers"]["failed"] == 1
 
@@ -240,10 +291,10 @@ def test_update_workers_with_bearer_token_grows_the_pool(server):
     state, client = server(n=1, admin_token=TOKEN)
     response = client.post("/update_workers", json={"NR_WORKERS": 3}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
-    body = response.get_json()
+    body = response.json()
     assert (body["MESSAGE"], body["NR_WORKERS"], body["PREVIOUS"]) == ("OK", 3, 1)
     assert state.pool.wait_loaded(2)
-    assert client.get("/health").get_json()["workers"]["ready"] == 3
+    assert client.get("/health").json()["workers"]["ready"] == 3
 
 
 def test_update_workers_with_token_in_body(server):
@@ -265,10 +316,10 @@ def test_update_workers_rejects_bad_counts(server, count):
 # -- /notifications ----------------------------------------------------------------------------
 def test_notifications_are_drained(server):
     _, client = server()
-    call_id = client.post("/run", json={"INPUT_VALUE": 7}).get_json()["call_id"]
+    call_id = client.post("/run", json={"INPUT_VALUE": 7}).json()["call_id"]
     first = client.get("/notifications")
     assert first.status_code == 200
-    body = first.get_json()
+    body = first.json()
     assert [n["NOTIF"] for n in body[str(call_id)]] == ["predicting 7"]
     assert [n["NOTIF"] for n in body[GENERAL]] == ["Resizing workers: 0 -> 2"]
-    assert client.post("/notifications").get_json() == {GENERAL: []}
+    assert client.post("/notifications").json() == {GENERAL: []}

@@ -8,27 +8,44 @@ from types import SimpleNamespace
 import pytest
 
 from basic_inference_server.errors import NotFound
+from basic_inference_server.gateway.routing.router import Router
+from basic_inference_server.gateway.routing.routes import Routes, RouteTable
 from basic_inference_server.gateway.routing.v2path import route_model, served_versions
-from basic_inference_server.gateway.supervision.handle import READY, STARTING
+from basic_inference_server.gateway.supervision.handle import READY, STARTING, ChildHandle
+
+ENDPOINT = SimpleNamespace(name="m", is_support=False)
 
 
-def replica(generation: int, state=READY, busy: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(generation=generation, state=state, health_failures=0,
-                           inflight=SimpleNamespace(count=busy))
+def replica(generation: int, state=READY, busy: int = 0) -> ChildHandle:
+    handle = ChildHandle(endpoint=ENDPOINT, port=None, state=state, generation=generation)
+    for _ in range(busy):
+        handle.inflight.enter()
+    return handle
 
 
-def router_of(*handles) -> SimpleNamespace:
-    return SimpleNamespace(route_to=lambda name: handles[0],
-                           table=SimpleNamespace(routes=SimpleNamespace(servers={"m": list(handles)})))
+def router_of(*handles: ChildHandle) -> Router:
+    for number, handle in enumerate(handles):
+        handle.replica = number
+    table = RouteTable()
+    table.routes = Routes.build((), list(handles))
+    return Router(table, envelope=None, admission=None, response_format="nested")
 
 
 def test_a_version_routes_to_a_replica_of_that_generation():
-    old, new, newer_busy = replica(2), replica(3, busy=0), replica(3, busy=5)
+    old, newer_busy, new = replica(2), replica(3, busy=5), replica(3, busy=0)
     router = router_of(old, newer_busy, new)
-    assert route_model(router, "m", "3") is new  # the least busy of generation 3
+    assert all(route_model(router, "m", "3") is new for _ in range(4))  # the least busy of generation 3
     assert route_model(router, "m", "2") is old
-    assert route_model(router, "m", None) is old  # no version: whatever route_to picks
+    picked = [id(route_model(router, "m", None)) for _ in range(4)]  # no version: the least busy, in turn
+    assert sorted(set(picked)) == sorted({id(old), id(new)})
     assert served_versions(router, "m") == ["2", "3"]
+
+
+def test_a_replica_failing_its_health_probes_is_not_routed_to():
+    healthy, failing = replica(3, busy=2), replica(3)
+    failing.health_failures = 1
+    router = router_of(failing, healthy)
+    assert all(route_model(router, "m", "3") is healthy for _ in range(4))
 
 
 def test_a_version_no_ready_replica_has_is_a_404_listing_the_served_ones():

@@ -1,7 +1,7 @@
 """The gateway's OpenAPI 3.0.3 description, answered on ``GET /openapi.json``.
 
 It describes what the gateway really answers, errors included: every route of :mod:`.app`
-(and ``POST /run``, served by :class:`~basic_inference_server.webutil.PostFront`), with the
+(and ``POST /run``, answered in the HTTP front's loop by :mod:`..routing.runpath`), with the
 one JSON error shape of :mod:`basic_inference_server.errors`; the Open Inference Protocol's
 routes are in :mod:`.openapi_v2`. ``tests/unit/test_openapi_document.py``
 keeps its paths and methods equal to the app's routes; ``tests/integration/test_openapi.py``

@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
@@ -24,6 +24,7 @@ from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandl
 from .envelope import Envelope
 from .routes import RouteTable
 
+Handle = TypeVar("Handle", ChildHandle, RemoteHandle)
 SYSTEM_STATUS = "SYSTEM_STATUS"
 # `"SIGNATURE": "<name>"` as clients write it; a name with escapes or odd spacing is parsed in full.
 _SIGNATURE_AT = re.compile(rb'"SIGNATURE"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})"')
@@ -94,16 +95,13 @@ class Router:
         ServingError when there is none."""
         routes = self.table.routes
         replicas = routes.servers.get(signature, ())
-        if replicas and replicas[0].is_remote:
-            handle = self.other_address(signature, frozenset())
-            if handle is None:
+        if len(replicas) > 1 or (replicas and replicas[0].is_remote):
+            ready = [h for h in replicas if h.routable]
+            if ready:
+                return self.least_busy(ready)
+            if replicas[0].is_remote:
                 states = ", ".join(f"{h.address} {h.state}" + (f" ({h.error})" if h.error else "") for h in replicas)
                 raise Unavailable(f"endpoint {signature!r}: no model server is READY ({states})", retry_after=2)
-            return handle
-        if len(replicas) > 1:
-            ready = [h for h in replicas if h.state == READY and not h.health_failures]
-            if ready:
-                return min(ready, key=lambda h: h.inflight.count)
         if not replicas:
             endpoint = routes.endpoints.get(signature)
             if endpoint is None or endpoint.is_support:
@@ -131,12 +129,17 @@ class Router:
 
     def other_address(self, signature: str, tried: frozenset[RemoteHandle]) -> RemoteHandle | None:
         """The READY address of remote endpoint ``signature`` with the fewest requests in flight,
-        leaving out ``tried``; ties go round in turn, so that a light load spreads too."""
+        leaving out ``tried``."""
         ready = [h for h in self.table.routes.servers.get(signature, ()) if h.routable and h not in tried]
-        if not ready:
-            return None
-        start = next(self._turn) % len(ready)
-        return min(ready[start:] + ready[:start], key=lambda h: h.inflight.count)  # type: ignore[union-attr]
+        return self.least_busy(ready) if ready else None
+
+    def least_busy(self, handles: list[Handle]) -> Handle:
+        """The one of ``handles`` (READY replicas or addresses of one endpoint) with the fewest
+        requests in flight; ties go round in turn, so that a light load spreads too."""
+        if len(handles) == 1:
+            return handles[0]
+        start = next(self._turn) % len(handles)
+        return min(handles[start:] + handles[:start], key=lambda h: h.inflight.count)
 
     def is_flat(self, handle: ChildHandle) -> bool:
         return (handle.endpoint.response_format or self.response_format) == "flat"

@@ -52,12 +52,11 @@ def route_model(router: Router, name: str, version: str | None) -> ChildHandle:
                                ) from None
     if version is None or version == str(handle.generation):
         return handle
-    replicas = [h for h in router.table.routes.servers.get(name, ()) if str(h.generation) == version
-                and h.state == READY and not h.health_failures]
+    replicas = [h for h in router.table.routes.servers.get(name, ()) if h.routable and str(h.generation) == version]
     if not replicas:
         raise NotFound(f"model {name!r} has no version {version!r}: version(s) "
                        f"{', '.join(served_versions(router, name))} served")
-    return min(replicas, key=lambda h: h.inflight.count)
+    return router.least_busy(replicas)
 
 
 def served_versions(router: Router, name: str) -> list[str]:

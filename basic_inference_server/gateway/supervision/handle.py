@@ -87,6 +87,11 @@ class ChildHandle:
         return self.socket_path
 
     @property
+    def routable(self) -> bool:
+        """READY and passing its health probes: requests may go to it."""
+        return self.state is READY and not self.health_failures
+
+    @property
     def is_support(self) -> bool:
         return self.endpoint.is_support
 

@@ -31,6 +31,7 @@ from typing import Any
 from ... import exitcodes
 from ...config import EndpointConfig, GatewayConfig
 from ...errors import Conflict
+from ...server.spec import ServerSpec
 from ..observe.sysinfo import process_tree_usage
 from ..reconfigure import code_hash
 from ..routing.routes import RouteTable
@@ -186,6 +187,15 @@ class Supervisor(ChangesMixin):
         keys = (replica_key(name, replica) for replica in range(count))
         return [self.handles[key] for key in keys if key in self.handles]
 
+    def server_spec(self, endpoint: EndpointConfig, name: str, port: int, socket_path: str, error_file: Path,
+                    nr_workers: int, replica: int = 0) -> ServerSpec:
+        """What a model server of ``endpoint`` is started with (a child, or ``endpoint <name>``)."""
+        return model_server_spec(
+            endpoint, name, port, socket_path, self.config, nr_workers=nr_workers, app_root=self.app_root,
+            cache_folder=self.cache_folder, error_file=error_file, host_id=self.host_id,
+            admin_token=self.admin_token, workers_location=self.workers_location,
+            workers_suffix=self.workers_suffix, execution_path=self.execution_path, replica=replica)
+
     def _spawn(self, handle: ChildHandle) -> None:
         """Start the handle's process (main thread, without the lock: Popen forks and writes)."""
         if handle.proc is not None and handle.proc.stdin is not None:
@@ -200,13 +210,8 @@ class Supervisor(ChangesMixin):
             error_file = self._error_file(handle)
             error_file.unlink(missing_ok=True)
             socket_path = str(self.socket_folder / f"{handle.port}.sock")
-            spec = model_server_spec(
-                endpoint, handle.name, handle.port, socket_path, self.config,
-                nr_workers=handle.nr_workers or endpoint.nr_workers, app_root=self.app_root,
-                cache_folder=self.cache_folder, error_file=error_file, host_id=self.host_id,
-                admin_token=self.admin_token, workers_location=self.workers_location,
-                workers_suffix=self.workers_suffix, execution_path=self.execution_path, replica=handle.replica,
-            )
+            spec = self.server_spec(endpoint, handle.name, handle.port, socket_path, error_file,
+                                    handle.nr_workers or endpoint.nr_workers, handle.replica)
             proc = spawn_model_server(spec, self.app_root)
         now = time.monotonic()
         with self._lock:
