@@ -82,8 +82,8 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
                        ", ".join(todo.needs_restart))
     after = {e.name: e for e in new.endpoints}
     # Remote endpoints first: added and changed ones are resolved and probed now (one coming back
-    # to local children stays remote until the end), and an endpoint moving to remote servers keeps
-    # its children until one of those servers is READY.
+    # to local children is served remotely until those children are READY), and an endpoint moving
+    # to remote servers keeps its children until one of those servers is READY.
     before = {e.name: e for e in supervisor.config.endpoints}
     gateway.remote.configure([before[e.name] if e.name in before and before[e.name].is_remote and not e.is_remote
                               else e for e in new.endpoints])
@@ -110,6 +110,12 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
             if before is not None and before.is_remote and not endpoint.is_remote and not endpoint.disabled:
                 supervisor.request_start(name)  # served here again
                 started.append(name)
+    coming_back = [name for name in started if name in todo.changed]
+    if coming_back:  # served by their remote servers until their children here are READY
+        late = supervisor.wait_started(coming_back)
+        if late:
+            logger.warning("reload_config: %s not READY here yet; their remote servers are no longer used",
+                           ", ".join(late))
     gateway.config = dataclasses.replace(gateway.config, endpoints=supervisor.config.endpoints)
     gateway.remote.configure(gateway.config.endpoints)
     logger.info("reload_config: added %s, removed %s, changed %s, unchanged %s", todo.added or "-",

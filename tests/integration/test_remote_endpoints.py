@@ -224,7 +224,19 @@ def test_reload_config_moves_an_endpoint_to_remote_servers_and_back(gateway_fact
     assert "echo" not in gateway.servers()  # its child was stopped
     assert {gateway.run("echo", VALUE=i).json()["predict_result"]["pid"] for i in range(5)} == {server.proc.pid}
     config_path.write_text(json.dumps(local))
-    assert gateway.admin("/reload_config", {}).status_code == 200
-    gateway.wait_state("echo", "READY", timeout=20)
-    assert f"echo@127.0.0.1:{server.port}" not in gateway.servers()
-    assert gateway.run("echo", VALUE=1).json()["predict_result"]["pid"] == gateway.servers()["echo"]["PID"]
+    stop, results = threading.Event(), []
+    clients = load(gateway, stop, results, threads=2)
+    try:
+        time.sleep(0.3)
+        assert gateway.admin("/reload_config", {}).status_code == 200  # answered once the child is READY
+        assert gateway.servers()["echo"]["STATE"] == "READY"
+        assert f"echo@127.0.0.1:{server.port}" not in gateway.servers()
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(30)
+    assert [r for r in results if r[0] != 200] == []  # served remotely until the child here was READY
+    new_child = gateway.servers()["echo"]["PID"]
+    assert {r[1] for r in results} == {server.proc.pid, new_child}
+    assert gateway.run("echo", VALUE=1).json()["predict_result"]["pid"] == new_child

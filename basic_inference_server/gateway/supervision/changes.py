@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...config import EndpointConfig
-from .handle import STOPPED, ChildHandle
+from .handle import FAILED, READY, STOPPED, ChildHandle
 from .reload import Reload
 
 if TYPE_CHECKING:
@@ -39,6 +39,18 @@ class ChangesMixin(_Base):
         if not reload.done.wait(wait):
             return {**reload.to_json(), "ERROR": f"still in progress after {wait:.0f}s"}
         return reload.to_json()
+
+    def wait_started(self, names: list[str]) -> list[str]:
+        """Wait until every replica of ``names`` is READY, as long as one may take to start; the
+        names that are not READY by then (or FAILED before)."""
+        deadline = time.monotonic() + self.config.startup_timeout + 10
+        while True:
+            with self._lock:
+                states = {name: [h.state for h in self.replicas_of(name)] for name in names}
+            waiting = [name for name, got in states.items() if not got or any(s is not READY for s in got)]
+            if not waiting or time.monotonic() > deadline or all(FAILED in states[name] for name in waiting):
+                return waiting
+            time.sleep(0.05)
 
     def reload_refused(self, name: str, error: str) -> Reload:
         """A reload that could not begin (the new configuration or file does not read): reported
