@@ -8,8 +8,11 @@ addresses no longer returned leave the table (their requests in flight still fin
 it says it is shutting down, DOWN after ``PROBE_FAILURES`` failed probes in a row. A request that
 could not reach an address (refused, connection lost) takes it out at once
 (:meth:`RemoteEndpoints.report`, from the event loop); a probe brings it back. The router sends
-requests only to READY addresses. All this runs on one thread of its own (probes on a small pool),
-never in the event loop, and publishes each change into the route table.
+requests only to READY addresses. Resolving and probing each run on a thread of their own (the
+lookups and the probes on small pools), never in the event loop, and publish each change into the
+route table: a slow DNS server delays neither the probes nor the other host names, and a lookup
+that takes longer than ``RESOLVE_TIMEOUT`` counts as failed for that round (the addresses that
+URL had are kept).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from ...config import EndpointConfig
 from ..routing.routes import RouteTable
@@ -33,6 +36,7 @@ RESOLVE_INTERVAL = 2.0
 PROBE_INTERVAL = 0.5
 PROBE_TIMEOUT = 1.0
 PROBE_FAILURES = 2
+RESOLVE_TIMEOUT = 2.0
 
 
 def resolve(host: str, port: int) -> list[str]:
@@ -51,23 +55,30 @@ class RemoteEndpoints:
         self.addresses: dict[str, dict[tuple[str, int], RemoteHandle]] = {name: {} for name in self.endpoints}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="remote-probe")
+        self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="remote-resolve")
+        self._looking_up: dict[tuple[str, int], Future] = {}  # lookups still running from a past round
         self._resolve_errors: dict[str, str] = {}  # URL -> the last error, logged once
         self._probing: set[RemoteHandle] = set()  # addresses whose probe is still running
         self._resolving = threading.Lock()  # one resolve_all at a time (the loop's, a reload's)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        if self.endpoints:
-            self._thread = threading.Thread(target=self._run, name="remote-endpoints", daemon=True)
-            self._thread.start()
+        if self.endpoints and not self._threads:
+            self._threads = [threading.Thread(target=self._every, args=(RESOLVE_INTERVAL, self.resolve_all),
+                                              name="remote-resolving", daemon=True),
+                             threading.Thread(target=self._every, args=(PROBE_INTERVAL, self.probe_all),
+                                              name="remote-probing", daemon=True)]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(PROBE_TIMEOUT + 2)
+        for thread in self._threads:
+            thread.join(RESOLVE_TIMEOUT + PROBE_TIMEOUT + 2)
         self._probes.shutdown(wait=False, cancel_futures=True)
+        self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def configure(self, endpoints: Iterable[EndpointConfig]) -> None:
         """A reloaded configuration: remote endpoints added, changed (their addresses are resolved
@@ -82,17 +93,15 @@ class RemoteEndpoints:
                     handle.endpoint = endpoint
             self.endpoints = wanted
         self.resolve_all(publish=True)
-        if wanted and self._thread is None:
-            self.start()
+        self.start()
 
-    def _run(self) -> None:
-        next_resolve = 0.0
+    def _every(self, interval: float, step) -> None:
         while not self._stop.is_set():
-            if time.monotonic() >= next_resolve:
-                self.resolve_all()
-                next_resolve = time.monotonic() + RESOLVE_INTERVAL
-            self.probe_all()
-            self._stop.wait(PROBE_INTERVAL)
+            try:
+                step()
+            except Exception:  # the next round tries again; nothing must end this thread
+                logger.exception("remote endpoints: %s failed", step.__name__)
+            self._stop.wait(interval)
 
     # -- reading (any thread) ----------------------------------------------------------------
     def handles(self) -> list[RemoteHandle]:
@@ -135,14 +144,16 @@ class RemoteEndpoints:
     def resolve_all(self, publish: bool = False) -> None:
         with self._resolving:
             changed = publish
-            for name, endpoint in list(self.endpoints.items()):
+            endpoints = list(self.endpoints.items())
+            looked_up = self._look_up({url for _, endpoint in endpoints for url in endpoint.urls})
+            for name, endpoint in endpoints:
                 found: dict[tuple[str, int], str] = {}
                 unresolved: set[str] = set()  # URLs whose addresses are kept while their DNS fails
                 for host, port in endpoint.urls:
                     source = f"http://{host}:{port}"
                     try:
-                        addresses = resolve(host, port)
-                    except OSError as exc:
+                        addresses = looked_up[(host, port)].result()
+                    except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
                         unresolved.add(source)
                         if self._resolve_errors.get(source) != str(exc):
                             self._resolve_errors[source] = str(exc)
@@ -156,6 +167,18 @@ class RemoteEndpoints:
                 with self._lock:
                     snapshot = {name: tuple(table.values()) for name, table in self.addresses.items()}
                 self.table.publish_remote(snapshot)
+
+    def _look_up(self, urls: set[tuple[str, int]]) -> dict[tuple[str, int], Future]:
+        """Every host name looked up at once, each within RESOLVE_TIMEOUT: a lookup not done by
+        then fails this round (TimeoutError) and is waited for again by the next one."""
+        futures = {url: self._looking_up.pop(url, None) or self._lookups.submit(resolve, *url) for url in urls}
+        wait(futures.values(), timeout=RESOLVE_TIMEOUT)
+        for url, future in list(futures.items()):
+            if not future.done():
+                self._looking_up[url] = future
+                futures[url] = late = Future()
+                late.set_exception(TimeoutError(f"no answer from DNS within {RESOLVE_TIMEOUT:g}s"))
+        return futures
 
     def _update(self, endpoint: EndpointConfig, found: dict[tuple[str, int], str], unresolved: set[str]) -> bool:
         """Add the new addresses, drop the ones DNS no longer returns (not those of a URL whose
