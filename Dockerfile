@@ -57,9 +57,9 @@ VOLUME /aid_app/_cache
 
 # 200 from /ready only when every model server is READY (Python: no curl in the slim image).
 # BIS_HEALTH_URL changes what is probed: one endpoint's server run on its own (`endpoint <name>`)
-# answers /health on its own port.
+# answers /health on its own port (https:// with TLS, checked against BIS_TLS_CA_FILE when set).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request\ntry:\n    urllib.request.urlopen(os.environ.get('BIS_HEALTH_URL', 'http://127.0.0.1:5002/ready'), timeout=4)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
+    CMD ["python", "-c", "import os, ssl, sys, urllib.request\nca = os.environ.get('BIS_TLS_CA_FILE')\ntry:\n    urllib.request.urlopen(os.environ.get('BIS_HEALTH_URL', 'http://127.0.0.1:5002/ready'), timeout=4, context=ssl.create_default_context(cafile=ca) if ca else None)\nexcept Exception as exc:\n    sys.exit(f'not ready: {exc}')"]
 STOPSIGNAL SIGTERM
 # The gateway; `docker run <image> endpoint <name> --host 0.0.0.0 --port 5003` runs one endpoint's
 # model server instead (with -e BIS_HEALTH_URL=http://127.0.0.1:5003/health).

@@ -66,6 +66,7 @@ class EndpointConfig:
     max_rss_mb: float = 0.0  # recycle a server whose process tree is larger (0: never)
     devices: tuple[str, ...] = ()  # DEVICES: replica i runs on devices[i % len(devices)]
     urls: tuple[tuple[str, int], ...] = ()  # URLS: (host, port) of model servers the gateway did not start
+    tls: bool = False  # URLS are https:// (verified against BIS_TLS_CA_FILE or the system's authorities)
 
     @property
     def is_support(self) -> bool:
@@ -80,6 +81,10 @@ class EndpointConfig:
     def is_remote(self) -> bool:
         """Served by model servers elsewhere (``URLS``), not by children of this gateway."""
         return bool(self.urls)
+
+    def url_of(self, host: str, port: int) -> str:
+        """The URL of one of its remote servers (an IPv6 address in brackets)."""
+        return f"{'https' if self.tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -245,7 +250,7 @@ def _parse_endpoint(
     description = settings.get("DESCRIPTION", "")
     disabled = _boolean(settings, "DISABLED", False, where)
     _warmup(settings, where)
-    urls = _urls(settings, where)
+    urls, tls = _urls(settings, where)
     worker = script = None
     if urls:
         pass  # served elsewhere: the endpoint file lives with its model servers
@@ -288,6 +293,7 @@ def _parse_endpoint(
         max_rss_mb=_optional_number(settings, "MAX_RSS_MB", where),
         devices=_devices(settings, where),
         urls=urls,
+        tls=tls,
         worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
         worker=worker,
         script=script,
@@ -303,11 +309,12 @@ def _devices(settings: Mapping[str, Any], where: str) -> tuple[str, ...]:
         raise ConfigError(f"{_key(where, 'DEVICES')}: {exc}") from None
 
 
-def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[str, int], ...]:
-    """``URLS``: ``"http://host:port"`` or a list of them; each host may be a DNS name whose every
-    address is a model server of the endpoint."""
+def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[tuple[str, int], ...], bool]:
+    """``URLS``: ``"http://host:port"`` (or ``https://``, all of them the same) or a list of them;
+    each host may be a DNS name whose every address is a model server of the endpoint. The
+    (host, port) pairs and whether they take TLS."""
     if "URLS" not in settings:
-        return ()
+        return (), False
     key = _key(where, "URLS")
     value = settings["URLS"]
     items = [value] if isinstance(value, str) else value
@@ -316,18 +323,23 @@ def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[str, int], ...
     if settings.get("HOST") == NO_HOST:
         raise ConfigError(f"{key}: a support process (HOST \"NO_HOST\") has no URLS")
     found: list[tuple[str, int]] = []
+    schemes = set()
     for item in items:
         try:
             parts = urllib.parse.urlsplit(item)
-            port = parts.port or 80
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as exc:
             raise ConfigError(f"{key}: {item!r}: {exc}") from None
-        if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/") or parts.query:
-            raise ConfigError(f"{key}: expected \"http://host:port\" (plain HTTP on a private network, "
-                              f"authenticated by BIS_ENDPOINT_TOKEN), got {item!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                or parts.query:
+            raise ConfigError(f"{key}: expected \"http://host:port\" (a private network) or "
+                              f"\"https://host:port\" (TLS), got {item!r}")
+        schemes.add(parts.scheme)
         if (parts.hostname, port) not in found:
             found.append((parts.hostname, port))
-    return tuple(found)
+    if len(schemes) > 1:
+        raise ConfigError(f"{key}: mixes http:// and https://; the servers of one endpoint take the same")
+    return tuple(found), schemes == {"https"}
 
 
 def _warmup(settings: Mapping[str, Any], where: str) -> None:

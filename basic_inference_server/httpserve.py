@@ -9,24 +9,15 @@ remote endpoints call it, each model server's.
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 
 class InFlight:
-    """Counts requests being served, so that a shutdown can wait for them (``with inflight: ...``),
-    and bounds them without blocking (:meth:`try_enter`)."""
+    """Counts requests being served (:meth:`enter` and :meth:`exit`), so that a shutdown can wait
+    for them, and bounds them without blocking (:meth:`try_enter`)."""
 
     def __init__(self) -> None:
         self._count = 0
         self._lock = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self._count += 1
-
-    def __exit__(self, *exc: Any) -> None:
-        with self._lock:
-            self._count -= 1
 
     def enter(self) -> None:
         with self._lock:

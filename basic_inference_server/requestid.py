@@ -5,8 +5,9 @@ otherwise, or when what it sent is not such an id, the gateway makes one. The ga
 to the model server in the same header, both answer it in that header, error bodies carry it as
 ``error.request_id``, and every log line written while the request is served shows it.
 
-The id lives in a context variable: each waitress thread and each worker thread sets it while it
-works on a request, so log records pick it up without it being passed around.
+The id lives in a context variable: the HTTP fronts' event loops and route threads, and each
+worker thread, set it while they work on a request, so log records pick it up without it being
+passed around.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
+from ..tlsfiles import client_context
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds, endpoint_token
@@ -120,6 +121,7 @@ class FlaskGateway:
         self.router = Router(self.supervisor.table, self.envelope, self.admission, self.config.response_format)
         self._stop = threading.Event()
         self._hup = threading.Event()
+        self._reloading = threading.Lock()
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
         if run:
@@ -182,13 +184,14 @@ class FlaskGateway:
         in force (:mod:`.reconfigure`). Raises ConfigError (nothing changes) when it does not read."""
         if self._config_path is None:
             raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
-        try:
-            config = self._with_port_flags(self._read_config())
-        except ConfigError as exc:
-            logger.error("reload_config: the configuration does not read, nothing changed: %s", exc)
-            self.history.record("RELOAD_CONFIG_FAILED", detail=str(exc))
-            raise
-        result = reconfigure.apply(self, config)
+        with self._reloading:  # one at a time: a second one reads the file once the first is done
+            try:
+                config = self._with_port_flags(self._read_config())
+            except ConfigError as exc:
+                logger.error("reload_config: the configuration does not read, nothing changed: %s", exc)
+                self.history.record("RELOAD_CONFIG_FAILED", detail=str(exc))
+                raise
+            result = reconfigure.apply(self, config)
         self.history.record("RELOAD_CONFIG", detail=", ".join(
             f"{key.lower()} {value}" for key, value in result.items() if key in ("ADDED", "REMOVED", "CHANGED")))
         return result
@@ -230,6 +233,7 @@ class FlaskGateway:
         )
         try:
             token = endpoint_token()  # sent to the model servers of remote endpoints
+            self.remote.tls = client_context()  # how those of https:// URLS are checked (BIS_TLS_CA_FILE)
         except ValueError as exc:
             raise GatewayStartupError(str(exc)) from None
         try:

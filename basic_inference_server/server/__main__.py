@@ -22,6 +22,7 @@ from typing import Any
 from .. import exitcodes
 from ..logger import Logger
 from ..logs import setup_process_logging
+from ..tlsfiles import server_context
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import raise_open_file_limit
 from ..webutil import endpoint_token
@@ -117,13 +118,15 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     )
     try:
         token = endpoint_token() if spec.standalone else None
+        tls = server_context() if spec.standalone else None  # BIS_TLS_CERT_FILE, BIS_TLS_KEY_FILE
     except ValueError as exc:
         return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")
     try:
         # A body may take its time (a large upload from afar), and every connection is an open file.
         limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
                              max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
-        http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits)
+        http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits,
+                          tls=tls)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None
@@ -135,7 +138,8 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         channel.start()
     http.start()
     started = time.monotonic()
-    logger.info("%s listening on %s:%d%s; loading %d worker(s) of %s", name, spec.host, http.port,
+    logger.info("%s listening on %s:%d%s%s; loading %d worker(s) of %s", name, spec.host, http.port,
+                " (TLS)" if tls else "",
                 f" and {spec.socket_path}" if channel else "", spec.nr_workers, location.class_name)
     try:
         shared = worker_cls._load_shared(merged)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import ssl
 
 from .. import jsonutil, requestid
 from ..errors import InvalidInput, Misrouted, RequestTimeout, ServingError, Unauthorized
@@ -35,12 +36,12 @@ _ROUTED = ROUTED_HEADER.lower().encode("latin-1")
 
 
 def serve_http(state: ServerState, host: str, port: int, *, token: str | None, threads: int,
-               limits: FrontLimits) -> HttpFront:
+               limits: FrontLimits, tls: ssl.SSLContext | None = None) -> HttpFront:
     """The model server's HTTP port, bound (not yet started): ``POST <EXECUTION_PATH>`` in the
     front's loop (with ``token``, only for a client that sends it), every other route by the
-    Flask app on ``threads`` threads."""
+    Flask app on ``threads`` threads; over TLS with ``tls``."""
     http = HttpFront(RequestIds(create_app(state)), host, port, fast_path=state.execution_path, threads=threads,
-                     limits=limits)
+                     limits=limits, tls=tls)
     http.fast_handler = FastRun(state, http.loop, token)
     return http
 

@@ -1,4 +1,4 @@
-"""One client connection of the gateway's HTTP front (:mod:`.httpfront`): parse with httptools,
+"""One client connection of an HTTP front (:mod:`.httpfront`): parse with httptools,
 answer in order (JSON, WSGI or streamed), enforce the read limits and deadlines."""
 
 from __future__ import annotations
@@ -185,18 +185,21 @@ class HttpConnection(asyncio.Protocol):
         request = self.queue.popleft()
         self.busy = True
         path = request.target.partition(b"?")[0]
-        if b"%" in path:  # "/%72un" is "/run", as it is for the routes of the WSGI app
-            path = unquote_to_bytes(path)
         front = self.front
         handler = None
-        if path == front.fast_path:
-            handler = front.fast_handler
+        if path == front.fast_path or (b"%" in path and unquote_to_bytes(path) == front.fast_path):
+            handler = front.fast_handler  # "/%72un" is "/run", as it is for the routes of the WSGI app
         elif front.prefix_handler is not None and request.method == "POST" and path.startswith(front.fast_prefix):
             handler = front.prefix_handler
         if handler is not None:
             if request.method != "POST":
                 exc = METHOD_NOT_ALLOWED
-                self.respond(request, exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()))
+                token = requestid.bind(request.request_id)  # the error body names it
+                try:
+                    body = jsonutil.dumps_bytes(exc.to_body())
+                finally:
+                    requestid.unbind(token)
+                self.respond(request, exc.status, body, list(exc.headers().items()))
                 return
             try:
                 self._current = request

@@ -1,10 +1,11 @@
-"""The gateway's HTTP/1.1 front: one event loop (uvloop), httptools to parse, no thread per connection.
+"""The HTTP/1.1 front of the gateway and of every model server's own port: one event loop
+(uvloop), httptools to parse, no thread per connection.
 
-``POST <fast path>`` (the gateway's ``/run``), and any POST under ``fast_prefix`` (V2 infer), is
+``POST <fast path>`` (``/run``), and any POST under ``fast_prefix`` (the gateway's V2 infer), is
 handed to a handler of its own that runs in the loop and answers through a callback when its answer is
 ready, so a request waiting for a model server holds no thread; what the handler returns is
 cancelled (``.cancel()``) when the client leaves before its answer. Every other request goes to
-a WSGI app (the gateway's Flask routes) on a thread pool. Chosen by measurement over waitress
+a WSGI app (the Flask routes) on a thread pool. Chosen by measurement over waitress
 and granian (see the README's performance section): it parses HTTP in C, holds tens of thousands
 of idle connections in a few KB each, and hands nothing between threads on the hot path.
 
@@ -22,6 +23,7 @@ import asyncio
 import email.utils
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,8 +46,10 @@ class HttpFront:
 
     def __init__(self, app: Callable[..., Iterable[bytes]], host: str, port: int, *, fast_path: str,
                  threads: int, limits: FrontLimits, fast_handler: Callable[[HttpRequest, Respond], Any] | None = None,
-                 fast_prefix: str = "", prefix_handler: Callable[[HttpRequest, Respond], Any] | None = None):
+                 fast_prefix: str = "", prefix_handler: Callable[[HttpRequest, Respond], Any] | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.app = app
+        self.tls = tls  # serve TLS (a model server run on its own, with BIS_TLS_CERT_FILE)
         self.fast_path = fast_path.encode("latin-1")
         self.fast_handler = fast_handler
         self.fast_prefix = fast_prefix.encode("latin-1")  # POSTs under it go to prefix_handler, in the loop too
@@ -59,7 +63,7 @@ class HttpFront:
             self.loop = uvloop.new_event_loop()
         except ImportError:  # no uvloop for this platform: the standard loop works, slower
             self.loop = asyncio.new_event_loop()
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="gateway-route")
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="http-route")
         self.connections: set[HttpConnection] = set()
         self.draining_connections = False  # answers close their connection (shutting down)
         self.refused = 0  # connections refused past MAX_CONNECTIONS
@@ -77,7 +81,8 @@ class HttpFront:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             self._server = self.loop.run_until_complete(
-                self.loop.create_server(lambda: HttpConnection(self), sock=self.sock, backlog=4096))
+                self.loop.create_server(lambda: HttpConnection(self), sock=self.sock, backlog=4096, ssl=self.tls,
+                                        ssl_handshake_timeout=self.limits.header_timeout if self.tls else None))
             self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
             started.set()
             self.loop.run_forever()

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import requests
+import trustme
 from conftest import FIXTURES, make_app
 from test_endpoint_command import EndpointProcess
 
@@ -240,3 +241,38 @@ def test_reload_config_moves_an_endpoint_to_remote_servers_and_back(gateway_fact
     new_child = gateway.servers()["echo"]["PID"]
     assert {r[1] for r in results} == {server.proc.pid, new_child}
     assert gateway.run("echo", VALUE=1).json()["predict_result"]["pid"] == new_child
+
+
+def test_https_urls_take_tls_checked_against_the_ca(gateway_factory, tmp_path):
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    key.write_bytes(issued.private_key_pem.bytes())
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    app = make_app(tmp_path / "tls_server", {"CONFIG_ENDPOINTS": {"echo": REMOTE_ENTRY}}, FILES)
+    server = EndpointProcess(app, env={"BIS_ENDPOINT_TOKEN": SECRET, "BIS_TLS_CERT_FILE": str(cert),
+                                       "BIS_TLS_KEY_FILE": str(key)})
+    server.url, server.session.verify = f"https://localhost:{server.port}", str(ca_file)
+    server.session.trust_env = False  # REQUESTS_CA_BUNDLE would take the place of the CA
+    try:
+        server.start()  # its /health answered over TLS, verified against the CA
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{server.port}/health", timeout=5)  # no plain HTTP on that port
+        config = {"CONFIG_ENDPOINTS": {"echo": {**REMOTE_ENTRY, "URLS": [f"https://localhost:{server.port}"]}}}
+        gateway = gateway_factory(config, FILES, env={"BIS_ENDPOINT_TOKEN": SECRET, "BIS_TLS_CA_FILE": str(ca_file)})
+        listed = gateway.wait_state(f"echo@127.0.0.1:{server.port}", "READY", timeout=10)
+        assert listed["URL"] == f"https://localhost:{server.port}"
+        assert {gateway.run("echo", VALUE=i).json()["predict_result"]["pid"] for i in range(10)} == {server.proc.pid}
+        streamed = requests.post(gateway.url + "/run", json={"SIGNATURE": "echo", "VALUE": 2, "STREAM": True},
+                                 headers={"Accept": "application/x-ndjson"}, timeout=20)
+        assert streamed.status_code == 200 and streamed.headers["Content-Type"] == "application/x-ndjson"
+        untrusting = gateway_factory(config, FILES, env={"BIS_ENDPOINT_TOKEN": SECRET}, wait_ready=False)
+        refused = untrusting.wait_state(f"echo@127.0.0.1:{server.port}", "DOWN", timeout=10)
+        assert "CERTIFICATE_VERIFY_FAILED" in refused["ERROR"]
+        answer = untrusting.run("echo", VALUE=1)
+        assert answer.status_code == 503 and "CERTIFICATE_VERIFY_FAILED" in answer.json()["ERROR"]
+        assert gateway.run("echo", VALUE=3).status_code == 200  # the other gateway goes on
+    finally:
+        server.stop()
+    server.assert_nothing_left()

@@ -374,11 +374,56 @@ def test_urls_make_a_remote_endpoint_without_an_endpoint_file_here(root):
     assert not parse(root, {"demo": {"NR_WORKERS": 1}}).endpoint("demo").is_remote
 
 
-@pytest.mark.parametrize("value", [[], "far:5003", ["https://far:5003"], ["http://far:5003/run"], ["http://:5003"],
+def test_https_urls_take_tls_and_default_to_port_443(root):
+    far = parse(root, {"far": {"URLS": ["https://far.example", "https://[fd00::5]:5003"]}}).endpoint("far")
+    assert far.tls and far.urls == (("far.example", 443), ("fd00::5", 5003))
+    assert [far.url_of(*url) for url in far.urls] == ["https://far.example:443", "https://[fd00::5]:5003"]
+    assert not parse(root, {"far": {"URLS": "http://far"}}).endpoint("far").tls
+
+
+@pytest.mark.parametrize("value", [[], "far:5003", ["ftp://far:5003"], ["http://far:5003/run"], ["http://:5003"],
                                    ["http://far:99999"], [5003], {"a": "http://far"}])
 def test_bad_urls_are_refused_with_the_key(root, value):
     message = config_error(root, {"far": {"URLS": value}})
     assert message.startswith("CONFIG_ENDPOINTS.far.URLS: ")
+
+
+def test_one_endpoint_does_not_mix_http_and_https(root):
+    message = config_error(root, {"far": {"URLS": ["http://a:5003", "https://b:5003"]}})
+    assert message == "CONFIG_ENDPOINTS.far.URLS: mixes http:// and https://; the servers of one endpoint take the same"
+
+
+# -- BIS_TLS_*: TLS on the hop to remote model servers ----------------------------------------------
+def test_tls_files_load_in_pairs_and_name_what_is_wrong(monkeypatch, tmp_path):
+    trustme = pytest.importorskip("trustme")
+    from basic_inference_server.tlsfiles import client_context, server_context
+
+    for name in ("BIS_TLS_CERT_FILE", "BIS_TLS_KEY_FILE", "BIS_TLS_CA_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert server_context() is None
+    assert client_context().verify_mode.name == "CERT_REQUIRED"
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost")
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    cert.write_bytes(issued.cert_chain_pems[0].bytes())
+    key.write_bytes(issued.private_key_pem.bytes())
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    monkeypatch.setenv("BIS_TLS_CERT_FILE", str(cert))
+    with pytest.raises(ValueError, match="BIS_TLS_CERT_FILE and BIS_TLS_KEY_FILE go together"):
+        server_context()
+    monkeypatch.setenv("BIS_TLS_KEY_FILE", str(tmp_path / "missing.key"))
+    with pytest.raises(ValueError, match="no such file: .*missing.key"):
+        server_context()
+    monkeypatch.setenv("BIS_TLS_KEY_FILE", str(ca_file))  # a certificate where the key should be
+    with pytest.raises(ValueError, match="do not load as a PEM certificate chain"):
+        server_context()
+    monkeypatch.setenv("BIS_TLS_KEY_FILE", str(key))
+    assert server_context() is not None
+    monkeypatch.setenv("BIS_TLS_CA_FILE", str(key))
+    with pytest.raises(ValueError, match="BIS_TLS_CA_FILE .* does not load as PEM certificates"):
+        client_context()
+    monkeypatch.setenv("BIS_TLS_CA_FILE", str(ca_file))
+    assert client_context().cert_store_stats()["x509_ca"] >= 1
 
 
 # -- BIS_ENDPOINT_TOKEN(_FILE): the shared secret of gateways and remote model servers ---------------

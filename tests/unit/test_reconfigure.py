@@ -4,6 +4,7 @@ blue-green replacement (supervision/reload)."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 from types import MappingProxyType
 
 from basic_inference_server.config import EndpointConfig, GatewayConfig
@@ -48,3 +49,28 @@ def test_a_second_process_that_would_not_fit_in_memory_is_refused(monkeypatch):
     assert why is not None and "1000 MB needed" in why and "900 MB available" in why
     monkeypatch.setattr(reload, "memory", lambda: Memory(4096 * 1048576, 2048 * 1048576, "host"))
     assert reload._memory_short(old) is None
+
+
+def test_waiting_for_children_ends_when_they_are_ready_or_cannot_become_so(tmp_path):
+    from basic_inference_server.gateway.supervision.handle import FAILED, READY, RESTARTING, STARTING, STOPPED
+    from basic_inference_server.gateway.supervision.supervisor import Supervisor
+
+    supervisor = Supervisor(GatewayConfig(endpoints=(), startup_timeout=60), tmp_path, tmp_path, "h0000", None)
+    try:
+        ep = endpoint("a", tmp_path)
+        handle = supervisor.handles["a"] = ChildHandle(endpoint=ep, port=None, state=READY)
+        assert supervisor.wait_started(["a"]) == []
+        for state in (FAILED, STOPPED):  # answered at once, not after STARTUP_TIMEOUT
+            handle.state = state
+            assert supervisor.wait_started(["a"]) == ["a"]
+        assert supervisor.wait_started(["gone"]) == ["gone"]  # removed meanwhile by another change
+        handle.state = RESTARTING  # may still come up: waited for, and READY ends the wait
+        timer = threading.Timer(0.3, lambda: setattr(handle, "state", READY))
+        timer.start()
+        assert supervisor.wait_started(["a"]) == []
+        assert handle.state is READY
+        handle.state = STARTING
+        threading.Timer(0.3, lambda: setattr(handle, "state", FAILED)).start()
+        assert supervisor.wait_started(["a"]) == ["a"]
+    finally:
+        supervisor._probes.shutdown()

@@ -43,8 +43,8 @@ class Client:
             headers["Content-Type"] = content_type
         return self.session.post(self.url + path, json=json, data=data, headers=headers, timeout=10)
 
-    def get(self, path):
-        return self.session.get(self.url + path, timeout=10)
+    def get(self, path, headers=None):
+        return self.session.get(self.url + path, headers=headers, timeout=10)
 
 
 @pytest.fixture
@@ -201,9 +201,10 @@ def test_draining_server_refuses_new_requests(server):
 
 def test_get_on_run_is_405_json(server):
     _, client = server()
-    response = client.get("/run")
-    assert_error(response, 405, "MethodNotAllowed")
+    response = client.get("/run", headers={"X-Request-ID": "get-on-run-1"})
+    body = assert_error(response, 405, "MethodNotAllowed")
     assert "POST" in response.headers["Allow"]
+    assert body["error"]["request_id"] == response.headers["X-Request-ID"] == "get-on-run-1"
 
 
 def test_unknown_route_is_404_json(server):

@@ -10,7 +10,7 @@ import pytest
 from basic_inference_server.errors import NotFound
 from basic_inference_server.gateway.routing.router import Router
 from basic_inference_server.gateway.routing.routes import Routes, RouteTable
-from basic_inference_server.gateway.routing.v2path import route_model, served_versions
+from basic_inference_server.gateway.routing.v2path import infer_target, route_model, served_versions
 from basic_inference_server.gateway.supervision.handle import READY, STARTING, ChildHandle
 
 ENDPOINT = SimpleNamespace(name="m", is_support=False)
@@ -52,3 +52,10 @@ def test_a_version_no_ready_replica_has_is_a_404_listing_the_served_ones():
     router = router_of(replica(2), replica(4, state=STARTING))
     with pytest.raises(NotFound, match=r"no version '4': version\(s\) 2 served"):
         route_model(router, "m", "4")
+
+
+def test_an_infer_path_is_read_part_by_part_after_percent_decoding():
+    assert infer_target("/v2/models/m/%69nfer") == ("m", None)
+    assert infer_target("/v2/models/a%2Fb/versions/%32/infer") == ("a/b", "2")  # %2F stays in the name
+    with pytest.raises(NotFound):
+        infer_target("/v2/models/m/infer/more")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import ssl
 import time
 from collections.abc import Callable
 
@@ -70,8 +71,10 @@ class RemoteClient:
     """Requests to the model server at ``host:port``, from the event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, token: str | None,
-                 max_reply: int = MAX_REPLY, congested: Callable[[object, bool], None] | None = None):
+                 max_reply: int = MAX_REPLY, congested: Callable[[object, bool], None] | None = None,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None):
         self.loop = loop
+        self.tls, self.server_name = tls, server_name  # https://: the context and the name to check
         self.congested = congested or (lambda source, on: None)  # told while a connection cannot write
         self.host, self.port = host, port
         self.address = address_of(host, port)
@@ -204,8 +207,9 @@ class _HttpConnection(asyncio.Protocol):
         self.items = 0
         self._reading = True
         self._reset()
+        tls = {} if client.tls is None else {"ssl": client.tls, "server_hostname": client.server_name}
         task = client.loop.create_task(asyncio.wait_for(
-            client.loop.create_connection(lambda: self, client.host, client.port), CONNECT_TIMEOUT))
+            client.loop.create_connection(lambda: self, client.host, client.port, **tls), CONNECT_TIMEOUT))
         task.add_done_callback(self._made)
 
     def _reset(self) -> None:

@@ -9,6 +9,8 @@ changes a state.
 
 from __future__ import annotations
 
+import ssl
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -56,6 +58,7 @@ class RemoteHandle:
     health_failures: int = 0  # consecutive failed probes
     workers: dict[str, Any] = field(default_factory=dict)  # from its last /health
     http: Upstream | None = field(default=None, repr=False)  # probes and admin routes
+    tls: ssl.SSLContext | None = field(default=None, repr=False)  # its URL is https://
     report: Callable[[RemoteHandle, str, bool], None] | None = field(default=None, repr=False)
 
     @property
@@ -67,9 +70,14 @@ class RemoteHandle:
         return address_of(self.host, self.port)
 
     @property
+    def server_name(self) -> str:
+        """The host of its URL: the name its TLS certificate must show (its address resolved from it)."""
+        return urllib.parse.urlsplit(self.source).hostname or self.host
+
+    @property
     def key(self) -> str:
         """What the gateway's clients are kept by (one pool of connections per address)."""
-        return "http://" + self.address
+        return self.endpoint.url_of(self.host, self.port)
 
     @property
     def capacity(self) -> int:

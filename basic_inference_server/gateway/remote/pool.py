@@ -8,8 +8,8 @@ addresses no longer returned leave the table (their requests in flight still fin
 it says it is shutting down, DOWN after ``PROBE_FAILURES`` failed probes in a row. A request that
 could not reach an address (refused, connection lost) takes it out at once
 (:meth:`RemoteEndpoints.report`, from the event loop); a probe brings it back. The router sends
-requests only to READY addresses. Resolving and probing each run on a thread of their own (the
-lookups and the probes on small pools), never in the event loop, and publish each change into the
+requests only to READY addresses. Resolving and probing each run on a thread of their own (each
+lookup on a thread of its own, the probes on a small pool), never in the event loop, and publish each change into the
 route table: a slow DNS server delays neither the probes nor the other host names, and a lookup
 that takes longer than ``RESOLVE_TIMEOUT`` counts as failed for that round (the addresses that
 URL had are kept).
@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from ...config import EndpointConfig
+from ...tlsfiles import client_context
 from ..routing.routes import RouteTable
 from ..routing.upstream import Upstream
 from .handle import RemoteHandle, RemoteState
@@ -46,6 +48,20 @@ def resolve(host: str, port: int) -> list[str]:
     return v4 or sorted({info[4][0] for info in found})
 
 
+def _start_lookup(url: tuple[str, int]) -> Future:
+    """``resolve(host, port)`` on a new thread (a resolver that hangs holds only that one)."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(resolve(*url))
+        except Exception as exc:  # noqa: BLE001 - handed to the round that reads it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="remote-resolve", daemon=True).start()
+    return future
+
+
 class RemoteEndpoints:
     """Resolves, probes and publishes the addresses of the endpoints that have ``URLS``."""
 
@@ -57,11 +73,11 @@ class RemoteEndpoints:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._probes = ThreadPoolExecutor(max_workers=8, thread_name_prefix="remote-probe")
-        self._lookups = ThreadPoolExecutor(max_workers=4, thread_name_prefix="remote-resolve")
         self._looking_up: dict[tuple[str, int], Future] = {}  # lookups still running from a past round
         self._resolve_errors: dict[str, str] = {}  # URL -> the last error, logged once
         self._probing: set[RemoteHandle] = set()  # addresses whose probe is still running
         self._resolving = threading.Lock()  # one resolve_all at a time (the loop's, a reload's)
+        self.tls: ssl.SSLContext | None = None  # how https:// servers are checked (made when first needed)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -78,7 +94,6 @@ class RemoteEndpoints:
         for thread in self._threads:
             thread.join(RESOLVE_TIMEOUT + PROBE_TIMEOUT + 2)
         self._probes.shutdown(wait=False, cancel_futures=True)
-        self._lookups.shutdown(wait=False, cancel_futures=True)
 
     def configure(self, endpoints: Iterable[EndpointConfig]) -> None:
         """A reloaded configuration: remote endpoints added, changed (their addresses are resolved
@@ -150,7 +165,7 @@ class RemoteEndpoints:
                 found: dict[tuple[str, int], str] = {}
                 unresolved: set[str] = set()  # URLs whose addresses are kept while their DNS fails
                 for host, port in endpoint.urls:
-                    source = f"http://{host}:{port}"
+                    source = endpoint.url_of(host, port)
                     try:
                         addresses = looked_up[(host, port)].result()
                     except (OSError, ValueError) as exc:  # ValueError: a name IDNA cannot encode
@@ -168,11 +183,21 @@ class RemoteEndpoints:
                     snapshot = {name: tuple(table.values()) for name, table in self.addresses.items()}
                 self.table.publish_remote(snapshot)
 
+    def _tls(self) -> ssl.SSLContext:
+        if self.tls is None:
+            self.tls = client_context()  # the gateway checked BIS_TLS_CA_FILE when it started
+        return self.tls
+
     def _look_up(self, urls: set[tuple[str, int]]) -> dict[tuple[str, int], Future]:
-        """Every host name looked up at once, each within RESOLVE_TIMEOUT: a lookup not done by
-        then fails this round (TimeoutError) and is waited for again by the next one."""
-        futures = {url: self._looking_up.pop(url, None) or self._lookups.submit(resolve, *url) for url in urls}
-        wait(futures.values(), timeout=RESOLVE_TIMEOUT)
+        """Every host name looked up at once, each on a thread of its own and within
+        RESOLVE_TIMEOUT: a lookup not done by then fails this round (TimeoutError) and is waited
+        for again by the next one (so one name has at most one lookup running)."""
+        futures = {url: self._looking_up.pop(url, None) or _start_lookup(url) for url in urls}
+        self._looking_up.clear()  # what is left there: lookups of URLs no longer configured
+        deadline = time.monotonic() + RESOLVE_TIMEOUT
+        pending = set(futures.values())
+        while pending and not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            pending = wait(pending, timeout=min(left, 0.1)).not_done  # in slices: a stop ends the wait
         for url, future in list(futures.items()):
             if not future.done():
                 self._looking_up[url] = future
@@ -190,9 +215,11 @@ class RemoteEndpoints:
             added = [key for key in found if key not in table]
             gone = [key for key, handle in table.items() if key not in found and handle.source not in unresolved]
             for host, port in added:
-                probes = Upstream(host, port, maxsize=2, connect_timeout=PROBE_TIMEOUT)
-                table[(host, port)] = RemoteHandle(endpoint=endpoint, host=host, port=port, source=found[(host, port)],
-                                                   since=time.monotonic(), http=probes, report=self.report)
+                handle = table[(host, port)] = RemoteHandle(
+                    endpoint=endpoint, host=host, port=port, source=found[(host, port)], since=time.monotonic(),
+                    tls=self._tls() if endpoint.tls else None, report=self.report)
+                handle.http = Upstream(host, port, maxsize=2, connect_timeout=PROBE_TIMEOUT,
+                                       tls=handle.tls, server_name=handle.server_name)
             removed = [table.pop(key) for key in gone]
         for handle in removed:
             logger.info("%s: no longer an address of %s", handle.name, handle.source)

@@ -108,7 +108,7 @@ class Router:
                 raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: "
                                        f"{sorted(routes.servers)}")
             if endpoint.is_remote and not endpoint.disabled:
-                urls = ", ".join(f"http://{host}:{port}" for host, port in endpoint.urls)
+                urls = ", ".join(endpoint.url_of(host, port) for host, port in endpoint.urls)
                 raise Unavailable(f"endpoint {signature!r}: no address of {urls} found yet", retry_after=2)
             raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; "
                                     "an admin can start it with /start_server")

@@ -65,7 +65,7 @@ class RunPath:
             self._forget_idle_channels()
             if handle.is_remote:
                 channel = RemoteClient(self.loop, handle.host, handle.port, self.endpoint_token,
-                                       congested=self.congested)
+                                       congested=self.congested, tls=handle.tls, server_name=handle.server_name)
             else:
                 channel = ChannelClient(self.loop, key, congested=self.congested)
             self._channels[key] = channel

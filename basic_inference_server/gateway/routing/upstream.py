@@ -1,11 +1,12 @@
-"""Keep-alive HTTP/1.1 connections from the gateway to one model server.
+"""Keep-alive HTTP/1.1 connections from the gateway to one model server, from a thread.
 
-Every ``/run`` crosses this client, so it does only what a call to our own server needs: one
-``sendall`` of head and body, one read of the answer (Content-Length or chunked), and the
-socket back to the pool. Profiling under load showed urllib3 with http.client underneath taking
-about half of the gateway's CPU per forwarded request (header objects, response wrappers,
-buffered file readers); this client costs a fraction of that. It speaks only to the servers the
-gateway started, on loopback or a private network, never to arbitrary hosts.
+The gateway's health probes, admin routes and metric scrapes cross this client (``/run`` goes
+over the internal channel, or :mod:`..remote.client` for a remote server), so it does only what a
+call to our own server needs: one ``sendall`` of head and body, one read of the answer
+(Content-Length or chunked), and the socket back to the pool. urllib3 with http.client underneath
+cost several times as much per call. It speaks only to the model servers of this gateway's
+configuration, never to arbitrary hosts; with ``tls`` (a remote server's ``https://`` URL) each
+connection is TLS, its certificate checked for ``server_name``.
 
 Sockets are pooled per server in a deque (appends and pops are atomic, so no lock); an idle
 socket is checked before reuse, so a server that restarted on the same port is never sent a
@@ -19,7 +20,9 @@ blocking sockets: Python's own socket timeouts make every ``send``/``recv`` two 
 from __future__ import annotations
 
 import collections
+import select
 import socket
+import ssl
 import struct
 
 _CRLF2 = b"\r\n\r\n"
@@ -54,8 +57,10 @@ class UpstreamReply:
 class Upstream:
     """A pool of keep-alive connections to ``host:port``."""
 
-    def __init__(self, host: str, port: int, maxsize: int = 32, connect_timeout: float = 2.0):
+    def __init__(self, host: str, port: int, maxsize: int = 32, connect_timeout: float = 2.0,
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None):
         self.host = host
+        self.tls, self.server_name = tls, server_name
         self.port = port
         self.maxsize = maxsize
         self.connect_timeout = connect_timeout
@@ -76,7 +81,7 @@ class Upstream:
                 _set_timeout(sock, timeout)
             sock.sendall(b"".join(head) + body)
             reply, keep = _read_reply(sock, method == "HEAD")
-        except BlockingIOError:  # what a kernel timeout raises on a blocking socket
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # a kernel timeout on a blocking socket
             sock.close()
             raise ReadTimedOut(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
         except ConnectionLost:
@@ -112,7 +117,9 @@ class Upstream:
             sock.close()
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except OSError as exc:
+            if self.tls is not None:  # the handshake within the connect timeout too
+                sock = self.tls.wrap_socket(sock, server_hostname=self.server_name)
+        except OSError as exc:  # ssl.SSLError (a certificate that does not verify) included
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from None
         sock.settimeout(None)  # blocking from here on; the kernel enforces the timeouts
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -129,6 +136,8 @@ def _set_timeout(sock: socket.socket, seconds: float) -> None:
 def _alive(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when the server has neither closed it nor sent
     anything on it (a closed one reads EOF at once; a live one would block)."""
+    if isinstance(sock, ssl.SSLSocket):  # no peeking through TLS: any byte there is a close or junk
+        return not sock.pending() and not select.select([sock], [], [], 0)[0]
     try:
         sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:

@@ -32,9 +32,9 @@ _HEADER_LENGTH = HEADER_LENGTH.lower().encode("latin-1")
 def infer_target(path: str) -> tuple[str, str | None]:
     """``(model name, version or None)`` of an infer path; 405 for the model's other routes (they
     take GET), 404 for any other path."""
-    parts = path[len(V2_MODELS):].split("/")
+    parts = [unquote(part) for part in path[len(V2_MODELS):].split("/")]  # "%2F" stays inside its part
     if parts[-1] == "infer" and (len(parts) == 2 or (len(parts) == 4 and parts[1] == "versions")):
-        return unquote(parts[0]), (unquote(parts[2]) if len(parts) == 4 else None)
+        return parts[0], (parts[2] if len(parts) == 4 else None)
     if parts[0] and (parts[1:] in ([], ["ready"]) or (len(parts) in (3, 4) and parts[1] == "versions"
                                                       and parts[3:] in ([], ["ready"]))):
         raise MethodNotAllowed(f"POST {path}: this route takes GET", allow="GET")

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...config import EndpointConfig
-from .handle import FAILED, READY, STOPPED, ChildHandle
+from .handle import FAILED, READY, STOPPED, STOPPING, ChildHandle
 from .reload import Reload
 
 if TYPE_CHECKING:
@@ -42,13 +42,16 @@ class ChangesMixin(_Base):
 
     def wait_started(self, names: list[str]) -> list[str]:
         """Wait until every replica of ``names`` is READY, as long as one may take to start; the
-        names that are not READY by then (or FAILED before)."""
+        names that are not READY by then, or that can no longer become READY without being asked
+        (a replica FAILED, stopping or stopped, or the endpoint gone)."""
         deadline = time.monotonic() + self.config.startup_timeout + 10
         while True:
             with self._lock:
                 states = {name: [h.state for h in self.replicas_of(name)] for name in names}
             waiting = [name for name, got in states.items() if not got or any(s is not READY for s in got)]
-            if not waiting or time.monotonic() > deadline or all(FAILED in states[name] for name in waiting):
+            hopeless = [name for name in waiting
+                        if not states[name] or any(s in (FAILED, STOPPING, STOPPED) for s in states[name])]
+            if len(hopeless) == len(waiting) or time.monotonic() > deadline:
                 return waiting
             time.sleep(0.05)
 
