@@ -6,7 +6,8 @@ the endpoint's HOST and the configuration's first server port), with the same ``
 ``/run``, ``/stats``, logs (``_cache/_logs/server_<name>.txt``) and drain on SIGTERM as a child of
 the gateway, but no internal channel: clients (a gateway elsewhere, or anyone) call its HTTP port.
 With ``BIS_ENDPOINT_TOKEN`` in the environment, ``POST /run`` answers 401 unless the request
-carries the same value in ``X-Endpoint-Token`` (``/health`` stays open for probes).
+carries the same value in ``X-Endpoint-Token`` (``/health`` stays open for probes); with
+``BIS_TLS_CERT_FILE`` and ``BIS_TLS_KEY_FILE``, the port takes TLS only (:mod:`...tlsfiles`).
 """
 
 from __future__ import annotations

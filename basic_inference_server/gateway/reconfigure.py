@@ -80,42 +80,39 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
     if todo.needs_restart:
         logger.warning("reload_config: %s cannot change while the gateway runs: restart it for them",
                        ", ".join(todo.needs_restart))
+    old = {e.name: e for e in supervisor.config.endpoints}
     after = {e.name: e for e in new.endpoints}
-    # Remote endpoints first: added and changed ones are resolved and probed now (one coming back
-    # to local children is served remotely until those children are READY), and an endpoint moving
-    # to remote servers keeps its children until one of those servers is READY.
-    before = {e.name: e for e in supervisor.config.endpoints}
-    gateway.remote.configure([before[e.name] if e.name in before and before[e.name].is_remote and not e.is_remote
-                              else e for e in new.endpoints])
-    gateway.remote.wait_ready([n for n in todo.changed if after[n].is_remote and n in running], timeout=10)
+    moving_out = [n for n in todo.changed if after[n].is_remote and n in running]  # children -> URLS
+    moving_back = [n for n in todo.changed if old[n].is_remote and not after[n].is_remote
+                   and not after[n].disabled]  # URLS -> children
+    # Remote endpoints first: added and changed ones are resolved and probed now; one moving out
+    # keeps its children until one of its remote servers is READY, one moving back is served by its
+    # remote servers until its children here are READY.
+    gateway.remote.configure([old[e.name] if e.name in moving_back else e for e in new.endpoints])
+    gateway.remote.wait_ready(moving_out, timeout=10)
     stopped = supervisor.remove_endpoints(todo.removed)
     supervisor.set_endpoints(tuple(e for e in supervisor.config.endpoints if e.name not in todo.removed)
                              + tuple(after[name] for name in todo.added))
-    started = []
-    for name in todo.added:
-        if not after[name].disabled and not after[name].is_remote:
-            supervisor.request_start(name)
-            started.append(name)
+    started = [name for name in todo.added if not after[name].disabled and not after[name].is_remote]
+    for name in started:
+        supervisor.request_start(name)
     reloads = []
     for name in todo.changed:
         endpoint = after[name]
-        before = supervisor.config.endpoint(name)
-        if endpoint.is_remote and name in running:  # served elsewhere from now on: its children stop
+        if name in moving_out:  # served elsewhere from now on: its children stop
             stopped.update(supervisor.remove_endpoints([name]))
-            supervisor.set_endpoints(tuple(endpoint if e.name == name else e for e in supervisor.config.endpoints))
+            supervisor.endpoint_entry(endpoint)
         elif name in running and not endpoint.disabled:
             reloads.append(supervisor.reload_and_wait(name, endpoint))
         else:  # not running: the new entry is what a later start uses
-            supervisor.set_endpoints(tuple(endpoint if e.name == name else e for e in supervisor.config.endpoints))
-            if before is not None and before.is_remote and not endpoint.is_remote and not endpoint.disabled:
-                supervisor.request_start(name)  # served here again
+            supervisor.endpoint_entry(endpoint)
+            if name in moving_back:  # served here again
+                supervisor.request_start(name)
                 started.append(name)
-    coming_back = [name for name in started if name in todo.changed]
-    if coming_back:  # served by their remote servers until their children here are READY
-        late = supervisor.wait_started(coming_back)
-        if late:
-            logger.warning("reload_config: %s not READY here yet; their remote servers are no longer used",
-                           ", ".join(late))
+    late = supervisor.wait_started(moving_back)
+    if late:
+        logger.warning("reload_config: %s not READY here yet; their remote servers are no longer used",
+                       ", ".join(late))
     gateway.config = dataclasses.replace(gateway.config, endpoints=supervisor.config.endpoints)
     gateway.remote.configure(gateway.config.endpoints)
     logger.info("reload_config: added %s, removed %s, changed %s, unchanged %s", todo.added or "-",

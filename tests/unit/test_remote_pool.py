@@ -103,3 +103,23 @@ def test_probes_go_on_while_dns_hangs(tmp_path, slow_dns, health_server, monkeyp
         assert handle.state is RemoteState.DRAINING  # probed while DNS hangs
     finally:
         endpoints.stop()
+
+
+def test_urls_turning_to_https_start_again_from_new_addresses(tmp_path, slow_dns):
+    def config(scheme: str):
+        return parse_config({"CONFIG_ENDPOINTS": {"echo": {"URLS": f"{scheme}://fast.example:5003"}}},
+                            tmp_path).endpoints
+
+    endpoints = RemoteEndpoints(config("http"), RouteTable())
+    try:
+        endpoints.resolve_all()
+        [plain] = endpoints.handles()
+        assert plain.tls is None and plain.key == "http://127.0.0.1:5003"
+        endpoints.configure(config("https"))  # its connections must not be reused for TLS
+        [secure] = endpoints.handles()
+        assert secure is not plain and secure.tls is not None and secure.http.tls is secure.tls
+        assert (secure.key, secure.server_name, secure.source) == (
+            "https://127.0.0.1:5003", "fast.example", "https://fast.example:5003")
+        assert plain.http.closed
+    finally:
+        endpoints.stop()

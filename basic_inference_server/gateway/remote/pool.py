@@ -8,11 +8,11 @@ addresses no longer returned leave the table (their requests in flight still fin
 it says it is shutting down, DOWN after ``PROBE_FAILURES`` failed probes in a row. A request that
 could not reach an address (refused, connection lost) takes it out at once
 (:meth:`RemoteEndpoints.report`, from the event loop); a probe brings it back. The router sends
-requests only to READY addresses. Resolving and probing each run on a thread of their own (each
-lookup on a thread of its own, the probes on a small pool), never in the event loop, and publish each change into the
-route table: a slow DNS server delays neither the probes nor the other host names, and a lookup
-that takes longer than ``RESOLVE_TIMEOUT`` counts as failed for that round (the addresses that
-URL had are kept).
+requests only to READY addresses. Resolving and probing run on a thread each (every lookup on a
+thread of its own, the probes on a small pool), never in the event loop, and publish each change
+into the route table: a slow DNS server delays neither the probes nor the other host names, and a
+lookup that takes longer than ``RESOLVE_TIMEOUT`` counts as failed for that round (the addresses
+that URL had are kept).
 """
 
 from __future__ import annotations
@@ -97,16 +97,22 @@ class RemoteEndpoints:
 
     def configure(self, endpoints: Iterable[EndpointConfig]) -> None:
         """A reloaded configuration: remote endpoints added, changed (their addresses are resolved
-        again at once; requests in flight finish) or removed (out of the route table at once)."""
+        again at once; requests in flight finish) or removed (out of the route table at once). An
+        endpoint whose URLS change between http:// and https:// starts again from new addresses."""
         wanted = {e.name: e for e in endpoints if e.is_remote and not e.disabled}
+        dropped = []
         with self._lock:
-            for name in [n for n in self.addresses if n not in wanted]:
-                del self.addresses[name]
+            for name, table in list(self.addresses.items()):
+                if name not in wanted or any(h.endpoint.tls != wanted[name].tls for h in table.values()):
+                    dropped.extend(self.addresses.pop(name).values())
             for name, endpoint in wanted.items():
                 self.addresses.setdefault(name, {})
                 for handle in self.addresses[name].values():
                     handle.endpoint = endpoint
             self.endpoints = wanted
+        for handle in dropped:
+            if handle.http is not None:
+                handle.http.close()
         self.resolve_all(publish=True)
         self.start()
 

@@ -103,6 +103,11 @@ class ChangesMixin(_Base):
             self.ports.release(handle.port_key or handle.name)
         return stopped
 
+    def endpoint_entry(self, endpoint: EndpointConfig) -> None:
+        """Put a new entry in force for one configured endpoint (what its next start uses)."""
+        with self._lock:
+            self.endpoint_changed(endpoint)
+
     def set_endpoints(self, endpoints: tuple[EndpointConfig, ...]) -> None:
         """The configured endpoints from now on (a reloaded configuration)."""
         with self._lock:
