@@ -19,7 +19,7 @@ from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from ..tlsfiles import client_context
 from ..transport.httpfront import FrontLimits, HttpFront
-from ..transport.tuning import raise_open_file_limit, return_large_blocks
+from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds, endpoint_token
 from . import reconfigure
 from .app import create_gateway_app
@@ -259,6 +259,7 @@ class FlaskGateway:
             raise
         self.remote.start()
         self.http.start()
+        freeze_loaded_objects()  # the app and its libraries: out of every full collection
         logger.info("Gateway listening on %s:%d", self.host, self.http.port)
         announced = False
         while not self._stop.is_set():

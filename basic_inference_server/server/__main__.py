@@ -24,7 +24,7 @@ from ..logger import Logger
 from ..logs import setup_process_logging
 from ..tlsfiles import server_context
 from ..transport.httpfront import FrontLimits, HttpFront
-from ..transport.tuning import raise_open_file_limit
+from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import endpoint_token
 from .app import ServerState
 from .channel import ChannelServer
@@ -152,9 +152,11 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
             break
     if pool.load_errors:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: _load_model failed: {'; '.join(pool.load_errors)}")
+    frozen = freeze_loaded_objects()  # the model and its libraries: out of every full collection
     state.loaded = True
     if not stop.is_set():
-        logger.info("%s ready: %d worker(s) loaded in %.2fs", name, pool.ready, time.monotonic() - started)
+        logger.info("%s ready: %d worker(s) loaded in %.2fs (%d objects frozen)", name, pool.ready,
+                    time.monotonic() - started, frozen)
         stop.wait()
     try:
         return _drain(state, http, spec.shutdown_grace, DRAIN_LINGER if spec.standalone else 0.0)

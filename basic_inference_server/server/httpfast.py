@@ -70,7 +70,7 @@ class FastRun:
             if fmt is not None:
                 call = _StreamCall(self, respond, fmt, inputs, call_id, request.request_id)
             else:
-                call = _Call(self, respond, Job(inputs, call_id, request.request_id))
+                call = _Call(self, respond, inputs, call_id, request.request_id)
             call.start()
             return call
         except ServingError as exc:
@@ -120,9 +120,8 @@ class _Call(_Queued):
 
     __slots__ = ()
 
-    def __init__(self, fast: FastRun, respond: Responder, job: Job):
-        super().__init__(fast, respond, job)
-        job.on_done = self._done_in_worker
+    def __init__(self, fast: FastRun, respond: Responder, inputs: dict, call_id: int, request_id: str):
+        super().__init__(fast, respond, Job(inputs, call_id, request_id, on_done=self._done_in_worker))
 
     def start(self) -> None:
         self._enqueue()

@@ -69,6 +69,8 @@ class Job:
             self.on_done(self)
         except Exception:
             logger.exception("Call %d: delivering the answer failed", self.call_id)
+        finally:  # a callback that holds this job (a bound method) made a cycle: garbage for the
+            self.on_done = None  # cyclic collector, whose passes over it stall every request
 
 
 class JobQueue:

@@ -8,6 +8,9 @@
   gateway, which relays bodies and computes nothing, sets it: in a model server every numpy array
   of that size would be mapped and faulted in afresh (2.6 ms of kernel time per request on the
   numpy bench model).
+- Once loaded, a process freezes the objects it holds (modules, the app, the model): Python's full
+  collections then look only at what was made since, not at the hundreds of thousands of objects
+  a model and its libraries leave behind.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import logging
 import resource
 
@@ -43,3 +47,14 @@ def return_large_blocks() -> bool:
     except (OSError, AttributeError):
         logger.debug("mallopt is not available: large blocks stay with the allocator's defaults")
         return False
+
+
+def freeze_loaded_objects() -> int:
+    """Collect once, then move every object alive now out of the cyclic collector's reach (they
+    stay alive for good, unless their reference counts free them; garbage made later is collected
+    as before). A full collection of the ONNX bench model's server looks at every object its
+    libraries made, about 20 ms here, during which no request moves; with them frozen it looks at
+    the few made since. How many were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -3,6 +3,7 @@ served by the front its process serves (``serve_http``: ``/run`` in the event lo
 
 from __future__ import annotations
 
+import gc
 import re
 
 import pytest
@@ -125,6 +126,24 @@ def test_endpoint_token_guards_run_only(server):
     right = client.post("/run", json={"INPUT_VALUE": 1}, headers={"X-Endpoint-Token": "s3cret-token"})
     assert right.status_code == 200
     assert client.get("/health").status_code == 200  # probes need no secret
+
+
+def test_answered_requests_leave_no_cycles_for_the_collector(server):
+    """A request's objects are freed by their reference counts: cyclic garbage would make Python's
+    collector run every few requests, and each of its passes stalls every request in flight."""
+    _, client = server()
+    assert client.post("/run", json={"INPUT_VALUE": 0}).status_code == 200
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for value in range(20):
+            assert client.post("/run", json={"INPUT_VALUE": value}).status_code == 200
+        gc.collect()
+        kinds = {type(obj).__name__ for obj in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not kinds & {"Job", "_Call", "HttpRequest", "Responder"}, kinds  # (other tests leave stopped fronts)
 
 
 def test_control_keys_are_not_model_inputs(server):
