@@ -111,8 +111,9 @@ class _Queued:
         """The client left before the end of its answer: the job leaves the queue, or its answer
         is dropped (a generator is closed)."""
         if not self.ended:
+            job = self.job
             self._settle()
-            self.fast.state.pool.cancel(self.job)
+            self.fast.state.pool.cancel(job)
 
 
 class _Call(_Queued):
@@ -246,6 +247,7 @@ class _StreamCall(_Queued):
     def _settle(self) -> None:
         super()._settle()
         self._leave()
+        self.job = None  # job -> its stream -> this call's methods -> job: let reference counts free them
 
     def _check_time(self) -> None:
         if self.ended:

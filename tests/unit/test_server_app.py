@@ -138,12 +138,14 @@ def test_answered_requests_leave_no_cycles_for_the_collector(server):
     try:
         for value in range(20):
             assert client.post("/run", json={"INPUT_VALUE": value}).status_code == 200
+            streamed = client.post("/run", json={"INPUT_VALUE": value}, headers={"Accept": "application/x-ndjson"})
+            assert streamed.status_code == 200 and streamed.text.count("\n") == 2  # the item, then the end
         gc.collect()
         kinds = {type(obj).__name__ for obj in gc.garbage}
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-    assert not kinds & {"Job", "_Call", "HttpRequest", "Responder"}, kinds  # (other tests leave stopped fronts)
+    assert not kinds & {"Job", "_Call", "_StreamCall", "StreamOut", "HttpRequest", "Responder"}, kinds
 
 
 def test_control_keys_are_not_model_inputs(server):
