@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 import subprocess
 import threading
 import time
@@ -43,6 +42,7 @@ from .history import StateHistory
 from .ports import PortAllocator
 from .reaper import reap_orphans
 from .reload import Reloader
+from .stopping import StoppingMixin
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def backoff(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
 
 
-class Supervisor(ChangesMixin):
+class Supervisor(ChangesMixin, StoppingMixin):
     """Starts, watches, restarts and stops the children of one gateway."""
 
     def __init__(
@@ -376,61 +376,6 @@ class Supervisor(ChangesMixin):
             return response.status, json.loads(response.data or b"{}")
         except (OSError, ValueError):
             return None, {}
-
-    # -- stopping ----------------------------------------------------------------------------
-    def stop_many(self, names: list[str], grace: float | None = None) -> dict[str, dict[str, Any]]:
-        """Stop children at once (SIGTERM together, SIGKILL after one shared grace); they become
-        STOPPED and stay so until started again."""
-        with self._lock:
-            handles = [self.handles[n] for n in names]
-        return self._stop_handles(handles, self.config.shutdown_grace if grace is None else grace)
-
-    def _stop_handles(self, handles: list[ChildHandle], grace: float) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            for handle in handles:
-                self._transition(handle, STOPPING)
-                if handle.proc is not None and handle.proc.poll() is None:
-                    handle.proc.terminate()
-        self._flush()
-        deadline = time.monotonic() + grace
-        stopped = {handle.name: self._reap(handle, deadline) for handle in handles}
-        self._flush()
-        return stopped
-
-    def stop_all(self, grace: float | None = None) -> None:
-        with self._lock:
-            running = [n for n, h in self.handles.items() if h.proc is not None and h.proc.poll() is None]
-            others = [h for h in self.reloader.handles() if h.proc is not None and h.proc.poll() is None]
-        for handle in others:  # generations loading for a reload, or draining after one
-            handle.proc.terminate()
-        if running:
-            logger.info("Stopping %d child process(es): %s", len(running), ", ".join(running))
-            self.stop_many(running, grace)
-        for handle in others:
-            self._reap(handle, time.monotonic() + (self.config.shutdown_grace if grace is None else grace))
-        self._probes.shutdown(wait=False, cancel_futures=True)
-        if self._temporary_sockets:
-            shutil.rmtree(self.socket_folder, ignore_errors=True)
-
-    def _reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
-        proc = handle.proc
-        code = None
-        if proc is not None:
-            try:
-                code = proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                logger.warning("%s (pid %d) ignored SIGTERM: killing it", handle.name, proc.pid)
-                proc.kill()
-                code = proc.wait()
-            if proc.stdin is not None:
-                proc.stdin.close()
-        with self._lock:
-            handle.exit_code, handle.ready_at = code, None
-            self._transition(handle, STOPPED, f"exit code {code}")
-        if handle.http is not None:
-            handle.http.close()
-            handle.http = None  # a start builds a new pool
-        return {"PID": proc.pid if proc is not None else None, "RETURN_CODE": code}
 
     # -- views -------------------------------------------------------------------------------
     def servers(self) -> list[ChildHandle]:
