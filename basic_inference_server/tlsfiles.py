@@ -32,11 +32,22 @@ def server_context() -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_no_password)
+    except _EncryptedKey:
+        raise ValueError(f"{KEY_ENV} ({key}) is encrypted: give the server an unencrypted key "
+                         "(a secret file readable by it alone)") from None
     except (OSError, ssl.SSLError) as exc:
         raise ValueError(f"{CERT_ENV} ({cert}) and {KEY_ENV} ({key}) do not load as a PEM certificate chain "
                          f"and its key: {getattr(exc, 'reason', None) or exc}") from None
     return context
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    raise _EncryptedKey  # OpenSSL asks for the key's passphrase: never on a terminal here
 
 
 def client_context() -> ssl.SSLContext:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
+from ..errors import Conflict
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from ..tlsfiles import client_context
@@ -122,6 +123,7 @@ class FlaskGateway:
         self._stop = threading.Event()
         self._hup = threading.Event()
         self._reloading = threading.Lock()
+        self._hup_waiting = threading.Event()  # a SIGHUP's reload waits for the one in progress
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
         if run:
@@ -179,12 +181,16 @@ class FlaskGateway:
                 break  # still in progress: the next ones would wait behind it
         return results
 
-    def reload_config(self) -> dict[str, Any]:
+    def reload_config(self, wait: bool = False) -> dict[str, Any]:
         """``POST /reload_config`` and SIGHUP: read the configuration again and put its endpoints
-        in force (:mod:`.reconfigure`). Raises ConfigError (nothing changes) when it does not read."""
+        in force (:mod:`.reconfigure`). Raises ConfigError (nothing changes) when it does not read,
+        and Conflict while another reload is in progress (``wait``: run after it instead)."""
         if self._config_path is None:
             raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
-        with self._reloading:  # one at a time: a second one reads the file once the first is done
+        if not self._reloading.acquire(blocking=wait):
+            raise Conflict("a configuration reload is in progress (it waits for reloaded and moved endpoints "
+                           "to be READY); send this one again when it has answered")
+        try:
             try:
                 config = self._with_port_flags(self._read_config())
             except ConfigError as exc:
@@ -192,14 +198,22 @@ class FlaskGateway:
                 self.history.record("RELOAD_CONFIG_FAILED", detail=str(exc))
                 raise
             result = reconfigure.apply(self, config)
+        finally:
+            self._reloading.release()
         self.history.record("RELOAD_CONFIG", detail=", ".join(
             f"{key.lower()} {value}" for key, value in result.items() if key in ("ADDED", "REMOVED", "CHANGED")))
         return result
 
     def _reload_config_in_background(self) -> None:
+        if self._hup_waiting.is_set():
+            return  # a reload for an earlier SIGHUP has not begun yet: it reads the file as it is now
+        self._hup_waiting.set()
+
         def run() -> None:
             try:
-                self.reload_config()
+                with self._reloading:  # after the reload in progress, if any
+                    self._hup_waiting.clear()
+                self.reload_config(wait=True)
             except ConfigError:
                 pass  # logged and recorded
             except Exception:

@@ -98,8 +98,9 @@ class _Queued:
         state.inflight.enter()
         try:
             state.pool.enqueue(self.job)
-        except BaseException:
+        except BaseException:  # refused (503): never finished, so the cycle through its callbacks is cut here
             state.inflight.exit()
+            self.job.on_done, self.job = None, None
             raise
 
     def _settle(self) -> None:

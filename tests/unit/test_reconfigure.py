@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from types import MappingProxyType
+
+import pytest
 
 from basic_inference_server.config import EndpointConfig, GatewayConfig
 from basic_inference_server.gateway import reconfigure
@@ -60,10 +63,12 @@ def test_waiting_for_children_ends_when_they_are_ready_or_cannot_become_so(tmp_p
         ep = endpoint("a", tmp_path)
         handle = supervisor.handles["a"] = ChildHandle(endpoint=ep, port=None, state=READY)
         assert supervisor.wait_started(["a"]) == []
-        for state in (FAILED, STOPPED):  # answered at once, not after STARTUP_TIMEOUT
+        began = time.monotonic()
+        for state in (FAILED, STOPPED):  # answered at once, not after STARTUP_TIMEOUT (60 s + 10)
             handle.state = state
             assert supervisor.wait_started(["a"]) == ["a"]
         assert supervisor.wait_started(["gone"]) == ["gone"]  # removed meanwhile by another change
+        assert time.monotonic() - began < 30
         handle.state = RESTARTING  # may still come up: waited for, and READY ends the wait
         timer = threading.Timer(0.3, lambda: setattr(handle, "state", READY))
         timer.start()
@@ -74,3 +79,25 @@ def test_waiting_for_children_ends_when_they_are_ready_or_cannot_become_so(tmp_p
         assert supervisor.wait_started(["a"]) == ["a"]
     finally:
         supervisor._probes.shutdown()
+
+
+def test_one_configuration_reload_at_a_time(tmp_path):
+    from basic_inference_server.errors import Conflict
+    from basic_inference_server.gateway.core import FlaskGateway
+
+    (tmp_path / "config_gateway.txt").write_text('{"CONFIG_ENDPOINTS": {}}')
+    gateway = FlaskGateway(app_root=tmp_path, run=False)
+    try:
+        assert gateway._reloading.acquire(blocking=False)  # as a reload in progress holds it
+        with pytest.raises(Conflict, match="a configuration reload is in progress"):
+            gateway.reload_config()
+        waiting = threading.Thread(target=gateway.reload_config, kwargs={"wait": True})  # SIGHUP's: after it
+        waiting.start()
+        waiting.join(0.3)
+        assert waiting.is_alive()
+        gateway._reloading.release()
+        waiting.join(10)
+        assert not waiting.is_alive()
+        assert gateway.reload_config()["UNCHANGED"] == []  # free again
+    finally:
+        gateway.supervisor._probes.shutdown()

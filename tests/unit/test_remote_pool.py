@@ -119,7 +119,7 @@ def test_urls_turning_to_https_start_again_from_new_addresses(tmp_path, slow_dns
         [secure] = endpoints.handles()
         assert secure is not plain and secure.tls is not None and secure.http.tls is secure.tls
         assert (secure.key, secure.server_name, secure.source) == (
-            "https://127.0.0.1:5003", "fast.example", "https://fast.example:5003")
+            "https://127.0.0.1:5003#fast.example", "fast.example", "https://fast.example:5003")
         assert plain.http.closed
     finally:
         endpoints.stop()

@@ -148,6 +148,29 @@ def test_answered_requests_leave_no_cycles_for_the_collector(server):
     assert not kinds & {"Job", "_Call", "_StreamCall", "StreamOut", "HttpRequest", "Responder"}, kinds
 
 
+def test_refused_requests_leave_no_cycles_either(server, kit):
+    gate = kit.gate()
+
+    class SlowLoader(AppWorker):
+        def _load_model(self):
+            gate.wait(5)
+
+    _, client = server(n=1, worker_cls=SlowLoader, wait=False)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for value in range(5):  # no worker is ready: 503 before the queue
+            assert client.post("/run", json={"INPUT_VALUE": value}).status_code == 503
+            streamed = client.post("/run", json={"INPUT_VALUE": value}, headers={"Accept": "application/x-ndjson"})
+            assert streamed.status_code == 503
+        gc.collect()
+        kinds = {type(obj).__name__ for obj in gc.garbage}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert not kinds & {"Job", "_Call", "_StreamCall", "StreamOut"}, kinds
+
+
 def test_control_keys_are_not_model_inputs(server):
     _, client = server()
     response = client.post("/run", json={"SIGNATURE": "demo", "TOKEN": "t", "BASE64_KEYS": [], "ENCODING": "x",

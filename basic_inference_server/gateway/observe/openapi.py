@@ -298,7 +298,8 @@ def _admin_paths() -> dict[str, Any]:
         "/reload_config": admin("reloadConfig", "Read config_gateway.txt again: start added endpoints, stop removed "
                                 "ones, replace changed ones blue-green (also on SIGHUP)", _schema("AdminRequest"), {
             "200": _answer("in force", message(**{k: {"type": "array"} for k in (
-                "ADDED", "REMOVED", "CHANGED", "UNCHANGED", "NEEDS_RESTART", "STARTED", "RELOADS")}))}),
+                "ADDED", "REMOVED", "CHANGED", "UNCHANGED", "NEEDS_RESTART", "STARTED", "RELOADS")})),
+            "409": "Conflict"}),
         "/kill_server": admin("killServer", "Stop a child for good (\"*\": every child)", _schema("AdminRequest"), {
             "200": _answer("stopped", message(KILLED=_map(_obj({"PID": _nullable(_int()),
                                                                 "RETURN_CODE": _nullable(_int())})))),

@@ -77,7 +77,8 @@ class RemoteHandle:
     @property
     def key(self) -> str:
         """What the gateway's clients are kept by (one pool of connections per address)."""
-        return self.endpoint.url_of(self.host, self.port)
+        url = self.endpoint.url_of(self.host, self.port)  # a TLS connection is made for one name too
+        return f"{url}#{self.server_name}" if self.endpoint.tls else url
 
     @property
     def capacity(self) -> int:

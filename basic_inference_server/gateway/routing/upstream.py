@@ -81,7 +81,7 @@ class Upstream:
                 _set_timeout(sock, timeout)
             sock.sendall(b"".join(head) + body)
             reply, keep = _read_reply(sock, method == "HEAD")
-        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):  # a kernel timeout on a blocking socket
+        except (BlockingIOError, TimeoutError):  # the kernel's timeout (plain), Python's (TLS)
             sock.close()
             raise ReadTimedOut(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
         except ConnectionLost:
@@ -127,6 +127,9 @@ class Upstream:
 
 
 def _set_timeout(sock: socket.socket, seconds: float) -> None:
+    if isinstance(sock, ssl.SSLSocket):  # OpenSSL retries a read the kernel timed out: Python's own timeout
+        sock.settimeout(seconds)
+        return
     whole = int(seconds)
     timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
@@ -137,7 +140,9 @@ def _alive(sock: socket.socket) -> bool:
     """An idle keep-alive socket is usable when the server has neither closed it nor sent
     anything on it (a closed one reads EOF at once; a live one would block)."""
     if isinstance(sock, ssl.SSLSocket):  # no peeking through TLS: any byte there is a close or junk
-        return not sock.pending() and not select.select([sock], [], [], 0)[0]
+        readable = select.poll()
+        readable.register(sock, select.POLLIN)
+        return not sock.pending() and not readable.poll(0)
     try:
         sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
