@@ -48,6 +48,16 @@ class Client:
         return self.session.get(self.url + path, headers=headers, timeout=10)
 
 
+def loading_until(gate):
+    """A worker class whose _load_model waits for ``gate`` (at most 5 s)."""
+
+    class SlowLoader(AppWorker):
+        def _load_model(self):
+            gate.wait(5)
+
+    return SlowLoader
+
+
 @pytest.fixture
 def server(kit):
     """Serve a model server's port over a pool of ``n`` workers; returns (state, client)."""
@@ -149,13 +159,7 @@ def test_answered_requests_leave_no_cycles_for_the_collector(server):
 
 
 def test_refused_requests_leave_no_cycles_either(server, kit):
-    gate = kit.gate()
-
-    class SlowLoader(AppWorker):
-        def _load_model(self):
-            gate.wait(5)
-
-    _, client = server(n=1, worker_cls=SlowLoader, wait=False)
+    _, client = server(n=1, worker_cls=loading_until(kit.gate()), wait=False)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -277,12 +281,7 @@ def test_health_when_ready(server):
 
 def test_health_is_503_until_models_are_loaded(server, kit):
     gate = kit.gate()
-
-    class SlowLoader(AppWorker):
-        def _load_model(self):
-            gate.wait(5)
-
-    state, client = server(n=1, worker_cls=SlowLoader, wait=False)
+    state, client = server(n=1, worker_cls=loading_until(gate), wait=False)
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json()["status"] == "LOADING"
