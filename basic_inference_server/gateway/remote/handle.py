@@ -60,25 +60,20 @@ class RemoteHandle:
     http: Upstream | None = field(default=None, repr=False)  # probes and admin routes
     tls: ssl.SSLContext | None = field(default=None, repr=False)  # its URL is https://
     report: Callable[[RemoteHandle, str, bool], None] | None = field(default=None, repr=False)
+    # Fixed for the handle's life (an endpoint whose URLS change scheme gets new handles), made once:
+    address: str = field(init=False)  # host:port
+    server_name: str = field(init=False)  # the host of its URL: the name its TLS certificate must show
+    key: str = field(init=False)  # what the gateway's clients are kept by: one pool per address (and name)
+
+    def __post_init__(self) -> None:
+        self.address = address_of(self.host, self.port)
+        self.server_name = urllib.parse.urlsplit(self.source).hostname or self.host
+        url = self.endpoint.url_of(self.host, self.port)
+        self.key = f"{url}#{self.server_name}" if self.endpoint.tls else url
 
     @property
     def name(self) -> str:
         return f"{self.endpoint.name}@{self.address}"
-
-    @property
-    def address(self) -> str:
-        return address_of(self.host, self.port)
-
-    @property
-    def server_name(self) -> str:
-        """The host of its URL: the name its TLS certificate must show (its address resolved from it)."""
-        return urllib.parse.urlsplit(self.source).hostname or self.host
-
-    @property
-    def key(self) -> str:
-        """What the gateway's clients are kept by (one pool of connections per address)."""
-        url = self.endpoint.url_of(self.host, self.port)  # a TLS connection is made for one name too
-        return f"{url}#{self.server_name}" if self.endpoint.tls else url
 
     @property
     def capacity(self) -> int:
