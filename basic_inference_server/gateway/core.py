@@ -190,6 +190,7 @@ class FlaskGateway:
         if not self._reloading.acquire(blocking=wait):
             raise Conflict("a configuration reload is in progress (it waits for reloaded and moved endpoints "
                            "to be READY); send this one again when it has answered")
+        self._hup_waiting.clear()  # this one reads the file as it is now: a later SIGHUP needs its own
         try:
             try:
                 config = self._with_port_flags(self._read_config())
@@ -211,9 +212,7 @@ class FlaskGateway:
 
         def run() -> None:
             try:
-                with self._reloading:  # after the reload in progress, if any
-                    self._hup_waiting.clear()
-                self.reload_config(wait=True)
+                self.reload_config(wait=True)  # after the reload in progress, if any
             except ConfigError:
                 pass  # logged and recorded
             except Exception:
