@@ -16,6 +16,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from .jsonbody import DEFAULT_LIMITS, JsonLimits
 from .server.discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
 from .server.placement import parse_devices, warmup_inputs
 
@@ -107,6 +108,9 @@ class GatewayConfig:
     body_timeout: float = 30.0
     keepalive_timeout: float = 75.0
     max_connections: int | None = None  # None: as many as the open-file limit allows
+    json_limits: JsonLimits = DEFAULT_LIMITS  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
+    max_inflight_body_bytes: int = 64 * 1024 * 1024  # MAX_INFLIGHT_BODY_MB: bodies preallocated at once
+    protect_notifications: bool = False  # PROTECT_NOTIFICATIONS: /notifications takes the admin token
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -206,6 +210,14 @@ def parse_config(
         body_timeout=_number(data, "BODY_TIMEOUT", 30, ""),
         keepalive_timeout=_number(data, "KEEPALIVE_TIMEOUT", 75, ""),
         max_connections=_integer(data, "MAX_CONNECTIONS", 0, "", minimum=0, maximum=1_000_000) or None,
+        json_limits=JsonLimits(
+            max_values=_integer(data, "MAX_JSON_VALUES", DEFAULT_LIMITS.max_values, "", minimum=1, maximum=10**9),
+            max_containers=_integer(data, "MAX_JSON_CONTAINERS", DEFAULT_LIMITS.max_containers, "", minimum=1,
+                                    maximum=10**9),
+            max_depth=_integer(data, "MAX_JSON_DEPTH", DEFAULT_LIMITS.max_depth, "", minimum=1, maximum=900),
+        ),
+        max_inflight_body_bytes=int(_number(data, "MAX_INFLIGHT_BODY_MB", 64, "", maximum=1 << 20) * 1024 * 1024),
+        protect_notifications=_boolean(data, "PROTECT_NOTIFICATIONS", False, ""),
         raw=MappingProxyType(dict(data)),
     )
 

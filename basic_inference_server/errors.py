@@ -168,10 +168,18 @@ class ShuttingDown(Unavailable):
 
 
 class Misrouted(ServingError):
-    """The body names another endpoint than the one the gateway routed it to (it routes it again)."""
+    """The body names another endpoint than the one the gateway routed it to: the answer carries
+    the body's ``SIGNATURE``, and the gateway routes the request again by it."""
 
     status = 421
     type_name = "Misrouted"
+
+    def __init__(self, message: str, signature: str):
+        super().__init__(message)
+        self.signature = signature
+
+    def to_body(self) -> dict[str, Any]:
+        return {**super().to_body(), "SIGNATURE": self.signature}
 
 
 class Overloaded(ServingError):

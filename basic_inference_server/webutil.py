@@ -21,6 +21,7 @@ from .errors import (
     error_body,
     from_http_status,
 )
+from .jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +55,8 @@ def read_body(request: Request, limit: int) -> bytes:
     return read_limited(request.environ, limit)
 
 
-def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    return jsonutil.loads_object(read_body(request, limit))
+def read_json_object(request: Request, limit: int, limits: JsonLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    return loads_object(read_body(request, limit), limits)
 
 
 def _too_large(limit: int) -> PayloadTooLarge:

@@ -5,7 +5,7 @@
 
 Per request it does what the gateway's ``/run`` does (``basic_inference_server/gateway/runpath.py``),
 minus the metrics and the admission counters: read the body, read its ``SIGNATURE`` without parsing
-it (``Router.guess``; parse it when that fails), forward the body as one REQUEST frame
+it (``Router.signature_in``), forward the body as one REQUEST frame
 (``basic_inference_server/transport/frames.py``) to the model server's Unix socket, wait for the
 REPLY of that tag, route again from the parsed body on MISROUTED, add the envelope to a 200 answer
 (``Envelope.wrap``) and answer JSON with Content-Length and ``X-Request-ID``.
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
-from basic_inference_server import jsonutil, requestid
+from basic_inference_server import jsonbody, jsonutil, requestid
 from basic_inference_server.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -54,7 +54,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 class _Servers:
-    """What ``Router.guess`` reads of the route table: the names being served."""
+    """What ``Router.signature_in`` reads of the route table: the names being served."""
 
     def __init__(self, names: Iterable[str]):
         self.servers = dict.fromkeys(names)
@@ -124,13 +124,12 @@ class RunApp:
         return [body]
 
     def run(self, raw: bytes, request_id: str) -> tuple[int, bytes, list[tuple[str, str]]]:
-        routed = self.router.guess(raw)
-        if routed is None:
+        routed = self.router.signature_in(raw)
+        if routed != self.signature:
+            raise UnknownSignature(f"Bad signature {routed!r}. Available signatures/servers: {[self.signature]}")
+        status, retry_after, data = self._forward(request_id, routed, raw)
+        if status == MISROUTED:  # the body's own SIGNATURE is another one (the server parsed it)
             self._check_signature(raw)
-        status, retry_after, data = self._forward(request_id, routed or "", raw)
-        if status == MISROUTED:  # the guess named another endpoint than the body: the server parses it
-            self._check_signature(raw)
-            status, retry_after, data = self._forward(request_id, "", raw)
         if status == 200:
             try:
                 return 200, self.router.envelope.wrap(data), []
@@ -141,7 +140,7 @@ class RunApp:
         return status, data, [("Retry-After", retry_after)] if retry_after else []
 
     def _check_signature(self, raw: bytes) -> None:
-        signature = Router.signature_of(jsonutil.loads_object(raw))
+        signature = Router.signature_of(jsonbody.loads_object(raw))
         if signature != self.signature:
             raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: {[self.signature]}")
 

@@ -11,10 +11,11 @@ from typing import Any
 
 from flask import Flask, Response, request
 
-from .. import jsonutil, requestid
-from ..errors import BadRequest, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
+from .. import jsonbody, jsonutil, requestid
+from ..errors import BadRequest, Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
 from ..httpserve import InFlight
-from ..transport.frames import BINARY, MISROUTED, STREAM, reply_frame
+from ..jsonbody import DEFAULT_LIMITS, JsonLimits
+from ..transport.frames import BINARY, STREAM, reply_frame
 from ..transport.v2codec import encode_response
 from ..webutil import Answer, install_error_handlers, json_response, read_json_object, require_admin
 from .channel import Connection
@@ -48,11 +49,15 @@ class ServerState:
     stream_timeout: float = 600.0
     admin_token: str | None = None
     execution_path: str = "/run"
+    json_limits: JsonLimits = DEFAULT_LIMITS  # the bounds of a parsed body (MAX_JSON_*)
     metadata: ModelMetadata = field(default_factory=ModelMetadata)  # for the Open Inference Protocol
     draining: bool = False
     loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background
     call_ids: Any = field(default_factory=lambda: itertools.count(1))
     inflight: InFlight = field(default_factory=InFlight)
+
+    def __post_init__(self) -> None:
+        self.pool.accept = self.accept  # a request's body is read by the worker that takes it
 
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
@@ -65,29 +70,23 @@ class ServerState:
     def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int,
                   stream: bool = False, v2: tuple[int | None, str] | None = None) -> None:
         """A request from the internal channel (``v2``: an Open Inference Protocol infer request,
-        its JSON header length and model version): queue it without waiting; the worker that
-        finishes it sends the answer (errors found here are answered at once)."""
+        its JSON header length and model version): queue its body without reading it; the worker
+        that takes it reads it (:meth:`accept`) and sends the answer (errors found here are
+        answered at once)."""
         token = requestid.bind(request_id)
         try:
             if oversize:
                 raise PayloadTooLarge(f"request body of {oversize} bytes is larger than the limit of "
                                       f"{self.max_body_bytes} bytes")
-            out = call = None
+            if self.draining:
+                raise ShuttingDown()
+            job = Job(None, next(self.call_ids), request_id, on_done=lambda job: self._deliver(conn, tag, job),
+                      raw=raw, routed=routed)
             if v2 is not None:
-                if self.draining:
-                    raise ShuttingDown()
-                inputs, request = accept_v2(self.metadata, raw, v2[0])
-                call_id, call = next(self.call_ids), V2Call(request, routed, v2[1])
+                job.v2 = V2Call(routed, v2[1], v2[0])
             else:
-                accepted = self._accept(raw, routed)
-                if accepted is None:
-                    conn.reply(tag, MISROUTED, b"")
-                    return
-                inputs, call_id, wants_stream = accepted
-                if stream or wants_stream:
-                    out = self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
-            job = Job(inputs, call_id, request_id, on_done=lambda job: self._deliver(conn, tag, job), stream=out)
-            job.v2 = call
+                job.stream_wanted = stream
+                job.open_stream = lambda: self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
             conn.pending[tag] = job
             self.inflight.enter()
             try:
@@ -105,6 +104,24 @@ class ServerState:
             conn.reply(tag, 500, jsonutil.dumps_bytes({"error": body["ERROR"]} if v2 is not None else body))
         finally:
             requestid.unbind(token)
+
+    def accept(self, job: Job) -> None:
+        """Read a queued request's body into its worker inputs, on the worker that runs it: parsed
+        within the JSON limits, checked to name the endpoint it was routed to (else Misrouted, with
+        the SIGNATURE it names), its stream opened when the body asks for one (``"STREAM": true``).
+        Raises the ServingError its client is answered."""
+        raw, job.raw = job.raw, None
+        call = job.v2
+        if call is not None:
+            job.inputs, call.request = accept_v2(self.metadata, raw, call.header_length, self.json_limits)
+            return
+        body = jsonbody.loads_object(raw, self.json_limits)
+        if job.routed and body.get("SIGNATURE") != job.routed:
+            signature = jsonbody.signature_of(body)
+            raise Misrouted(f"the body names endpoint {signature!r}, not {job.routed!r}", signature=signature)
+        job.inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        if job.open_stream is not None and (job.stream_wanted or body.get("STREAM") is True):
+            job.stream = job.open_stream()
 
     def _deliver(self, conn: Connection, tag: int, job: Job) -> None:
         self.inflight.exit()
@@ -175,18 +192,6 @@ class ServerState:
         except ServingError as exc:
             return [], (exc.status, jsonutil.dumps_bytes(exc.to_body()), 0)
 
-    def _accept(self, raw: bytes, routed: str = "") -> tuple[dict[str, Any], int, bool] | None:
-        """The model inputs of a request body, its call id and whether it asks for a stream
-        (``"STREAM": true``); None when the body's SIGNATURE is not ``routed``, the one the
-        gateway routed it by without parsing it."""
-        if self.draining:
-            raise ShuttingDown()
-        body = jsonutil.loads_object(raw)
-        if routed and body.get("SIGNATURE") != routed:
-            return None
-        inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
-        return inputs, next(self.call_ids), body.get("STREAM") is True
-
     def answer_of(self, job: Job) -> Answer:
         """The answer of a finished job: ``predict_result`` and where it ran, or its error."""
         if job.error is not None:
@@ -241,7 +246,7 @@ def create_app(state: ServerState) -> Flask:
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
-        body = read_json_object(request, state.max_body_bytes)
+        body = read_json_object(request, state.max_body_bytes, state.json_limits)
         if state.admin_token is not None:
             require_admin(state.admin_token, request, body)
         count = body.get("NR_WORKERS")

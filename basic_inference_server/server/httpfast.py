@@ -21,13 +21,14 @@ import logging
 import ssl
 
 from .. import jsonutil, requestid
-from ..errors import InvalidInput, Misrouted, RequestTimeout, ServingError, Unauthorized
+from ..errors import RequestTimeout, ServingError, ShuttingDown, Unauthorized
 from ..transport import streamformat
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
 from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER, RequestIds
 from .app import ServerState, create_app
 from .pool import Job
+from .streams import StreamOut
 
 logger = logging.getLogger(__name__)
 
@@ -55,151 +56,89 @@ class FastRun:
         self.token = token.encode() if token else None
 
     def __call__(self, request: HttpRequest, respond: Responder) -> _Call | None:
-        state = self.state
         token = requestid.bind(request.request_id)
         try:
             if self.token is not None and not hmac.compare_digest(request.header(_TOKEN) or b"", self.token):
                 raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
+            if self.state.draining:
+                raise ShuttingDown()
             routed = (request.header(_ROUTED) or b"").decode("latin-1")
-            accepted = state._accept(request.body, routed)
-            if accepted is None:
-                raise Misrouted(f"the body's SIGNATURE is not {routed!r}")
-            inputs, call_id, wants_stream = accepted
-            fmt = streamformat.from_accept(request.accept) or (streamformat.SSE if wants_stream else None)
-            call: _Call | _StreamCall
-            if fmt is not None:
-                call = _StreamCall(self, respond, fmt, inputs, call_id, request.request_id)
-            else:
-                call = _Call(self, respond, inputs, call_id, request.request_id)
+            call = _Call(self, respond, request, routed, streamformat.from_accept(request.accept))
             call.start()
             return call
         except ServingError as exc:
             _fail(respond, exc)
             return None
-        except (UnicodeDecodeError, ValueError) as exc:
-            _fail(respond, InvalidInput(f"the request is not valid: {exc}"))
-            return None
         finally:
             requestid.unbind(token)
 
 
-class _Queued:
-    """A ``/run`` queued for the workers and answered from the loop (once: ``ended``)."""
+class _Call:
+    """One ``/run``: its body queued for the workers (the worker that takes it reads it), its
+    answer written from the loop, once (``ended``).
 
-    __slots__ = ("ended", "fast", "job", "respond", "timer")
+    The answer is whole, or a stream when the client asked for one (``Accept``, or ``"STREAM":
+    true`` in the body, which the worker reads): the worker's items are written as they come (SSE
+    or NDJSON), each one the client has taken lets the worker send one more, and the end (or the
+    error that ends it) comes last. The first item or the whole answer is due within
+    ``REQUEST_TIMEOUT`` (504), each next item within ``STREAM_IDLE_TIMEOUT``, the whole stream
+    within ``STREAM_TIMEOUT``, as at the gateway. A client that leaves cancels the job: out of the
+    queue, or its answer dropped (a generator is closed)."""
 
-    def __init__(self, fast: FastRun, respond: Responder, job: Job):
-        self.fast, self.respond, self.job = fast, respond, job
-        self.ended = False
+    __slots__ = ("began", "deadline", "ended", "ends_at", "fast", "fmt", "job", "owed", "parties", "respond",
+                 "timer")
+
+    def __init__(self, fast: FastRun, respond: Responder, request: HttpRequest, routed: str,
+                 fmt: streamformat.StreamFormat | None):
+        state = fast.state
+        self.fast, self.respond, self.fmt = fast, respond, fmt
+        self.job: Job | None = Job(None, next(state.call_ids), request.request_id, on_done=self._done_in_worker,
+                                   raw=request.body, routed=routed)
+        self.job.stream_wanted, self.job.open_stream = fmt is not None, self._open_stream
+        self.ended = self.began = False
+        self.owed = 0
+        # The request counts in flight (a drain waits for it) until its job has finished and its
+        # answer has been written to the end, or given up: two parties, each leaves once.
+        self.parties = 2
+        now = fast.loop.time()
+        self.deadline = now + state.request_timeout
+        self.ends_at = now + state.stream_timeout
         self.timer: asyncio.TimerHandle | None = None
 
-    def _enqueue(self) -> None:
+    def start(self) -> None:
         state = self.fast.state
         state.inflight.enter()
         try:
             state.pool.enqueue(self.job)
         except BaseException:  # refused (503): never finished, so the cycle through its callbacks is cut here
             state.inflight.exit()
-            self.job.on_done, self.job = None, None
+            self.job.on_done = self.job.open_stream = None
+            self.job = None
             raise
-
-    def _settle(self) -> None:
-        self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-
-    def cancel(self) -> None:
-        """The client left before the end of its answer: the job leaves the queue, or its answer
-        is dropped (a generator is closed)."""
-        if not self.ended:
-            job = self.job
-            self._settle()
-            self.fast.state.pool.cancel(job)
-
-
-class _Call(_Queued):
-    """One ``/run`` answered whole."""
-
-    __slots__ = ()
-
-    def __init__(self, fast: FastRun, respond: Responder, inputs: dict, call_id: int, request_id: str):
-        super().__init__(fast, respond, Job(inputs, call_id, request_id, on_done=self._done_in_worker))
-
-    def start(self) -> None:
-        self._enqueue()
-        self.timer = self.fast.loop.call_later(self.fast.state.request_timeout, self._timed_out)
-
-    def _done_in_worker(self, job: Job) -> None:
-        """The answer is made here, on the worker's thread (a large result is encoded off the
-        loop), and written by the loop."""
-        self.fast.state.inflight.exit()
-        if job.cancelled:
-            return
-        token = requestid.bind(job.request_id)
-        try:
-            answer = self.fast.state.answer_of(job)
-        except ServingError as exc:
-            answer = _error_answer(exc)
-        except Exception as exc:  # whatever happens, the client gets an answer
-            logger.exception("Call %d: the answer cannot be made", job.call_id)
-            answer = _error_answer(ServingError(f"internal error: {type(exc).__name__}"))
-        finally:
-            requestid.unbind(token)
-        self.fast.loop.call_soon_threadsafe(self._answer, answer)
-
-    def _answer(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
-        if not self.ended:
-            self._settle()
-            _write(self.respond, answer)
-
-    def _timed_out(self) -> None:
-        if self.ended:
-            return
-        self._settle()
-        self.fast.state.pool.cancel(self.job)
-        _fail(self.respond, RequestTimeout(
-            f"request did not finish within REQUEST_TIMEOUT={self.fast.state.request_timeout:g}s"))
-
-    def resumed(self) -> None:
-        """Nothing is streamed here."""
-
-
-class _StreamCall(_Queued):
-    """One streamed ``/run``: the worker's items are written as they come (SSE or NDJSON), each
-    one the client has taken lets the worker send one more; the end (or the error that ends
-    it) comes last. ``STREAM_IDLE_TIMEOUT`` and ``STREAM_TIMEOUT`` apply as at the gateway."""
-
-    __slots__ = ("began", "deadline", "ends_at", "fmt", "owed", "parties")
-
-    def __init__(self, fast: FastRun, respond: Responder, fmt: streamformat.StreamFormat, inputs: dict,
-                 call_id: int, request_id: str):
-        out = fast.state.stream_out(self._item_in_worker, lambda: None)
-        super().__init__(fast, respond, Job(inputs, call_id, request_id, on_done=self._done_in_worker, stream=out))
-        self.fmt = fmt
-        self.began = False
-        self.owed = 0
-        # The request counts in flight (a drain waits for it) until its job has finished and its
-        # answer has been written to the end, or given up: two parties, each leaves once.
-        self.parties = 2
-        now = fast.loop.time()
-        self.deadline = now + fast.state.stream_idle_timeout
-        self.ends_at = now + fast.state.stream_timeout
-
-    def start(self) -> None:
-        self._enqueue()
-        self.timer = self.fast.loop.call_at(min(self.deadline, self.ends_at), self._check_time)
+        self.timer = self.fast.loop.call_at(self.deadline, self._check_time)
 
     # -- from the worker's thread ----------------------------------------------------------------
+    def _open_stream(self) -> StreamOut:
+        """The body asks for a stream: the worker's items come here (SSE unless Accept said)."""
+        if self.fmt is None:
+            self.fmt = streamformat.SSE
+        return self.fast.state.stream_out(self._item_in_worker, lambda: None)
+
     def _item_in_worker(self, item: bytes) -> None:
         self.fast.loop.call_soon_threadsafe(self._item, item)
 
     def _done_in_worker(self, job: Job) -> None:
+        """The answer is made here, on the worker's thread (a large result is encoded off the
+        loop), and written by the loop."""
         loop = self.fast.loop
         try:
             if job.cancelled:
                 return
             token = requestid.bind(job.request_id)
             try:
+                if job.stream is None:
+                    loop.call_soon_threadsafe(self._whole, self._answer_of(job))
+                    return
                 items, (status, body, _flags) = self.fast.state.stream_end(job)
             finally:
                 requestid.unbind(token)
@@ -207,19 +146,28 @@ class _StreamCall(_Queued):
                 self._item_in_worker(item)
             if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
                 headers = job.error.headers() if job.error is not None else None
-                loop.call_soon_threadsafe(self._fail_whole, (status, body, headers))
+                loop.call_soon_threadsafe(self._whole, (status, body, headers))
                 return
             final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
             job.stream.end(lambda: loop.call_soon_threadsafe(self._end, final))
         finally:
             loop.call_soon_threadsafe(self._leave)
 
+    def _answer_of(self, job: Job) -> tuple[int, bytes, dict[str, str] | None]:
+        try:
+            return self.fast.state.answer_of(job)
+        except ServingError as exc:
+            return _error_answer(exc)
+        except Exception as exc:  # whatever happens, the client gets an answer
+            logger.exception("Call %d: the answer cannot be made", job.call_id)
+            return _error_answer(ServingError(f"internal error: {type(exc).__name__}"))
+
+    # -- in the loop -------------------------------------------------------------------------------
     def _leave(self) -> None:
         self.parties -= 1
         if not self.parties:
             self.fast.state.inflight.exit()
 
-    # -- in the loop -------------------------------------------------------------------------------
     def _item(self, item: bytes) -> None:
         if self.ended:
             return
@@ -240,13 +188,15 @@ class _StreamCall(_Queued):
             self.respond.start_stream(self.fmt.content_type)
         self.respond.end_stream(final)
 
-    def _fail_whole(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
+    def _whole(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
         if not self.ended:
             self._settle()
             _write(self.respond, answer)
 
     def _settle(self) -> None:
-        super()._settle()
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
         self._leave()
         self.job = None  # job -> its stream -> this call's methods -> job: let reference counts free them
 
@@ -254,18 +204,30 @@ class _StreamCall(_Queued):
         if self.ended:
             return
         now = self.fast.loop.time()
-        if now < min(self.deadline, self.ends_at):
-            self.timer = self.fast.loop.call_at(min(self.deadline, self.ends_at), self._check_time)
+        due = min(self.deadline, self.ends_at) if self.began else self.deadline
+        if now < due:
+            self.timer = self.fast.loop.call_at(due, self._check_time)
             return
         state = self.fast.state
-        error = RequestTimeout(f"stream took longer than STREAM_TIMEOUT={state.stream_timeout:g}s"
-                               if now >= self.ends_at else
-                               f"no item within STREAM_IDLE_TIMEOUT={state.stream_idle_timeout:g}s")
+        if not self.began:
+            error = RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={state.request_timeout:g}s")
+        elif now >= self.ends_at:
+            error = RequestTimeout(f"stream took longer than STREAM_TIMEOUT={state.stream_timeout:g}s")
+        else:
+            error = RequestTimeout(f"no item within STREAM_IDLE_TIMEOUT={state.stream_idle_timeout:g}s")
         state.pool.cancel(self.job)
         if self.began:
             self._end(self.fmt.error(jsonutil.dumps_bytes(error.to_body())))
         else:
-            self._fail_whole(_error_answer(error))
+            self._whole(_error_answer(error))
+
+    def cancel(self) -> None:
+        """The client left before the end of its answer: the job leaves the queue, or its answer
+        is dropped (a generator is closed)."""
+        if not self.ended:
+            job = self.job
+            self._settle()
+            self.fast.state.pool.cancel(job)
 
     def resumed(self) -> None:
         """The client's socket has drained: the worker may send the items it was owed."""
@@ -285,4 +247,3 @@ def _write(respond: Responder, answer: tuple[int, bytes, dict[str, str] | None])
 
 def _fail(respond: Responder, exc: ServingError) -> None:
     _write(respond, _error_answer(exc))
-

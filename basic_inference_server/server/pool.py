@@ -29,20 +29,34 @@ logger = logging.getLogger(__name__)
 _RETIRE = object()  # control item: the worker that takes it stops
 
 
+def _inputs_given(job: Job) -> None:
+    """Without a reader of bodies, a job comes with its inputs."""
+    raise ModelError("this worker pool reads no request bodies")
+
+
 class Job:
     """One request waiting for, or served by, a worker.
 
-    Whoever queued it learns that it finished either from ``on_done(job)``, called on the
-    worker's thread (the channel path: nothing waits), or by waiting on ``done``.
+    A request from a client comes as its body (``raw``), read into ``inputs`` by the worker that
+    takes it (the pool's ``accept``), never on the thread that received it: a large body costs its
+    own worker's time, not the channel's or the HTTP port's. Whoever queued it learns that it
+    finished either from ``on_done(job)``, called on the worker's thread (nothing waits), or by
+    waiting on ``done``.
     """
 
-    __slots__ = ("inputs", "call_id", "request_id", "done", "on_done", "result", "error", "cancelled",
-                 "worker_idx", "enqueued", "stream", "streamed", "stopped_running", "finished", "v2")
+    __slots__ = ("inputs", "raw", "routed", "call_id", "request_id", "done", "on_done", "result", "error",
+                 "cancelled", "worker_idx", "enqueued", "stream", "stream_wanted", "open_stream", "streamed",
+                 "stopped_running", "finished", "v2")
 
-    def __init__(self, inputs: dict[str, Any], call_id: int, request_id: str = requestid.NONE,
-                 on_done: Callable[[Job], None] | None = None, stream: StreamOut | None = None):
+    def __init__(self, inputs: dict[str, Any] | None, call_id: int, request_id: str = requestid.NONE,
+                 on_done: Callable[[Job], None] | None = None, stream: StreamOut | None = None, *,
+                 raw: bytes | None = None, routed: str = ""):
         self.inputs = inputs
+        self.raw = raw  # the body, until a worker reads it into inputs
+        self.routed = routed  # the endpoint the gateway routed it to ("": not checked against the body)
         self.stream = stream  # the client asked for a streamed answer: items go out here
+        self.stream_wanted = False  # the client asked for a stream before its body was read (Accept)
+        self.open_stream: Callable[[], StreamOut] | None = None  # makes `stream` once the body asks for one
         self.v2: Any = None  # an Open Inference Protocol request: how to answer it (server.v2.V2Call)
         self.streamed = False  # a generator's items went out (or were collected into result)
         self.stopped_running = False  # its client left while a worker ran its generator: closed
@@ -61,7 +75,7 @@ class Job:
         if self.finished:
             return  # a request of a streaming batch is finished when its stream ends, not twice
         self.finished = True
-        self.inputs = None  # a finished job may be referenced a while longer: drop the body now
+        self.inputs = self.raw = None  # a finished job may be referenced a while longer: drop the body now
         if self.on_done is None:
             self.done.set()
             return
@@ -179,8 +193,10 @@ class WorkerPool:
         max_batch_size: int = 1,
         max_batch_wait: float = 0.005,
         warmup: list[dict[str, Any]] | None = None,
+        accept: Callable[[Job], None] | None = None,
     ):
         self._factory = factory
+        self.accept = accept or _inputs_given  # reads a job's body into its inputs (raises ServingError)
         self.warmup = warmup or []  # WARMUP_INPUTS: run by every worker once loaded
         self.max_batch_size = max_batch_size
         self.max_batch_wait = max_batch_wait
@@ -245,7 +261,7 @@ class WorkerPool:
         running finishes (a thread cannot be stopped) and its answer is dropped, except a
         generator, which is closed before its next item."""
         job.cancelled = True
-        if job.stream is not None:
+        if job.stream is not None:  # (a worker that makes the stream later looks at `cancelled` after)
             job.stream.cancel()  # a worker waiting to send its next item stops waiting
         if self._queue.remove(job):
             self._cancelled(job, "queued")
@@ -350,6 +366,35 @@ class WorkerPool:
         if self.warmup:
             logger.info("Worker %d warmed up with %d input(s)", worker.worker_id, len(self.warmup))
 
+    def _read(self, items: list[Job]) -> list[Job]:
+        """The jobs of ``items`` to run: each one's body read into its inputs (on this worker's
+        thread); one whose client has gone is skipped, and one whose body is refused is answered
+        at once with its error, alone (the rest of a batch runs)."""
+        jobs = []
+        for job in items:
+            if not job.cancelled and job.raw is not None:
+                token = requestid.bind(job.request_id)
+                try:
+                    self.accept(job)
+                except ServingError as exc:
+                    job.error = exc
+                except Exception as exc:  # an answer must leave whatever the body does
+                    logger.exception("Call %d: reading the body failed", job.call_id)
+                    job.error = ModelError(f"the request could not be read: {type(exc).__name__}")
+                finally:
+                    requestid.unbind(token)
+                if job.stream is not None and job.cancelled:
+                    job.stream.cancel()  # cancelled while its stream was being made
+            if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
+                self._cancelled(job, "queued")
+                job.finish()
+            elif job.error is not None:
+                with replies_together():
+                    job.finish()
+            else:
+                jobs.append(job)
+        return jobs
+
     def _serve(self, worker: FlaskWorker, idx: int) -> None:
         batching = self.max_batch_size > 1
         while True:
@@ -360,19 +405,16 @@ class WorkerPool:
             if items[0] is _RETIRE:
                 logger.info("Worker %d retired", idx)
                 return
-            jobs = []
-            for job in items:
-                if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
-                    self._cancelled(job, "queued")
-                    job.finish()
-                else:
-                    jobs.append(job)
-            if not jobs:
-                continue
             started = time.monotonic()
             with self._lock:
                 self.busy += 1
                 self._busy_since[idx] = started
+            jobs = self._read(items)
+            if not jobs:
+                with self._lock:
+                    self.busy -= 1
+                    del self._busy_since[idx]
+                continue
             # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
             token = requestid.bind(",".join(job.request_id for job in jobs))
             try:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_type_hints
 
+from ..jsonbody import JsonLimits
+
 
 class SpecError(ValueError):
     """The server specification is incomplete or of the wrong shape."""
@@ -46,10 +48,18 @@ class ServerSpec:
     host_id: str
     admin_token: str | None
     max_body_bytes: int
+    max_inflight_body_bytes: int  # bodies preallocated at once on the HTTP port (MAX_INFLIGHT_BODY_MB)
+    max_json_values: int  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH: the bounds of a parsed body
+    max_json_containers: int
+    max_json_depth: int
     shutdown_grace: float
     error_file: str  # where the server writes why it could not start ("" for none)
     device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
     standalone: bool = False  # run on its own (`endpoint <name>`), not by a gateway: BIS_ENDPOINT_TOKEN applies
+
+    @property
+    def json_limits(self) -> JsonLimits:
+        return JsonLimits(self.max_json_values, self.max_json_containers, self.max_json_depth)
 
     def to_json(self) -> str:
         return json.dumps({**dataclasses.asdict(self), "endpoint_config": dict(self.endpoint_config)})

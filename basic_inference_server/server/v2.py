@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import jsonutil
 from ..errors import ServingError
+from ..jsonbody import DEFAULT_LIMITS, JsonLimits
 from ..transport import v2codec
 
 METADATA_KEY = "MODEL_METADATA"
@@ -81,20 +82,22 @@ def _tensors(raw: Any, what: str) -> tuple[dict[str, Any], ...]:
 
 
 class V2Call:
-    """What a job of a V2 infer request needs for its answer."""
+    """What a job of a V2 infer request needs for its answer: the model and version it was routed
+    to, its JSON header's length, and the request once a worker has read its body."""
 
-    __slots__ = ("model", "request", "version")
+    __slots__ = ("header_length", "model", "request", "version")
 
-    def __init__(self, request: v2codec.InferRequest, model: str, version: str):
-        self.request = request
+    def __init__(self, model: str, version: str, header_length: int | None):
         self.model = model  # the model's name, as the gateway routed it
         self.version = version
+        self.header_length = header_length  # Inference-Header-Content-Length (None: all JSON)
+        self.request: v2codec.InferRequest | None = None
 
 
-def accept(metadata: ModelMetadata, body: bytes,
-           header_length: int | None) -> tuple[dict[str, Any], v2codec.InferRequest]:
+def accept(metadata: ModelMetadata, body: bytes, header_length: int | None,
+           limits: JsonLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], v2codec.InferRequest]:
     """The worker inputs of an infer request, checked against the declared inputs."""
-    request = v2codec.decode_request(body, header_length)
+    request = v2codec.decode_request(body, header_length, limits)
     if metadata.inputs:
         v2codec.check_inputs(request.inputs, list(metadata.inputs))
     return request.worker_inputs(), request

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from .. import jsonutil
-from ..errors import InvalidInput, ModelError
+from ..errors import InvalidInput, ModelError, PayloadTooLarge
+from ..jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -72,8 +73,10 @@ class InferRequest:
         return {**self.inputs, PARAMETERS: self.parameters}
 
 
-def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse an infer request (all JSON, or JSON then binary tensors); InvalidInput when it is not one."""
+def decode_request(body: bytes, header_length: int | None = None, limits: JsonLimits = DEFAULT_LIMITS) -> InferRequest:
+    """Parse an infer request (all JSON, or JSON then binary tensors); InvalidInput when it is not
+    one. Its JSON is bounded by ``limits``, and so are its BYTES elements, each a Python object:
+    all of them together at most ``limits.max_values`` (413 past it, before any is made)."""
     view = memoryview(body)
     if header_length is None:
         header, binary = body, view[len(body):]
@@ -81,7 +84,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         if not 0 < header_length <= len(body):
             raise InvalidInput(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
         header, binary = view[:header_length].tobytes(), view[header_length:]
-    request = jsonutil.loads_object(header)
+    request = loads_object(header, limits)
     parameters = _object(request.get("parameters", {}), "parameters")
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -90,9 +93,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("inputs must be a non-empty list of tensors")
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = elements = 0
     for raw in raw_inputs:
         name, datatype, shape = _tensor_head(raw)
+        if datatype == "BYTES":
+            elements += math.prod(shape)
+            if elements > limits.max_values:
+                raise PayloadTooLarge(f"input {name!r}: the BYTES inputs hold {elements} elements, more than "
+                                      f"MAX_JSON_VALUES={limits.max_values} (a setting of the gateway's configuration)")
         if name in inputs or name == PARAMETERS:
             raise InvalidInput(f"input {name!r} is given twice" if name in inputs else
                                f"{PARAMETERS!r} cannot be an input's name")
@@ -321,8 +329,9 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], data: memoryv
 
 
 def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryview) -> np.ndarray:
-    elements, offset, end = [], 0, len(data)
-    while offset < end:
+    elements: list[bytes] = []
+    offset, end = 0, len(data)
+    while offset < end and len(elements) <= count:
         if offset + 4 > end:
             raise InvalidInput(f"input {name!r}: BYTES data ends inside an element's length")
         (size,) = _LENGTH.unpack_from(data, offset)

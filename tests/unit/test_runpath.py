@@ -99,7 +99,7 @@ class Gateway:
         self.metrics = GatewayMetrics(type("Sup", (), {"handles": self.handles})())
         self.loop = uvloop.new_event_loop()
         self.front = HttpFront(lambda environ, start: [], "127.0.0.1", 0, fast_path="/run", threads=1,
-                               limits=FrontLimits(max_body=10_000))
+                               limits=FrontLimits(max_body=200_000))
         self.run_path = RunPath(self.router, self.metrics, self.loop, self.front.executor, lambda: {"up": 1})
         self.channels = {name: ScriptedChannel(name, list((replies or {}).get(name, []))) for name in self.handles}
         self.run_path.channel = lambda handle: self.channels[handle.name]
@@ -150,13 +150,53 @@ def test_answer_is_the_servers_with_the_envelope_and_the_request_id(gateway):
     assert gw.metrics.requests_by_signature() == {"echo": {"200": 1}}
 
 
-def test_a_misrouted_guess_is_routed_again_from_the_parsed_body(gateway):
-    gw = gateway([endpoint("a"), endpoint("b")], replies={"a": [(MISROUTED, None, b"")]})
+def test_a_misrouted_request_is_routed_again_by_the_signature_its_server_read(gateway):
+    misrouted = json.dumps({"ERROR": "elsewhere", "error": {"type": "Misrouted"}, "SIGNATURE": "b"}).encode()
+    gw = gateway([endpoint("a"), endpoint("b")], replies={"a": [(MISROUTED, None, misrouted)]})
     status, _, _ = gw.post(b'{"X": {"SIGNATURE": "a"}, "SIGNATURE": "b"}')
     assert status == 200
     assert [s[1] for s in gw.channels["a"].sent] == ["a"]
-    assert [s[1] for s in gw.channels["b"].sent] == [""]  # the second time, routed from a full parse
+    assert [s[1] for s in gw.channels["b"].sent] == ["b"]  # b's server checks it too
     assert gw.metrics.requests_by_signature() == {"b": {"200": 1}}
+
+
+def test_servers_that_disagree_on_the_signature_are_a_502_not_a_loop(gateway):
+    to_b = json.dumps({"SIGNATURE": "b"}).encode()
+    to_a = json.dumps({"SIGNATURE": "a"}).encode()
+    gw = gateway([endpoint("a"), endpoint("b")],
+                 replies={"a": [(MISROUTED, None, to_b)], "b": [(MISROUTED, None, to_a)]})
+    status, _, body = gw.post(b'{"SIGNATURE": "a"}')
+    assert (status, body["error"]["type"]) == (502, "ServerDied")
+    assert len(gw.channels["a"].sent) == len(gw.channels["b"].sent) == 1
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    (b'{"X": 1, "SIGNATURE": "nope"}', 404, "Bad signature 'nope'"),
+    (b'{"X": {"SIGNATURE": "nope"}, "SIGNATURE": "echo"}', 200, ""),  # read exactly: the body is small
+    (b'{"SIGNATURE": "ec\\u0068o"}', 200, ""),  # an escaped name, read exactly
+    (b'{"SIGNATURE": 5}', 400, "SIGNATURE must be a string"),
+    (b'{"X": 1}', 400, "SIGNATURE not found"),
+    (b'{"X": 1e400, "SIGNATURE": "echo"}', 200, ""),  # the gateway reads SIGNATURE only: the server parses the rest
+    (b'{"SIGNATURE": "nope", ', 400, "Malformed JSON body"),
+    (b'["SIGNATURE"]', 400, "must be an object"),
+], ids=["unknown", "nested-first", "escaped", "not-a-string", "none", "rest-unread", "malformed", "array"])
+def test_a_small_body_that_routes_nowhere_is_read_exactly(gateway, body, status, message):
+    gw = gateway([endpoint("echo")])
+    got, _, answer = gw.post(body)
+    assert got == status, answer
+    assert message in answer.get("ERROR", "")
+
+
+def test_a_large_body_is_never_parsed_in_the_gateway(gateway):
+    filler = b'"filler": [' + b"[[[[[[[[[[]]]]]]]]]]," * 4000 + b"[]], "
+    gw = gateway([endpoint("echo")])
+    got, _, answer = gw.post(b'{' + filler + b'"SIGNATURE": "nope"}')
+    assert got == 404 and "Bad signature 'nope'" in answer["ERROR"]
+    got, _, answer = gw.post(b'{' + filler + b'"X": 1}')
+    assert got == 400 and "SIGNATURE not found: a body of over 64 KB" in answer["ERROR"]
+    got, _, _ = gw.post(b'{' + filler + b'"SIGNATURE": "echo"}')
+    assert got == 200
+    assert len(gw.channels["echo"].sent) == 1
 
 
 @pytest.mark.parametrize("error, status, error_type", [

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from basic_inference_server.errors import InvalidInput, ModelError, ServingError
+from basic_inference_server.errors import BadRequest, InvalidInput, ModelError, PayloadTooLarge, ServingError
+from basic_inference_server.jsonbody import JsonLimits
 from basic_inference_server.server.v2 import ModelMetadata, accept, error_body
 from basic_inference_server.transport.v2codec import (
     DATATYPES,
@@ -835,11 +836,32 @@ def test_json_bytes_inputs_keep_trailing_nuls_and_cost_no_padding():
     assert array.dtype == object and array.nbytes < 1_000_000  # pointers, not 20001 x 20000 characters
 
 
-@pytest.mark.parametrize(("data", "words"), [(["a", 1], "not strings"), (["\ud800"], "not valid text")])
+@pytest.mark.parametrize(("data", "words"), [(["a", 1], "not strings"), (["\ud800"], "unpaired UTF-16 surrogate")])
 def test_json_bytes_inputs_must_be_text(data, words):
     body = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [len(data)], "data": data}]}).encode()
-    with pytest.raises(InvalidInput, match=words):
+    with pytest.raises((InvalidInput, BadRequest), match=words) as info:
         decode_request(body)
+    assert info.value.status == 400
+
+
+def test_bytes_elements_are_bounded_like_json_values_before_any_is_made():
+    limits = JsonLimits(max_values=1000)
+    count = 1001
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [count],
+                                     "parameters": {"binary_data_size": 4 * count}}]}).encode()
+    with pytest.raises(PayloadTooLarge, match="1001 elements, more than MAX_JSON_VALUES=1000") as info:
+        decode_request(header + b"\0" * (4 * count), len(header), limits)
+    assert info.value.status == 413
+    fits = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [1000],
+                                   "parameters": {"binary_data_size": 4000}}]}).encode()
+    assert decode_request(fits + b"\0" * 4000, len(fits), limits).inputs["x"].shape == (1000,)
+
+
+def test_bytes_elements_past_the_shape_stop_the_reading():
+    header = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2],
+                                     "parameters": {"binary_data_size": 4 * 100_000}}]}).encode()
+    with pytest.raises(InvalidInput, match="needs 2 element"):
+        decode_request(header + b"\0" * (4 * 100_000), len(header))
 
 
 def test_bytes_outputs_keep_trailing_nuls():

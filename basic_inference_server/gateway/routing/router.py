@@ -16,6 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import msgspec
+
+from ... import jsonbody
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
 from ...webutil import Answer
@@ -26,8 +29,29 @@ from .routes import RouteTable
 
 Handle = TypeVar("Handle", ChildHandle, RemoteHandle)
 SYSTEM_STATUS = "SYSTEM_STATUS"
-# `"SIGNATURE": "<name>"` as clients write it; a name with escapes or odd spacing is parsed in full.
+# `"SIGNATURE": "<name>"` as clients write it (a name with escapes is read exactly, in a small body).
 _SIGNATURE_AT = re.compile(rb'"SIGNATURE"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})"')
+INLINE_SCAN = 65536  # bodies up to this size are read exactly when their first "SIGNATURE" routes nowhere
+
+
+class _Envelope(msgspec.Struct):
+    """The one member of a body the gateway reads: its other members are skipped, not built."""
+
+    SIGNATURE: Any = None
+
+
+_read_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+def _envelope(raw: bytes) -> dict[str, Any]:
+    """``{"SIGNATURE": <its value>}`` of a small body (others skipped); BadRequest saying why when
+    the body is not a JSON object."""
+    try:
+        envelope = _read_envelope(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw)
+    except (msgspec.MsgspecError, ValueError):
+        jsonbody.loads_object(raw)  # raises the BadRequest that says what is wrong (the body is small)
+        raise BadRequest("Malformed JSON body") from None
+    return {} if envelope.SIGNATURE is None else {"SIGNATURE": envelope.SIGNATURE}
 
 
 class Admission:
@@ -68,27 +92,26 @@ class Router:
         self.response_format = response_format
         self._turn = itertools.count()
 
-    @staticmethod
-    def signature_of(payload: dict[str, Any]) -> str:
-        signature = payload.get("SIGNATURE")
-        if signature is None:
-            raise BadRequest("Bad input. SIGNATURE not found: send {\"SIGNATURE\": \"<endpoint>\", ...}")
-        if not isinstance(signature, str):
-            raise BadRequest(f"SIGNATURE must be a string, got {type(signature).__name__}")
-        return signature
+    signature_of = staticmethod(jsonbody.signature_of)
 
-    def guess(self, raw: bytes) -> str | None:
-        """The endpoint a body names, read without parsing it, when that endpoint is being served.
-        A guess is only a guess (the first ``"SIGNATURE"`` may sit in a nested object): the model
-        server checks it against the body it parses anyway and answers MISROUTED when it is not."""
+    def signature_in(self, raw: bytes) -> str:
+        """The endpoint a ``/run`` body names, read without parsing the body on the event loop.
+
+        The first ``"SIGNATURE": "<name>"`` written in the body is taken when it names an endpoint
+        served here: the model server checks it against the body it parses anyway, and answers
+        MISROUTED with the body's own SIGNATURE when it differs (the first one written may sit in a
+        nested object). Otherwise a body of up to INLINE_SCAN bytes is read exactly (its top-level
+        SIGNATURE, by a scan that builds nothing else); a larger one is never parsed here, so its
+        first ``"SIGNATURE"`` decides (an unknown name is a 404, none a 400). Raises BadRequest."""
         start = raw.find(b'"SIGNATURE"')
-        if start < 0:
-            return None
-        match = _SIGNATURE_AT.match(raw, start)
-        if match is None:
-            return None
-        name = match.group(1).decode("ascii")
-        return name if name in self.table.routes.servers else None
+        match = _SIGNATURE_AT.match(raw, start) if start >= 0 else None
+        name = match.group(1).decode("ascii") if match is not None else None
+        if name is not None and (name in self.table.routes.servers or len(raw) > INLINE_SCAN):
+            return name
+        if len(raw) <= INLINE_SCAN:
+            return self.signature_of(_envelope(raw))
+        raise BadRequest(f"SIGNATURE not found: a body of over {INLINE_SCAN // 1024} KB is routed by the "
+                         "\"SIGNATURE\": \"<endpoint>\" written in it, and it has none")
 
     def route_to(self, signature: str) -> ChildHandle:
         """The READY replica of ``signature`` with the fewest requests in flight; a 404/503

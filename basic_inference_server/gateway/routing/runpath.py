@@ -1,16 +1,18 @@
 """``POST /run`` in the HTTP front's event loop: route, admit, forward over the channel, answer.
 
-Nothing here blocks or waits on a thread: a request is routed (by the signature read straight
-from the body when the body names a served endpoint, else by parsing it), admitted, written to
-its model server's channel, and answered from the channel's callback. A model server that finds
-the body's ``SIGNATURE`` differs from the one it was routed by answers MISROUTED, and the
-request is routed again from the parsed body, so the fast guess never changes an answer.
-Every request is counted in the metrics, whatever its outcome.
+Nothing here blocks or waits on a thread, and no body is parsed here: a request is routed by the
+signature read from its body without parsing it (:meth:`.Router.signature_in`), admitted,
+written to its model server's channel, and answered from the channel's callback. The model
+server, which parses the body on the worker that runs it, answers MISROUTED with the body's own
+SIGNATURE when it differs from the one the request was routed by, and the request is routed
+again by that one, so reading without parsing never changes an answer. Every request is counted
+in the metrics, whatever its outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -54,7 +56,7 @@ class RunPath:
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Call:
         call = Call(self, request, respond)
-        call.route(trust_guess=True)
+        call.route()
         return call
 
     def channel(self, handle: ChildHandle | RemoteHandle) -> ChannelClient | RemoteClient:
@@ -99,7 +101,7 @@ class Call:
     """
 
     __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
-                 "respond", "routed", "started", "streaming", "tag", "tried")
+                 "respond", "rerouted", "routed", "started", "streaming", "tag", "tried")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
         self.path = path
@@ -114,29 +116,43 @@ class Call:
         self.fmt = streamformat.from_accept(request.accept)  # the stream the client asked for, if any
         self.streaming = False  # the streamed answer has begun
         self.items = self.owed = 0  # items relayed; credits to give back when the client drains
-        self.routed = ""  # the signature read from the body without parsing it ("" once parsed)
+        self.routed = ""  # the signature it is routed by (the model server checks the body names it)
+        self.rerouted = False  # routed again by the SIGNATURE a model server read in the body
         self.tried: frozenset[RemoteHandle] | None = None  # remote addresses that did not take it
 
-    def route(self, trust_guess: bool) -> None:
-        path, router = self.path, self.path.router
+    def route(self) -> None:
+        """Route by the signature the body names (read without parsing it)."""
         token = requestid.bind(self.request.request_id)
         try:
+            router = self.path.router
             if router.admission.draining:
                 raise Unavailable("gateway is shutting down", retry_after=5)
-            raw = self.request.body
-            routed = router.guess(raw) if trust_guess else None
-            signature = routed or router.signature_of(jsonutil.loads_object(raw))
-            self.label = signature
-            if signature == SYSTEM_STATUS:
-                future = path.loop.run_in_executor(path.executor, path.system_status)
-                future.add_done_callback(self._status_done)
-                return
-            self.routed = routed or ""
-            self._forward(router.route_to(signature))
+            self._go(router.signature_in(self.request.body))
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _go(self, signature: str) -> None:
+        """Answer SYSTEM_STATUS here, or forward to a server of ``signature`` (it checks the body names it)."""
+        self.label = signature
+        if signature == SYSTEM_STATUS:
+            future = self.path.loop.run_in_executor(self.path.executor, self.path.system_status)
+            future.add_done_callback(self._status_done)
+            return
+        self.routed = signature
+        self._forward(self.path.router.route_to(signature))
+
+    def _rerouted(self, body: bytes) -> None:
+        """MISROUTED: the body's own SIGNATURE, as its model server parsed it, is another endpoint's."""
+        if self.rerouted:
+            raise ServerDied("model servers disagree on which endpoint the body names")
+        try:
+            signature = json.loads(body)["SIGNATURE"]
+        except (ValueError, KeyError, TypeError):
+            raise ServerDied("model server answered MISROUTED without the body's SIGNATURE") from None
+        self.rerouted = True
+        self._go(Router.signature_of({"SIGNATURE": signature}))
 
     def _forward(self, handle: ChildHandle | RemoteHandle) -> None:
         router = self.path.router
@@ -218,11 +234,11 @@ class Call:
         self.tag = None
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
-        if status == MISROUTED:
-            self.route(trust_guess=False)
-            return
         token = requestid.bind(self.request.request_id)
         try:
+            if status == MISROUTED:
+                self._rerouted(body)
+                return
             if handle.is_remote and self._elsewhere(handle, status):
                 return
             self._answer(status, retry_after, body, flags)

@@ -74,7 +74,7 @@ class InferPath:
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Call:
         call = InferCall(self.run_path, request, respond)
-        call.route(trust_guess=False)
+        call.route()
         return call
 
 
@@ -87,7 +87,7 @@ class InferCall(Call):
         super().__init__(path, request, respond)
         self.fmt = None  # V2 answers are never streams, whatever the client accepts
 
-    def route(self, trust_guess: bool) -> None:
+    def route(self) -> None:
         router = self.path.router
         request = self.request
         token = requestid.bind(request.request_id)
