@@ -71,11 +71,10 @@ def check(data: bytes | bytearray | memoryview, limits: JsonLimits = DEFAULT_LIM
         values_bound = 1 + data.count(b",") + data.count(b":") + opens
     if opens <= limits.max_depth and opens <= limits.max_containers and values_bound <= limits.max_values:
         return
-    brackets, separators = _structure(data)
-    containers = len(brackets) - brackets.count(b"]") - brackets.count(b"}")
+    brackets, separators, containers = _structure(data, limits.max_containers)
     if containers > limits.max_containers:
-        raise PayloadTooLarge(f"JSON body holds {containers} arrays and objects, more than MAX_JSON_CONTAINERS="
-                              f"{limits.max_containers} (a setting of the gateway's configuration)")
+        raise PayloadTooLarge(f"JSON body holds more than MAX_JSON_CONTAINERS={limits.max_containers} arrays and "
+                              f"objects ({containers} counted; a setting of the gateway's configuration)")
     values = 1 + separators + containers
     if values > limits.max_values:
         raise PayloadTooLarge(f"JSON body holds about {values} values, more than MAX_JSON_VALUES="
@@ -99,8 +98,7 @@ class Shape:
 
 def shape(data: bytes | bytearray) -> Shape:
     """The counts :func:`check` bounds, all of them, however large."""
-    brackets, separators = _structure(data)
-    containers = len(brackets) - brackets.count(b"]") - brackets.count(b"}")
+    brackets, separators, containers = _structure(data)
     return Shape(containers, 1 + separators + containers, _depth(brackets))
 
 
@@ -109,26 +107,35 @@ def _depth(brackets: bytes) -> int:
     return max(accumulate(array("b", brackets.translate(_DELTAS))), default=0)
 
 
-def _structure(data: bytes | bytearray) -> tuple[bytes, int]:
-    """The brackets of ``data`` outside its strings, in order, and how many , and : are outside them."""
+def _structure(data: bytes | bytearray, max_containers: int | None = None) -> tuple[bytes, int, int]:
+    """The brackets of ``data`` outside its strings, in order, how many , and : are outside them, and
+    how many arrays and objects open; a slice at a time (a few MB at most, whatever the body), and no
+    further once more than ``max_containers`` are found.
+
+    Each slice keeps only its structure (brackets, separators, quotes) and drops its empty quote
+    pairs (a string without structure, or nothing between two strings: either way the two sides
+    are the same, in or out); a piece after an even number of quotes (one more when the slice
+    begins in a string) is outside the strings."""
     if b"\\" in data:  # escapes, left to right as JSON reads them: after \\ pairs, \" is a quote in a string
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-    reduced = data.translate(None, _NOT_STRUCTURE).replace(b'""', b"")  # strings without structure go
-    if b'"' in reduced:
-        reduced = _outside_strings(reduced)
-    brackets = reduced.translate(None, b",:")
-    return brackets, len(reduced) - len(brackets)
-
-
-def _outside_strings(reduced: bytes) -> bytes:
-    """What lies outside the strings of ``reduced`` (quotes and structure only), a slice at a time:
-    a piece after an even number of quotes is outside, and a slice with an odd number flips that."""
-    kept, inside = [], False
-    for start in range(0, len(reduced), _CHUNK):
-        pieces = reduced[start:start + _CHUNK].split(b'"')
-        kept.append(b"".join(pieces[1::2] if inside else pieces[0::2]))
-        inside ^= len(pieces) % 2 == 0
-    return b"".join(kept)
+    kept: list[bytes] = []
+    separators = containers = 0
+    inside = False
+    for start in range(0, len(data), _CHUNK):
+        reduced = data[start:start + _CHUNK].translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+        if b'"' in reduced:
+            pieces = reduced.split(b'"')
+            reduced = b"".join(pieces[1::2] if inside else pieces[0::2])
+            inside ^= len(pieces) % 2 == 0
+        elif inside:  # a slice wholly inside a string
+            continue
+        brackets = reduced.translate(None, b",:")
+        separators += len(reduced) - len(brackets)
+        containers += brackets.count(b"[") + brackets.count(b"{")
+        kept.append(brackets)
+        if max_containers is not None and containers > max_containers:
+            break
+    return b"".join(kept), separators, containers
 
 
 _gc_lock = threading.Lock()

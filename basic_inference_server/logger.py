@@ -57,7 +57,10 @@ class Logger:
         self._logger = logging.getLogger(f"bis.{lib_name}")
         self._timers: dict[str, float] = {}
         for sub in _SUBFOLDERS:
-            os.makedirs(os.path.join(self.root_folder, sub), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(self.root_folder, sub), exist_ok=True)
+            except OSError as exc:  # read-only: logging and files of that folder fail on their own, said once
+                self._logger.warning("Logger: cannot create %s: %s", os.path.join(self.root_folder, sub), exc.strerror)
         if not logging_configured():
             # A standalone script (e.g. a support process) made this Logger: it is the entry point.
             setup_process_logging(lib_name, self.get_logs_folder(), file_stem=lib_name)

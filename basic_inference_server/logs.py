@@ -56,23 +56,45 @@ def setup_process_logging(
     formatter = logging.Formatter(LOG_FORMAT)
     console = logging.StreamHandler(sys.stderr)
     handlers: list[logging.Handler] = [console]
-    path = None
+    path, refused = None, None
     if logs_folder is not None:
-        folder = Path(logs_folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{safe_file_name(file_stem or role)}.log"
-        handlers.append(
-            logging.handlers.RotatingFileHandler(
-                path, maxBytes=MAX_LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8", delay=True
-            )
-        )
+        path = Path(logs_folder) / f"{safe_file_name(file_stem or role)}.log"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(_LogFile(path))
+        except OSError as exc:  # a folder that cannot be written: the console goes on alone
+            refused, path = f"cannot write the log file {path}: {exc.strerror or exc}; logging to stderr only", None
     for handler in handlers:
         handler._bis_handler = True  # type: ignore[attr-defined]
         handler.addFilter(role_filter)
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level)
+    if refused:
+        logging.getLogger(__name__).error("%s", refused)
     return path
+
+
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """The rotated log file. Opened at once, so that a folder that cannot be written is found when
+    logging is set up; one that fails later (full disk, folder gone or made read-only) is reported
+    once, on stderr, and then left alone, instead of a traceback on stderr for every line."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, maxBytes=MAX_LOG_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        error = sys.exc_info()[1]
+        sys.stderr.write(f"basic_inference_server: writing the log file {self.baseFilename} failed ({error}); "
+                         "logging to stderr only from now on\n")
 
 
 def logging_configured() -> bool:

@@ -26,6 +26,9 @@ from .jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
 logger = logging.getLogger(__name__)
 
 JSON_MIMETYPE = "application/json"
+# The most a body of any route but /run and V2 infer may hold (admin commands, support metrics): they
+# are parsed on the route threads, whose parse holds the interpreter's lock the event loop needs too.
+ROUTE_BODY_LIMIT = 64 * 1024
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -114,7 +117,11 @@ def require_admin(expected: str, request: Request, body: dict[str, Any] | None) 
     given = presented_token(request, body)
     if given is None:
         raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in the body")
-    if not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8")):
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:  # an unpaired surrogate ("\ud800"): no token is that
+        raise Unauthorized("admin token is wrong") from None
+    if not hmac.compare_digest(given_bytes, expected.encode("utf-8")):
         raise Unauthorized("admin token is wrong")
 
 

@@ -20,6 +20,7 @@ from ..config import ConfigError
 from ..errors import (
     BadRequest,
     Conflict,
+    Unauthorized,
     Unavailable,
     UnknownSignature,
     error_body,
@@ -27,8 +28,10 @@ from ..errors import (
 from ..lib_ver import LIB_VER
 from ..server.placement import device_of
 from ..webutil import (
+    ROUTE_BODY_LIMIT,
     install_error_handlers,
     json_response,
+    presented_token,
     raw_json_response,
     read_json_object,
     require_admin,
@@ -54,6 +57,8 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-s
 
 
 def is_loopback(address: str | None) -> bool:
+    if address == "localhost":
+        return True
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
     except ValueError:
@@ -63,7 +68,8 @@ def is_loopback(address: str | None) -> bool:
 def create_gateway_app(gw: FlaskGateway) -> Flask:
     app = Flask("bis-gateway", static_folder=None)  # serve no files from the working folder
     install_error_handlers(app, plain_under="/v2")
-    limit = gw.config.max_body_bytes
+    limit = min(gw.config.max_body_bytes, ROUTE_BODY_LIMIT)
+    json_limits = gw.config.json_limits
     supervisor = gw.supervisor
     envelope = gw.envelope
 
@@ -72,7 +78,21 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             return dict(request.args)
         if not request.content_length and request.headers.get("Transfer-Encoding") is None:
             return {}
-        return read_json_object(request, limit)
+        return read_json_object(request, limit, json_limits)
+
+    def admin_payload() -> dict[str, Any]:
+        """The body of an admin route, once its token is checked. A body that cannot be read holds
+        no token: without one in the Authorization header, that is a 401, before anything about it."""
+        try:
+            payload = read_payload()
+        except BadRequest as exc:
+            if presented_token(request, None) is None:
+                raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in "
+                                   f"a JSON body (this one cannot be read: {exc.message})") from None
+            require_admin(gw.admin_token, request, None)
+            raise
+        require_admin(gw.admin_token, request, payload)
+        return payload
 
     router = gw.router
     signature_of, route_to = router.signature_of, router.route_to
@@ -86,7 +106,9 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
-        signature = signature_of(read_payload())
+        # PROTECT_NOTIFICATIONS: what endpoint code wrote is not for anyone
+        payload = admin_payload() if gw.config.protect_notifications else read_payload()
+        signature = signature_of(payload)
         merged: dict[str, list[Any]] = {}
         for handle in ready_replicas(signature):
             with router.admission.forwarding(handle):
@@ -105,8 +127,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        payload = admin_payload()
         count = payload.get("NR_WORKERS")
         body = jsonutil.dumps_bytes({"NR_WORKERS": count})
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.admin_token}"}
@@ -174,8 +195,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/start_server", methods=["POST"])
     def start_server() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        payload = admin_payload()
         signature = signature_of(payload)
         endpoint = gw.config.endpoint(signature)
         if endpoint is None:
@@ -193,8 +213,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/reload_server", methods=["POST"])
     def reload_server() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        payload = admin_payload()
         signature = signature_of(payload)
         try:
             reloads = gw.reload_servers(signature)
@@ -213,8 +232,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/reload_config", methods=["POST"])
     def reload_config() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        admin_payload()
         try:
             result = gw.reload_config()
         except ConfigError as exc:
@@ -223,8 +241,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/kill_server", methods=["POST"])
     def kill_server() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        payload = admin_payload()
         signature = signature_of(payload)
         if signature == "*":
             names = [n for n, h in supervisor.handles.items() if h.state != STOPPED or h.pid is not None]
@@ -239,8 +256,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/shutdown", methods=["POST"])
     def shutdown() -> Response:
-        payload = read_json_object(request, limit)
-        require_admin(gw.admin_token, request, payload)
+        payload = admin_payload()
         signature = signature_of(payload)
         if signature.upper() != SHUTDOWN_COMMAND:
             raise BadRequest(f"/shutdown needs SIGNATURE={SHUTDOWN_COMMAND!r}")
@@ -252,7 +268,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/support_update_status", methods=["POST"])
     def support_update_status() -> Response:
-        payload = read_json_object(request, limit)
+        payload = read_json_object(request, limit, json_limits)
         if not is_loopback(request.remote_addr) and request.remote_addr != gw.host:
             require_admin(gw.admin_token, request, payload)
         signature = signature_of(payload)

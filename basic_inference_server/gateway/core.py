@@ -23,7 +23,7 @@ from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit, return_large_blocks
 from ..webutil import RequestIds, endpoint_token
 from . import reconfigure
-from .app import create_gateway_app
+from .app import create_gateway_app, is_loopback
 from .auth import resolve_admin_token
 from .observe.metrics import GatewayMetrics
 from .observe.status import system_status
@@ -243,9 +243,11 @@ class FlaskGateway:
             max_body=config.max_body_bytes, header_timeout=config.header_timeout, body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,
             max_connections=config.max_connections or max(256, min(100_000, files - 1024)),
+            max_inflight_body=config.max_inflight_body_bytes,
         )
         try:
             token = endpoint_token()  # sent to the model servers of remote endpoints
+            self.remote.token = token
             self.remote.tls = client_context()  # how those of https:// URLS are checked (BIS_TLS_CA_FILE)
         except ValueError as exc:
             raise GatewayStartupError(str(exc)) from None
@@ -274,6 +276,10 @@ class FlaskGateway:
         self.http.start()
         freeze_loaded_objects()  # the app and its libraries: out of every full collection
         logger.info("Gateway listening on %s:%d", self.host, self.http.port)
+        if not self.config.protect_notifications and not is_loopback(self.host):
+            logger.warning("/notifications is open to every client that reaches %s:%d, and returns what endpoint "
+                           "code wrote with _create_notification (the demos write their callers' inputs): set "
+                           "PROTECT_NOTIFICATIONS to true to require the admin token", self.host, self.http.port)
         announced = False
         while not self._stop.is_set():
             self.supervisor.poll()

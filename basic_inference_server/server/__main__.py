@@ -117,14 +117,17 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         metadata=metadata, json_limits=spec.json_limits,
     )
     try:
-        token = endpoint_token() if spec.standalone else None
+        # Every route but /health takes a token: BIS_ENDPOINT_TOKEN for a server run on its own (if
+        # set), the secret of this run for a child of a gateway (it came on stdin with the spec).
+        token = endpoint_token() if spec.standalone else (spec.secret or None)
         tls = server_context() if spec.standalone else None  # BIS_TLS_CERT_FILE, BIS_TLS_KEY_FILE
     except ValueError as exc:
         return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")
     try:
         # A body may take its time (a large upload from afar), and every connection is an open file.
         limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
-                             max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
+                             max_connections=max(256, min(100_000, raise_open_file_limit() - 256)),
+                             max_inflight_body=spec.max_inflight_body_bytes)
         http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits,
                           tls=tls)
     except OSError as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
 from collections.abc import Callable
@@ -12,12 +13,30 @@ from typing import Any
 from flask import Flask, Response, request
 
 from .. import jsonbody, jsonutil, requestid
-from ..errors import BadRequest, Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, error_body
+from ..errors import (
+    BadRequest,
+    Misrouted,
+    ModelError,
+    PayloadTooLarge,
+    ServingError,
+    ShuttingDown,
+    Unauthorized,
+    error_body,
+)
 from ..httpserve import InFlight
 from ..jsonbody import DEFAULT_LIMITS, JsonLimits
 from ..transport.frames import BINARY, STREAM, reply_frame
+from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
-from ..webutil import Answer, install_error_handlers, json_response, read_json_object, require_admin
+from ..webutil import (
+    ENDPOINT_TOKEN_HEADER,
+    ROUTE_BODY_LIMIT,
+    Answer,
+    install_error_handlers,
+    json_response,
+    read_json_object,
+    require_admin,
+)
 from .channel import Connection
 from .notifications import GENERAL, NotificationStore
 from .pool import Job, WorkerPool
@@ -30,6 +49,7 @@ from .worker import CONTROL_KEYS
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+LARGE_BODY = 1 << 20  # a body this large is given back to the system once read (tuning.Trimmer)
 STUCK_FACTOR = 3
 
 
@@ -111,11 +131,15 @@ class ServerState:
         the SIGNATURE it names), its stream opened when the body asks for one (``"STREAM": true``).
         Raises the ServingError its client is answered."""
         raw, job.raw = job.raw, None
-        call = job.v2
-        if call is not None:
-            job.inputs, call.request = accept_v2(self.metadata, raw, call.header_length, self.json_limits)
-            return
-        body = jsonbody.loads_object(raw, self.json_limits)
+        try:
+            if job.v2 is not None:
+                job.inputs, job.v2.request = accept_v2(self.metadata, raw, job.v2.header_length, self.json_limits)
+                return
+            body = jsonbody.loads_object(raw, self.json_limits)
+        finally:
+            if len(raw) >= LARGE_BODY:
+                trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
+            del raw
         if job.routed and body.get("SIGNATURE") != job.routed:
             signature = jsonbody.signature_of(body)
             raise Misrouted(f"the body names endpoint {signature!r}, not {job.routed!r}", signature=signature)
@@ -134,12 +158,8 @@ class ServerState:
                 self._deliver_v2(conn, tag, job)
                 return
             if job.stream is None:
-                try:
-                    status, body, _ = self.answer_of(job)
-                    retry_after = None
-                except ServingError as exc:
-                    status, body, retry_after = exc.status, jsonutil.dumps_bytes(exc.to_body()), _retry_after(exc)
-                conn.reply(tag, status, body, retry_after)
+                status, body, headers = self.answer_of(job)
+                conn.reply(tag, status, body, headers.get("Retry-After") if headers else None)
                 return
             items, (status, body, flags) = self.stream_end(job)
             for item in items:
@@ -154,19 +174,19 @@ class ServerState:
             requestid.unbind(token)
 
     def _deliver_v2(self, conn: Connection, tag: int, job: Job) -> None:
-        call = job.v2
-        try:
-            if job.error is not None:
-                raise job.error
-            parts, header_length = encode_response(call.model, call.version, call.request, job.result,
-                                                   self.metadata.output_types)
-        except ServingError as exc:
-            logger.log(logging.ERROR if exc.status >= 500 else logging.DEBUG, "Call %d: %s", job.call_id, exc)
-            conn.reply(tag, exc.status, v2_error_body(exc), _retry_after(exc))
-            return
-        except Exception as exc:  # an answer must leave whatever the outputs hold
-            logger.exception("Call %d: encoding the V2 answer failed", job.call_id)
-            conn.reply(tag, 500, v2_error_body(ModelError(f"the outputs cannot be encoded: {type(exc).__name__}")))
+        call, error = job.v2, job.error
+        if error is None:
+            try:
+                parts, header_length = encode_response(call.model, call.version, call.request, job.result,
+                                                       self.metadata.output_types)
+            except ServingError as exc:
+                error = exc
+            except Exception as exc:  # an answer must leave whatever the outputs hold
+                logger.exception("Call %d: encoding the V2 answer failed", job.call_id)
+                error = ModelError(f"the outputs cannot be encoded: {type(exc).__name__}")
+        if error is not None:
+            logger.log(logging.ERROR if error.status >= 500 else logging.DEBUG, "Call %d: %s", job.call_id, error)
+            conn.reply(tag, error.status, v2_error_body(error), _retry_after(error))
             return
         if header_length is None:
             conn.reply(tag, 200, parts[0])
@@ -176,10 +196,10 @@ class ServerState:
     def stream_end(self, job: Job) -> tuple[list[bytes], tuple[int, bytes, int]]:
         """How a streamed request ends: the items still to send (a ``_predict`` that returned a
         plain value is one item), then the REPLY that ends the stream (status, body, flags)."""
+        if job.error is not None:  # (never raised again: a raise would give it a traceback holding the job)
+            return [], (job.error.status, jsonutil.dumps_bytes(job.error.to_body()), 0)
         items = []
         try:
-            if job.error is not None:
-                raise job.error
             if not job.streamed:
                 items.append(jsonutil.dumps_bytes(job.result))
                 job.stream.count += 1
@@ -189,13 +209,12 @@ class ServerState:
         except (TypeError, ValueError) as exc:
             error = ModelError(f"result of _post_process is not JSON-serialisable: {exc}")
             return [], (error.status, jsonutil.dumps_bytes(error.to_body()), 0)
-        except ServingError as exc:
-            return [], (exc.status, jsonutil.dumps_bytes(exc.to_body()), 0)
 
     def answer_of(self, job: Job) -> Answer:
-        """The answer of a finished job: ``predict_result`` and where it ran, or its error."""
+        """The answer of a finished job: ``predict_result`` and where it ran, or its error (never
+        raised again: a raise would give the kept error a traceback holding the job)."""
         if job.error is not None:
-            raise job.error
+            return error_answer(job.error)
         answer = {
             "predict_result": job.result,
             "call_id": job.call_id,
@@ -206,7 +225,7 @@ class ServerState:
             return 200, jsonutil.dumps_bytes(answer), None
         except (TypeError, ValueError) as exc:
             logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", job.call_id, exc)
-            raise ModelError(f"result of _post_process is not JSON-serialisable: {exc}") from None
+            return error_answer(ModelError(f"result of _post_process is not JSON-serialisable: {exc}"))
 
     def health(self) -> tuple[dict[str, Any], int]:
         """READY once the first NR_WORKERS have loaded (workers added later load in the background
@@ -232,13 +251,33 @@ class ServerState:
         return body, 200 if ready else 503
 
 
+def error_answer(exc: ServingError) -> Answer:
+    """The answer of an error: its status, its JSON body, its headers (Retry-After)."""
+    return exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers() or None
+
+
 def _retry_after(exc: ServingError) -> str | None:
     return None if exc.retry_after is None else str(exc.retry_after)
 
 
-def create_app(state: ServerState) -> Flask:
+def require_token(expected: bytes | None, given: bytes | None) -> None:
+    """Unauthorized unless ``given`` is the server's token (when it has one; constant-time)."""
+    if expected is not None and not hmac.compare_digest(given or b"", expected):
+        raise Unauthorized(f"this model server takes its token in {ENDPOINT_TOKEN_HEADER}: BIS_ENDPOINT_TOKEN for one "
+                           "run on its own; one started by a gateway serves that gateway only (call the gateway)")
+
+
+def create_app(state: ServerState, token: str | None = None) -> Flask:
+    """The Flask routes of one model server; with ``token``, every route but ``/health`` (the
+    probes') takes it in X-Endpoint-Token."""
     app = Flask(f"bis-server-{state.name}", static_folder=None)
     install_error_handlers(app)
+    expected = token.encode() if token else None
+
+    @app.before_request
+    def guard() -> None:
+        if expected is not None and request.path != "/health":
+            require_token(expected, request.headers.get(ENDPOINT_TOKEN_HEADER, "").encode("latin-1", "replace"))
 
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
@@ -246,7 +285,7 @@ def create_app(state: ServerState) -> Flask:
 
     @app.route("/update_workers", methods=["POST"])
     def update_workers() -> Response:
-        body = read_json_object(request, state.max_body_bytes, state.json_limits)
+        body = read_json_object(request, min(state.max_body_bytes, ROUTE_BODY_LIMIT), state.json_limits)
         if state.admin_token is not None:
             require_admin(state.admin_token, request, body)
         count = body.get("NR_WORKERS")

@@ -9,24 +9,24 @@ streamed answer (``Accept``, or ``"STREAM": true``) is written item by item as t
 them, with the same credit as over the gateway's channel. Every other route goes to the WSGI app
 (Flask) on the front's thread pool. This is what a gateway
 calls for a remote endpoint, and what a client calling a server directly gets:
-``BIS_ENDPOINT_TOKEN`` (401), ``X-Routed-Signature`` (421), 503 while draining or with the queue
-full, the same JSON errors as through the gateway.
+its token (401: ``BIS_ENDPOINT_TOKEN`` for a server run on its own, a secret of its own for a
+gateway's child, which serves its gateway only), ``X-Routed-Signature`` (421), 503 while draining or
+with the queue full, the same JSON errors as through the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import ssl
 
 from .. import jsonutil, requestid
-from ..errors import RequestTimeout, ServingError, ShuttingDown, Unauthorized
+from ..errors import RequestTimeout, ServingError, ShuttingDown
 from ..transport import streamformat
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
 from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER, RequestIds
-from .app import ServerState, create_app
+from .app import ServerState, create_app, error_answer, require_token
 from .pool import Job
 from .streams import StreamOut
 
@@ -39,10 +39,10 @@ _ROUTED = ROUTED_HEADER.lower().encode("latin-1")
 def serve_http(state: ServerState, host: str, port: int, *, token: str | None, threads: int,
                limits: FrontLimits, tls: ssl.SSLContext | None = None) -> HttpFront:
     """The model server's HTTP port, bound (not yet started): ``POST <EXECUTION_PATH>`` in the
-    front's loop (with ``token``, only for a client that sends it), every other route by the
-    Flask app on ``threads`` threads; over TLS with ``tls``."""
-    http = HttpFront(RequestIds(create_app(state)), host, port, fast_path=state.execution_path, threads=threads,
-                     limits=limits, tls=tls)
+    front's loop, every other route by the Flask app on ``threads`` threads; over TLS with ``tls``.
+    With ``token``, every route but ``/health`` answers only a client that sends it."""
+    http = HttpFront(RequestIds(create_app(state, token)), host, port, fast_path=state.execution_path,
+                     threads=threads, limits=limits, tls=tls)
     http.fast_handler = FastRun(state, http.loop, token)
     return http
 
@@ -58,8 +58,7 @@ class FastRun:
     def __call__(self, request: HttpRequest, respond: Responder) -> _Call | None:
         token = requestid.bind(request.request_id)
         try:
-            if self.token is not None and not hmac.compare_digest(request.header(_TOKEN) or b"", self.token):
-                raise Unauthorized(f"this model server takes {ENDPOINT_TOKEN_HEADER} (BIS_ENDPOINT_TOKEN)")
+            require_token(self.token, request.header(_TOKEN))
             if self.state.draining:
                 raise ShuttingDown()
             routed = (request.header(_ROUTED) or b"").decode("latin-1")
@@ -156,11 +155,9 @@ class _Call:
     def _answer_of(self, job: Job) -> tuple[int, bytes, dict[str, str] | None]:
         try:
             return self.fast.state.answer_of(job)
-        except ServingError as exc:
-            return _error_answer(exc)
         except Exception as exc:  # whatever happens, the client gets an answer
             logger.exception("Call %d: the answer cannot be made", job.call_id)
-            return _error_answer(ServingError(f"internal error: {type(exc).__name__}"))
+            return error_answer(ServingError(f"internal error: {type(exc).__name__}"))
 
     # -- in the loop -------------------------------------------------------------------------------
     def _leave(self) -> None:
@@ -219,7 +216,7 @@ class _Call:
         if self.began:
             self._end(self.fmt.error(jsonutil.dumps_bytes(error.to_body())))
         else:
-            self._whole(_error_answer(error))
+            self._whole(error_answer(error))
 
     def cancel(self) -> None:
         """The client left before the end of its answer: the job leaves the queue, or its answer
@@ -236,14 +233,10 @@ class _Call:
             self.owed = 0
 
 
-def _error_answer(exc: ServingError) -> tuple[int, bytes, dict[str, str] | None]:
-    return exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers()
-
-
 def _write(respond: Responder, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
     status, body, headers = answer
     respond(status, body, list(headers.items()) if headers else None)
 
 
 def _fail(respond: Responder, exc: ServingError) -> None:
-    _write(respond, _error_answer(exc))
+    _write(respond, error_answer(exc))

@@ -44,7 +44,7 @@ class Job:
     waiting on ``done``.
     """
 
-    __slots__ = ("inputs", "raw", "routed", "call_id", "request_id", "done", "on_done", "result", "error",
+    __slots__ = ("inputs", "raw", "routed", "call_id", "request_id", "done", "on_done", "result", "_error",
                  "cancelled", "worker_idx", "enqueued", "stream", "stream_wanted", "open_stream", "streamed",
                  "stopped_running", "finished", "v2")
 
@@ -66,10 +66,23 @@ class Job:
         self.on_done = on_done
         self.done = threading.Event() if on_done is None else None
         self.result: Any = None
-        self.error: ServingError | None = None
+        self._error: ServingError | None = None
         self.cancelled = False
         self.worker_idx = -1
         self.enqueued = 0.0
+
+    @property
+    def error(self) -> ServingError | None:
+        """Why the request failed (None: it did not), answered to its client."""
+        return self._error
+
+    @error.setter
+    def error(self, exc: ServingError | None) -> None:
+        # Kept without its traceback: the traceback holds the frames that raised it, whose locals
+        # hold this job (a cycle, freed only by the cyclic collector) and, on the way, the body.
+        if exc is not None:
+            exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        self._error = exc
 
     def finish(self) -> None:
         if self.finished:

@@ -174,8 +174,9 @@ class FrameReader:
             end = meta_end + body_len
             if size < end:
                 break
-            frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), bytes(buf[meta_end:end]),
-                                0, flags))
+            with memoryview(buf) as view:  # one copy of the body, not a slice copied again
+                frames.append(Frame(kind, status, tag, view[start + HEAD_SIZE:meta_end].tobytes(),
+                                    view[meta_end:end].tobytes(), 0, flags))
             start = end
         if start:
             del buf[:start]

@@ -18,6 +18,7 @@ from .. import jsonutil, requestid
 from ..errors import error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
 from .httpmsg import JSON, Headers, HttpRequest, Refused, Responder
+from .tuning import trimmer
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._whole: bytearray | None = None  # the body of a large request with a Content-Length
+        self._reserved = 0  # bytes of _whole preallocated from the front's budget (0: it grows as bytes come)
+        self.idle_since: float | None = None  # between requests on a kept-alive connection (None: not)
         self._body_bytes = 0
         self._request_id: str | None = None
         self._declared: bytes | None = None  # Content-Length
@@ -73,7 +76,7 @@ class HttpConnection(asyncio.Protocol):
         self.front.connections.add(self)
         if self.front.held_back:
             transport.pause_reading()  # type: ignore[attr-defined]
-        if len(self.front.connections) > self.limits.max_connections:
+        if len(self.front.connections) > self.limits.max_connections and not self.front.evict_idle():
             self.front.refused += 1
             now = time.monotonic()
             if now - self.front.refused_logged > 10:  # once per 10 s, however many are refused
@@ -81,6 +84,8 @@ class HttpConnection(asyncio.Protocol):
                 logger.warning("Refusing connections: MAX_CONNECTIONS=%d are open (%d refused so far)",
                                self.limits.max_connections, self.front.refused)
             self._refuse(503, f"too many connections (MAX_CONNECTIONS={self.limits.max_connections}); retry later")
+            return
+        self._set_idle(True)  # nothing sent yet: as idle as a kept-alive connection
 
     def pause_writing(self) -> None:
         self.writable = False
@@ -93,7 +98,16 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.connections.discard(self)
+        self.front.idle.pop(self, None)
         self.transport = None
+        self._release()
+        # The parser holds this protocol (its callbacks) and this protocol the parser: drop the
+        # parser and the buffers now, or their memory waits for a full collection.
+        self.parser = None
+        whole, self._whole, self._body, self._headers = self._whole, None, [], []
+        if whole is not None:  # a large body the client did not finish: its memory goes back now
+            trimmer.freed(len(whole))
+        self.queue.clear()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -115,6 +129,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self._set_idle(False)
         self._set_reading(_Reading.HEAD)
         self._url, self._headers, self._head_bytes = b"", [], 0
         self._body, self._body_bytes, self._request_id = [], 0, None
@@ -148,8 +163,12 @@ class HttpConnection(asyncio.Protocol):
             size = int(declared)
             if size > self.limits.max_body:
                 raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
-            if size > _WHOLE_BODY:  # a large body goes straight into one buffer: no pieces, no join
-                self._whole = bytearray(size)
+            if size > _WHOLE_BODY:  # a large body goes into one buffer: no pieces, no join
+                if self.front.preallocated + size <= self.limits.max_inflight_body:
+                    self._whole, self._reserved = bytearray(size), size  # all at once, within the budget
+                    self.front.preallocated += size
+                else:
+                    self._whole = bytearray()  # past the budget: it grows as the bytes come
         if self._expect:
             self.transport.write(_CONTINUE)
 
@@ -158,8 +177,10 @@ class HttpConnection(asyncio.Protocol):
         self._body_bytes += len(body)
         if self._body_bytes > self.limits.max_body:
             raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
-        if self._whole is not None:
+        if self._reserved:
             self._whole[start:self._body_bytes] = body
+        elif self._whole is not None:
+            self._whole += body
         else:
             self._body.append(body)
 
@@ -167,6 +188,7 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         if self._whole is not None:
             body, self._whole = self._whole, None
+            self._release()
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
@@ -223,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             self._pending = None
             return
-        keep = request.keep_alive and not self.front.draining_connections
+        keep = self._keeps(request)
         head = (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
                 f"X-Request-ID: {request.request_id}\r\n")
         if headers:
@@ -237,7 +259,7 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return False
         self._chunked = request.version == "1.1"
-        keep = self._chunked and request.keep_alive and not self.front.draining_connections
+        keep = self._chunked and self._keeps(request)
         head = (f"Content-Type: {content_type}\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\n"
                 f"X-Request-ID: {request.request_id}\r\n"
                 + ("Transfer-Encoding: chunked\r\n" if self._chunked else ""))
@@ -281,7 +303,7 @@ class HttpConnection(asyncio.Protocol):
             self.respond(request, 500, jsonutil.dumps_bytes(error_body("InternalError", "internal error")), None)
             return
         if self.transport is not None and not self.transport.is_closing():
-            keep = request.keep_alive and not self.front.draining_connections and call.keep_alive
+            keep = call.keep_alive and self._keeps(request)
             head = "".join(f"{name}: {value}\r\n" for name, value in call.headers)
             if not call.has_length:
                 head += f"Content-Length: {len(call.body)}\r\n"
@@ -296,6 +318,11 @@ class HttpConnection(asyncio.Protocol):
             f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
             b"\r\n" if keep else b"Connection: close\r\n\r\n", b"" if head_only else body)))
 
+    def _keeps(self, request: HttpRequest) -> bool:
+        """Whether the connection stays open after the answer to ``request`` (a client's end of
+        file, even a half-close, ends it: a client that leaves cancels what it asked, as at nginx)."""
+        return request.keep_alive and not self.front.draining_connections
+
     def _answered(self, keep: bool) -> None:
         self.busy = False
         self._pending = None
@@ -307,6 +334,7 @@ class HttpConnection(asyncio.Protocol):
             self._dispatch()
         elif self.reading is _Reading.IDLE:
             self.deadline = time.monotonic() + self.limits.keepalive_timeout
+            self._set_idle(True)
 
     # -- reading state and limits ------------------------------------------------------------------
     def update_reading(self) -> None:
@@ -331,6 +359,23 @@ class HttpConnection(asyncio.Protocol):
             timeout = limits.keepalive_timeout
         self.deadline = time.monotonic() + timeout
 
+    def _set_idle(self, idle: bool) -> None:
+        """The one place a connection enters or leaves the front's idle table (oldest first), from
+        which the oldest are closed when the table of connections is full."""
+        idle_table = self.front.idle
+        idle_table.pop(self, None)
+        if idle:
+            self.idle_since = time.monotonic()
+            idle_table[self] = None
+        else:
+            self.idle_since = None
+
+    def _release(self) -> None:
+        """Give back the body buffer preallocated from the front's budget."""
+        if self._reserved:
+            self.front.preallocated -= self._reserved
+            self._reserved = 0
+
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.limits.max_header_bytes:
@@ -350,6 +395,7 @@ class HttpConnection(asyncio.Protocol):
         self._write(f"{status} {_REASONS.get(status, 'Error')}",
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body, False, False)
         self.busy = False
+        self._release()
         self.transport.close()
 
     def close(self) -> None:

@@ -12,9 +12,17 @@ of idle connections in a few KB each, and hands nothing between threads on the h
 Limits, each answered with a JSON error: a request head must arrive within ``header_timeout``
 of its first byte (and a new connection must send it within that time), a body within
 ``body_timeout`` of its head, an idle keep-alive connection is closed after
-``keepalive_timeout``; heads over ``max_header_bytes`` or ``max_headers`` get 431, bodies over
-``max_body`` (declared or chunked) 413, malformed HTTP 400, and past ``max_connections`` new
-connections get 503 and are closed. Pipelined requests are answered in order.
+``keepalive_timeout`` (less and less once half the connection slots are taken, down to
+KEEPALIVE_FLOOR when all are); heads over ``max_header_bytes`` or ``max_headers`` get 431, bodies
+over ``max_body`` (declared or chunked) 413, malformed HTTP 400. Past ``max_connections`` the
+connection idle the longest is closed to admit a new one; only when none is idle does a new
+connection get 503. Pipelined requests are answered in order.
+
+Memory for bodies is a budget, not a promise: a body declared larger than 64 KB is read into one
+buffer of its declared size while the bodies preallocated at once stay within
+``max_inflight_body``; past it, the buffer grows as the bytes arrive, so a client that declares
+8 MB and sends one byte costs one byte. A connection's parser and buffers are dropped when it
+closes (the parser and the protocol refer to each other).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ __all__ = ["FrontLimits", "Headers", "HttpConnection", "HttpFront", "HttpRequest
 logger = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL = 0.5
+KEEPALIVE_FLOOR = 1.0  # seconds an idle connection may stay when every connection slot is taken
 _SWEEP_WORK, _CLOSE_WORK = 2000, 20  # per turn of the loop: a connection looked at costs 1, one closed 20
 
 
@@ -65,6 +74,10 @@ class HttpFront:
             self.loop = asyncio.new_event_loop()
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="http-route")
         self.connections: set[HttpConnection] = set()
+        self.idle: dict[HttpConnection, None] = {}  # connections between requests, longest idle first
+        self.preallocated = 0  # bytes of request bodies preallocated now (within limits.max_inflight_body)
+        self.evicted = 0  # idle connections closed to admit new ones past max_connections
+        self._evicted_logged = 0.0
         self.draining_connections = False  # answers close their connection (shutting down)
         self.refused = 0  # connections refused past MAX_CONNECTIONS
         self.refused_logged = 0.0
@@ -142,6 +155,31 @@ class HttpFront:
         for conn in list(self.connections):
             conn.update_reading()
 
+    def evict_idle(self) -> bool:
+        """Close the connection idle the longest, to admit a new one while every slot is taken (as
+        nginx and haproxy do under pressure); False when none is idle."""
+        if not self.idle:
+            return False
+        victim = next(iter(self.idle))
+        del self.idle[victim]
+        self.connections.discard(victim)
+        victim.close()
+        self.evicted += 1
+        now = time.monotonic()
+        if now - self._evicted_logged > 10:  # once per 10 s, however many
+            self._evicted_logged = now
+            logger.warning("Every connection slot is taken (MAX_CONNECTIONS=%d): closing the longest idle to admit "
+                           "new clients (%d so far)", self.limits.max_connections, self.evicted)
+        return True
+
+    def keepalive_now(self) -> float:
+        """How long a connection may stay idle now: KEEPALIVE_TIMEOUT while the table of connections
+        is at most half full, then less and less, down to KEEPALIVE_FLOOR when it is full."""
+        fill = len(self.connections) / self.limits.max_connections
+        if fill <= 0.5:
+            return self.limits.keepalive_timeout
+        return max(min(KEEPALIVE_FLOOR, self.limits.keepalive_timeout), self.limits.keepalive_timeout * 2 * (1 - fill))
+
     def date_header(self) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
@@ -155,18 +193,19 @@ class HttpFront:
         if self.held_back:
             self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
             return
-        self._sweep_slice(list(self.connections), 0, time.monotonic())
+        self._sweep_slice(list(self.connections), 0, time.monotonic(), self.keepalive_now())
 
-    def _sweep_slice(self, connections: list[HttpConnection], start: int, now: float) -> None:
+    def _sweep_slice(self, connections: list[HttpConnection], start: int, now: float, keepalive: float) -> None:
         work, index = 0, start
         while index < len(connections) and work < _SWEEP_WORK:
             conn = connections[index]
             index += 1
             work += 1
-            if conn.transport is not None and not conn.busy and now > conn.deadline:
+            if conn.transport is not None and not conn.busy and (
+                    now > conn.deadline or (conn.idle_since is not None and now > conn.idle_since + keepalive)):
                 conn.timed_out()
                 work += _CLOSE_WORK
         if index < len(connections):
-            self.loop.call_soon(self._sweep_slice, connections, index, now)
+            self.loop.call_soon(self._sweep_slice, connections, index, now, keepalive)
         else:
             self.loop.call_later(_SWEEP_INTERVAL, self._sweep)

@@ -8,36 +8,18 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
-from conftest import FIXTURES, REPO, Gateway, make_app
+from conftest import FIXTURES, REPO, EndpointProcess, make_app
 
 CONFIG = {"CONFIG_ENDPOINTS": {"echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2},
                                "helper": {"HOST": "NO_HOST"}}}
 FILES = [FIXTURES / "endpoints" / "echo_model.py", FIXTURES / "endpoints" / "helper.py"]
 TOKEN = "endpoint-secret-4f1c9a"
-
-
-class EndpointProcess(Gateway):
-    """The harness's process handling (its own process group, stopped and checked at the end) for
-    the endpoint command, listening on ``self.port``."""
-
-    def start(self, wait_ready: bool = True, extra_args: list[str] | None = None,
-              command: list[str] | None = None) -> EndpointProcess:
-        args = [*(command or [sys.executable, "-m", "basic_inference_server.gateway.cli"]), "endpoint",
-                *(extra_args or ["echo"]), "--host", "127.0.0.1", "--port", str(self.port)]
-        self._out = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, cwd=self.app_dir, env=self.env, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        self.known_pids.add(self.proc.pid)
-        if wait_ready:
-            self.wait_for("/health", 200, timeout=30)
-        return self
 
 
 def started(tmp_path, env=None, **kwargs) -> EndpointProcess:

@@ -4,6 +4,7 @@ pipelining, 100-continue, and many idle connections that must not stop anyone el
 from __future__ import annotations
 
 import json
+import re
 import resource
 import socket
 import threading
@@ -207,14 +208,33 @@ def test_thousands_of_half_open_connections_do_not_stop_other_clients(gateway):
     assert_serving(gateway)
 
 
-def test_past_max_connections_new_clients_get_503_and_others_recover(tmp_path):
-    gateway = Gateway(make_app(tmp_path, {**FRONT_CONFIG, "MAX_CONNECTIONS": 10})).start()
+def test_past_max_connections_the_longest_idle_make_room_and_busy_ones_are_kept(tmp_path):
+    gateway = Gateway(make_app(tmp_path, {**FRONT_CONFIG, "MAX_CONNECTIONS": 10, "HEADER_TIMEOUT": 30})).start()
     try:
-        held = [connect(gateway) for _ in range(10)]
+        idle = [connect(gateway) for _ in range(10)]
+        for sock in idle:  # each served once, then idle on keep-alive, the first the longest
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_answer(sock)[0] == 200
+        newcomers = [requests.Session() for _ in range(5)]
+        for number, session in enumerate(newcomers):  # each is served: the longest idle make room, oldest first
+            assert session.post(gateway.url + "/run", data=RUN, timeout=5).status_code == 200
+            assert closed_by_peer(idle[number], within=2)
+        for session in newcomers:
+            session.close()
+        for sock in idle[6:]:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_answer(sock)[0] == 200  # the newer ones still work
+        for sock in idle:
+            sock.close()
+        time.sleep(0.3)
+        busy = [connect(gateway) for _ in range(10)]
+        for sock in busy:  # in the middle of a request: never closed to make room
+            sock.sendall(b"POST /run HTTP/1.1\r\nHost: t\r\n")
+        time.sleep(0.3)
         with connect(gateway) as extra:
             status, headers, body = read_answer(extra)
         assert_json_error(status, headers, body, 503, "Overloaded")
-        for sock in held:
+        for sock in busy:
             sock.close()
         time.sleep(0.3)
         assert_serving(gateway)
@@ -228,11 +248,10 @@ def test_a_request_whose_client_left_is_not_run(gateway_factory):
     up: the model server skips it (it never runs) and the next request takes its place."""
     gateway = gateway_factory({"CONFIG_ENDPOINTS": {"slow": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1,
                                                              "MAX_QUEUE": 1}}})
-    port = gateway.servers()["slow"]["PORT"]
-
     def executed() -> int:
-        stats = requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
-        return sum(stats["model_seconds"]["counts"])
+        metrics = requests.get(gateway.url + "/metrics", timeout=5).text
+        found = re.search(r'^bis_model_duration_seconds_count\{[^}]*"slow"[^}]*\} (\S+)$', metrics, re.M)
+        return int(float(found.group(1))) if found else 0
 
     before = executed()
     with requests.Session() as first_client:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import requests
 from conftest import FIXTURES
 
 FILES = [FIXTURES / "endpoints" / "placed_model.py"]
@@ -28,8 +27,7 @@ def test_warmup_runs_every_worker_before_ready(gateway_factory):
     assert first["calls_before"] == 2  # both warmup inputs went through this worker's hooks
     servers = gateway.servers()
     assert all(s["STATE"] == "READY" for s in servers.values())
-    port = servers["placed_batch"]["PORT"]
-    batched = requests.post(f"http://127.0.0.1:{port}/run", json={"VALUE": 1}, timeout=10).json()
+    batched = gateway.run("placed_batch", VALUE=1).json()
     assert batched["predict_result"]["calls_before"] == 1  # three warmup inputs, one batch
 
 
@@ -56,10 +54,13 @@ def test_devices_place_each_replica(gateway_factory):
     # The gateway's own allocation is GPUs 4 and 5: cuda:1 is GPU 5.
     gateway = gateway_factory(config, FILES, env={"CUDA_VISIBLE_DEVICES": "4,5"})
     servers = gateway.servers()
+    by_pid = {}
+    for _ in range(12):  # the idle replicas take turns: each answers some
+        result = gateway.run("placed", VALUE=1).json()["predict_result"]
+        by_pid[result["pid"]] = result
     seen = {}
     for name in ("placed", "placed#2", "placed#3"):
-        answer = requests.post(f"http://127.0.0.1:{servers[name]['PORT']}/run", json={"VALUE": 1}, timeout=10)
-        result = answer.json()["predict_result"]
+        result = by_pid[servers[name]["PID"]]
         seen[name] = (servers[name]["DEVICE"], result["physical_device"], result["device"], result["visible"])
     assert seen == {"placed": ("cuda:1", "cuda:1", "cuda:0", "5"),
                     "placed#2": ("cpu", "cpu", "cpu", ""),

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 import requests
-from conftest import ECHO_CONFIG, FIXTURES, REPO, Gateway, make_app
+from conftest import ECHO_CONFIG, FIXTURES, REPO, EndpointProcess, Gateway, make_app
 
 STREAM_FILES = [FIXTURES / "endpoints" / name for name in ("stream_model.py", "stream_batch_model.py",
                                                           "echo_model.py")]
@@ -274,14 +274,20 @@ def test_batching_and_streaming_give_every_request_its_own_items_and_cancel_one_
     wait_for(lambda: mark.exists() and json.loads(mark.read_text()), 5, "cancelled slot reported")
 
 
-def test_the_model_servers_own_port_streams_too(gateway):
-    port = gateway.servers()["stream"]["PORT"]
-    events = Stream(port, {"SIGNATURE": "stream", "N": 3, "GAP_MS": 50}).events()
-    assert [name for name, _, _ in events] == ["message"] * 3 + ["end"]
-    assert events[-1][1]["items"] == 3
-    lines = requests.post(f"http://127.0.0.1:{port}/run", json={"SIGNATURE": "stream", "N": 2, "FAIL_AT": 1},
-                          headers={"Accept": "application/x-ndjson"}, timeout=10).content.splitlines()
-    assert json.loads(lines[0])["i"] == 0 and json.loads(lines[1])["error"]["type"] == "ModelError"
+def test_a_model_servers_own_port_streams_too(tmp_path):
+    server = EndpointProcess(make_app(tmp_path, stream_config(), STREAM_FILES)).start(extra_args=["stream"])
+    try:
+        events = Stream(server.port, {"SIGNATURE": "stream", "N": 3, "GAP_MS": 50}).events()
+        assert [name for name, _, _ in events] == ["message"] * 3 + ["end"]
+        assert events[-1][1]["items"] == 3
+        asked_in_body = Stream(server.port, {"SIGNATURE": "stream", "N": 2, "STREAM": True}, accept=None).events()
+        assert [name for name, _, _ in asked_in_body] == ["message"] * 2 + ["end"]
+        lines = requests.post(f"{server.url}/run", json={"SIGNATURE": "stream", "N": 2, "FAIL_AT": 1},
+                              headers={"Accept": "application/x-ndjson"}, timeout=10).content.splitlines()
+        assert json.loads(lines[0])["i"] == 0 and json.loads(lines[1])["error"]["type"] == "ModelError"
+    finally:
+        server.stop()
+    server.assert_nothing_left()
 
 
 def test_many_disconnects_under_load_leave_no_busy_worker_and_no_open_connection(gateway):

@@ -54,6 +54,7 @@ class RemoteHandle:
     since: float = 0.0  # time.monotonic() of the last change of state
     inflight: InFlight = field(default_factory=InFlight)  # requests being forwarded to it
     served: int = 0  # answers relayed from it (counted by the event loop alone)
+    progress: int = 0  # answers and stream items that came from it (as a child's; its probes do not read it)
     failed: int = 0  # requests that could not reach it (refused, lost)
     health_failures: int = 0  # consecutive failed probes
     workers: dict[str, Any] = field(default_factory=dict)  # from its last /health

@@ -78,6 +78,7 @@ class RemoteEndpoints:
         self._probing: set[RemoteHandle] = set()  # addresses whose probe is still running
         self._resolving = threading.Lock()  # one resolve_all at a time (the loop's, a reload's)
         self.tls: ssl.SSLContext | None = None  # how https:// servers are checked (made when first needed)
+        self.token: str | None = None  # BIS_ENDPOINT_TOKEN, sent to them on every route (set before start)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -225,7 +226,7 @@ class RemoteEndpoints:
                     endpoint=endpoint, host=host, port=port, source=found[(host, port)], since=time.monotonic(),
                     tls=self._tls() if endpoint.tls else None, report=self.report)
                 handle.http = Upstream(host, port, maxsize=2, connect_timeout=PROBE_TIMEOUT,
-                                       tls=handle.tls, server_name=handle.server_name)
+                                       tls=handle.tls, server_name=handle.server_name, token=self.token)
             removed = [table.pop(key) for key in gone]
         for handle in removed:
             logger.info("%s: no longer an address of %s", handle.name, handle.source)

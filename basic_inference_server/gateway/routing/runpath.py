@@ -214,6 +214,7 @@ class Call:
 
     def _item(self, body: bytes) -> None:
         self.items += 1
+        self.handle.progress += 1  # the server is alive, however long its health takes to answer
         if self.streaming:
             taken = self.respond.chunk(self.fmt.item(body))
         else:
@@ -234,6 +235,8 @@ class Call:
         self.tag = None
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
+        if not isinstance(status, OSError):
+            handle.progress += 1  # it answered: alive, however long its health takes to answer
         token = requestid.bind(self.request.request_id)
         try:
             if status == MISROUTED:

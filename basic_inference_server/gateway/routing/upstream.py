@@ -25,6 +25,8 @@ import socket
 import ssl
 import struct
 
+from ...webutil import ENDPOINT_TOKEN_HEADER
+
 _CRLF2 = b"\r\n\r\n"
 _READ_SIZE = 65536
 _MAX_HEAD = 65536
@@ -58,8 +60,9 @@ class Upstream:
     """A pool of keep-alive connections to ``host:port``."""
 
     def __init__(self, host: str, port: int, maxsize: int = 32, connect_timeout: float = 2.0,
-                 tls: ssl.SSLContext | None = None, server_name: str | None = None):
+                 tls: ssl.SSLContext | None = None, server_name: str | None = None, token: str | None = None):
         self.host = host
+        self.token = token  # sent as X-Endpoint-Token on every request (the server's secret)
         self.tls, self.server_name = tls, server_name
         self.port = port
         self.maxsize = maxsize
@@ -72,6 +75,8 @@ class Upstream:
                 timeout: float = 30.0) -> UpstreamReply:
         """Send one request and read its answer; raise ConnectFailed, ReadTimedOut or ConnectionLost."""
         head = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
+        if self.token:
+            head.append(f"{ENDPOINT_TOKEN_HEADER}: {self.token}\r\n".encode("latin-1"))
         if headers:
             head.extend(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers.items())
         head.append(b"Content-Length: %d\r\n\r\n" % len(body))

@@ -27,9 +27,14 @@ SUPPORT_PATH = "/support_update_status"
 _PR_SET_PDEATHSIG = 1
 
 
+# The gateway's secrets: a child is given what it needs on its stdin, never in its environment
+# (which /proc/<pid>/environ shows, and which user code and the libraries it loads can read).
+SECRET_VARIABLES = ("BIS_ADMIN_TOKEN", "BIS_ENDPOINT_TOKEN", "BIS_ENDPOINT_TOKEN_FILE")
+
+
 def child_env(app_root: Path) -> dict[str, str]:
-    """The gateway's environment, with the app and this package importable."""
-    env = dict(os.environ)
+    """The gateway's environment without its secrets, with the app and this package importable."""
+    env = {name: value for name, value in os.environ.items() if name not in SECRET_VARIABLES}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(app_root), PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -73,6 +73,8 @@ class ChildHandle:
     port_key: str = ""  # the name its port is allocated under ("" = its name)
     code_hash: str = ""  # of the endpoint file it was started from (a reloaded configuration compares it)
     served: int = 0  # answers the gateway relayed from it (counted by the event loop alone)
+    progress: int = 0  # answers and stream items that came from it (counted by the event loop alone)
+    progress_seen: int = 0  # `progress` at its last health probe (the probes' thread alone)
     recycle_after: int = 0  # MAX_REQUESTS plus its jitter, drawn at each start (0: never)
     rss_bytes: int = 0  # its process tree, measured with the health probes
     recycle_paused_until: float = 0.0  # after a recycle that failed: not tried again before then

@@ -3,7 +3,9 @@
 One entry per started endpoint (name -> :class:`ChildHandle`). The gateway's main thread calls
 :meth:`Supervisor.poll` every 0.1 s; it spawns what must start, reaps what exited, restarts
 crashed children with exponential backoff (1 s doubling to 30 s, reset once a child has been
-READY for a minute), recycles servers whose ``/health`` keeps failing (hung, or workers stuck),
+READY for a minute), recycles servers whose ``/health`` keeps failing (workers stuck, or no answer
+while no answer to any request comes from it either: a server busy parsing is slow to answer its
+probe but goes on answering requests, a hung one answers nothing),
 and marks FAILED, without restarting, a server that exits because its model cannot load.
 Health probes run on a small thread pool so a hung server never stalls the loop.
 
@@ -16,14 +18,17 @@ signal is tied to the thread that forked it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
+import secrets
 import subprocess
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,23 @@ def connect_host(host: str) -> str:
 
 def backoff(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
+
+
+class Probe(Enum):
+    """What one health probe of a model server says."""
+
+    HEALTHY = "healthy"  # /health answered 200
+    BUSY = "busy"  # no answer in time, but answers or items came from it since the last probe
+    FAILED = "failed"  # no answer and nothing else from it either (hung), or not 200 (stuck, draining)
+
+
+def judge(status: int | None, progressed: bool) -> Probe:
+    """A probe's verdict: a server busy with a large body holds the interpreter's lock, so its
+    /health may not answer in time, yet it goes on answering requests; a hung one answers nothing.
+    A server that answers /health with an error (its workers stuck) has said so itself."""
+    if status == 200:
+        return Probe.HEALTHY
+    return Probe.BUSY if status is None and progressed else Probe.FAILED
 
 
 class Supervisor(ChangesMixin, StoppingMixin):
@@ -210,8 +232,10 @@ class Supervisor(ChangesMixin, StoppingMixin):
             error_file = self._error_file(handle)
             error_file.unlink(missing_ok=True)
             socket_path = str(self.socket_folder / f"{handle.port}.sock")
-            spec = self.server_spec(endpoint, handle.name, handle.port, socket_path, error_file,
-                                    handle.nr_workers or endpoint.nr_workers, handle.replica)
+            secret = secrets.token_urlsafe(32)  # this server's own: on its stdin, never in its environment
+            spec = dataclasses.replace(self.server_spec(endpoint, handle.name, handle.port, socket_path, error_file,
+                                                        handle.nr_workers or endpoint.nr_workers, handle.replica),
+                                       secret=secret)
             proc = spawn_model_server(spec, self.app_root)
         now = time.monotonic()
         with self._lock:
@@ -225,6 +249,7 @@ class Supervisor(ChangesMixin, StoppingMixin):
                 handle.socket_path = socket_path
                 if handle.http is None or handle.http.port != handle.port or handle.http.closed:
                     handle.http = Upstream(connect_host(endpoint.host), handle.port, maxsize=self.pool_size)
+                handle.http.token = secret
             detail = "" if handle.is_support else f", port {handle.port}, {endpoint.nr_workers} workers"
             self._transition(handle, STARTING, f"pid {proc.pid}{detail}")
 
@@ -353,12 +378,17 @@ class Supervisor(ChangesMixin, StoppingMixin):
             if handle.proc is not proc:
                 return  # the child was replaced meanwhile
             now = time.monotonic()
-            if status == 200:
+            verdict = judge(status, handle.progress != handle.progress_seen)
+            handle.progress_seen = handle.progress
+            if verdict is Probe.HEALTHY:
                 handle.workers = body.get("workers", {})
                 handle.health_failures = 0
                 handle.rss_bytes = rss
                 if handle.state == STARTING:
                     self._transition(handle, READY, f"{now - handle.started_at:.2f}s after start")
+            elif verdict is Probe.BUSY:
+                logger.info("%s: /health not answered within %gs, but the server answers requests: busy, "
+                            "not hung", handle.name, HEALTH_TIMEOUT)
             elif handle.state == READY:
                 handle.health_failures += 1
                 handle.error = failed = body.get("ERROR") or f"/health answered {status or 'nothing'}"
