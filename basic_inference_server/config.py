@@ -109,7 +109,6 @@ class GatewayConfig:
     keepalive_timeout: float = 75.0
     max_connections: int | None = None  # None: as many as the open-file limit allows
     json_limits: JsonLimits = DEFAULT_LIMITS  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
-    max_inflight_body_bytes: int = 64 * 1024 * 1024  # MAX_INFLIGHT_BODY_MB: bodies preallocated at once
     protect_notifications: bool = False  # PROTECT_NOTIFICATIONS: /notifications takes the admin token
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -216,7 +215,6 @@ def parse_config(
                                     maximum=10**9),
             max_depth=_integer(data, "MAX_JSON_DEPTH", DEFAULT_LIMITS.max_depth, "", minimum=1, maximum=900),
         ),
-        max_inflight_body_bytes=int(_number(data, "MAX_INFLIGHT_BODY_MB", 64, "", maximum=1 << 20) * 1024 * 1024),
         protect_notifications=_boolean(data, "PROTECT_NOTIFICATIONS", False, ""),
         raw=MappingProxyType(dict(data)),
     )

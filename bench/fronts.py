@@ -181,7 +181,7 @@ class Stack:
             request_timeout=60.0, max_batch_size=1, max_batch_wait_ms=0.0, endpoint_config=ENDPOINT,
             app_root=str(app), workers_location="endpoints", workers_suffix="Worker", execution_path="/run",
             cache_folder=str(app / "_cache"), host_id="hbench", admin_token=None, max_body_bytes=8 * 1024 * 1024,
-            max_inflight_body_bytes=64 * 1024 * 1024, max_json_values=4_000_000, max_json_containers=500_000,
+            max_json_values=4_000_000, max_json_containers=500_000,
             max_json_depth=256,
             shutdown_grace=5.0, error_file=str(app / "server.error"),
         )

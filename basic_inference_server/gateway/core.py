@@ -20,7 +20,7 @@ from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from ..tlsfiles import client_context
 from ..transport.httpfront import FrontLimits, HttpFront
-from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit, return_large_blocks
+from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import RequestIds, endpoint_token
 from . import reconfigure
 from .app import create_gateway_app, is_loopback
@@ -237,13 +237,11 @@ class FlaskGateway:
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
         files = raise_open_file_limit()
-        return_large_blocks()
         config = self.config
         limits = FrontLimits(
             max_body=config.max_body_bytes, header_timeout=config.header_timeout, body_timeout=config.body_timeout,
             keepalive_timeout=config.keepalive_timeout,
             max_connections=config.max_connections or max(256, min(100_000, files - 1024)),
-            max_inflight_body=config.max_inflight_body_bytes,
         )
         try:
             token = endpoint_token()  # sent to the model servers of remote endpoints

@@ -126,8 +126,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     try:
         # A body may take its time (a large upload from afar), and every connection is an open file.
         limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
-                             max_connections=max(256, min(100_000, raise_open_file_limit() - 256)),
-                             max_inflight_body=spec.max_inflight_body_bytes)
+                             max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
         http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits,
                           tls=tls)
     except OSError as exc:

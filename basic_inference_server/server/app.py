@@ -49,7 +49,6 @@ from .worker import CONTROL_KEYS
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
-LARGE_BODY = 1 << 20  # a body this large is given back to the system once read (tuning.Trimmer)
 STUCK_FACTOR = 3
 
 
@@ -137,8 +136,7 @@ class ServerState:
                 return
             body = jsonbody.loads_object(raw, self.json_limits)
         finally:
-            if len(raw) >= LARGE_BODY:
-                trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
+            trimmer.freed(len(raw))  # a large one: its memory goes back to the system once it is gone
             del raw
         if job.routed and body.get("SIGNATURE") != job.routed:
             signature = jsonbody.signature_of(body)

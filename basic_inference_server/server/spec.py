@@ -48,7 +48,6 @@ class ServerSpec:
     host_id: str
     admin_token: str | None
     max_body_bytes: int
-    max_inflight_body_bytes: int  # bodies preallocated at once on the HTTP port (MAX_INFLIGHT_BODY_MB)
     max_json_values: int  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH: the bounds of a parsed body
     max_json_containers: int
     max_json_depth: int

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 STREAM_BUFFER = 65536  # a streaming client's unsent bytes past which its producer is told to wait
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_WHOLE_BODY = 65536  # bodies declared larger are read into one preallocated buffer
+_WHOLE_BODY = 65536  # bodies declared larger are read into one buffer that grows as their bytes come
 
 
 class _Reading(Enum):
@@ -56,7 +56,6 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._body: list[bytes] = []
         self._whole: bytearray | None = None  # the body of a large request with a Content-Length
-        self._reserved = 0  # bytes of _whole preallocated from the front's budget (0: it grows as bytes come)
         self.idle_since: float | None = None  # between requests on a kept-alive connection (None: not)
         self._body_bytes = 0
         self._request_id: str | None = None
@@ -100,7 +99,6 @@ class HttpConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         self.front.idle.pop(self, None)
         self.transport = None
-        self._release()
         # The parser holds this protocol (its callbacks) and this protocol the parser: drop the
         # parser and the buffers now, or their memory waits for a full collection.
         self.parser = None
@@ -164,22 +162,15 @@ class HttpConnection(asyncio.Protocol):
             if size > self.limits.max_body:
                 raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
             if size > _WHOLE_BODY:  # a large body goes into one buffer: no pieces, no join
-                if self.front.preallocated + size <= self.limits.max_inflight_body:
-                    self._whole, self._reserved = bytearray(size), size  # all at once, within the budget
-                    self.front.preallocated += size
-                else:
-                    self._whole = bytearray()  # past the budget: it grows as the bytes come
+                self._whole = bytearray()  # grown as the bytes come (never allocated for what was only declared)
         if self._expect:
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        start = self._body_bytes
         self._body_bytes += len(body)
         if self._body_bytes > self.limits.max_body:
             raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
-        if self._reserved:
-            self._whole[start:self._body_bytes] = body
-        elif self._whole is not None:
+        if self._whole is not None:
             self._whole += body
         else:
             self._body.append(body)
@@ -188,7 +179,7 @@ class HttpConnection(asyncio.Protocol):
         parser = self.parser
         if self._whole is not None:
             body, self._whole = self._whole, None
-            self._release()
+            trimmer.freed(len(body))  # large: its memory goes back to the system once it is answered
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
@@ -370,12 +361,6 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.idle_since = None
 
-    def _release(self) -> None:
-        """Give back the body buffer preallocated from the front's budget."""
-        if self._reserved:
-            self.front.preallocated -= self._reserved
-            self._reserved = 0
-
     def _count_head(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.limits.max_header_bytes:
@@ -395,7 +380,6 @@ class HttpConnection(asyncio.Protocol):
         self._write(f"{status} {_REASONS.get(status, 'Error')}",
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body, False, False)
         self.busy = False
-        self._release()
         self.transport.close()
 
     def close(self) -> None:

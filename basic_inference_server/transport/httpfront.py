@@ -18,11 +18,13 @@ over ``max_body`` (declared or chunked) 413, malformed HTTP 400. Past ``max_conn
 connection idle the longest is closed to admit a new one; only when none is idle does a new
 connection get 503. Pipelined requests are answered in order.
 
-Memory for bodies is a budget, not a promise: a body declared larger than 64 KB is read into one
-buffer of its declared size while the bodies preallocated at once stay within
-``max_inflight_body``; past it, the buffer grows as the bytes arrive, so a client that declares
-8 MB and sends one byte costs one byte. A connection's parser and buffers are dropped when it
-closes (the parser and the protocol refer to each other).
+Memory for bodies is what the clients sent, never what they declared: a body larger than 64 KB
+is read into one buffer that grows as its bytes arrive (a client that declares 8 MB and sends one
+byte costs one byte). Nothing is preallocated: growing the buffer (realloc, which moves pages
+without copying them) took 3.7 ms per 8 MB here against 7.6 ms for a buffer of the declared size,
+zero-filled first. A connection's parser and buffers are dropped when it closes (the parser and
+the protocol refer to each other), and large bodies given back return their memory to the system
+(:class:`.tuning.Trimmer`).
 """
 
 from __future__ import annotations
@@ -75,7 +77,6 @@ class HttpFront:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="http-route")
         self.connections: set[HttpConnection] = set()
         self.idle: dict[HttpConnection, None] = {}  # connections between requests, longest idle first
-        self.preallocated = 0  # bytes of request bodies preallocated now (within limits.max_inflight_body)
         self.evicted = 0  # idle connections closed to admit new ones past max_connections
         self._evicted_logged = 0.0
         self.draining_connections = False  # answers close their connection (shutting down)

@@ -22,7 +22,6 @@ class FrontLimits:
     max_header_bytes: int = 65536
     max_headers: int = 100
     max_pipelined: int = 16
-    max_inflight_body: int = 64 * 1024 * 1024  # bodies preallocated at once (MAX_INFLIGHT_BODY_MB)
 
 
 class HttpRequest:

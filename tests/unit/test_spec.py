@@ -17,7 +17,7 @@ def spec(**changes) -> ServerSpec:
         stream_timeout=600.0, max_batch_size=1,
         max_batch_wait_ms=5.0, endpoint_config={"WEIGHT": 2, "NESTED": {"A": [1]}}, app_root="/app",
         workers_location="endpoints", workers_suffix="Worker", execution_path="/run", cache_folder="/app/_cache",
-        host_id="h0042", admin_token=None, max_body_bytes=1024, max_inflight_body_bytes=65536, max_json_values=100,
+        host_id="h0042", admin_token=None, max_body_bytes=1024, max_json_values=100,
         max_json_containers=10, max_json_depth=4, shutdown_grace=10.0, error_file="/app/e",
     )
     base.update(changes)

@@ -93,7 +93,6 @@ def model_server_spec(
         host_id=host_id,
         admin_token=admin_token,
         max_body_bytes=config.max_body_bytes,
-        max_inflight_body_bytes=config.max_inflight_body_bytes,
         max_json_values=config.json_limits.max_values,
         max_json_containers=config.json_limits.max_containers,
         max_json_depth=config.json_limits.max_depth,
