@@ -65,6 +65,9 @@ def check(data: bytes | bytearray | memoryview, limits: JsonLimits = DEFAULT_LIM
     arrays and objects than ``limits`` allow, or nests them deeper; whether or not it is valid JSON."""
     if isinstance(data, memoryview):
         data = data.tobytes()
+    most = (len(data) + 1) // 2  # of anything a body this long can hold
+    if most <= limits.max_depth and most <= limits.max_containers and most <= limits.max_values:
+        return
     opens = data.count(b"[") + data.count(b"{")
     values_bound = (len(data) + 1) // 2  # every value but the first follows a , : [ or {
     if values_bound > limits.max_values:
@@ -170,7 +173,9 @@ def loads_object(data: bytes | bytearray | memoryview, limits: JsonLimits = DEFA
     PayloadTooLarge past a count) with a message naming what is wrong, and where."""
     if not data:
         raise BadRequest("Request body is empty: send a JSON object such as {\"SIGNATURE\": \"<endpoint>\"}")
-    if data[:3] == _BOM:
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if data.startswith(_BOM):
         data = data[3:]
     check(data, limits)
     try:

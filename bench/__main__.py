@@ -179,17 +179,19 @@ class Bench:
     def server(self, model: str) -> dict:
         return self.gateway.servers[model]
 
-    def _target(self, system: str, model: str) -> tuple[str, CpuMeter, Callable | None, Callable[[], None]]:
-        """URL, CPU meter, batch-size reader (models that batch) and drain of ``system`` for ``model``."""
+    def _target(self, system: str, model: str) -> tuple[str, dict, CpuMeter, Callable | None, Callable[[], None]]:
+        """URL, headers, CPU meter, batch-size reader (models that batch) and drain of ``system`` for ``model``."""
         batching = MODELS[model][0].get("MAX_BATCH_SIZE", 1) > 1  # the peers batch the same models
         if system in ("gateway", "direct"):
             server = self.server(model)
-            url = self.gateway.url + "/run" if system == "gateway" else f"http://127.0.0.1:{server['PORT']}/run"
+            secret = self.gateway.server_headers(server["PORT"])  # a gateway's server takes its secret
+            url, headers = ((self.gateway.url + "/run", {}) if system == "gateway"
+                            else (f"http://127.0.0.1:{server['PORT']}/run", secret))
             meter = CpuMeter({"gateway": self.gateway.proc.pid, "server": server["PID"]}, recursive=False)
-            batches = functools.partial(batch_counts, server["PORT"]) if batching else None
-            return url, meter, batches, functools.partial(self.gateway.wait_idle, model)
+            batches = functools.partial(batch_counts, server["PORT"], secret) if batching else None
+            return url, headers, meter, batches, functools.partial(self.gateway.wait_idle, model)
         peer = self.peers[system, model]
-        return (peer.url, CpuMeter({"tree": peer.proc.pid}), peer.batch_counts if batching else None,
+        return (peer.url, {}, CpuMeter({"tree": peer.proc.pid}), peer.batch_counts if batching else None,
                 functools.partial(peer.drain, body_of(model)))
 
     def measure(self, system: str, model: str, concurrency: int) -> dict:
@@ -200,17 +202,17 @@ class Bench:
         if peer is not None:
             peer.resume()  # frozen while the others are measured
         try:
-            url, meter, batches, drain = self._target(system, model)
+            url, headers, meter, batches, drain = self._target(system, model)
             if peer is not None:
                 drain()  # it answers again
             body = body_of(model)
             if self.args.warmup > 0:
-                wrk(self.wrk_binary, url, body, concurrency, self.args.warmup, self.wrk_cpu)
+                wrk(self.wrk_binary, url, body, concurrency, self.args.warmup, self.wrk_cpu, headers)
                 drain()
             before = batches() if batches else None
             meter.start()
             ticks = cpu_ticks(self.serve_cpu)
-            result = wrk(self.wrk_binary, url, body, concurrency, self.args.duration, self.wrk_cpu)
+            result = wrk(self.wrk_binary, url, body, concurrency, self.args.duration, self.wrk_cpu, headers)
             result["cpu_us"] = meter.per_request(result["answered"])
             # how busy the serving CPU was (all CPUs when unpinned), and by whom
             result.update(cpu_shares(ticks, cpu_ticks(self.serve_cpu), meter.used_s if self.serve_cpu else None))
@@ -236,11 +238,12 @@ class Bench:
         if peer is not None:
             peer.resume()
         try:
-            url, meter, _, drain = self._target(system, model)
+            url, headers, meter, _, drain = self._target(system, model)
             if peer is not None:
                 drain()
             sse = self.args.stream_format == "sse" and system in ("gateway", "direct")  # LitServe: JSON lines
-            load = functools.partial(stream_load, url, body_of(model), concurrency, cpu=self.wrk_cpu, sse=sse)
+            load = functools.partial(stream_load, url, body_of(model), concurrency, cpu=self.wrk_cpu, sse=sse,
+                                     headers=headers)
             if self.args.warmup > 0:
                 load(self.args.warmup)
                 drain()

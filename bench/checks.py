@@ -24,10 +24,11 @@ from bench.load import rss_mb
 HALF_HEADER = b"POST /run HTTP/1.1\r\nHost: x\r\n"  # no blank line: the request never ends
 
 
-def batch_counts(port: int) -> tuple[float, int] | None:
-    """(sum, count) of the ``batch_size`` histogram of the model server on ``port``, or None."""
+def batch_counts(port: int, headers: dict[str, str] | None = None) -> tuple[float, int] | None:
+    """(sum, count) of the ``batch_size`` histogram of the model server on ``port`` (``headers``:
+    its token), or None."""
     try:
-        histogram = requests.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()["batch_size"]
+        histogram = requests.get(f"http://127.0.0.1:{port}/stats", headers=headers, timeout=5).json()["batch_size"]
         return float(histogram["sum"]), int(sum(histogram["counts"]))
     except (requests.RequestException, ValueError, KeyError, TypeError):
         return None

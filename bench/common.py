@@ -108,6 +108,12 @@ class GatewayRun:
     def output(self) -> str:
         return (self.app / "gateway.txt").read_text(errors="replace")
 
+    def server_headers(self, port: int) -> dict[str, str]:
+        """What calling the model server on ``port`` directly takes: the secret its gateway wrote
+        for it (readable by this user only)."""
+        secret = (self.app / "_cache" / "_run" / "sockets" / f"{port}.secret").read_text().strip()
+        return {"X-Endpoint-Token": secret}
+
     def stop(self) -> None:
         stop_group(self.proc)
         self._log.close()

@@ -110,7 +110,8 @@ def wrk(binary: str, url: str, body: dict | bytes, concurrency: int, duration: f
 
 def stream_load(url: str, body: dict, concurrency: int, duration: float, cpu: str | None = None, *,
                 sse: bool = True, once: bool = False, timeout: float = 60,
-                sample: Callable[[], None] | None = None, every: float = 0.25) -> dict:
+                sample: Callable[[], None] | None = None, every: float = 0.25,
+                headers: dict[str, str] | None = None) -> dict:
     """One run of ``bench/streamload.py`` on ``cpu``: ``concurrency`` connections streaming answers
     of ``body`` for ``duration`` seconds (with ``once``, one stream each, all at once), read as SSE
     or NDJSON. ``sample()`` is called every ``every`` seconds while it runs (RSS readings)."""
@@ -119,7 +120,8 @@ def stream_load(url: str, body: dict, concurrency: int, duration: float, cpu: st
         body_file.flush()
         command = [sys.executable, str(BENCH / "streamload.py"), url, "--body", body_file.name,
                    "--concurrency", str(concurrency), "--duration", f"{duration:g}",
-                   "--format", "sse" if sse else "ndjson", "--timeout", f"{timeout:g}", *(["--once"] if once else [])]
+                   "--format", "sse" if sse else "ndjson", "--timeout", f"{timeout:g}", *(["--once"] if once else []),
+                   *(arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}"))]
         proc = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         limit = time.monotonic() + (0 if once else duration) + 2 * timeout + 30
         while True:
@@ -180,12 +182,12 @@ class CpuMeter:
 
 
 def cpu_per_request(wrk_binary: str, url: str, body: dict, concurrency: int, duration: float,
-                    pids: dict[str, int], cpu: str | None = None) -> dict:
+                    pids: dict[str, int], cpu: str | None = None, headers: dict[str, str] | None = None) -> dict:
     """wrk's result plus the CPU time (user and kernel, microseconds) each process of ``pids``
     (itself only, not its children) spent per answered request."""
     meter = CpuMeter(pids, recursive=False)
     meter.start()
-    result = wrk(wrk_binary, url, body, concurrency, duration, cpu)
+    result = wrk(wrk_binary, url, body, concurrency, duration, cpu, headers)
     result["cpu_us_per_request"] = meter.per_request(result["answered"])
     return result
 

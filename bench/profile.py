@@ -104,9 +104,11 @@ def main() -> int:
         url = gateway.url + "/run"
         body = {"SIGNATURE": args.model, **MODELS[args.model][1]}
         wrk(wrk_binary, url, body, args.concurrency, 2)  # warm up
-        direct_url = f"http://127.0.0.1:{gateway.servers[args.model]['PORT']}/run"
+        port = gateway.servers[args.model]["PORT"]
+        direct_url = f"http://127.0.0.1:{port}/run"
         costs = {"gateway": cpu_per_request(wrk_binary, url, body, args.concurrency, args.duration, pids),
-                 "direct": cpu_per_request(wrk_binary, direct_url, body, args.concurrency, args.duration, pids)}
+                 "direct": cpu_per_request(wrk_binary, direct_url, body, args.concurrency, args.duration, pids,
+                                           headers=gateway.server_headers(port))}
         result: dict = {}
         load = threading.Thread(target=lambda: result.update(
             wrk(wrk_binary, url, body, args.concurrency, args.duration + 2)))

@@ -214,11 +214,12 @@ class StreamConnection(asyncio.Protocol):
             self.done.set_result(stream)
 
 
-def request_bytes(url: str, body: bytes, sse: bool) -> tuple[str, int, bytes]:
+def request_bytes(url: str, body: bytes, sse: bool, extra: list[str] | None = None) -> tuple[str, int, bytes]:
     parts = urlsplit(url)
     accept = "text/event-stream" if sse else "application/x-ndjson"
     head = (f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\n"
-            f"Content-Type: application/json\r\nAccept: {accept}\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: application/json\r\nAccept: {accept}\r\nContent-Length: {len(body)}\r\n"
+            + "".join(f"{line}\r\n" for line in extra or []) + "\r\n")
     return parts.hostname, parts.port, head.encode() + body
 
 
@@ -325,8 +326,8 @@ def summary(streams: list[Stream], gaps: list[float], wall: float, cpu: float) -
 
 
 async def run(url: str, body: bytes, concurrency: int, duration: float, sse: bool, once: bool,
-              timeout: float) -> dict:
-    host, port, request = request_bytes(url, body, sse)
+              timeout: float, headers: list[str] | None = None) -> dict:
+    host, port, request = request_bytes(url, body, sse, headers)
     streams: list[Stream] = []
     gaps: list[float] = []
     gate = Gate(concurrency) if once else None
@@ -346,6 +347,7 @@ def main() -> int:
     parser.add_argument("--format", choices=("sse", "ndjson"), default="sse")
     parser.add_argument("--once", action="store_true", help="one stream per connection, all at once")
     parser.add_argument("--timeout", type=float, default=60, help="seconds for one stream (and one connect)")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value', sent with every request")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -358,7 +360,7 @@ def main() -> int:
     with open(args.body, "rb") as file:
         body = file.read()
     result = runner(run(args.url, body, args.concurrency, args.duration, args.format == "sse", args.once,
-                        args.timeout))
+                        args.timeout, args.header))
     result["event_loop"] = "uvloop" if runner is not asyncio.run else "asyncio"
     print("BENCH_JSON " + json.dumps(result), flush=True)
     return 0

@@ -66,6 +66,19 @@ DRAIN_LINGER = 1.5
 BODY_TIMEOUT = 300.0  # seconds a request body may take once its head has come
 
 
+def _secret(path: str) -> str | None:
+    """The secret its gateway wrote for this server (None: no file named, the port is open)."""
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the server's secret {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"the server's secret {path} is empty")
+    return secret
+
+
 def _fail(spec: ServerSpec, code: int, message: str) -> int:
     logger.error("%s", message)
     if spec.error_file:
@@ -119,7 +132,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     try:
         # Every route but /health takes a token: BIS_ENDPOINT_TOKEN for a server run on its own (if
         # set), the secret of this run for a child of a gateway (it came on stdin with the spec).
-        token = endpoint_token() if spec.standalone else (spec.secret or None)
+        token = endpoint_token() if spec.standalone else _secret(spec.secret_file)
         tls = server_context() if spec.standalone else None  # BIS_TLS_CERT_FILE, BIS_TLS_KEY_FILE
     except ValueError as exc:
         return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: {exc}")

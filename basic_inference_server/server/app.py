@@ -38,8 +38,9 @@ from ..webutil import (
     require_admin,
 )
 from .channel import Connection
+from .job import Job
 from .notifications import GENERAL, NotificationStore
-from .pool import Job, WorkerPool
+from .pool import WorkerPool
 from .streams import BATCH_BACKLOG, StreamOut
 from .v2 import ModelMetadata, V2Call
 from .v2 import accept as accept_v2
@@ -49,6 +50,7 @@ from .worker import CONTROL_KEYS
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+LARGE_BODY = 65536  # a body larger than this returns its memory to the system once read (tuning.Trimmer)
 STUCK_FACTOR = 3
 
 
@@ -136,7 +138,8 @@ class ServerState:
                 return
             body = jsonbody.loads_object(raw, self.json_limits)
         finally:
-            trimmer.freed(len(raw))  # a large one: its memory goes back to the system once it is gone
+            if len(raw) > LARGE_BODY:
+                trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
             del raw
         if job.routed and body.get("SIGNATURE") != job.routed:
             signature = jsonbody.signature_of(body)

@@ -27,7 +27,7 @@ from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
 from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER, RequestIds
 from .app import ServerState, create_app, error_answer, require_token
-from .pool import Job
+from .job import Job
 from .streams import StreamOut
 
 logger = logging.getLogger(__name__)
@@ -130,27 +130,25 @@ class _Call:
         """The answer is made here, on the worker's thread (a large result is encoded off the
         loop), and written by the loop."""
         loop = self.fast.loop
+        token = requestid.bind(job.request_id)
         try:
-            if job.cancelled:
+            if job.cancelled or job.stream is None:  # one wake-up of the loop: the answer, and the job gone
+                loop.call_soon_threadsafe(self._finished, None if job.cancelled else self._answer_of(job))
                 return
-            token = requestid.bind(job.request_id)
             try:
-                if job.stream is None:
-                    loop.call_soon_threadsafe(self._whole, self._answer_of(job))
-                    return
                 items, (status, body, _flags) = self.fast.state.stream_end(job)
+                for item in items:
+                    self._item_in_worker(item)
+                if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
+                    headers = job.error.headers() if job.error is not None else None
+                    loop.call_soon_threadsafe(self._whole, (status, body, headers))
+                    return
+                final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
+                job.stream.end(lambda: loop.call_soon_threadsafe(self._end, final))
             finally:
-                requestid.unbind(token)
-            for item in items:
-                self._item_in_worker(item)
-            if status != 200 and not job.stream.count:  # failed before its first item: a JSON error
-                headers = job.error.headers() if job.error is not None else None
-                loop.call_soon_threadsafe(self._whole, (status, body, headers))
-                return
-            final = self.fmt.end(body) if status == 200 else self.fmt.error(body)
-            job.stream.end(lambda: loop.call_soon_threadsafe(self._end, final))
+                loop.call_soon_threadsafe(self._leave)
         finally:
-            loop.call_soon_threadsafe(self._leave)
+            requestid.unbind(token)
 
     def _answer_of(self, job: Job) -> tuple[int, bytes, dict[str, str] | None]:
         try:
@@ -184,6 +182,12 @@ class _Call:
         if not self.began:
             self.respond.start_stream(self.fmt.content_type)
         self.respond.end_stream(final)
+
+    def _finished(self, answer: tuple[int, bytes, dict[str, str] | None] | None) -> None:
+        """The job has finished with this whole answer (None: cancelled, nobody reads one)."""
+        self._leave()
+        if answer is not None:
+            self._whole(answer)
 
     def _whole(self, answer: tuple[int, bytes, dict[str, str] | None]) -> None:
         if not self.ended:

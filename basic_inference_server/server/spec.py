@@ -53,7 +53,7 @@ class ServerSpec:
     max_json_depth: int
     shutdown_grace: float
     error_file: str  # where the server writes why it could not start ("" for none)
-    secret: str = ""  # what a client must send in X-Endpoint-Token to any route but /health ("" for none)
+    secret_file: str = ""  # holds what a client must send in X-Endpoint-Token to any route but /health ("": none)
     device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
     standalone: bool = False  # run on its own (`endpoint <name>`), not by a gateway: BIS_ENDPOINT_TOKEN applies
 

@@ -29,7 +29,7 @@ from ..errors import ModelError, ServingError
 from ..transport.frames import STREAM_WINDOW
 
 if TYPE_CHECKING:
-    from .pool import Job
+    from .job import Job
     from .worker import FlaskWorker
 
 logger = logging.getLogger(__name__)

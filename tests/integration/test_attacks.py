@@ -203,6 +203,10 @@ def test_a_gateways_model_server_serves_that_gateway_only(tmp_path):
         guessed = requests.get(direct + "/stats", headers={"X-Endpoint-Token": env["BIS_ENDPOINT_TOKEN"]}, timeout=5)
         assert guessed.status_code == 401  # not the gateway's own secret either
         assert requests.get(direct + "/health", timeout=5).status_code == 200  # probes stay open
+        secret_file = gateway.app_dir / "_cache" / "_run" / "sockets" / f"{target['PORT']}.secret"
+        assert secret_file.stat().st_mode & 0o777 == 0o600  # this user's, to call the server directly
+        mine = requests.get(direct + "/stats", headers={"X-Endpoint-Token": secret_file.read_text()}, timeout=5)
+        assert mine.status_code == 200
         assert gateway.run("target", VALUE=1).status_code == 200  # the gateway has its secret
         assert 'bis_workers{' in requests.get(gateway.url + "/metrics", timeout=5).text  # and scrapes /stats
         for pid in (target["PID"], gateway.servers()["echo"]["PID"]):
@@ -214,6 +218,7 @@ def test_a_gateways_model_server_serves_that_gateway_only(tmp_path):
     finally:
         gateway.stop()
     gateway.assert_nothing_left()
+    assert not list((gateway.app_dir / "_cache" / "_run" / "sockets").glob("*.secret"))  # gone with them
 
 
 def test_notifications_take_the_admin_token_when_protected(tmp_path, gateway):

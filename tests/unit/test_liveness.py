@@ -10,7 +10,8 @@ import pytest
 from basic_inference_server.config import EndpointConfig, GatewayConfig
 from basic_inference_server.gateway.supervision import supervisor as supervision
 from basic_inference_server.gateway.supervision.handle import READY, RESTARTING, ChildHandle
-from basic_inference_server.gateway.supervision.supervisor import HEALTH_FAILURES, Probe, Supervisor, judge
+from basic_inference_server.gateway.supervision.liveness import Probe, judge
+from basic_inference_server.gateway.supervision.supervisor import HEALTH_FAILURES, Supervisor
 
 
 @pytest.mark.parametrize(("status", "progressed", "verdict"), [

@@ -278,7 +278,8 @@ def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
 def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
     import time
 
-    from basic_inference_server.server.pool import Job, JobQueue
+    from basic_inference_server.server.job import Job
+    from basic_inference_server.server.pool import JobQueue
 
     queue = JobQueue(100)
     jobs = [Job({"i": i}, i) for i in range(5)]

@@ -10,7 +10,8 @@ import pytest
 
 from basic_inference_server import END_OF_STREAM
 from basic_inference_server.errors import ModelError
-from basic_inference_server.server.pool import Job, WorkerPool
+from basic_inference_server.server.job import Job
+from basic_inference_server.server.pool import WorkerPool
 from basic_inference_server.server.streams import StreamOut
 from basic_inference_server.server.worker import FlaskWorker
 from basic_inference_server.transport.frames import (

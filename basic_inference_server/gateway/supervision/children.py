@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -100,6 +101,19 @@ def model_server_spec(
         error_file=str(error_file),
         device=device_of(endpoint.devices, replica),
     )
+
+
+def write_secret(folder: Path, port: int) -> tuple[str, Path]:
+    """A new secret for the model server on ``port``, in ``<folder>/<port>.secret`` (mode 0600, in
+    the folder of the sockets, 0700): the server reads it at start and takes every route but
+    /health only with it; whoever runs as this user may read it too, to call the server directly."""
+    secret = secrets.token_urlsafe(32)
+    path = folder / f"{port}.secret"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as out:
+        out.write(secret)
+    return secret, path
 
 
 def socket_folder(cache_folder: Path) -> tuple[Path, bool]:

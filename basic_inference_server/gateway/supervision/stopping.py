@@ -57,6 +57,9 @@ class StoppingMixin(_Base):
         self._probes.shutdown(wait=False, cancel_futures=True)
         if self._temporary_sockets:
             shutil.rmtree(self.socket_folder, ignore_errors=True)
+        else:
+            for secret in self.socket_folder.glob("*.secret"):  # the servers' secrets go with them
+                secret.unlink(missing_ok=True)
 
     def _reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
         proc = handle.proc

@@ -22,13 +22,11 @@ import dataclasses
 import json
 import logging
 import random
-import secrets
 import subprocess
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +39,10 @@ from ..reconfigure import code_hash
 from ..routing.routes import RouteTable
 from ..routing.upstream import Upstream
 from .changes import ChangesMixin
-from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support
+from .children import model_server_spec, socket_folder, spawn_model_server, spawn_support, write_secret
 from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, ChildState, replica_key
 from .history import StateHistory
+from .liveness import Probe, judge
 from .ports import PortAllocator
 from .reaper import reap_orphans
 from .reload import Reloader
@@ -69,23 +68,6 @@ def connect_host(host: str) -> str:
 
 def backoff(failures: int) -> float:
     return min(BACKOFF_MAX, 2.0 ** max(0, failures - 1))
-
-
-class Probe(Enum):
-    """What one health probe of a model server says."""
-
-    HEALTHY = "healthy"  # /health answered 200
-    BUSY = "busy"  # no answer in time, but answers or items came from it since the last probe
-    FAILED = "failed"  # no answer and nothing else from it either (hung), or not 200 (stuck, draining)
-
-
-def judge(status: int | None, progressed: bool) -> Probe:
-    """A probe's verdict: a server busy with a large body holds the interpreter's lock, so its
-    /health may not answer in time, yet it goes on answering requests; a hung one answers nothing.
-    A server that answers /health with an error (its workers stuck) has said so itself."""
-    if status == 200:
-        return Probe.HEALTHY
-    return Probe.BUSY if status is None and progressed else Probe.FAILED
 
 
 class Supervisor(ChangesMixin, StoppingMixin):
@@ -232,10 +214,10 @@ class Supervisor(ChangesMixin, StoppingMixin):
             error_file = self._error_file(handle)
             error_file.unlink(missing_ok=True)
             socket_path = str(self.socket_folder / f"{handle.port}.sock")
-            secret = secrets.token_urlsafe(32)  # this server's own: on its stdin, never in its environment
+            secret, secret_file = write_secret(self.socket_folder, handle.port)  # never in its environment
             spec = dataclasses.replace(self.server_spec(endpoint, handle.name, handle.port, socket_path, error_file,
                                                         handle.nr_workers or endpoint.nr_workers, handle.replica),
-                                       secret=secret)
+                                       secret_file=str(secret_file))
             proc = spawn_model_server(spec, self.app_root)
         now = time.monotonic()
         with self._lock:
