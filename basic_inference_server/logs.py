@@ -88,6 +88,16 @@ class _LogFile(logging.handlers.RotatingFileHandler):
         if not self.failed:
             super().emit(record)
 
+    def flush(self) -> None:
+        if not self.failed:
+            super().flush()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):  # the stream that failed
+            pass
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         if self.failed:
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,8 @@ class ServerState:
     loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background
     call_ids: Any = field(default_factory=lambda: itertools.count(1))
     inflight: InFlight = field(default_factory=InFlight)
+    bodies_refused: int = 0  # past MAX_JSON_CONTAINERS or MAX_JSON_VALUES (logged at most every 10 s)
+    _refused_logged: float = -10.0
 
     def __post_init__(self) -> None:
         self.pool.accept = self.accept  # a request's body is read by the worker that takes it
@@ -137,6 +140,9 @@ class ServerState:
                 job.inputs, job.v2.request = accept_v2(self.metadata, raw, job.v2.header_length, self.json_limits)
                 return
             body = jsonbody.loads_object(raw, self.json_limits)
+        except PayloadTooLarge as exc:
+            self._refused(exc)
+            raise
         finally:
             if len(raw) > LARGE_BODY:
                 trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
@@ -147,6 +153,15 @@ class ServerState:
         job.inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
         if job.open_stream is not None and (job.stream_wanted or body.get("STREAM") is True):
             job.stream = job.open_stream()
+
+    def _refused(self, exc: PayloadTooLarge) -> None:
+        """Say, at most every 10 s, how many bodies past the JSON bounds were refused."""
+        self.bodies_refused += 1
+        now = time.monotonic()
+        if now - self._refused_logged >= 10:
+            self._refused_logged = now
+            logger.warning("Refused %d request bodies past the JSON bounds so far (the last: %s)", self.bodies_refused,
+                           exc.message)
 
     def _deliver(self, conn: Connection, tag: int, job: Job) -> None:
         self.inflight.exit()

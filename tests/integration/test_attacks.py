@@ -137,6 +137,7 @@ def test_container_bodies_to_a_real_endpoint_are_refused_and_it_is_never_recycle
     assert peak < 300, f"the attacked server grew to {peak:.0f} MB"
     refused = requests.post(gateway.url + "/run", data=containers(b'{"SIGNATURE": "target", '), timeout=30).json()
     assert "MAX_JSON_CONTAINERS=500000" in refused["ERROR"]
+    assert "request bodies past the JSON bounds" in gateway.output()  # said, at most every 10 s
 
 
 def test_bodies_declared_large_cost_memory_only_as_their_bytes_arrive(gateway):

@@ -116,3 +116,27 @@ def test_pickle_round_trip(tmp_path):
     log.save_pickle_to_models({"w": 1.5}, "model.pkl")
     assert log.load_pickle_from_models("model.pkl") == {"w": 1.5}
     assert log.load_pickle_from_data("model.pkl") is None
+
+
+def test_a_log_folder_that_cannot_be_written_is_said_once_and_the_console_goes_on(tmp_path, capsys):
+    from basic_inference_server.logs import setup_process_logging
+
+    blocked = tmp_path / "_logs"
+    blocked.write_text("a file where the folder should be")
+    assert setup_process_logging("unit", blocked) is None
+    logging.getLogger("unit").warning("still logged")
+    err = capsys.readouterr().err
+    assert err.count("cannot write the log file") == 1 and "still logged" in err and "Traceback" not in err
+
+
+def test_a_log_file_that_fails_later_is_said_once_and_left_alone(tmp_path, capsys):
+    from basic_inference_server.logs import setup_process_logging
+
+    path = setup_process_logging("unit", tmp_path / "_logs")
+    file_handler = next(h for h in logging.getLogger().handlers if getattr(h, "baseFilename", None) == str(path))
+    file_handler.stream.close()  # as a full disk or a folder gone would make it fail
+    for number in range(5):
+        logging.getLogger("unit").warning("line %d", number)
+    err = capsys.readouterr().err
+    assert err.count("logging to stderr only from now on") == 1
+    assert "line 4" in err and "Logging error" not in err and "Traceback" not in err
