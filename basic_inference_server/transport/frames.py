@@ -19,10 +19,10 @@ bytes of body. Integers are big-endian::
     10      2     -          0 (reserved)
     12      4     body_len
 
-    REQUEST  meta: the request id, then "\\n", then the signature the gateway routed by (empty:
-             it parsed the body itself); with V2, then "\\n" and the body's JSON header length
-             (empty: the body is all JSON), "\\n" and the model version; body: the request body
-             as the client sent it
+    REQUEST  meta: the request id, then "\\n", then the signature the gateway routed by (the server
+             answers MISROUTED, 421, when the body's SIGNATURE is another); with V2, then "\\n"
+             and the body's JSON header length (empty: the body is all JSON), "\\n" and the
+             model version; body: the request body as the client sent it
     REPLY    meta: the Retry-After value, or empty; with BINARY, the length of the body's JSON
              header; body: the answer (JSON, or a V2 JSON header and its binary tensors); flags
              STREAM: the end of a streamed answer, body its envelope

@@ -1,7 +1,7 @@
 """Forward a request body to a model server over its pooled keep-alive connections.
 
-The body is sent as received (the server drops ``SIGNATURE`` itself), so the gateway parses
-it once, for routing, and never re-encodes it. Every call has a connect and a read timeout;
+The body is sent as received (the server drops ``SIGNATURE`` itself): the gateway reads only
+what it needs of it and never re-encodes it. Every call has a connect and a read timeout;
 transport failures become 502/503/504 answers.
 """
 
