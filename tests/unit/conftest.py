@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import textwrap
@@ -14,8 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from basic_inference_server.server.pool import WorkerPool
+
+# The property tests draw the same examples on every run (CI and `make test` stay repeatable);
+# HYPOTHESIS_PROFILE=explore draws new ones each time, to look for what they have not met yet.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 class PoolKit:
