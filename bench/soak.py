@@ -41,6 +41,14 @@ import requests
 
 from bench.common import REPO, GatewayRun
 
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` at once: a reader (the gateway's reload, SIGHUP's reading of the
+    configuration) sees the old file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.new")
+    partial.write_text(text)
+    os.replace(partial, path)
+
 ADMIN_TOKEN = "bench-admin-token-0123456789"  # the one GatewayRun gives the gateway
 
 ENDPOINTS = {"soak_a": 1, "soak_b": 2}  # name -> WEIGHT
@@ -140,7 +148,7 @@ class Soak:
         code = self.config_file.parent / "endpoints" / "dummy_model_demo2.py"
         with requests.Session() as session:
             while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
-                code.write_text(code.read_text().split("\n# reload ")[0] + f"\n# reload {self.rng.random()}\n")
+                write_atomically(code, code.read_text().split("\n# reload ")[0] + f"\n# reload {self.rng.random()}\n")
                 name = self.rng.choice(list(ENDPOINTS))
                 try:
                     reply = session.post(f"{self.url}/reload_server", json={"SIGNATURE": name}, headers=headers,
@@ -161,7 +169,7 @@ class Soak:
                 del endpoints["soak_c"]
             else:
                 endpoints["soak_c"] = {**endpoints["soak_b"], "WEIGHT": 3}
-            self.config_file.write_text(json.dumps(config))
+            write_atomically(self.config_file, json.dumps(config))
             os.kill(self.gateway_pid, signal.SIGHUP)
             self.reconfigured += 1
 
