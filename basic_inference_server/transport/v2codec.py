@@ -28,19 +28,18 @@ import numpy as np
 from .. import jsonutil
 from ..errors import InvalidInput, ModelError, PayloadTooLarge
 from ..jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
+from .v2wire import DATATYPE_NAMES, HEADER_LENGTH
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-BINARY_CONTENT_TYPE = "application/octet-stream"
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
 
 # The protocol's datatypes and the numpy dtypes they travel as (BF16 has no numpy dtype).
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
-}
+DATATYPES: dict[str, np.dtype] = dict(zip(DATATYPE_NAMES, (
+    np.dtype(np.bool_),
+    np.dtype("<u1"), np.dtype("<u2"), np.dtype("<u4"), np.dtype("<u8"),
+    np.dtype("<i1"), np.dtype("<i2"), np.dtype("<i4"), np.dtype("<i8"),
+    np.dtype("<f2"), np.dtype("<f4"), np.dtype("<f8"),
+    np.dtype(object),
+), strict=True))
 _BY_KIND_SIZE = {(dtype.kind, dtype.itemsize): name for name, dtype in DATATYPES.items() if name != "BYTES"}
 # What a JSON list may hold for each kind of datatype (numpy's kind of the list as parsed).
 _JSON_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "U"}

@@ -8,6 +8,7 @@ import gzip
 import json
 import struct
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -326,3 +327,14 @@ def test_no_request_left_an_error_in_the_logs(gateway):
     logs (a V2 answer once went on to the stream code after it was sent, and logged a failure)."""
     output = gateway.output()
     assert "Traceback" not in output and "delivering the answer failed" not in output, output[-3000:]
+
+
+def test_the_gateway_never_loads_numpy(gateway, client):
+    """The gateway relays tensors without decoding them: after V2 infer requests, JSON and binary,
+    no numpy module is mapped into its process (its model servers do load it)."""
+    for binary in (False, True):
+        assert client.infer("tensor", tensors(binary)).as_numpy("SUM") is not None
+    maps = Path(f"/proc/{gateway.proc.pid}/maps").read_text()
+    assert "numpy" not in maps
+    server_maps = Path(f"/proc/{gateway.servers()['tensor']['PID']}/maps").read_text()
+    assert "numpy" in server_maps  # (the check can see it where it is)

@@ -143,3 +143,12 @@ def test_answers_encode_as_the_standard_library_does(value):
 def test_what_json_has_not_is_refused(value):
     with pytest.raises((TypeError, ValueError)):
         jsonutil.dumps_bytes(value)
+
+
+def test_the_gateways_modules_do_not_import_numpy():
+    import subprocess
+    import sys
+
+    code = ("import sys, basic_inference_server.gateway.cli, basic_inference_server.gateway.core; "
+            "print('numpy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...transport.v2codec import BINARY_CONTENT_TYPE, DATATYPES, HEADER_LENGTH
+from ...transport.v2wire import BINARY_CONTENT_TYPE, DATATYPE_NAMES, HEADER_LENGTH
 from .openapi_build import JSON, Schema, _answer, _int, _obj, _operation, _retry_after, _schema, _str
 
 TAG = "v2"
@@ -29,7 +29,7 @@ def _bool_answer(key: str, extra: dict[str, Schema] | None = None) -> Schema:
 
 
 def v2_schemas() -> dict[str, Schema]:
-    datatype = _str("a V2 datatype", enum=list(DATATYPES))
+    datatype = _str("a V2 datatype", enum=list(DATATYPE_NAMES))
     shape = {"type": "array", "items": _int(minimum=0)}
     tensor_meta = _obj({"name": _str(), "datatype": datatype, "shape": {"type": "array", "items": _int(minimum=-1)}},
                        ["name", "datatype", "shape"])

@@ -18,7 +18,7 @@ from ... import jsonutil, requestid
 from ...errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable, UnknownSignature
 from ...transport.frames import BINARY
 from ...transport.httpfront import HttpRequest, Responder
-from ...transport.v2codec import BINARY_CONTENT_TYPE, HEADER_LENGTH
+from ...transport.v2wire import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from ..observe.metrics import UNKNOWN_SIGNATURE
 from ..supervision.handle import READY, ChildHandle
 from .forward import transport_error
