@@ -1,7 +1,7 @@
-"""``config_gateway.txt``: read once, validated, frozen.
+"""``config_gateway.txt``: read once, validated against the settings schema (:mod:`.settings`), frozen.
 
 Any mistake raises :class:`ConfigError` naming the key and what was expected, e.g.
-``CONFIG_ENDPOINTS.dummy_model_demo1.NR_WORKERS: expected an integer >= 1, got 0``.
+``CONFIG_ENDPOINTS.dummy_model_demo1.NR_WORKERS: expected an integer >= 1 and <= 256, got 0``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from .jsonbody import DEFAULT_LIMITS, JsonLimits
 from .server.discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
 from .server.placement import parse_devices, warmup_inputs
+from .settings import ConfigError, Scope, did_you_mean, expected, key_of, read, setting
 
 logger = logging.getLogger(__name__)
 
@@ -27,16 +28,6 @@ RESERVED_SIGNATURES = frozenset({"SYSTEM_STATUS"})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _OVERRIDE_MARKERS = ("conf", "cfg")
 
-DEFAULT_NR_WORKERS = 5
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_REQUEST_TIMEOUT = 60.0
-DEFAULT_STREAM_TIMEOUT = 600.0
-DEFAULT_MAX_QUEUE = 64
-DEFAULT_PING_INTERVAL = 10.0
-
-
-class ConfigError(Exception):
-    """The configuration is invalid; the message names the key and the expected value."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +51,8 @@ class EndpointConfig:
     worker_config: Mapping[str, Any]  # every key, upper-cased: merged over the module's _CONFIG
     worker: WorkerLocation | None = None  # model servers only
     script: Path | None = None  # support processes only: the script to run
-    stream_idle_timeout: float = DEFAULT_REQUEST_TIMEOUT  # longest wait for a stream's next item
-    stream_timeout: float = DEFAULT_STREAM_TIMEOUT  # longest stream
+    stream_idle_timeout: float = 60.0  # longest wait for a stream's next item
+    stream_timeout: float = 600.0  # longest stream
     max_requests: int = 0  # recycle a server after this many answers (0: never), plus up to the jitter
     max_requests_jitter: int = 0
     max_rss_mb: float = 0.0  # recycle a server whose process tree is larger (0: never)
@@ -166,56 +157,53 @@ def parse_config(
     workers_location: str = "endpoints",
     workers_suffix: str = "Worker",
 ) -> GatewayConfig:
-    """Validate a raw config dict and resolve every enabled endpoint's worker class."""
+    """Validate a raw config dict (every key as :mod:`.settings` declares it) and resolve every
+    enabled endpoint's worker class."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"configuration: expected a JSON object, got {type(data).__name__}")
     app_root = Path(app_root)
+    for key, near in did_you_mean(data, Scope.TOP).items():
+        logger.warning("%s is no setting of the configuration's top level: did you mean %s?", key, near)
     raw_endpoints = data.get("CONFIG_ENDPOINTS", {})
     if not isinstance(raw_endpoints, Mapping):
-        raise ConfigError(_expected("CONFIG_ENDPOINTS", "an object of endpoint name -> settings", raw_endpoints))
-    top_format = _choice(data, "RESPONSE_FORMAT", ("nested", "flat"), "nested", "")
+        raise ConfigError(expected("CONFIG_ENDPOINTS", "an object of endpoint name -> settings", raw_endpoints))
+    top_format = read(data, "RESPONSE_FORMAT")
     endpoints = tuple(
-        _parse_endpoint(name, settings, app_root, workers_location, workers_suffix)
-        for name, settings in raw_endpoints.items()
+        _parse_endpoint(name, entry, app_root, workers_location, workers_suffix)
+        for name, entry in raw_endpoints.items()
     )
     if not endpoints:
         logger.warning("CONFIG_ENDPOINTS is empty: the gateway will serve no endpoint")
-    first_port = _integer(data, "FIRST_SERVER_PORT", 5003, "", minimum=1, maximum=65535)
-    last_port = _integer(data, "LAST_SERVER_PORT", min(first_port + 7, 65535), "", minimum=first_port, maximum=65535)
+    first_port = read(data, "FIRST_SERVER_PORT")
+    last_port = read(data, "LAST_SERVER_PORT", default=min(first_port + 7, 65535))
+    if last_port < first_port:
+        raise ConfigError(expected("LAST_SERVER_PORT", f"a port >= FIRST_SERVER_PORT ({first_port})", last_port))
     default_server = data.get("DEFAULT_SERVER")
     if default_server is not None and not isinstance(default_server, str):
-        raise ConfigError(_expected("DEFAULT_SERVER", "an endpoint name", default_server))
+        raise ConfigError(expected("DEFAULT_SERVER", "an endpoint name", default_server))
     token = data.get("ADMIN_TOKEN")
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ConfigError("ADMIN_TOKEN: expected a string of at least 8 characters")
-    max_body_mb = _number(data, "MAX_BODY_MB", 8, "", maximum=4096)
-    server_name = data.get("SERVER_NAME", "base_ai_app")
-    if not isinstance(server_name, str):
-        raise ConfigError(_expected("SERVER_NAME", "a string", server_name))
     return GatewayConfig(
         endpoints=endpoints,
-        server_name=server_name,
+        server_name=read(data, "SERVER_NAME"),
         default_server=default_server,
-        no_startup_wait=_boolean(data, "NO_STARTUP_WAIT", False, ""),
+        no_startup_wait=read(data, "NO_STARTUP_WAIT"),
         admin_token=token,
         response_format=top_format,
-        max_body_bytes=int(max_body_mb * 1024 * 1024),
+        max_body_bytes=int(read(data, "MAX_BODY_MB") * 1024 * 1024),
         first_server_port=first_port,
         last_server_port=last_port,
-        startup_timeout=_number(data, "STARTUP_TIMEOUT", 300, ""),
-        shutdown_grace=_number(data, "SHUTDOWN_GRACE", 10, ""),
-        gateway_threads=_integer(data, "GATEWAY_THREADS", 128, "", minimum=8, maximum=1024),
-        header_timeout=_number(data, "HEADER_TIMEOUT", 10, ""),
-        body_timeout=_number(data, "BODY_TIMEOUT", 30, ""),
-        keepalive_timeout=_number(data, "KEEPALIVE_TIMEOUT", 75, ""),
-        max_connections=_integer(data, "MAX_CONNECTIONS", 0, "", minimum=0, maximum=1_000_000) or None,
-        json_limits=JsonLimits(
-            max_values=_integer(data, "MAX_JSON_VALUES", DEFAULT_LIMITS.max_values, "", minimum=1, maximum=10**9),
-            max_containers=_integer(data, "MAX_JSON_CONTAINERS", DEFAULT_LIMITS.max_containers, "", minimum=1,
-                                    maximum=10**9),
-            max_depth=_integer(data, "MAX_JSON_DEPTH", DEFAULT_LIMITS.max_depth, "", minimum=1, maximum=900),
-        ),
-        protect_notifications=_boolean(data, "PROTECT_NOTIFICATIONS", False, ""),
+        startup_timeout=read(data, "STARTUP_TIMEOUT"),
+        shutdown_grace=read(data, "SHUTDOWN_GRACE"),
+        gateway_threads=read(data, "GATEWAY_THREADS"),
+        header_timeout=read(data, "HEADER_TIMEOUT"),
+        body_timeout=read(data, "BODY_TIMEOUT"),
+        keepalive_timeout=read(data, "KEEPALIVE_TIMEOUT"),
+        max_connections=read(data, "MAX_CONNECTIONS") or None,
+        json_limits=JsonLimits(read(data, "MAX_JSON_VALUES"), read(data, "MAX_JSON_CONTAINERS"),
+                               read(data, "MAX_JSON_DEPTH")),
+        protect_notifications=read(data, "PROTECT_NOTIFICATIONS"),
         raw=MappingProxyType(dict(data)),
     )
 
@@ -235,7 +223,7 @@ def load_config(
 
 
 def _parse_endpoint(
-    name: Any, settings: Any, app_root: Path, workers_location: str, suffix: str
+    name: Any, entry: Any, app_root: Path, workers_location: str, suffix: str
 ) -> EndpointConfig:
     where = f"CONFIG_ENDPOINTS.{name}"
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -244,23 +232,28 @@ def _parse_endpoint(
         )
     if name in RESERVED_SIGNATURES:
         raise ConfigError(f"{where}: the name {name!r} is reserved")
-    if not isinstance(settings, Mapping):
-        raise ConfigError(_expected(where, "an object of endpoint settings", settings))
-    host = settings.get("HOST", DEFAULT_HOST)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(expected(where, "an object of endpoint settings", entry))
+    for key, near in did_you_mean(entry, Scope.ENDPOINT).items():
+        logger.warning("%s.%s is no framework setting (it goes to the endpoint's own configuration): did you mean "
+                       "%s?", where, key, near)
+
+    def get(key: str, *default: Any) -> Any:  # the setting's own default unless one is given
+        return read(entry, key, Scope.ENDPOINT, where, *default)
+
+    host = get("HOST")
     if not isinstance(host, str) or not host:
-        raise ConfigError(_expected(f"{where}.HOST", "an IP address, a host name or \"NO_HOST\"", host))
-    if "NR_WORKERS" not in settings and host != NO_HOST:
-        logger.warning("%s.NR_WORKERS not set: using %d workers", where, DEFAULT_NR_WORKERS)
-    server_class = settings.get("SERVER_CLASS", name)
+        raise ConfigError(expected(f"{where}.HOST", "an IP address, a host name or \"NO_HOST\"", host))
+    if "NR_WORKERS" not in entry and host != NO_HOST:
+        logger.warning("%s.NR_WORKERS not set: using %d workers", where, setting("NR_WORKERS", Scope.ENDPOINT).default)
+    server_class = get("SERVER_CLASS", name)
     if not isinstance(server_class, str) or not _NAME_RE.match(server_class):
-        raise ConfigError(_expected(f"{where}.SERVER_CLASS", "an endpoint file name", server_class))
-    nr_workers = _integer(settings, "NR_WORKERS", DEFAULT_NR_WORKERS, where, minimum=1, maximum=256)
-    max_queue = _integer(settings, "MAX_QUEUE", DEFAULT_MAX_QUEUE, where, minimum=1, maximum=100_000)
-    request_timeout = _number(settings, "REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, where)
-    description = settings.get("DESCRIPTION", "")
-    disabled = _boolean(settings, "DISABLED", False, where)
-    _warmup(settings, where)
-    urls, tls = _urls(settings, where)
+        raise ConfigError(expected(f"{where}.SERVER_CLASS", "an endpoint file name", server_class))
+    nr_workers, max_queue, request_timeout = get("NR_WORKERS"), get("MAX_QUEUE"), get("REQUEST_TIMEOUT")
+    description = get("DESCRIPTION")
+    disabled = get("DISABLED")
+    _warmup(entry, where)
+    urls, tls = _urls(entry, where)
     worker = script = None
     if urls:
         pass  # served elsewhere: the endpoint file lives with its model servers
@@ -287,24 +280,22 @@ def _parse_endpoint(
         description=description if isinstance(description, str) else str(description),
         disabled=disabled,
         request_timeout=request_timeout,
-        stream_idle_timeout=_number(settings, "STREAM_IDLE_TIMEOUT", request_timeout, where),
-        stream_timeout=_number(settings, "STREAM_TIMEOUT", DEFAULT_STREAM_TIMEOUT, where),
+        stream_idle_timeout=get("STREAM_IDLE_TIMEOUT", request_timeout),
+        stream_timeout=get("STREAM_TIMEOUT"),
         max_queue=max_queue,
-        server_threads=_integer(
-            settings, "SERVER_THREADS", min(nr_workers + max_queue + 4, 128), where, minimum=1, maximum=1024
-        ),
-        ping_interval=_number(settings, "PING_INTERVAL", DEFAULT_PING_INTERVAL, where),
-        response_format=_choice(settings, "RESPONSE_FORMAT", ("nested", "flat"), None, where),
-        max_batch_size=_integer(settings, "MAX_BATCH_SIZE", 1, where, minimum=1, maximum=4096),
-        max_batch_wait_ms=_number(settings, "MAX_BATCH_WAIT_MS", 5, where, maximum=10_000),
-        nr_replicas=_integer(settings, "NR_REPLICAS", 1, where, minimum=1, maximum=16),
-        max_requests=_integer(settings, "MAX_REQUESTS", 0, where, minimum=0, maximum=1_000_000_000),
-        max_requests_jitter=_integer(settings, "MAX_REQUESTS_JITTER", 0, where, minimum=0, maximum=1_000_000_000),
-        max_rss_mb=_optional_number(settings, "MAX_RSS_MB", where),
-        devices=_devices(settings, where),
+        server_threads=get("SERVER_THREADS", min(nr_workers + max_queue + 4, 128)),
+        ping_interval=get("PING_INTERVAL"),
+        response_format=get("RESPONSE_FORMAT"),
+        max_batch_size=get("MAX_BATCH_SIZE"),
+        max_batch_wait_ms=get("MAX_BATCH_WAIT_MS"),
+        nr_replicas=get("NR_REPLICAS"),
+        max_requests=get("MAX_REQUESTS"),
+        max_requests_jitter=get("MAX_REQUESTS_JITTER"),
+        max_rss_mb=get("MAX_RSS_MB", 0.0),
+        devices=_devices(entry, where),
         urls=urls,
         tls=tls,
-        worker_config=MappingProxyType({str(k).upper(): v for k, v in settings.items()}),
+        worker_config=MappingProxyType({str(k).upper(): v for k, v in entry.items()}),
         worker=worker,
         script=script,
     )
@@ -316,7 +307,7 @@ def _devices(settings: Mapping[str, Any], where: str) -> tuple[str, ...]:
     try:
         return parse_devices(settings["DEVICES"])
     except ValueError as exc:
-        raise ConfigError(f"{_key(where, 'DEVICES')}: {exc}") from None
+        raise ConfigError(f"{key_of(where, 'DEVICES')}: {exc}") from None
 
 
 def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[tuple[str, int], ...], bool]:
@@ -325,11 +316,11 @@ def _urls(settings: Mapping[str, Any], where: str) -> tuple[tuple[tuple[str, int
     (host, port) pairs and whether they take TLS."""
     if "URLS" not in settings:
         return (), False
-    key = _key(where, "URLS")
+    key = key_of(where, "URLS")
     value = settings["URLS"]
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or not all(isinstance(item, str) for item in items):
-        raise ConfigError(_expected(key, 'a URL "http://host:port" or a non-empty list of them', value))
+        raise ConfigError(expected(key, 'a URL "http://host:port" or a non-empty list of them', value))
     if settings.get("HOST") == NO_HOST:
         raise ConfigError(f"{key}: a support process (HOST \"NO_HOST\") has no URLS")
     found: list[tuple[str, int]] = []
@@ -371,52 +362,3 @@ def _support_script(where: str, app_root: Path, location: str, name: str) -> Pat
         return find_endpoint_file(app_root.joinpath(*location.split(".")), name)
     except DiscoveryError as exc:
         raise ConfigError(f"{where}: support process: {exc}") from None
-
-
-def _key(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _expected(key: str, what: str, got: Any) -> str:
-    return f"{key}: expected {what}, got {json.dumps(got) if _jsonable(got) else repr(got)}"
-
-
-def _jsonable(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _integer(data: Mapping, key: str, default: int, where: str, minimum: int, maximum: int) -> int:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise ConfigError(_expected(_key(where, key), f"an integer >= {minimum} and <= {maximum}", value))
-    return value
-
-
-def _number(data: Mapping, key: str, default: float, where: str, maximum: float = 86_400) -> float:
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= maximum:
-        raise ConfigError(_expected(_key(where, key), f"a number > 0 and <= {maximum:g}", value))
-    return float(value)
-
-
-def _optional_number(data: Mapping, key: str, where: str) -> float:
-    """A number > 0, or 0 when the key is absent (the feature is off)."""
-    return _number(data, key, 0, where, maximum=1e9) if key in data else 0.0
-
-
-def _boolean(data: Mapping, key: str, default: bool, where: str) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(_expected(_key(where, key), "true or false", value))
-    return value
-
-
-def _choice(data: Mapping, key: str, choices: tuple[str, ...], default: Any, where: str) -> Any:
-    value = data.get(key, default)
-    if value is not default and value not in choices:
-        raise ConfigError(_expected(_key(where, key), " or ".join(f'"{c}"' for c in choices), value))
-    return value

@@ -455,3 +455,40 @@ def test_the_endpoint_secret_comes_from_the_variable_or_a_secret_file(monkeypatc
     monkeypatch.setenv("BIS_ENDPOINT_TOKEN_FILE", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="cannot read .*missing"):
         endpoint_token()
+
+
+# -- the settings schema -------------------------------------------------------------------------
+def test_a_near_miss_of_a_setting_is_said_with_what_it_is_close_to(root, caplog):
+    with caplog.at_level("WARNING"):
+        config = parse(root, {"demo": {"NR_WORKERS": 1, "MAX_BATCH_SIZ": 8, "WEIGHT": 2}}, MAX_BODY_MBS=4)
+    text = caplog.text
+    assert "CONFIG_ENDPOINTS.demo.MAX_BATCH_SIZ is no framework setting" in text
+    assert "did you mean MAX_BATCH_SIZE?" in text
+    assert "MAX_BODY_MBS is no setting of the configuration's top level: did you mean MAX_BODY_MB?" in text
+    assert "WEIGHT" not in text  # an endpoint's own key, nowhere near a setting
+    assert config.endpoints[0].worker_config["MAX_BATCH_SIZ"] == 8  # still the endpoint's own configuration
+
+
+def test_every_setting_the_parser_reads_is_declared_and_documented():
+    from pathlib import Path
+
+    from basic_inference_server import settings
+
+    source = (Path(settings.__file__).parent / "config.py").read_text()
+    read_keys = set(re.findall(r'(?:read\(data|get)\("([A-Z_]+)"', source))
+    declared = {s.key for s in settings.SETTINGS}
+    assert read_keys and read_keys <= declared, read_keys - declared
+    reference = settings.reference()
+    assert all(f"`{key}`" in reference for key in declared)
+    assert all(s.doc for s in settings.SETTINGS)
+
+
+def test_the_schema_checks_bounds_and_types():
+    from basic_inference_server.settings import Scope, read
+
+    assert read({}, "MAX_BODY_MB") == 8
+    assert read({"MAX_BODY_MB": 2}, "MAX_BODY_MB") == 2.0
+    with pytest.raises(ConfigError, match=r"MAX_JSON_DEPTH: expected an integer >= 1 and <= 900, got 901"):
+        read({"MAX_JSON_DEPTH": 901}, "MAX_JSON_DEPTH")
+    with pytest.raises(ConfigError, match=r"X.DISABLED: expected true or false, got \"yes\""):
+        read({"DISABLED": "yes"}, "DISABLED", Scope.ENDPOINT, "X")
