@@ -37,9 +37,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /aid_app
 
-# Dependencies first: this layer is rebuilt only when requirements.txt changes.
+# Dependencies first: this layer is rebuilt only when requirements.txt or the endpoints' own
+# requirements (endpoints/requirements.txt, their one home) change.
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+COPY endpoints/requirements.txt endpoints/requirements.txt
+RUN pip install --no-cache-dir -r requirements.txt -r endpoints/requirements.txt
 
 # The cache folder is the volume's mount point: a new named volume gets its owner.
 RUN useradd --create-home --uid 10001 --user-group bis \

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -119,14 +119,15 @@ _SECONDS = 86_400
 
 SETTINGS: tuple[Setting, ...] = (
     # -- the top level of config_gateway.txt ------------------------------------------------------
-    Setting("CONFIG_ENDPOINTS", _T, Kind.VALUE, "endpoint name -> its entry; the names are the `SIGNATURE`s, and "
+    Setting("CONFIG_ENDPOINTS", _T, Kind.VALUE, "endpoint name → its entry; the names are the `SIGNATURE`s, and "
             "servers start in this order", {}),
     Setting("SERVER_NAME", _T, Kind.TEXT, "shown in `SYSTEM_STATUS.server_name`", "base_ai_app"),
     Setting("ADMIN_TOKEN", _T, Kind.VALUE, "admin token (8+ characters) when `BIS_ADMIN_TOKEN` is not set; "
             "else one is generated and kept in `_cache/_data/admin_token`"),
     Setting("RESPONSE_FORMAT", _T, Kind.CHOICE, "`flat` puts the worker's keys at the top level of `/run` "
             "answers (old clients)", "nested", choices=("nested", "flat")),
-    Setting("MAX_BODY_MB", _T, Kind.NUMBER, "largest request body, in MB → 413 beyond", 8, maximum=4096),
+    Setting("MAX_BODY_MB", _T, Kind.NUMBER, "largest request body, in MB → 413 beyond (declared or chunked; a "
+            "declared one is refused before it is sent)", 8, maximum=4096),
     Setting("FIRST_SERVER_PORT", _T, Kind.INTEGER, "first port of the model servers", 5003, minimum=1,
             maximum=65535),
     Setting("LAST_SERVER_PORT", _T, Kind.INTEGER, "last port of the model servers", None, "FIRST_SERVER_PORT + 7",
@@ -136,10 +137,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SHUTDOWN_GRACE", _T, Kind.NUMBER, "seconds requests in flight get to finish on shutdown before "
             "SIGKILL", 10, maximum=_SECONDS),
     Setting("GATEWAY_THREADS", _T, Kind.INTEGER, "threads of the gateway's Flask routes (status, admin, metrics); "
-            "`/run` needs none", 128, minimum=8, maximum=1024),
-    Setting("HEADER_TIMEOUT", _T, Kind.NUMBER, "seconds a client has to send a request head → 408", 10,
+            "`/run` needs none: it is answered in the HTTP front's event loop", 128, minimum=8, maximum=1024),
+    Setting("HEADER_TIMEOUT", _T, Kind.NUMBER, "seconds a client has to send a request head, from its first byte "
+            "(and a new connection to send one) → 408 and closed", 10,
             maximum=_SECONDS),
-    Setting("BODY_TIMEOUT", _T, Kind.NUMBER, "seconds a client has to send a body once its head came → 408", 30,
+    Setting("BODY_TIMEOUT", _T, Kind.NUMBER, "seconds a client has to send the body once its head has arrived → "
+            "408 and closed", 30,
             maximum=_SECONDS),
     Setting("KEEPALIVE_TIMEOUT", _T, Kind.NUMBER, "seconds an idle keep-alive connection is kept (less once half "
             "the connection slots are taken, down to 1 s when all are)", 75, maximum=_SECONDS),
@@ -157,11 +160,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NO_STARTUP_WAIT", _T, Kind.BOOLEAN, "accepted for compatibility with the original: the gateway "
             "always waits for each server's readiness handshake", False),
     # -- an endpoint's entry --------------------------------------------------------------------------
-    Setting("NR_WORKERS", _E, Kind.INTEGER, "worker instances (model copies) in the server", 5, minimum=1,
-            maximum=256),
+    Setting("NR_WORKERS", _E, Kind.INTEGER, "worker instances (model copies) in the server (a warning when "
+            "absent)", 5, minimum=1, maximum=256),
     Setting("HOST", _E, Kind.VALUE, "address the server binds and the gateway calls; `\"NO_HOST\"` marks a "
             "support process", "127.0.0.1"),
-    Setting("SERVER_CLASS", _E, Kind.VALUE, "endpoint file to use, so several endpoints can share one", None,
+    Setting("SERVER_CLASS", _E, Kind.VALUE, "endpoint file to use, so several endpoints can share one (the "
+            "original's `-bis` entries)", None,
             "the endpoint's name"),
     Setting("DISABLED", _E, Kind.BOOLEAN, "not started at boot; an admin can start it with `/start_server`", False),
     Setting("DESCRIPTION", _E, Kind.VALUE, "shown in `/list_servers`", ""),
@@ -169,30 +173,40 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=_SECONDS),
     Setting("MAX_QUEUE", _E, Kind.INTEGER, "requests that may wait for a free worker → 503 beyond", 64, minimum=1,
             maximum=100_000),
-    Setting("SERVER_THREADS", _E, Kind.INTEGER, "threads of the model server's Flask routes", None,
+    Setting("SERVER_THREADS", _E, Kind.INTEGER, "threads of the model server's Flask routes (`/health`, `/stats`, "
+            "admin); its `/run` needs none: it is answered in its port's event loop", None,
             "min(NR_WORKERS + MAX_QUEUE + 4, 128)", minimum=1, maximum=1024),
     Setting("RESPONSE_FORMAT", _E, Kind.CHOICE, "this endpoint's `nested` or `flat`", None, "the top-level value",
             choices=("nested", "flat")),
-    Setting("MAX_BATCH_SIZE", _E, Kind.INTEGER, "above 1: dynamic batching", 1, minimum=1, maximum=4096),
+    Setting("MAX_BATCH_SIZE", _E, Kind.INTEGER, "above 1: dynamic batching ([Batching](../guide/batching.md))", 1,
+            minimum=1, maximum=4096),
     Setting("MAX_BATCH_WAIT_MS", _E, Kind.NUMBER, "how long a worker that has the first request of a batch waits "
             "for more", 5, maximum=10_000),
-    Setting("NR_REPLICAS", _E, Kind.INTEGER, "model-server processes of this endpoint", 1, minimum=1, maximum=16),
-    Setting("MAX_REQUESTS", _E, Kind.INTEGER, "recycle a server after this many answers (0: never)", 0, minimum=0,
+    Setting("NR_REPLICAS", _E, Kind.INTEGER, "model-server processes of this endpoint, for models that hold the "
+            "GIL ([Writing an endpoint](../guide/endpoints.md))", 1, minimum=1, maximum=16),
+    Setting("MAX_REQUESTS", _E, Kind.INTEGER, "recycle a server after this many answers (0: never): replaced "
+            "blue-green by a fresh process, as gunicorn's `max_requests`", 0, minimum=0,
             maximum=1_000_000_000),
-    Setting("MAX_REQUESTS_JITTER", _E, Kind.INTEGER, "up to this many more, drawn at each start", 0, minimum=0,
+    Setting("MAX_REQUESTS_JITTER", _E, Kind.INTEGER, "up to this many more, drawn at each start, so that replicas do "
+            "not recycle together", 0, minimum=0,
             maximum=1_000_000_000),
-    Setting("MAX_RSS_MB", _E, Kind.NUMBER, "recycle a server whose process tree is larger (absent: never)", None,
+    Setting("MAX_RSS_MB", _E, Kind.NUMBER, "recycle a server whose process tree (its workers' children "
+            "included) is larger, measured every second (absent: never)", None,
             maximum=1e9),
-    Setting("STREAM_IDLE_TIMEOUT", _E, Kind.NUMBER, "streams: seconds the next item may take", None,
+    Setting("STREAM_IDLE_TIMEOUT", _E, Kind.NUMBER, "streamed answers: seconds the next item may take once the first "
+            "has come → `Timeout` error event", None,
             "REQUEST_TIMEOUT", maximum=_SECONDS),
-    Setting("STREAM_TIMEOUT", _E, Kind.NUMBER, "streams: seconds the whole stream may take", 600, maximum=_SECONDS),
-    Setting("WARMUP_INPUTS", _E, Kind.VALUE, "request bodies every worker runs through its hooks before the server "
-            "reports ready"),
+    Setting("STREAM_TIMEOUT", _E, Kind.NUMBER, "streamed answers: seconds the whole stream may take → `Timeout` "
+            "error event", 600, maximum=_SECONDS),
+    Setting("WARMUP_INPUTS", _E, Kind.VALUE, "request bodies every worker runs through its hooks before the "
+            "server reports ready ([Warmup](../guide/warmup.md))"),
     Setting("DEVICES", _E, Kind.VALUE, "`\"cpu\"` or a list such as `[\"cuda:0\", \"cuda:1\"]`: replica *i* runs on "
-            "`DEVICES[i % n]`"),
-    Setting("MODEL_METADATA", _E, Kind.VALUE, "the model's V2 metadata: platform, inputs and outputs"),
-    Setting("URLS", _E, Kind.VALUE, "`\"http://host:port\"` (or `https://`) or a list of them: model servers this "
-            "gateway did not start"),
+            "`DEVICES[i % n]` ([Devices](../guide/devices.md))"),
+    Setting("MODEL_METADATA", _E, Kind.VALUE, "the model's V2 metadata: platform, inputs and outputs "
+            "([Open Inference Protocol](../protocols/v2.md))"),
+    Setting("URLS", _E, Kind.VALUE, "`\"http://host:port\"` (or `https://`: TLS) or a list of them, all of one "
+            "scheme: model servers this gateway did not start; a host name with several addresses is one server "
+            "per address ([Remote endpoints](../deploy/remote-endpoints.md))"),
     Setting("PING_INTERVAL", _E, Kind.NUMBER, "support processes: seconds between metric posts", 10,
             maximum=_SECONDS),
     # -- the environment ------------------------------------------------------------------------------
@@ -238,16 +252,20 @@ def did_you_mean(keys: Iterable[str], scope: Scope, known: Iterable[str] = ()) -
     return found
 
 
-def reference(scopes: Iterable[Scope] = tuple(Scope),
-              describe: Callable[[Setting], str] | None = None) -> str:
+_REFERENCE_NOTES = {
+    Scope.ENDPOINT: "Any other key of an entry is the endpoint's own configuration: upper-cased, merged over "
+                    "its module's `_CONFIG`, read as `self.cfg_<key>`.",
+}
+
+
+def reference(scopes: Iterable[Scope] = tuple(Scope)) -> str:
     """The configuration reference as Markdown tables, one per scope (the docs' reference page)."""
     parts = []
     for scope in scopes:
-        parts += [f"### {scope.value[0].upper()}{scope.value[1:]}", "", "| key | type | default | meaning |",
+        parts += [f"## {scope.value[0].upper()}{scope.value[1:]}", "", "| key | type | default | meaning |",
                   "|---|---|---|---|"]
         for item in _BY_SCOPE[scope].values():
             default = item.default_doc or ("—" if item.default in (None, "", {}) else f"`{json.dumps(item.default)}`")
-            parts.append(f"| `{item.key}` | {item.type_doc} | {default} | "
-                         f"{describe(item) if describe else item.doc} |")
-        parts.append("")
+            parts.append(f"| `{item.key}` | {item.type_doc} | {default} | {item.doc} |")
+        parts += ["", _REFERENCE_NOTES.get(scope, ""), ""]
     return "\n".join(parts)

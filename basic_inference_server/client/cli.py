@@ -36,7 +36,8 @@ exit codes:
 
 environment:
   BIS_URL          gateway URL (default {DEFAULT_URL})
-  BIS_ADMIN_TOKEN  admin token, for `{PROG} shutdown`
+  BIS_ADMIN_TOKEN  admin token, for `{PROG} reload` and `{PROG} shutdown` (default: the gateway's own,
+                   in _cache/_data/admin_token, when run from the gateway's folder)
 
 examples:
   {PROG} run dummy_model_demo2 INPUT_VALUE=3
@@ -46,8 +47,20 @@ examples:
   {PROG} servers
   {PROG} --json status
   {PROG} notifications dummy_model_demo2
+  {PROG} reload                  (the configuration, read again)
+  {PROG} reload sentiment        (one endpoint's changed file)
   {PROG} --token "$(cat _cache/_data/admin_token)" shutdown
 """
+
+
+TOKEN_FILE = "_cache/_data/admin_token"  # where a gateway run from this folder keeps the token it made
+
+
+def _stored_token() -> str | None:
+    try:
+        return open(TOKEN_FILE, encoding="utf-8").read().strip() or None
+    except OSError:
+        return None
 
 
 class UsageError(Exception):
@@ -158,6 +171,18 @@ def cmd_notifications(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+    answer = client.reload(args.signature)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(answer.get("MESSAGE", "OK"))
+        for key in ("ADDED", "REMOVED", "CHANGED"):
+            if answer.get(key):
+                print(f"  {key.lower()}: {', '.join(answer[key])}")
+    return EXIT_OK
+
+
 def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
     answer = client.shutdown()
     if args.json:
@@ -188,8 +213,9 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None
 
     parser.add_argument("--url", default=default(os.environ.get("BIS_URL") or DEFAULT_URL),
                         help=f"gateway URL (default: $BIS_URL or {DEFAULT_URL})")
-    parser.add_argument("--token", default=default(os.environ.get("BIS_ADMIN_TOKEN")),
-                        help="admin token (default: $BIS_ADMIN_TOKEN)")
+    parser.add_argument("--token", default=default(os.environ.get("BIS_ADMIN_TOKEN") or _stored_token()),
+                        help=f"admin token (default: $BIS_ADMIN_TOKEN, else the one the gateway stored in "
+                             f"{TOKEN_FILE} of this folder)")
     parser.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g}; connecting: at most "
                              f"{MAX_CONNECT_TIMEOUT:g})")
@@ -226,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     notes = command("notifications", cmd_notifications, "print (and clear) the notifications of an endpoint, "
                                                         "or of every READY endpoint")
     notes.add_argument("signature", nargs="?", metavar="SIGNATURE", help="the endpoint (default: all)")
+    reload = command("reload", cmd_reload, "put a changed configuration (or, with SIGNATURE, an endpoint's changed "
+                                           "file) in force without a restart (needs the admin token)")
+    reload.add_argument("signature", nargs="?", metavar="SIGNATURE", help="an endpoint, or * for all (default: "
+                                                                        "read the configuration again)")
     command("shutdown", cmd_shutdown, "stop the gateway and its servers (needs the admin token)")
     return parser
 
@@ -278,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, ConnectionFailed):
             hint = "; is the gateway running there? (--url or BIS_URL)"
         elif isinstance(exc, Unauthorized) and not args.token:
-            hint = "; pass --token or set BIS_ADMIN_TOKEN"
+            hint = f"; pass --token or set BIS_ADMIN_TOKEN (a gateway keeps the token it made in {TOKEN_FILE})"
         _error(f"{exc}{hint}")
         return exit_code(exc)
     except KeyboardInterrupt:

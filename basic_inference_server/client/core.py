@@ -216,6 +216,21 @@ class Client:
         """
         return self.request("POST", "/shutdown", {"SIGNATURE": SHUTDOWN_COMMAND}, admin=True)
 
+    def reload(self, signature: str | None = None) -> dict[str, Any]:
+        """Put a changed configuration or endpoint file in force without a restart (needs the
+        admin token): with ``signature`` (or ``"*"``), ``POST /reload_server``: that endpoint's servers
+        are replaced by a new generation running its file as it is now, once it is ready; without,
+        ``POST /reload_config``: the configuration is read again, new endpoints start, removed ones
+        stop, changed ones are reloaded.
+
+        Raises:
+            Unauthorized: The client has no token, or a wrong one.
+            BadInput: The configuration or the endpoint file does not read (nothing changed).
+        """
+        if signature is None:
+            return self.request("POST", "/reload_config", {}, admin=True, retry=False)
+        return self.request("POST", "/reload_server", {"SIGNATURE": signature}, admin=True, retry=False)
+
     def health(self) -> bool:
         """Whether the gateway answers ``GET /health`` with 200 (tried once, never raises)."""
         return self._probe("/health")

@@ -85,8 +85,10 @@ def test_dockerfile_keeps_the_documented_shape() -> None:
     keywords = [k for k, _ in steps]
     assert steps[0] == ("FROM", "python:3.11-slim")
     assert ("WORKDIR", "/aid_app") in steps
-    deps = keywords.index("RUN")  # the pip install of requirements.txt comes before the code
-    assert steps[deps - 1] == ("COPY", "requirements.txt .") and "requirements.txt" in steps[deps][1]
+    deps = keywords.index("RUN")  # the pip install of both requirements comes before the code
+    assert steps[deps - 2:deps] == [("COPY", "requirements.txt ."),
+                                    ("COPY", "endpoints/requirements.txt endpoints/requirements.txt")]
+    assert "-r requirements.txt -r endpoints/requirements.txt" in steps[deps][1]
     assert deps < steps.index(("COPY", ". ."))
     user = dict(steps)["USER"]
     assert re.fullmatch(r"10001(:10001)?", user), f"USER {user}: numeric, so Kubernetes can check runAsNonRoot"
