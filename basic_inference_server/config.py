@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .jsonbody import DEFAULT_LIMITS, JsonLimits
-from .server.discovery import DiscoveryError, WorkerLocation, find_endpoint_file, locate_worker
+from .server.discovery import DiscoveryError, WorkerLocation, expected_location, find_endpoint_file
 from .server.placement import parse_devices, warmup_inputs
 from .settings import ConfigError, Scope, did_you_mean, expected, key_of, read, setting
 
@@ -59,6 +59,7 @@ class EndpointConfig:
     devices: tuple[str, ...] = ()  # DEVICES: replica i runs on devices[i % len(devices)]
     urls: tuple[tuple[str, int], ...] = ()  # URLS: (host, port) of model servers the gateway did not start
     tls: bool = False  # URLS are https:// (verified against BIS_TLS_CA_FILE or the system's authorities)
+    problem: str = ""  # why its endpoint file cannot load (a syntax error, no worker class): it starts FAILED
 
     @property
     def is_support(self) -> bool:
@@ -101,6 +102,7 @@ class GatewayConfig:
     max_connections: int | None = None  # None: as many as the open-file limit allows
     json_limits: JsonLimits = DEFAULT_LIMITS  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
     protect_notifications: bool = False  # PROTECT_NOTIFICATIONS: /notifications takes the admin token
+    strict_startup: bool = False  # STRICT_STARTUP: exit 2 when an endpoint fails to start
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -112,6 +114,10 @@ class GatewayConfig:
     @property
     def model_endpoints(self) -> tuple[EndpointConfig, ...]:
         return tuple(e for e in self.endpoints if not e.is_support)
+
+    def file_problems(self) -> list[str]:
+        """Why enabled endpoints' files cannot load, one line each (empty when they all can)."""
+        return [f"CONFIG_ENDPOINTS.{e.name}: {e.problem}" for e in self.endpoints if e.problem and not e.disabled]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -204,6 +210,7 @@ def parse_config(
         json_limits=JsonLimits(read(data, "MAX_JSON_VALUES"), read(data, "MAX_JSON_CONTAINERS"),
                                read(data, "MAX_JSON_DEPTH")),
         protect_notifications=read(data, "PROTECT_NOTIFICATIONS"),
+        strict_startup=read(data, "STRICT_STARTUP"),
         raw=MappingProxyType(dict(data)),
     )
 
@@ -255,6 +262,7 @@ def _parse_endpoint(
     _warmup(entry, where)
     urls, tls = _urls(entry, where)
     worker = script = None
+    problem = ""
     if urls:
         pass  # served elsewhere: the endpoint file lives with its model servers
     elif host == NO_HOST:
@@ -264,14 +272,15 @@ def _parse_endpoint(
             if not disabled:
                 raise
             logger.warning("%s (disabled): %s", where, exc)
-    elif not disabled:
-        worker = _locate(where, app_root, workers_location, server_class, suffix)
     else:
-        # Disabled endpoints may be started later with /start_server: check them now if possible.
         try:
-            worker = locate_worker(app_root, workers_location, server_class, suffix)
-        except DiscoveryError as exc:
+            worker, problem = expected_location(app_root, workers_location, server_class, suffix)
+        except DiscoveryError as exc:  # no endpoint file at all: a mistake in the configuration
+            if not disabled:
+                raise ConfigError(f"{where}: {exc}") from None
             logger.warning("%s (disabled): %s", where, exc)
+        if problem and disabled:  # it may be started later with /start_server: said now
+            logger.warning("%s (disabled): %s", where, problem)
     return EndpointConfig(
         name=name,
         server_class=server_class,
@@ -298,6 +307,7 @@ def _parse_endpoint(
         worker_config=MappingProxyType({str(k).upper(): v for k, v in entry.items()}),
         worker=worker,
         script=script,
+        problem=problem,
     )
 
 
@@ -348,13 +358,6 @@ def _warmup(settings: Mapping[str, Any], where: str) -> None:
         warmup_inputs(settings)
     except ValueError as exc:
         raise ConfigError(f"{where}.{exc}") from None
-
-
-def _locate(where: str, app_root: Path, location: str, server_class: str, suffix: str) -> WorkerLocation:
-    try:
-        return locate_worker(app_root, location, server_class, suffix)
-    except DiscoveryError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _support_script(where: str, app_root: Path, location: str, name: str) -> Path:

@@ -156,6 +156,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_JSON_DEPTH", _T, Kind.INTEGER, "how deeply arrays and objects may nest → 400 beyond", 256,
             minimum=1, maximum=900),
     Setting("PROTECT_NOTIFICATIONS", _T, Kind.BOOLEAN, "`/notifications` takes the admin token", False),
+    Setting("STRICT_STARTUP", _T, Kind.BOOLEAN, "exit with code 2 when an endpoint fails to start (its file does "
+            "not import, its model does not load), instead of serving the others; the `--strict` flag does the "
+            "same", False),
     Setting("DEFAULT_SERVER", _T, Kind.VALUE, "accepted for compatibility with the original; not used"),
     Setting("NO_STARTUP_WAIT", _T, Kind.BOOLEAN, "accepted for compatibility with the original: the gateway "
             "always waits for each server's readiness handshake", False),

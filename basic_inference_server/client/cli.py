@@ -173,14 +173,18 @@ def cmd_notifications(client: Client, args: argparse.Namespace) -> int:
 
 def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     answer = client.reload(args.signature)
+    failed = dict(answer.get("FAILED") or {})  # endpoints whose file does not load
+    failed.update({r["SIGNATURE"]: r["ERROR"] for r in answer.get("RELOADS") or () if r.get("STATE") == "FAILED"})
     if args.json:
         _print_json(answer)
     else:
         print(answer.get("MESSAGE", "OK"))
-        for key in ("ADDED", "REMOVED", "CHANGED"):
+        for key in ("ADDED", "REMOVED", "CHANGED", "STARTED"):
             if answer.get(key):
                 print(f"  {key.lower()}: {', '.join(answer[key])}")
-    return EXIT_OK
+        for name, why in failed.items():
+            print(f"  FAILED {name}: {why}")
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:

@@ -237,7 +237,10 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             result = gw.reload_config()
         except ConfigError as exc:
             raise BadRequest(f"the configuration does not read, nothing changed: {exc}") from None
-        return json_response({"MESSAGE": "OK. Configuration reloaded", **result})
+        failed = list(result["FAILED"]) + [r["SIGNATURE"] for r in result["RELOADS"] if r["STATE"] == "FAILED"]
+        message = (f"Configuration reloaded; FAILED (see FAILED and RELOADS): {', '.join(failed)}" if failed
+                   else "OK. Configuration reloaded")
+        return json_response({"MESSAGE": message, **result})
 
     @app.route("/kill_server", methods=["POST"])
     def kill_server() -> Response:

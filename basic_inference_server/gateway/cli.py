@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--first_server_port", type=int, default=None, help="first model-server port (default 5003)")
     parser.add_argument("--last_server_port", type=int, default=None, help="last model-server port (default first+7)")
     parser.add_argument("--endpoints", default="endpoints", help="dotted endpoints folder")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with code 2 when an endpoint fails to start (its file does not import, its model "
+                             "does not load) instead of serving the others (as STRICT_STARTUP)")
     return parser
 
 
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None, app_version: str | None = None) -> int:
             workers_location=args.endpoints, host=args.host, port=args.port,
             first_server_port=args.first_server_port, last_server_port=args.last_server_port,
             config_file=args.config, base_folder=args.base_folder, app_folder=args.app_folder,
-            app_version=app_version, run=False,
+            app_version=app_version, run=False, strict=args.strict,
         )
     except (ConfigError, DiscoveryError) as exc:
         logger.error("Configuration error: %s", exc)

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from .. import exitcodes
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
 from ..errors import Conflict
 from ..lib_ver import LIB_VER
@@ -67,6 +68,9 @@ class FlaskGateway:
         app_version: reported as ``ver-app``.
         server_names: accepted for code written for the original and ignored: the
             configuration's ``CONFIG_ENDPOINTS`` says which endpoints run.
+        strict: exit with code 2 when an endpoint fails to start (as ``STRICT_STARTUP``); by
+            default an endpoint whose file does not import or whose model does not load is
+            FAILED with the reason, and the others serve.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class FlaskGateway:
         app_version: str | None = None,
         run: bool = True,
         server_names: list[str] | None = None,
+        strict: bool = False,
     ):
         self.app_root = Path(app_root or os.getcwd()).resolve()
         if log is not None and hasattr(log, "root_folder"):
@@ -106,6 +111,13 @@ class FlaskGateway:
         self.config = self._load_config(log, config, config_file)
         self._port_flags = (first_server_port, last_server_port)
         self.config = self._with_port_flags(self.config)
+        self.strict = strict or self.config.strict_startup
+        problems = self.config.file_problems()
+        if problems and self.strict:
+            raise ConfigError("; ".join(problems) + " (strict start: no endpoint may fail)")
+        for problem in problems:
+            logger.error("%s: the endpoint is FAILED, the others start (fix the file, then reload)", problem)
+        self.exit_code = 0
         self.host_id = "h" + secrets.token_hex(2)
         self.envelope = Envelope(app_version or _read_app_version(self.app_root))
         self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
@@ -175,6 +187,9 @@ class FlaskGateway:
             endpoint = config.endpoint(name)
             if endpoint is None or endpoint.is_support:
                 raise KeyError(name)
+            if endpoint.problem:  # the file does not load: the servers running go on serving
+                self.supervisor.reload_refused(name, endpoint.problem)
+                raise ConfigError(f"CONFIG_ENDPOINTS.{name}: {endpoint.problem}")
             results.append(self.supervisor.reload_and_wait(name, endpoint))
             self.config = dataclasses.replace(self.config, endpoints=self.supervisor.config.endpoints)
             if results[-1]["STATE"] == "STARTING":
@@ -232,7 +247,8 @@ class FlaskGateway:
         self._stop.set()
 
     def run(self) -> int:
-        """Serve until SIGTERM, SIGINT or /shutdown; return the exit code (0 after a clean stop)."""
+        """Serve until SIGTERM, SIGINT or /shutdown; return the exit code (0 after a clean stop, 2
+        when a strict start stopped because an endpoint failed)."""
         started = time.monotonic()
         logger.info("basic_inference_server %s, app %s, host id %s, pid %d", LIB_VER,
                     self.envelope.app_version, self.host_id, os.getpid())
@@ -287,7 +303,10 @@ class FlaskGateway:
                 self._reload_config_in_background()
             if not announced and self.supervisor.settled():
                 announced = True
-                self._announce(time.monotonic() - started)
+                if not self._announce(time.monotonic() - started) and self.strict:
+                    logger.error("Strict start (--strict, STRICT_STARTUP): an endpoint failed to start: stopping")
+                    self.exit_code = exitcodes.CONFIG_ERROR
+                    self._stop.set()
             self._stop.wait(0.05 if not announced else 0.1)
         return self._shutdown()
 
@@ -308,13 +327,15 @@ class FlaskGateway:
         endpoints without a READY address (name -> why)."""
         return {**self.supervisor.not_ready(), **self.remote.not_ready()}
 
-    def _announce(self, elapsed: float) -> None:
+    def _announce(self, elapsed: float) -> bool:
+        """Log how the start went; whether every model server is READY."""
         waiting = self.supervisor.not_ready()
         if waiting:
             logger.error("Startup finished in %.2fs; NOT ready: %s", elapsed,
                          ", ".join(f"{n} ({self.supervisor.handles[n].error})" for n in waiting))
         else:
             logger.info("All %d model server(s) ready in %.2fs", len(self.supervisor.handles), elapsed)
+        return not waiting
 
     def _shutdown(self) -> int:
         grace = self.config.shutdown_grace
@@ -333,7 +354,7 @@ class FlaskGateway:
             self.http.wait_flushed(2.0)
             self.http.close()
         logger.info("Gateway stopped")
-        return 0
+        return self.exit_code
 
 
 def _read_app_version(app_root: Path) -> str:

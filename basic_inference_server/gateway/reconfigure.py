@@ -6,7 +6,10 @@ unchanged; gateway-level keys that differ cannot change while the gateway runs a
 as needing a restart. :func:`apply` then starts the added endpoints, stops the removed ones
 (they are out of the route table at once, so new requests get 404, and their servers finish
 what they hold before stopping), replaces the changed ones blue-green (:mod:`.supervision.reload`)
-and leaves the others alone (same processes).
+starts again the FAILED ones whose file or entry changed, and leaves the others alone (same
+processes). An endpoint whose file does not load (a syntax error, no worker class) is FAILED when
+added and left FAILED when it was, and a running one is not reloaded: it goes on with the code it
+runs (the answer's ``FAILED`` says why, for each).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import EndpointConfig, GatewayConfig
+from .supervision.handle import ChildState
 
 if TYPE_CHECKING:
     from .core import FlaskGateway
@@ -76,7 +80,9 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
     supervisor = gateway.supervisor
     running = {h.endpoint.name: h.code_hash for h in supervisor.handles.values()
                if h.replica == 0 and h.pid is not None}
-    todo = plan(supervisor.config, new, running)
+    failed = {h.endpoint.name: h.code_hash for h in supervisor.handles.values()
+              if h.replica == 0 and h.pid is None and h.state is ChildState.FAILED}
+    todo = plan(supervisor.config, new, {**failed, **running})
     if todo.needs_restart:
         logger.warning("reload_config: %s cannot change while the gateway runs: restart it for them",
                        ", ".join(todo.needs_restart))
@@ -93,20 +99,30 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
     stopped = supervisor.remove_endpoints(todo.removed)
     supervisor.set_endpoints(tuple(e for e in supervisor.config.endpoints if e.name not in todo.removed)
                              + tuple(after[name] for name in todo.added))
-    started = [name for name in todo.added if not after[name].disabled and not after[name].is_remote]
-    for name in started:
-        supervisor.request_start(name)
+    unloadable = {name: e.problem for name, e in after.items() if e.problem and not e.disabled}
+    started = []
+    for name in todo.added:
+        if name in unloadable:
+            supervisor.unloadable(after[name])
+        elif not after[name].disabled and not after[name].is_remote:
+            supervisor.request_start(name)
+            started.append(name)
     reloads = []
     for name in todo.changed:
         endpoint = after[name]
         if name in moving_out:  # served elsewhere from now on: its children stop
             stopped.update(supervisor.remove_endpoints([name]))
             supervisor.endpoint_entry(endpoint)
+        elif name in running and name in unloadable:  # its servers go on with the code they run
+            reloads.append(supervisor.reload_refused(name, f"CONFIG_ENDPOINTS.{name}: {endpoint.problem}").to_json())
         elif name in running and not endpoint.disabled:
             reloads.append(supervisor.reload_and_wait(name, endpoint))
         else:  # not running: the new entry is what a later start uses
             supervisor.endpoint_entry(endpoint)
-            if name in moving_back:  # served here again
+            if name in failed and name in unloadable:
+                supervisor.unloadable(endpoint)  # still FAILED, now for this reason
+            elif name in moving_back or (name in failed and not endpoint.disabled and not endpoint.is_remote):
+                # served here again, or FAILED with the file or entry now changed: tried again
                 supervisor.request_start(name)
                 started.append(name)
     late = supervisor.wait_started(moving_back)
@@ -117,4 +133,5 @@ def apply(gateway: FlaskGateway, new: GatewayConfig) -> dict[str, Any]:
     gateway.remote.configure(gateway.config.endpoints)
     logger.info("reload_config: added %s, removed %s, changed %s, unchanged %s", todo.added or "-",
                 todo.removed or "-", todo.changed or "-", len(todo.unchanged))
-    return {**todo.to_json(), "STARTED": started, "STOPPED": stopped, "RELOADS": reloads}
+    return {**todo.to_json(), "STARTED": started, "STOPPED": stopped, "RELOADS": reloads,
+            "FAILED": {name: problem for name, problem in unloadable.items() if name in todo.added + todo.changed}}

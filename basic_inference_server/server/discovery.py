@@ -4,8 +4,9 @@ Endpoint ``dummy_model_demo1`` (or its ``SERVER_CLASS``) -> file ``endpoints/dum
 -> class ``DummyModelDemo1Worker``. File stems and class names are matched ignoring case and
 underscores, as the original did.
 
-The gateway checks files and classes statically (``ast``), so that a typo stops startup without
-importing user code (and its heavy libraries) into the gateway process. Model servers import.
+The gateway checks files and classes statically (``ast``), without importing user code (and its
+heavy libraries) into the gateway process: a missing file stops startup, a file that does not
+parse or lacks its class makes its endpoint FAILED with the reason. Model servers import.
 """
 
 from __future__ import annotations
@@ -52,16 +53,37 @@ def locate_worker(
     app_root: Path, workers_location: str, class_key: str, suffix: str = "Worker"
 ) -> WorkerLocation:
     """Statically find the worker class of ``class_key``; raise DiscoveryError if absent."""
-    endpoints_dir = app_root.joinpath(*workers_location.split("."))
-    path = find_endpoint_file(endpoints_dir, class_key)
+    path = find_endpoint_file(app_root.joinpath(*workers_location.split(".")), class_key)
+    return WorkerLocation(path, f"{workers_location}.{path.stem}", worker_class_in(path, class_key, suffix))
+
+
+def expected_location(
+    app_root: Path, workers_location: str, class_key: str, suffix: str = "Worker"
+) -> tuple[WorkerLocation, str]:
+    """The endpoint file of ``class_key`` (DiscoveryError when there is none) and why its worker
+    class cannot be used ("" when it can): a syntax error, or no class of the expected name. The
+    location names the class found, else the one expected."""
+    path = find_endpoint_file(app_root.joinpath(*workers_location.split(".")), class_key)
+    module = f"{workers_location}.{path.stem}"
+    try:
+        return WorkerLocation(path, module, worker_class_in(path, class_key, suffix)), ""
+    except DiscoveryError as exc:
+        return WorkerLocation(path, module, f"{_camel(class_key)}{suffix}"), str(exc)
+
+
+def worker_class_in(path: Path, class_key: str, suffix: str = "Worker") -> str:
+    """The name of the worker class of ``class_key`` defined in ``path``, read without importing
+    it; DiscoveryError for a syntax error or when there is no such class."""
     wanted = (normalise(class_key) + normalise(suffix)).upper()
     try:
         tree = ast.parse(path.read_bytes(), filename=str(path))
     except SyntaxError as exc:
         raise DiscoveryError(f"{path}: syntax error at line {exc.lineno}: {exc.msg}") from None
+    except OSError as exc:
+        raise DiscoveryError(f"{path}: cannot be read ({exc.strerror})") from None
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and normalise(node.name).upper() == wanted:
-            return WorkerLocation(path, f"{workers_location}.{path.stem}", node.name)
+            return node.name
     raise DiscoveryError(
         f"{path}: no worker class for {class_key!r} "
         f"(expected a class named like {_camel(class_key)}{suffix})"

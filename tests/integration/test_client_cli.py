@@ -53,10 +53,10 @@ def bis_env() -> dict[str, str]:
     return env
 
 
-def bis(*args: str) -> subprocess.CompletedProcess:
+def bis(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``python -m basic_inference_server.client *args``, without BIS_URL or a token from the environment."""
     return subprocess.run([sys.executable, "-m", "basic_inference_server.client", *args], env=bis_env(),
-                          capture_output=True, text=True, timeout=30)
+                          capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def wait_for_text(path: Path, text: str, timeout: float) -> str:
@@ -236,3 +236,62 @@ def test_cli_run_stream_prints_as_items_come_and_stops_on_ctrl_c(streaming, tmp_
     assert proc.returncode == 130, err
     assert wait_for_text(mark, "closed", timeout=2) == "closed"
     assert len(out.splitlines()) < 99  # stopped, not run to its end
+
+
+# -- bis reload: the "Your first endpoint" walk-through --------------------------------------
+WORD_SCORE = """from basic_inference_server import FlaskWorker
+
+
+class WordScoreWorker(FlaskWorker):
+    def _load_model(self):
+        self.positive = set(self.cfg_positive)
+
+    def _pre_process(self, inputs):
+        return inputs["TEXT"].lower().split()
+
+    def _predict(self, words):
+        return sum(w in self.positive for w in words) * self.cfg_weight
+
+    def _post_process(self, score):
+        return {"score": score}
+"""
+
+
+def test_cli_reload_picks_up_a_new_endpoint_with_the_token_the_gateway_stored(tmp_path):
+    """No BIS_ADMIN_TOKEN anywhere: run from the gateway's folder, ``bis reload`` uses the token the
+    gateway stored in _cache/_data/admin_token. A file that does not load is reported (exit 1)
+    and the others serve; once fixed, a reload starts it; ``bis reload NAME`` replaces its server."""
+    app = make_app(tmp_path, copy.deepcopy(ECHO_CONFIG), [FIXTURES / "endpoints" / "echo_model.py",
+                                                         FIXTURES / "endpoints" / "helper.py"])
+    gateway = Gateway(app, token=None).start()
+    try:
+        url = ["--url", gateway.url]
+        refused = bis(*url, "reload")  # not from the gateway's folder: no token
+        assert refused.returncode == 1 and "_cache/_data/admin_token" in refused.stderr, refused.stderr
+
+        config = json.loads((app / "config_gateway.txt").read_text())
+        config["CONFIG_ENDPOINTS"]["word_score"] = {"NR_WORKERS": 1, "POSITIVE": ["good"], "WEIGHT": 1}
+        (app / "config_gateway.txt").write_text(json.dumps(config))
+        (app / "endpoints" / "word_score.py").write_text(WORD_SCORE.replace("def _predict(self, words):",
+                                                                             "def _predict(self, words:"))
+        broken = bis(*url, "reload", cwd=app)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert "added: word_score" in broken.stdout and "FAILED word_score:" in broken.stdout
+        assert "word_score.py: syntax error at line 11" in broken.stdout
+        assert gateway.run("echo", VALUE=1).status_code == 200
+
+        (app / "endpoints" / "word_score.py").write_text(WORD_SCORE)
+        fixed = bis(*url, "reload", cwd=app)
+        assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+        assert "changed: word_score" in fixed.stdout and "started: word_score" in fixed.stdout
+        gateway.wait_state("word_score", "READY")
+        run = bis(*url, "run", "word_score", "TEXT=a good good day", cwd=app)
+        assert run.returncode == 0 and json.loads(run.stdout) == {"score": 2}, run.stdout
+
+        (app / "endpoints" / "word_score.py").write_text(WORD_SCORE.replace("* self.cfg_weight", "* 10"))
+        one = bis(*url, "reload", "word_score", cwd=app)
+        assert one.returncode == 0 and "Reloaded word_score" in one.stdout, one.stdout + one.stderr
+        assert gateway.run("word_score", TEXT="good").json()["predict_result"] == {"score": 10}
+    finally:
+        gateway.stop()
+    gateway.assert_nothing_left()

@@ -15,7 +15,7 @@ import time
 
 import psutil
 import pytest
-from conftest import ECHO_CONFIG, SERVER_PORTS, Gateway, make_app
+from conftest import ECHO_CONFIG, FIXTURES, SERVER_PORTS, Gateway, make_app
 
 
 def echo_config(**endpoints) -> dict:
@@ -169,20 +169,43 @@ def test_kill_start_and_resize_servers(gateway_factory):
 
 def test_broken_model_is_failed_with_its_error_and_others_serve(gateway_factory):
     config = echo_config(broken={"SERVER_CLASS": "broken_load", "NR_WORKERS": 2},
-                         no_import={"SERVER_CLASS": "broken_import", "NR_WORKERS": 1})
-    gateway = gateway_factory(config, wait_ready=False)
+                         no_import={"SERVER_CLASS": "broken_import", "NR_WORKERS": 1},
+                         typo={"NR_WORKERS": 1}, classless={"NR_WORKERS": 1})
+    gateway = gateway_factory(config, start=False)
+    endpoints = gateway.app_dir / "endpoints"
+    (endpoints / "typo.py").write_text("class TypoWorker:\n    def oops(:\n        pass\n")
+    (endpoints / "classless.py").write_text("class SomethingElse:\n    pass\n")
+    gateway.start(wait_ready=False)
     broken = gateway.wait_state("broken", "FAILED")
     assert "weights.bin not found" in broken["ERROR"] and broken["LAST_EXIT_CODE"] == 3
     no_import = gateway.wait_state("no_import", "FAILED")
     assert "not installed" in no_import["ERROR"]
+    typo = gateway.wait_state("typo", "FAILED")
+    assert "typo.py: syntax error at line 2" in typo["ERROR"], typo
+    classless = gateway.wait_state("classless", "FAILED")
+    assert "no worker class for 'classless' (expected a class named like ClasslessWorker)" in classless["ERROR"]
     reply = gateway.run("broken", VALUE=1)
     assert reply.status_code == 503 and "weights.bin not found" in reply.json()["ERROR"]
+    reply = gateway.run("typo", VALUE=1)
+    assert reply.status_code == 503 and "syntax error at line 2" in reply.json()["ERROR"]
     gateway.wait_state("echo", "READY")
     gateway.wait_state("echo_b", "READY")
     ready = gateway.get("/ready")
     assert ready.status_code == 503
-    assert set(ready.json()["NOT_READY"]) == {"broken", "no_import"}
+    assert set(ready.json()["NOT_READY"]) == {"broken", "no_import", "typo", "classless"}
     assert gateway.run("echo", VALUE=1).status_code == 200
+    assert "the endpoint is FAILED, the others start" in gateway.output()
+
+    # Fixed, and picked up by a reload of the configuration: started again (the others untouched).
+    (endpoints / "typo.py").write_text((endpoints / "echo_model.py").read_text().replace("EchoModelWorker",
+                                                                                          "TypoWorker"))
+    pid = gateway.servers()["echo"]["PID"]
+    reloaded = gateway.admin("/reload_config", {})
+    assert reloaded.status_code == 200, reloaded.text
+    assert reloaded.json()["CHANGED"] == ["typo"] and reloaded.json()["STARTED"] == ["typo"]
+    gateway.wait_state("typo", "READY")
+    assert gateway.run("typo", VALUE=7).json()["predict_result"]["echo"] == 7
+    assert gateway.servers()["echo"]["PID"] == pid
 
 
 def test_starting_server_answers_503_with_retry_after(gateway_factory):
@@ -208,12 +231,12 @@ def run_cli(gateway: Gateway, *extra: str) -> subprocess.CompletedProcess:
                           cwd=gateway.app_dir, env=gateway.env, capture_output=True, text=True, timeout=30)
 
 
-def _start_expecting_failure(tmp_path, config, files=None, raw_config=None):
+def _start_expecting_failure(tmp_path, config, files=None, raw_config=None, extra=()):
     app = make_app(tmp_path, config, files)
     if raw_config is not None:
         (app / "config_gateway.txt").write_text(raw_config)
     gateway = Gateway(app)
-    return run_cli(gateway), gateway
+    return run_cli(gateway, *extra), gateway
 
 
 @pytest.mark.parametrize(
@@ -236,16 +259,31 @@ def test_config_errors_stop_startup_with_one_clear_message(tmp_path, endpoint, m
     gateway.assert_nothing_left(timeout=2)
 
 
-def test_missing_worker_class_and_invalid_json_are_config_errors(tmp_path):
+def test_invalid_json_is_a_config_error(tmp_path):
+    proc, _ = _start_expecting_failure(tmp_path, {}, raw_config='{"CONFIG_ENDPOINTS": {')
+    assert proc.returncode == 2 and "invalid JSON" in proc.stderr
+
+
+def test_strict_start_exits_2_on_a_broken_endpoint_file(tmp_path):
     (tmp_path / "one").mkdir()
     wrong = tmp_path / "one" / "wrong_name.py"
     wrong.write_text("from basic_inference_server import FlaskWorker\n\nclass OtherWorker(FlaskWorker):\n    pass\n")
-    proc, _ = _start_expecting_failure(tmp_path / "a", {"CONFIG_ENDPOINTS": {"wrong_name": {"NR_WORKERS": 1}}},
-                                       files=[wrong])
-    assert proc.returncode == 2 and "no worker class for 'wrong_name'" in proc.stderr
-    assert "WrongNameWorker" in proc.stderr
-    proc, _ = _start_expecting_failure(tmp_path / "b", {}, raw_config='{"CONFIG_ENDPOINTS": {')
-    assert proc.returncode == 2 and "invalid JSON" in proc.stderr
+    config = echo_config(wrong_name={"NR_WORKERS": 1})
+    files = [wrong, *sorted((FIXTURES / "endpoints").glob("*.py"))]
+    proc, gateway = _start_expecting_failure(tmp_path / "a", config, files=files, extra=["--strict"])
+    assert proc.returncode == 2, proc.stderr
+    assert "no worker class for 'wrong_name'" in proc.stderr and "WrongNameWorker" in proc.stderr
+    assert "strict start" in proc.stderr and "Starting echo" not in proc.stderr  # no child was started
+    gateway.assert_nothing_left(timeout=2)
+
+
+def test_strict_startup_key_exits_2_once_a_model_fails_to_load(tmp_path):
+    config = echo_config(broken={"SERVER_CLASS": "broken_load", "NR_WORKERS": 1})
+    config["STRICT_STARTUP"] = True
+    proc, gateway = _start_expecting_failure(tmp_path, config)
+    assert proc.returncode == 2, proc.stderr
+    assert "weights.bin not found" in proc.stderr and "an endpoint failed to start: stopping" in proc.stderr
+    gateway.assert_nothing_left(timeout=2)
 
 
 def test_busy_gateway_port_is_a_clear_startup_error(tmp_path):

@@ -94,19 +94,29 @@ def test_missing_endpoint_file_is_named(root):
     assert str(root.folder / "other.py") in message
 
 
-def test_missing_worker_class_names_the_expected_class(root):
+# A file that exists but cannot load is no configuration error any more (issue 23): its endpoint
+# starts FAILED with the reason and the others serve; a missing file still stops the start.
+def test_missing_worker_class_makes_a_problem_naming_the_expected_class(root):
     root.write("lonely", "class SomethingElse:\n    pass\n")
-    message = config_error(root, {"lonely": {"NR_WORKERS": 1}})
-    assert message.startswith("CONFIG_ENDPOINTS.lonely: ")
-    assert "no worker class for 'lonely'" in message
-    assert "LonelyWorker" in message
+    config = parse(root, {"lonely": {"NR_WORKERS": 1}})
+    (problem,) = config.file_problems()
+    assert problem.startswith("CONFIG_ENDPOINTS.lonely: ")
+    assert "no worker class for 'lonely'" in problem and "LonelyWorker" in problem
 
 
-def test_syntax_error_in_endpoint_file_names_the_line(root):
+def test_syntax_error_in_endpoint_file_makes_a_problem_naming_the_line(root):
     root.write("broken", "class BrokenWorker:\n    def oops(:\n        pass\n")
-    message = config_error(root, {"broken": {"NR_WORKERS": 1}})
-    assert message.startswith("CONFIG_ENDPOINTS.broken: ")
-    assert "syntax error at line 2" in message
+    config = parse(root, {"broken": {"NR_WORKERS": 1}, "demo": {"NR_WORKERS": 1}})
+    assert config.endpoint("demo").problem == ""
+    assert config.endpoint("broken").worker.module_file.name == "broken.py"
+    assert "syntax error at line 2" in config.endpoint("broken").problem
+    assert config.file_problems() == [f"CONFIG_ENDPOINTS.broken: {config.endpoint('broken').problem}"]
+
+
+def test_a_disabled_endpoints_problem_is_not_one_of_the_start(root):
+    root.write("broken", "class BrokenWorker:\n    def oops(:\n        pass\n")
+    config = parse(root, {"broken": {"NR_WORKERS": 1, "DISABLED": True}})
+    assert config.endpoint("broken").problem and config.file_problems() == []
 
 
 @pytest.mark.parametrize("host", [123, "", None])

@@ -148,9 +148,24 @@ class Supervisor(ChangesMixin, StoppingMixin):
                 with self._lock:
                     handles = [self._handle(endpoint, replica)
                                for replica in range(1 if endpoint.is_support else endpoint.nr_replicas)]
+                    if endpoint.problem:  # its file does not load: FAILED until fixed and reloaded
+                        self._unloadable(handles, endpoint)
+                        continue
                 for handle in handles:
                     self._spawn(handle)
         self._flush()
+
+    def unloadable(self, endpoint: EndpointConfig) -> None:
+        """``endpoint``'s file does not load (its ``problem``): its servers are FAILED with the
+        reason, without a process (any thread)."""
+        with self._lock:
+            self._unloadable([self._handle(endpoint, replica) for replica in range(endpoint.nr_replicas)], endpoint)
+        self._flush()
+
+    def _unloadable(self, handles: list[ChildHandle], endpoint: EndpointConfig) -> None:
+        for handle in handles:
+            handle.endpoint, handle.code_hash = endpoint, code_hash(endpoint)
+            self._fail(handle, f"{exitcodes.DESCRIPTIONS[exitcodes.LOAD_FAILED]}: {endpoint.problem}")
 
     def request_start(self, name: str) -> ChildHandle:
         """Ask for ``name`` to start (any thread); the main loop spawns it.
