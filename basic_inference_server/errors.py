@@ -190,6 +190,14 @@ class Overloaded(ServingError):
     retry_after = 1
 
 
+def body_too_large(limit: int, size: int | None = None, setting: bool = True) -> PayloadTooLarge:
+    """A body past its limit (``size``: its declared or received length, when known); ``setting``:
+    the limit is MAX_BODY_MB's (not a route's own, fixed one), and the message says so."""
+    of = f"of {size} bytes " if size is not None else ""
+    where = f" (MAX_BODY_MB={limit / 1048576:g} in config_gateway.txt sets it)" if setting else ""
+    return PayloadTooLarge(f"request body {of}larger than the limit of {limit} bytes{where}")
+
+
 class RequestTimeout(ServingError):
     """The request did not finish within the endpoint's ``REQUEST_TIMEOUT``."""
 

@@ -15,9 +15,9 @@ from . import jsonutil, requestid
 from .errors import (
     BadRequest,
     MethodNotAllowed,
-    PayloadTooLarge,
     ServingError,
     Unauthorized,
+    body_too_large,
     error_body,
     from_http_status,
 )
@@ -46,11 +46,11 @@ def read_limited(environ: dict[str, Any], limit: int) -> bytes:
     except ValueError:
         raise BadRequest("invalid Content-Length") from None
     if declared > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit, declared, setting=limit != ROUTE_BODY_LIMIT)
     stream = environ["wsgi.input"]
     data = stream.read(declared) if declared else stream.read(limit + 1)
     if len(data) > limit:
-        raise _too_large(limit)
+        raise body_too_large(limit, setting=limit != ROUTE_BODY_LIMIT)
     return data
 
 
@@ -60,10 +60,6 @@ def read_body(request: Request, limit: int) -> bytes:
 
 def read_json_object(request: Request, limit: int, limits: JsonLimits = DEFAULT_LIMITS) -> dict[str, Any]:
     return loads_object(read_body(request, limit), limits)
-
-
-def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body larger than the limit of {limit} bytes")
 
 
 def install_error_handlers(app: Flask, plain_under: str = "") -> None:
@@ -112,17 +108,19 @@ def presented_token(request: Request, body: dict[str, Any] | None) -> str | None
     return None
 
 
-def require_admin(expected: str, request: Request, body: dict[str, Any] | None) -> None:
-    """Raise 401 unless the request carries the admin token (constant-time comparison)."""
+def require_admin(expected: str, request: Request, body: dict[str, Any] | None, where: str = "") -> None:
+    """Raise 401 unless the request carries the admin token (constant-time comparison); ``where``:
+    where an operator finds the token, said in the message."""
     given = presented_token(request, body)
+    hint = f" (the token is {where})" if where else ""
     if given is None:
-        raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in the body")
+        raise Unauthorized(f"admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in the body{hint}")
     try:
         given_bytes = given.encode("utf-8")
     except UnicodeEncodeError:  # an unpaired surrogate ("\ud800"): no token is that
-        raise Unauthorized("admin token is wrong") from None
+        raise Unauthorized(f"admin token is wrong{hint}") from None
     if not hmac.compare_digest(given_bytes, expected.encode("utf-8")):
-        raise Unauthorized("admin token is wrong")
+        raise Unauthorized(f"admin token is wrong{hint}")
 
 
 Answer = tuple[int, bytes, dict[str, str] | None]  # status, JSON body, extra headers

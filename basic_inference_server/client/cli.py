@@ -83,9 +83,10 @@ def parse_value(text: str) -> Any:
     return value
 
 
-def parse_inputs(pairs: list[str], data: str | None) -> dict[str, Any]:
-    """The inputs of ``bis run``: ``--data`` (JSON text, ``@file`` or ``@-`` for stdin), then each
-    ``KEY=VALUE`` over it."""
+def parse_inputs(pairs: list[str], data: str | None, signature: str) -> dict[str, Any]:
+    """The inputs of ``bis run SIGNATURE``: ``--data`` (JSON text, ``@file`` or ``@-`` for stdin;
+    a whole ``/run`` body, with its ``SIGNATURE``, is taken when it names the same endpoint), then
+    each ``KEY=VALUE`` over it."""
     inputs: dict[str, Any] = {}
     if data is not None:
         if data.startswith("@"):
@@ -100,6 +101,10 @@ def parse_inputs(pairs: list[str], data: str | None) -> dict[str, Any]:
             raise UsageError(f"--data is not valid JSON: {exc}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--data must be a JSON object, got {type(loaded).__name__}")
+        named = loaded.pop("SIGNATURE", signature)
+        if named != signature:
+            raise UsageError(f"--data names SIGNATURE {named!r}, but this runs {signature!r}: run {named!r}, or "
+                             "take SIGNATURE out of the data")
         inputs.update(loaded)
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -107,7 +112,7 @@ def parse_inputs(pairs: list[str], data: str | None) -> dict[str, Any]:
             raise UsageError(f"expected KEY=VALUE, got {pair!r}")
         inputs[key] = parse_value(value)
     if "SIGNATURE" in inputs:
-        raise UsageError("give the signature as the first argument of run, not as SIGNATURE=")
+        raise UsageError(f"SIGNATURE={inputs['SIGNATURE']!r}: the signature is run's first argument, not a KEY=VALUE")
     return inputs
 
 
@@ -117,7 +122,7 @@ def _print_json(data: Any) -> None:
 
 
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
-    inputs = parse_inputs(args.inputs, args.data)
+    inputs = parse_inputs(args.inputs, args.data, args.signature)
     if args.stream:
         return _run_stream(client, args.signature, inputs, args.json)
     try:

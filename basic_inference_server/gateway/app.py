@@ -88,10 +88,11 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         except BadRequest as exc:
             if presented_token(request, None) is None:
                 raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in "
-                                   f"a JSON body (this one cannot be read: {exc.message})") from None
-            require_admin(gw.admin_token, request, None)
+                                   f"a JSON body (this one cannot be read: {exc.message}; the token is "
+                                   f"{gw.admin.where})") from None
+            require_admin(gw.admin_token, request, None, gw.admin.where)
             raise
-        require_admin(gw.admin_token, request, payload)
+        require_admin(gw.admin_token, request, payload, gw.admin.where)
         return payload
 
     router = gw.router
@@ -273,7 +274,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     def support_update_status() -> Response:
         payload = read_json_object(request, limit, json_limits)
         if not is_loopback(request.remote_addr) and request.remote_addr != gw.host:
-            require_admin(gw.admin_token, request, payload)
+            require_admin(gw.admin_token, request, payload, gw.admin.where)
         signature = signature_of(payload)
         endpoint = gw.config.endpoint(signature)
         if endpoint is None or not endpoint.is_support:

@@ -120,7 +120,8 @@ class FlaskGateway:
         self.exit_code = 0
         self.host_id = "h" + secrets.token_hex(2)
         self.envelope = Envelope(app_version or _read_app_version(self.app_root))
-        self.admin_token = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data")
+        self.admin = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data", self.app_root)
+        self.admin_token = self.admin.value
         self.history = StateHistory(self.cache_folder / "_data")
         self.support_data = SupportData()
         self.supervisor = Supervisor(

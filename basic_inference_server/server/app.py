@@ -22,6 +22,7 @@ from ..errors import (
     ServingError,
     ShuttingDown,
     Unauthorized,
+    body_too_large,
     error_body,
 )
 from ..httpserve import InFlight
@@ -100,8 +101,7 @@ class ServerState:
         token = requestid.bind(request_id)
         try:
             if oversize:
-                raise PayloadTooLarge(f"request body of {oversize} bytes is larger than the limit of "
-                                      f"{self.max_body_bytes} bytes")
+                raise body_too_large(self.max_body_bytes, oversize)
             if self.draining:
                 raise ShuttingDown()
             job = Job(None, next(self.call_ids), request_id, on_done=lambda job: self._deliver(conn, tag, job),

@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from .. import jsonutil, requestid
-from ..errors import error_body, from_http_status
+from ..errors import body_too_large, error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
 from .httpmsg import JSON, Headers, HttpRequest, Refused, Responder
 from .tuning import trimmer
@@ -160,7 +160,7 @@ class HttpConnection(asyncio.Protocol):
         if declared is not None and declared.isdigit():
             size = int(declared)
             if size > self.limits.max_body:
-                raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+                raise Refused(413, body_too_large(self.limits.max_body, size).message)
             if size > _WHOLE_BODY:  # a large body goes into one buffer: no pieces, no join
                 self._whole = bytearray()  # grown as the bytes come (never allocated for what was only declared)
         if self._expect:
@@ -169,7 +169,7 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
         if self._body_bytes > self.limits.max_body:
-            raise Refused(413, f"request body larger than the limit of {self.limits.max_body} bytes")
+            raise Refused(413, body_too_large(self.limits.max_body).message)
         if self._whole is not None:
             self._whole += body
         else:
@@ -374,11 +374,19 @@ class HttpConnection(asyncio.Protocol):
         self._refuse(408, f"{what} not received in time")
 
     def _refuse(self, status: int, message: str) -> None:
+        """Answer an error and close (a request that cannot be read): with the request's id, the
+        client's X-Request-ID once its head has come, else a new one."""
         if self.transport is None or self.transport.is_closing():
             return
-        body = jsonutil.dumps_bytes(from_http_status(status, message).to_body())
+        request_id = requestid.accept(self._request_id)
+        token = requestid.bind(request_id)
+        try:
+            body = jsonutil.dumps_bytes(from_http_status(status, message).to_body())
+        finally:
+            requestid.unbind(token)
         self._write(f"{status} {_REASONS.get(status, 'Error')}",
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n", body, False, False)
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                    f"X-Request-ID: {request_id}\r\n", body, False, False)
         self.busy = False
         self.transport.close()
 

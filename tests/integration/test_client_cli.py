@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from conftest import ECHO_CONFIG, FIXTURES, REPO, TOKEN, Gateway, free_port_block, make_app
 
 from basic_inference_server.client import BadInput, Client, ServerError, Unauthorized, UnknownSignature
@@ -113,6 +114,7 @@ def test_shutdown_needs_the_token_and_stops_the_gateway(gateway_factory):
     with Client(gateway.url, timeout=10) as anonymous, pytest.raises(Unauthorized) as refused:
         anonymous.shutdown()
     assert refused.value.status == 401
+    assert "the token is the BIS_ADMIN_TOKEN the gateway was started with" in refused.value.message
     no_token = bis("--url", gateway.url, "shutdown")
     assert no_token.returncode == 1 and "BIS_ADMIN_TOKEN" in no_token.stderr
     assert gateway.proc.poll() is None  # still running
@@ -268,6 +270,10 @@ def test_cli_reload_picks_up_a_new_endpoint_with_the_token_the_gateway_stored(tm
         url = ["--url", gateway.url]
         refused = bis(*url, "reload")  # not from the gateway's folder: no token
         assert refused.returncode == 1 and "_cache/_data/admin_token" in refused.stderr, refused.stderr
+        raw = requests.post(gateway.url + "/reload_config", timeout=10)  # the 401 itself says where the token is
+        assert raw.status_code == 401, raw.text
+        assert "the one the gateway generated, in _cache/_data/admin_token" in raw.json()["ERROR"]
+        assert str(tmp_path) not in raw.text  # no path of the machine to whoever asks
 
         config = json.loads((app / "config_gateway.txt").read_text())
         config["CONFIG_ENDPOINTS"]["word_score"] = {"NR_WORKERS": 1, "POSITIVE": ["good"], "WEIGHT": 1}

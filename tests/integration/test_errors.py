@@ -66,9 +66,13 @@ def test_bad_bodies_are_400(echo_gateway, data):
     assert_still_serving(echo_gateway)
 
 
-def test_body_over_limit_is_413(echo_gateway):
+def test_body_over_limit_is_413_naming_the_setting_with_the_request_id(echo_gateway):
     big = json.dumps({"SIGNATURE": "echo", "VALUE": "x" * 300_000}).encode()  # limit is 0.25 MB
-    assert_error(echo_gateway.post("/run", data=big), 413, "PayloadTooLarge")
+    reply = echo_gateway.post("/run", data=big, headers={"X-Request-ID": "my-upload-1"})
+    body = assert_error(reply, 413, "PayloadTooLarge", "MAX_BODY_MB=0.25")
+    assert body["error"]["request_id"] == reply.headers["X-Request-ID"] == "my-upload-1"
+    generated = echo_gateway.post("/run", data=big)  # without an id of the client's: a new one, said
+    assert generated.json()["error"]["request_id"] == generated.headers["X-Request-ID"] != "my-upload-1"
     assert_still_serving(echo_gateway)
 
 

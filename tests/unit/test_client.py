@@ -480,6 +480,20 @@ def test_cli_run_merges_data_and_key_values(stub, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == ANSWER["predict_result"]
 
 
+def test_cli_run_takes_a_whole_run_body_as_data(stub, tmp_path, capsys):
+    """A body saved from a /run call, SIGNATURE included, is taken when it names the endpoint run."""
+    server = stub(Reply())
+    body = tmp_path / "body.json"
+    body.write_text('{"SIGNATURE": "model", "A": 1}')
+    assert cli.main(["--url", server.url, "run", "model", "--data", f"@{body}"]) == 0
+    assert server.received[0]["json"] == {"SIGNATURE": "model", "A": 1}
+    assert cli.main(["--url", server.url, "run", "other", "--data", f"@{body}"]) == 2
+    assert "--data names SIGNATURE 'model', but this runs 'other'" in capsys.readouterr().err
+    assert cli.main(["--url", server.url, "run", "model", "SIGNATURE=model"]) == 2
+    assert "the signature is run's first argument" in capsys.readouterr().err
+    assert len(server.received) == 1
+
+
 @pytest.mark.parametrize(("reply", "code"), [
     (error(404, "UnknownSignature"), 4), (error(503, "ServerUnavailable"), 3), (error(400, "InvalidInput"), 2),
     (error(500, "ModelError"), 1), (error(504, "Timeout"), 1), (error(401, "Unauthorized"), 1),
