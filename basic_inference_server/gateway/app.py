@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
 SYSTEM_STATUS = "SYSTEM_STATUS"
+DASHBOARD_EVENTS = 50  # the newest history events the dashboard shows
 # The dashboard is one self-contained page: its inline script and style, and fetches to this gateway only.
 DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                  "img-src 'self' data:; connect-src 'self'")
@@ -295,6 +296,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             "REQUESTS": gw.metrics.requests_by_signature(),
             "ACTIVE_STREAMS": active_streams(),
             "SERIES": gw.metrics.activity.series(),
+            "EVENTS": gw.history.snapshot().get("EVENTS", [])[-DASHBOARD_EVENTS:],
         }))
 
     def active_streams() -> dict[str, int]:

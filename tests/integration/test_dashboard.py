@@ -213,7 +213,16 @@ def test_dashboard_shows_servers_support_data_and_live_request_counts(gateway_fa
     for i in range(8):
         assert gateway.run("echo_b", VALUE=i, FAIL=int(i < 2)).status_code == (500 if i < 2 else 200)
     expect(page.locator('[data-requests="echo_b"]')).to_have_text("8")
-    expect(page.locator('[data-errors="echo_b"]')).to_have_text("2")
+    expect(page.locator('[data-server-errors="echo_b"]')).to_have_text("2")
+    expect(page.locator('[data-client-errors="echo_b"]')).to_have_text("0")
+    assert gateway.run("echo_b").status_code == 400  # no VALUE: the caller's mistake
+    expect(page.locator('[data-client-errors="echo_b"]')).to_have_text("1")
+    expect(page.locator('[data-server-errors="echo_b"]')).to_have_text("2")
+    # The event history: the start, then a reload, newest first.
+    expect(page.locator('tr[data-event="STARTUP"]')).to_have_count(1)
+    assert gateway.admin("/reload_server", {"SIGNATURE": "echo_b"}).status_code == 200
+    expect(page.locator('#events tr').first).to_have_attribute("data-event", "RELOAD", timeout=6_000)
+    expect(page.locator('#events tr').first.locator('[data-col="name"]')).to_have_text("echo_b")
     expect(page.locator('tr[data-endpoint="echo_b"] [data-code="500"]')).to_have_text("500: 2")
     # A stream in progress shows in its endpoint's row and in the total until its client closes it.
     expect(page.locator('[data-streams="stream"]')).to_have_text("0")

@@ -58,14 +58,17 @@ def test_activity_rolls_intervals_and_fills_idle_ones_with_zero():
     for _ in range(10):
         activity.count("a", 200, 0.010)
     activity.count("a", 503, 0.001)
+    activity.count("b", 404, 0.001)
     assert activity.series()["t"] == []  # the current interval is not finished
     clock.now = 1016.0  # 1000-1005 done, 1005-1010 and 1010-1015 idle
     series = activity.series()
     assert series["t"] == [1000.0, 1005.0, 1010.0]
     a = series["signatures"]["a"]
     assert a["rps"] == [2.2, 0.0, 0.0]
-    assert a["errors_per_s"] == [0.2, 0.0, 0.0]
+    assert a["server_errors_per_s"] == [0.2, 0.0, 0.0] and a["client_errors_per_s"] == [0.0, 0.0, 0.0]
     assert a["p50_ms"][0] == pytest.approx(7.75, abs=2.5) and a["p50_ms"][1:] == [None, None]
+    assert series["signatures"]["b"]["client_errors_per_s"] == [0.2, 0.0, 0.0]
+    assert series["signatures"]["b"]["server_errors_per_s"] == [0.0, 0.0, 0.0]
     clock.now = 5000.0  # a long idle time keeps only the last `keep` intervals
     assert len(activity.series()["t"]) == 4
 

@@ -19,11 +19,12 @@ KEEP = 120  # intervals: 10 minutes
 
 
 class _Tally:
-    __slots__ = ("errors", "latency", "requests")
+    __slots__ = ("client_errors", "latency", "requests", "server_errors")
 
     def __init__(self) -> None:
         self.requests = 0
-        self.errors = 0
+        self.client_errors = 0  # 4xx: the caller's mistake (bad input, unknown signature)
+        self.server_errors = 0  # 5xx: the model's or the service's
         self.latency = Histogram()
 
 
@@ -56,13 +57,16 @@ class Activity:
             if tally is None:
                 tally = self._current[signature] = _Tally()
             tally.requests += 1
-            if status >= 400:
-                tally.errors += 1
+            if status >= 500:
+                tally.server_errors += 1
+            elif status >= 400:
+                tally.client_errors += 1
             tally.latency.observe_unlocked(seconds)  # already under this lock: one lock per /run, not two
 
     def series(self) -> dict[str, Any]:
         """Finished intervals, oldest first: ``{"interval_s", "t": [start...], "signatures":
-        {sig: {"rps": [...], "errors_per_s": [...], "p50_ms": [...], "p99_ms": [...]}}}``
+        {sig: {"rps": [...], "client_errors_per_s": [...], "server_errors_per_s": [...], "p50_ms": [...],
+        "p99_ms": [...]}}}`` (client errors: 4xx, server errors: 5xx)
         (latencies are None where there was no request)."""
         with self._lock:
             self._roll(self.clock())
@@ -73,7 +77,8 @@ class Activity:
             rows = [tallies.get(name) for _, tallies in done]
             out["signatures"][name] = {
                 "rps": [round(t.requests / self.interval, 2) if t else 0.0 for t in rows],
-                "errors_per_s": [round(t.errors / self.interval, 2) if t else 0.0 for t in rows],
+                "client_errors_per_s": [round(t.client_errors / self.interval, 2) if t else 0.0 for t in rows],
+                "server_errors_per_s": [round(t.server_errors / self.interval, 2) if t else 0.0 for t in rows],
                 "p50_ms": [_ms(t.latency.quantile(0.5)) if t else None for t in rows],
                 "p99_ms": [_ms(t.latency.quantile(0.99)) if t else None for t in rows],
             }

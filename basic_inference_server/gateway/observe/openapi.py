@@ -142,8 +142,10 @@ def _schemas() -> dict[str, Schema]:
             "ACTIVE_STREAMS": _map(_int(minimum=0)),
             "SERIES": _obj({"interval_s": number, "t": {"type": "array", "items": number},
                             "signatures": _map(_obj())}, ["interval_s", "t", "signatures"]),
+            "EVENTS": {"type": "array", "items": _obj({"time": _str(), "event": _str(), "name": _str(),
+                                                       "detail": _str()}, ["time", "event"])},
         }, ["AVAIL_SERVERS", "SUPPORT_PROCESSES", "SUPPORT_DATA", "MEMORY_MB", "REQUESTS", "ACTIVE_STREAMS",
-            "SERIES"])),
+            "SERIES", "EVENTS"])),
     }
 
 
@@ -258,8 +260,8 @@ def _status_paths(signatures: list[str]) -> dict[str, Any]:
         "/dashboard": {"get": _operation("dashboard", "Live dashboard page", "observability", {
             "200": _answer("an HTML page that polls /dashboard/data", _str(), "text/html")})},
         "/dashboard/data": {"get": _operation("dashboardData", "The dashboard's figures", "observability", {
-            "200": _answer("servers, support data, memory, requests by status, streams in progress and "
-                           "recent rates",
+            "200": _answer("servers, support data, memory, requests by status, streams in progress, "
+                           "recent rates and the last events",
                            _schema("DashboardData"))})},
         "/openapi.json": {"get": _operation("openapi", "This description", "observability", {
             "200": _answer("OpenAPI 3 document", _obj({"openapi": _str(), "info": _obj(), "paths": _obj()},
