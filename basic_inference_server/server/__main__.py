@@ -33,6 +33,7 @@ from .httpfast import serve_http
 from .notifications import GENERAL, NotificationStore
 from .placement import local_device, warmup_inputs
 from .pool import WorkerPool
+from .runpath import RunPath
 from .spec import ServerSpec, SpecError
 from .v2 import ModelMetadata
 
@@ -129,6 +130,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
         metadata=metadata, json_limits=spec.json_limits,
     )
+    runpath = RunPath(state)
     try:
         # Every route but /health takes a token: BIS_ENDPOINT_TOKEN for a server run on its own (if
         # set), the secret of this run for a child of a gateway (it came on stdin with the spec).
@@ -140,14 +142,14 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         # A body may take its time (a large upload from afar), and every connection is an open file.
         limits = FrontLimits(max_body=spec.max_body_bytes, body_timeout=BODY_TIMEOUT,
                              max_connections=max(256, min(100_000, raise_open_file_limit() - 256)))
-        http = serve_http(state, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits,
+        http = serve_http(state, runpath, spec.host, spec.port, token=token, threads=spec.server_threads, limits=limits,
                           tls=tls)
     except OSError as exc:
         return _fail(spec, exitcodes.BIND_FAILED, f"{name}: cannot listen on {spec.host}:{spec.port}: {exc.strerror}")
     channel = None
     if spec.socket_path:
         try:
-            channel = ChannelServer(spec.socket_path, state.run_frame, spec.max_body_bytes, cancel=pool.cancel)
+            channel = ChannelServer(spec.socket_path, runpath.from_channel, spec.max_body_bytes, cancel=pool.cancel)
         except OSError as exc:
             return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
         channel.start()

@@ -1,5 +1,6 @@
-"""The HTTP face of one model server: ``/run``, ``/notifications``, ``/update_workers``, ``/health``,
-``/stats`` (what the gateway's ``/metrics`` reports for it)."""
+"""What the routes of one model server share (:class:`ServerState`), and its Flask routes:
+``/notifications``, ``/update_workers``, ``/health``, ``/stats`` (what the gateway's ``/metrics``
+reports for it). ``/run`` is :mod:`.runpath`'s, over the channel and the HTTP port alike."""
 
 from __future__ import annotations
 
@@ -7,52 +8,29 @@ import hmac
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, request
 
-from .. import jsonbody, jsonutil, requestid
-from ..errors import (
-    BadRequest,
-    Misrouted,
-    ModelError,
-    PayloadTooLarge,
-    ServingError,
-    ShuttingDown,
-    Unauthorized,
-    body_too_large,
-    error_body,
-)
+from ..errors import BadRequest, PayloadTooLarge, Unauthorized
 from ..httpserve import InFlight
 from ..jsonbody import DEFAULT_LIMITS, JsonLimits
-from ..transport.frames import BINARY, STREAM, reply_frame
-from ..transport.tuning import trimmer
-from ..transport.v2codec import encode_response
 from ..webutil import (
     ENDPOINT_TOKEN_HEADER,
     ROUTE_BODY_LIMIT,
-    Answer,
     install_error_handlers,
     json_response,
     read_json_object,
     require_admin,
 )
-from .channel import Connection
-from .job import Job
 from .notifications import GENERAL, NotificationStore
 from .pool import WorkerPool
-from .streams import BATCH_BACKLOG, StreamOut
-from .v2 import ModelMetadata, V2Call
-from .v2 import accept as accept_v2
-from .v2 import error_body as v2_error_body
-from .worker import CONTROL_KEYS
+from .v2 import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
-LARGE_BODY = 65536  # a body larger than this returns its memory to the system once read (tuning.Trimmer)
 STUCK_FACTOR = 3
 
 
@@ -81,80 +59,10 @@ class ServerState:
     bodies_refused: int = 0  # past MAX_JSON_CONTAINERS or MAX_JSON_VALUES (logged at most every 10 s)
     _refused_logged: float = -10.0
 
-    def __post_init__(self) -> None:
-        self.pool.accept = self.accept  # a request's body is read by the worker that takes it
-
     def signature_of(self, idx: int) -> str:
         return f"{self.host_id}.{self.server_class}.{self.class_name}.{idx}"
 
-    def stream_out(self, send: Callable[[bytes], None], push: Callable[[], None]) -> StreamOut:
-        """Where a streamed request's items go (a batch keeps a few items per request when its
-        client is slow, so that the others of the batch go on)."""
-        return StreamOut(send, push, backlog=BATCH_BACKLOG if self.pool.max_batch_size > 1 else 0)
-
-    def run_frame(self, conn: Connection, tag: int, request_id: str, routed: str, raw: bytes, oversize: int,
-                  stream: bool = False, v2: tuple[int | None, str] | None = None) -> None:
-        """A request from the internal channel (``v2``: an Open Inference Protocol infer request,
-        its JSON header length and model version): queue its body without reading it; the worker
-        that takes it reads it (:meth:`accept`) and sends the answer (errors found here are
-        answered at once)."""
-        token = requestid.bind(request_id)
-        try:
-            if oversize:
-                raise body_too_large(self.max_body_bytes, oversize)
-            if self.draining:
-                raise ShuttingDown()
-            job = Job(None, next(self.call_ids), request_id, on_done=lambda job: self._deliver(conn, tag, job),
-                      raw=raw, routed=routed)
-            if v2 is not None:
-                job.v2 = V2Call(routed, v2[1], v2[0])
-            else:
-                job.stream_wanted = stream
-                job.open_stream = lambda: self.stream_out(lambda item: conn.queue_item(tag, item), conn.push)
-            conn.pending[tag] = job
-            self.inflight.enter()
-            try:
-                self.pool.enqueue(job)
-            except BaseException:
-                conn.pending.pop(tag, None)
-                self.inflight.exit()
-                raise
-        except ServingError as exc:
-            body = v2_error_body(exc) if v2 is not None else jsonutil.dumps_bytes(exc.to_body())
-            conn.reply(tag, exc.status, body, _retry_after(exc))
-        except Exception as exc:
-            logger.exception("Unhandled %s on a channel request", type(exc).__name__)
-            body = error_body("InternalError", f"internal error: {type(exc).__name__}")
-            conn.reply(tag, 500, jsonutil.dumps_bytes({"error": body["ERROR"]} if v2 is not None else body))
-        finally:
-            requestid.unbind(token)
-
-    def accept(self, job: Job) -> None:
-        """Read a queued request's body into its worker inputs, on the worker that runs it: parsed
-        within the JSON limits, checked to name the endpoint it was routed to (else Misrouted, with
-        the SIGNATURE it names), its stream opened when the body asks for one (``"STREAM": true``).
-        Raises the ServingError its client is answered."""
-        raw, job.raw = job.raw, None
-        try:
-            if job.v2 is not None:
-                job.inputs, job.v2.request = accept_v2(self.metadata, raw, job.v2.header_length, self.json_limits)
-                return
-            body = jsonbody.loads_object(raw, self.json_limits)
-        except PayloadTooLarge as exc:
-            self._refused(exc)
-            raise
-        finally:
-            if len(raw) > LARGE_BODY:
-                trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
-            del raw
-        if job.routed and body.get("SIGNATURE") != job.routed:
-            signature = jsonbody.signature_of(body)
-            raise Misrouted(f"the body names endpoint {signature!r}, not {job.routed!r}", signature=signature)
-        job.inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
-        if job.open_stream is not None and (job.stream_wanted or body.get("STREAM") is True):
-            job.stream = job.open_stream()
-
-    def _refused(self, exc: PayloadTooLarge) -> None:
+    def refused(self, exc: PayloadTooLarge) -> None:
         """Say, at most every 10 s, how many bodies past the JSON bounds were refused."""
         self.bodies_refused += 1
         now = time.monotonic()
@@ -162,86 +70,6 @@ class ServerState:
             self._refused_logged = now
             logger.warning("Refused %d request bodies past the JSON bounds so far (the last: %s)", self.bodies_refused,
                            exc.message)
-
-    def _deliver(self, conn: Connection, tag: int, job: Job) -> None:
-        self.inflight.exit()
-        if job.cancelled:
-            conn.pending.pop(tag, None)  # the gateway gave up on it: nobody reads an answer
-            return
-        token = requestid.bind(job.request_id)
-        try:
-            if job.v2 is not None:
-                self._deliver_v2(conn, tag, job)
-                return
-            if job.stream is None:
-                status, body, headers = self.answer_of(job)
-                conn.reply(tag, status, body, headers.get("Retry-After") if headers else None)
-                return
-            items, (status, body, flags) = self.stream_end(job)
-            for item in items:
-                conn.queue_item(tag, item)
-
-            def last_frame() -> None:  # once the items kept for credit have gone: until then
-                conn.pending.pop(tag, None)  # the job stays pending, to receive that credit
-                conn.queue(reply_frame(tag, status, body, None, flags))
-
-            job.stream.end(last_frame)
-        finally:
-            requestid.unbind(token)
-
-    def _deliver_v2(self, conn: Connection, tag: int, job: Job) -> None:
-        call, error = job.v2, job.error
-        if error is None:
-            try:
-                parts, header_length = encode_response(call.model, call.version, call.request, job.result,
-                                                       self.metadata.output_types)
-            except ServingError as exc:
-                error = exc
-            except Exception as exc:  # an answer must leave whatever the outputs hold
-                logger.exception("Call %d: encoding the V2 answer failed", job.call_id)
-                error = ModelError(f"the outputs cannot be encoded: {type(exc).__name__}")
-        if error is not None:
-            logger.log(logging.ERROR if error.status >= 500 else logging.DEBUG, "Call %d: %s", job.call_id, error)
-            conn.reply(tag, error.status, v2_error_body(error), _retry_after(error))
-            return
-        if header_length is None:
-            conn.reply(tag, 200, parts[0])
-        else:
-            conn.reply_parts(tag, parts, BINARY, str(header_length))
-
-    def stream_end(self, job: Job) -> tuple[list[bytes], tuple[int, bytes, int]]:
-        """How a streamed request ends: the items still to send (a ``_predict`` that returned a
-        plain value is one item), then the REPLY that ends the stream (status, body, flags)."""
-        if job.error is not None:  # (never raised again: a raise would give it a traceback holding the job)
-            return [], (job.error.status, jsonutil.dumps_bytes(job.error.to_body()), 0)
-        items = []
-        try:
-            if not job.streamed:
-                items.append(jsonutil.dumps_bytes(job.result))
-                job.stream.count += 1
-            body = jsonutil.dumps_bytes({"call_id": job.call_id, "signature": self.signature_of(job.worker_idx),
-                                         "worker_id": f"{self.host_id}:{job.worker_idx}", "items": job.stream.count})
-            return items, (200, body, STREAM)
-        except (TypeError, ValueError) as exc:
-            error = ModelError(f"result of _post_process is not JSON-serialisable: {exc}")
-            return [], (error.status, jsonutil.dumps_bytes(error.to_body()), 0)
-
-    def answer_of(self, job: Job) -> Answer:
-        """The answer of a finished job: ``predict_result`` and where it ran, or its error (never
-        raised again: a raise would give the kept error a traceback holding the job)."""
-        if job.error is not None:
-            return error_answer(job.error)
-        answer = {
-            "predict_result": job.result,
-            "call_id": job.call_id,
-            "signature": self.signature_of(job.worker_idx),
-            "worker_id": f"{self.host_id}:{job.worker_idx}",
-        }
-        try:
-            return 200, jsonutil.dumps_bytes(answer), None
-        except (TypeError, ValueError) as exc:
-            logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", job.call_id, exc)
-            return error_answer(ModelError(f"result of _post_process is not JSON-serialisable: {exc}"))
 
     def health(self) -> tuple[dict[str, Any], int]:
         """READY once the first NR_WORKERS have loaded (workers added later load in the background
@@ -265,15 +93,6 @@ class ServerState:
         if self.pool.load_errors:
             body["errors"] = list(self.pool.load_errors)
         return body, 200 if ready else 503
-
-
-def error_answer(exc: ServingError) -> Answer:
-    """The answer of an error: its status, its JSON body, its headers (Retry-After)."""
-    return exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers() or None
-
-
-def _retry_after(exc: ServingError) -> str | None:
-    return None if exc.retry_after is None else str(exc.retry_after)
 
 
 def require_token(expected: bytes | None, given: bytes | None) -> None:

@@ -18,9 +18,12 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from ..httpserve import InFlight
 from ..transport.frames import (
+    BINARY,
     CANCEL,
     CREDIT,
     REQUEST,
@@ -32,6 +35,7 @@ from ..transport.frames import (
     reply_frame,
     reply_head,
 )
+from ..webutil import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class Connection:
     def __init__(self, sock: socket.socket, max_body: int):
         self.sock = sock
         self.reader = FrameReader(max_body)
-        self.pending: dict[int, Any] = {}  # tag -> the job queued for it (to cancel it)
+        self.pending: dict[int, Any] = {}  # tag -> the call queued for it (to cancel it, to credit its stream)
         self.closed = False
         self._send_lock = threading.Lock()
         self._outbox: list[bytes] = []  # answers waiting for the thread that is sending
@@ -130,10 +134,56 @@ class Connection:
         self.sock.close()
 
 
-# handler(connection, tag, request id, routed signature, body, oversize, stream wanted, V2 meta or
-# None): answers at once with connection.reply(...), or records the job in connection.pending[tag]
-# before queuing it.
-RequestHandler = Callable[[Connection, int, str, str, bytes, int, bool, "tuple[int | None, str] | None"], None]
+@dataclass(frozen=True, slots=True)
+class ChannelRequest:
+    """One REQUEST frame, decoded."""
+
+    tag: int
+    request_id: str
+    routed: str  # the endpoint the gateway routed it to
+    body: bytes
+    oversize: int  # the body's length when it was over the limit (and not kept), else 0
+    stream: bool  # the client asked for a streamed answer
+    v2: tuple[int | None, str] | None  # an Open Inference Protocol request: its JSON header length, model version
+
+
+# handler(connection, request): answers at once with connection.reply(...), or records the call in
+# connection.pending[request.tag] before queuing it.
+RequestHandler = Callable[[Connection, ChannelRequest], None]
+
+
+class ChannelOutlet:
+    """Where the answer of a request from the channel goes (:class:`~.runpath.Outlet`): frames
+    on its connection, tagged with its tag."""
+
+    __slots__ = ("conn", "inflight", "tag")
+
+    def __init__(self, conn: Connection, tag: int, inflight: InFlight):
+        self.conn, self.tag, self.inflight = conn, tag, inflight
+
+    def whole(self, answer: Answer) -> None:
+        status, body, headers = answer
+        self.conn.reply(self.tag, status, body, headers.get("Retry-After") if headers else None)
+
+    def parts(self, parts: list[Any], header_length: int) -> None:
+        self.conn.reply_parts(self.tag, parts, BINARY, str(header_length))
+
+    def send_item(self, item: bytes) -> None:
+        self.conn.queue_item(self.tag, item)
+
+    def push(self) -> None:
+        self.conn.push()
+
+    def end(self, status: int, body: bytes) -> None:
+        # Until now the call stayed pending, to receive the credit its kept items waited for.
+        self.conn.pending.pop(self.tag, None)
+        self.conn.queue(reply_frame(self.tag, status, body, None, STREAM if status == 200 else 0))
+
+    def dropped(self) -> None:
+        self.conn.pending.pop(self.tag, None)  # the gateway gave up on it: nobody reads an answer
+
+    def delivered(self) -> None:
+        self.inflight.exit()
 
 
 class ChannelServer:
@@ -142,7 +192,7 @@ class ChannelServer:
     def __init__(self, path: str, handler: RequestHandler, max_body: int, cancel: Callable[[Any], None]):
         self.path = path
         self.handler = handler
-        self.cancel = cancel  # called with the job of a CANCEL frame
+        self.cancel = cancel  # called with the call of a CANCEL frame
         self.max_body = max_body
         self.connections: set[Connection] = set()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -194,16 +244,17 @@ class ChannelServer:
                 for frame in reader.feed(data):
                     if frame.kind == REQUEST:
                         request_id, routed = frame.request_meta()
-                        handler(conn, frame.tag, request_id, routed, frame.body, frame.oversize,
-                                bool(frame.flags & STREAM), frame.v2_meta() if frame.flags & V2 else None)
+                        handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
+                                                     bool(frame.flags & STREAM),
+                                                     frame.v2_meta() if frame.flags & V2 else None))
                     elif frame.kind == CANCEL:
-                        job = pending.pop(frame.tag, None)
-                        if job is not None:
-                            self.cancel(job)
+                        call = pending.pop(frame.tag, None)
+                        if call is not None:
+                            self.cancel(call)
                     elif frame.kind == CREDIT:
-                        job = pending.get(frame.tag)
-                        if job is not None and job.stream is not None:
-                            job.stream.grant(frame.status)
+                        call = pending.get(frame.tag)
+                        if call is not None and call.stream is not None:
+                            call.stream.grant(frame.status)
                     else:
                         raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
         except ProtocolError as exc:
@@ -215,6 +266,6 @@ class ChannelServer:
             # Nobody waits for the answers of this connection any more: skip what is still queued,
             # close the generators that still stream to it.
             conn.close()
-            for job in list(pending.values()):
-                self.cancel(job)
+            for call in list(pending.values()):
+                self.cancel(call)
             self.connections.discard(conn)

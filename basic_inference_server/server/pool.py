@@ -1,14 +1,15 @@
-"""The worker pool of one model server: threads, a bounded FIFO queue, deadlines.
+"""The worker pool of one model server: threads and a bounded FIFO queue of calls.
 
 Each worker is a thread that owns one ``FlaskWorker`` instance: it builds it, calls
-``_load_model`` once, then takes jobs from the shared queue in arrival order. A request thread
-puts its job in the queue (503 when full) and waits for it with the endpoint's deadline (504).
-Nothing polls or sleeps; a worker is free again as soon as its hooks return or raise.
+``_load_model`` once, then takes calls from the shared queue in arrival order and runs their
+hooks (:mod:`.hooks`). Whoever queued a call (503 when the queue is full) learns that it ended
+from its ``on_done``, called on the worker's thread; deadlines are the callers' (the channel's
+gateway, the HTTP port). Nothing polls or sleeps; a worker is free again as soon as its hooks
+return or raise.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import threading
@@ -18,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import requestid
-from ..errors import ModelError, Overloaded, RequestTimeout, ServingError, Unavailable
+from ..errors import ModelError, Overloaded, ServingError, Unavailable
+from .call import Call, CallState
 from .channel import replies_together
-from .job import Job
+from .hooks import Hooks
 from .stats import ServerStats
 from .worker import FlaskWorker
 
@@ -29,44 +31,44 @@ logger = logging.getLogger(__name__)
 _RETIRE = object()  # control item: the worker that takes it stops
 
 
-def _inputs_given(job: Job) -> None:
-    """Without a reader of bodies, a job comes with its inputs."""
+def _inputs_given(call: Call) -> None:
+    """Without a reader of bodies, a call comes with its inputs."""
     raise ModelError("this worker pool reads no request bodies")
 
 
-class JobQueue:
-    """FIFO with a bound on waiting jobs; control items bypass the bound.
+class CallQueue:
+    """FIFO with a bound on waiting calls; control items bypass the bound.
 
-    While a worker gathers a batch, a new job wakes it only once the batch can be full (or at
-    the batch's deadline), not once per job: each wake-up is a thread switch that the threads
+    While a worker gathers a batch, a new call wakes it only once the batch can be full (or at
+    the batch's deadline), not once per call: each wake-up is a thread switch that the threads
     still delivering requests would pay for.
     """
 
-    def __init__(self, max_jobs: int):
-        self.max_jobs = max_jobs
+    def __init__(self, max_calls: int):
+        self.max_calls = max_calls
         self._items: deque[Any] = deque()
-        self._jobs = 0
-        self._wanted = 1  # waiting jobs worth waking a worker for
+        self._calls = 0
+        self._wanted = 1  # waiting calls worth waking a worker for
         self._cond = threading.Condition(threading.Lock())
 
-    def put(self, job: Job) -> None:
+    def put(self, call: Call) -> None:
         with self._cond:
-            if self._jobs >= self.max_jobs:
-                raise Overloaded(f"request queue is full ({self.max_jobs} waiting); retry later")
-            self._jobs += 1
-            job.enqueued = time.monotonic()
-            self._items.append(job)
+            if self._calls >= self.max_calls:
+                raise Overloaded(f"request queue is full ({self.max_calls} waiting); retry later")
+            self._calls += 1
+            call.enqueued = time.monotonic()
+            self._items.append(call)
             if len(self._items) >= self._wanted:
                 self._cond.notify()
 
-    def remove(self, job: Job) -> bool:
-        """Take a job out of the queue; False when a worker already has it (or it is done)."""
+    def remove(self, call: Call) -> bool:
+        """Take a call out of the queue; False when a worker already has it (or it is done)."""
         with self._cond:
             try:
-                self._items.remove(job)
+                self._items.remove(call)
             except ValueError:
                 return False
-            self._jobs -= 1
+            self._calls -= 1
             return True
 
     def put_control(self, item: Any) -> None:
@@ -79,36 +81,36 @@ class JobQueue:
             while not self._items:
                 self._cond.wait()
             item = self._items.popleft()
-            if item.__class__ is Job:
-                self._jobs -= 1
+            if item.__class__ is Call:
+                self._calls -= 1
             return item
 
-    def get_batch(self, max_jobs: int, window: float) -> list[Any]:
-        """Up to ``max_jobs`` jobs in arrival order, waiting at most ``window`` seconds, once the
+    def get_batch(self, max_calls: int, window: float) -> list[Any]:
+        """Up to ``max_calls`` calls in arrival order, waiting at most ``window`` seconds, once the
         first is taken, for more to come. A control item is returned alone."""
         with self._cond:
             while not self._items:
                 self._cond.wait()
             first = self._items.popleft()
-            if first.__class__ is not Job:
+            if first.__class__ is not Call:
                 return [first]
-            self._jobs -= 1
+            self._calls -= 1
             batch = [first]
-            # From now, not from when the first job arrived: a job that waited for the worker
+            # From now, not from when the first call arrived: a call that waited for the worker
             # would otherwise leave at once with whatever had queued behind it, and closed-loop
             # clients would settle into half batches that never merge again.
             deadline = time.monotonic() + window
-            while len(batch) < max_jobs:
+            while len(batch) < max_calls:
                 if self._items:
-                    if self._items[0].__class__ is not Job:
+                    if self._items[0].__class__ is not Call:
                         break
                     batch.append(self._items.popleft())
-                    self._jobs -= 1
+                    self._calls -= 1
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._wanted = max_jobs - len(batch)
+                self._wanted = max_calls - len(batch)
                 self._cond.wait(remaining)
                 self._wanted = 1
             if self._items:
@@ -117,14 +119,14 @@ class JobQueue:
 
     @property
     def depth(self) -> int:
-        return self._jobs
+        return self._calls
 
 
 WorkerFactory = Callable[[int], FlaskWorker]
 
 
 class WorkerPool:
-    """``NR_WORKERS`` worker threads serving jobs from one queue.
+    """``NR_WORKERS`` worker threads serving calls from one queue.
 
     Args:
         factory: builds worker number ``idx`` (constructor only; the pool calls ``_load_model``).
@@ -140,14 +142,14 @@ class WorkerPool:
         max_batch_size: int = 1,
         max_batch_wait: float = 0.005,
         warmup: list[dict[str, Any]] | None = None,
-        accept: Callable[[Job], None] | None = None,
+        accept: Callable[[Call], None] | None = None,
     ):
         self._factory = factory
-        self.accept = accept or _inputs_given  # reads a job's body into its inputs (raises ServingError)
+        self.accept = accept or _inputs_given  # reads a call's body into its inputs (raises ServingError)
         self.warmup = warmup or []  # WARMUP_INPUTS: run by every worker once loaded
         self.max_batch_size = max_batch_size
         self.max_batch_wait = max_batch_wait
-        self._queue = JobQueue(max_queue)
+        self._queue = CallQueue(max_queue)
         self._on_event = on_event or (lambda text: None)
         self._lock = threading.Condition(threading.Lock())
         self._ids = itertools.count()
@@ -156,7 +158,7 @@ class WorkerPool:
         self.loading = 0
         self.ready = 0
         self.busy = 0
-        self._busy_since: dict[int, float] = {}  # worker idx -> time.monotonic() its job started
+        self._busy_since: dict[int, float] = {}  # worker idx -> time.monotonic() its call started
         self.load_errors: list[str] = []
         self.measured = ServerStats()  # model time, queue time, batch sizes: GET /stats
 
@@ -196,37 +198,22 @@ class WorkerPool:
         return True
 
     # -- requests ----------------------------------------------------------------------------
-    def enqueue(self, job: Job) -> None:
-        """Queue a job without waiting for it; raise Unavailable (no worker yet) or Overloaded."""
+    def enqueue(self, call: Call) -> None:
+        """Queue a call without waiting for it; raise Unavailable (no worker yet) or Overloaded."""
         if not self.ready:
             raise Unavailable("no worker is ready yet (models are loading)")
-        self._queue.put(job)
+        self._queue.put(call)
 
-    def cancel(self, job: Job) -> None:
-        """Nobody waits for ``job`` any more: out of the queue at once if it is still there (its
-        place goes to the next request), else skipped when a worker takes it; a job already
+    def cancel(self, call: Call) -> None:
+        """Nobody waits for ``call`` any more: out of the queue at once if it is still there (its
+        place goes to the next request), else skipped when a worker takes it; a call already
         running finishes (a thread cannot be stopped) and its answer is dropped, except a
         generator, which is closed before its next item."""
-        job.cancelled = True
-        if job.stream is not None:  # (a worker that makes the stream later looks at `cancelled` after)
-            job.stream.cancel()  # a worker waiting to send its next item stops waiting
-        if self._queue.remove(job):
-            self._cancelled(job, "queued")
-            job.finish()
-
-    def submit(self, inputs: dict[str, Any], call_id: int, timeout: float, request_id: str = requestid.NONE) -> Job:
-        """Queue a request and wait for its answer; raise a ServingError on any failure."""
-        job = Job(inputs, call_id, request_id)
-        self.enqueue(job)
-        if not job.done.wait(min(timeout, threading.TIMEOUT_MAX)):
-            job.cancelled = True
-            raise RequestTimeout(f"request did not finish within REQUEST_TIMEOUT={timeout:g}s")
-        if job.error is not None:
-            raise job.error
-        return job
+        if call.leave() is CallState.LEFT_QUEUED and self._queue.remove(call):
+            self._ended(call)
 
     def stop(self, timeout: float) -> bool:
-        """Let queued jobs finish, then stop every worker; False if some did not stop in time."""
+        """Let queued calls finish, then stop every worker; False if some did not stop in time."""
         with self._lock:
             threads = list(self._threads)
             self.target = 0
@@ -238,7 +225,7 @@ class WorkerPool:
         return not any(t.is_alive() for t in threads)
 
     def busy_for(self) -> list[float]:
-        """How long each busy worker has been on its current job, in seconds."""
+        """How long each busy worker has been on its current call, in seconds."""
         now = time.monotonic()
         with self._lock:
             return [now - since for since in self._busy_since.values()]
@@ -252,19 +239,24 @@ class WorkerPool:
                 "busy": self.busy,
                 "failed": len(self.load_errors),
                 "queue": self._queue.depth,
-                "max_queue": self._queue.max_jobs,
+                "max_queue": self._queue.max_calls,
             }
 
-    def _cancelled(self, job: Job, stage: str) -> None:
-        self.measured.cancelled(stage)
-        logger.debug("Call %d (request %s) cancelled while %s: its client left", job.call_id, job.request_id, stage)
+    def _ended(self, call: Call) -> None:
+        """End ``call`` (its answer goes out); count it when its client had left."""
+        was = call.finish()
+        if was in (CallState.LEFT_QUEUED, CallState.LEFT_RUNNING):
+            stage = "queued" if was is CallState.LEFT_QUEUED else "running"
+            self.measured.cancelled(stage)
+            logger.debug("Call %d (request %s) cancelled while %s: its client left", call.call_id, call.request_id,
+                         stage)
 
     # -- the worker thread -------------------------------------------------------------------
     def _run(self, idx: int) -> None:
-        worker = self._load(idx)
-        if worker is not None:
+        hooks = self._load(idx)
+        if hooks is not None:
             try:
-                self._serve(worker, idx)
+                self._serve(hooks, idx)
             finally:
                 with self._lock:
                     self.ready -= 1
@@ -272,12 +264,13 @@ class WorkerPool:
         with self._lock:
             self._threads.discard(threading.current_thread())
 
-    def _load(self, idx: int) -> FlaskWorker | None:
+    def _load(self, idx: int) -> Hooks | None:
         started = time.monotonic()
         try:
             worker = self._factory(idx)
             worker._load_model()
-            self._warm(worker)
+            hooks = Hooks(worker, self.max_batch_size, self._ended)
+            hooks.warm(self.warmup)
         except BaseException as exc:  # user code: SystemExit from a model must not hang the load
             logger.exception("Worker %d failed to load its model", idx)
             with self._lock:
@@ -291,57 +284,37 @@ class WorkerPool:
             self.loading -= 1
             self.ready += 1
             self._lock.notify_all()
-        logger.info("Worker %d loaded in %.2fs", idx, time.monotonic() - started)
-        return worker
-
-    def _warm(self, worker: FlaskWorker) -> None:
-        """Run WARMUP_INPUTS through the worker's hooks (in batches when it batches); the first
-        failure raises, naming the input."""
-        size = self.max_batch_size
-        for start in range(0, len(self.warmup), size):
-            jobs = [Job(copy.deepcopy(inputs), 0) for inputs in self.warmup[start:start + size]]
-            try:
-                if size > 1:
-                    worker._bis_execute_batch(jobs)
-                else:
-                    jobs[0].result = worker._bis_execute(jobs[0].inputs, 0)
-            except ServingError as exc:
-                jobs[0].error = exc
-            for number, job in enumerate(jobs, start + 1):
-                if job.error is not None:
-                    raise RuntimeError(f"WARMUP_INPUTS[{number - 1}] failed: {job.error.message}")
         if self.warmup:
-            logger.info("Worker %d warmed up with %d input(s)", worker.worker_id, len(self.warmup))
+            logger.info("Worker %d warmed up with %d input(s)", idx, len(self.warmup))
+        logger.info("Worker %d loaded in %.2fs", idx, time.monotonic() - started)
+        return hooks
 
-    def _read(self, items: list[Job]) -> list[Job]:
-        """The jobs of ``items`` to run: each one's body read into its inputs (on this worker's
+    def _read(self, items: list[Call]) -> list[Call]:
+        """The calls of ``items`` to run: each one's body read into its inputs (on this worker's
         thread); one whose client has gone is skipped, and one whose body is refused is answered
         at once with its error, alone (the rest of a batch runs)."""
-        jobs = []
-        for job in items:
-            if not job.cancelled and job.raw is not None:
+        calls = []
+        for call in items:
+            if call.take() and call.raw is not None:
                 try:
-                    self.accept(job)
+                    self.accept(call)
                 except ServingError as exc:
-                    job.error = exc
+                    call.error = exc
                 except Exception as exc:  # an answer must leave whatever the body does
-                    token = requestid.bind(job.request_id)
-                    logger.exception("Call %d: reading the body failed", job.call_id)
+                    token = requestid.bind(call.request_id)
+                    logger.exception("Call %d: reading the body failed", call.call_id)
                     requestid.unbind(token)
-                    job.error = ModelError(f"the request could not be read: {type(exc).__name__}")
-                if job.stream is not None and job.cancelled:
-                    job.stream.cancel()  # cancelled while its stream was being made
-            if job.cancelled:  # its client is gone (timed out, or the gateway cancelled it): skip it
-                self._cancelled(job, "queued")
-                job.finish()
-            elif job.error is not None:
+                    call.error = ModelError(f"the request could not be read: {type(exc).__name__}")
+                if call.stream is not None and call.left:
+                    call.stream.cancel()  # its client left while its stream was being made
+            if call.left or call.error is not None:  # its client is gone, or its body was refused
                 with replies_together():
-                    job.finish()
+                    self._ended(call)
             else:
-                jobs.append(job)
-        return jobs
+                calls.append(call)
+        return calls
 
-    def _serve(self, worker: FlaskWorker, idx: int) -> None:
+    def _serve(self, hooks: Hooks, idx: int) -> None:
         batching = self.max_batch_size > 1
         while True:
             if batching:
@@ -355,37 +328,33 @@ class WorkerPool:
             with self._lock:
                 self.busy += 1
                 self._busy_since[idx] = started
-            jobs = self._read(items)
-            if not jobs:
+            calls = self._read(items)
+            if not calls:
                 with self._lock:
                     self.busy -= 1
                     del self._busy_since[idx]
                 continue
             # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
-            token = requestid.bind(",".join(job.request_id for job in jobs))
+            token = requestid.bind(",".join(call.request_id for call in calls))
             try:
-                for job in jobs:
-                    job.worker_idx = idx
+                for call in calls:
+                    call.worker_idx = idx
                 if batching:
-                    worker._bis_execute_batch(jobs)
+                    hooks.run_batch(calls)
                 else:
-                    jobs[0].result = worker._bis_execute(jobs[0].inputs, jobs[0].call_id, jobs[0])
-            except ServingError as exc:
-                jobs[0].error = exc
+                    hooks.run(calls[0])
             except BaseException as exc:  # nothing may leave a worker busy or a client waiting
                 logger.exception("Worker %d: unexpected %s", idx, type(exc).__name__)
-                for job in jobs:
-                    if job.error is None:
-                        job.error = ModelError(f"{type(exc).__name__}: {exc}")
+                for call in calls:
+                    if call.error is None:
+                        call.error = ModelError(f"{type(exc).__name__}: {exc}")
             finally:
                 requestid.unbind(token)
-                self.measured.record_batch([started - job.enqueued for job in jobs], time.monotonic() - started,
+                self.measured.record_batch([started - call.enqueued for call in calls], time.monotonic() - started,
                                            batching)
                 with self._lock:
                     self.busy -= 1
                     del self._busy_since[idx]
                 with replies_together():
-                    for job in jobs:
-                        if job.stopped_running:
-                            self._cancelled(job, "running")
-                        job.finish()
+                    for call in calls:
+                        self._ended(call)

@@ -1,40 +1,30 @@
 """Streamed answers inside a model server: a ``_predict`` that returns a generator.
 
 A worker whose ``_predict`` returns an iterator is driven here, on the worker's thread: each
-item goes through ``_post_process`` and then either to the request's :class:`StreamOut` (the
-client asked for a stream) or into a list (it did not: the items are answered as one
-``predict_result``). Between two items the worker looks whether the client has left; if it
-has, the generator is closed (the user's code sees ``GeneratorExit`` at its ``yield``) and the
-worker is free for the next request.
+item goes through ``_post_process`` and then either to the call's
+:class:`~.streamout.StreamOut` (the client asked for a stream) or into a list (it did not: the
+items are answered as one ``predict_result``). Between two items the worker looks whether the
+client has left; if it has, the generator is closed (the user's code sees ``GeneratorExit`` at
+its ``yield``) and the worker is free for the next request.
 
-Backpressure: a :class:`StreamOut` sends an item only while it holds credit (the gateway gives
-one back per item its client has taken, :mod:`~basic_inference_server.transport.frames`).
-Items without credit wait in a small backlog; past it, ``put`` blocks the worker's thread until
-the client reads or leaves (or the gateway's ``STREAM_IDLE_TIMEOUT`` gives up on it). A single
-stream has no backlog (the generator waits at once); a batch has ``BATCH_BACKLOG`` items per
-request, so that one slow reader slows the other requests of its batch only once it is that
-far behind.
+The hooks are run through ``stage(hook name, function, value)`` (:meth:`.hooks.Hooks.stage`),
+which turns what user code raises into the error its client is answered.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import jsonutil, requestid
 from ..errors import ModelError, ServingError
-from ..transport.frames import STREAM_WINDOW
-
-if TYPE_CHECKING:
-    from .job import Job
-    from .worker import FlaskWorker
+from .call import Call, Streamed
+from .current import SERVING
 
 logger = logging.getLogger(__name__)
 
-BATCH_BACKLOG = 32
+Stage = Callable[[str, Callable[[Any], Any], Any], Any]
 _DONE = object()
 
 
@@ -45,196 +35,106 @@ class END_OF_STREAM:  # noqa: N801 - a marker, used as a value like None
         raise TypeError("END_OF_STREAM is a marker: use the class itself")
 
 
-class StreamOut:
-    """The items of one streamed request on their way out, bounded by the client's credit.
-
-    ``send(item)`` queues an item for the wire and must not block (it is called under this
-    stream's lock, which keeps the items in order whichever thread sends them); ``push()``, called
-    after the lock is released, writes what was queued.
-    """
-
-    def __init__(self, send: Callable[[bytes], None], push: Callable[[], None], window: int = STREAM_WINDOW,
-                 backlog: int = 0):
-        self._send = send
-        self._push = push
-        self.credit = window
-        self.backlog = backlog
-        self.count = 0  # items accepted (sent or waiting)
-        self.cancelled = False
-        self._waiting: deque[bytes] = deque()
-        self._final: Callable[[], None] | None = None
-        self._cond = threading.Condition(threading.Lock())
-
-    def put(self, item: bytes) -> bool:
-        """Send ``item`` (JSON) when there is credit, else keep it; wait while more than the
-        backlog is kept. False when the client has left (the item is dropped)."""
-        with self._cond:
-            if self.cancelled:
-                return False
-            self.count += 1
-            self._waiting.append(item)
-            sent = self._send_waiting()
-            while len(self._waiting) > self.backlog and not self.cancelled:
-                self._cond.wait()
-            cancelled = self.cancelled
-        if sent:
-            self._push()
-        return not cancelled
-
-    def end(self, final: Callable[[], None]) -> None:
-        """Queue the stream's last frame with ``final()`` once every kept item has been sent
-        (at once, or when the credit for the last of them comes); never if the client left."""
-        with self._cond:
-            if self.cancelled:
-                return
-            if self._waiting:
-                self._final = final
-                return
-            final()
-        self._push()
-
-    def grant(self, items: int) -> None:
-        """The client has taken ``items`` more (a CREDIT frame): send what waits for them."""
-        with self._cond:
-            self.credit += items
-            sent = self._send_waiting()
-            if self._final is not None and not self._waiting:
-                self._final()
-                self._final, sent = None, True
-            self._cond.notify_all()
-        if sent:
-            self._push()
-
-    def cancel(self) -> None:
-        with self._cond:
-            self.cancelled = True
-            self._waiting.clear()
-            self._final = None
-            self._cond.notify_all()
-
-    def _send_waiting(self) -> bool:
-        """Send what the credit allows; True when something was sent."""
-        sent = False
-        while self._waiting and self.credit > 0:
-            self._send(self._waiting.popleft())
-            self.credit -= 1
-            sent = True
-        return sent
-
-
 def is_stream(pred: Any) -> bool:
     """A ``_predict`` result that is streamed: a generator or any other iterator (not a list,
     tuple, dict, string or array, which are iterables but not iterators)."""
     return isinstance(pred, Iterator)
 
 
-def relay(worker: FlaskWorker, items: Iterator[Any], job: Job | None) -> list[Any] | None:
-    """Drive one request's generator: ``_post_process`` each item, then stream it (the job has
-    a :class:`StreamOut`) or collect it (the returned list is its ``predict_result``)."""
-    out = job.stream if job is not None else None
-    collected: list[Any] | None = [] if out is None else None
+def relay(stage: Stage, post: Callable[[Any], Any], items: Iterator[Any], call: Call) -> Any:
+    """Drive one request's generator: ``post`` (its ``_post_process``) each item, then stream it
+    (the call has a stream) or collect it. Returns the call's result: the list collected, or
+    :class:`~.call.Streamed`."""
+    out = call.stream
+    collected: list[Any] = []
     try:
-        while True:
-            if job is not None and job.cancelled:
-                job.stopped_running = True
-                return None
-            item = _next(worker, items)
+        while not call.left:
+            item = _next(stage, items)
             if item is _DONE or item is END_OF_STREAM:
                 break
             if item is None:
                 continue  # nothing at this step
-            result = worker._run_stage(worker._post_process, item)
-            if collected is not None:
+            result = stage("_post_process", post, item)
+            if out is None:
                 collected.append(result)
             elif not out.put(_encode(result)):
-                job.stopped_running = True
-                return None
+                break  # its client left
     finally:
-        _close(items)
-    if job is not None:
-        job.streamed = True
-    return collected
+        close_stream(items)
+    return collected if out is None else Streamed
 
 
-def relay_batch(worker: FlaskWorker, steps: Iterator[Any], jobs: list[Job]) -> None:
+def relay_batch(stage: Stage, post: Callable[[Any], Any], steps: Iterator[Any], calls: list[Call],
+                ended: Callable[[Call], Any]) -> None:
     """Drive a batch's generator: each step is a list with one item per request of the batch
     (``None``: nothing this step; ``END_OF_STREAM``: that request's stream ends). A request that
-    ends, fails or is cancelled is finished at once; ``worker.cancelled_slots`` tells the
-    generator which positions are no longer wanted. The generator is closed when no request of
-    the batch is left, or when it ends."""
-    live = dict(enumerate(jobs))
-    collected: dict[int, list[Any]] = {i: [] for i, job in live.items() if job.stream is None}
-    worker.cancelled_slots = set()
+    ends, fails or whose client leaves is ended at once (``ended(call)``); the worker's
+    ``cancelled_slots`` tells the generator which positions are no longer wanted. The generator is
+    closed when no request of the batch is left, or when it ends."""
+    live = {slot: call for slot, call in enumerate(calls) if call.error is None}  # (one refused: not in it)
+    collected: dict[int, list[Any]] = {i: [] for i, call in live.items() if call.stream is None}
+    cancelled = SERVING.cancelled_slots = set(range(len(calls))) - set(live)
     try:
         while live:
-            for slot, job in list(live.items()):
-                if job.cancelled:
-                    job.stopped_running = True
-                    worker.cancelled_slots.add(slot)
-                    _finish(live, slot)
+            for slot, call in list(live.items()):
+                if call.left:
+                    cancelled.add(slot)
+                    ended(live.pop(slot))
             if not live:
                 break
-            step = _next(worker, steps)
+            step = _next(stage, steps)
             if step is _DONE:
                 break
-            if not hasattr(step, "__len__") or len(step) != len(jobs):
+            if not hasattr(step, "__len__") or len(step) != len(calls):
                 got = len(step) if hasattr(step, "__len__") else type(step).__name__
-                raise ModelError(f"a streaming batch's _predict must yield a list of {len(jobs)} items "
+                raise ModelError(f"a streaming batch's _predict must yield a list of {len(calls)} items "
                                  f"(one per request), got {got}")
             for slot, item in enumerate(step):
-                job = live.get(slot)
-                if job is None or item is None:
+                call = live.get(slot)
+                if call is None or item is None:
                     continue
                 if item is END_OF_STREAM:
-                    _end(job, collected.get(slot))
-                    _finish(live, slot)
+                    _end(call, collected.get(slot))
+                    ended(live.pop(slot))
                     continue
-                _batch_item(worker, live, slot, job, item, collected)
+                _batch_item(stage, post, live, slot, item, collected, ended)
     except ServingError as exc:
-        for job in live.values():
-            job.error = exc  # the batch's generator failed: every request still in it fails
+        for call in live.values():
+            call.error = exc  # the batch's generator failed: every request still in it fails
         live.clear()
     finally:
-        _close(steps)
-        worker.cancelled_slots = set()
-    for slot, job in live.items():
-        _end(job, collected.get(slot))
+        close_stream(steps)
+        SERVING.cancelled_slots = set()
+    for slot, call in live.items():
+        _end(call, collected.get(slot))
 
 
-def _batch_item(worker: FlaskWorker, live: dict[int, Job], slot: int, job: Job, item: Any,
-                collected: dict[int, list[Any]]) -> None:
-    worker._counter = job.call_id
-    token = requestid.bind(job.request_id)
+def _batch_item(stage: Stage, post: Callable[[Any], Any], live: dict[int, Call], slot: int, item: Any,
+                collected: dict[int, list[Any]], ended: Callable[[Call], Any]) -> None:
+    call = live[slot]
+    SERVING.call_id = call.call_id
+    token = requestid.bind(call.request_id)
     try:
-        result = worker._run_stage(worker._post_process, item)
-        if job.stream is None:
+        result = stage("_post_process", post, item)
+        if call.stream is None:
             collected[slot].append(result)
-        elif not job.stream.put(_encode(result)):
-            job.stopped_running = True
-            worker.cancelled_slots.add(slot)
-            _finish(live, slot)
+        elif not call.stream.put(_encode(result)):
+            SERVING.cancelled_slots.add(slot)  # its client left
+            ended(live.pop(slot))
     except ServingError as exc:
-        job.error = exc  # this request only
-        _finish(live, slot)
+        call.error = exc  # this request only
+        ended(live.pop(slot))
     finally:
         requestid.unbind(token)
 
 
-def _end(job: Job, collected: list[Any] | None) -> None:
-    job.streamed = True
-    if job.stream is None:
-        job.result = collected
+def _end(call: Call, collected: list[Any] | None) -> None:
+    call.result = collected if call.stream is None else Streamed
 
 
-def _finish(live: dict[int, Job], slot: int) -> None:
-    """Answer one request of a running batch now (its stream ended, failed or was cancelled)."""
-    job = live.pop(slot)
-    job.finish()
-
-
-def _next(worker: FlaskWorker, items: Iterator[Any]) -> Any:
+def _next(stage: Stage, items: Iterator[Any]) -> Any:
     """The generator's next item (``_DONE`` at its end); what it raises is a failure of ``_predict``."""
-    return worker._run_stage(lambda it: next(it, _DONE), items, "_predict")
+    return stage("_predict", lambda it: next(it, _DONE), items)
 
 
 def _encode(result: Any) -> bytes:
@@ -244,7 +144,7 @@ def _encode(result: Any) -> bytes:
         raise ModelError(f"an item of _post_process is not JSON-serialisable: {exc}") from None
 
 
-def _close(items: Iterator[Any]) -> None:
+def close_stream(items: Iterator[Any]) -> None:
     close = getattr(items, "close", None)
     if close is None:
         return

@@ -82,7 +82,7 @@ def _tensors(raw: Any, what: str) -> tuple[dict[str, Any], ...]:
 
 
 class V2Call:
-    """What a job of a V2 infer request needs for its answer: the model and version it was routed
+    """What a call of a V2 infer request needs for its answer: the model and version it was routed
     to, its JSON header's length, and the request once a worker has read its body."""
 
     __slots__ = ("header_length", "model", "request", "version")

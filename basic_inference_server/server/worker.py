@@ -7,9 +7,7 @@ import logging
 import socket
 from typing import Any
 
-from .. import requestid
-from ..errors import InputError, InvalidInput, ModelError, ServingError
-from . import streams
+from .current import SERVING
 from .notifications import INIT, NotificationStore
 
 logger = logging.getLogger(__name__)
@@ -149,15 +147,13 @@ class FlaskWorker:
         self._worker_id = worker_id
         self.worker_id = worker_id
         self.hostname = socket.gethostname()
-        self._counter: int | None = None  # id of the call being served
-        self._last_query: dict[str, Any] | None = None
+        SERVING.call_id = SERVING.inputs = None  # a worker is built on the thread that serves it: no call yet
         self._notifications = notifications if notifications is not None else NotificationStore()
         merged = copy.deepcopy(default_config) if default_config else {}
         for key, value in (upstream_config or {}).items():
             merged[str(key).upper()] = copy.deepcopy(value)
         self.config_data: dict[str, Any] = merged
         self.config_worker = merged  # name used by code written for the original
-        self.cancelled_slots: set[int] = set()  # streaming batch: positions whose client left
         self.shared: Any = None  # what _load_shared returned (set by the server before _load_model)
         self.device: str | None = None  # DEVICES: the device inside this process ("cuda:0", "cpu")
         self.physical_device: str | None = None  # DEVICES: the configured device ("cuda:1")
@@ -203,11 +199,24 @@ class FlaskWorker:
     ) -> None:
         """Leave a message for ``/notifications`` under the current call id (``INIT`` before any call)."""
         notif_type = kwargs.get("notif_type", notif)
-        bucket = INIT if self._counter is None else str(self._counter)
+        call_id = SERVING.call_id
+        bucket = INIT if call_id is None else str(call_id)
         self._notifications.add(bucket, str(notif_type), type(self).__name__, msg, info)
 
     def get_last_query(self) -> dict[str, Any] | None:
-        return self._last_query
+        """The inputs of the call this worker serves (or served last)."""
+        return SERVING.inputs
+
+    @property
+    def _counter(self) -> int | None:
+        """The id of the call this worker serves (None before its first): the original's name."""
+        return SERVING.call_id
+
+    @property
+    def cancelled_slots(self) -> set[int]:
+        """In a streaming batch's ``_predict``: the positions of the batch whose client has left
+        (stop computing for them)."""
+        return SERVING.cancelled_slots
 
     def __getattr__(self, name: str) -> Any:
         # Only called when normal lookup fails: cfg_<key> reads the merged config per instance.
@@ -218,86 +227,3 @@ class FlaskWorker:
                 value = config[key]
                 return dict(value) if isinstance(value, dict) else value
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    # -- called by the worker pool -----------------------------------------------------------
-    def _bis_execute(self, inputs: dict[str, Any], call_id: int, job: Any = None) -> Any:
-        """Run the three hooks on one request; map exceptions to client errors. A ``_predict``
-        that returns an iterator is streamed to ``job`` (or collected into a list without one)."""
-        prep = self._bis_pre(inputs, call_id)
-        if prep is None:
-            return None
-        pred = self._run_stage(self._predict, prep)
-        if pred is None:
-            return None
-        if streams.is_stream(pred):
-            return streams.relay(self, pred, job)
-        return self._run_stage(self._post_process, pred)
-
-    def _bis_pre(self, inputs: dict[str, Any], call_id: int) -> Any:
-        self._counter = call_id
-        self._last_query = inputs
-        try:
-            return self._pre_process(inputs)
-        except ServingError:
-            raise
-        except Exception as exc:
-            self._note_exception("_pre_process", exc)
-            raise InvalidInput(str(exc) or type(exc).__name__) from exc
-
-    def _bis_execute_batch(self, jobs: list[Any]) -> None:
-        """Run one batch (``MAX_BATCH_SIZE`` > 1): ``_pre_process`` per item, ``_predict`` once on
-        the list of prepared inputs (it must return one prediction per input, in order),
-        ``_post_process`` per item. Sets ``job.result`` or ``job.error`` on each job."""
-        prepared = []
-        for job in jobs:
-            token = requestid.bind(job.request_id)
-            try:
-                prep = self._bis_pre(job.inputs, job.call_id)
-            except ServingError as exc:
-                job.error = exc  # this item only
-                continue
-            finally:
-                requestid.unbind(token)
-            if prep is None:
-                job.result = None
-            else:
-                prepared.append((job, prep))
-        if not prepared:
-            return
-        self._counter = prepared[0][0].call_id
-        try:
-            preds = self._run_stage(self._predict, [prep for _, prep in prepared])
-            if streams.is_stream(preds):
-                streams.relay_batch(self, preds, [job for job, _ in prepared])
-                return
-            if not hasattr(preds, "__len__") or len(preds) != len(prepared):
-                got = len(preds) if hasattr(preds, "__len__") else type(preds).__name__
-                raise ModelError(f"_predict must return {len(prepared)} predictions for a batch of "
-                                 f"{len(prepared)}, got {got}")
-        except ServingError as exc:
-            for job, _ in prepared:
-                job.error = exc  # _predict sees the whole batch: its failure fails every item
-            return
-        for (job, _), pred in zip(prepared, list(preds), strict=False):
-            self._counter = job.call_id
-            token = requestid.bind(job.request_id)
-            try:
-                job.result = None if pred is None else self._run_stage(self._post_process, pred)
-            except ServingError as exc:
-                job.error = exc
-            finally:
-                requestid.unbind(token)
-
-    def _run_stage(self, hook: Any, value: Any, stage: str | None = None) -> Any:
-        try:
-            return hook(value)
-        except InputError:
-            raise
-        except Exception as exc:
-            stage = stage or hook.__name__
-            logger.exception("%s %s raised in %s", self.prefix_log, type(exc).__name__, stage)
-            self._note_exception(stage, exc)
-            raise ModelError(f"{type(exc).__name__} in {stage}: {exc}") from exc
-
-    def _note_exception(self, stage: str, exc: Exception) -> None:
-        self._create_notification(notif="exception", msg=f"Exception in {stage}: {type(exc).__name__}: {exc}")

@@ -27,6 +27,7 @@ CONFIG = {
         "tensor_batch": {"SERVER_CLASS": "tensor_model", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 8,
                          "MAX_BATCH_WAIT_MS": 50, "CALL_MS": 300},
         "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 1},
+        "stream": {"SERVER_CLASS": "stream_model", "NR_WORKERS": 1},
     },
 }
 X = np.arange(8, dtype=np.float32).reshape(2, 4) / 4
@@ -37,7 +38,7 @@ EXPECTED = {"SUM": X.sum(axis=1), "DOUBLED": IDS * 2, "UPPER": np.array([b"AB", 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    files = [FIXTURES / "endpoints" / "tensor_model.py", FIXTURES / "endpoints" / "echo_model.py"]
+    files = [FIXTURES / "endpoints" / name for name in ("tensor_model.py", "echo_model.py", "stream_model.py")]
     gateway = Gateway(make_app(tmp_path_factory.mktemp("v2"), CONFIG, files)).start()
     yield gateway
     gateway.stop()
@@ -320,6 +321,16 @@ def test_a_reload_is_a_new_version(gateway, client):
     assert result.get_response()["model_version"] == "2"
     with pytest.raises(InferenceServerException, match="no version '1'"):
         client.infer("tensor", tensors(binary=True), model_version="1")
+
+
+def test_a_streaming_endpoint_over_v2_says_to_call_run(gateway):
+    body = {"inputs": [{"name": "N", "datatype": "INT64", "shape": [], "data": [3]}]}
+    answer = requests.post(f"{gateway.url}/v2/models/stream/infer", json=body, timeout=10)
+    assert answer.status_code == 500, answer.text
+    error = answer.json()["error"]
+    assert error.startswith("this endpoint streams (its _predict returns a generator)") and "POST /run" in error
+    assert "_post_process" not in error
+    assert gateway.run("stream", N=2).json()["predict_result"][1]["i"] == 1  # /run streams it as ever
 
 
 def test_no_request_left_an_error_in_the_logs(gateway):

@@ -19,7 +19,7 @@ from basic_inference_server.server.channel import ChannelServer, Connection
 from basic_inference_server.transport.frames import REQUEST, STREAM, FrameReader, item_frame, reply_frame, request_head
 
 
-class Job:
+class Call:
     cancelled = False
 
 
@@ -28,15 +28,16 @@ class Handler:
 
     def __init__(self):
         self.seen: list[tuple[int, str, str, bytes, int]] = []
-        self.jobs: dict[int, Job] = {}
+        self.jobs: dict[int, Call] = {}
         self.release = threading.Event()
 
-    def __call__(self, conn, tag, request_id, routed, body, oversize, stream=False, v2=None):
-        self.seen.append((tag, request_id, routed, body, oversize))
+    def __call__(self, conn, request):
+        tag, body, oversize = request.tag, request.body, request.oversize
+        self.seen.append((tag, request.request_id, request.routed, body, oversize))
         if oversize:
             conn.reply(tag, 413, b'{"ERROR": "too large"}')
             return
-        job = self.jobs[tag] = conn.pending[tag] = Job()
+        job = self.jobs[tag] = conn.pending[tag] = Call()
         if body == b"hold":
             threading.Thread(target=self._later, args=(conn, tag, job), daemon=True).start()
         else:

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
 
 from basic_inference_server.errors import (
     InputError,
-    InvalidInput,
-    ModelError,
-    Overloaded,
-    RequestTimeout,
-    ServingError,
-    Unavailable,
 )
 from basic_inference_server.server.worker import FlaskWorker
 
@@ -37,10 +32,12 @@ class FakeWorker(FlaskWorker):
             raise ValueError(inputs["fail_pre"])
         return inputs
 
+    gate = threading.Event()  # what a request with "gate_" waits for (each test sets its own)
+
     def _predict(self, inputs):
         self.executed.append(inputs["id"])
-        if "gate" in inputs:
-            inputs["gate"].wait(5)
+        if inputs.get("gate_"):
+            FakeWorker.gate.wait(5)
         if "fail_predict" in inputs:
             raise RuntimeError(inputs["fail_predict"])
         if "input_error" in inputs:
@@ -49,20 +46,17 @@ class FakeWorker(FlaskWorker):
 
 
 class Submitter(threading.Thread):
-    """Submits one request from its own thread, like a waitress request thread."""
+    """Sends one request from its own thread, as the gateway does, and keeps its answer (None:
+    no answer within ``timeout``, and the request was cancelled)."""
 
-    def __init__(self, pool, inputs, timeout=5.0):
+    def __init__(self, peer, inputs, timeout=5.0):
         super().__init__(daemon=True)
-        self.pool, self.inputs, self.timeout = pool, inputs, timeout
-        self.job = None
-        self.error = None
+        self.peer, self.inputs, self.timeout = peer, inputs, timeout
+        self.answer = None
         self.start()
 
     def run(self):
-        try:
-            self.job = self.pool.submit(self.inputs, 0, self.timeout)
-        except ServingError as exc:
-            self.error = exc
+        self.answer = self.peer.run(self.inputs, self.timeout)
 
 
 @pytest.fixture
@@ -71,8 +65,9 @@ def executed():
 
 
 @pytest.fixture
-def pool_of(kit, executed):
-    """A started pool of ``n`` FakeWorkers, all loaded."""
+def pool_of(kit, executed, tmp_path):
+    """A started pool of ``n`` FakeWorkers, all loaded, behind a model server's /run; the pool
+    and the gateway's end of its channel."""
 
     def build(n=1, max_queue=64, on_event=None, fail_ids=(), loaded=None):
         pool = kit.pool(
@@ -82,118 +77,107 @@ def pool_of(kit, executed):
         )
         pool.start(n)
         assert pool.wait_loaded(2)
-        return pool
+        folder = tmp_path / f"p{len(kit.pools)}"
+        folder.mkdir()
+        return pool, kit.serve(pool, folder)
 
     return build
 
 
 def test_results_come_back(pool_of):
-    pool = pool_of(2)
-    job = pool.submit({"id": "a"}, call_id=7, timeout=2)
-    assert job.result == {"echo": "a", "worker": job.worker_idx}
-    assert job.call_id == 7
-    assert job.worker_idx in (0, 1)
+    pool, peer = pool_of(2)
+    answer = peer.run({"id": "a"})
+    assert answer.status == 200
+    worker = answer.body["predict_result"]["worker"]
+    assert answer.body["predict_result"] == {"echo": "a", "worker": worker} and worker in (0, 1)
+    assert answer.body["worker_id"] == f"h0:{worker}" and answer.body["signature"] == f"h0.unit.UnitWorker.{worker}"
+    assert answer.body["call_id"] >= 1
     assert pool.stats() == {"total": 2, "ready": 2, "loading": 0, "busy": 0, "failed": 0, "queue": 0,
                             "max_queue": 64}
 
 
-def test_one_worker_serves_jobs_in_arrival_order(pool_of, kit, executed):
-    pool = pool_of(1)
-    gate = kit.gate()
-    first = Submitter(pool, {"id": "first", "gate": gate})
+def test_one_worker_serves_calls_in_arrival_order(pool_of, kit, executed):
+    pool, peer = pool_of(1)
+    gate = FakeWorker.gate = kit.gate()
+    first = Submitter(peer, {"id": "first", "gate_": True})
     assert kit.wait_until(lambda: pool.stats()["busy"] == 1)
     waiting = []
     for i in range(5):
-        waiting.append(Submitter(pool, {"id": i}))
+        waiting.append(Submitter(peer, {"id": i}))
         assert kit.wait_until(lambda n=i + 1: pool.stats()["queue"] == n)
     gate.set()
     for thread in [first, *waiting]:
         thread.join(2)
     assert executed == ["first", 0, 1, 2, 3, 4]
-    assert [t.job.result["echo"] for t in waiting] == [0, 1, 2, 3, 4]
+    assert [t.answer.body["predict_result"]["echo"] for t in waiting] == [0, 1, 2, 3, 4]
 
 
 def test_exception_in_pre_process_is_invalid_input(pool_of, executed):
-    pool = pool_of(1)
-    with pytest.raises(InvalidInput) as info:
-        pool.submit({"id": 1, "fail_pre": "TEXT should be defined in inputs"}, 1, 2)
-    assert info.value.status == 400
-    assert info.value.message == "TEXT should be defined in inputs"
+    _, peer = pool_of(1)
+    answer = peer.run({"id": 1, "fail_pre": "TEXT should be defined in inputs"})
+    assert (answer.status, answer.error_type) == (400, "InvalidInput")
+    assert answer.body["ERROR"] == "TEXT should be defined in inputs"
     assert executed == []  # _predict never ran
 
 
 def test_exception_in_predict_is_model_error_with_type(pool_of):
-    pool = pool_of(1)
-    with pytest.raises(ModelError) as info:
-        pool.submit({"id": 1, "fail_predict": "CUDA out of memory"}, 1, 2)
-    assert info.value.status == 500
-    assert "RuntimeError" in info.value.message
-    assert "CUDA out of memory" in info.value.message
-    assert info.value.to_body()["error"]["type"] == "ModelError"
+    _, peer = pool_of(1)
+    answer = peer.run({"id": 1, "fail_predict": "CUDA out of memory"})
+    assert (answer.status, answer.error_type) == (500, "ModelError")
+    assert answer.body["ERROR"] == "RuntimeError in _predict: CUDA out of memory"
+    assert "batching" not in answer.body["ERROR"]
 
 
 def test_input_error_from_predict_keeps_its_status(pool_of):
-    pool = pool_of(1)
-    with pytest.raises(InputError) as info:
-        pool.submit({"id": 1, "input_error": "TEXT too long"}, 1, 2)
-    assert info.value.status == 422
-    assert info.value.message == "TEXT too long"
+    _, peer = pool_of(1)
+    answer = peer.run({"id": 1, "input_error": "TEXT too long"})
+    assert (answer.status, answer.body["ERROR"]) == (422, "TEXT too long")
 
 
 def test_worker_keeps_serving_after_many_failures(pool_of):
-    pool = pool_of(1)
+    pool, peer = pool_of(1)
     for i in range(20):
         kind = "fail_pre" if i % 2 else "fail_predict"
-        with pytest.raises((InvalidInput, ModelError)):
-            pool.submit({"id": i, kind: "nope"}, i, 2)
+        assert peer.run({"id": i, kind: "nope"}).status in (400, 500)
     assert pool.stats()["busy"] == 0
     assert pool.stats()["ready"] == 1
-    assert pool.submit({"id": "ok"}, 21, 2).result["echo"] == "ok"
+    assert peer.run({"id": "ok"}).body["predict_result"]["echo"] == "ok"
 
 
 def test_full_queue_answers_overloaded_with_retry_after(pool_of, kit):
-    pool = pool_of(1, max_queue=1)
-    gate = kit.gate()
-    running = Submitter(pool, {"id": "running", "gate": gate})
+    pool, peer = pool_of(1, max_queue=1)
+    gate = FakeWorker.gate = kit.gate()
+    running = Submitter(peer, {"id": "running", "gate_": True})
     assert kit.wait_until(lambda: pool.stats()["busy"] == 1)
-    queued = Submitter(pool, {"id": "queued"})
+    queued = Submitter(peer, {"id": "queued"})
     assert kit.wait_until(lambda: pool.stats()["queue"] == 1)
-    with pytest.raises(Overloaded) as info:
-        pool.submit({"id": "rejected"}, 3, 2)
-    assert info.value.status == 503
-    assert info.value.headers() == {"Retry-After": "1"}
+    refused = peer.run({"id": "rejected"})
+    assert (refused.status, refused.error_type, refused.retry_after) == (503, "Overloaded", "1")
     gate.set()
     running.join(2)
     queued.join(2)
-    assert queued.error is None
-    assert queued.job.result["echo"] == "queued"
+    assert queued.answer.body["predict_result"]["echo"] == "queued"
 
 
-def test_slow_request_times_out_and_cancelled_job_is_skipped(pool_of, kit, executed):
-    pool = pool_of(1)
-    gate = kit.gate()
-    slow = Submitter(pool, {"id": "slow", "gate": gate}, timeout=0.25)
+def test_a_request_past_its_deadline_is_cancelled_and_skipped_while_queued(pool_of, kit, executed):
+    pool, peer = pool_of(1)
+    gate = FakeWorker.gate = kit.gate()
+    slow = Submitter(peer, {"id": "slow", "gate_": True}, timeout=0.25)
     assert kit.wait_until(lambda: pool.stats()["busy"] == 1)
-    with pytest.raises(RequestTimeout) as info:
-        pool.submit({"id": "behind"}, 2, timeout=0.1)
-    assert info.value.status == 504
+    assert peer.run({"id": "behind"}, timeout=0.1) is None  # the gateway's deadline: a CANCEL frame
+    assert kit.wait_until(lambda: pool.stats()["queue"] == 0)  # out of the queue at once
     slow.join(2)
-    assert isinstance(slow.error, RequestTimeout)
-    assert "REQUEST_TIMEOUT=0.25s" in slow.error.message
+    assert slow.answer is None
     gate.set()
-    assert pool.submit({"id": "after"}, 3, 2).result["echo"] == "after"
+    assert peer.run({"id": "after"}).body["predict_result"]["echo"] == "after"
     assert executed == ["slow", "after"]  # "behind" was cancelled while queued: never run
-    assert pool.stats()["busy"] == 0
-
-
-def test_very_long_request_timeout_still_answers(pool_of):
-    pool = pool_of(1)
-    assert pool.submit({"id": "a"}, 1, timeout=1e10).result["echo"] == "a"
+    assert kit.wait_until(lambda: pool.stats()["busy"] == 0)
+    assert pool.measured.to_json()["cancelled"]["queued"] == 1  # ("slow": running, if its CANCEL came first)
 
 
 def test_resize_grows_in_background_and_shrinks(pool_of, kit):
     events = []
-    pool = pool_of(1, on_event=events.append)
+    pool, peer = pool_of(1, on_event=events.append)
     assert pool.resize(3) == {"previous": 1, "target": 3}
     assert pool.wait_loaded(2)
     assert pool.stats()["ready"] == 3
@@ -201,29 +185,26 @@ def test_resize_grows_in_background_and_shrinks(pool_of, kit):
     assert pool.resize(1) == {"previous": 3, "target": 1}
     assert kit.wait_until(lambda: pool.stats()["ready"] == 1)
     assert pool.stats()["total"] == 1
-    assert pool.submit({"id": "still"}, 1, 2).result["echo"] == "still"
+    assert peer.run({"id": "still"}).body["predict_result"]["echo"] == "still"
     assert events == ["Resizing workers: 0 -> 1", "Resizing workers: 1 -> 3", "Resizing workers: 3 -> 1"]
 
 
 def test_failed_load_is_recorded_and_not_ready(pool_of):
     events = []
-    pool = pool_of(2, fail_ids={1}, on_event=events.append)
+    pool, peer = pool_of(2, fail_ids={1}, on_event=events.append)
     stats = pool.stats()
     assert (stats["ready"], stats["failed"], stats["total"], stats["loading"]) == (1, 1, 1, 0)
     assert pool.load_errors == ["worker 1: OSError: weights.bin not found"]
     assert "Worker 1 failed to load: OSError: weights.bin not found" in events
-    assert pool.submit({"id": "a"}, 1, 2).result["worker"] == 0
+    assert peer.run({"id": "a"}).body["predict_result"]["worker"] == 0
 
 
-def test_submit_without_ready_worker_is_unavailable(kit, pool_of):
+def test_a_request_without_a_ready_worker_is_unavailable(kit, pool_of, tmp_path):
     never_started = kit.pool(lambda idx: FakeWorker([]), 4)
-    with pytest.raises(Unavailable) as info:
-        never_started.submit({"id": 1}, 1, 1)
-    assert info.value.status == 503
-    assert info.value.headers() == {"Retry-After": "1"}
-    all_failed = pool_of(1, fail_ids={0})
-    with pytest.raises(Unavailable):
-        all_failed.submit({"id": 1}, 1, 1)
+    answer = kit.serve(never_started, tmp_path).run({"id": 1})
+    assert (answer.status, answer.error_type, answer.retry_after) == (503, "ServerUnavailable", "1")
+    _, all_failed = pool_of(1, fail_ids={0})
+    assert all_failed.run({"id": 1}).status == 503
 
 
 def test_wait_loaded_times_out_while_a_model_loads(kit):
@@ -241,13 +222,13 @@ def test_wait_loaded_times_out_while_a_model_loads(kit):
     assert pool.wait_loaded(2) is True
 
 
-def test_stop_finishes_queued_jobs_and_ends_threads(pool_of, kit):
+def test_stop_finishes_queued_calls_and_ends_threads(pool_of, kit):
     loaded = []
-    pool = pool_of(2, loaded=loaded)
-    gate = kit.gate()
-    busy = [Submitter(pool, {"id": f"busy{i}", "gate": gate}) for i in range(2)]
+    pool, peer = pool_of(2, loaded=loaded)
+    gate = FakeWorker.gate = kit.gate()
+    busy = [Submitter(peer, {"id": f"busy{i}", "gate_": True}) for i in range(2)]
     assert kit.wait_until(lambda: pool.stats()["busy"] == 2)
-    queued = Submitter(pool, {"id": "queued"})
+    queued = Submitter(peer, {"id": "queued"})
     assert kit.wait_until(lambda: pool.stats()["queue"] == 1)
     stopped = []
     stopper = threading.Thread(target=lambda: stopped.append(pool.stop(2)))
@@ -259,8 +240,8 @@ def test_stop_finishes_queued_jobs_and_ends_threads(pool_of, kit):
     assert not any(thread.is_alive() for thread in loaded)
     for thread in [*busy, queued]:
         thread.join(1)
-    assert queued.job.result["echo"] == "queued"
-    assert [t.job.result["echo"] for t in busy] == ["busy0", "busy1"]
+    assert queued.answer.body["predict_result"]["echo"] == "queued"
+    assert [t.answer.body["predict_result"]["echo"] for t in busy] == ["busy0", "busy1"]
     assert pool.stats()["ready"] == 0
 
 
@@ -278,11 +259,11 @@ def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
 def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
     import time
 
-    from basic_inference_server.server.job import Job
-    from basic_inference_server.server.pool import JobQueue
+    from basic_inference_server.server.call import Call
+    from basic_inference_server.server.pool import CallQueue
 
-    queue = JobQueue(100)
-    jobs = [Job({"i": i}, i) for i in range(5)]
+    queue = CallQueue(100)
+    jobs = [Call(i, "-", print, inputs={"i": i}) for i in range(5)]
     for job in jobs:
         queue.put(job)
     assert queue.get_batch(3, 0.5) == jobs[:3]
@@ -291,13 +272,11 @@ def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
     assert 0.05 <= time.monotonic() - started < 0.5
     assert queue.depth == 0
     queue.put_control("stop")
-    queue.put(Job({}, 9))
+    queue.put(Call(9, "-", print, inputs={}))
     assert queue.get_batch(8, 0.1) == ["stop"]  # a control item is never batched
 
 
-def test_batched_pool_groups_waiting_jobs(kit):
-    import threading
-
+def test_batched_pool_groups_waiting_calls(kit, tmp_path):
     sizes = []
 
     class Batched(FlaskWorker):
@@ -305,19 +284,42 @@ def test_batched_pool_groups_waiting_jobs(kit):
             sizes.append(len(batch))
             return [item["i"] * 10 for item in batch]
 
-    pool = kit.pool(lambda idx: Batched(), 16)
-    pool.max_batch_size, pool.max_batch_wait = 4, 0.2
+    pool = kit.pool(lambda idx: Batched(), 16, max_batch_size=4, max_batch_wait=0.2)
     pool.start(1)
     assert pool.wait_loaded(2)
-    results = {}
-
-    def submit(i):
-        results[i] = pool.submit({"i": i}, i, 5).result
-
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(5)
+    peer = kit.serve(pool, tmp_path)
+    tags = {i: peer.send({"i": i}) for i in range(8)}
+    results = {i: peer.wait(tag).body["predict_result"] for i, tag in tags.items()}
     assert results == {i: i * 10 for i in range(8)}
     assert max(sizes) > 1 and sum(sizes) == 8 and all(size <= 4 for size in sizes)
+
+
+def test_an_exception_in_a_batchs_predict_names_batching_for_every_call(kit, tmp_path):
+    class Unbatched(FlaskWorker):  # written for one input: a list has no .upper()
+        def _predict(self, text):
+            return text.upper()
+
+    pool = kit.pool(lambda idx: Unbatched(), 16, max_batch_size=4, max_batch_wait=0.2)
+    pool.start(1)
+    assert pool.wait_loaded(2)
+    peer = kit.serve(pool, tmp_path)
+    answers = [peer.wait(tag) for tag in [peer.send({"TEXT": str(i)}) for i in range(3)]]
+    for answer in answers:
+        assert (answer.status, answer.error_type) == (500, "ModelError")
+        assert answer.body["ERROR"].startswith("AttributeError in _predict: 'list' object has no attribute 'upper' "
+                                               "(batching is on, MAX_BATCH_SIZE=4: _predict receives a list")
+
+
+def test_a_batch_with_a_wrong_number_of_predictions_says_what_batching_asks(kit, tmp_path):
+    class NoAnswer(FlaskWorker):
+        def _predict(self, batch):
+            return []
+
+    pool = kit.pool(lambda idx: NoAnswer(), 16, max_batch_size=4, max_batch_wait=0.2)
+    pool.start(1)
+    assert pool.wait_loaded(2)
+    peer = kit.serve(pool, tmp_path)
+    answers = [peer.wait(tag) for tag in [peer.send({"i": i}) for i in range(2)]]
+    for answer in answers:
+        assert re.match(r"_predict must return (\d) predictions for a batch of \1, got 0 \(batching is on, "
+                        r"MAX_BATCH_SIZE=4: .* must return one prediction per input", answer.body["ERROR"]), answer.body

@@ -13,6 +13,7 @@ from basic_inference_server import FlaskWorker
 from basic_inference_server.server.app import ServerState
 from basic_inference_server.server.httpfast import serve_http
 from basic_inference_server.server.notifications import GENERAL, NotificationStore
+from basic_inference_server.server.runpath import RunPath
 from basic_inference_server.transport.httpmsg import FrontLimits
 
 TOKEN = "admin-secret-1234"
@@ -78,7 +79,8 @@ def server(kit):
         pool.start(n)
         if wait:
             assert pool.wait_loaded(2)
-        http = serve_http(state, "127.0.0.1", 0, token=token, threads=4, limits=FrontLimits(max_body=max_body_bytes))
+        http = serve_http(state, RunPath(state), "127.0.0.1", 0, token=token, threads=4,
+                          limits=FrontLimits(max_body=max_body_bytes))
         fronts.append(http)
         http.start()
         return state, Client(f"http://127.0.0.1:{http.port}")

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from basic_inference_server import END_OF_STREAM
+from basic_inference_server import END_OF_STREAM, requestid
 from basic_inference_server.errors import ModelError
-from basic_inference_server.server.job import Job
+from basic_inference_server.server.call import Call, CallState, Streamed
 from basic_inference_server.server.pool import WorkerPool
-from basic_inference_server.server.streams import StreamOut
+from basic_inference_server.server.streamout import StreamOut
 from basic_inference_server.server.worker import FlaskWorker
 from basic_inference_server.transport.frames import (
     CREDIT,
@@ -137,11 +137,15 @@ def pool(kit):
     return build
 
 
-def run_job(pool: WorkerPool, inputs: dict, window: int = 100) -> tuple[Job, Wire, threading.Event]:
+def run_job(pool: WorkerPool, inputs: dict, window: int = 100, stream: bool = True
+            ) -> tuple[Call, Wire, threading.Event]:
+    """Queue a call as the model server's /run does (its stream given, its inputs read already)."""
     wire, done = Wire(), threading.Event()
-    job = Job(inputs, 1, on_done=lambda job: done.set(), stream=StreamOut(wire.send, wire.push, window=window))
-    pool.enqueue(job)
-    return job, wire, done
+    call = Call(1, requestid.NONE, lambda call: done.set(), inputs=inputs)
+    if stream:
+        call.stream = StreamOut(wire.send, wire.push, window=window)
+    pool.enqueue(call)
+    return call, wire, done
 
 
 def test_a_generator_is_streamed_item_by_item_and_collected_without_a_stream(pool):
@@ -149,8 +153,9 @@ def test_a_generator_is_streamed_item_by_item_and_collected_without_a_stream(poo
     job, wire, done = run_job(p, {"COUNT": 3})
     assert done.wait(2)
     assert [json.loads(item) for item in wire.sent] == [{"i": 0}, {"i": 1}, {"i": 2}]
-    assert job.streamed and job.error is None and job.stream.count == 3
-    collected = p.submit({"COUNT": 2}, 2, 2)
+    assert job.result is Streamed and job.error is None and job.stream.count == 3
+    collected, _, done = run_job(p, {"COUNT": 2}, stream=False)
+    assert done.wait(2)
     assert collected.result == [{"i": 0}, {"i": 1}]
     assert Streamer.fates == ["finished", "finished"]
 
@@ -170,8 +175,9 @@ def test_cancel_closes_a_running_generator_at_its_next_item_and_frees_the_worker
         time.sleep(0.01)
     p.cancel(job)
     assert done.wait(1)
-    assert Streamer.fates == ["closed"] and job.stopped_running
-    assert p.submit({"COUNT": 1}, 2, 2).result == [{"i": 0}]  # the worker is free
+    assert Streamer.fates == ["closed"] and job.state is CallState.DROPPED
+    after, _, done = run_job(p, {"COUNT": 1}, stream=False)
+    assert done.wait(2) and after.result == [{"i": 0}]  # the worker is free
     assert p.measured.to_json()["cancelled"] == {"queued": 0, "running": 1}
 
 
@@ -192,7 +198,7 @@ def test_a_batch_generator_streams_each_request_its_own_items_and_ends_them_one_
     for _job, _wire, done in jobs:
         assert done.wait(2)
     assert [[json.loads(item) for item in wire.sent] for _job, wire, _done in jobs] == [["a0", "a1"], [], ["c0", "c1"]]
-    assert all(job.error is None and job.streamed for job, _w, _d in jobs)
+    assert all(job.error is None and job.result is Streamed for job, _w, _d in jobs)
 
 
 def test_a_cancelled_slot_of_a_batch_is_reported_to_the_generator(pool):

@@ -6,7 +6,18 @@ import pytest
 
 from basic_inference_server import FlaskWorker
 from basic_inference_server.errors import InputError, InvalidInput, ModelError
+from basic_inference_server.server.call import Call
+from basic_inference_server.server.hooks import Hooks
 from basic_inference_server.server.notifications import GENERAL, INIT, NotificationStore
+
+
+def execute(worker: FlaskWorker, inputs, call_id: int = 1):
+    """Run one call's hooks as a worker thread of the pool does; its result, or its error raised."""
+    call = Call(call_id, "-", lambda call: None, inputs=inputs)
+    Hooks(worker).run(call)
+    if call.error is not None:
+        raise call.error
+    return call.result
 
 
 class LinearWorker(FlaskWorker):
@@ -20,7 +31,7 @@ def test_cfg_reads_module_config_overridden_by_upstream():
     assert worker.cfg_bias == 2
     assert worker.cfg_extra == "x"
     assert worker.config_data == {"WEIGHT": 5, "BIAS": 2, "EXTRA": "x"}
-    assert worker._bis_execute(3, call_id=1) == 17
+    assert execute(worker, 3, 1) == 17
 
 
 def test_user_defined_cfg_property_wins():
@@ -31,7 +42,7 @@ def test_user_defined_cfg_property_wins():
 
     worker = Custom(default_config={"WEIGHT": 1, "BIAS": 0})
     assert worker.cfg_weight == 100
-    assert worker._bis_execute(2, call_id=1) == 200
+    assert execute(worker, 2, 1) == 200
 
 
 def test_missing_cfg_raises_attribute_error():
@@ -46,7 +57,7 @@ def test_missing_cfg_raises_attribute_error():
 def test_missing_cfg_in_predict_is_a_model_error():
     worker = LinearWorker(default_config={"WEIGHT": 1})
     with pytest.raises(ModelError, match="AttributeError in _predict"):
-        worker._bis_execute(2, call_id=1)
+        execute(worker, 2, 1)
 
 
 def test_config_data_is_per_instance():
@@ -88,7 +99,7 @@ def test_notifications_go_to_init_then_to_the_call_id():
     store = NotificationStore()
     worker = NotifyingWorker(notifications=store)
     worker._load_model()
-    assert worker._bis_execute({"X": 4}, call_id=12) == 4
+    assert execute(worker, {"X": 4}, 12) == 4
     drained = store.drain()
     assert set(drained) == {GENERAL, INIT, "12"}
     assert drained[GENERAL] == []
@@ -128,13 +139,13 @@ class Spy(FlaskWorker):
 
 def test_none_from_pre_process_skips_predict():
     worker = Spy(None)
-    assert worker._bis_execute({"A": 1}, call_id=1) is None
+    assert execute(worker, {"A": 1}, 1) is None
     assert worker.calls == ["pre"]
 
 
 def test_all_hooks_run_in_order():
     worker = Spy(5)
-    assert worker._bis_execute({"A": 1}, call_id=1) == {"out": 5}
+    assert execute(worker, {"A": 1}, 1) == {"out": 5}
     assert worker.calls == ["pre", "predict", "post"]
     assert worker.get_last_query() == {"A": 1}
 
@@ -146,7 +157,7 @@ def test_pre_process_exception_is_invalid_input_and_noted():
 
     store = NotificationStore()
     with pytest.raises(InvalidInput) as info:
-        Strict(notifications=store)._bis_execute({}, call_id=3)
+        execute(Strict(notifications=store), {}, 3)
     assert info.value.status == 400
     assert info.value.message == "'TEXT'"
     (note,) = store.drain()["3"]
@@ -160,7 +171,7 @@ def test_post_process_exception_is_model_error():
             raise TypeError("cannot format")
 
     with pytest.raises(ModelError) as info:
-        Broken(1)._bis_execute({}, call_id=1)
+        execute(Broken(1), {}, 1)
     assert info.value.status == 500
     assert info.value.message == "TypeError in _post_process: cannot format"
 
@@ -171,10 +182,10 @@ def test_input_error_from_pre_process_keeps_status():
             raise InputError("TEXT longer than 10000 characters", status=422)
 
     with pytest.raises(InputError) as info:
-        Picky()._bis_execute({}, call_id=1)
+        execute(Picky(), {}, 1)
     assert info.value.status == 422
 
 
 def test_predict_must_be_implemented():
     with pytest.raises(ModelError, match="NotImplementedError in _predict"):
-        FlaskWorker()._bis_execute({"A": 1}, call_id=1)
+        execute(FlaskWorker(), {"A": 1}, 1)
