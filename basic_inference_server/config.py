@@ -6,6 +6,7 @@ Any mistake raises :class:`ConfigError` naming the key and what was expected, e.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -74,6 +75,17 @@ class EndpointConfig:
     def is_remote(self) -> bool:
         """Served by model servers elsewhere (``URLS``), not by children of this gateway."""
         return bool(self.urls)
+
+    def code_hash(self) -> str:
+        """The hash of its endpoint file as it is on disk ("" when it has none or it cannot be
+        read): a reloaded configuration compares it with the one its servers started from."""
+        path = self.worker.module_file if self.worker is not None else self.script
+        if path is None:
+            return ""
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return ""
 
     def url_of(self, host: str, port: int) -> str:
         """The URL of one of its remote servers (an IPv6 address in brackets)."""

@@ -129,10 +129,10 @@ class FlaskGateway:
             workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
             history=self.history,
         )
-        self.remote = RemoteEndpoints(self.config.endpoints, self.supervisor.table)
+        self.remote = RemoteEndpoints(self.config.endpoints, self.supervisor.routes)
         self.metrics = GatewayMetrics(self.supervisor, self.remote)
         self.admission = Admission(MAX_IN_FLIGHT)
-        self.router = Router(self.supervisor.table, self.envelope, self.admission, self.config.response_format)
+        self.router = Router(self.supervisor.routes, self.envelope, self.admission, self.config.response_format)
         self._stop = threading.Event()
         self._hup = threading.Event()
         self._reloading = threading.Lock()

@@ -15,30 +15,17 @@ runs (the answer's ``FAILED`` says why, for each).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import EndpointConfig, GatewayConfig
+from ..config import GatewayConfig
 from .supervision.handle import ChildState
 
 if TYPE_CHECKING:
     from .core import FlaskGateway
 
 logger = logging.getLogger(__name__)
-
-
-def code_hash(endpoint: EndpointConfig) -> str:
-    """The hash of the endpoint's file as it is on disk ("" when it has none or it cannot be read)."""
-    path: Path | None = endpoint.worker.module_file if endpoint.worker is not None else endpoint.script
-    if path is None:
-        return ""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""
 
 
 @dataclass
@@ -67,7 +54,7 @@ def plan(old: GatewayConfig, new: GatewayConfig, running_hashes: dict[str, str])
         previous = before.get(name)
         if previous is None:
             result.added.append(name)
-        elif previous != endpoint or (name in running_hashes and running_hashes[name] != code_hash(endpoint)):
+        elif previous != endpoint or (name in running_hashes and running_hashes[name] != endpoint.code_hash()):
             result.changed.append(name)
         else:
             result.unchanged.append(name)

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
 from enum import Enum
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -17,12 +19,9 @@ import httptools
 from .. import jsonutil, requestid
 from ..errors import body_too_large, error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
-from .httpmsg import JSON, Headers, HttpRequest, Refused, Responder
+from .httpmsg import JSON, FrontLimits, Headers, HttpRequest, Refused, Responder
 from .tuning import trimmer
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
-
-if TYPE_CHECKING:
-    from .httpfront import HttpFront
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +37,37 @@ class _Reading(Enum):
     BODY = "body"
 
 
+class Front(Protocol):
+    """What a connection shares with the front that accepted it (:class:`~.httpfront.HttpFront`)."""
+
+    app: Callable[..., Iterable[bytes]]  # the WSGI app of every route but the fast ones
+    host: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    executor: Executor  # where the WSGI app runs
+    limits: FrontLimits
+    fast_path: bytes  # POST here goes to fast_handler, in the loop
+    fast_handler: Callable[[HttpRequest, Responder], Any] | None
+    fast_prefix: bytes  # POSTs under it go to prefix_handler, in the loop
+    prefix_handler: Callable[[HttpRequest, Responder], Any] | None
+    connections: set[HttpConnection]
+    idle: dict[HttpConnection, None]  # connections between requests, longest idle first
+    held_back: set[object]  # who asked to stop reading requests
+    draining_connections: bool  # answers close their connection (shutting down)
+    refused: int  # connections refused past MAX_CONNECTIONS
+    refused_logged: float
+
+    def evict_idle(self) -> bool:
+        """Close the connection idle the longest, to admit a new one; False when none is idle."""
+
+    def date_header(self) -> bytes:
+        """The ``Date:`` header line of answers given now."""
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection: parse requests, answer them in order."""
 
-    def __init__(self, front: HttpFront):
+    def __init__(self, front: Front):
         self.front = front
         self.limits = front.limits
         self.transport: asyncio.Transport | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 if TYPE_CHECKING:
-    from .httpfront import HttpRequest
+    from .httpmsg import HttpRequest
 
 
 @dataclass

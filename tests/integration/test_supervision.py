@@ -69,7 +69,7 @@ def test_killed_support_process_is_restarted_and_its_data_flows_again(gateway_fa
 def test_broken_endpoint_fails_once_without_restart_loop(gateway_factory):
     gateway = gateway_factory(config_with(broken={"SERVER_CLASS": "broken_load", "NR_WORKERS": 1}), wait_ready=False)
     failed = gateway.wait_state("broken", "FAILED")
-    time.sleep(2.5)
+    time.sleep(1.5)  # past the first restart's backoff (1 s), had one been scheduled
     again = gateway.servers()["broken"]
     assert again["STATE"] == "FAILED" and again["RESTARTS"] == 0 and again["PID"] is None
     assert failed["ERROR"] == again["ERROR"] and "weights.bin not found" in again["ERROR"]
@@ -80,11 +80,11 @@ def test_broken_endpoint_fails_once_without_restart_loop(gateway_factory):
     assert gateway.run("echo", VALUE=1).status_code == 200
 
 
-def test_crashing_server_is_restarted_with_growing_backoff(gateway_factory):
+def test_crashing_server_is_restarted(gateway_factory):
+    """A real crash is noticed and restarted; the backoff's timing is the fake-clock unit test's
+    (tests/unit/test_supervision_policy.py)."""
     gateway = gateway_factory(config_with(crashy={"SERVER_CLASS": "crash_model", "NR_WORKERS": 1}), wait_ready=False)
-    time.sleep(4.5)  # crashes at ~0.3 s, then restarts after 1 s, 2 s, 4 s ...
-    info = gateway.servers()["crashy"]
-    assert 2 <= info["RESTARTS"] <= 3, info
+    info = wait_until(lambda: (s := gateway.servers()["crashy"])["RESTARTS"] >= 2 and s, 6, "not restarted twice")
     assert info["LAST_EXIT_CODE"] == 7 and "exited with code 7" in info["ERROR"]
     reply = gateway.run("crashy", VALUE=1)
     assert reply.status_code == 503 and int(reply.headers["Retry-After"]) >= 1

@@ -14,9 +14,18 @@ import pytest
 import uvloop
 
 from basic_inference_server.gateway.routing.channel import Cancel, ChannelClient
+from basic_inference_server.gateway.routing.outcome import Failure, Misroute, Outcome, Reply
 from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.server.channel import ChannelServer, Connection
-from basic_inference_server.transport.frames import REQUEST, STREAM, FrameReader, item_frame, reply_frame, request_head
+from basic_inference_server.transport.frames import (
+    MISROUTED,
+    REQUEST,
+    STREAM,
+    FrameReader,
+    item_frame,
+    reply_frame,
+    request_head,
+)
 
 
 class Call:
@@ -64,13 +73,25 @@ def server(socket_path):
     channel.close()
 
 
+def as_tuple(outcome: Outcome) -> tuple:
+    """An outcome as (status or error, meta, body, flags)."""
+    match outcome:
+        case Reply(status, meta, body, flags):
+            return status, meta, body, flags
+        case Misroute(body):
+            return MISROUTED, None, body, 0
+        case Failure(error):
+            return error, None, b"", 0
+
+
 def run(coroutine):
     return uvloop.run(asyncio.wait_for(coroutine, 10))
 
 
 async def call(client: ChannelClient, body: bytes, timeout: float = 5.0, routed: str = "demo"):
     future = asyncio.get_running_loop().create_future()
-    client.send("rid-7", routed, body, timeout, lambda *answer: future.done() or future.set_result(answer[:3]))
+    client.send("rid-7", routed, body, timeout,
+                lambda outcome: future.done() or future.set_result(as_tuple(outcome)[:3]))
     return await future
 
 
@@ -246,7 +267,7 @@ def test_frames_waiting_unsent_hold_the_front_back_and_a_cancel_drops_them(socke
     async def main():
         client = ChannelClient(asyncio.get_running_loop(), socket_path, congested=lambda source, on: told.append(on))
         body = b"x" * (1 << 20)
-        tags = [client.send("r", "", body, 5, lambda *answer: None) for _ in range(BACKLOG_HIGH // len(body) + 2)]
+        tags = [client.send("r", "", body, 5, lambda outcome: None) for _ in range(BACKLOG_HIGH // len(body) + 2)]
         assert told and told[-1] is True  # nothing written yet (not connected): all of it waits
         for tag in tags:
             assert client.cancel(tag) is Cancel.UNSENT
@@ -296,10 +317,10 @@ def test_a_request_sent_while_only_a_stream_is_in_flight_keeps_the_connection(so
             items.append(body)
             if len(items) == 1:
                 time.sleep(0.3)  # the second item arrives meanwhile and waits in the socket
-                client.send("r2", "", b"{}", 5, lambda *a: answers.setdefault("second", a) and None)
+                client.send("r2", "", b"{}", 5, lambda o: answers.setdefault("second", as_tuple(o)) and None)
 
-        def first(*answer):
-            answers["first"] = answer
+        def first(outcome):
+            answers["first"] = as_tuple(outcome)
             loop.call_later(0.1, done.set_result, None)
 
         client.send("r1", "", b"{}", 5, first, on_item, 5, 60, True)

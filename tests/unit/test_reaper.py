@@ -127,14 +127,14 @@ def test_supervisor_poll_passes_the_pids_of_its_unreaped_children(monkeypatch, t
     supervisor = Supervisor(GatewayConfig(endpoints=()), tmp_path, tmp_path, "h0000", None)
     try:
         endpoint = SimpleNamespace(name="a", is_support=True)
-        supervisor.handles = {
+        supervisor.handles.update({
             "live": ChildHandle(endpoint=endpoint, port=None, state=STOPPED, proc=FakeProc(4242, None)),
             "reaped": ChildHandle(endpoint=endpoint, port=None, state=STOPPED, proc=FakeProc(4343, 0)),
             "none": ChildHandle(endpoint=endpoint, port=None, state=READY, proc=None),
-        }
+        })
         supervisor.poll()
     finally:
-        supervisor._probes.shutdown()
+        supervisor.close()
     assert calls == [{4242}]
 
 
@@ -238,11 +238,11 @@ def test_a_server_that_exits_during_a_tick_fails_with_its_error_file(monkeypatch
     try:
         endpoint = SimpleNamespace(name="m", is_support=False, host="127.0.0.1")
         handle = ChildHandle(endpoint=endpoint, port=5003, state=STARTING, proc=ExitsBetweenLooks(4545, 3))
-        supervisor.handles = {"m": handle}
-        supervisor._error_file(handle).write_text("m: importing endpoints/m.py failed: ImportError: no numpy")
+        supervisor.handles["m"] = handle
+        supervisor.error_file(handle).write_text("m: importing endpoints/m.py failed: ImportError: no numpy")
         supervisor.poll()  # it exited after the first look: nothing decided on a missing reason
         assert handle.state == STARTING
         supervisor.poll()
     finally:
-        supervisor._probes.shutdown()
+        supervisor.close()
     assert handle.state == FAILED and "ImportError: no numpy" in handle.error

@@ -33,7 +33,7 @@ def endpoint(name: str, tmp_path, code: str = "v = 1\n", **changes) -> EndpointC
 def test_a_plan_names_what_was_added_removed_changed_and_left_alone(tmp_path):
     a, b, c = (endpoint(n, tmp_path) for n in ("a", "b", "c"))
     old = GatewayConfig(endpoints=(a, b, c))
-    running = {e.name: reconfigure.code_hash(e) for e in (a, b, c)}
+    running = {e.name: e.code_hash() for e in (a, b, c)}
     (tmp_path / "c.py").write_text("v = 2\n")  # c's file changed on disk, its entry did not
     new = GatewayConfig(endpoints=(a, dataclasses.replace(b, nr_workers=3), c, endpoint("d", tmp_path)),
                         shutdown_grace=3.0)
@@ -78,7 +78,7 @@ def test_waiting_for_children_ends_when_they_are_ready_or_cannot_become_so(tmp_p
         threading.Timer(0.3, lambda: setattr(handle, "state", FAILED)).start()
         assert supervisor.wait_started(["a"]) == ["a"]
     finally:
-        supervisor._probes.shutdown()
+        supervisor.close()
 
 
 def test_one_configuration_reload_at_a_time(tmp_path):
@@ -100,4 +100,4 @@ def test_one_configuration_reload_at_a_time(tmp_path):
         assert not waiting.is_alive()
         assert gateway.reload_config()["UNCHANGED"] == []  # free again
     finally:
-        gateway.supervisor._probes.shutdown()
+        gateway.supervisor.close()

@@ -11,6 +11,7 @@ import pytest
 
 from basic_inference_server.gateway.remote.client import RemoteClient
 from basic_inference_server.gateway.routing.channel import BACKLOG_HIGH
+from basic_inference_server.gateway.routing.outcome import Failure, Misroute, Outcome, Reply
 from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost
 from basic_inference_server.transport.frames import STREAM
 
@@ -39,14 +40,25 @@ async def serve(answer: bytes, read_body: bool = True) -> tuple[asyncio.Abstract
     return server, server.sockets[0].getsockname()[1], seen
 
 
+def as_tuple(outcome: Outcome) -> tuple:
+    """An outcome as (status or error, meta, body, flags)."""
+    match outcome:
+        case Reply(status, meta, body, flags):
+            return status, meta, body, flags
+        case Misroute(body):
+            return 421, None, body, 0
+        case Failure(error):
+            return error, None, b"", 0
+
+
 class Recorder:
     def __init__(self) -> None:
         self.done = asyncio.get_running_loop().create_future()
         self.items: list[bytes] = []
 
-    def callback(self, status: Any, meta: Any, body: bytes, flags: int = 0) -> None:
+    def callback(self, outcome: Outcome) -> None:
         if not self.done.done():
-            self.done.set_result((status, meta, body, flags))
+            self.done.set_result(as_tuple(outcome))
 
     def on_item(self, item: bytes) -> None:
         self.items.append(item)

@@ -13,6 +13,7 @@ from basic_inference_server.config import EndpointConfig
 from basic_inference_server.gateway.observe.metrics import GatewayMetrics
 from basic_inference_server.gateway.routing.channel import Cancel
 from basic_inference_server.gateway.routing.envelope import Envelope
+from basic_inference_server.gateway.routing.outcome import Failure, Misroute, Outcome, Reply
 from basic_inference_server.gateway.routing.router import Admission, Router
 from basic_inference_server.gateway.routing.routes import Routes, RouteTable
 from basic_inference_server.gateway.routing.runpath import RunPath
@@ -32,6 +33,14 @@ def endpoint(name: str, **changes) -> EndpointConfig:
     return EndpointConfig(**values)
 
 
+def outcome_of(reply) -> Outcome:
+    """A scripted reply, (status, meta, body) or an error, as the channel hands it to a callback."""
+    if isinstance(reply, Exception):
+        return Failure(reply)
+    status, meta, body = reply
+    return Misroute(body) if status == MISROUTED else Reply(status, meta, body)
+
+
 class ScriptedChannel:
     """Answers each request with the next scripted reply; records what it was sent."""
 
@@ -49,10 +58,7 @@ class ScriptedChannel:
         if reply == "hold":
             self.held.append(callback)
             return len(self.sent)
-        if isinstance(reply, Exception):
-            callback(reply, None, b"")
-        else:
-            callback(*reply)
+        callback(outcome_of(reply))
         return None
 
     def cancel(self, tag):
@@ -245,7 +251,7 @@ def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
     assert len(gw.channels["echo"].sent) == 2
     assert parse(b"".join(conns[2].out))[2]["error"]["type"] == "Overloaded"
     for callback in gw.channels["echo"].held:
-        callback(200, None, ANSWER)
+        callback(Reply(200, None, ANSWER))
     assert [parse(b"".join(t.out))[0] for t in conns] == [200, 200, 503]
     assert gw.router.admission.inflight.count == 0 and gw.handles["echo"].inflight.count == 0
 

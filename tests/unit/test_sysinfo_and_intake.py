@@ -7,7 +7,6 @@ import pytest
 from basic_inference_server.errors import BadRequest
 from basic_inference_server.gateway.app import is_loopback
 from basic_inference_server.gateway.observe import sysinfo
-from basic_inference_server.gateway.supervision.supervisor import backoff
 from basic_inference_server.gateway.support_data import SupportData, metrics_of
 
 GB = 1024**3
@@ -79,10 +78,6 @@ def test_support_data_age_and_staleness(monkeypatch):
                                                 ("garbage", False)])
 def test_loopback_detection(address, loopback):
     assert is_loopback(address) is loopback
-
-
-def test_backoff_doubles_to_thirty_seconds():
-    assert [backoff(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
 
 
 def test_intake_from_another_host_needs_the_admin_token(tmp_path):

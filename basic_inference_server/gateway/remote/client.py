@@ -25,9 +25,11 @@ import httptools
 
 from ...errors import SHUTTING_DOWN
 from ...requestid import HEADER as REQUEST_ID_HEADER
-from ...transport.frames import STREAM, STREAM_WINDOW
+from ...transport.deadline import Deadline
+from ...transport.frames import MISROUTED, STREAM, STREAM_WINDOW
 from ...webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER
-from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Callback, Cancel, OnItem
+from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Cancel
+from ..routing.outcome import Callback, Forwarded, Misroute, OnItem, Reply
 from ..routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from .handle import address_of
 
@@ -52,17 +54,14 @@ CONNECT_TIMEOUT = 2.0
 IDLE_MAX = 30.0  # an idle connection older than this is closed, not reused (servers close theirs later)
 
 
-class _Request:
-    __slots__ = ("callback", "conn", "deadline", "ends_at", "idle", "on_item", "owed", "tag", "total")
+class _Request(Forwarded):
+    """A request forwarded on one of the pool's connections."""
 
-    def __init__(self, tag: int, callback: Callback, on_item: OnItem | None, now: float, timeout: float,
-                 idle: float, total: float):
+    __slots__ = ("conn", "owed", "tag")
+
+    def __init__(self, tag: int, callback: Callback, on_item: OnItem | None, deadline: Deadline):
+        super().__init__(callback, on_item, deadline)
         self.tag = tag
-        self.callback = callback
-        self.on_item = on_item
-        self.deadline = now + timeout
-        self.idle, self.total = idle, total
-        self.ends_at = now + total
         self.conn: _HttpConnection | None = None
         self.owed = 0  # items relayed and not yet taken by the client
 
@@ -98,7 +97,7 @@ class RemoteClient:
             raise ValueError("the Open Inference Protocol is not forwarded to remote model servers")
         now = time.monotonic()
         tag = next(self._tags)
-        request = self._active[tag] = _Request(tag, callback, on_item, now, timeout, idle, total)
+        request = self._active[tag] = _Request(tag, callback, on_item, Deadline(now, timeout, idle, total))
         head = [b"POST /run HTTP/1.1\r\n", self._host_line, self._token_line,
                 f"{REQUEST_ID_HEADER}: {request_id}\r\n".encode("latin-1"),
                 b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)]
@@ -129,19 +128,14 @@ class RemoteClient:
         return Cancel.SENT if sent else Cancel.UNSENT
 
     def expire(self, now: float) -> None:
-        for tag, request in [(t, r) for t, r in self._active.items() if r.deadline <= now]:
+        for tag, request in [(t, r) for t, r in self._active.items() if r.deadline.passed(now)]:
             del self._active[tag]
             if request.conn is not None:
                 request.conn.abandon()
-            if request.on_item is not None and request.conn is not None and request.conn.items:
-                message = (f"the stream took longer than STREAM_TIMEOUT={request.total:g}s"
-                           if now >= request.ends_at else f"no item within STREAM_IDLE_TIMEOUT={request.idle:g}s")
-            elif request.conn is not None and not request.conn.connected:
-                request.callback(ConnectFailed(f"cannot connect to {self.address}: timed out"), None, b"")
-                continue
+            if request.conn is not None and not request.conn.connected:
+                request.fail(ConnectFailed(f"cannot connect to {self.address}: timed out"))
             else:
-                message = f"no answer from {self.address} in time"
-            request.callback(ReadTimedOut(message), None, b"")
+                request.fail(ReadTimedOut(request.deadline.why(now, f"no answer from {self.address} in time")))
 
     def close(self) -> None:
         self.closed = True
@@ -168,18 +162,19 @@ class RemoteClient:
         if self._active.pop(request.tag, None) is None:
             return
         if status == 503 and (_SHUTTING_DOWN in body or _OVERLOADED in body):
-            request.callback(NotRun(self.address, status, retry_after, body), None, b"")
+            request.fail(NotRun(self.address, status, retry_after, body))
         elif status == 401:
-            request.callback(SecretRefused(f"model server {self.address} refused this gateway: its "
-                                           "BIS_ENDPOINT_TOKEN is not the gateway's (set the same secret on both)"),
-                             None, b"")
+            request.fail(SecretRefused(f"model server {self.address} refused this gateway: its "
+                                       "BIS_ENDPOINT_TOKEN is not the gateway's (set the same secret on both)"))
+        elif status == MISROUTED:
+            request.callback(Misroute(body))
         else:
-            request.callback(status, retry_after, body, flags)
+            request.callback(Reply(status, retry_after, body, flags))
 
     def _item(self, request: _Request, data: bytes) -> None:
         if request.tag not in self._active or request.on_item is None:
             return
-        request.deadline = min(time.monotonic() + request.idle, request.ends_at)
+        request.deadline.item(time.monotonic())
         request.owed += 1
         request.on_item(data)
         if request.conn is not None and request.owed > STREAM_WINDOW:
@@ -190,7 +185,7 @@ class RemoteClient:
             self._idle.remove(conn)
         request = conn.request
         if request is not None and self._active.pop(request.tag, None) is not None:
-            request.callback(error, None, b"")
+            request.fail(error)
 
 
 class _HttpConnection(asyncio.Protocol):

@@ -5,8 +5,9 @@ connection to the server's Unix socket, as many in flight as the gateway admits;
 comes back with its request's tag and goes to the callback given with the request. Nothing here
 blocks: connecting to a Unix socket is immediate, and writes are queued by the transport.
 
-Failures reach the callback as the same three errors as the HTTP client's (:mod:`.upstream`),
-so that the client is told what happened: ``ConnectFailed`` (nothing was sent),
+Every request ends with one :mod:`.outcome` given to its callback: a ``Reply``, a ``Misroute``, or a
+``Failure`` with the same three errors as the HTTP client's (:mod:`.upstream`), so that the client
+is told what happened: ``ConnectFailed`` (nothing was sent),
 ``ConnectionLost`` (the connection closed before the answer: the server died or restarted) and
 ``ReadTimedOut`` (no answer within the request's timeout; a CANCEL frame tells the server to
 skip it). Before a
@@ -26,8 +27,10 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
+from ...transport.deadline import Deadline
 from ...transport.frames import (
     ITEM,
+    MISROUTED,
     REPLY,
     STREAM,
     Frame,
@@ -37,6 +40,7 @@ from ...transport.frames import (
     credit_frame,
     request_head,
 )
+from .outcome import Callback, Forwarded, Misroute, OnItem, Reply
 from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 
 logger = logging.getLogger(__name__)
@@ -48,12 +52,6 @@ MAX_REPLY = 1 << 30  # an answer larger than this (1 GiB) is refused
 BACKLOG_HIGH, BACKLOG_LOW = 8 << 20, 1 << 20
 
 
-# callback(status, meta, body, flags) on an answer (meta: the Retry-After value, or a BINARY
-# answer's JSON header length; flags STREAM: the REPLY ends a streamed answer), and
-# callback(<a TransportError>, None, b"") on failure
-Callback = Callable[..., None]
-OnItem = Callable[[bytes], None]
-
 
 class Cancel(Enum):
     """What :meth:`ChannelClient.cancel` did with a request."""
@@ -61,22 +59,6 @@ class Cancel(Enum):
     NOT_WAITING = "not waiting"  # answered, failed or cancelled already: nothing to do
     UNSENT = "unsent"  # dropped before it was written: the model server never saw it
     SENT = "sent"  # the model server was told to skip it, or to close its generator
-
-
-class _Pending:
-    """A request waiting for its answer. Once its first item has come it is a stream, whose
-    deadline moves with every item (``idle`` seconds on), within ``total`` of the request."""
-
-    __slots__ = ("callback", "deadline", "ends_at", "idle", "on_item", "total")
-
-    def __init__(self, callback: Callback, on_item: OnItem | None, sent: float, timeout: float, idle: float,
-                 total: float):
-        self.callback = callback
-        self.on_item = on_item
-        self.deadline = sent + timeout
-        self.idle = idle
-        self.total = total
-        self.ends_at = sent + total
 
 
 class ChannelClient:
@@ -90,8 +72,8 @@ class ChannelClient:
         self.congested = congested or (lambda source, on: None)  # told when frames pile up unsent
         self._conn: _Connection | None = None
         self._tags = itertools.count(1)
-        self._waiting: dict[int, _Pending] = {}  # tag -> a request before its answer or first item, oldest first
-        self._streams: dict[int, _Pending] = {}  # tag -> a request whose items have started
+        self._waiting: dict[int, Forwarded] = {}  # tag -> a request before its answer or first item, oldest first
+        self._streams: dict[int, Forwarded] = {}  # tag -> a request whose items have started
 
     @property
     def in_flight(self) -> int:
@@ -114,11 +96,11 @@ class ChannelClient:
             try:
                 conn = self._conn = _Connection(self)
             except OSError as exc:
-                callback(ConnectFailed(f"cannot connect to {self.path}: {exc.strerror or exc}"), None, b"")
+                Forwarded(callback, on_item, Deadline(0, 0)).fail(
+                    ConnectFailed(f"cannot connect to {self.path}: {exc.strerror or exc}"))
                 return None
         tag = next(self._tags) & 0xFFFFFFFF
-        now = time.monotonic()
-        self._waiting[tag] = _Pending(callback, on_item, now, timeout, idle, total)
+        self._waiting[tag] = Forwarded(callback, on_item, Deadline(time.monotonic(), timeout, idle, total))
         conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0, v2), body, tag)
         return tag
 
@@ -142,19 +124,17 @@ class ChannelClient:
     def expire(self, now: float) -> None:
         """Fail the requests whose deadline has passed (called periodically by the loop)."""
         waiting = self._waiting
-        while waiting:
+        while waiting:  # oldest first: the first one not due ends the look
             tag, pending = next(iter(waiting.items()))
-            if pending.deadline > now:
+            if not pending.deadline.passed(now):
                 break
             del waiting[tag]
             self._give_up(tag)
-            pending.callback(ReadTimedOut(f"no answer from {self.path} in time"), None, b"")
-        for tag, stream in [(tag, stream) for tag, stream in self._streams.items() if stream.deadline <= now]:
+            pending.fail(ReadTimedOut(f"no answer from {self.path} in time"))
+        for tag, stream in [(tag, stream) for tag, stream in self._streams.items() if stream.deadline.passed(now)]:
             del self._streams[tag]
             self._give_up(tag)
-            message = (f"the stream took longer than STREAM_TIMEOUT={stream.total:g}s" if now >= stream.ends_at
-                       else f"no item within STREAM_IDLE_TIMEOUT={stream.idle:g}s")
-            stream.callback(ReadTimedOut(message), None, b"")
+            stream.fail(ReadTimedOut(stream.deadline.why(now)))
 
     def _give_up(self, tag: int) -> None:
         if self._conn is not None and not self._conn.unsend(tag):
@@ -170,12 +150,13 @@ class ChannelClient:
         pending = self._waiting.pop(tag, None) or self._streams.pop(tag, None)
         if pending is None:
             return  # timed out or cancelled already
-        callback = pending.callback
         if frame.oversize:
-            callback(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"),
-                     None, b"")
-            return
-        callback(frame.status, frame.meta.decode("ascii", "replace") or None, frame.body, frame.flags)
+            pending.fail(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"))
+        elif frame.status == MISROUTED:
+            pending.callback(Misroute(frame.body))
+        else:
+            meta = frame.meta.decode("ascii", "replace") or None
+            pending.callback(Reply(frame.status, meta, frame.body, frame.flags))
 
     def _item(self, frame: Frame) -> None:
         tag = frame.tag
@@ -188,10 +169,9 @@ class ChannelClient:
         if frame.oversize:
             del self._streams[tag]
             self._give_up(tag)
-            stream.callback(ConnectionLost(f"an item of {frame.oversize} bytes is over the limit of "
-                                           f"{self.max_reply}"), None, b"")
+            stream.fail(ConnectionLost(f"an item of {frame.oversize} bytes is over the limit of {self.max_reply}"))
             return
-        stream.deadline = min(time.monotonic() + stream.idle, stream.ends_at)
+        stream.deadline.item(time.monotonic())
         stream.on_item(frame.body)
 
     def _lost(self, conn: _Connection, reason: str) -> None:
@@ -200,7 +180,7 @@ class ChannelClient:
         waiting, self._waiting = self._waiting, {}
         streams, self._streams = self._streams, {}
         for pending in [*waiting.values(), *streams.values()]:
-            pending.callback(ConnectionLost(reason), None, b"")
+            pending.fail(ConnectionLost(reason))
 
 
 class _Connection(asyncio.Protocol):

@@ -22,7 +22,7 @@ from typing import Any
 from ... import jsonutil, requestid
 from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
-from ...transport.frames import MISROUTED, STREAM
+from ...transport.frames import STREAM
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.httpmsg import JSON
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
@@ -31,6 +31,7 @@ from ..remote.handle import RemoteHandle
 from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
 from .forward import transport_error
+from .outcome import Failure, Misroute, Outcome, Reply
 from .router import SYSTEM_STATUS, Router
 from .upstream import ConnectFailed, ReadTimedOut
 
@@ -168,16 +169,16 @@ class Call:
                                      self._replied, self._item,
                                      endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
 
-    def _elsewhere(self, handle: RemoteHandle, status: Any) -> bool:
+    def _elsewhere(self, handle: RemoteHandle, error: OSError) -> bool:
         """A remote model server was not reached (ConnectFailed), or refused the request without
         running it (NotRun): an address that could not be reached, or is shutting down, is taken
         out at once, and the request goes to another READY address not tried yet. True when it
         went; a request that may have run is never sent twice."""
-        if not isinstance(status, (ConnectFailed, NotRun)):
+        if not isinstance(error, (ConnectFailed, NotRun)):
             return False
-        draining = isinstance(status, NotRun) and status.draining
-        if draining or isinstance(status, ConnectFailed):  # a connection lost may be the gateway's doing
-            handle.report(handle, str(status), draining)
+        draining = isinstance(error, NotRun) and error.draining
+        if draining or isinstance(error, ConnectFailed):  # a connection lost may be the gateway's doing
+            handle.report(handle, str(error), draining)
         if self.streaming:
             return False
         self.tried = (self.tried or frozenset()) | {handle}
@@ -230,54 +231,63 @@ class Call:
         self.path.metrics.stream_started(self.label, time.perf_counter() - self.started)
         return self.respond.start_stream(self.fmt.content_type, b"" if first is None else self.fmt.item(first))
 
-    def _replied(self, status: Any, retry_after: str | None, body: bytes, flags: int = 0) -> None:
+    def _replied(self, outcome: Outcome) -> None:
         handle = self.handle
         self.tag = None
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
-        if not isinstance(status, OSError):
-            handle.progress += 1  # it answered: alive, however long its health takes to answer
         token = requestid.bind(self.request.request_id)
         try:
-            if status == MISROUTED:
-                self._rerouted(body)
-                return
-            if handle.is_remote and self._elsewhere(handle, status):
-                return
-            self._answer(status, retry_after, body, flags)
+            match outcome:
+                case Misroute(body=body):
+                    handle.progress += 1  # it answered: alive, however long its health takes to answer
+                    self._rerouted(body)
+                case Failure(error=error):
+                    if not (handle.is_remote and self._elsewhere(handle, error)):
+                        self._failed(error)
+                case Reply():
+                    handle.progress += 1
+                    self._answer(outcome)
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
 
-    def _answer(self, status: Any, retry_after: str | None, body: bytes, flags: int) -> None:
-        """The client's answer for the model server's REPLY (or the channel's failure)."""
-        if self.streaming or flags & STREAM:
-            self._end_stream(status, body)
-            return
-        if isinstance(status, NotRun):  # no other server took it: the server's own answer
-            status, retry_after, body = status.status, status.retry_after, status.body
-        elif isinstance(status, OSError):  # ConnectFailed, ReadTimedOut, ConnectionLost, SecretRefused
-            raise transport_error(self.handle, status)
-        self._finish(*self.path.router.relay(status, body, retry_after, self.flat))
+    def _answer(self, reply: Reply) -> None:
+        """The client's answer for the model server's REPLY."""
+        if self.streaming or reply.flags & STREAM:
+            self._end_stream(reply)
+        else:
+            self._finish(*self.path.router.relay(reply.status, reply.body, reply.meta, self.flat))
 
-    def _end_stream(self, status: Any, body: bytes) -> None:
-        """The REPLY that ends a streamed answer: its envelope, or the error that ended it."""
+    def _failed(self, error: OSError) -> None:
+        """No answer from the model server (the channel's failure, or a remote server's refusal)."""
+        if self.streaming:
+            self._end_stream(Failure(error))
+        elif isinstance(error, NotRun):  # no other server took it: the server's own answer
+            self._finish(*self.path.router.relay(error.status, error.body, error.retry_after, self.flat))
+        else:  # ConnectFailed, ReadTimedOut, ConnectionLost, SecretRefused
+            raise transport_error(self.handle, error)
+
+    def _end_stream(self, outcome: Reply | Failure) -> None:
+        """What ends a streamed answer: its envelope, or the error that ended it."""
         if not self.streaming:  # a stream without items begins and ends here
             self._begin_stream(None)
         try:
-            if isinstance(status, ReadTimedOut):  # STREAM_IDLE_TIMEOUT or STREAM_TIMEOUT
-                raise RequestTimeout(str(status))
-            if isinstance(status, OSError):
-                raise transport_error(self.handle, status)
-            if status == 200:
-                try:
-                    last = self.fmt.end(self.path.router.envelope.wrap(body))
-                except ValueError:
-                    raise ServerDied("model server ended a stream with an envelope that is not JSON") from None
-            else:
-                last = self.fmt.error(body)
-                logger.warning("Stream of %s ended by HTTP %s after %d item(s)", self.label, status, self.items)
+            match outcome:
+                case Failure(error=ReadTimedOut() as late):  # STREAM_IDLE_TIMEOUT or STREAM_TIMEOUT
+                    raise RequestTimeout(str(late))
+                case Failure(error=error):
+                    raise transport_error(self.handle, error)
+                case Reply(status=200, body=body):
+                    try:
+                        last = self.fmt.end(self.path.router.envelope.wrap(body))
+                    except ValueError:
+                        raise ServerDied("model server ended a stream with an envelope that is not JSON") from None
+                    status = 200
+                case Reply(status=status, body=body):
+                    last = self.fmt.error(body)
+                    logger.warning("Stream of %s ended by HTTP %s after %d item(s)", self.label, status, self.items)
         except ServingError as exc:
             status, last = exc.status, self.fmt.error(jsonutil.dumps_bytes(exc.to_body()))
             logger.warning("Stream of %s ended after %d item(s): %s", self.label, self.items, exc)

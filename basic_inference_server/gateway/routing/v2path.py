@@ -11,7 +11,6 @@ then one more for each reload or recycle. Errors are the protocol's ``{"error": 
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import unquote
 
 from ... import jsonutil, requestid
@@ -22,6 +21,7 @@ from ...transport.v2wire import BINARY_CONTENT_TYPE, HEADER_LENGTH
 from ..observe.metrics import UNKNOWN_SIGNATURE
 from ..supervision.handle import READY, ChildHandle
 from .forward import transport_error
+from .outcome import Reply
 from .router import Router
 from .runpath import Call, RunPath
 
@@ -114,15 +114,17 @@ class InferCall(Call):
         finally:
             requestid.unbind(token)
 
-    def _answer(self, status: Any, meta: str | None, body: bytes, flags: int) -> None:
+    def _answer(self, reply: Reply) -> None:
         """The model server's V2 answer as it came: JSON, or JSON then binary tensors (``meta``:
         the JSON's length), or its error (``meta``: a Retry-After)."""
-        if isinstance(status, OSError):  # ConnectFailed, ReadTimedOut or ConnectionLost
-            raise transport_error(self.handle, status)
-        if status == 200 and flags & BINARY:
-            self._finish(200, body, {HEADER_LENGTH: meta or "0"}, BINARY_CONTENT_TYPE)
+        status, meta = reply.status, reply.meta
+        if status == 200 and reply.flags & BINARY:
+            self._finish(200, reply.body, {HEADER_LENGTH: meta or "0"}, BINARY_CONTENT_TYPE)
         else:
-            self._finish(status, body, {"Retry-After": meta} if meta and status != 200 else None)
+            self._finish(status, reply.body, {"Retry-After": meta} if meta and status != 200 else None)
+
+    def _failed(self, error: OSError) -> None:
+        raise transport_error(self.handle, error)  # ConnectFailed, ReadTimedOut or ConnectionLost
 
     def _fail(self, exc: ServingError) -> None:
         if isinstance(exc, UnknownSignature):

@@ -2,7 +2,7 @@
 
 States (:class:`ChildState`): STARTING -> READY; READY -> RESTARTING (crash, hang) -> STARTING;
 STARTING -> FAILED (load error, startup timeout); any -> STOPPING -> STOPPED (admin, shutdown).
-Only :meth:`Supervisor._transition <basic_inference_server.gateway.supervision.supervisor.Supervisor>` moves
+Only :meth:`ChildTable.transition <basic_inference_server.gateway.supervision.table.ChildTable.transition>` moves
 a handle from one state to another.
 """
 
@@ -50,7 +50,7 @@ class ChildHandle:
     endpoint: EndpointConfig
     port: int | None  # None for support processes
     replica: int = 0  # NR_REPLICAS: each replica is its own child, on its own port
-    state: ChildState = STOPPED  # changed only by Supervisor._transition
+    state: ChildState = STOPPED  # changed only by ChildTable.transition
     proc: subprocess.Popen | None = None
     started_at: float = 0.0  # time.monotonic() of the last spawn
     ready_at: float | None = None

@@ -12,7 +12,8 @@ replaced in place instead (stopped, then started again): its requests get 503 wi
 
 :class:`Reload` is the record of one request; its state is a :class:`ReloadState` changed only
 by :meth:`Reload.move`. The supervisor's main loop drives it (:meth:`Reloader.step`), since
-only the main thread spawns processes.
+only the main thread spawns processes; the children it starts and retires are in the supervisor's
+table (:class:`~.table.ChildTable`), whose methods it changes them with.
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ...config import EndpointConfig
 from ..observe.sysinfo import memory, process_tree_usage
 from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, replica_key
-from .ports import PortsExhausted
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
+from .ports import PortAllocator, PortsExhausted
+from .table import ChildTable
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class Reload:
     endpoint: EndpointConfig  # the configuration entry the new generation starts with
     replicas: int  # replaced: replica .. replicas - 1
     reason: str = RELOAD
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)  # the supervision's time
+    started: float = -1.0  # (the clock's now, by default)
     state: ReloadState = ReloadState.STARTING
     replica: int = 0  # the one being replaced
     new: ChildHandle | None = None
@@ -67,11 +68,15 @@ class Reload:
     seconds: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.clock()
+
     def move(self, state: ReloadState, error: str | None = None) -> None:
         """The one place that changes a reload's state."""
         self.state, self.error = state, error
         if state in (ReloadState.DONE, ReloadState.FAILED):
-            self.seconds = round(time.monotonic() - self.started, 3)
+            self.seconds = round(self.clock() - self.started, 3)
             self.done.set()
 
     def to_json(self) -> dict[str, Any]:
@@ -83,8 +88,9 @@ class Reload:
 class Reloader:
     """The reloads in progress and the old generations still draining, for one supervisor."""
 
-    def __init__(self, supervisor: Supervisor):
-        self.sup = supervisor
+    def __init__(self, table: ChildTable, ports: PortAllocator):
+        self.table = table
+        self.ports = ports
         self.active: dict[str, Reload] = {}
         self.retiring: list[tuple[ChildHandle, float]] = []  # (old generation, switched at)
         self.last: dict[str, Reload] = {}  # endpoint name -> its last finished reload
@@ -103,7 +109,7 @@ class Reloader:
         current = self.active.get(name)
         if current is not None and current.reason == RELOAD:
             return current  # one at a time: a second call joins the one in progress
-        reload = Reload(name, endpoint, endpoint.nr_replicas)
+        reload = Reload(name, endpoint, endpoint.nr_replicas, clock=self.table.clock)
         if current is not None:  # a recycle is replacing one replica: the reload comes after it
             return self.waiting.setdefault(name, reload)
         self.active[name] = reload
@@ -112,10 +118,10 @@ class Reloader:
 
     def refused(self, name: str, error: str) -> Reload:
         """Record a reload that failed before any process started (under the lock)."""
-        reload = Reload(name, self.sup.config.endpoint(name), 0)  # type: ignore[arg-type]
+        reload = Reload(name, self.table.config.endpoint(name), 0, clock=self.table.clock)  # type: ignore[arg-type]
         reload.move(ReloadState.FAILED, error)
         self.last[name] = reload
-        self.sup._record("RELOAD_FAILED", name, error)
+        self.table.record("RELOAD_FAILED", name, error)
         return reload
 
     def drop(self, name: str) -> None:
@@ -125,7 +131,7 @@ class Reloader:
         if reload is None:
             return
         if reload.new is not None and not reload.in_place:
-            self.sup._terminate(reload.new, time.monotonic())
+            self.table.terminate(reload.new, self.table.clock())
             self.retiring.append((reload.new, 0.0))
         reload.new = None
         reload.move(ReloadState.FAILED, "the endpoint was removed from the configuration")
@@ -151,15 +157,15 @@ class Reloader:
         if reload.state == ReloadState.DONE:
             counted = (reload.name, reload.reason)
             self.recycles[counted] = self.recycles.get(counted, 0) + 1
-            self.sup._record("RECYCLE", key, f"{reload.reason}, generation {reload.generation}")
+            self.table.record("RECYCLE", key, f"{reload.reason}, generation {reload.generation}")
         else:
-            handle = self.sup.handles.get(key)
+            handle = self.table.handles.get(key)
             if handle is not None:
                 handle.recycle_paused_until = now + RECYCLE_PAUSE
 
     def _check_recycles(self, now: float) -> None:
         """MAX_REQUESTS and MAX_RSS_MB: a READY server past either is replaced blue-green."""
-        for handle in list(self.sup.handles.values()):
+        for handle in list(self.table.handles.values()):
             endpoint = handle.endpoint
             if (handle.is_support or handle.state != READY or endpoint.name in self.active
                     or now < handle.recycle_paused_until):
@@ -173,11 +179,11 @@ class Reloader:
                 logger.info("%s: recycling (%s: %d requests served, %.0f MB)", handle.name, reason, handle.served,
                             handle.rss_bytes / 1e6)
                 self.active[endpoint.name] = Reload(endpoint.name, endpoint, handle.replica + 1, reason,
-                                                    replica=handle.replica)
+                                                    self.table.clock, replica=handle.replica)
 
     # -- one reload --------------------------------------------------------------------------
     def _advance(self, reload: Reload, now: float) -> None:
-        sup = self.sup
+        table = self.table
         new = reload.new
         if new is None:
             self._begin_replica(reload)
@@ -192,23 +198,23 @@ class Reloader:
         if reload.in_place and new.state in (FAILED, RESTARTING):
             reload.new = None
             reload.move(ReloadState.FAILED, f"{new.name}, replaced in place, did not start: {new.error}")
-            sup._record("RELOAD_FAILED", reload.name, reload.error)
+            table.record("RELOAD_FAILED", reload.name, reload.error)
             return
         if new.state in (FAILED, RESTARTING, STOPPED):
             why = new.error or f"exited with code {new.exit_code}"
-            sup._terminate(new, now)
+            table.terminate(new, now)
             self.retiring.append((new, now - 1e9))  # nothing was routed to it: stop it at once
             reload.new = None
             reload.move(ReloadState.FAILED, f"the new generation of {new.name} did not start: {why}")
-            sup._record("RELOAD_FAILED" if reload.reason == RELOAD else "RECYCLE_FAILED", reload.name, reload.error)
+            table.record("RELOAD_FAILED" if reload.reason == RELOAD else "RECYCLE_FAILED", reload.name, reload.error)
             logger.error("%s: reload failed, the old generation goes on serving: %s", reload.name, why)
 
     def _begin_replica(self, reload: Reload) -> None:
-        sup = self.sup
+        table = self.table
         key = replica_key(reload.name, reload.replica)
         if any(h.name == key and h.proc is not None and h.proc.poll() is None for h, _ in self.retiring):
             return  # the generation before is still draining: wait for it (and its port) to go
-        key_handle = sup.handles.get(key)
+        key_handle = table.handles.get(key)
         generation = (key_handle.generation if key_handle is not None else 0) + 1
         no_room = _memory_short(key_handle)
         if no_room is not None and key_handle is not None:
@@ -217,7 +223,7 @@ class Reloader:
         new = ChildHandle(endpoint=reload.endpoint, port=None, replica=reload.replica, generation=generation)
         new.port_key = f"{new.name}@{generation}"
         try:
-            new.port = sup.ports.allocate(new.port_key, reload.endpoint.host)
+            new.port = self.ports.allocate(new.port_key, reload.endpoint.host)
         except PortsExhausted as exc:
             if key_handle is None:
                 reload.move(ReloadState.FAILED, str(exc))
@@ -226,31 +232,31 @@ class Reloader:
             return
         new.nr_workers = key_handle.nr_workers if key_handle is not None else None
         reload.new, reload.generation = new, generation
-        sup._transition(new, STARTING, f"generation {generation}")
+        table.transition(new, STARTING, f"generation {generation}")
 
     def _in_place(self, reload: Reload, old: ChildHandle, generation: int, why: str) -> None:
         """No room for a second process: the replica stops (draining) and starts again with the
         new code and entry on its port; the router answers 503 with Retry-After meanwhile."""
         reload.in_place = f"replaced in place (503 with Retry-After meanwhile): {why}"
         logger.warning("%s: %s", old.name, reload.in_place)
-        now = time.monotonic()
+        now = self.table.clock()
         old.endpoint, old.generation, old.restart_at = reload.endpoint, generation, now
-        self.sup._terminate(old, now)
-        self.sup._transition(old, RESTARTING, reload.in_place)
+        self.table.terminate(old, now)
+        self.table.transition(old, RESTARTING, reload.in_place)
         reload.new, reload.generation = old, generation
 
     def _switch(self, reload: Reload, new: ChildHandle, now: float) -> None:
-        sup = self.sup
+        table = self.table
         key = new.name
-        old = sup.handles.get(key)
-        sup.handles[key] = new
-        sup.endpoint_changed(reload.endpoint)
+        old = table.handles.get(key)
+        table.handles[key] = new
+        table.endpoint_changed(reload.endpoint)  # (and the routes go to the new one)
         if old is not None and old is not new and old.proc is not None:
             new.restarts = old.restarts
             self.retiring.append((old, now))
         reload.pids.append(new.pid or 0)
         if reload.reason == RELOAD:  # a recycle is recorded when it is done (RECYCLE)
-            sup._record("RELOAD", new.name, f"generation {new.generation}, pid {new.pid}")
+            table.record("RELOAD", new.name, f"generation {new.generation}, pid {new.pid}")
         logger.info("%s: switched to generation %d (pid %s)", key, new.generation, new.pid)
         reload.new = None
         reload.replica += 1
@@ -259,22 +265,35 @@ class Reloader:
 
     # -- old generations ---------------------------------------------------------------------
     def _retire(self, now: float) -> None:
-        sup = self.sup
+        table = self.table
         still = []
         for handle, since in self.retiring:
             proc = handle.proc
             if proc is None or proc.poll() is not None:
-                sup._release(handle)
+                self._release(handle)
                 continue
             if handle.state != STOPPING:
                 late = now - since > handle.endpoint.request_timeout + RETIRE_MARGIN
                 if handle.inflight.count == 0 or late:  # what it was sent has been answered
-                    sup._transition(handle, STOPPING, f"generation {handle.generation} retired")
-                    sup._terminate(handle, now)
+                    table.transition(handle, STOPPING, f"generation {handle.generation} retired")
+                    table.terminate(handle, now)
             elif handle.kill_at is not None and now >= handle.kill_at:
                 proc.kill()
             still.append((handle, since))
         self.retiring = still
+
+    def _release(self, handle: ChildHandle) -> None:
+        """An old generation (or a new one that failed) has exited: free what it held."""
+        if handle.proc is not None and handle.proc.stdin is not None:
+            handle.proc.stdin.close()
+        if handle.http is not None:
+            handle.http.close()
+            handle.http = None
+        if handle.port_key or handle.generation == 1:
+            self.ports.release(handle.port_key or handle.name)
+        code = handle.proc.returncode if handle.proc is not None else None
+        handle.exit_code = code
+        self.table.transition(handle, STOPPED, f"generation {handle.generation} stopped, exit code {code}")
 
 
 def _memory_short(old: ChildHandle | None) -> str | None:

@@ -1,67 +1,40 @@
-"""The supervisor's part in stopping its children: together, within one grace, killed past it.
-
-Mixed into :class:`~.supervisor.Supervisor`, whose table, lock and state changes these use.
-"""
+"""Stopping children (:class:`Stopper`): SIGTERM together, one shared grace, SIGKILL past it; each
+becomes STOPPED and stays so until started again."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .handle import STOPPED, STOPPING, ChildHandle
-
-if TYPE_CHECKING:
-    from .supervisor import Supervisor
-
-    _Base = Supervisor
-else:
-    _Base = object
+from .table import ChildTable
 
 logger = logging.getLogger(__name__)
 
 
-class StoppingMixin(_Base):
-    def stop_many(self, names: list[str], grace: float | None = None) -> dict[str, dict[str, Any]]:
-        """Stop children at once (SIGTERM together, SIGKILL after one shared grace); they become
-        STOPPED and stay so until started again."""
-        with self._lock:
-            handles = [self.handles[n] for n in names]
-        return self._stop_handles(handles, self.config.shutdown_grace if grace is None else grace)
+class Stopper:
+    def __init__(self, table: ChildTable):
+        self.table = table
 
-    def _stop_handles(self, handles: list[ChildHandle], grace: float) -> dict[str, dict[str, Any]]:
-        with self._lock:
+    def stop(self, handles: list[ChildHandle], grace: float) -> dict[str, dict[str, Any]]:
+        """Stop ``handles`` at once and wait for them (SIGKILL after ``grace``): name -> its pid
+        and exit code."""
+        table = self.table
+        with table.lock:
             for handle in handles:
-                self._transition(handle, STOPPING)
+                table.transition(handle, STOPPING)
                 if handle.proc is not None and handle.proc.poll() is None:
                     handle.proc.terminate()
-        self._flush()
+        table.flush()
         deadline = time.monotonic() + grace
-        stopped = {handle.name: self._reap(handle, deadline) for handle in handles}
-        self._flush()
+        stopped = {handle.name: self.reap(handle, deadline) for handle in handles}
+        table.flush()
         return stopped
 
-    def stop_all(self, grace: float | None = None) -> None:
-        with self._lock:
-            running = [n for n, h in self.handles.items() if h.proc is not None and h.proc.poll() is None]
-            others = [h for h in self.reloader.handles() if h.proc is not None and h.proc.poll() is None]
-        for handle in others:  # generations loading for a reload, or draining after one
-            handle.proc.terminate()
-        if running:
-            logger.info("Stopping %d child process(es): %s", len(running), ", ".join(running))
-            self.stop_many(running, grace)
-        for handle in others:
-            self._reap(handle, time.monotonic() + (self.config.shutdown_grace if grace is None else grace))
-        self._probes.shutdown(wait=False, cancel_futures=True)
-        if self._temporary_sockets:
-            shutil.rmtree(self.socket_folder, ignore_errors=True)
-        else:
-            for secret in self.socket_folder.glob("*.secret"):  # the servers' secrets go with them
-                secret.unlink(missing_ok=True)
-
-    def _reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
+    def reap(self, handle: ChildHandle, deadline: float) -> dict[str, Any]:
+        """Wait for a child asked to stop (SIGKILL at ``deadline``); it is STOPPED after."""
         proc = handle.proc
         code = None
         if proc is not None:
@@ -73,9 +46,9 @@ class StoppingMixin(_Base):
                 code = proc.wait()
             if proc.stdin is not None:
                 proc.stdin.close()
-        with self._lock:
+        with self.table.lock:
             handle.exit_code, handle.ready_at = code, None
-            self._transition(handle, STOPPED, f"exit code {code}")
+            self.table.transition(handle, STOPPED, f"exit code {code}")
         if handle.http is not None:
             handle.http.close()
             handle.http = None  # a start builds a new pool
