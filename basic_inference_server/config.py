@@ -25,7 +25,8 @@ from .settings import ConfigError, Scope, did_you_mean, expected, key_of, read, 
 logger = logging.getLogger(__name__)
 
 NO_HOST = "NO_HOST"
-RESERVED_SIGNATURES = frozenset({"SYSTEM_STATUS"})
+SYSTEM_STATUS = "SYSTEM_STATUS"  # the SIGNATURE that asks the gateway for its own status
+RESERVED_SIGNATURES = frozenset({SYSTEM_STATUS})
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 _OVERRIDE_MARKERS = ("conf", "cfg")
 

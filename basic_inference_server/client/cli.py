@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..states import ReloadState
 from . import render
 from .core import Client
 from .errors import BadInput, ClientError, ConnectionFailed, Unauthorized, Unavailable, UnknownSignature
@@ -179,7 +180,8 @@ def cmd_notifications(client: Client, args: argparse.Namespace) -> int:
 def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     answer = client.reload(args.signature)
     failed = dict(answer.get("FAILED") or {})  # endpoints whose file does not load
-    failed.update({r["SIGNATURE"]: r["ERROR"] for r in answer.get("RELOADS") or () if r.get("STATE") == "FAILED"})
+    failed.update({r["SIGNATURE"]: r["ERROR"] for r in answer.get("RELOADS") or ()
+                   if ReloadState.read(r.get("STATE")) is ReloadState.FAILED})
     if args.json:
         _print_json(answer)
     else:

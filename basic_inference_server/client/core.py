@@ -18,6 +18,7 @@ from urllib3.exceptions import (
     ReadTimeoutError,
 )
 
+from ..states import ChildState
 from .errors import (
     REQUEST_ID_HEADER,
     ClientError,
@@ -200,7 +201,8 @@ class Client:
             return self.request("POST", "/notifications", {"SIGNATURE": signature})
         servers = self.list_servers().get("AVAIL_SERVERS", {})
         # Replicas are listed as "name#2"; the gateway merges the READY replicas of "name".
-        names = dict.fromkeys(name.split("#")[0] for name, info in servers.items() if info.get("STATE") == "READY")
+        names = dict.fromkeys(name.split("#")[0] for name, info in servers.items()
+                              if info.get("STATE") == ChildState.READY)
         return {name: self.request("POST", "/notifications", {"SIGNATURE": name}) for name in names}
 
     def shutdown(self) -> dict[str, Any]:

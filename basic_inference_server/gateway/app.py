@@ -1,22 +1,23 @@
 """The gateway's HTTP routes (Flask): status, notifications, admin and support-metric routes.
 
-``POST /run`` itself is answered in the HTTP front's event loop (:mod:`.runpath`); routing lives
-in :class:`~.router.Router`. Admin routes need the token.
+``POST /run`` itself is answered in the HTTP front's event loop (:mod:`.routing.runpath`); routing
+lives in :class:`~.routing.router.Router`. Admin routes need the token. The app is given its
+collaborators (:class:`GatewayParts`); what it shows of them is :mod:`.observe.views`'.
 """
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flask import Flask, Response, request
 
 from .. import jsonutil
-from ..config import ConfigError
+from ..config import ConfigError, GatewayConfig
 from ..errors import (
     BadRequest,
     Conflict,
@@ -26,7 +27,7 @@ from ..errors import (
     error_body,
 )
 from ..lib_ver import LIB_VER
-from ..server.placement import device_of
+from ..states import ReloadState
 from ..webutil import (
     ROUTE_BODY_LIMIT,
     install_error_handlers,
@@ -36,21 +37,24 @@ from ..webutil import (
     read_json_object,
     require_admin,
 )
+from .auth import AdminToken
 from .observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .observe.metrics import GatewayMetrics
 from .observe.openapi import openapi_document
-from .observe.status import memory_mb
-from .remote.handle import RemoteHandle
+from .observe.views import Children, events
+from .reconfigure import Reconfiguration
+from .remote.pool import RemoteEndpoints
+from .routing.envelope import Envelope
 from .routing.forward import Reply, forward
+from .routing.router import Router
 from .supervision.handle import READY, STOPPED, ChildHandle
+from .supervision.history import StateHistory
 from .supervision.ports import PortsExhausted
-from .support_data import metrics_of
+from .supervision.supervisor import Supervisor
+from .support_data import SupportData, metrics_of
 from .v2routes import install_v2_routes
 
-if TYPE_CHECKING:
-    from .core import FlaskGateway
-
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
-SYSTEM_STATUS = "SYSTEM_STATUS"
 DASHBOARD_EVENTS = 50  # the newest history events the dashboard shows
 # The dashboard is one self-contained page: its inline script and style, and fetches to this gateway only.
 DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -66,13 +70,37 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
-def create_gateway_app(gw: FlaskGateway) -> Flask:
+@dataclass(frozen=True)
+class GatewayParts:
+    """What the gateway's routes work with."""
+
+    config: Callable[[], GatewayConfig]  # the configuration in force (it changes with reloads)
+    host: str  # where the gateway listens (support processes post from there)
+    execution_path: str  # the run route (/run)
+    admin: AdminToken
+    envelope: Envelope
+    router: Router
+    supervisor: Supervisor
+    remote: RemoteEndpoints
+    reconfiguration: Reconfiguration
+    metrics: GatewayMetrics
+    history: StateHistory
+    support_data: SupportData
+    system_status: Callable[[], dict[str, Any]]  # the body of /system_status
+    support_status: Callable[[], dict[str, Any]]  # the support processes' latest data
+    not_ready: Callable[[], dict[str, str]]  # what keeps the gateway from being ready
+    request_stop: Callable[[], None]  # stop the gateway (after the answer to /shutdown)
+
+
+def create_gateway_app(gw: GatewayParts) -> Flask:
     app = Flask("bis-gateway", static_folder=None)  # serve no files from the working folder
     install_error_handlers(app, plain_under="/v2")
-    limit = min(gw.config.max_body_bytes, ROUTE_BODY_LIMIT)
-    json_limits = gw.config.json_limits
+    config = gw.config()
+    limit = min(config.max_body_bytes, ROUTE_BODY_LIMIT)  # (gateway-level keys never change while it runs)
+    json_limits = config.json_limits
     supervisor = gw.supervisor
     envelope = gw.envelope
+    admin_token = gw.admin.value
 
     def read_payload() -> dict[str, Any]:
         if request.method == "GET":
@@ -91,9 +119,9 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
                 raise Unauthorized("admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in "
                                    f"a JSON body (this one cannot be read: {exc.message}; the token is "
                                    f"{gw.admin.where})") from None
-            require_admin(gw.admin_token, request, None, gw.admin.where)
+            require_admin(admin_token, request, None, gw.admin.where)
             raise
-        require_admin(gw.admin_token, request, payload, gw.admin.where)
+        require_admin(admin_token, request, payload, gw.admin.where)
         return payload
 
     router = gw.router
@@ -109,7 +137,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     @app.route("/notifications", methods=["GET", "POST"])
     def notifications() -> Response:
         # PROTECT_NOTIFICATIONS: what endpoint code wrote is not for anyone
-        payload = admin_payload() if gw.config.protect_notifications else read_payload()
+        payload = admin_payload() if config.protect_notifications else read_payload()
         signature = signature_of(payload)
         merged: dict[str, list[Any]] = {}
         for handle in ready_replicas(signature):
@@ -132,7 +160,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         payload = admin_payload()
         count = payload.get("NR_WORKERS")
         body = jsonutil.dumps_bytes({"NR_WORKERS": count})
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {gw.admin_token}"}
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {admin_token}"}
         for handle in ready_replicas(signature_of(payload)):
             reply = forward(handle, "/update_workers", body, headers)
             if reply.status != 200:
@@ -140,56 +168,16 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             handle.nr_workers = count  # a restart of this server keeps the new size
         return relay(reply)
 
+    def children() -> Children:
+        routes = router.table.routes
+        children = routes.children
+        return Children([h for h in children if not h.is_support], [h for h in children if h.is_support],
+                        list(routes.remote), {name: r.to_json() for name, r in supervisor.reloader.last.items()},
+                        routes.recycles)
+
     @app.route("/list_servers", methods=["GET", "POST"])
     def list_servers() -> Response:
-        return json_response(envelope.add_to(children_view()))
-
-    def children_view() -> dict[str, Any]:
-        return {"AVAIL_SERVERS": {**{h.name: describe(h) for h in supervisor.servers()},
-                                  **{h.name: describe_remote(h) for h in gw.remote.handles()}},
-                "SUPPORT_PROCESSES": {h.name: describe(h) for h in supervisor.supports()}}
-
-    def describe_remote(handle: RemoteHandle) -> dict[str, Any]:
-        """An address of a remote endpoint (URLS): a model server this gateway did not start."""
-        endpoint = handle.endpoint
-        return {
-            "STATE": handle.state, "ONLINE": handle.routable, "PID": None,
-            "UPTIME": str(datetime.timedelta(seconds=int(time.monotonic() - handle.since))),  # in this state
-            "RESTARTS": 0, "LAST_EXIT_CODE": None, "ERROR": handle.error, "DESCRIPTION": endpoint.description,
-            "REMOTE": True, "URL": handle.source, "HOST": handle.host, "PORT": handle.port,
-            "SERVER_CLASS": endpoint.server_class,
-            "WORKERS": handle.workers or {"total": endpoint.nr_workers, "ready": 0},
-            "HEALTH_FAILURES": handle.health_failures, "GENERATION": handle.generation,
-            "REQUESTS_SERVED": handle.served, "REQUESTS_UNREACHED": handle.failed,
-            "IN_FLIGHT": handle.inflight.count,
-        }
-
-    def describe(handle: ChildHandle) -> dict[str, Any]:
-        endpoint = handle.endpoint
-        running = handle.pid is not None
-        uptime = time.monotonic() - handle.started_at if running else 0
-        info = {
-            "STATE": handle.state,
-            "ONLINE": handle.state == READY,
-            "PID": handle.pid,
-            "UPTIME": str(datetime.timedelta(seconds=int(uptime))),
-            "RESTARTS": handle.restarts,
-            "LAST_EXIT_CODE": handle.exit_code,
-            "ERROR": handle.error,
-            "DESCRIPTION": endpoint.description,
-        }
-        if not handle.is_support:
-            last = supervisor.reloader.last.get(endpoint.name)
-            recycles = {reason: count for (name, reason), count in supervisor.reloader.recycles.items()
-                        if name == endpoint.name}
-            info.update(GENERATION=handle.generation, LAST_RELOAD=last.to_json() if last is not None else None,
-                        REQUESTS_SERVED=handle.served, RSS_MB=round(handle.rss_bytes / 1048576, 1) or None,
-                        RECYCLES=recycles)
-            info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
-                        WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
-                        HEALTH_FAILURES=handle.health_failures,
-                        DEVICE=device_of(endpoint.devices, handle.replica) or None)
-        return info
+        return json_response(envelope.add_to(children().view()))
 
     @app.route("/system_status", methods=["GET", "POST"])
     def system_status_route() -> Response:
@@ -199,7 +187,7 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     def start_server() -> Response:
         payload = admin_payload()
         signature = signature_of(payload)
-        endpoint = gw.config.endpoint(signature)
+        endpoint = gw.config().endpoint(signature)
         if endpoint is None:
             raise UnknownSignature(f"{signature!r} is not an endpoint of the configuration")
         if endpoint.is_remote:
@@ -218,28 +206,29 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
         payload = admin_payload()
         signature = signature_of(payload)
         try:
-            reloads = gw.reload_servers(signature)
+            reloads = gw.reconfiguration.reload_servers(signature)
         except ConfigError as exc:
             raise BadRequest(f"the configuration cannot be read, nothing was reloaded: {exc}") from None
         except KeyError:
             raise UnknownSignature(f"{signature!r} is not a started endpoint of the configuration; "
                                    f"started: {sorted(h.endpoint.name for h in supervisor.servers())}") from None
-        failed = [r for r in reloads if r["STATE"] != "DONE"]
+        answers = [reload.to_json() for reload in reloads]
+        failed = [reload for reload in reloads if reload.state is not ReloadState.DONE]
         if failed:
-            message = "; ".join(f"{r['SIGNATURE']}: {r['ERROR']}" for r in failed)
+            message = "; ".join(f"{r.name}: {r.to_json()['ERROR']}" for r in failed)
             body = error_body("ReloadFailed", f"reload failed, the previous generation goes on serving: {message}")
-            return json_response({**body, "RELOADS": reloads}, 422)
-        return json_response({"MESSAGE": f"OK. Reloaded {', '.join(r['SIGNATURE'] for r in reloads)}",
-                              "RELOADS": reloads})
+            return json_response({**body, "RELOADS": answers}, 422)
+        return json_response({"MESSAGE": f"OK. Reloaded {', '.join(r.name for r in reloads)}", "RELOADS": answers})
 
     @app.route("/reload_config", methods=["POST"])
     def reload_config() -> Response:
         admin_payload()
         try:
-            result = gw.reload_config()
+            result = gw.reconfiguration.reload_config()
         except ConfigError as exc:
             raise BadRequest(f"the configuration does not read, nothing changed: {exc}") from None
-        failed = list(result["FAILED"]) + [r["SIGNATURE"] for r in result["RELOADS"] if r["STATE"] == "FAILED"]
+        failed = list(result["FAILED"]) + [r["SIGNATURE"] for r in result["RELOADS"]
+                                           if ReloadState.read(r["STATE"]) is ReloadState.FAILED]
         message = (f"Configuration reloaded; FAILED (see FAILED and RELOADS): {', '.join(failed)}" if failed
                    else "OK. Configuration reloaded")
         return json_response({"MESSAGE": message, **result})
@@ -275,9 +264,9 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
     def support_update_status() -> Response:
         payload = read_json_object(request, limit, json_limits)
         if not is_loopback(request.remote_addr) and request.remote_addr != gw.host:
-            require_admin(gw.admin_token, request, payload, gw.admin.where)
+            require_admin(admin_token, request, payload, gw.admin.where)
         signature = signature_of(payload)
-        endpoint = gw.config.endpoint(signature)
+        endpoint = gw.config().endpoint(signature)
         if endpoint is None or not endpoint.is_support:
             raise UnknownSignature(f"{signature!r} is not a support process of the configuration")
         gw.support_data.store(signature, metrics_of(payload))
@@ -289,22 +278,17 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
 
     @app.route("/dashboard/data", methods=["GET"])
     def dashboard_data() -> Response:
+        now = children()
         return json_response(envelope.add_to({
-            **children_view(),
+            **now.view(),
             "SUPPORT_DATA": gw.support_status(),
-            "MEMORY_MB": memory_mb(supervisor.handles.values()),
+            "MEMORY_MB": now.memory(),
             "REQUESTS": gw.metrics.requests_by_signature(),
-            "ACTIVE_STREAMS": active_streams(),
+            # (the event loop's thread alone updates the counts: a copy of them is enough, without a lock)
+            "ACTIVE_STREAMS": now.active_streams(dict(list(gw.metrics.active_streams.items()))),
             "SERIES": gw.metrics.activity.series(),
-            "EVENTS": gw.history.snapshot().get("EVENTS", [])[-DASHBOARD_EVENTS:],
+            "EVENTS": events(gw.history.snapshot(), DASHBOARD_EVENTS),
         }))
-
-    def active_streams() -> dict[str, int]:
-        """Streamed answers in progress by endpoint, 0 for a started endpoint without one. The
-        event loop's thread alone updates the counts: a copy of them is enough, without a lock."""
-        counts = dict.fromkeys(sorted({h.endpoint.name for h in supervisor.servers()}), 0)
-        counts.update(list(gw.metrics.active_streams.items()))
-        return counts
 
     dashboard_page = resources.files(f"{__package__}.observe").joinpath("dashboard.html").read_text(encoding="utf-8")
 
@@ -333,5 +317,5 @@ def create_gateway_app(gw: FlaskGateway) -> Flask:
             return json_response(body, 503, {"Retry-After": "1"})
         return json_response({"status": "ready", "servers": len(supervisor.handles)})
 
-    install_v2_routes(app, gw)
+    install_v2_routes(app, router, gw.not_ready)
     return app

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
@@ -16,18 +15,17 @@ from typing import Any
 
 from .. import exitcodes
 from ..config import ConfigError, GatewayConfig, load_config, parse_config
-from ..errors import Conflict
 from ..lib_ver import LIB_VER
 from ..logs import logging_configured, setup_process_logging
 from ..tlsfiles import client_context
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import RequestIds, endpoint_token
-from . import reconfigure
-from .app import create_gateway_app, is_loopback
+from .app import GatewayParts, create_gateway_app, is_loopback
 from .auth import resolve_admin_token
 from .observe.metrics import GatewayMetrics
 from .observe.status import system_status
+from .reconfigure import Reconfiguration
 from .remote.pool import RemoteEndpoints
 from .routing.envelope import Envelope
 from .routing.router import Admission, Router
@@ -108,11 +106,10 @@ class FlaskGateway:
         self.workers_location = workers_location
         self.workers_suffix = workers_suffix
         self._config_path: Path | None = None  # the file the configuration was read from, if any
-        self.config = self._load_config(log, config, config_file)
         self._port_flags = (first_server_port, last_server_port)
-        self.config = self._with_port_flags(self.config)
-        self.strict = strict or self.config.strict_startup
-        problems = self.config.file_problems()
+        config = self._with_port_flags(self._load_config(log, config, config_file))
+        self.strict = strict or config.strict_startup
+        problems = config.file_problems()
         if problems and self.strict:
             raise ConfigError("; ".join(problems) + " (strict start: no endpoint may fail)")
         for problem in problems:
@@ -120,23 +117,23 @@ class FlaskGateway:
         self.exit_code = 0
         self.host_id = "h" + secrets.token_hex(2)
         self.envelope = Envelope(app_version or _read_app_version(self.app_root))
-        self.admin = resolve_admin_token(self.config.admin_token, self.cache_folder / "_data", self.app_root)
+        self.admin = resolve_admin_token(config.admin_token, self.cache_folder / "_data", self.app_root)
         self.admin_token = self.admin.value
         self.history = StateHistory(self.cache_folder / "_data")
         self.support_data = SupportData()
         self.supervisor = Supervisor(
-            self.config, self.app_root, self.cache_folder, self.host_id, self.admin_token,
-            workers_location, workers_suffix, self.execution_path, pool_size=self.config.gateway_threads + 4,
+            config, self.app_root, self.cache_folder, self.host_id, self.admin_token,
+            workers_location, workers_suffix, self.execution_path, pool_size=config.gateway_threads + 4,
             history=self.history,
         )
-        self.remote = RemoteEndpoints(self.config.endpoints, self.supervisor.routes)
-        self.metrics = GatewayMetrics(self.supervisor, self.remote)
+        self.remote = RemoteEndpoints(config.endpoints, self.supervisor.routes)
+        read = (lambda: self._with_port_flags(self._read_config())) if self._config_path is not None else None
+        self.reconfiguration = Reconfiguration(read, self.supervisor, self.remote, self.history)
+        self.metrics = GatewayMetrics(self.supervisor.routes)
         self.admission = Admission(MAX_IN_FLIGHT)
-        self.router = Router(self.supervisor.routes, self.envelope, self.admission, self.config.response_format)
+        self.router = Router(self.supervisor.routes, self.envelope, self.admission, config.response_format)
         self._stop = threading.Event()
         self._hup = threading.Event()
-        self._reloading = threading.Lock()
-        self._hup_waiting = threading.Event()  # a SIGHUP's reload waits for the one in progress
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
         if run:
@@ -171,76 +168,23 @@ class FlaskGateway:
             raise ConfigError(f"last server port {last} is below the first server port {first}")
         return replace(config, first_server_port=first, last_server_port=last)
 
-    # -- reloads -----------------------------------------------------------------------------
-    def reload_servers(self, signature: str) -> list[dict[str, Any]]:
-        """``POST /reload_server``: replace the servers of ``signature`` (``"*"``: of every started
-        endpoint, one after the other) by a new generation with the endpoint file as it is on disk
-        and its entry as the configuration now says; wait for each. Raises ConfigError (the
-        configuration no longer reads) or KeyError (not a started endpoint)."""
-        try:
-            config = self._read_config() if self._config_path is not None else self.supervisor.config
-        except ConfigError as exc:
-            for name in self._reload_names(signature):
-                self.supervisor.reload_refused(name, f"the configuration does not read: {exc}")
-            raise
-        results = []
-        for name in self._reload_names(signature):
-            endpoint = config.endpoint(name)
-            if endpoint is None or endpoint.is_support:
-                raise KeyError(name)
-            if endpoint.problem:  # the file does not load: the servers running go on serving
-                self.supervisor.reload_refused(name, endpoint.problem)
-                raise ConfigError(f"CONFIG_ENDPOINTS.{name}: {endpoint.problem}")
-            results.append(self.supervisor.reload_and_wait(name, endpoint))
-            self.config = dataclasses.replace(self.config, endpoints=self.supervisor.config.endpoints)
-            if results[-1]["STATE"] == "STARTING":
-                break  # still in progress: the next ones would wait behind it
-        return results
+    @property
+    def config(self) -> GatewayConfig:
+        """The configuration in force (its endpoints change with reloads: :mod:`.reconfigure`)."""
+        return self.supervisor.config
+
+    def parts(self) -> GatewayParts:
+        """What the gateway's Flask routes work with."""
+        return GatewayParts(
+            config=lambda: self.config, host=self.host, execution_path=self.execution_path, admin=self.admin,
+            envelope=self.envelope, router=self.router, supervisor=self.supervisor, remote=self.remote,
+            reconfiguration=self.reconfiguration, metrics=self.metrics, history=self.history,
+            support_data=self.support_data, system_status=self.system_status, support_status=self.support_status,
+            not_ready=self.not_ready, request_stop=self.request_stop)
 
     def reload_config(self, wait: bool = False) -> dict[str, Any]:
-        """``POST /reload_config`` and SIGHUP: read the configuration again and put its endpoints
-        in force (:mod:`.reconfigure`). Raises ConfigError (nothing changes) when it does not read,
-        and Conflict while another reload is in progress (``wait``: run after it instead)."""
-        if self._config_path is None:
-            raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
-        if not self._reloading.acquire(blocking=wait):
-            raise Conflict("a configuration reload is in progress (it waits for reloaded and moved endpoints "
-                           "to be READY); send this one again when it has answered")
-        self._hup_waiting.clear()  # this one reads the file as it is now: a later SIGHUP needs its own
-        try:
-            try:
-                config = self._with_port_flags(self._read_config())
-            except ConfigError as exc:
-                logger.error("reload_config: the configuration does not read, nothing changed: %s", exc)
-                self.history.record("RELOAD_CONFIG_FAILED", detail=str(exc))
-                raise
-            result = reconfigure.apply(self, config)
-        finally:
-            self._reloading.release()
-        self.history.record("RELOAD_CONFIG", detail=", ".join(
-            f"{key.lower()} {value}" for key, value in result.items() if key in ("ADDED", "REMOVED", "CHANGED")))
-        return result
-
-    def _reload_config_in_background(self) -> None:
-        if self._hup_waiting.is_set():
-            return  # a reload for an earlier SIGHUP has not begun yet: it reads the file as it is now
-        self._hup_waiting.set()
-
-        def run() -> None:
-            try:
-                self.reload_config(wait=True)  # after the reload in progress, if any
-            except ConfigError:
-                pass  # logged and recorded
-            except Exception:
-                logger.exception("reload_config after SIGHUP failed")
-        threading.Thread(target=run, name="reload-config", daemon=True).start()
-
-    def _reload_names(self, signature: str) -> list[str]:
-        if signature == "*":
-            return [h.endpoint.name for h in self.supervisor.servers() if h.replica == 0 and h.pid is not None]
-        if not self.supervisor.replicas_of(signature):
-            raise KeyError(signature)
-        return [signature]
+        """``POST /reload_config`` and SIGHUP (:meth:`.reconfigure.Reconfiguration.reload_config`)."""
+        return self.reconfiguration.reload_config(wait)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -267,7 +211,7 @@ class FlaskGateway:
         except ValueError as exc:
             raise GatewayStartupError(str(exc)) from None
         try:
-            self.http = HttpFront(RequestIds(create_gateway_app(self)), self.host, self.port,
+            self.http = HttpFront(RequestIds(create_gateway_app(self.parts())), self.host, self.port,
                                   fast_path=self.execution_path, threads=config.gateway_threads, limits=limits,
                                   fast_prefix=V2_MODELS)
         except OSError as exc:
@@ -301,7 +245,7 @@ class FlaskGateway:
             if self._hup.is_set():
                 self._hup.clear()
                 logger.info("SIGHUP: reloading the configuration")
-                self._reload_config_in_background()
+                self.reconfiguration.reload_in_background()
             if not announced and self.supervisor.settled():
                 announced = True
                 if not self._announce(time.monotonic() - started) and self.strict:

@@ -13,26 +13,24 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, Response
 
 from ..errors import ServerDied, Unavailable
 from ..lib_ver import LIB_VER
 from ..webutil import json_response
+from .routing.router import Router
 from .routing.v2path import route_model, served_versions
 from .supervision.handle import ChildHandle
-
-if TYPE_CHECKING:
-    from .core import FlaskGateway
 
 SERVER_NAME = "basic_inference_server"
 EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor extension
 METADATA_TIMEOUT = 5.0
 
 
-def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
-    router = gw.router
+def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[str, str]]) -> None:
     metadata_cache: dict[tuple[str, int | None, int], dict[str, Any]] = {}
     cache_lock = threading.Lock()
 
@@ -70,7 +68,7 @@ def install_v2_routes(app: Flask, gw: FlaskGateway) -> None:
 
     @app.route("/v2/health/ready", methods=["GET"])
     def v2_ready() -> Response:
-        waiting = gw.not_ready()
+        waiting = not_ready()
         ready = not waiting and not router.admission.draining
         return json_response({"ready": ready}, 200 if ready else 400)
 

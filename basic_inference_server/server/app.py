@@ -16,6 +16,7 @@ from flask import Flask, Response, request
 from ..errors import BadRequest, PayloadTooLarge, Unauthorized
 from ..httpserve import InFlight
 from ..jsonbody import DEFAULT_LIMITS, JsonLimits
+from ..states import ServerHealth
 from ..webutil import (
     ENDPOINT_TOKEN_HEADER,
     ROUTE_BODY_LIMIT,
@@ -85,8 +86,9 @@ class ServerState:
         stuck = bool(late) and (len(late) >= stats["ready"] or max(late) > STUCK_FACTOR * self.request_timeout)
         loaded = self.loaded or not stats["loading"]
         ready = stats["ready"] > 0 and loaded and not self.draining and not stuck
-        state = "DRAINING" if self.draining else "STUCK" if stuck else "READY" if ready else "LOADING"
-        body: dict[str, Any] = {"status": state, "name": self.name, "workers": stats}
+        state = (ServerHealth.DRAINING if self.draining else ServerHealth.STUCK if stuck
+                 else ServerHealth.READY if ready else ServerHealth.LOADING)
+        body: dict[str, Any] = {"status": state.name, "name": self.name, "workers": stats}
         if stuck:
             body["ERROR"] = (f"{len(late)} of {stats['ready']} worker(s) stuck on a request for up to "
                              f"{max(late):.0f}s (REQUEST_TIMEOUT={self.request_timeout:g}s)")

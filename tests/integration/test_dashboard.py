@@ -42,7 +42,7 @@ def test_dashboard_route_serves_a_self_contained_page_with_csp(tmp_path):
     (tmp_path / "endpoints").mkdir()
     (tmp_path / "endpoints" / "mon.py").write_text("print('support')\n")
     gateway = FlaskGateway(config={"CONFIG_ENDPOINTS": {"mon": {"HOST": "NO_HOST"}}}, app_root=tmp_path, run=False)
-    reply = create_gateway_app(gateway).test_client().get("/dashboard")
+    reply = create_gateway_app(gateway.parts()).test_client().get("/dashboard")
     assert reply.status_code == 200
     assert reply.headers["Content-Type"] == "text/html; charset=utf-8"
     assert reply.headers["Content-Security-Policy"] == CSP

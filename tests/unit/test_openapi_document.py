@@ -31,7 +31,7 @@ def gateway_app(tmp_path: Path, clean_root_logging):
 
     gateway = FlaskGateway(config={"ADMIN_TOKEN": "unit-token-123456", "CONFIG_ENDPOINTS": {}},
                            app_root=tmp_path, run=False)
-    return create_gateway_app(gateway)
+    return create_gateway_app(gateway.parts())
 
 
 def served_operations(app) -> set[tuple[str, str]]:

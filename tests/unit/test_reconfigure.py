@@ -88,14 +88,14 @@ def test_one_configuration_reload_at_a_time(tmp_path):
     (tmp_path / "config_gateway.txt").write_text('{"CONFIG_ENDPOINTS": {}}')
     gateway = FlaskGateway(app_root=tmp_path, run=False)
     try:
-        assert gateway._reloading.acquire(blocking=False)  # as a reload in progress holds it
+        assert gateway.reconfiguration._reloading.acquire(blocking=False)  # as a reload in progress holds it
         with pytest.raises(Conflict, match="a configuration reload is in progress"):
             gateway.reload_config()
         waiting = threading.Thread(target=gateway.reload_config, kwargs={"wait": True})  # SIGHUP's: after it
         waiting.start()
         waiting.join(0.3)
         assert waiting.is_alive()
-        gateway._reloading.release()
+        gateway.reconfiguration._reloading.release()
         waiting.join(10)
         assert not waiting.is_alive()
         assert gateway.reload_config()["UNCHANGED"] == []  # free again

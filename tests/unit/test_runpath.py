@@ -102,7 +102,7 @@ class Gateway:
         table.routes = Routes.build(tuple(endpoints) + (endpoint("off", disabled=True),), handles)
         self.handles = {h.name: h for h in handles}
         self.router = Router(table, Envelope("1.2.3"), Admission(100), "nested")
-        self.metrics = GatewayMetrics(type("Sup", (), {"handles": self.handles})())
+        self.metrics = GatewayMetrics(table)
         self.loop = uvloop.new_event_loop()
         self.front = HttpFront(lambda environ, start: [], "127.0.0.1", 0, fast_path="/run", threads=1,
                                limits=FrontLimits(max_body=200_000))
@@ -293,3 +293,21 @@ def test_the_channels_of_servers_no_longer_routed_to_are_closed_once_idle(gatewa
     handle.socket_path = str(tmp_path / "new.sock")  # the route table now points at a new generation
     new = run_path.channel(handle)
     assert new is not old and set(run_path._channels) == {handle.socket_path}
+
+
+def test_metrics_read_the_route_table_the_supervisor_publishes(gateway, monkeypatch):
+    """/metrics renders from the route table's snapshot: the children (their states and restarts),
+    the recycles done and the requests the gateway counted, without reaching into the supervisor."""
+    from basic_inference_server.gateway.observe import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "_fetch_stats", lambda handle: None)  # no server to ask
+    gw = gateway([endpoint("echo")])
+    handles = list(gw.handles.values())
+    gw.router.table.publish_local(tuple(h.endpoint for h in handles), handles, {("echo", "max_requests"): 2})
+    handles[0].restarts = 3
+    assert gw.post(b'{"SIGNATURE": "echo"}')[0] == 200
+    text = gw.metrics.render().decode()
+    assert 'bis_server_state{replica="1",signature="echo",state="READY"} 1.0' in text
+    assert 'bis_server_restarts_total{replica="1",signature="echo"} 3.0' in text
+    assert 'bis_server_recycles_total{reason="max_requests",signature="echo"} 2.0' in text
+    assert 'bis_requests_total{code="200",signature="echo"} 1.0' in text

@@ -363,7 +363,8 @@ def test_max_requests_recycles_a_server_blue_green(world):
     assert recycle.reason == MAX_REQUESTS and new is not None
     w.table.transition(new, READY)
     w.tick()
-    assert w.table.handles["m"] is new and w.reloader.recycles == {("m", MAX_REQUESTS): 1}
+    assert w.table.handles["m"] is new and w.table.recycles == {("m", MAX_REQUESTS): 1}
+    assert w.table.routes.routes.recycles == {("m", MAX_REQUESTS): 1}
 
 
 def test_a_recycle_that_fails_is_not_tried_again_for_a_while(world):

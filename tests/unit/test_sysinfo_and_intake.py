@@ -88,7 +88,7 @@ def test_intake_from_another_host_needs_the_admin_token(tmp_path):
     (tmp_path / "endpoints" / "mon.py").write_text("print('support')\n")
     config = {"ADMIN_TOKEN": "remote-token-123", "CONFIG_ENDPOINTS": {"mon": {"HOST": "NO_HOST"}}}
     gateway = FlaskGateway(config=config, app_root=tmp_path, run=False)
-    client = create_gateway_app(gateway).test_client()
+    client = create_gateway_app(gateway.parts()).test_client()
     remote = {"REMOTE_ADDR": "10.1.2.3"}
     body = {"SIGNATURE": "mon", "cpu": 5}
     assert client.post("/support_update_status", json=body, environ_base=remote).status_code == 401

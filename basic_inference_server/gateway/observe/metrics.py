@@ -15,7 +15,7 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -24,13 +24,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from ...server.stats import LATENCY_BOUNDS, cumulative_buckets
 from ...server.stats import Histogram as StatsHistogram
 from ..remote.handle import RemoteHandle, RemoteState
+from ..routing.routes import RouteTable
 from ..supervision.handle import READY, ChildHandle, ChildState
 from .activity import Activity
 from .sysinfo import process_tree_usage
-
-if TYPE_CHECKING:
-    from ..remote.pool import RemoteEndpoints
-    from ..supervision.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +50,8 @@ def _histogram(table: dict[str, StatsHistogram], signature: str, bounds: tuple[f
 class GatewayMetrics:
     """The gateway's own counts of ``/run`` plus a collector for its children, in one registry."""
 
-    def __init__(self, supervisor: Supervisor, remote: RemoteEndpoints | None = None):
-        self.supervisor = supervisor
-        self.remote = remote
+    def __init__(self, routes: RouteTable):
+        self.routes = routes  # the children and remote servers, as the supervisor and the remote pool publish them
         self.registry = CollectorRegistry(auto_describe=True)
         self._counts: dict[tuple[str, int], int] = {}  # (signature, status) -> answers
         self._latency: dict[str, StatsHistogram] = {}
@@ -64,7 +60,7 @@ class GatewayMetrics:
         self.active_streams: dict[str, int] = {}
         self._cancelled: dict[tuple[str, str], int] = {}  # (signature, stage) -> dropped before a server saw them
         self.registry.register(_RunCollector(self))
-        self.registry.register(_ChildrenCollector(supervisor, self))
+        self.registry.register(_ChildrenCollector(routes, self._cancelled))
         self.activity = Activity()
 
     def observe(self, signature: str, status: int, seconds: float) -> None:
@@ -141,16 +137,17 @@ class _ChildrenCollector:
     """Collects, at scrape time, the children's state, workers, server-side histograms and the
     memory and CPU of every process."""
 
-    def __init__(self, supervisor: Supervisor, metrics: GatewayMetrics):
-        self.supervisor = supervisor
-        self.metrics = metrics
+    def __init__(self, routes: RouteTable, cancelled: dict[tuple[str, str], int]):
+        self.routes = routes
+        self.cancelled = cancelled  # the gateway's own: requests dropped before a server saw them
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics")
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the children present; nothing to check at registration
 
     def collect(self) -> Iterator[Metric]:
-        handles = list(self.supervisor.handles.values())
+        routes = self.routes.routes  # one snapshot for the whole scrape
+        handles = list(routes.children)
         servers = [h for h in handles if not h.is_support]
         labels = ["signature", "replica"]
         state = GaugeMetricFamily("bis_server_state", "1 for the state each child is in", labels=[*labels, "state"])
@@ -161,9 +158,9 @@ class _ChildrenCollector:
             restarts.add_metric(self._labels(handle), handle.restarts)
         recycles = CounterMetricFamily("bis_server_recycles", "Servers replaced blue-green by MAX_REQUESTS or "
                                        "MAX_RSS_MB", labels=["signature", "reason"])
-        for (name, reason), count in sorted(self.supervisor.reloader.recycles.items()):
+        for (name, reason), count in sorted(routes.recycles.items()):
             recycles.add_metric([name, reason], count)
-        remote = self.metrics.remote.handles() if self.metrics.remote is not None else []
+        remote = list(routes.remote)
         address_labels = ["signature", "address"]
         remote_state = GaugeMetricFamily("bis_remote_server_state", "1 for the state each address of a remote "
                                          "endpoint (URLS) is in", labels=[*address_labels, "state"])
@@ -211,7 +208,7 @@ class _ChildrenCollector:
             "batch_size": HistogramMetricFamily(
                 "bis_batch_size", "Requests per call of _predict (endpoints with MAX_BATCH_SIZE > 1)", labels=labels),
         }
-        cancelled = dict(self.metrics._cancelled)
+        cancelled = dict(self.cancelled)
         for handle, data in zip(ready, stats, strict=False):
             if data is None:
                 continue

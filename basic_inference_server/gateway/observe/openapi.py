@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...config import SYSTEM_STATUS
+from ...states import ReloadState
 from .metrics import REMOTE_STATES, STATES
 from .openapi_build import (
     Schema,
@@ -34,7 +36,6 @@ from .openapi_stream import RUN_STREAMING, STREAM_FLAG, stream_content, stream_e
 from .openapi_v2 import v2_paths, v2_schemas
 
 OPENAPI_VERSION = "3.0.3"
-SYSTEM_STATUS = "SYSTEM_STATUS"
 
 
 # -- components ----------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def _schemas() -> dict[str, Schema]:
         }, ["SIGNATURE"], additionalProperties=True),
         "Message": _obj({"MESSAGE": _str()}, ["MESSAGE"]),
         "Reload": _obj({"SIGNATURE": _str(), "REASON": _str(enum=["reload", "max_requests", "max_rss"]),
-                        "STATE": _str(enum=["STARTING", "DONE", "FAILED"]),
+                        "STATE": _str(enum=[state.name for state in ReloadState]),
                         "GENERATION": _int(), "PIDS": {"type": "array", "items": _int()},
                         "SECONDS": _nullable({"type": "number"}), "ERROR": _nullable(_str()),
                         "IN_PLACE": _nullable(_str())}, ["SIGNATURE", "STATE", "GENERATION", "PIDS"]),

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from ...config import EndpointConfig
+from ...states import ServerHealth
 from ...tlsfiles import client_context
 from ..routing.routes import RouteTable
 from ..routing.upstream import Upstream
@@ -262,20 +263,20 @@ class RemoteEndpoints:
             return
         if not isinstance(body, dict):
             body = {}
-        status, served = body.get("status"), body.get("name")
+        status, served = ServerHealth.read(body.get("status")), body.get("name")
         if served != handle.endpoint.name:  # another endpoint's server (a wrong URL, a reused address)
             self._probe_failed(handle, f"{handle.address} serves {served!r}, not {handle.endpoint.name!r}", now=True)
             return
         if isinstance(body.get("workers"), dict):
             handle.workers = body["workers"]
-        if reply.status == 200 and status == "READY":
+        if reply.status == 200 and status is ServerHealth.READY:
             handle.health_failures = 0
             self._transition(handle, RemoteState.READY, None)
-        elif status == "DRAINING":
+        elif status is ServerHealth.DRAINING:
             handle.health_failures = 0
             self._transition(handle, RemoteState.DRAINING, "shutting down")
         else:
-            self._probe_failed(handle, f"/health answered {reply.status} {status or ''}".rstrip())
+            self._probe_failed(handle, f"/health answered {reply.status} {status.name if status else ''}".rstrip())
 
     def _probe_failed(self, handle: RemoteHandle, why: str, now: bool = False) -> None:
         handle.health_failures += 1

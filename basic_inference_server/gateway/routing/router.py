@@ -28,7 +28,6 @@ from .envelope import Envelope
 from .routes import RouteTable
 
 Handle = TypeVar("Handle", ChildHandle, RemoteHandle)
-SYSTEM_STATUS = "SYSTEM_STATUS"
 # `"SIGNATURE": "<name>"` as clients write it (a name with escapes is read exactly, in a small body).
 _SIGNATURE_AT = re.compile(rb'"SIGNATURE"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})"')
 INLINE_SCAN = 65536  # bodies up to this size are read exactly when their first "SIGNATURE" routes nowhere

@@ -1,7 +1,8 @@
 """The router's view of who serves what: endpoint name -> its model servers, as a snapshot.
 
-Two writers publish into the :class:`RouteTable`: the supervisor (its children, whenever one is
-added) and the remote endpoints (the addresses of ``URLS``, whenever they change). Each
+Two writers publish into the :class:`RouteTable`: the supervisor's table of children (the
+children, the configured endpoints and the recycles done, whenever they change) and the remote
+endpoints (the addresses of ``URLS``, whenever they change). Each
 publication builds a new :class:`Routes` from the latest of both and puts it in place in one
 assignment; request threads and the event loop read whichever snapshot is current, without a
 lock and without reaching into either writer.
@@ -28,10 +29,14 @@ class Routes:
 
     servers: Mapping[str, tuple[ChildHandle | RemoteHandle, ...]] = field(default_factory=lambda: MappingProxyType({}))
     endpoints: Mapping[str, EndpointConfig] = field(default_factory=lambda: MappingProxyType({}))
+    children: tuple[ChildHandle, ...] = ()  # every child of this gateway, support processes too
+    remote: tuple[RemoteHandle, ...] = ()  # every address of the remote endpoints
+    recycles: Mapping[tuple[str, str], int] = field(default_factory=lambda: MappingProxyType({}))  # (name, reason)
 
     @classmethod
     def build(cls, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle],
-              remote: Mapping[str, tuple[RemoteHandle, ...]] | None = None) -> Routes:
+              remote: Mapping[str, tuple[RemoteHandle, ...]] | None = None,
+              recycles: Mapping[tuple[str, str], int] | None = None) -> Routes:
         servers: dict[str, list[ChildHandle | RemoteHandle]] = {}
         for handle in sorted((h for h in handles if not h.is_support), key=lambda h: h.replica):
             servers.setdefault(handle.endpoint.name, []).append(handle)
@@ -39,7 +44,9 @@ class Routes:
             if addresses:
                 servers[name] = list(addresses)
         return cls(MappingProxyType({name: tuple(replicas) for name, replicas in servers.items()}),
-                   MappingProxyType({e.name: e for e in endpoints}))
+                   MappingProxyType({e.name: e for e in endpoints}), tuple(handles),
+                   tuple(h for addresses in (remote or {}).values() for h in addresses),
+                   MappingProxyType(dict(recycles or {})))
 
 
 class RouteTable:
@@ -51,15 +58,19 @@ class RouteTable:
         self._endpoints: tuple[EndpointConfig, ...] = ()
         self._handles: list[ChildHandle] = []
         self._remote: Mapping[str, tuple[RemoteHandle, ...]] = {}
+        self._recycles: Mapping[tuple[str, str], int] = {}
 
-    def publish_local(self, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle]) -> None:
-        """The supervisor's children (and the configuration) changed."""
+    def publish_local(self, endpoints: tuple[EndpointConfig, ...], handles: list[ChildHandle],
+                      recycles: Mapping[tuple[str, str], int] | None = None) -> None:
+        """The supervisor's children (and the configuration, and the recycles done) changed."""
         with self._lock:
             self._endpoints, self._handles = endpoints, handles
-            self.routes = Routes.build(endpoints, handles, self._remote)
+            if recycles is not None:
+                self._recycles = dict(recycles)
+            self.routes = Routes.build(endpoints, handles, self._remote, self._recycles)
 
     def publish_remote(self, remote: Mapping[str, tuple[RemoteHandle, ...]]) -> None:
         """The addresses of the remote endpoints (endpoint name -> its model servers) changed."""
         with self._lock:
             self._remote = dict(remote)
-            self.routes = Routes.build(self._endpoints, self._handles, self._remote)
+            self.routes = Routes.build(self._endpoints, self._handles, self._remote, self._recycles)

@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from ... import jsonutil, requestid
+from ...config import SYSTEM_STATUS
 from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
 from ...transport.frames import STREAM
@@ -32,7 +33,7 @@ from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
 from .forward import transport_error
 from .outcome import Failure, Misroute, Outcome, Reply
-from .router import SYSTEM_STATUS, Router
+from .router import Router
 from .upstream import ConnectFailed, ReadTimedOut
 
 logger = logging.getLogger(__name__)

@@ -10,27 +10,12 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, ClassVar
 
 from ...config import EndpointConfig
 from ...httpserve import InFlight
+from ...states import ChildState
 from ..routing.upstream import Upstream
-
-
-class ChildState(str, Enum):
-    """A child's state; a ``str`` so that it compares with and serialises as its name."""
-
-    STARTING = "STARTING"
-    READY = "READY"
-    RESTARTING = "RESTARTING"
-    STOPPING = "STOPPING"
-    STOPPED = "STOPPED"
-    FAILED = "FAILED"
-
-    __str__ = str.__str__
-    __format__ = str.__format__
-
 
 STARTING, READY, RESTARTING = ChildState.STARTING, ChildState.READY, ChildState.RESTARTING
 STOPPING, STOPPED, FAILED = ChildState.STOPPING, ChildState.STOPPED, ChildState.FAILED

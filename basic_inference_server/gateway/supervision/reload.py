@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from ...config import EndpointConfig
+from ...states import ReloadState
 from ..observe.sysinfo import memory, process_tree_usage
 from .handle import FAILED, READY, RESTARTING, STARTING, STOPPED, STOPPING, ChildHandle, replica_key
 from .ports import PortAllocator, PortsExhausted
@@ -38,14 +38,6 @@ RETIRE_MARGIN = 5.0  # seconds past REQUEST_TIMEOUT an old generation may keep r
 MEMORY_HEADROOM = 1.25  # a new generation is expected to need this much of the old one's RSS
 RECYCLE_PAUSE = 60.0  # after a recycle that failed, seconds before the server is tried again
 RELOAD, MAX_REQUESTS, MAX_RSS = "reload", "max_requests", "max_rss"  # why a generation is replaced
-
-
-class ReloadState(str, Enum):
-    STARTING = "STARTING"  # the new generation of the current replica is loading
-    DONE = "DONE"
-    FAILED = "FAILED"
-
-    __str__ = str.__str__
 
 
 @dataclass
@@ -80,9 +72,9 @@ class Reload:
             self.done.set()
 
     def to_json(self) -> dict[str, Any]:
-        return {"SIGNATURE": self.name, "REASON": self.reason, "STATE": str(self.state), "GENERATION": self.generation,
-                "PIDS": list(self.pids), "SECONDS": self.seconds, "ERROR": self.error,
-                "IN_PLACE": self.in_place}
+        error = self.error or ("still in progress" if self.state is ReloadState.STARTING else None)
+        return {"SIGNATURE": self.name, "REASON": self.reason, "STATE": self.state.name, "GENERATION": self.generation,
+                "PIDS": list(self.pids), "SECONDS": self.seconds, "ERROR": error, "IN_PLACE": self.in_place}
 
 
 class Reloader:
@@ -95,7 +87,6 @@ class Reloader:
         self.retiring: list[tuple[ChildHandle, float]] = []  # (old generation, switched at)
         self.last: dict[str, Reload] = {}  # endpoint name -> its last finished reload
         self.waiting: dict[str, Reload] = {}  # reloads asked for while a recycle of the endpoint runs
-        self.recycles: dict[tuple[str, str], int] = {}  # (endpoint, reason) -> recycles done
 
     def handles(self) -> list[ChildHandle]:
         """Children that are not in the route table: new generations loading, old ones draining.
@@ -155,8 +146,7 @@ class Reloader:
             return
         key = replica_key(reload.name, reload.replica - (reload.state == ReloadState.DONE))
         if reload.state == ReloadState.DONE:
-            counted = (reload.name, reload.reason)
-            self.recycles[counted] = self.recycles.get(counted, 0) + 1
+            self.table.recycled(reload.name, reload.reason)
             self.table.record("RECYCLE", key, f"{reload.reason}, generation {reload.generation}")
         else:
             handle = self.table.handles.get(key)

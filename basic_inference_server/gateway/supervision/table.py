@@ -38,6 +38,7 @@ class ChildTable:
         self.routes = routes or RouteTable()
         self.history = history
         self.clock = clock  # the supervision's time (tests give a fake one)
+        self.recycles: dict[tuple[str, str], int] = {}  # (endpoint, reason) -> servers recycled
         self.lock = threading.RLock()  # re-entrant: held by the loop, the probes, the admin routes
         self._events: deque[tuple[str, ChildState | None, ChildState | None, str, str | None]] = deque()
         self.routes.publish_local(config.endpoints, [])
@@ -115,6 +116,11 @@ class ChildTable:
         """A new entry is in force for one configured endpoint (what its next start uses)."""
         self.set_endpoints(tuple(endpoint if e.name == endpoint.name else e for e in self.config.endpoints))
 
+    def recycled(self, name: str, reason: str) -> None:
+        """A server of ``name`` was replaced for ``reason`` (MAX_REQUESTS, MAX_RSS_MB)."""
+        self.recycles[name, reason] = self.recycles.get((name, reason), 0) + 1
+        self.publish()
+
     def publish(self) -> None:
-        """The route table from the children and endpoints as they are now."""
-        self.routes.publish_local(self.config.endpoints, list(self.handles.values()))
+        """The route table from the children, endpoints and recycles as they are now."""
+        self.routes.publish_local(self.config.endpoints, list(self.handles.values()), self.recycles)
