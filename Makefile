@@ -11,6 +11,9 @@ SERVE := $(VENV)/.serve-installed
 DEV := $(VENV)/.dev-installed
 ENDPOINT_REQUIREMENTS := $(wildcard endpoints/requirements.txt)
 export NO_MKDOCS_2_WARNING := 1
+# Processes pytest runs the suite on (pytest-xdist): the integration tests mostly wait on the
+# gateways they start, so more processes than cores pay; PYTEST_WORKERS=0 runs it in one.
+PYTEST_WORKERS ?= 4
 
 .PHONY: run test lint docs docs-serve bench clean
 
@@ -40,7 +43,7 @@ docs-serve: $(DEV)
 	$(PY) -m mkdocs serve --strict
 
 test: lint docs
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 bench: $(DEV)
 	$(PY) -m bench $(ARGS)

@@ -1,7 +1,11 @@
 """Markers by where a test lives: ``unit`` (tests/unit), ``integration`` (tests/integration, real
 processes), ``docker`` (tests/docker); ``soak`` for the load-and-fault soaks (test_soak.py), which
 are integration tests too. ``make test`` runs them all; ``-m unit`` (or ``-m "not docker"``, ...)
-picks a part."""
+picks a part.
+
+``make test`` runs the tests on several processes (pytest-xdist, ``--dist loadgroup``): the tests
+of one module stay on one process (their module fixtures, a gateway say, are made once), and the
+Docker tests all on one (one engine, one image build at a time)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ _FOLDERS = {"unit": pytest.mark.unit, "integration": pytest.mark.integration, "d
 _SOAKS = {"test_soak.py"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.fspath))
@@ -21,3 +26,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(marker)
         if path.name in _SOAKS:
             item.add_marker(pytest.mark.soak)
+        group = "docker" if path.parent.name == "docker" else f"{path.parent.name}/{path.stem}"
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 import pytest
@@ -191,9 +194,19 @@ def test_idle_keep_alive_connections_never_lock_new_clients_out(tmp_path):
     gateway.assert_nothing_left()
 
 
-def test_a_gateways_model_server_serves_that_gateway_only(tmp_path):
+@pytest.fixture
+def short_path() -> Iterator[Path]:
+    """A folder whose socket paths fit a Unix socket address, so the sockets and secrets stay in
+    ``_cache/_run/sockets`` (under a long path, such as pytest-xdist's, they go to a temporary
+    folder)."""
+    folder = Path(tempfile.mkdtemp(prefix="bis-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_gateways_model_server_serves_that_gateway_only(short_path):
     env = {"BIS_ADMIN_TOKEN": "admin-token-in-the-environment", "BIS_ENDPOINT_TOKEN": "remote-hop-secret-1234"}
-    gateway = Gateway(make_app(tmp_path, CONFIG, FILES), env=env, token=None).start()
+    gateway = Gateway(make_app(short_path, CONFIG, FILES), env=env, token=None).start()
     try:
         target = gateway.servers()["target"]
         direct = f"http://127.0.0.1:{target['PORT']}"
