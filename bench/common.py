@@ -89,8 +89,8 @@ class GatewayRun:
                    "--last_server_port", str(self.base + servers)]
         self.proc = subprocess.Popen(
             pinned(command, cpu),
-            cwd=self.app, env=dict(os.environ, PYTHONPATH=str(REPO), BIS_ADMIN_TOKEN="bench-admin-token-0123456789",
-                                   **(env or {})),
+            cwd=self.app, env={**os.environ, "PYTHONPATH": str(REPO), "BIS_ADMIN_TOKEN": "bench-admin-token-0123456789",
+                               **(env or {})},
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 60, poll: float = 0.05) -> float | None:

@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..lib_ver import LIB_VER
 from ..states import ReloadState
+from ..transport.gather import Pieces
 from ..webutil import (
     ROUTE_BODY_LIMIT,
     install_error_handlers,
@@ -129,7 +130,7 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
 
     def relay(reply: Reply) -> Response:
         status, body, headers = router.relay(reply.status, reply.data, reply.retry_after)
-        return raw_json_response(body, status, headers)
+        return raw_json_response(body.joined() if isinstance(body, Pieces) else body, status, headers)
 
     def status_response() -> Response:
         return json_response(envelope.add_to(gw.system_status()))

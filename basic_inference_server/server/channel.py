@@ -1,10 +1,12 @@
 """The model server's end of the internal channel: frames from the gateway on a Unix socket.
 
-One thread accepts; each connection has one reader thread that decodes frames
+One thread accepts; each connection has one reader thread that receives into the frame reader's
+memory (a large body straight into a buffer of its own), decodes frames
 (:mod:`~basic_inference_server.transport.frames`) and hands each request straight to the
 handler, which queues it for the worker pool without waiting. The answer is written back by
 whichever thread finishes the request (a worker, or the reader for an immediate error), under
-the connection's send lock, so a request costs one hand-off: reader to worker.
+the connection's send lock, so a request costs one hand-off: reader to worker. Frames go out as
+gathered writes: a header and its body are never joined.
 
 The socket file is created private to this user (mode 0600, in a folder the gateway made 0700)
 and removed when the server stops.
@@ -26,20 +28,19 @@ from ..transport.frames import (
     BINARY,
     CANCEL,
     CREDIT,
+    ITEM,
     REQUEST,
     STREAM,
     V2,
     FrameReader,
     ProtocolError,
-    item_frame,
-    reply_frame,
+    frame_head,
     reply_head,
 )
+from ..transport.gather import Buffer, send_gathered
 from ..webutil import Answer
 
 logger = logging.getLogger(__name__)
-
-READ_SIZE = 262144
 
 
 _together = threading.local()
@@ -67,7 +68,7 @@ class Connection:
         self.pending: dict[int, Any] = {}  # tag -> the call queued for it (to cancel it, to credit its stream)
         self.closed = False
         self._send_lock = threading.Lock()
-        self._outbox: list[bytes] = []  # answers waiting for the thread that is sending
+        self._outbox: list[Buffer] = []  # frames (heads and bodies) waiting for the thread that is sending
         self._sending = False
 
     def reply(self, tag: int, status: int, body: bytes, retry_after: str | None = None) -> None:
@@ -76,26 +77,25 @@ class Connection:
         and those given inside :func:`replies_together` at its end: one system call, and one
         wake-up of the gateway, for a burst of answers."""
         self.pending.pop(tag, None)
-        self.queue(reply_frame(tag, status, body, retry_after))
+        self.queue(reply_head(tag, status, len(body), retry_after or ""), body)
         self.push()
 
     def reply_parts(self, tag: int, parts: list[Any], flags: int, meta: str) -> None:
-        """Send an answer given as pieces (a V2 answer's JSON header and its tensors): they are
-        joined once, with the other frames of the same write."""
+        """Send an answer given as pieces (a V2 answer's JSON header and its tensors), each piece
+        as it is, in the same gathered write as the other frames queued."""
         self.pending.pop(tag, None)
-        with self._send_lock:
-            if not self.closed:
-                self._outbox += (reply_head(tag, 200, sum(len(p) for p in parts), meta, flags), *parts)
+        self.queue(reply_head(tag, 200, sum(len(p) for p in parts), meta, flags), *parts)
         self.push()
 
-    def queue(self, frame: bytes) -> None:
-        """Add a frame to what goes out next (never blocks: frames queued in order leave in order)."""
+    def queue(self, *pieces: Buffer) -> None:
+        """Add a frame (its head, then its body's pieces) to what goes out next (never blocks:
+        frames queued in order leave in order)."""
         with self._send_lock:
             if not self.closed:
-                self._outbox.append(frame)
+                self._outbox += pieces
 
     def queue_item(self, tag: int, body: bytes) -> None:
-        self.queue(item_frame(tag, body))
+        self.queue(frame_head(ITEM, tag, len(body)), body)
 
     def push(self) -> None:
         """Write what is queued: now, or at the end of :func:`replies_together` on this thread."""
@@ -112,13 +112,12 @@ class Connection:
             self._sending = True
         while True:
             with self._send_lock:
-                data = b"".join(self._outbox)
-                self._outbox.clear()
-                if not data or self.closed:
+                pieces, self._outbox = self._outbox, []
+                if not pieces or self.closed:
                     self._sending = False
                     return
             try:
-                self.sock.sendall(data)
+                send_gathered(self.sock, pieces)
             except OSError as exc:
                 logger.warning("Channel: answers not delivered: %s", exc)
                 with self._send_lock:
@@ -177,7 +176,7 @@ class ChannelOutlet:
     def end(self, status: int, body: bytes) -> None:
         # Until now the call stayed pending, to receive the credit its kept items waited for.
         self.conn.pending.pop(self.tag, None)
-        self.conn.queue(reply_frame(self.tag, status, body, None, STREAM if status == 200 else 0))
+        self.conn.queue(reply_head(self.tag, status, len(body), "", STREAM if status == 200 else 0), body)
 
     def dropped(self) -> None:
         self.conn.pending.pop(self.tag, None)  # the gateway gave up on it: nobody reads an answer
@@ -236,12 +235,12 @@ class ChannelServer:
         sock, reader, handler, pending = conn.sock, conn.reader, self.handler, conn.pending
         try:
             while True:
-                data = sock.recv(READ_SIZE)
-                if not data:
+                count = sock.recv_into(reader.get_buffer())
+                if not count:
                     if reader.pending:
                         logger.warning("Channel: the gateway closed the connection in the middle of a frame")
                     break
-                for frame in reader.feed(data):
+                for frame in reader.filled(count):
                     if frame.kind == REQUEST:
                         request_id, routed = frame.request_meta()
                         handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,

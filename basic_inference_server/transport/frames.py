@@ -62,12 +62,13 @@ class ProtocolError(Exception):
 
 
 class Frame:
-    """One decoded frame. ``oversize`` is set (and ``body`` empty) when the body was over the
-    reader's limit and has been skipped."""
+    """One decoded frame. ``body`` is ``bytes``, or a ``bytearray`` when it was received into a
+    buffer of its own (:class:`FrameReader`); ``oversize`` is set (and ``body`` empty) when the
+    body was over the reader's limit and has been skipped."""
 
     __slots__ = ("body", "flags", "kind", "meta", "oversize", "status", "tag")
 
-    def __init__(self, kind: int, status: int, tag: int, meta: bytes, body: bytes, oversize: int = 0,
+    def __init__(self, kind: int, status: int, tag: int, meta: bytes, body: bytes | bytearray, oversize: int = 0,
                  flags: int = 0):
         self.kind = kind
         self.flags = flags
@@ -117,67 +118,131 @@ def reply_head(tag: int, status: int, body_len: int, meta: str, flags: int = 0) 
     return HEAD.pack(REPLY, flags, status, tag, len(raw), body_len) + raw
 
 
+def frame_head(kind: int, tag: int, body_len: int) -> bytes:
+    """The header of a frame without meta (an ITEM's: its body follows as its own buffer)."""
+    return HEAD.pack(kind, 0, 0, tag, 0, body_len)
+
+
 def cancel_frame(tag: int) -> bytes:
-    return HEAD.pack(CANCEL, 0, 0, tag, 0, 0)
+    return frame_head(CANCEL, tag, 0)
 
 
 def item_frame(tag: int, body: bytes) -> bytes:
-    return HEAD.pack(ITEM, 0, 0, tag, 0, len(body)) + body
+    return frame_head(ITEM, tag, len(body)) + body
 
 
 def credit_frame(tag: int, items: int) -> bytes:
     return HEAD.pack(CREDIT, 0, min(items, 0xFFFF), tag, 0, 0)
 
 
-class FrameReader:
-    """Incremental decoder: :meth:`feed` bytes as they arrive, get the frames they complete.
+SCRATCH = 131072  # what one read takes at most between bodies: many small frames, or a body's start
+OWN_BUFFER = 16384  # a body at least this large that has not all arrived gets a buffer of its own
 
-    Bodies over ``max_body`` are not buffered: the frame is returned at once with ``oversize``
-    set to the announced size, and the body bytes are dropped as they arrive.
+
+class FrameReader:
+    """Incremental decoder that owns the memory the bytes are received into: read into
+    :meth:`get_buffer`, then :meth:`filled` says how many bytes came and returns the frames they
+    complete (``recv_into`` on a blocking socket, or an :class:`asyncio.BufferedProtocol`).
+
+    Small frames are read many at a time into one scratch buffer and their bodies copied out as
+    ``bytes``. A body of OWN_BUFFER bytes or more that has not all arrived gets a ``bytearray`` of
+    its announced size, and the rest of it is received straight into it: the body is copied once
+    (by the kernel), bar the start that came with its header (SCRATCH at most).
+
+    Bodies over ``max_body`` are not kept: the frame is returned at once with ``oversize`` set to
+    the announced size, and the body bytes are dropped as they arrive. The peer is trusted to send
+    what it announces (the channel is private to the gateway and its servers); ``max_body`` bounds
+    what one frame may take.
     """
 
     def __init__(self, max_body: int = MAX_BODY):
         self.max_body = max_body
-        self._buf = bytearray()
+        self._scratch = bytearray(SCRATCH)
+        self._view = memoryview(self._scratch)
+        self._start = self._end = 0  # bytes received and not decoded: scratch[start:end]
+        self._frame: Frame | None = None  # the frame whose body is being received into its own buffer
+        self._body: memoryview | None = None
+        self._got = 0  # bytes of that body received
         self._skip = 0  # bytes of an oversize body still to drop
 
     @property
     def pending(self) -> int:
-        """Bytes of an incomplete frame held (0 between frames)."""
-        return len(self._buf) + self._skip
+        """Bytes of an incomplete frame held or awaited (0 between frames)."""
+        awaited = len(self._body) - self._got if self._body is not None else 0
+        return self._end - self._start + self._skip + awaited
+
+    def get_buffer(self) -> memoryview:
+        """Where the next bytes go (read at most its length)."""
+        if self._body is not None:
+            return self._body[self._got:]
+        if self._skip:
+            return self._view[:min(self._skip, SCRATCH)]
+        if self._start:  # an incomplete header or small frame: to the front, the room after it
+            held = self._end - self._start
+            self._scratch[:held] = self._view[self._start:self._end]
+            self._start, self._end = 0, held
+        return self._view[self._end:]
+
+    def filled(self, count: int) -> list[Frame]:
+        """``count`` bytes were written into the buffer :meth:`get_buffer` gave: the frames completed."""
+        if self._body is not None:
+            self._got += count
+            if self._got < len(self._body):
+                return []
+            frame = self._frame
+            self._body.release()
+            self._frame = self._body = None
+            return [frame]
+        if self._skip:
+            self._skip -= count
+            return []
+        self._end += count
+        return self._decode()
 
     def feed(self, data: bytes) -> list[Frame]:
-        if self._skip:
-            dropped = min(self._skip, len(data))
-            self._skip -= dropped
-            data = data[dropped:]
-        buf = self._buf
-        buf += data
+        """Decode bytes received elsewhere (they are copied in, as a read would have put them)."""
         frames: list[Frame] = []
-        start, size = 0, len(buf)
-        while size - start >= HEAD_SIZE:
-            kind, flags, status, tag, meta_len, body_len = HEAD.unpack_from(buf, start)
+        with memoryview(data) as rest:
+            while rest:
+                buffer = self.get_buffer()
+                count = min(len(buffer), len(rest))
+                buffer[:count] = rest[:count]
+                frames += self.filled(count)
+                rest = rest[count:]
+        return frames
+
+    def _decode(self) -> list[Frame]:
+        frames: list[Frame] = []
+        view, start, end = self._view, self._start, self._end
+        while end - start >= HEAD_SIZE:
+            kind, flags, status, tag, meta_len, body_len = HEAD.unpack_from(self._scratch, start)
             if kind not in KINDS:
                 raise ProtocolError(f"unknown frame kind {kind}")
             meta_end = start + HEAD_SIZE + meta_len
+            if end < meta_end:
+                break
+            available = end - meta_end
             if body_len > self.max_body:
-                if size < meta_end:
+                frames.append(Frame(kind, status, tag, bytes(view[start + HEAD_SIZE:meta_end]), b"", body_len, flags))
+                if available < body_len:
+                    self._skip = body_len - available
+                    start = end
                     break
-                frames.append(Frame(kind, status, tag, bytes(buf[start + HEAD_SIZE:meta_end]), b"", body_len, flags))
-                available = size - meta_end
-                if available >= body_len:
-                    start = meta_end + body_len
-                    continue
-                self._skip = body_len - available
-                start = size
+                start = meta_end + body_len
+            elif available >= body_len:
+                frames.append(Frame(kind, status, tag, bytes(view[start + HEAD_SIZE:meta_end]),
+                                    bytes(view[meta_end:meta_end + body_len]), 0, flags))
+                start = meta_end + body_len
+            elif body_len >= OWN_BUFFER:
+                body = bytearray(body_len)
+                body[:available] = view[meta_end:end]
+                self._frame = Frame(kind, status, tag, bytes(view[start + HEAD_SIZE:meta_end]), body, 0, flags)
+                self._body, self._got = memoryview(body), available
+                start = end
                 break
-            end = meta_end + body_len
-            if size < end:
-                break
-            with memoryview(buf) as view:  # one copy of the body, not a slice copied again
-                frames.append(Frame(kind, status, tag, view[start + HEAD_SIZE:meta_end].tobytes(),
-                                    view[meta_end:end].tobytes(), 0, flags))
-            start = end
-        if start:
-            del buf[:start]
+            else:
+                break  # a small body: the rest comes with the next read
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
         return frames

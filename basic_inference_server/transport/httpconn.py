@@ -19,6 +19,7 @@ import httptools
 from .. import jsonutil, requestid
 from ..errors import body_too_large, error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
+from .gather import Pieces, body_size, write_gathered
 from .httpmsg import JSON, FrontLimits, Headers, HttpRequest, Refused, Responder
 from .tuning import trimmer
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
@@ -71,6 +72,7 @@ class HttpConnection(asyncio.Protocol):
         self.front = front
         self.limits = front.limits
         self.transport: asyncio.Transport | None = None
+        self._fd: int | None = None  # the socket's descriptor, for gathered writes (None under TLS)
         self.parser = httptools.HttpRequestParser(self)
         self.reading = _Reading.IDLE
         self.deadline = time.monotonic() + self.limits.header_timeout
@@ -96,6 +98,8 @@ class HttpConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")  # answers are written gathered, bar TLS's
+        self._fd = sock.fileno() if sock is not None and transport.get_extra_info("sslcontext") is None else None
         peer = transport.get_extra_info("peername")
         self.remote = (peer[0], peer[1]) if isinstance(peer, tuple) else ("", 0)
         self.front.connections.add(self)
@@ -256,14 +260,15 @@ class HttpConnection(asyncio.Protocol):
         future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
         future.add_done_callback(lambda done: self._wsgi_done(request, done))
 
-    def respond(self, request: HttpRequest, status: int, body: bytes, headers: Headers | None,
+    def respond(self, request: HttpRequest, status: int, body: bytes | Pieces, headers: Headers | None,
                 content_type: str = JSON) -> None:
-        """Answer ``request`` (JSON unless told; any time after it was handed over; in the loop)."""
+        """Answer ``request`` (JSON unless told; any time after it was handed over; in the loop);
+        a body given as :class:`~.gather.Pieces` is written gathered, never joined."""
         if self.transport is None or self.transport.is_closing():
             self._pending = None
             return
         keep = self._keeps(request)
-        head = (f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        head = (f"Content-Type: {content_type}\r\nContent-Length: {body_size(body)}\r\n"
                 f"X-Request-ID: {request.request_id}\r\n")
         if headers:
             head += "".join(f"{name}: {value}\r\n" for name, value in headers)
@@ -329,11 +334,17 @@ class HttpConnection(asyncio.Protocol):
         if call.close is not None:
             self.front.executor.submit(call.close)  # after the answer is out: /shutdown stops on close
 
-    def _write(self, status_line: str, head: str, body: bytes, keep: bool, head_only: bool) -> None:
-        """The one place an answer is written: status line, headers, Date, Connection, body."""
-        self.transport.write(b"".join((
-            f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
-            b"\r\n" if keep else b"Connection: close\r\n\r\n", b"" if head_only else body)))
+    def _write(self, status_line: str, head: str, body: bytes | Pieces, keep: bool, head_only: bool) -> None:
+        """The one place an answer is written: status line, headers, Date, Connection, then the
+        body, in one gathered write."""
+        head_bytes = b"".join((f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
+                               b"\r\n" if keep else b"Connection: close\r\n\r\n"))
+        if head_only:
+            self.transport.write(head_bytes)
+        elif isinstance(body, Pieces):
+            write_gathered(self.transport, self._fd, (head_bytes, *body))
+        else:
+            write_gathered(self.transport, self._fd, (head_bytes, body))
 
     def _keeps(self, request: HttpRequest) -> bool:
         """Whether the connection stays open after the answer to ``request`` (a client's end of

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .gather import Pieces
+
 Headers = list[tuple[str, str]]
 Respond = Callable[[int, bytes, "Headers | None"], None]  # status, JSON body, extra headers
 JSON = "application/json"
@@ -65,7 +67,7 @@ class Responder:
         self.conn = conn
         self.request = request
 
-    def __call__(self, status: int, body: bytes, headers: Headers | None, content_type: str = JSON) -> None:
+    def __call__(self, status: int, body: bytes | Pieces, headers: Headers | None, content_type: str = JSON) -> None:
         self.conn.respond(self.request, status, body, headers, content_type)
 
     def start_stream(self, content_type: str, first: bytes = b"") -> bool:

@@ -12,8 +12,10 @@ from basic_inference_server.transport.frames import (
     CANCEL,
     HEAD,
     HEAD_SIZE,
+    OWN_BUFFER,
     REPLY,
     REQUEST,
+    SCRATCH,
     STREAM,
     V2,
     FrameReader,
@@ -90,6 +92,45 @@ def test_an_oversize_body_in_one_piece_is_skipped_too():
     reader = FrameReader(max_body=10)
     frames = reader.feed(request(1, b"z" * 50) + request(2, b"fine"))
     assert [(f.tag, f.oversize, f.body) for f in frames] == [(1, 50, b""), (2, 0, b"fine")]
+
+
+def test_a_large_body_is_received_into_a_buffer_of_its_own():
+    body = bytes(range(256)) * 4096  # 1 MB
+    data = request(9, body) + request(10, b"after")
+    reader = FrameReader()
+    first = reader.get_buffer()
+    first[:SCRATCH // 2] = data[:SCRATCH // 2]  # the header and the start of the body
+    assert reader.filled(SCRATCH // 2) == []
+    target = reader.get_buffer()
+    assert len(target) == len(body) - (SCRATCH // 2 - len(request(9, b"")))  # the rest of the body, no more
+    done = SCRATCH // 2
+    while done < len(data) - len(request(10, b"after")):
+        target = reader.get_buffer()
+        count = min(len(target), 300_000)
+        target[:count] = data[done:done + count]
+        frames = reader.filled(count)
+        done += count
+    (frame,) = frames
+    assert isinstance(frame.body, bytearray) and frame.body == body and frame.tag == 9
+    (after,) = reader.feed(data[done:])
+    assert (after.tag, after.body, reader.pending) == (10, b"after", 0)
+
+
+@pytest.mark.parametrize("size", [0, 100, OWN_BUFFER - 1, OWN_BUFFER, SCRATCH - 100, SCRATCH, 3 * SCRATCH + 7])
+def test_bodies_of_every_size_read_with_recv_into_arrive_whole(size):
+    left, right = socket.socketpair(socket.AF_UNIX)
+    bodies = [bytes([n]) * size + b"#" * n for n in range(1, 6)]
+    stream = b"".join(request(n, body) for n, body in enumerate(bodies, 1))
+    thread = threading.Thread(target=lambda: (left.sendall(stream), left.close()))
+    thread.start()
+    reader, frames = FrameReader(), []
+    right.settimeout(5)
+    while count := right.recv_into(reader.get_buffer()):
+        frames += reader.filled(count)
+    thread.join()
+    right.close()
+    assert [(f.tag, bytes(f.body)) for f in frames] == list(enumerate(bodies, 1))
+    assert reader.pending == 0
 
 
 def test_garbage_is_a_protocol_error():

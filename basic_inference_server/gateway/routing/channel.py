@@ -40,6 +40,7 @@ from ...transport.frames import (
     credit_frame,
     request_head,
 )
+from ...transport.gather import write_gathered
 from .outcome import Callback, Forwarded, Misroute, OnItem, Reply
 from .upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 
@@ -183,8 +184,10 @@ class ChannelClient:
             pending.fail(ConnectionLost(reason))
 
 
-class _Connection(asyncio.Protocol):
-    """One connection to the server's socket; requests written before it is ready wait here."""
+class _Connection(asyncio.BufferedProtocol):
+    """One connection to the server's socket; requests written before it is ready wait here.
+    Answers are received into the frame reader's memory (a large one into a buffer of its own),
+    requests go out as gathered writes (a frame's head and body are never joined)."""
 
     def __init__(self, client: ChannelClient):
         self.client = client
@@ -258,7 +261,7 @@ class _Connection(asyncio.Protocol):
             room -= size
             buffers += (head, body) if body else (head,)
         if buffers:
-            transport.writelines(buffers)
+            write_gathered(transport, self.sock.fileno(), buffers)
         if self.unsent_bytes < BACKLOG_LOW:
             self.client.congested(self, False)
 
@@ -273,9 +276,12 @@ class _Connection(asyncio.Protocol):
             self._flush_due = True
             self.client.loop.call_soon(self._flush)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            frames = self.reader.feed(data)
+            frames = self.reader.filled(nbytes)
         except ProtocolError as exc:
             self._fail(f"model server sent something that is not a frame: {exc}")
             return

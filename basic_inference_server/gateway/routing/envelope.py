@@ -16,6 +16,7 @@ from typing import Any
 
 from ... import jsonutil
 from ...lib_ver import LIB_VER
+from ...transport.gather import Pieces
 
 
 class Envelope:
@@ -56,11 +57,24 @@ class Envelope:
             if not isinstance(answer, dict):
                 raise ValueError("model server answer is not a JSON object")
             return jsonutil.dumps_bytes(self.add_to(_flatten(answer)))
-        head = data.rstrip()
-        if not head.startswith(b"{") or not head.endswith(b"}"):
+        return self.pieces(data).joined()
+
+    def pieces(self, data: bytes | bytearray) -> Pieces:
+        """The JSON object ``data`` with the envelope's members added, as pieces to write gathered:
+        the object up to its closing brace (a view, not a copy), the members, the brace."""
+        end = len(data)
+        while end and data[end - 1] in _SPACE:
+            end -= 1
+        if not data.startswith(b"{") or end < 2 or data[end - 1] != _CLOSE:
             raise ValueError("model server answer is not a JSON object")
-        head = head[:-1].rstrip()
-        return b"".join((head, b"" if head == b"{" else b",", self._extra_json(), b"}"))
+        end -= 1
+        while data[end - 1] in _SPACE:
+            end -= 1
+        return Pieces((memoryview(data)[:end], b"" if end == 1 else b",", self._extra_json(), b"}"))
+
+
+_SPACE = frozenset(b" \t\r\n")
+_CLOSE = ord("}")
 
 
 def _flatten(answer: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import msgspec
 from ... import jsonbody
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
-from ...webutil import Answer
+from ...transport.gather import Pieces
 from ..remote.handle import RemoteHandle
 from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
 from .envelope import Envelope
@@ -166,11 +166,13 @@ class Router:
     def is_flat(self, handle: ChildHandle) -> bool:
         return (handle.endpoint.response_format or self.response_format) == "flat"
 
-    def relay(self, status: int, data: bytes, retry_after: str | None, flat: bool = False) -> Answer:
-        """The gateway's answer for a model server's: the envelope on success, errors as they are."""
+    def relay(self, status: int, data: bytes, retry_after: str | None,
+              flat: bool = False) -> tuple[int, bytes | Pieces, dict[str, str] | None]:
+        """The gateway's answer for a model server's: the envelope on success (as pieces to write
+        gathered, unless ``flat``), errors as they are."""
         if status == 200:
             try:
-                return 200, self.envelope.wrap(data, flat), None
+                return 200, self.envelope.wrap(data, True) if flat else self.envelope.pieces(data), None
             except ValueError:
                 raise ServerDied("model server sent an answer that is not a JSON object") from None
         if not data.startswith(b"{"):

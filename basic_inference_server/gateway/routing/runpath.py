@@ -24,6 +24,7 @@ from ...config import SYSTEM_STATUS
 from ...errors import RequestTimeout, ServerDied, ServingError, Unavailable, UnknownSignature
 from ...transport import streamformat
 from ...transport.frames import STREAM
+from ...transport.gather import Pieces
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.httpmsg import JSON
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
@@ -313,6 +314,7 @@ class Call:
             self.label = UNKNOWN_SIGNATURE  # one label for every name that is not an endpoint
         self._finish(exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
 
-    def _finish(self, status: int, body: bytes, headers: dict[str, str] | None, content_type: str = JSON) -> None:
+    def _finish(self, status: int, body: bytes | Pieces, headers: dict[str, str] | None,
+                content_type: str = JSON) -> None:
         self.respond(status, body, list(headers.items()) if headers else None, content_type)
         self.path.metrics.observe(self.label, status, time.perf_counter() - self.started)

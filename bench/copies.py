@@ -1,0 +1,111 @@
+"""Bytes copied in user space per request of 1 MB (and per answer of 1 MB), process by process.
+
+    .venv/bin/python -m bench.copies [--mb 1] [--requests 20] [--source DIR]
+
+Builds ``bench/native/memcount.c`` (a shared library counting every ``memcpy``/``memmove`` of 4 KB
+or more, loaded with ``LD_PRELOAD``; needs a C compiler), starts a gateway with
+``bench/endpoints/bench_bytes.py`` under it, and sends ``--requests`` requests of each kind:
+
+- a request whose body is MB of JSON text, answered with a few bytes;
+- a small request answered with MB of JSON text.
+
+The counters are read before and after each kind, so start-up is not counted. The model server's
+figure includes what the hooks' JSON costs (decoding the request's string, encoding the answer's),
+which no transport change removes. The kernel's copies (a socket's send and receive) are not
+counted. ``--source`` runs the gateway from another checkout of the package (``git worktree add``
+one at an older commit to compare). Prints a Markdown table and writes it to
+``bench/results/copies_<stamp>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from bench.common import GatewayRun
+from bench.report import RESULTS
+
+BENCH = Path(__file__).resolve().parent
+SOURCE = BENCH / "native" / "memcount.c"
+
+
+def build(folder: Path) -> Path:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        sys.exit("bench.copies needs a C compiler (cc or gcc) to build its memcpy counter")
+    library = folder / "memcount.so"
+    subprocess.run([compiler, "-O2", "-fno-builtin", "-fno-tree-loop-distribute-patterns", "-shared", "-fPIC",
+                    "-o", str(library), str(SOURCE), "-ldl"], check=True)
+    return library
+
+
+def counters(folder: Path) -> dict[int, int]:
+    """Bytes copied so far, by process id."""
+    return {int(path.stem): struct.unpack("QQ", path.read_bytes()[:16])[0]
+            for path in folder.glob("*.count") if path.stat().st_size >= 16}
+
+
+def measure(gateway: GatewayRun, folder: Path, body: dict, count: int) -> dict[int, float]:
+    """MB copied per request, by process id, over ``count`` requests of ``body``."""
+    with requests.Session() as session:
+        session.post(gateway.url + "/run", json=body, timeout=60).raise_for_status()  # warm
+        time.sleep(0.5)
+        before = counters(folder)
+        for _ in range(count):
+            session.post(gateway.url + "/run", json=body, timeout=60).raise_for_status()
+        time.sleep(0.5)  # answers written, counters settled
+        after = counters(folder)
+    return {pid: (after[pid] - before.get(pid, 0)) / count / 1048576 for pid in after}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=1.0)
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--source", type=Path, help="the checkout whose package the gateway runs")
+    args = parser.parse_args()
+    size = int(args.mb * 1048576)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        env = {"LD_PRELOAD": str(build(folder)), "MEMCOUNT_DIR": str(folder), "BIS_LOG_LEVEL": "WARNING"}
+        if args.source is not None:
+            env["PYTHONPATH"] = str(args.source.resolve())
+        gateway = GatewayRun([BENCH / "endpoints" / "bench_bytes.py"],
+                             {"CONFIG_ENDPOINTS": {"bytes": {"SERVER_CLASS": "bench_bytes", "NR_WORKERS": 1,
+                                                             "MAX_BODY_MB": 4 * args.mb + 1}}},
+                             1, 23500, env=env)
+        try:
+            if gateway.wait_ready() is None:
+                sys.exit("the gateway did not become ready:\n" + gateway.output())
+            servers = requests.get(gateway.url + "/list_servers", timeout=5).json()["AVAIL_SERVERS"]
+            roles = {gateway.proc.pid: "gateway", servers["bytes"]["PID"]: "model server"}
+            kinds = {
+                f"request of {args.mb:g} MB": {"SIGNATURE": "bytes", "TEXT": "a" * size},
+                f"answer of {args.mb:g} MB": {"SIGNATURE": "bytes", "ANSWER_KB": size // 1024},
+            }
+            rows = [f"| {args.source or 'this checkout'} | gateway MB copied | model server MB copied |",
+                    "|---|---|---|"]
+            for kind, body in kinds.items():
+                copied = measure(gateway, folder, body, args.requests)
+                by_role = {role: copied.get(pid, 0.0) for pid, role in roles.items()}
+                rows.append(f"| {kind} | {by_role['gateway']:.2f} | {by_role['model server']:.2f} |")
+                print(rows[-1], file=sys.stderr, flush=True)
+        finally:
+            gateway.stop()
+    text = "\n".join(rows)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"copies_{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
