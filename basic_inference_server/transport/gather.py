@@ -5,7 +5,8 @@ call, never joined into a new buffer first (a join copies every byte of a large 
 blocking socket (the model server's channel); :func:`write_gathered` on an asyncio transport,
 whose own ``writelines`` joins them (Python 3.11): the pieces go to the socket with ``writev``
 while the transport holds nothing unsent, and only what the socket did not take is handed to the
-transport (which copies it into its buffer, as it would any write).
+transport (which copies it into its buffer, as it would any write). Pieces of less than
+GATHER_MIN bytes in all are joined: for a small answer the copy costs less than the bookkeeping.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 Buffer = bytes | bytearray | memoryview
 IOV_MAX = 1024  # pieces one writev/sendmsg takes (Linux)
+GATHER_MIN = 65536  # smaller pieces are joined and written through the transport: cheaper than writev's bookkeeping
 
 
 class Pieces(tuple):
@@ -49,21 +51,22 @@ def _rest(pieces: Sequence[Buffer], sent: int) -> list[Buffer]:
 def send_gathered(sock: socket.socket, pieces: Sequence[Buffer]) -> None:
     """Write every piece on a blocking socket (``sendmsg``, IOV_MAX pieces at a time); OSError as
     ``sendall`` raises it."""
-    pieces = [piece for piece in pieces if len(piece)]
     while pieces:
         batch = pieces[:IOV_MAX]
         sent = sock.sendmsg(batch)
-        pieces = _rest(batch, sent) + pieces[IOV_MAX:]
+        if len(pieces) <= IOV_MAX and sent == sum(map(len, batch)):
+            return  # all of it at once: the usual case
+        pieces = _rest(batch, sent) + list(pieces[IOV_MAX:])
 
 
-def write_gathered(transport: asyncio.WriteTransport, fd: int | None, pieces: Iterable[Buffer]) -> None:
+def write_gathered(transport: asyncio.WriteTransport, fd: int | None, pieces: Sequence[Buffer]) -> None:
     """Write ``pieces`` on ``transport`` in order; ``fd`` is its socket's descriptor, or None when
     the bytes must go through the transport (TLS): then they are joined."""
-    pieces = [piece for piece in pieces if len(piece)]
-    if fd is None or transport.get_write_buffer_size() or transport.is_closing():
-        if pieces:
-            transport.write(b"".join(pieces))
+    if fd is None or sum(map(len, pieces)) < GATHER_MIN or transport.get_write_buffer_size() \
+            or transport.is_closing():
+        transport.write(b"".join(pieces))  # a small answer: one copy costs less than the pieces' bookkeeping
         return
+    pieces = [piece for piece in pieces if len(piece)]
     while pieces:
         batch = pieces[:IOV_MAX]
         try:

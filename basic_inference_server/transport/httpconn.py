@@ -19,7 +19,7 @@ import httptools
 from .. import jsonutil, requestid
 from ..errors import body_too_large, error_body, from_http_status
 from ..webutil import METHOD_NOT_ALLOWED
-from .gather import Pieces, body_size, write_gathered
+from .gather import GATHER_MIN, Pieces, body_size, write_gathered
 from .httpmsg import JSON, FrontLimits, Headers, HttpRequest, Refused, Responder
 from .tuning import trimmer
 from .wsgi import WsgiCall, call_wsgi, wsgi_environ
@@ -337,14 +337,16 @@ class HttpConnection(asyncio.Protocol):
     def _write(self, status_line: str, head: str, body: bytes | Pieces, keep: bool, head_only: bool) -> None:
         """The one place an answer is written: status line, headers, Date, Connection, then the
         body, in one gathered write."""
-        head_bytes = b"".join((f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
-                               b"\r\n" if keep else b"Connection: close\r\n\r\n"))
+        head_bytes = (f"HTTP/1.1 {status_line}\r\n{head}".encode("latin-1"), self.front.date_header(),
+                      b"\r\n" if keep else b"Connection: close\r\n\r\n")
         if head_only:
-            self.transport.write(head_bytes)
+            self.transport.write(b"".join(head_bytes))
         elif isinstance(body, Pieces):
-            write_gathered(self.transport, self._fd, (head_bytes, *body))
+            write_gathered(self.transport, self._fd, (*head_bytes, *body))
+        elif len(body) < GATHER_MIN:
+            self.transport.write(b"".join((*head_bytes, body)))
         else:
-            write_gathered(self.transport, self._fd, (head_bytes, body))
+            write_gathered(self.transport, self._fd, (*head_bytes, body))
 
     def _keeps(self, request: HttpRequest) -> bool:
         """Whether the connection stays open after the answer to ``request`` (a client's end of

@@ -35,7 +35,7 @@ def test_send_gathered_writes_every_piece_in_order_more_than_one_writev_can_take
     assert received == b"".join(pieces)
 
 
-@pytest.mark.parametrize("sizes", [[10, 20, 30], [1 << 20, 7, 3 << 20], [1] * (IOV_MAX * 2 + 3)])
+@pytest.mark.parametrize("sizes", [[10, 20, 30], [1 << 20, 7, 3 << 20], [64] * (IOV_MAX * 2 + 3)])
 def test_write_gathered_on_a_transport_keeps_order_with_the_writes_after_it(sizes):
     pieces = [bytes([n % 256]) * size for n, size in enumerate(sizes)]
     received = bytearray()
