@@ -196,6 +196,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.unsent: deque[tuple[int | None, bytes, bytes]] = deque()  # (tag, head, body) not yet written
         self.unsent_bytes = 0
         self._flush_due = False
+        self._congested = False  # the front was told to hold back because of this connection
         self.closed = False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -232,10 +233,15 @@ class _Connection(asyncio.BufferedProtocol):
         self.unsent.append((tag, head, body))
         self.unsent_bytes += len(head) + len(body)
         if self.unsent_bytes > BACKLOG_HIGH:
-            self.client.congested(self, True)
+            self._congest(True)
         if self.transport is not None and not self._flush_due:
             self._flush_due = True
             self.client.loop.call_soon(self._flush)
+
+    def _congest(self, on: bool) -> None:
+        if on != self._congested:
+            self._congested = on
+            self.client.congested(self, on)
 
     def unsend(self, tag: int) -> bool:
         """Drop the frame of request ``tag`` if it has not been written yet."""
@@ -244,7 +250,7 @@ class _Connection(asyncio.BufferedProtocol):
                 del self.unsent[index]
                 self.unsent_bytes -= len(head) + len(body)
                 if self.unsent_bytes < BACKLOG_LOW:
-                    self.client.congested(self, False)
+                    self._congest(False)
                 return True
         return False
 
@@ -263,7 +269,7 @@ class _Connection(asyncio.BufferedProtocol):
         if buffers:
             write_gathered(transport, self.sock.fileno(), buffers)
         if self.unsent_bytes < BACKLOG_LOW:
-            self.client.congested(self, False)
+            self._congest(False)
 
     # -- asyncio.Protocol --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -295,7 +301,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._fail("model server closed the connection before answering" + (f": {exc}" if exc else ""))
 
     def _fail(self, reason: str) -> None:
-        self.client.congested(self, False)
+        self._congest(False)
         if not self.closed:
             self.close()
         self.client._lost(self, reason)
