@@ -153,6 +153,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         except OSError as exc:
             return _fail(spec, exitcodes.CONFIG_ERROR, f"{name}: cannot listen on {spec.socket_path}: {exc.strerror}")
         channel.start()
+        pool.attach(channel.lobby)  # idle workers wait at the channel's sockets
     http.start()
     started = time.monotonic()
     logger.info("%s listening on %s:%d%s%s; loading %d worker(s) of %s", name, spec.host, http.port,

@@ -1,11 +1,13 @@
 """The model server's end of the internal channel: frames from the gateway on a Unix socket.
 
-One thread accepts; each connection has one reader thread that receives into the frame reader's
-memory (a large body straight into a buffer of its own), decodes frames
-(:mod:`~basic_inference_server.transport.frames`) and hands each request straight to the
-handler, which queues it for the worker pool without waiting. The answer is written back by
-whichever thread finishes the request (a worker, or the reader for an immediate error), under
-the connection's send lock, so a request costs one hand-off: reader to worker. Frames go out as
+One thread accepts. A connection's bytes are received by whichever thread waits at the sockets
+when they come (:mod:`.lobby`): an idle worker, which then runs the request it read itself (no
+hand-off), or, when every worker is busy, the channel's reader thread, which queues it. Either
+receives into the frame reader's memory (a large body straight into a buffer of its own) and
+dispatches the frames of what it read in order, one thread at a time per connection: a REQUEST
+goes to the handler, which queues it for the worker pool without waiting, a CANCEL and a CREDIT
+to the call they name. The answer is written back by whichever thread finishes the request (a
+worker, or the reading thread for an immediate error), under the connection's send lock, as
 gathered writes: a header and its body are never joined.
 
 The socket file is created private to this user (mode 0600, in a folder the gateway made 0700)
@@ -32,6 +34,7 @@ from ..transport.frames import (
     REQUEST,
     STREAM,
     V2,
+    Frame,
     FrameReader,
     ProtocolError,
     frame_head,
@@ -39,6 +42,7 @@ from ..transport.frames import (
 )
 from ..transport.gather import Buffer, send_gathered
 from ..webutil import Answer
+from .lobby import Lobby
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +68,9 @@ class Connection:
 
     def __init__(self, sock: socket.socket, max_body: int):
         self.sock = sock
-        self.reader = FrameReader(max_body)
+        self.fd = sock.fileno()
+        self.reader = FrameReader(max_body)  # used under read_lock only
+        self.read_lock = threading.Lock()  # one thread reads and dispatches at a time: frames stay in order
         self.pending: dict[int, Any] = {}  # tag -> the call queued for it (to cancel it, to credit its stream)
         self.closed = False
         self._send_lock = threading.Lock()
@@ -204,9 +210,11 @@ class ChannelServer:
             os.umask(old_umask)
         self._listener.listen(64)
         self._closed = False
+        self.lobby = Lobby(self._serve)  # where the threads that read the connections wait
 
     def start(self) -> None:
         threading.Thread(target=self._accept_loop, name="channel-accept", daemon=True).start()
+        threading.Thread(target=self._read_loop, name="channel-read", daemon=True).start()
 
     def close(self) -> None:
         """Stop accepting and remove the socket file; open connections stay until the process ends
@@ -229,42 +237,65 @@ class ChannelServer:
                 continue
             conn = Connection(sock, self.max_body)
             self.connections.add(conn)
-            threading.Thread(target=self._read_loop, args=(conn,), name="channel-read", daemon=True).start()
+            self.lobby.admit(conn)
 
-    def _read_loop(self, conn: Connection) -> None:
-        sock, reader, handler, pending = conn.sock, conn.reader, self.handler, conn.pending
-        try:
-            while True:
-                count = sock.recv_into(reader.get_buffer())
-                if not count:
-                    if reader.pending:
-                        logger.warning("Channel: the gateway closed the connection in the middle of a frame")
-                    break
+    def _read_loop(self) -> None:
+        """The reader of last resort: woken only when no worker waits at the sockets."""
+        seat = self.lobby.reader
+        while True:
+            seat.wait()
+
+    def _serve(self, conn: Connection) -> None:
+        """Read what ``conn`` has (one chunk, without waiting) and dispatch the frames it completes,
+        in order; on any thread the lobby woke, one at a time per connection."""
+        with conn.read_lock:
+            if conn.closed:  # its answers could not be sent: it ends here (a socket left open stays readable)
+                self._end(conn, None)
+                return
+            reader = conn.reader
+            try:
+                count = conn.sock.recv_into(reader.get_buffer(), 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return  # another thread read it first
+            except OSError as exc:
+                self._end(conn, f"Channel: connection lost: {exc}")
+                return
+            if not count:
+                self._end(conn, "Channel: the gateway closed the connection in the middle of a frame"
+                          if reader.pending else None)
+                return
+            try:
                 for frame in reader.filled(count):
-                    if frame.kind == REQUEST:
-                        request_id, routed = frame.request_meta()
-                        handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
-                                                     bool(frame.flags & STREAM),
-                                                     frame.v2_meta() if frame.flags & V2 else None))
-                    elif frame.kind == CANCEL:
-                        call = pending.pop(frame.tag, None)
-                        if call is not None:
-                            self.cancel(call)
-                    elif frame.kind == CREDIT:
-                        call = pending.get(frame.tag)
-                        if call is not None and call.stream is not None:
-                            call.stream.grant(frame.status)
-                    else:
-                        raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
-        except ProtocolError as exc:
-            logger.error("Channel: %s; closing the connection", exc)
-        except OSError as exc:
-            if not conn.closed:
-                logger.warning("Channel: connection lost: %s", exc)
-        finally:
-            # Nobody waits for the answers of this connection any more: skip what is still queued,
-            # close the generators that still stream to it.
-            conn.close()
-            for call in list(pending.values()):
+                    self._dispatch(conn, frame)
+            except ProtocolError as exc:
+                logger.error("Channel: %s; closing the connection", exc)
+                self._end(conn, None)
+
+    def _dispatch(self, conn: Connection, frame: Frame) -> None:
+        pending = conn.pending
+        if frame.kind == REQUEST:
+            request_id, routed = frame.request_meta()
+            v2 = frame.v2_meta() if frame.flags & V2 else None
+            self.handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
+                                              bool(frame.flags & STREAM), v2))
+        elif frame.kind == CANCEL:
+            call = pending.pop(frame.tag, None)
+            if call is not None:
                 self.cancel(call)
-            self.connections.discard(conn)
+        elif frame.kind == CREDIT:
+            call = pending.get(frame.tag)
+            if call is not None and call.stream is not None:
+                call.stream.grant(frame.status)
+        else:
+            raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
+
+    def _end(self, conn: Connection, warning: str | None) -> None:
+        """Nobody waits for the answers of this connection any more: skip what is still queued,
+        close the generators that still stream to it."""
+        if warning and not conn.closed:
+            logger.warning(warning)
+        conn.close()
+        self.lobby.forget(conn, conn.fd)
+        for call in list(conn.pending.values()):
+            self.cancel(call)
+        self.connections.discard(conn)

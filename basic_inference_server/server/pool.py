@@ -1,8 +1,9 @@
 """The worker pool of one model server: threads and a bounded FIFO queue of calls.
 
 Each worker is a thread that owns one ``FlaskWorker`` instance: it builds it, calls
-``_load_model`` once, then takes calls from the shared queue in arrival order and runs their
-hooks (:mod:`.hooks`). Whoever queued a call (503 when the queue is full) learns that it ended
+``_load_model`` once, then takes calls from the shared queue (:mod:`.callqueue`) in arrival
+order and runs their hooks (:mod:`.hooks`); an idle worker may wait at the channel's sockets and
+run what it reads there itself (:mod:`.lobby`). Whoever queued a call (503 when the queue is full) learns that it ended
 from its ``on_done``, called on the worker's thread; deadlines are the callers' (the channel's
 gateway, the HTTP port). Nothing polls or sleeps; a worker is free again as soon as its hooks
 return or raise.
@@ -14,15 +15,16 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .. import requestid
-from ..errors import ModelError, Overloaded, ServingError, Unavailable
+from ..errors import ModelError, ServingError, Unavailable
 from .call import Call, CallState
+from .callqueue import CallQueue
 from .channel import replies_together
 from .hooks import Hooks
+from .lobby import Lobby
 from .stats import ServerStats
 from .worker import FlaskWorker
 
@@ -34,92 +36,6 @@ _RETIRE = object()  # control item: the worker that takes it stops
 def _inputs_given(call: Call) -> None:
     """Without a reader of bodies, a call comes with its inputs."""
     raise ModelError("this worker pool reads no request bodies")
-
-
-class CallQueue:
-    """FIFO with a bound on waiting calls; control items bypass the bound.
-
-    While a worker gathers a batch, a new call wakes it only once the batch can be full (or at
-    the batch's deadline), not once per call: each wake-up is a thread switch that the threads
-    still delivering requests would pay for.
-    """
-
-    def __init__(self, max_calls: int):
-        self.max_calls = max_calls
-        self._items: deque[Any] = deque()
-        self._calls = 0
-        self._wanted = 1  # waiting calls worth waking a worker for
-        self._cond = threading.Condition(threading.Lock())
-
-    def put(self, call: Call) -> None:
-        with self._cond:
-            if self._calls >= self.max_calls:
-                raise Overloaded(f"request queue is full ({self.max_calls} waiting); retry later")
-            self._calls += 1
-            call.enqueued = time.monotonic()
-            self._items.append(call)
-            if len(self._items) >= self._wanted:
-                self._cond.notify()
-
-    def remove(self, call: Call) -> bool:
-        """Take a call out of the queue; False when a worker already has it (or it is done)."""
-        with self._cond:
-            try:
-                self._items.remove(call)
-            except ValueError:
-                return False
-            self._calls -= 1
-            return True
-
-    def put_control(self, item: Any) -> None:
-        with self._cond:
-            self._items.append(item)
-            self._cond.notify()
-
-    def get(self) -> Any:
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            item = self._items.popleft()
-            if item.__class__ is Call:
-                self._calls -= 1
-            return item
-
-    def get_batch(self, max_calls: int, window: float) -> list[Any]:
-        """Up to ``max_calls`` calls in arrival order, waiting at most ``window`` seconds, once the
-        first is taken, for more to come. A control item is returned alone."""
-        with self._cond:
-            while not self._items:
-                self._cond.wait()
-            first = self._items.popleft()
-            if first.__class__ is not Call:
-                return [first]
-            self._calls -= 1
-            batch = [first]
-            # From now, not from when the first call arrived: a call that waited for the worker
-            # would otherwise leave at once with whatever had queued behind it, and closed-loop
-            # clients would settle into half batches that never merge again.
-            deadline = time.monotonic() + window
-            while len(batch) < max_calls:
-                if self._items:
-                    if self._items[0].__class__ is not Call:
-                        break
-                    batch.append(self._items.popleft())
-                    self._calls -= 1
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._wanted = max_calls - len(batch)
-                self._cond.wait(remaining)
-                self._wanted = 1
-            if self._items:
-                self._cond.notify()  # what is left is for another worker
-            return batch
-
-    @property
-    def depth(self) -> int:
-        return self._calls
 
 
 WorkerFactory = Callable[[int], FlaskWorker]
@@ -314,47 +230,56 @@ class WorkerPool:
                 calls.append(call)
         return calls
 
+    def attach(self, lobby: Lobby) -> None:
+        """From now, an idle worker without batching may wait at the channel's sockets and run
+        what it reads there (:mod:`.callqueue`, :mod:`.lobby`)."""
+        self._queue.lobby = lobby
+
     def _serve(self, hooks: Hooks, idx: int) -> None:
         batching = self.max_batch_size > 1
         while True:
             if batching:
                 items = self._queue.get_batch(self.max_batch_size, self.max_batch_wait)
             else:
-                items = [self._queue.get()]
+                items = [self._queue.take()]
             if items[0] is _RETIRE:
                 logger.info("Worker %d retired", idx)
                 return
-            started = time.monotonic()
+            self._serve_items(hooks, idx, items, batching)
+
+    def _serve_items(self, hooks: Hooks, idx: int, items: list[Call], batching: bool) -> None:
+        """Run one call, or one batch, on this worker and answer it."""
+        started = time.monotonic()
+        with self._lock:
+            self.busy += 1
+            self._busy_since[idx] = started
+        calls = self._read(items)
+        if not calls:
             with self._lock:
-                self.busy += 1
-                self._busy_since[idx] = started
-            calls = self._read(items)
-            if not calls:
-                with self._lock:
-                    self.busy -= 1
-                    del self._busy_since[idx]
-                continue
-            # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
-            token = requestid.bind(",".join(call.request_id for call in calls))
-            try:
+                self.busy -= 1
+                del self._busy_since[idx]
+            return
+        # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
+        token = requestid.bind(",".join(call.request_id for call in calls))
+        try:
+            for call in calls:
+                call.worker_idx = idx
+            if batching:
+                hooks.run_batch(calls)
+            else:
+                hooks.run(calls[0])
+        except BaseException as exc:  # nothing may leave a worker busy or a client waiting
+            logger.exception("Worker %d: unexpected %s", idx, type(exc).__name__)
+            for call in calls:
+                if call.error is None:
+                    call.error = ModelError(f"{type(exc).__name__}: {exc}")
+        finally:
+            requestid.unbind(token)
+            self.measured.record_batch([started - call.enqueued for call in calls], time.monotonic() - started,
+                                       batching)
+            with self._lock:
+                self.busy -= 1
+                del self._busy_since[idx]
+            with replies_together():
                 for call in calls:
-                    call.worker_idx = idx
-                if batching:
-                    hooks.run_batch(calls)
-                else:
-                    hooks.run(calls[0])
-            except BaseException as exc:  # nothing may leave a worker busy or a client waiting
-                logger.exception("Worker %d: unexpected %s", idx, type(exc).__name__)
-                for call in calls:
-                    if call.error is None:
-                        call.error = ModelError(f"{type(exc).__name__}: {exc}")
-            finally:
-                requestid.unbind(token)
-                self.measured.record_batch([started - call.enqueued for call in calls], time.monotonic() - started,
-                                           batching)
-                with self._lock:
-                    self.busy -= 1
-                    del self._busy_since[idx]
-                with replies_together():
-                    for call in calls:
-                        self._ended(call)
+                    self._ended(call)

@@ -73,6 +73,7 @@ class PoolKit:
                             max_body_bytes=1 << 20)
         channel = ChannelServer(str(folder / "unit.sock"), RunPath(state).from_channel, 1 << 20, cancel=pool.cancel)
         channel.start()
+        pool.attach(channel.lobby)
         peer = ChannelPeer(channel.path)
         self.closers += [peer.close, channel.close]
         return peer

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 
 import pytest
 
@@ -255,12 +256,10 @@ def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
     assert pool.wait_loaded(2) is True
     assert pool.load_errors == ["worker 0: SystemExit: weights missing"]
 
-
 def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
-    import time
 
     from basic_inference_server.server.call import Call
-    from basic_inference_server.server.pool import CallQueue
+    from basic_inference_server.server.callqueue import CallQueue
 
     queue = CallQueue(100)
     jobs = [Call(i, "-", print, inputs={"i": i}) for i in range(5)]
@@ -323,3 +322,39 @@ def test_a_batch_with_a_wrong_number_of_predictions_says_what_batching_asks(kit,
     for answer in answers:
         assert re.match(r"_predict must return (\d) predictions for a batch of \1, got 0 \(batching is on, "
                         r"MAX_BATCH_SIZE=4: .* must return one prediction per input", answer.body["ERROR"]), answer.body
+
+
+def test_at_low_load_the_idle_worker_that_reads_a_request_runs_it(pool_of):
+    # Leader/followers: one idle worker waits at the channel's sockets and runs what it reads, so
+    # one request at a time stays on one worker (a hand-off through the queue would spread them
+    # over the four, the longest-waiting first).
+    pool, peer = pool_of(4)
+    workers = []
+    for n in range(30):
+        workers.append(peer.run({"id": n}).body["predict_result"]["worker"])
+        time.sleep(0.02)  # the client's think time: the worker is back at the sockets before the next
+    assert max(workers.count(w) for w in set(workers)) >= 20, workers
+
+
+def test_a_call_queued_from_elsewhere_wakes_the_worker_waiting_at_the_sockets(pool_of, kit):
+    from basic_inference_server.server.call import Call
+
+    pool, peer = pool_of(1)
+    assert peer.run({"id": "first"}).status == 200  # the only worker now waits at the sockets
+    assert kit.wait_until(lambda: pool.stats()["busy"] == 0)
+    done = threading.Event()
+    call = Call(99, "-", lambda call: done.set(), inputs={"id": "from-the-http-port"})
+    pool.enqueue(call)  # as the HTTP port queues a call: nothing arrives on the channel
+    assert done.wait(5), "the worker waiting at the sockets was not woken for a queued call"
+    assert call.result == {"echo": "from-the-http-port", "worker": 0}
+    assert peer.run({"id": "after"}).status == 200  # and it leads again
+
+
+def test_a_burst_read_by_one_worker_is_shared_with_the_idle_ones(pool_of, kit, executed):
+    pool, peer = pool_of(3)
+    FakeWorker.gate = kit.gate()
+    assert peer.run({"id": "warm"}).status == 200
+    tags = [peer.send({"id": n, "gate_": True}) for n in range(3)]  # likely read in one chunk
+    assert kit.wait_until(lambda: pool.stats()["busy"] == 3), pool.stats()  # all three run at once
+    FakeWorker.gate.set()
+    assert all(peer.wait(tag).status == 200 for tag in tags)
