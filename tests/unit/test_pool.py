@@ -256,8 +256,8 @@ def test_sys_exit_in_load_model_is_a_load_failure_not_a_hang(kit):
     assert pool.wait_loaded(2) is True
     assert pool.load_errors == ["worker 0: SystemExit: weights missing"]
 
-def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
 
+def test_get_batch_takes_up_to_the_size_in_order_and_waits_at_most_the_window():
     from basic_inference_server.server.call import Call
     from basic_inference_server.server.callqueue import CallQueue
 
