@@ -35,7 +35,7 @@ class CallQueue:
         self._items: deque[Any] = deque()
         self._calls = 0
         self._wanted = 1  # waiting calls worth waking a worker for
-        self._idle = 0  # workers waiting on the condition
+        self._idle = 0  # workers waiting on the condition in take() and not woken yet
         self._leading = False  # a worker waits at the channel's sockets
         self._taking = threading.local()  # .queued: calls the leader queued from what it read
         self._cond = threading.Condition(threading.Lock())
@@ -51,19 +51,29 @@ class CallQueue:
             if queued is not None:  # the leader read it: it takes one itself, and wakes others for the rest
                 self._taking.queued = queued + 1
                 return
-            if len(self._items) >= self._wanted:
-                self._cond.notify()
-            ring = self._leading and not self._idle
-        if ring:
+            ring = len(self._items) >= self._wanted and not self._wake_idle(1) and self._leading
+        if ring:  # nobody idle but the leader
             self.lobby.ring()
 
     def put_control(self, item: Any) -> None:
         with self._cond:
             self._items.append(item)
-            self._cond.notify()
+            self._wake_idle(1)
             ring = self._leading
         if ring:
             self.lobby.ring()
+
+    def _wake_idle(self, count: int) -> int:
+        """Wake up to ``count`` idle workers (under the lock); how many were. A worker woken is no
+        longer counted idle from now, not from when it runs: a call queued meanwhile must not
+        count on it, or it would wait with the leader left asleep."""
+        woken = min(count, self._idle)
+        if woken:
+            self._idle -= woken
+            self._cond.notify(woken)
+        else:
+            self._cond.notify()  # a worker gathering a batch (get_batch), if any
+        return woken
 
     def remove(self, call: Call) -> bool:
         """Take a call out of the queue; False when a worker already has it (or it is done)."""
@@ -85,11 +95,8 @@ class CallQueue:
                     if lobby is not None and not self._leading:
                         self._leading = True
                         break
-                    self._idle += 1
-                    try:
-                        self._cond.wait()
-                    finally:
-                        self._idle -= 1
+                    self._idle += 1  # until woken (_wake_idle): a wait without a timeout returns only then
+                    self._cond.wait()
                 else:
                     return self._pop()
             try:
@@ -108,7 +115,7 @@ class CallQueue:
             queued, self._taking.queued = self._taking.queued, None
             if queued > 1:
                 with self._cond:
-                    self._cond.notify(queued - 1)
+                    self._wake_idle(queued - 1)
 
     def get_batch(self, max_calls: int, window: float) -> list[Any]:
         """Up to ``max_calls`` calls in arrival order, waiting at most ``window`` seconds, once the

@@ -4,7 +4,7 @@ A request from the gateway used to cost two threads: the channel's reader receiv
 it to a worker, one wake-up and one thread switch more per request, which is most of what a lone
 request (one client at a time) waits for. Here one idle worker, the *leader*, waits at the
 channel's sockets itself, and runs the request it reads: no hand-off at all. The other idle
-workers wait on the call queue as before (:class:`~.pool.CallQueue`), and the next of them to be
+workers wait on the call queue as before (:class:`~.callqueue.CallQueue`), and the next of them to be
 idle leads once the leader has taken a call. The channel's own reader thread stays, and reads only
 when no leader waits (every worker busy): the requests it queues, the CANCELs and CREDITs of the
 running calls are never left unread.

@@ -145,6 +145,20 @@ class Gateway:
             time.sleep(0.05)
         pytest.fail(f"{name} not {state} after {timeout}s: {info}\n{self.output()}")
 
+    def wait_workers(self, name: str, timeout: float = 5, **counts: int) -> None:
+        """Wait until the model server of ``name`` reports at least ``counts`` of its workers'
+        figures (``busy=1``: a request is running; ``queue=1``: one waits), read from its own
+        /health (fresh, not the gateway's last probe)."""
+        url = f"http://127.0.0.1:{self.servers()[name]['PORT']}/health"
+        deadline = time.monotonic() + timeout
+        workers: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            workers = requests.get(url, timeout=5).json().get("workers", {})
+            if all(workers.get(key, 0) >= count for key, count in counts.items()):
+                return
+            time.sleep(0.01)
+        pytest.fail(f"{name}: workers not at {counts} after {timeout}s: {workers}")
+
     # -- teardown ----------------------------------------------------------------------------
     def stop(self) -> None:
         """Kill the whole process group; assert no process and no port is left behind."""

@@ -33,7 +33,7 @@ def test_shutdown_answers_then_drains_and_exits_cleanly(gateway_factory):
 
     worker = threading.Thread(target=slow_call)
     worker.start()
-    time.sleep(0.3)  # the slow request is in flight
+    gateway.wait_workers("echo", busy=1)  # the slow request is in flight
     reply = gateway.admin("/shutdown", {"SIGNATURE": "safe_kill_server_cmd"})
     assert reply.status_code == 200, reply.text
     assert reply.json()["MESSAGE"].startswith("OK")
@@ -99,10 +99,10 @@ def test_full_queue_answers_503_at_once_and_the_queued_request_is_served(gateway
 
     first = threading.Thread(target=call, args=("running",))
     first.start()
-    time.sleep(0.3)
+    gateway.wait_workers("tiny", busy=1)
     second = threading.Thread(target=call, args=("queued",))
     second.start()
-    time.sleep(0.3)
+    gateway.wait_workers("tiny", busy=1, queue=1)
     started = time.monotonic()
     rejected = gateway.run("tiny", VALUE="rejected")
     assert time.monotonic() - started < 0.5
@@ -120,7 +120,7 @@ def test_request_in_flight_on_a_dying_server_gets_502(gateway_factory):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(reply=gateway.run("echo", VALUE=1, SLEEP=1.5)))
     thread.start()
-    time.sleep(0.4)
+    gateway.wait_workers("echo", busy=1)
     os.kill(pid, signal.SIGKILL)
     thread.join(5)
     assert result["reply"].status_code == 502, result["reply"].text

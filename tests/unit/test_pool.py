@@ -358,3 +358,41 @@ def test_a_burst_read_by_one_worker_is_shared_with_the_idle_ones(pool_of, kit, e
     assert kit.wait_until(lambda: pool.stats()["busy"] == 3), pool.stats()  # all three run at once
     FakeWorker.gate.set()
     assert all(peer.wait(tag).status == 200 for tag in tags)
+
+
+class _Bell:
+    """A lobby whose leader's seat is an event: ``ring`` sets it, the leader's ``wait`` waits for it."""
+
+    def __init__(self):
+        self.leader, self.rings, self._rung = self, 0, threading.Event()
+
+    def ring(self):
+        self.rings += 1
+        self._rung.set()
+
+    def wait(self):
+        self._rung.wait(5)
+        self._rung.clear()
+
+
+def test_a_call_queued_while_the_idle_worker_is_being_woken_rings_the_leader(kit):
+    from basic_inference_server.server.call import Call
+    from basic_inference_server.server.callqueue import CallQueue
+
+    queue, bell = CallQueue(10), _Bell()
+    queue.lobby = bell
+    taken: list = []
+    leader = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
+    leader.start()
+    assert kit.wait_until(lambda: queue._leading)  # the first idle worker leads
+    follower = threading.Thread(target=lambda: taken.append(queue.take()), daemon=True)
+    follower.start()
+    assert kit.wait_until(lambda: queue._idle == 1)  # the second waits on the queue
+    first, second = Call(1, "-", print, inputs={}), Call(2, "-", print, inputs={})
+    queue.put(first)  # wakes the follower: no ring
+    assert bell.rings == 0
+    queue.put(second)  # the follower is taken already, whether it runs yet or not: the leader's bell
+    assert bell.rings == 1
+    leader.join(5)
+    follower.join(5)
+    assert sorted(call.call_id for call in taken) == [1, 2]
