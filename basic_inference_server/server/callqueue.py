@@ -16,11 +16,9 @@ delivering requests would pay for.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import Overloaded
@@ -99,23 +97,15 @@ class CallQueue:
                     self._cond.wait()
                 else:
                     return self._pop()
+            self._taking.queued = 0  # what this thread queues now, it takes the first of
             try:
-                with self._leader_reading():
-                    lobby.leader.wait()
+                lobby.leader.wait()
             finally:
+                queued, self._taking.queued = self._taking.queued, None
                 with self._cond:
                     self._leading = False
-
-    @contextlib.contextmanager
-    def _leader_reading(self) -> Iterator[None]:
-        self._taking.queued = 0
-        try:
-            yield
-        finally:
-            queued, self._taking.queued = self._taking.queued, None
-            if queued > 1:
-                with self._cond:
-                    self._wake_idle(queued - 1)
+                    if queued > 1:
+                        self._wake_idle(queued - 1)
 
     def get_batch(self, max_calls: int, window: float) -> list[Any]:
         """Up to ``max_calls`` calls in arrival order, waiting at most ``window`` seconds, once the

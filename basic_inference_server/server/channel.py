@@ -199,7 +199,6 @@ class ChannelServer:
         self.handler = handler
         self.cancel = cancel  # called with the call of a CANCEL frame
         self.max_body = max_body
-        self.connections: set[Connection] = set()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # left by a server of this port that was killed
@@ -236,7 +235,6 @@ class ChannelServer:
                 logger.exception("Channel: accept failed")
                 continue
             conn = Connection(sock, self.max_body)
-            self.connections.add(conn)
             self.lobby.admit(conn)
 
     def _read_loop(self) -> None:
@@ -298,4 +296,3 @@ class ChannelServer:
         self.lobby.forget(conn, conn.fd)
         for call in list(conn.pending.values()):
             self.cancel(call)
-        self.connections.discard(conn)
