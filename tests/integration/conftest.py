@@ -33,12 +33,24 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _port_range() -> tuple[int, int]:
+    """Ports this test process picks from: below the ephemeral range (32768+), and under
+    pytest-xdist a slice of its own, so that two test processes never pick overlapping blocks
+    (a block is checked free when picked, and only bound later, by the gateway it is for)."""
+    low, high = 20000, 32000
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low) // max(1, workers)
+    return low + worker * size, low + (worker + 1) * size
+
+
 def free_port_block(count: int) -> int:
     """First port of ``count`` consecutive free ports (randomised to avoid other test runs)."""
     import random
 
+    low, high = _port_range()
     for _ in range(200):
-        base = random.randrange(20000, 32000 - count)  # below the ephemeral range (32768+)
+        base = random.randrange(low, high - count)
         if all(_bindable(p) for p in range(base, base + count)):
             return base
     raise RuntimeError("no block of free ports found")
