@@ -134,7 +134,9 @@ class Call:
     def finish(self) -> CallState | None:
         """It has ended: ANSWERED (on_done delivers its answer) or DROPPED (its client had left);
         on_done is called once. Returns the state it ended from (None: it had ended already)."""
-        was = self._move(CallState.DROPPED) or self._move(CallState.ANSWERED)
+        was = self._move(CallState.DROPPED if self.state in _LEFT else CallState.ANSWERED)
+        if was is None and self.state in _LEFT:  # its client left meanwhile
+            was = self._move(CallState.DROPPED)
         if was is None:
             return None
         self.inputs = self.raw = self.open_stream = None  # an ended call may be referenced a while longer:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,16 +50,19 @@ logger = logging.getLogger(__name__)
 _together = threading.local()
 
 
-@contextlib.contextmanager
-def replies_together() -> Iterator[None]:
+class replies_together:  # noqa: N801 - used as a function: ``with replies_together():``
     """Answers given on this thread inside the block are sent at its end, one write per
-    connection (a worker finishing a batch answers all its requests at once)."""
-    _together.connections = connections = {}
-    try:
-        yield
-    finally:
+    connection (a worker finishing a batch answers all its requests at once). A class, not a
+    generator: it is entered once per call a worker answers."""
+
+    __slots__ = ("connections",)
+
+    def __enter__(self) -> None:
+        _together.connections = self.connections = {}
+
+    def __exit__(self, *exc: object) -> None:
         _together.connections = None
-        for conn in connections:
+        for conn in self.connections:
             conn.send_pending()
 
 
