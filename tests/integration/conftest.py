@@ -59,9 +59,11 @@ def free_port_block(count: int) -> int:
 class Gateway:
     """A gateway process started with ``python -m basic_inference_server.gateway.cli``."""
 
+    PORTS = 1 + SERVER_PORTS  # its own and its model servers': picked free, checked free after it stopped
+
     def __init__(self, app_dir: Path, env: dict[str, str] | None = None, token: str | None = TOKEN):
         self.app_dir = app_dir
-        base = free_port_block(1 + SERVER_PORTS)
+        base = free_port_block(self.PORTS)
         self.port = base
         self.first_server_port = base + 1
         self.url = f"http://127.0.0.1:{self.port}"
@@ -196,7 +198,7 @@ class Gateway:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             alive = [p for p in self.known_pids if _alive(p)]
-            ports = [p for p in range(self.port, self.port + 1 + SERVER_PORTS) if not _bindable(p)]
+            ports = [p for p in range(self.port, self.port + self.PORTS) if not _bindable(p)]
             if not alive and not ports:
                 return
             time.sleep(0.1)
@@ -206,6 +208,8 @@ class Gateway:
 class EndpointProcess(Gateway):
     """The harness's process handling (its own process group, stopped and checked at the end) for
     the endpoint command, listening on ``self.port``."""
+
+    PORTS = 1  # the endpoint command listens on its one port (a gateway may bind the ports after it)
 
     def start(self, wait_ready: bool = True, extra_args: list[str] | None = None,
               command: list[str] | None = None) -> EndpointProcess:

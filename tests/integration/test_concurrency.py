@@ -11,7 +11,10 @@ def test_200_requests_from_20_threads_each_get_their_own_answer(echo_gateway):
     def call(i: int) -> tuple[int, int, dict]:
         with requests.Session() as session:
             signature = "echo" if i % 2 else "echo_b"
-            reply = session.post(echo_gateway.url + "/run", json={"SIGNATURE": signature, "VALUE": f"v{i}"}, timeout=30)
+            # 10 ms each: 20 clients at once keep both workers busy (an idle worker runs what it reads
+            # itself, so answers faster than the clients ask would all go to one)
+            reply = session.post(echo_gateway.url + "/run", json={"SIGNATURE": signature, "VALUE": f"v{i}",
+                                                                  "SLEEP": 0.01}, timeout=30)
             return i, reply.status_code, reply.json()
 
     with ThreadPoolExecutor(max_workers=20) as pool:
