@@ -23,6 +23,7 @@ import psutil
 from bench.__main__ import MODELS
 from bench.common import GatewayRun
 from bench.load import SERVE_CPU, WRK_CPU, check_pinning_possible, ensure_wrk, wrk
+from bench.report import save_table
 
 BENCH = Path(__file__).resolve().parent
 
@@ -77,11 +78,12 @@ def main() -> int:
         for run in runs.values():
             run.stop()
     medians = {name: (statistics.median(rps[name]), statistics.median(cpu[name])) for name in runs}
-    print(f"| {args.model} c={args.concurrency} | req/s | CPU µs per request |\n|---|---|---|")
-    for name, (rate, micros) in medians.items():
-        print(f"| {name} ({getattr(args, name)}) | {rate:.0f} | {micros:.1f} |")
-    print(f"| after / before | {medians['after'][0] / medians['before'][0]:.3f} "
-          f"| {medians['after'][1] / medians['before'][1]:.3f} |")
+    rows = [f"| {args.model} c={args.concurrency} | req/s | CPU µs per request |", "|---|---|---|"]
+    rows += [f"| {name} ({getattr(args, name)}) | {rate:.0f} | {micros:.1f} |"
+             for name, (rate, micros) in medians.items()]
+    rows.append(f"| after / before | {medians['after'][0] / medians['before'][0]:.3f} "
+                f"| {medians['after'][1] / medians['before'][1]:.3f} |")
+    save_table("ab", "\n".join(rows), args)
     return 0
 
 

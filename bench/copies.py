@@ -31,7 +31,7 @@ from pathlib import Path
 import requests
 
 from bench.common import GatewayRun
-from bench.report import RESULTS
+from bench.report import save_table
 
 BENCH = Path(__file__).resolve().parent
 SOURCE = BENCH / "native" / "memcount.c"
@@ -100,10 +100,7 @@ def main() -> int:
                 print(rows[-1], file=sys.stderr, flush=True)
         finally:
             gateway.stop()
-    text = "\n".join(rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"copies_{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text + "\n")
+    save_table("copies", "\n".join(rows), args)
     return 0
 
 

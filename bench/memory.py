@@ -19,7 +19,7 @@ import psutil
 import requests
 
 from bench.__main__ import BenchGateway
-from bench.report import RESULTS
+from bench.report import save_table
 
 
 def measure(size_mb: float, workers: int, shared: bool) -> float:
@@ -49,10 +49,7 @@ def main() -> int:
             rows.append(f"| {'once per process (_load_shared)' if shared else 'per worker (_load_model)'} "
                         f"| {workers} | {rss:.0f} | {rss / base:.2f} |")
             print(rows[-1], file=sys.stderr, flush=True)
-    text = "\n".join(rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"memory_{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text + "\n")
+    save_table("memory", "\n".join(rows), args)
     return 0
 
 

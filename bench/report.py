@@ -215,14 +215,16 @@ def medians(runs: list[dict], processes: tuple[str, ...] = ("gateway", "server")
     return row
 
 
-def save_table(prefix: str, text: str, args: argparse.Namespace, rows: list[dict], results: Path = RESULTS) -> None:
-    """Print a side-by-side bench's Markdown table and write it, with the rows as JSON, to
-    ``bench/results/<prefix>_<stamp>.md/.json``."""
+def save_table(prefix: str, text: str, args: argparse.Namespace, rows: list[dict] | None = None,
+               results: Path = RESULTS) -> None:
+    """Print a bench's Markdown table and write it to ``bench/results/<prefix>_<stamp>.md`` (and,
+    with ``rows``, them and the arguments as JSON beside it)."""
     print(text)
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (results / f"{prefix}_{stamp}.md").write_text(text + "\n")
-    (results / f"{prefix}_{stamp}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    if rows is not None:
+        (results / f"{prefix}_{stamp}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 
 
 def side_by_side_parser(doc: str, duration: float) -> argparse.ArgumentParser:
@@ -234,3 +236,4 @@ def side_by_side_parser(doc: str, duration: float) -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--pin", action="store_true")
     return parser
+

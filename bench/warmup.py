@@ -22,7 +22,7 @@ import requests
 from bench.__main__ import onnx_model_file
 from bench.common import REPO, GatewayRun
 from bench.load import SERVE_CPU, check_pinning_possible
-from bench.report import RESULTS
+from bench.report import save_table
 
 EXAMPLE = REPO / "examples" / "onnx_classifier"
 ENDPOINT = "onnx_classifier"
@@ -64,10 +64,7 @@ def main() -> int:
         first, rest = statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
         rows.append(f"| {'yes' if warm else 'no'} | {first:.2f} | {rest:.2f} |")
         print(rows[-1], [round(r[0], 2) for r in runs], file=sys.stderr, flush=True)
-    text = "\n".join(rows)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"warmup_{time.strftime('%Y%m%d-%H%M%S')}.md").write_text(text + "\n")
+    save_table("warmup", "\n".join(rows), args)
     return 0
 
 

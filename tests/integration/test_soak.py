@@ -16,8 +16,7 @@ def test_soak_loses_nothing_while_servers_are_killed():
     summary = json.loads(proc.stdout)
     assert summary["kills"] >= 2
     assert summary["lost"] == 0 and summary["wrong_answer"] == 0 and summary["executed_twice"] == 0
-    # the duplicate check saw the work (what a server killed before its notifications were read took along is not seen)
-    assert summary["executions_seen"] >= summary["answered"]["200"] * 0.8
+    assert summary["executions_seen"] >= summary["answered"]["200"] * 0.9  # the duplicate check saw the work
     assert summary["errors_outside_restart_windows"] == 0
     assert summary["answered"]["200"] > 500
     assert set(summary["answered"]) <= {"200", "502", "503"}

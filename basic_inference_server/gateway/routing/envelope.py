@@ -57,11 +57,7 @@ class Envelope:
             if not isinstance(answer, dict):
                 raise ValueError("model server answer is not a JSON object")
             return jsonutil.dumps_bytes(self.add_to(_flatten(answer)))
-        head = data.rstrip()
-        if not head.startswith(b"{") or not head.endswith(b"}"):
-            raise ValueError("model server answer is not a JSON object")
-        head = head[:-1].rstrip()
-        return b"".join((head, b"" if head == b"{" else b",", self._extra_json(), b"}"))
+        return self.pieces(data).joined()
 
     def pieces(self, data: bytes | bytearray) -> Pieces:
         """The JSON object ``data`` with the envelope's members added, as pieces to write gathered:

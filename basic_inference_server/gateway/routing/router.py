@@ -21,7 +21,7 @@ import msgspec
 from ... import jsonbody
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
-from ...transport.gather import GATHER_MIN, Pieces
+from ...transport.gather import Pieces
 from ..remote.handle import RemoteHandle
 from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
 from .envelope import Envelope
@@ -172,9 +172,7 @@ class Router:
         gathered, unless ``flat``), errors as they are."""
         if status == 200:
             try:
-                if flat or len(data) < GATHER_MIN:  # small: joined in C costs less than pieces
-                    return 200, self.envelope.wrap(data, flat), None
-                return 200, self.envelope.pieces(data), None
+                return 200, self.envelope.wrap(data, True) if flat else self.envelope.pieces(data), None
             except ValueError:
                 raise ServerDied("model server sent an answer that is not a JSON object") from None
         if not data.startswith(b"{"):
