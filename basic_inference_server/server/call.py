@@ -38,6 +38,8 @@ class CallState(Enum):
     ANSWERED = "answered"  # its answer (a result or an error) went to on_done
     DROPPED = "dropped"  # ended after its client left: on_done had nobody to answer
 
+    __hash__ = object.__hash__  # looked up in _NEXT on every move: Enum's own hash is a Python call
+
 
 _NEXT = {
     CallState.QUEUED: frozenset({CallState.RUNNING, CallState.LEFT_QUEUED, CallState.ANSWERED}),

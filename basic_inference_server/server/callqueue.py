@@ -36,10 +36,11 @@ class CallQueue:
         self._idle = 0  # workers waiting on the condition in take() and not woken yet
         self._leading = False  # a worker waits at the channel's sockets
         self._taking = threading.local()  # .queued: calls the leader queued from what it read
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # entered directly: Condition.__enter__ is a Python call
+        self._cond = threading.Condition(self._mutex)
 
     def put(self, call: Call) -> None:
-        with self._cond:
+        with self._mutex:
             if self._calls >= self.max_calls:
                 raise Overloaded(f"request queue is full ({self.max_calls} waiting); retry later")
             self._calls += 1
@@ -54,7 +55,7 @@ class CallQueue:
             self.lobby.ring()
 
     def put_control(self, item: Any) -> None:
-        with self._cond:
+        with self._mutex:
             self._items.append(item)
             self._wake_idle(1)
             ring = self._leading
@@ -75,7 +76,7 @@ class CallQueue:
 
     def remove(self, call: Call) -> bool:
         """Take a call out of the queue; False when a worker already has it (or it is done)."""
-        with self._cond:
+        with self._mutex:
             try:
                 self._items.remove(call)
             except ValueError:
@@ -88,7 +89,7 @@ class CallQueue:
         channel's sockets when nobody else does."""
         lobby = self.lobby
         while True:
-            with self._cond:
+            with self._mutex:
                 while not self._items:
                     if lobby is not None and not self._leading:
                         self._leading = True
@@ -102,7 +103,7 @@ class CallQueue:
                 lobby.leader.wait()
             finally:
                 queued, self._taking.queued = self._taking.queued, None
-                with self._cond:
+                with self._mutex:
                     self._leading = False
                     if queued > 1:
                         self._wake_idle(queued - 1)
@@ -110,7 +111,7 @@ class CallQueue:
     def get_batch(self, max_calls: int, window: float) -> list[Any]:
         """Up to ``max_calls`` calls in arrival order, waiting at most ``window`` seconds, once the
         first is taken, for more to come. A control item is returned alone."""
-        with self._cond:
+        with self._mutex:
             while not self._items:
                 self._cond.wait()
             first = self._pop()

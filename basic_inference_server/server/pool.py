@@ -67,7 +67,8 @@ class WorkerPool:
         self.max_batch_wait = max_batch_wait
         self._queue = CallQueue(max_queue)
         self._on_event = on_event or (lambda text: None)
-        self._lock = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()  # entered directly: Condition.__enter__ is a Python call
+        self._changed = threading.Condition(self._mutex)  # loading and busy counts
         self._ids = itertools.count()
         self._threads: set[threading.Thread] = set()
         self.target = 0
@@ -85,7 +86,7 @@ class WorkerPool:
 
     def resize(self, count: int) -> dict[str, int]:
         """Grow or shrink to ``count`` workers. New workers load in the background."""
-        with self._lock:
+        with self._mutex:
             previous = self.target
             self.target = count
             grow = count - previous
@@ -93,7 +94,7 @@ class WorkerPool:
         for _ in range(grow):
             idx = next(self._ids)
             thread = threading.Thread(target=self._run, args=(idx,), name=f"worker-{idx}", daemon=True)
-            with self._lock:
+            with self._mutex:
                 self._threads.add(thread)
             thread.start()
         for _ in range(-grow):
@@ -105,12 +106,12 @@ class WorkerPool:
     def wait_loaded(self, timeout: float | None = None) -> bool:
         """Block until no worker is loading; return False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
+        with self._mutex:
             while self.loading:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._lock.wait(remaining)
+                self._changed.wait(remaining)
         return True
 
     # -- requests ----------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class WorkerPool:
 
     def stop(self, timeout: float) -> bool:
         """Let queued calls finish, then stop every worker; False if some did not stop in time."""
-        with self._lock:
+        with self._mutex:
             threads = list(self._threads)
             self.target = 0
         for _ in threads:
@@ -143,11 +144,11 @@ class WorkerPool:
     def busy_for(self) -> list[float]:
         """How long each busy worker has been on its current call, in seconds."""
         now = time.monotonic()
-        with self._lock:
+        with self._mutex:
             return [now - since for since in self._busy_since.values()]
 
     def stats(self) -> dict[str, Any]:
-        with self._lock:
+        with self._mutex:
             return {
                 "total": self.target,
                 "ready": self.ready,
@@ -174,10 +175,10 @@ class WorkerPool:
             try:
                 self._serve(hooks, idx)
             finally:
-                with self._lock:
+                with self._mutex:
                     self.ready -= 1
-                    self._lock.notify_all()
-        with self._lock:
+                    self._changed.notify_all()
+        with self._mutex:
             self._threads.discard(threading.current_thread())
 
     def _load(self, idx: int) -> Hooks | None:
@@ -189,17 +190,17 @@ class WorkerPool:
             hooks.warm(self.warmup)
         except BaseException as exc:  # user code: SystemExit from a model must not hang the load
             logger.exception("Worker %d failed to load its model", idx)
-            with self._lock:
+            with self._mutex:
                 self.loading -= 1
                 self.target -= 1
                 self.load_errors.append(f"worker {idx}: {type(exc).__name__}: {exc}")
-                self._lock.notify_all()
+                self._changed.notify_all()
             self._on_event(f"Worker {idx} failed to load: {type(exc).__name__}: {exc}")
             return None
-        with self._lock:
+        with self._mutex:
             self.loading -= 1
             self.ready += 1
-            self._lock.notify_all()
+            self._changed.notify_all()
         if self.warmup:
             logger.info("Worker %d warmed up with %d input(s)", idx, len(self.warmup))
         logger.info("Worker %d loaded in %.2fs", idx, time.monotonic() - started)
@@ -250,17 +251,17 @@ class WorkerPool:
     def _serve_items(self, hooks: Hooks, idx: int, items: list[Call], batching: bool) -> None:
         """Run one call, or one batch, on this worker and answer it."""
         started = time.monotonic()
-        with self._lock:
+        with self._mutex:
             self.busy += 1
             self._busy_since[idx] = started
         calls = self._read(items)
         if not calls:
-            with self._lock:
+            with self._mutex:
                 self.busy -= 1
                 del self._busy_since[idx]
             return
         # Log lines written by the hooks carry the request id (all of a batch's ids for _predict).
-        token = requestid.bind(",".join(call.request_id for call in calls))
+        token = requestid.bind(calls[0].request_id if len(calls) == 1 else ",".join(c.request_id for c in calls))
         try:
             for call in calls:
                 call.worker_idx = idx
@@ -277,7 +278,7 @@ class WorkerPool:
             requestid.unbind(token)
             self.measured.record_batch([started - call.enqueued for call in calls], time.monotonic() - started,
                                        batching)
-            with self._lock:
+            with self._mutex:
                 self.busy -= 1
                 del self._busy_since[idx]
             with replies_together():

@@ -28,7 +28,7 @@ class Pieces(tuple):
 
     @property
     def size(self) -> int:
-        return sum(len(piece) for piece in self)
+        return sum(map(len, self))
 
     def joined(self) -> bytes:
         """The body in one buffer, where one is needed (a copy)."""

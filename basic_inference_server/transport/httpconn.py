@@ -168,11 +168,16 @@ class HttpConnection(asyncio.Protocol):
         self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
-        if len(self._headers) >= self.limits.max_headers:
-            raise Refused(431, f"more than {self.limits.max_headers} request headers")
-        self._headers.append((name, value))
-        size = len(name)  # the few headers read here, found by their length first
+        size = len(name)
+        self._head_bytes += size + len(value)  # _count_head, inline: called for every header of every request
+        limits = self.limits
+        if self._head_bytes > limits.max_header_bytes:
+            raise Refused(431, f"request head larger than {limits.max_header_bytes} bytes")
+        headers = self._headers
+        if len(headers) >= limits.max_headers:
+            raise Refused(431, f"more than {limits.max_headers} request headers")
+        headers.append((name, value))
+        # the few headers read here, found by their length first
         if size == 12 and name.lower() == b"x-request-id":
             self._request_id = value.decode("latin-1")
         elif size == 14 and name.lower() == b"content-length":

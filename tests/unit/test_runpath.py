@@ -50,10 +50,12 @@ class ScriptedChannel:
         self.sent: list[tuple[str, str, bytes]] = []
         self.held: list = []
         self.cancelled: list[int] = []
+        self.alone: list[bool] = []
 
     def send(self, request_id, routed, body, timeout, callback, on_item=None, idle=0.0, total=0.0,
-             wants_stream=False):
+             wants_stream=False, alone=False):
         self.sent.append((request_id, routed, body))
+        self.alone.append(alone)
         reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)
         if reply == "hold":
             self.held.append(callback)
@@ -254,6 +256,26 @@ def test_an_endpoint_holds_at_most_its_capacity_in_flight(gateway):
         callback(Reply(200, None, ANSWER))
     assert [parse(b"".join(t.out))[0] for t in conns] == [200, 200, 503]
     assert gw.router.admission.inflight.count == 0 and gw.handles["echo"].inflight.count == 0
+
+
+def test_requests_asked_one_at_a_time_are_written_alone_and_a_burst_is_not(gateway):
+    """A request is written to its model server at once (alone) only while the clients ask one
+    at a time; in a burst, and for a while after it, they wait for the end of the loop's turn to
+    go out together."""
+    gw = gateway([endpoint("echo", nr_workers=8)], replies={"echo": [(200, None, ANSWER)] * 3 + ["hold"] * 6})
+    for _ in range(3):
+        assert gw.post(b'{"SIGNATURE": "echo"}')[0] == 200
+    channel = gw.channels["echo"]
+    assert channel.alone == [True, True, True]
+    open_echo_calls(gw, 6)  # six held at once: a burst
+    assert channel.alone[3:] == [True, False, False, False, False, False]
+    for callback in channel.held:
+        callback(Reply(200, None, ANSWER))
+    assert gw.post(b'{"SIGNATURE": "echo"}')[0] == 200
+    assert channel.alone[-1] is False  # still recent: the average of requests in flight is above 1.5
+    for _ in range(20):
+        gw.post(b'{"SIGNATURE": "echo"}')
+    assert channel.alone[-1] is True  # one at a time again
 
 
 def test_draining_refuses_new_requests(gateway):

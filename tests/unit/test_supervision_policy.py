@@ -4,6 +4,7 @@ child is a fake process whose exit the test decides, and time is what the test s
 
 from __future__ import annotations
 
+import random
 from types import MappingProxyType
 
 import pytest
@@ -20,7 +21,7 @@ from basic_inference_server.gateway.supervision.handle import (
     STOPPING,
     ChildHandle,
 )
-from basic_inference_server.gateway.supervision.ports import PortAllocator
+from basic_inference_server.gateway.supervision.ports import PortAllocator, port_is_free
 from basic_inference_server.gateway.supervision.probes import HEALTH_FAILURES, Probe, Prober, judge
 from basic_inference_server.gateway.supervision.reload import (
     MAX_REQUESTS,
@@ -73,11 +74,23 @@ def endpoint(name: str = "m", **changes) -> EndpointConfig:
     return EndpointConfig(**values)
 
 
+def _free_block(count: int) -> int:
+    """``count`` consecutive free ports below the ephemeral range (where a client connection
+    could take one meanwhile) and below the integration tests' range (20000+): the allocator
+    checks that a port is free when it gives it out."""
+    for _ in range(200):
+        base = random.randrange(10000, 20000 - count)
+        if all(port_is_free("127.0.0.1", port) for port in range(base, base + count)):
+            return base
+    raise RuntimeError("no block of free ports found")
+
+
 class World:
     """A child table on a fake clock, with the policy, the reloader and the probes that act on it."""
 
-    def __init__(self, *endpoints: EndpointConfig, first_port: int = 41000, ports: int = 8):
+    def __init__(self, *endpoints: EndpointConfig, ports: int = 8):
         self.clock = FakeClock()
+        first_port = _free_block(ports)
         config = GatewayConfig(endpoints=endpoints, startup_timeout=30.0, shutdown_grace=GRACE)
         self.table = ChildTable(config, clock=self.clock)
         self.ports = PortAllocator(first_port, first_port + ports - 1)

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 
 from basic_inference_server.errors import BadRequest
@@ -40,6 +47,33 @@ def test_cgroup_v1_unlimited_is_none(tmp_path):
     v1.mkdir()
     (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     assert sysinfo.cgroup_memory(tmp_path) is None
+
+
+@pytest.mark.skipif(sysinfo.descendants(os.getpid()) is None, reason="no /proc/<pid>/task/<tid>/children here")
+def test_descendants_reads_the_process_tree_as_psutil_does():
+    """A child that started a grandchild (from a thread of its own): both are found, and they
+    are what psutil finds by reading every process of the machine; the tree's RSS counts them."""
+    script = ("import subprocess, sys, threading, time\n"
+              "threading.Thread(target=lambda: subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']))"
+              ".start()\ntime.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        root = psutil.Process(child.pid)
+        for _ in range(200):
+            if root.children():
+                break
+            time.sleep(0.02)
+        expected = sorted(p.pid for p in root.children(recursive=True))
+        assert len(expected) == 1
+        assert sorted(sysinfo.descendants(child.pid)) == expected
+        own_rss = root.memory_info().rss
+        rss, _cpu = sysinfo.process_tree_usage(child.pid)
+        assert rss > own_rss
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait(5)
+    assert sysinfo.descendants(child.pid) == []  # gone: nothing below it
+    assert sysinfo.process_tree_usage(child.pid) is None
 
 
 def test_memory_prefers_a_container_limit_below_the_host(tmp_path):

@@ -91,8 +91,9 @@ class RemoteClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None) -> int | None:
-        """POST ``body`` to the server's ``/run``; as :meth:`ChannelClient.send`."""
+             v2: tuple[int | None, str] | None = None, alone: bool = False) -> int | None:
+        """POST ``body`` to the server's ``/run``; as :meth:`ChannelClient.send` (each request is
+        written at once here: ``alone`` changes nothing)."""
         if v2 is not None:
             raise ValueError("the Open Inference Protocol is not forwarded to remote model servers")
         now = time.monotonic()

@@ -51,6 +51,7 @@ MAX_REPLY = 1 << 30  # an answer larger than this (1 GiB) is refused
 # they are down to BACKLOG_LOW (the gateway reads no faster than its model servers take what it
 # admitted); the transport itself is given at most about BACKLOG_LOW at a time.
 BACKLOG_HIGH, BACKLOG_LOW = 8 << 20, 1 << 20
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # an int: or-ing the flags per request goes through enum
 
 
 
@@ -82,12 +83,14 @@ class ChannelClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None) -> int | None:
+             v2: tuple[int | None, str] | None = None, alone: bool = False) -> int | None:
         """Write one request; its answer (or its first item) is due within ``timeout``. The answer
         goes to ``callback``, the items of a streamed answer to ``on_item`` (each to be
         acknowledged with :meth:`grant`), due ``idle`` seconds apart and all within ``total`` of
         the request. ``wants_stream``: the client asked for a stream; ``v2``: an Open Inference
-        Protocol infer request, its JSON header length and model version. Returns the request's tag
+        Protocol infer request, its JSON header length and model version; ``alone``: it is the only
+        request the gateway has in flight, so it is written at once rather than at the end of the
+        loop's turn (where the frames of a burst of requests go out in one write). Returns the request's tag
         (for :meth:`cancel`), or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self.in_flight and not conn.alive():
@@ -101,8 +104,12 @@ class ChannelClient:
                     ConnectFailed(f"cannot connect to {self.path}: {exc.strerror or exc}"))
                 return None
         tag = next(self._tags) & 0xFFFFFFFF
-        self._waiting[tag] = Forwarded(callback, on_item, Deadline(time.monotonic(), timeout, idle, total))
-        conn.write(request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0, v2), body, tag)
+        waiting = self._waiting
+        waiting[tag] = Forwarded(callback, on_item, Deadline(time.monotonic(), timeout, idle, total))
+        head = request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0, v2)
+        if alone and conn.write_now(head, body):
+            return tag
+        conn.write(head, body, tag)
         return tag
 
     def grant(self, tag: int, items: int) -> None:
@@ -218,7 +225,7 @@ class _Connection(asyncio.BufferedProtocol):
         if self.closed:
             return False
         try:
-            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            self.sock.recv(1, _PEEK)
         except BlockingIOError:
             return True
         except OSError:
@@ -237,6 +244,15 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None and not self._flush_due:
             self._flush_due = True
             self.client.loop.call_soon(self._flush)
+
+    def write_now(self, head: bytes, body: bytes) -> bool:
+        """Write a frame at once when nothing waits to be written before it (False: it was not
+        written; :meth:`write` queues it)."""
+        transport = self.transport
+        if self.unsent or transport is None or self.closed:
+            return False
+        write_gathered(transport, self.sock.fileno(), (head, body) if body else (head,))
+        return True
 
     def _congest(self, on: bool) -> None:
         if on != self._congested:

@@ -60,6 +60,7 @@ class Admission:
         self.limit = limit
         self.inflight = InFlight()
         self.draining = False
+        self.load = 0.0  # requests in flight as each was admitted, averaged over the last few (for alone)
 
     def enter(self, handle: ChildHandle) -> None:
         """Count one request for ``handle``, or raise Overloaded; pair with :meth:`exit`."""
@@ -69,6 +70,13 @@ class Admission:
             self.inflight.exit()
             raise Overloaded(f"endpoint {handle.name!r} has {handle.capacity} requests in flight "
                              "(NR_WORKERS x MAX_BATCH_SIZE + MAX_QUEUE); retry later")
+        self.load += (self.inflight.count - self.load) * 0.125
+
+    @property
+    def alone(self) -> bool:
+        """The request just admitted is the only one in flight, and the last few were too: the
+        clients ask one at a time (no burst's other requests will come to be written with it)."""
+        return self.inflight.count == 1 and self.load < 1.5
 
     def exit(self, handle: ChildHandle) -> None:
         handle.inflight.exit()

@@ -169,7 +169,8 @@ class Call:
         endpoint = handle.endpoint
         self.tag = self.channel.send(self.request.request_id, self.routed, self.request.body, endpoint.request_timeout,
                                      self._replied, self._item,
-                                     endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None)
+                                     endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None,
+                                     alone=router.admission.alone)
 
     def _elsewhere(self, handle: RemoteHandle, error: OSError) -> bool:
         """A remote model server was not reached (ConnectFailed), or refused the request without
