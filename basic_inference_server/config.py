@@ -116,6 +116,9 @@ class GatewayConfig:
     json_limits: JsonLimits = DEFAULT_LIMITS  # MAX_JSON_VALUES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH
     protect_notifications: bool = False  # PROTECT_NOTIFICATIONS: /notifications takes the admin token
     strict_startup: bool = False  # STRICT_STARTUP: exit 2 when an endpoint fails to start
+    job_ttl: float = 86_400.0  # JOB_TTL: seconds a finished job is kept
+    job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS
+    job_store_max_bytes: int = 1024 * 1024 * 1024  # JOB_STORE_MAX_MB
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -224,6 +227,9 @@ def parse_config(
                                read(data, "MAX_JSON_DEPTH")),
         protect_notifications=read(data, "PROTECT_NOTIFICATIONS"),
         strict_startup=read(data, "STRICT_STARTUP"),
+        job_ttl=read(data, "JOB_TTL"),
+        job_max_attempts=read(data, "JOB_MAX_ATTEMPTS"),
+        job_store_max_bytes=int(read(data, "JOB_STORE_MAX_MB") * 1024 * 1024),
         raw=MappingProxyType(dict(data)),
     )
 

@@ -129,6 +129,13 @@ class PayloadTooLarge(ServingError):
     type_name = "PayloadTooLarge"
 
 
+class StoreFull(ServingError):
+    """The job store has reached JOB_STORE_MAX_MB: no job is accepted until results expire."""
+
+    status = 507
+    type_name = "StoreFull"
+
+
 class HeadersTooLarge(ServingError):
     status = 431
     type_name = "HeadersTooLarge"

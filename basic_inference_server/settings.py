@@ -159,6 +159,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STRICT_STARTUP", _T, Kind.BOOLEAN, "exit with code 2 when an endpoint fails to start (its file does "
             "not import, its model does not load), instead of serving the others; the `--strict` flag does the "
             "same", False),
+    Setting("JOB_TTL", _T, Kind.NUMBER, "seconds a finished job (and its result) is kept for `GET /jobs/<id>`, "
+            "then purged", 86_400, maximum=365 * _SECONDS),
+    Setting("JOB_MAX_ATTEMPTS", _T, Kind.INTEGER, "attempts a job gets when it is lost (its gateway or model "
+            "server died while it ran, or a 502); past them it is FAILED", 3, minimum=1, maximum=100),
+    Setting("JOB_STORE_MAX_MB", _T, Kind.NUMBER, "disk the job store may use, in MB (its database and the "
+            "payload files beside it) → 507 for new jobs beyond", 1024, maximum=10**7),
     Setting("DEFAULT_SERVER", _T, Kind.VALUE, "accepted for compatibility with the original; not used"),
     Setting("NO_STARTUP_WAIT", _T, Kind.BOOLEAN, "accepted for compatibility with the original: the gateway "
             "always waits for each server's readiness handshake", False),

@@ -23,6 +23,7 @@ from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import RequestIds, endpoint_token
 from .app import GatewayParts, create_gateway_app, is_loopback
 from .auth import resolve_admin_token
+from .jobs import PREFIX, Jobs
 from .observe.metrics import GatewayMetrics
 from .observe.status import system_status
 from .reconfigure import Reconfiguration
@@ -136,6 +137,7 @@ class FlaskGateway:
         self._hup = threading.Event()
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
+        self.jobs: Jobs | None = None
         if run:
             self.run()
 
@@ -220,6 +222,10 @@ class FlaskGateway:
                                 congested=self.http.hold_back, endpoint_token=token)
         self.http.fast_handler = self.run_path
         self.http.prefix_handler = InferPath(self.run_path)
+        self.jobs = Jobs.open(self.cache_folder / "_data" / "jobs", config, self.http.loop, self.router,
+                              self.run_path)
+        self.http.loop_routes.append((PREFIX.encode(), self.jobs.path))
+        self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -292,6 +298,8 @@ class FlaskGateway:
         deadline = time.monotonic() + grace
         while inflight.count and time.monotonic() < deadline:
             time.sleep(0.02)
+        if self.jobs is not None and self.http is not None:
+            self.jobs.close(self.http.loop)  # what ended is recorded; what still runs is run again at next start
         self.supervisor.stop_all(max(1.0, deadline - time.monotonic()))
         self.remote.stop()
         self.history.record("SHUTDOWN")

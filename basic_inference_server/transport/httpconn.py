@@ -161,7 +161,7 @@ class HttpConnection(asyncio.Protocol):
         self._set_reading(_Reading.HEAD)
         self._url, self._headers, self._head_bytes = b"", [], 0
         self._body, self._body_bytes, self._request_id = [], 0, None
-        self._declared, self._expect, self._accept = None, False, None
+        self._declared, self._expect, self._accept, self._prefer = None, False, None, None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -188,6 +188,8 @@ class HttpConnection(asyncio.Protocol):
                 self._expect = value.lower() == b"100-continue"
             elif lower == b"accept":
                 self._accept = value
+            elif lower == b"prefer":
+                self._prefer = value
 
     def on_headers_complete(self) -> None:
         self._set_reading(_Reading.BODY)
@@ -220,7 +222,8 @@ class HttpConnection(asyncio.Protocol):
         request = HttpRequest(parser.get_method().decode("ascii"), self._url, self._headers, body,
                               parser.get_http_version(), parser.should_keep_alive(),
                               requestid.accept(self._request_id), self.remote,
-                              None if self._accept is None else self._accept.decode("latin-1"))
+                              None if self._accept is None else self._accept.decode("latin-1"),
+                              self._prefer is not None and b"respond-async" in self._prefer.lower())
         self._set_reading(_Reading.IDLE)
         self.queue.append(request)
         if len(self.queue) > self.limits.max_pipelined:
@@ -239,6 +242,11 @@ class HttpConnection(asyncio.Protocol):
             handler = front.fast_handler  # "/%72un" is "/run", as it is for the routes of the WSGI app
         elif front.prefix_handler is not None and request.method == "POST" and path.startswith(front.fast_prefix):
             handler = front.prefix_handler
+        elif front.loop_routes:
+            for prefix, route in front.loop_routes:  # every method: the handler answers 405 itself
+                if path == prefix or path.startswith(prefix + b"/"):
+                    self._run_in_loop(request, route, path)
+                    return
         if handler is not None:
             if request.method != "POST":
                 exc = METHOD_NOT_ALLOWED
@@ -249,21 +257,25 @@ class HttpConnection(asyncio.Protocol):
                     requestid.unbind(token)
                 self.respond(request, exc.status, body, list(exc.headers().items()))
                 return
-            try:
-                self._current = request
-                pending = handler(request, Responder(self, request))
-                # Not answered yet: to cancel if the client leaves first (unless the answer came
-                # at once and a pipelined request behind it is the one in progress now).
-                if self.busy and self._current is request:
-                    self._pending = pending
-            except Exception as exc:
-                logger.exception("Unhandled %s on %s", type(exc).__name__, path.decode("latin-1"))
-                self.respond(request, 500, jsonutil.dumps_bytes(
-                    error_body("InternalError", f"internal error: {type(exc).__name__}")), None)
+            self._run_in_loop(request, handler, path)
             return
         environ = wsgi_environ(request, self.front.host, self.front.port)
         future = self.front.loop.run_in_executor(self.front.executor, call_wsgi, self.front.app, environ)
         future.add_done_callback(lambda done: self._wsgi_done(request, done))
+
+    def _run_in_loop(self, request: HttpRequest, handler: Callable[[HttpRequest, Responder], Any],
+                     path: bytes) -> None:
+        try:
+            self._current = request
+            pending = handler(request, Responder(self, request))
+            # Not answered yet: to cancel if the client leaves first (unless the answer came
+            # at once and a pipelined request behind it is the one in progress now).
+            if self.busy and self._current is request:
+                self._pending = pending
+        except Exception as exc:
+            logger.exception("Unhandled %s on %s", type(exc).__name__, path.decode("latin-1"))
+            self.respond(request, 500, jsonutil.dumps_bytes(
+                error_body("InternalError", f"internal error: {type(exc).__name__}")), None)
 
     def respond(self, request: HttpRequest, status: int, body: bytes | Pieces, headers: Headers | None,
                 content_type: str = JSON) -> None:

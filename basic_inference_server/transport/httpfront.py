@@ -65,6 +65,8 @@ class HttpFront:
         self.fast_handler = fast_handler
         self.fast_prefix = fast_prefix.encode("latin-1")  # POSTs under it go to prefix_handler, in the loop too
         self.prefix_handler = prefix_handler
+        # (path, handler): requests to the path or under it, any method, handled in the loop too
+        self.loop_routes: list[tuple[bytes, Callable[[HttpRequest, Respond], Any]]] = []
         self.limits = limits
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_server((host, port), family=family, backlog=4096)

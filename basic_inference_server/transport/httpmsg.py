@@ -27,11 +27,14 @@ class FrontLimits:
 
 
 class HttpRequest:
-    __slots__ = ("accept", "body", "headers", "keep_alive", "method", "remote", "request_id", "target", "version")
+    __slots__ = ("accept", "body", "headers", "keep_alive", "method", "remote", "request_id", "respond_async",
+                 "target", "version")
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes, version: str,
-                 keep_alive: bool, request_id: str, remote: tuple[str, int], accept: str | None = None):
+                 keep_alive: bool, request_id: str, remote: tuple[str, int], accept: str | None = None,
+                 respond_async: bool = False):
         self.accept = accept
+        self.respond_async = respond_async  # Prefer: respond-async (RFC 7240): a job, not a wait
         self.method = method
         self.target = target
         self.headers = headers

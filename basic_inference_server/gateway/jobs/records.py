@@ -1,0 +1,93 @@
+"""What a durable job is: its state machine (:class:`JobState`), its record as the store keeps it
+(:class:`JobRecord`), and how it reads in JSON (``GET /jobs/<id>``).
+
+A job's state changes only in :meth:`.store.JobStore._move`, by the table below::
+
+    QUEUED ──claim──▶ RUNNING ──answer──▶ SUCCEEDED / FAILED
+      ▲  │              │ │
+      │  │ cancel       │ └─ lost (a crash, a 502, the server gone), refused (503) ──▶ QUEUED
+      │  ▼              ▼
+      │ CANCELLED ◀─cancel
+      └─ (at start: what was RUNNING when the gateway died is QUEUED again, or FAILED past JOB_MAX_ATTEMPTS)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+
+
+class JobState(Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    __hash__ = object.__hash__
+
+
+NEXT: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELLED: frozenset(),
+}
+ENDED = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)
+
+
+def iso(when: float | None) -> str | None:
+    """ISO 8601 in UTC, to the millisecond (None stays None)."""
+    if when is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(when, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """One job as stored. ``body`` (the ``/run`` body without the job's own fields) is loaded
+    only where it is needed (to run it); ``answer`` is the JSON answered when it ended: the
+    ``/run`` answer (``RESULT``) when it SUCCEEDED, else the error (``ERROR``)."""
+
+    job_id: str
+    signature: str
+    state: JobState
+    priority: int
+    created: float
+    attempts: int = 0
+    started: float | None = None
+    finished: float | None = None
+    webhook: str | None = None
+    status: int | None = None  # the HTTP status of its answer, once it ended
+    answer: bytes | None = None
+    body: bytes | None = None
+    seq: int = 0  # submission order (FIFO within a priority; the cursor of listings)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in ENDED
+
+    def fields(self) -> dict:
+        """Its JSON fields bar the answer."""
+        return {"JOB_ID": self.job_id, "SIGNATURE": self.signature, "STATUS": self.state.value,
+                "PRIORITY": self.priority, "CREATED": iso(self.created), "STARTED": iso(self.started),
+                "FINISHED": iso(self.finished), "ATTEMPTS": self.attempts,
+                **({"WEBHOOK": self.webhook} if self.webhook else {})}
+
+    def to_json(self, with_answer: bool = True) -> bytes:
+        """``GET /jobs/<id>``: its fields, and ``RESULT`` or ``ERROR`` (the answer's JSON as it
+        was stored, never parsed again)."""
+        head = json.dumps(self.fields(), separators=(",", ":")).encode()
+        if not with_answer or self.answer is None:
+            return head
+        key = b',"RESULT":' if self.state is JobState.SUCCEEDED else b',"ERROR":'
+        return head[:-1] + key + self.answer + b"}"

@@ -1,0 +1,273 @@
+"""``/jobs`` in the HTTP front's event loop: submit, read (long-polling with ``?wait=S``), list
+and cancel durable jobs; and ``POST /run`` with ``Prefer: respond-async``, which submits too.
+
+A submission is parsed on the store's thread, never in the loop: its ``SIGNATURE`` must name an
+endpoint (404), ``PRIORITY`` is 0-9 (default 5, higher first) and ``WEBHOOK`` a URL; both are
+removed from the body the hooks get. It is answered 202 once committed to disk.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from ... import jsonbody, jsonutil, requestid
+from ...errors import (
+    BadRequest,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    ServingError,
+    SignatureDisabled,
+    UnknownSignature,
+)
+from ...jsonbody import JsonLimits
+from ...transport.httpfront import HttpRequest, Responder
+from ..routing.router import Router
+from .dispatcher import Dispatcher
+from .records import JobRecord, JobState, new_job_id
+from .store import JobStore
+from .storethread import StoreThread
+
+PREFIX = "/jobs"
+MAX_WAIT = 300.0  # seconds one long-poll may hold its connection (?wait=S above is cut to this)
+MAX_LIST = 1000
+JOB_FIELDS = ("PRIORITY", "WEBHOOK")  # the job's own fields: removed before the body reaches the hooks
+
+
+class _Pending:
+    """A request waiting for the store or for its job to end: forgotten when its client leaves."""
+
+    __slots__ = ("forget", "gone")
+
+    def __init__(self) -> None:
+        self.gone = False
+        self.forget: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        self.gone = True
+        if self.forget is not None:
+            self.forget()
+            self.forget = None
+
+
+class JobsPath:
+    def __init__(self, store: StoreThread, dispatcher: Dispatcher, router: Router, limits: JsonLimits):
+        self.limits = limits
+        self.store = store
+        self.dispatcher = dispatcher
+        self.router = router
+
+    def __call__(self, request: HttpRequest, respond: Responder) -> _Pending:
+        """A request to /jobs or under it."""
+        return self._handle(request, respond, self._route)
+
+    def submit_async(self, request: HttpRequest, respond: Responder) -> _Pending:
+        """``POST /run`` with ``Prefer: respond-async``: the same as ``POST /jobs``."""
+        return self._handle(request, respond, lambda request, answer, _pending: self.submit(request, answer))
+
+    @staticmethod
+    def _handle(request: HttpRequest, respond: Responder,
+                route: Callable[[HttpRequest, _Answer, _Pending], None]) -> _Pending:
+        pending = _Pending()
+        answer = _Answer(respond, pending)
+        token = requestid.bind(request.request_id)
+        try:
+            route(request, answer, pending)
+        except ServingError as exc:
+            answer.error(exc)
+        finally:
+            requestid.unbind(token)
+        return pending
+
+    def _route(self, request: HttpRequest, answer: _Answer, pending: _Pending) -> None:
+        path, _, query = request.target.decode("latin-1").partition("?")
+        parts = path.rstrip("/").split("/")  # "", "jobs"[, id]
+        method = request.method
+        if len(parts) == 2:
+            if method == "POST":
+                self.submit(request, answer)
+            elif method in ("GET", "HEAD"):
+                self._list(_query(query), answer)
+            else:
+                raise MethodNotAllowed(f"{method} is not allowed on /jobs", allow="GET, HEAD, POST")
+        elif len(parts) == 3 and parts[2]:
+            job_id = parts[2]
+            if method in ("GET", "HEAD"):
+                self._get(job_id, _wait_of(_query(query)), answer, pending)
+            elif method == "DELETE":
+                self._cancel(job_id, answer)
+            else:
+                raise MethodNotAllowed(f"{method} is not allowed on /jobs/<id>", allow="GET, HEAD, DELETE")
+        else:
+            raise NotFound(f"no route {path}: /jobs and /jobs/<id> are")
+
+    # -- submitting -------------------------------------------------------------------------------
+    def submit(self, request: HttpRequest, answer: _Answer) -> None:
+        """``POST /jobs`` (and ``POST /run`` with ``Prefer: respond-async``): 202 once durable."""
+        key = request.header(b"idempotency-key")
+        if key is not None and not 0 < len(key) <= 255:
+            raise BadRequest("Idempotency-Key: expected 1 to 255 characters")
+        idempotency_key = key.decode("latin-1") if key is not None else None
+        body, known, limits = request.body, self.router.table.routes, self.limits
+
+        def op(store: JobStore) -> tuple[JobRecord, bool]:
+            signature, priority, webhook, inputs = _read_submission(body, limits)
+            if signature not in known.servers:
+                endpoint = known.endpoints.get(signature)
+                if endpoint is None or endpoint.is_support:
+                    raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: "
+                                           f"{sorted(known.servers)}")
+                if endpoint.disabled:  # its jobs would wait for ever
+                    raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; an admin "
+                                            "can start it with /start_server")
+            job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, time.time(), webhook=webhook)
+            return store.submit(job, inputs, idempotency_key)
+
+        def done(result: Any, error: ServingError | None) -> None:
+            if error is not None:
+                answer.error(error)
+                return
+            job, new = result
+            if new:
+                self.dispatcher.submitted(job)
+            answer(202 if new else 200, job.to_json(), [("Location", f"{PREFIX}/{job.job_id}")])
+        self.store.call(op, done)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _get(self, job_id: str, wait: float, answer: _Answer, pending: _Pending) -> None:
+        deadline = time.monotonic() + wait
+
+        def done(job: JobRecord | None, error: ServingError | None) -> None:
+            if pending.gone:
+                return
+            if error is not None:
+                answer.error(error)
+            elif job is None:
+                answer.error(NotFound(f"no job {job_id!r} (unknown, or purged after JOB_TTL)"))
+            elif job.ended or time.monotonic() >= deadline:
+                answer(200, job.to_json(), None)
+            else:
+                self._wait(job_id, deadline, answer, pending)
+        self.store.call(lambda s: s.get(job_id), done)
+
+    def _wait(self, job_id: str, deadline: float, answer: _Answer, pending: _Pending) -> None:
+        loop = self.dispatcher.loop
+        timer = None
+
+        def told() -> None:
+            if timer is not None:
+                timer.cancel()
+            pending.forget = None
+            self._get(job_id, 0.0, answer, pending)
+
+        forget = self.dispatcher.wait(job_id, told)
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), lambda: (forget(), told()))
+
+        def cancel_both() -> None:
+            forget()
+            timer.cancel()
+        pending.forget = cancel_both
+
+    def _list(self, query: dict[str, str], answer: _Answer) -> None:
+        state = _state_of(query.get("status"))
+        signature = query.get("signature") or None
+        limit = _int_of(query, "limit", 100, 1, MAX_LIST)
+        cursor = _int_of(query, "cursor", 0, 0, 1 << 62) or None
+
+        def done(jobs: list[JobRecord] | None, error: ServingError | None) -> None:
+            if error is not None:
+                answer.error(error)
+                return
+            listed = [job.fields() for job in jobs or ()]
+            more = len(listed) == limit
+            body = {"JOBS": listed, "NEXT_CURSOR": str(jobs[-1].seq) if more and jobs else None}
+            answer(200, jsonutil.dumps_bytes(body), None)
+        self.store.call(lambda s: s.list(state, signature, limit, cursor), done)
+
+    # -- cancelling -------------------------------------------------------------------------------
+    def _cancel(self, job_id: str, answer: _Answer) -> None:
+        def done(result: Any, error: ServingError | None) -> None:
+            if error is not None:
+                answer.error(error)
+                return
+            job, was = result
+            if job is None:
+                answer.error(NotFound(f"no job {job_id!r} (unknown, or purged after JOB_TTL)"))
+            elif was is None:
+                answer.error(Conflict(f"job {job_id} has ended ({job.state.value}): there is nothing to cancel"))
+            else:
+                self.dispatcher.cancelled(job, was)
+                answer(200, job.to_json(), None)
+        self.store.call(lambda s: s.cancel(job_id, time.time()), done)
+
+
+class _Answer:
+    """Answers a request once, unless its client has left."""
+
+    __slots__ = ("pending", "respond")
+
+    def __init__(self, respond: Responder, pending: _Pending):
+        self.respond = respond
+        self.pending = pending
+
+    def __call__(self, status: int, body: bytes, headers: list[tuple[str, str]] | None) -> None:
+        if not self.pending.gone:
+            self.pending.gone = True
+            self.respond(status, body, headers)
+
+    def error(self, exc: ServingError) -> None:
+        self(exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()) or None)
+
+
+def _read_submission(body: bytes, limits: JsonLimits) -> tuple[str, int, str | None, bytes]:
+    """(signature, priority, webhook, the body without the job's fields) of a submission, read
+    within the MAX_JSON_* limits as ``/run``'s bodies are."""
+    data = jsonbody.loads_object(body, limits)
+    signature = jsonbody.signature_of(data)
+    priority = data.pop("PRIORITY", 5)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise BadRequest(f"PRIORITY: expected an integer from 0 to 9 (higher runs first), got {priority!r}")
+    webhook = data.pop("WEBHOOK", None)
+    if webhook is not None:
+        parsed = urllib.parse.urlsplit(webhook) if isinstance(webhook, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise BadRequest(f"WEBHOOK: expected an http:// or https:// URL, got {webhook!r}")
+    return signature, priority, webhook, jsonutil.dumps_bytes(data)
+
+
+def _query(query: str) -> dict[str, str]:
+    return dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+
+
+def _wait_of(query: dict[str, str]) -> float:
+    text = query.get("wait")
+    if text is None:
+        return 0.0
+    try:
+        wait = float(text)
+    except ValueError:
+        raise BadRequest(f"wait: expected seconds (0 to {MAX_WAIT:g}), got {text!r}") from None
+    if not wait >= 0:
+        raise BadRequest(f"wait: expected seconds (0 to {MAX_WAIT:g}), got {text!r}")
+    return min(wait, MAX_WAIT)
+
+
+def _state_of(text: str | None) -> JobState | None:
+    if not text:
+        return None
+    try:
+        return JobState(text.upper())
+    except ValueError:
+        raise BadRequest(f"status: expected one of {', '.join(s.value for s in JobState)}, got {text!r}") from None
+
+
+def _int_of(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {text!r}")
+    return int(text)

@@ -1,0 +1,270 @@
+"""The embedded job store: SQLite in WAL mode in the cache volume, large payloads in files beside it.
+
+Every method runs on the store's own thread (:mod:`.storethread`), inside the transaction that
+thread commits for a whole group of operations, so that a burst of submissions costs one
+``fsync``. ``synchronous=FULL``: a committed job survives a crash of the machine, not only of
+the process. A job's state changes only in :meth:`JobStore._move`.
+
+Why not a queue library: huey, Dramatiq, arq and rq run Python functions in workers of their
+own, and litequeue and persist-queue keep messages without priorities, results, idempotency keys
+or listings; here the gateway itself runs each job on its model servers, so the store keeps
+what ``/jobs`` answers and nothing else (see the jobs guide).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from ... import jsonutil
+from ...errors import ServerDied, StoreFull
+from .records import NEXT, JobRecord, JobState
+
+BLOB_AT = 256 * 1024  # bodies and answers from this size go to files beside the database
+_COLUMNS = ("id, signature, state, priority, created, attempts, started, finished, webhook, status, answer, "
+            "answer_file, seq")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    signature TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    finished REAL,
+    webhook TEXT,
+    idempotency_key TEXT UNIQUE,
+    body BLOB,
+    body_file TEXT,
+    status INTEGER,
+    answer BLOB,
+    answer_file TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (signature, priority DESC, seq) WHERE state = 'QUEUED';
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (finished) WHERE finished IS NOT NULL;
+"""
+
+
+class JobStore:
+    """The jobs of one gateway (or of several on one volume, one at a time), in ``folder``."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = folder
+        self.blobs = folder / "blobs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "jobs.db"
+        self.max_bytes = max_bytes
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(_SCHEMA)
+        self._blob_bytes = sum(f.stat().st_size for f in self.blobs.iterdir() if f.is_file())
+
+    # -- transactions (the store thread's) ------------------------------------------------------------
+    def begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self.db.execute("COMMIT")
+
+    def savepoint(self) -> None:
+        self.db.execute("SAVEPOINT op")
+
+    def release(self, ok: bool) -> None:
+        if not ok:
+            self.db.execute("ROLLBACK TO op")
+        self.db.execute("RELEASE op")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- size -------------------------------------------------------------------------------------------
+    def size(self) -> int:
+        """Bytes on disk: the database, its write-ahead log and the payload files."""
+        total = self._blob_bytes
+        for suffix in ("", "-wal"):
+            try:
+                total += os.path.getsize(f"{self.path}{suffix}")
+            except OSError:
+                pass
+        return total
+
+    def _check_room(self, adding: int) -> None:
+        if self.size() + adding > self.max_bytes:
+            raise StoreFull(f"the job store holds {self.size() / 1048576:.0f} MB, its limit JOB_STORE_MAX_MB is "
+                            f"{self.max_bytes / 1048576:.0f} MB: no job is accepted until finished ones expire "
+                            "(JOB_TTL) or the limit is raised")
+
+    def _put_blob(self, name: str, data: bytes) -> str:
+        path = self.blobs / name
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        self._blob_bytes += len(data)
+        return name
+
+    def _read_blob(self, name: str) -> bytes:
+        return (self.blobs / name).read_bytes()
+
+    def _drop_blobs(self, *names: str | None) -> None:
+        for name in names:
+            if name:
+                path = self.blobs / name
+                try:
+                    self._blob_bytes -= path.stat().st_size
+                    path.unlink()
+                except OSError:
+                    pass
+
+    # -- operations -------------------------------------------------------------------------------------
+    def submit(self, job: JobRecord, body: bytes, idempotency_key: str | None) -> tuple[JobRecord, bool]:
+        """Store a new QUEUED job; with an ``idempotency_key`` already used, the job it made
+        instead (False: nothing new was stored)."""
+        if idempotency_key is not None:
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
+                                  (idempotency_key,)).fetchone()
+            if row is not None:
+                return self._record(row), False
+        self._check_room(len(body))
+        body_file = self._put_blob(job.job_id + ".body", body) if len(body) >= BLOB_AT else None
+        cursor = self.db.execute(
+            "INSERT INTO jobs (id, signature, state, priority, created, webhook, idempotency_key, body, body_file) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.job_id, job.signature, JobState.QUEUED.value, job.priority, job.created, job.webhook,
+             idempotency_key, None if body_file else body, body_file))
+        job.seq = cursor.lastrowid or 0
+        return job, True
+
+    def get(self, job_id: str) -> JobRecord | None:
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._record(row)
+
+    def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None) -> list[JobRecord]:
+        """The newest jobs first (``before``: a cursor, the ``seq`` of the last one listed)."""
+        where, args = ["1"], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state.value)
+        if signature is not None:
+            where.append("signature = ?")
+            args.append(signature)
+        if before is not None:
+            where.append("seq < ?")
+            args.append(before)
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+                               (*args, limit)).fetchall()
+        return [self._record(row, with_answer=False) for row in rows]
+
+    def queued_counts(self) -> dict[str, int]:
+        rows = self.db.execute("SELECT signature, count(*) FROM jobs WHERE state = 'QUEUED' GROUP BY signature")
+        return dict(rows.fetchall())
+
+    def claim(self, signature: str, count: int, now: float) -> list[JobRecord]:
+        """Up to ``count`` QUEUED jobs of ``signature``, highest priority first then oldest, made
+        RUNNING (one more attempt each), with their bodies."""
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS}, body, body_file FROM jobs WHERE signature = ? AND state = 'QUEUED' "
+            "ORDER BY priority DESC, seq LIMIT ?", (signature, count)).fetchall()
+        claimed = []
+        for row in rows:
+            job = self._record(row[:-2], with_answer=False)
+            if self._move(job, JobState.RUNNING, attempts=job.attempts + 1, started=now):
+                job.body = row[-2] if row[-1] is None else self._read_blob(row[-1])
+                claimed.append(job)
+        return claimed
+
+    def finish(self, job: JobRecord, state: JobState, status: int, answer: bytes, now: float) -> bool:
+        """A RUNNING job ended (SUCCEEDED or FAILED) with ``answer``; False when it was not RUNNING
+        (cancelled meanwhile)."""
+        answer_file = self._put_blob(job.job_id + ".answer", answer) if len(answer) >= BLOB_AT else None
+        if self._move(job, state, status=status, answer=None if answer_file else answer, answer_file=answer_file,
+                      finished=now):
+            self._drop_body(job.job_id)
+            return True
+        self._drop_blobs(answer_file)
+        return False
+
+    def requeue(self, job: JobRecord, counted: bool) -> bool:
+        """Back to the queue (``counted``: the attempt counts towards JOB_MAX_ATTEMPTS)."""
+        return self._move(job, JobState.QUEUED, attempts=job.attempts if counted else job.attempts - 1,
+                          started=None)
+
+    def cancel(self, job_id: str, now: float) -> tuple[JobRecord | None, JobState | None]:
+        """Cancel a QUEUED or RUNNING job: the record, and the state it was cancelled from (None:
+        it had ended already, or there is no such job)."""
+        job = self.get(job_id)
+        if job is None or job.ended:
+            return job, None
+        was = job.state
+        self._move(job, JobState.CANCELLED, finished=now)
+        self._drop_body(job_id)
+        return job, was
+
+    def recover(self, max_attempts: int, now: float) -> tuple[int, int]:
+        """At start: the jobs left RUNNING by a gateway that died run again, or fail once they
+        have had JOB_MAX_ATTEMPTS attempts. Returns (requeued, failed)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE state = 'RUNNING'").fetchall()
+        requeued = failed = 0
+        for row in rows:
+            job = self._record(row, with_answer=False)
+            if job.attempts < max_attempts:
+                requeued += self._move(job, JobState.QUEUED, started=None)
+            else:
+                answer = _lost_error(job.attempts)
+                failed += self._move(job, JobState.FAILED, status=502, answer=answer, finished=now)
+                self._drop_body(job.job_id)
+        return requeued, failed
+
+    def purge(self, before: float) -> int:
+        """Forget the jobs that ended before ``before`` (JOB_TTL); how many."""
+        rows = self.db.execute("SELECT id, answer_file FROM jobs WHERE finished IS NOT NULL AND finished < ?",
+                               (before,)).fetchall()
+        for job_id, answer_file in rows:
+            self._drop_blobs(answer_file, job_id + ".body")
+        self.db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,))
+        return len(rows)
+
+    # -- the one place a state changes ----------------------------------------------------------------
+    def _move(self, job: JobRecord, target: JobState, **changes: object) -> bool:
+        """``job`` to ``target`` when its stored state allows it (:data:`.records.NEXT`), with
+        the other ``changes`` of its columns; ``job`` is updated to match. False: nothing changed."""
+        allowed = [state.value for state, nexts in NEXT.items() if target in nexts]
+        columns = ", ".join(f"{name} = ?" for name in changes)
+        cursor = self.db.execute(
+            f"UPDATE jobs SET state = ?{', ' + columns if columns else ''} WHERE id = ? AND state IN "
+            f"({', '.join('?' * len(allowed))})", (target.value, *changes.values(), job.job_id, *allowed))
+        if cursor.rowcount != 1:
+            return False
+        job.state = target
+        for name, value in changes.items():
+            if name == "answer_file":
+                continue
+            if name == "answer" and value is None and changes.get("answer_file"):
+                value = self._read_blob(str(changes["answer_file"]))
+            setattr(job, name, value)
+        return True
+
+    def _drop_body(self, job_id: str) -> None:
+        row = self.db.execute("SELECT body_file FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        self.db.execute("UPDATE jobs SET body = NULL, body_file = NULL WHERE id = ?", (job_id,))
+        if row is not None:
+            self._drop_blobs(row[0])
+
+    def _record(self, row: tuple, with_answer: bool = True) -> JobRecord:
+        (job_id, signature, state, priority, created, attempts, started, finished, webhook, status, answer,
+         answer_file, seq) = row
+        if with_answer and answer is None and answer_file:
+            answer = self._read_blob(answer_file)
+        return JobRecord(job_id, signature, JobState(state), priority, created, attempts, started, finished, webhook,
+                         status, answer if with_answer else None, seq=seq)
+
+
+def _lost_error(attempts: int) -> bytes:
+    message = f"the job was lost {attempts} times (its gateway or model server died while it ran): JOB_MAX_ATTEMPTS"
+    return jsonutil.dumps_bytes(ServerDied(message).to_body())
