@@ -119,6 +119,8 @@ class GatewayConfig:
     job_ttl: float = 86_400.0  # JOB_TTL: seconds a finished job is kept
     job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS
     job_store_max_bytes: int = 1024 * 1024 * 1024  # JOB_STORE_MAX_MB
+    webhook_retry_s: float = 86_400.0  # WEBHOOK_RETRY_S
+    webhook_allowed_hosts: tuple[str, ...] | None = None  # WEBHOOK_ALLOWED_HOSTS (None: every host)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def endpoint(self, name: str) -> EndpointConfig | None:
@@ -230,8 +232,20 @@ def parse_config(
         job_ttl=read(data, "JOB_TTL"),
         job_max_attempts=read(data, "JOB_MAX_ATTEMPTS"),
         job_store_max_bytes=int(read(data, "JOB_STORE_MAX_MB") * 1024 * 1024),
+        webhook_retry_s=read(data, "WEBHOOK_RETRY_S"),
+        webhook_allowed_hosts=_allowed_hosts(data.get("WEBHOOK_ALLOWED_HOSTS")),
         raw=MappingProxyType(dict(data)),
     )
+
+
+def _allowed_hosts(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(host, str) and host.strip() for host in value):
+        raise ConfigError(expected("WEBHOOK_ALLOWED_HOSTS", "a list of host names", value))
+    return tuple(host.strip().lower() for host in value)
 
 
 def load_config(

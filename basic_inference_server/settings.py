@@ -165,6 +165,11 @@ SETTINGS: tuple[Setting, ...] = (
             "server died while it ran, or a 502); past them it is FAILED", 3, minimum=1, maximum=100),
     Setting("JOB_STORE_MAX_MB", _T, Kind.NUMBER, "disk the job store may use, in MB (its database and the "
             "payload files beside it) → 507 for new jobs beyond", 1024, maximum=10**7),
+    Setting("WEBHOOK_RETRY_S", _T, Kind.NUMBER, "seconds a job's webhook delivery is retried for (at once, then "
+            "after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h...)", 86_400, maximum=30 * _SECONDS),
+    Setting("WEBHOOK_ALLOWED_HOSTS", _T, Kind.VALUE, "host names (or addresses) a job's `WEBHOOK` may point at, "
+            "`\"*.example.com\"` for a domain's hosts; unset: every host, loopback included (see the jobs guide on "
+            "server-side request forgery)"),
     Setting("DEFAULT_SERVER", _T, Kind.VALUE, "accepted for compatibility with the original; not used"),
     Setting("NO_STARTUP_WAIT", _T, Kind.BOOLEAN, "accepted for compatibility with the original: the gateway "
             "always waits for each server's readiness handshake", False),
@@ -223,6 +228,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BIS_ENDPOINT_TOKEN", _V, Kind.TEXT, "the secret of a gateway and the model servers it did not start "
             "(`X-Endpoint-Token`)"),
     Setting("BIS_ENDPOINT_TOKEN_FILE", _V, Kind.TEXT, "a file holding `BIS_ENDPOINT_TOKEN` (a Docker or Kubernetes "
+            "secret)"),
+    Setting("BIS_WEBHOOK_SECRET", _V, Kind.TEXT, "`whsec_<base64>`: the key job webhooks are signed with (else "
+            "one is generated and kept in `_cache/_data/webhook_secret`)"),
+    Setting("BIS_WEBHOOK_SECRET_FILE", _V, Kind.TEXT, "a file holding `BIS_WEBHOOK_SECRET` (a Docker or Kubernetes "
             "secret)"),
     Setting("BIS_TLS_CERT_FILE", _V, Kind.TEXT, "`endpoint <name>`: serve TLS with this certificate"),
     Setting("BIS_TLS_KEY_FILE", _V, Kind.TEXT, "`endpoint <name>`: the certificate's key"),

@@ -26,6 +26,7 @@ from .errors import (
     Unavailable,
     UnknownSignature,
 )
+from .jobs import Job, JobCancelled
 from .streaming import Stream
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionFailed",
+    "Job",
+    "JobCancelled",
     "ServerError",
     "Stream",
     "Timeout",

@@ -51,6 +51,8 @@ examples:
   {PROG} reload                  (the configuration, read again)
   {PROG} reload sentiment        (one endpoint's changed file)
   {PROG} --token "$(cat _cache/_data/admin_token)" shutdown
+  {PROG} jobs submit dummy_model_demo2 INPUT_VALUE=3 --priority 9
+  {PROG} jobs wait job_0123456789abcdef01234567 --for 60
 """
 
 
@@ -204,6 +206,53 @@ def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------------------------
+def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
+    """``bis jobs submit|get|wait|cancel|list``: durable jobs (see the jobs guide)."""
+    action = args.jobs_command
+    if action == "submit":
+        inputs = parse_inputs(args.inputs, args.data, args.signature)
+        try:
+            job = client.submit(args.signature, priority=args.priority, webhook=args.webhook,
+                                idempotency_key=args.idempotency_key, **inputs)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        _print_json(job.last)
+    elif action == "list":
+        _print_json(client.jobs(status=args.status, signature=args.signature, limit=args.limit, cursor=args.cursor))
+    else:
+        job = client.job(args.job_id)
+        if action == "wait":
+            job.wait(args.wait_timeout)
+        elif action == "cancel":
+            job.cancel()
+        _print_json(job.last)
+        if action == "wait" and job.last["STATUS"] != "SUCCEEDED":
+            return EXIT_ERROR
+    return EXIT_OK
+
+
+def _add_jobs_commands(jobs: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    submit = actions.add_parser("submit", parents=[common], help="submit a job; prints it (JOB_ID, STATUS)")
+    submit.add_argument("signature", metavar="SIGNATURE")
+    submit.add_argument("inputs", nargs="*", metavar="KEY=VALUE")
+    submit.add_argument("--data", metavar="JSON|@FILE", help="inputs as a JSON object, as for run")
+    submit.add_argument("--priority", type=int, choices=range(10), metavar="0-9", help="higher runs first")
+    submit.add_argument("--webhook", metavar="URL", help="POSTed the job when it ends")
+    submit.add_argument("--idempotency-key", metavar="KEY", help="a resubmission with it returns the same job")
+    for name, text in (("get", "print a job"), ("cancel", "cancel a queued or running job")):
+        actions.add_parser(name, parents=[common], help=text).add_argument("job_id", metavar="JOB_ID")
+    wait = actions.add_parser("wait", parents=[common], help="wait until a job ends, print it (exit 1 unless "
+                                                             "it SUCCEEDED)")
+    wait.add_argument("job_id", metavar="JOB_ID")
+    wait.add_argument("--for", dest="wait_timeout", type=_seconds, metavar="SECONDS", help="give up after")
+    listing = actions.add_parser("list", parents=[common], help="list jobs, newest first")
+    listing.add_argument("--status", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
+    listing.add_argument("--signature", metavar="SIGNATURE")
+    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--cursor", metavar="CURSOR", help="NEXT_CURSOR of the page before")
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -268,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("signature", nargs="?", metavar="SIGNATURE", help="an endpoint, or * for all (default: "
                                                                         "read the configuration again)")
     command("shutdown", cmd_shutdown, "stop the gateway and its servers (needs the admin token)")
+    _add_jobs_commands(command("jobs", cmd_jobs, "durable jobs: submit, get, wait, cancel, list"), common)
     return parser
 
 
@@ -275,7 +325,7 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
     """Parse ``argv``, letting ``bis run`` take its KEY=VALUEs before and after its options
     (argparse alone stops collecting a ``*`` positional at the first option)."""
     args, extras = parser.parse_known_args(argv)
-    if args.command == "run":
+    if args.command == "run" or (args.command == "jobs" and args.jobs_command == "submit"):
         pairs = [item for item in extras if "=" in item and not item.startswith("-")]
         args.inputs += pairs
         extras = [item for item in extras if item not in pairs]

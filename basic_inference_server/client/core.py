@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -29,6 +30,7 @@ from .errors import (
     error_from_response,
     reason_of,
 )
+from .jobs import Job
 from .streaming import NDJSON_TYPE, Stream
 
 logger = logging.getLogger(__name__)
@@ -123,6 +125,42 @@ class Client:
         if "SIGNATURE" in inputs:
             raise ValueError("pass the signature as the first argument, not as a SIGNATURE input")
         return self.request("POST", "/run", {"SIGNATURE": signature, **inputs})
+
+    def submit(self, signature: str, /, *, priority: int | None = None, webhook: str | None = None,
+               idempotency_key: str | None = None, **inputs: Any) -> Job:
+        """Submit a durable job (``POST /jobs``): returned once the gateway has it on disk.
+
+        Args:
+            signature: The endpoint's name.
+            priority: 0 to 9, higher first (the gateway's default is 5).
+            webhook: A URL the gateway POSTs the job to when it ends (signed, see the jobs guide).
+            idempotency_key: Submitting again with the same key returns the same job, never a
+                second run: with one, a submission is safe to retry.
+            **inputs: The endpoint's inputs, as for :meth:`run`.
+
+        Returns:
+            A :class:`~.jobs.Job`: ``.result(timeout)``, ``.status()``, ``.wait()``, ``.cancel()``.
+        """
+        if "SIGNATURE" in inputs:
+            raise ValueError("pass the signature as the first argument, not as a SIGNATURE input")
+        body = {"SIGNATURE": signature, **inputs}
+        if priority is not None:
+            body["PRIORITY"] = priority
+        if webhook is not None:
+            body["WEBHOOK"] = webhook
+        extra = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return Job(self, self.request("POST", "/jobs", body, headers=extra, retry=idempotency_key is not None))
+
+    def job(self, job_id: str) -> Job:
+        """The job ``job_id`` (read from the gateway)."""
+        return Job(self, self.request("GET", f"/jobs/{job_id}"))
+
+    def jobs(self, status: str | None = None, signature: str | None = None, limit: int = 100,
+             cursor: str | None = None) -> dict[str, Any]:
+        """A page of jobs, newest first: ``{"JOBS": [...], "NEXT_CURSOR": ...}`` (``GET /jobs``)."""
+        query = {k: v for k, v in (("status", status), ("signature", signature), ("limit", limit),
+                                   ("cursor", cursor)) if v is not None}
+        return self.request("GET", "/jobs?" + urllib.parse.urlencode(query))
 
     def stream(self, signature: str, /, **inputs: Any) -> Stream:
         """Run the streaming endpoint ``signature`` on ``inputs`` and read its items as they come.
@@ -250,15 +288,16 @@ class Client:
 
     # -- transport --------------------------------------------------------------------------
     def request(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
-                admin: bool = False, retry: bool = True) -> dict[str, Any]:
+                admin: bool = False, retry: bool = True, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Call any route of the gateway, with this client's timeouts, retries and errors.
 
         Args:
-            method: ``"GET"`` or ``"POST"``.
+            method: ``"GET"``, ``"POST"`` or ``"DELETE"``.
             path: The route, e.g. ``"/update_workers"``.
             payload: The JSON body (POST).
             admin: Send the admin token as ``Authorization: Bearer``.
             retry: Apply the retry policy of the class; ``False`` sends the request once.
+            headers: More request headers.
 
         Returns:
             The decoded JSON answer.
@@ -268,13 +307,13 @@ class Client:
             ValueError: ``payload`` cannot be encoded as JSON.
         """
         body = None if payload is None else _encode(payload)
-        headers = {"Accept": "application/json"}
+        sent = {"Accept": "application/json", **(headers or {})}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            sent["Content-Type"] = "application/json"
         if admin and self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+            sent["Authorization"] = f"Bearer {self.token}"
         url = self.url + path
-        return self._retrying(method, path, retry, lambda: self._send(method, url, body, headers))
+        return self._retrying(method, path, retry, lambda: self._send(method, url, body, sent))
 
     def _retrying(self, method: str, path: str, retry: bool, attempt: Callable[[], T]) -> T:
         """``attempt()`` under the retry policy of the class (see its docstring)."""

@@ -91,6 +91,7 @@ class GatewayParts:
     support_status: Callable[[], dict[str, Any]]  # the support processes' latest data
     not_ready: Callable[[], dict[str, str]]  # what keeps the gateway from being ready
     request_stop: Callable[[], None]  # stop the gateway (after the answer to /shutdown)
+    jobs_queue: Callable[[], dict[str, Any]] = dict  # per endpoint: jobs queued, running, oldest's age, ended
 
 
 def create_gateway_app(gw: GatewayParts) -> Flask:
@@ -289,6 +290,7 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
             "ACTIVE_STREAMS": now.active_streams(dict(list(gw.metrics.active_streams.items()))),
             "SERIES": gw.metrics.activity.series(),
             "EVENTS": events(gw.history.snapshot(), DASHBOARD_EVENTS),
+            "JOBS": gw.jobs_queue(),
         }))
 
     dashboard_page = resources.files(f"{__package__}.observe").joinpath("dashboard.html").read_text(encoding="utf-8")

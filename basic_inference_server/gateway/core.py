@@ -23,7 +23,7 @@ from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import RequestIds, endpoint_token
 from .app import GatewayParts, create_gateway_app, is_loopback
 from .auth import resolve_admin_token
-from .jobs import PREFIX, Jobs
+from .jobs import Jobs
 from .observe.metrics import GatewayMetrics
 from .observe.status import system_status
 from .reconfigure import Reconfiguration
@@ -182,7 +182,8 @@ class FlaskGateway:
             envelope=self.envelope, router=self.router, supervisor=self.supervisor, remote=self.remote,
             reconfiguration=self.reconfiguration, metrics=self.metrics, history=self.history,
             support_data=self.support_data, system_status=self.system_status, support_status=self.support_status,
-            not_ready=self.not_ready, request_stop=self.request_stop)
+            not_ready=self.not_ready, request_stop=self.request_stop,
+            jobs_queue=lambda: self.jobs.stats.queue() if self.jobs is not None else {})
 
     def reload_config(self, wait: bool = False) -> dict[str, Any]:
         """``POST /reload_config`` and SIGHUP (:meth:`.reconfigure.Reconfiguration.reload_config`)."""
@@ -222,9 +223,14 @@ class FlaskGateway:
                                 congested=self.http.hold_back, endpoint_token=token)
         self.http.fast_handler = self.run_path
         self.http.prefix_handler = InferPath(self.run_path)
-        self.jobs = Jobs.open(self.cache_folder / "_data" / "jobs", config, self.http.loop, self.router,
-                              self.run_path)
-        self.http.loop_routes.append((PREFIX.encode(), self.jobs.path))
+        try:
+            self.jobs = Jobs.open(self.cache_folder / "_data" / "jobs", config, self.http.loop, self.router,
+                                  self.run_path)
+        except ValueError as exc:  # BIS_WEBHOOK_SECRET that is not one
+            self.http.close()
+            raise GatewayStartupError(str(exc)) from None
+        self.http.loop_routes += self.jobs.routes()
+        self.metrics.registry.register(self.jobs.collector())
         self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)

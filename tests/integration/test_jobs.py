@@ -3,17 +3,23 @@ interactive traffic first, and a SIGKILL of the whole process group with jobs qu
 
 from __future__ import annotations
 
+import base64
+import http.server
+import json
 import os
 import signal
+import threading
 import time
 
 import pytest
 import requests
 from conftest import ECHO_CONFIG, Gateway, make_app
+from standardwebhooks import Webhook
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {**ECHO_CONFIG, "CONFIG_ENDPOINTS": {
+SECRET = "whsec_" + base64.b64encode(b"integration-webhook-secret-0123").decode()
+CONFIG = {**ECHO_CONFIG, "WEBHOOK_ALLOWED_HOSTS": ["127.0.0.1", "*.example.org"], "CONFIG_ENDPOINTS": {
     "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 5, "PREFIX": "e1"},
     "echo_off": {"SERVER_CLASS": "echo_model", "DISABLED": True},
 }}
@@ -31,7 +37,7 @@ def wait_job(gateway: Gateway, job_id: str, seconds: float = 10) -> dict:
 
 @pytest.fixture(scope="module")
 def jobs_gateway(tmp_path_factory):
-    gateway = Gateway(make_app(tmp_path_factory.mktemp("jobs"), CONFIG)).start()
+    gateway = Gateway(make_app(tmp_path_factory.mktemp("jobs"), CONFIG), env={"BIS_WEBHOOK_SECRET": SECRET}).start()
     yield gateway
     gateway.stop()
     gateway.assert_nothing_left()
@@ -79,6 +85,7 @@ def test_a_failing_job_keeps_the_error_and_is_not_retried(jobs_gateway):
     ({"SIGNATURE": "echo", "PRIORITY": 10}, 400, "PRIORITY"),
     ({"SIGNATURE": "echo", "PRIORITY": "high"}, 400, "PRIORITY"),
     ({"SIGNATURE": "echo", "WEBHOOK": "ftp://x"}, 400, "WEBHOOK"),
+    ({"SIGNATURE": "echo", "WEBHOOK": "http://internal.corp:8080/hook"}, 400, "WEBHOOK_ALLOWED_HOSTS"),
     ([1, 2], 400, "must be an object"),
 ])
 def test_bad_submissions_are_clear_errors(jobs_gateway, body, status, words):
@@ -156,3 +163,178 @@ def test_jobs_survive_a_sigkill_of_the_whole_process_group(gateway_factory, tmp_
     assert [job["STATUS"] for job in jobs] == ["SUCCEEDED"] * 8
     rerun = [job for job in jobs if job["ATTEMPTS"] == 2]
     assert 1 <= len(rerun) <= 2 and all(job["ATTEMPTS"] in (1, 2) for job in jobs)
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1: answers the statuses it is given in turn (then 200), and
+    keeps what it received."""
+
+    def __init__(self, statuses: list[int]):
+        received, pending = [], list(statuses)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append((dict(self.headers.items()), body))
+                self.send_response(pending.pop(0) if pending else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.received = received
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_a_webhook_is_signed_retried_and_its_attempts_kept(jobs_gateway):
+    receiver = Receiver([500])
+    try:
+        job = submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": "hooked", "WEBHOOK": receiver.url}).json()
+        assert wait_job(jobs_gateway, job["JOB_ID"])["STATUS"] == "SUCCEEDED"
+        deadline = time.monotonic() + 15  # the second attempt comes 5 s after the first
+        while len(receiver.received) < 2:
+            assert time.monotonic() < deadline, receiver.received
+            time.sleep(0.1)
+        for headers, body in receiver.received:
+            event = Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})  # raises if forged
+            assert headers["webhook-id"] == job["JOB_ID"] and event["type"] == "job.succeeded"
+            assert event["data"]["RESULT"]["predict_result"]["echo"] == "hooked"
+            assert "WEBHOOK" not in json.dumps(event["data"]["RESULT"])  # the hooks never saw it
+        deadline = time.monotonic() + 5
+        while (read := jobs_gateway.get(f"/jobs/{job['JOB_ID']}").json())["WEBHOOK_STATUS"] != "DELIVERED":
+            assert time.monotonic() < deadline, read
+            time.sleep(0.05)
+        assert [a.get("STATUS") for a in read["WEBHOOK_DELIVERIES"]] == [500, 200]
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_a_cancelled_job_is_told_to_its_webhook(jobs_gateway):
+    receiver = Receiver([])
+    try:
+        job = submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": 1, "SLEEP": 2, "WEBHOOK": receiver.url}).json()
+        jobs_gateway.session.delete(f"{jobs_gateway.url}/jobs/{job['JOB_ID']}", timeout=5)
+        deadline = time.monotonic() + 5
+        while not receiver.received:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        headers, body = receiver.received[0]
+        assert Webhook(SECRET).verify(body, {k.lower(): v for k, v in headers.items()})["type"] == "job.cancelled"
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def test_the_python_client_submits_waits_and_cancels(jobs_gateway):
+    from basic_inference_server.client import Client, JobCancelled, ServerError
+
+    with Client(jobs_gateway.url) as client:
+        job = client.submit("echo", VALUE="py", priority=8, idempotency_key="client-1")
+        assert job.result(timeout=10)["predict_result"]["echo"] == "py"
+        assert client.submit("echo", VALUE="py", idempotency_key="client-1").id == job.id
+        assert client.job(job.id).status() == "SUCCEEDED"
+        with pytest.raises(ServerError, match="model exploded"):
+            client.submit("echo", VALUE=1, FAIL=True).result(timeout=10)
+        slow = client.submit("echo", VALUE=1, SLEEP=2)
+        assert slow.cancel()["STATUS"] == "CANCELLED"
+        with pytest.raises(JobCancelled):
+            slow.result(timeout=5)
+        assert [j["JOB_ID"] for j in client.jobs(status="CANCELLED", limit=1)["JOBS"]] == [slow.id]
+
+
+def test_bis_jobs_submit_wait_get_cancel_list(jobs_gateway):
+    import subprocess
+    import sys
+
+    def bis(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "basic_inference_server.client", "--url", jobs_gateway.url,
+                               "jobs", *args], capture_output=True, text=True, timeout=30)
+
+    submitted = bis("submit", "echo", "VALUE=cli", "--priority", "7", "--idempotency-key", "cli-1")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads(submitted.stdout)["JOB_ID"]
+    waited = bis("wait", job_id, "--for", "10")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["RESULT"]["predict_result"]["echo"] == "cli"
+    assert json.loads(bis("get", job_id).stdout)["STATUS"] == "SUCCEEDED"
+    failed = bis("wait", json.loads(bis("submit", "echo", "VALUE=1", "FAIL=true").stdout)["JOB_ID"], "--for", "10")
+    assert failed.returncode == 1 and json.loads(failed.stdout)["STATUS"] == "FAILED"
+    slow = json.loads(bis("submit", "echo", "VALUE=1", "SLEEP=2").stdout)["JOB_ID"]
+    assert json.loads(bis("cancel", slow).stdout)["STATUS"] == "CANCELLED"
+    again = bis("cancel", slow)
+    assert again.returncode != 0 and "409" in again.stderr
+    listed = json.loads(bis("list", "--status", "CANCELLED", "--limit", "1").stdout)
+    assert [job["JOB_ID"] for job in listed["JOBS"]] == [slow]
+    assert bis("submit", "nope", "VALUE=1").returncode == 4  # unknown signature, as for run
+
+
+def post_batch(gateway: Gateway, lines: list[str], content_type: str = "application/x-ndjson") -> requests.Response:
+    return gateway.session.post(gateway.url + "/batches", data="\n".join(lines).encode(),
+                                headers={"Content-Type": content_type}, timeout=10)
+
+
+def test_a_batch_runs_every_line_and_gives_results_in_input_order(jobs_gateway):
+    lines = [json.dumps({"SIGNATURE": "echo", "VALUE": i, "custom_id": f"row-{i}"}) for i in range(5)]
+    lines.insert(2, "{not json")
+    lines.insert(4, json.dumps({"SIGNATURE": "nope", "VALUE": 1, "custom_id": "bad-sig"}))
+    lines.append(json.dumps({"SIGNATURE": "echo", "VALUE": "slow", "SLEEP": 1, "custom_id": "last"}))
+    answer = post_batch(jobs_gateway, lines)
+    assert answer.status_code == 202, answer.text
+    batch = answer.json()
+    assert batch["TOTAL"] == 8 and batch["COUNTS"]["FAILED"] == 2 and batch["STATUS"] == "IN_PROGRESS"
+    early = jobs_gateway.get(f"/batches/{batch['BATCH_ID']}/results")
+    assert early.status_code == 409 and "has not finished" in early.json()["ERROR"]
+    deadline = time.monotonic() + 15
+    while jobs_gateway.get(f"/batches/{batch['BATCH_ID']}").json()["STATUS"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    results = jobs_gateway.get(f"/batches/{batch['BATCH_ID']}/results")
+    assert results.status_code == 200 and results.headers["Content-Type"].startswith("application/x-ndjson")
+    rows = [json.loads(line) for line in results.text.splitlines()]
+    assert [row["custom_id"] for row in rows] == ["row-0", "row-1", None, "row-2", "bad-sig", "row-3", "row-4",
+                                                  "last"]
+    assert rows[0]["status"] == "SUCCEEDED" and rows[0]["response"]["predict_result"]["echo"] == 0
+    assert "custom_id" not in json.dumps(rows[0]["response"]["predict_result"])  # removed before the hooks
+    assert rows[2]["status"] == "FAILED" and rows[2]["error"]["ERROR"].startswith("line 3: not JSON")
+    assert rows[4]["status"] == "FAILED" and rows[4]["error"]["ERROR"].startswith("line 5: Bad signature")
+    assert rows[7]["response"]["predict_result"]["echo"] == "slow"
+
+
+def test_bad_batches_are_clear_errors(jobs_gateway):
+    assert post_batch(jobs_gateway, ['{"SIGNATURE": "echo", "VALUE": 1}'], "application/json").status_code == 415
+    assert post_batch(jobs_gateway, ["", "  "]).status_code == 400
+    assert jobs_gateway.get("/batches/batch_nope").status_code == 404
+    assert jobs_gateway.get("/batches/batch_nope/results").status_code == 404
+    refused = jobs_gateway.session.get(jobs_gateway.url + "/batches", timeout=5)
+    assert refused.status_code == 405 and refused.headers["Allow"] == "POST"
+
+
+def test_job_metrics(jobs_gateway):
+    job = submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": "m"}).json()
+    wait_job(jobs_gateway, job["JOB_ID"])
+    deadline = time.monotonic() + 10  # the store's figures are counted every 5 s
+    while True:
+        text = jobs_gateway.get("/metrics").text
+        if 'bis_jobs{signature="echo",state="SUCCEEDED"}' in text:
+            break
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.2)
+    assert 'bis_job_attempts_total{signature="echo"}' in text
+    assert 'bis_job_duration_seconds_count{signature="echo"}' in text
+    assert 'bis_webhook_deliveries_total{outcome="delivered"}' in text
+
+
+def test_the_dashboard_data_has_the_queue_per_endpoint(jobs_gateway):
+    # 16 s of work on 2 workers: queued for longer than the 5 s between two counts of the store
+    held = [submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": i, "SLEEP": 1}).json()["JOB_ID"] for i in range(16)]
+    deadline = time.monotonic() + 10
+    while (queue := jobs_gateway.get("/dashboard/data").json()["JOBS"].get("echo", {})).get("queued", 0) < 1:
+        assert time.monotonic() < deadline, queue
+        time.sleep(0.2)
+    assert queue["oldest_age_s"] > 0 and set(queue) == {"queued", "running",
+                                                                                   "oldest_age_s", "ended"}
+    for job_id in held:
+        jobs_gateway.session.delete(f"{jobs_gateway.url}/jobs/{job_id}", timeout=5)

@@ -16,6 +16,8 @@ from basic_inference_server.gateway.observe.openapi import openapi_document
 SIGNATURES = ["dummy_model_demo1", "dummy_model_demo2"]
 # Flask adds these to every route it serves; the document lists the methods a route is written for.
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
+JOB_OPERATIONS = {("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
+                  ("POST", "/batches"), ("GET", "/batches/{batch_id}"), ("GET", "/batches/{batch_id}/results")}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -35,9 +37,9 @@ def gateway_app(tmp_path: Path, clean_root_logging):
 
 
 def served_operations(app) -> set[tuple[str, str]]:
-    """The Flask app's routes, and POST /run, which the HTTP front answers itself."""
+    """The Flask app's routes, and those the HTTP front answers in its loop: POST /run and /jobs."""
     return {(method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)) for rule in app.url_map.iter_rules()
-            for method in rule.methods - IMPLICIT_METHODS} | {("POST", "/run")}
+            for method in rule.methods - IMPLICIT_METHODS} | {("POST", "/run")} | JOB_OPERATIONS
 
 
 def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:

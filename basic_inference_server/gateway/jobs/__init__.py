@@ -7,16 +7,21 @@ import asyncio
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...config import GatewayConfig
 from ..routing.router import Router
 from ..routing.runpath import RunPath
+from .batches import PREFIX as BATCHES
+from .batches import BatchesPath
 from .dispatcher import Dispatcher
 from .routes import PREFIX, JobsPath
+from .stats import JobsCollector, JobStats
 from .store import JobStore
 from .storethread import StoreThread
+from .webhooks import Webhooks, resolve_secret
 
-__all__ = ["PREFIX", "Jobs"]
+__all__ = ["Jobs"]
 
 
 @dataclass
@@ -25,15 +30,37 @@ class Jobs:
 
     store: StoreThread
     dispatcher: Dispatcher
+    webhooks: Webhooks
     path: JobsPath
+    batches: BatchesPath
 
     @classmethod
     def open(cls, folder: Path, config: GatewayConfig, loop: asyncio.AbstractEventLoop, router: Router,
              run_path: RunPath) -> Jobs:
+        """The jobs of the store in ``folder`` (made when missing); ValueError for a webhook secret
+        that is not one."""
+        secret = resolve_secret(folder.parent)
         store = StoreThread(JobStore(folder, config.job_store_max_bytes), loop)
-        dispatcher = Dispatcher(loop, store, router, run_path, config.job_max_attempts, config.job_ttl)
+        stats = JobStats()
+        dispatcher = Dispatcher(loop, store, router, run_path, config.job_max_attempts, config.job_ttl, stats)
+        webhooks = Webhooks(loop, store, secret, config.webhook_retry_s, config.webhook_allowed_hosts, stats)
+        dispatcher.on_ended = webhooks.kick
         loop.call_soon_threadsafe(dispatcher.start)
-        return cls(store, dispatcher, JobsPath(store, dispatcher, router, config.json_limits))
+        loop.call_soon_threadsafe(webhooks.start)
+        path = JobsPath(store, dispatcher, router, config.json_limits, config.webhook_allowed_hosts)
+        return cls(store, dispatcher, webhooks, path, BatchesPath(path))
+
+    @property
+    def stats(self) -> JobStats:
+        return self.dispatcher.stats
+
+    def collector(self) -> JobsCollector:
+        """Its figures for GET /metrics."""
+        return JobsCollector(self.stats)
+
+    def routes(self) -> list[tuple[bytes, Any]]:
+        """(path, handler) of the routes the HTTP front answers in its loop."""
+        return [(PREFIX.encode(), self.path), (BATCHES.encode(), self.batches)]
 
     def close(self, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
         """Stop dispatching, and stop the store once what the loop has given it is committed
@@ -42,6 +69,7 @@ class Jobs:
 
         def stop() -> None:
             self.dispatcher.close()
+            self.webhooks.close()
             self.store.stop()
             stopped.set()
         loop.call_soon_threadsafe(stop)

@@ -32,6 +32,7 @@ from ..routing.router import Router
 from ..routing.runpath import RunPath
 from ..routing.upstream import ConnectFailed, ConnectionLost
 from .records import JobRecord, JobState
+from .stats import REFRESH, JobStats, StoreFigures
 from .storethread import StoreThread
 
 logger = logging.getLogger(__name__)
@@ -46,13 +47,15 @@ class _Running:
     job: JobRecord
     handle: Any
     channel: Any
+    sent: float
     tag: int | None = None
 
 
 class Dispatcher:
     def __init__(self, loop: asyncio.AbstractEventLoop, store: StoreThread, router: Router, run_path: RunPath,
-                 max_attempts: int, ttl: float):
+                 max_attempts: int, ttl: float, stats: JobStats | None = None):
         self.loop = loop
+        self.stats = stats or JobStats()
         self.store = store
         self.router = router
         self.run_path = run_path
@@ -65,6 +68,7 @@ class Dispatcher:
         self._waiters: dict[str, list[Callable[[], None]]] = {}  # job id -> told when it ends
         self._tick_due = False
         self._closed = False
+        self.on_ended: Callable[[], None] = lambda: None  # a job has ended (its webhook may be due)
 
     def start(self) -> None:
         """Recover what a previous run left RUNNING, learn the queue, then dispatch."""
@@ -79,6 +83,7 @@ class Dispatcher:
             self.queued = counts
             self.kick()
             self.loop.call_later(PURGE_EVERY, self._purge)
+            self._count()
 
         max_attempts = self.max_attempts
         self.store.call(lambda s: (s.recover(max_attempts, time.time()), s.queued_counts()), recovered)
@@ -146,7 +151,8 @@ class Dispatcher:
             self._requeue(job, counted=False)
             return
         body, job.body = job.body or b"", None
-        running = self.running[job.job_id] = _Running(job, handle, self.run_path.channel(handle))
+        running = self.running[job.job_id] = _Running(job, handle, self.run_path.channel(handle), time.monotonic())
+        self.stats.attempt(job.signature)
         token = requestid.bind(job.job_id)
         try:
             running.tag = running.channel.send(job.job_id, job.signature, body, handle.endpoint.request_timeout,
@@ -162,6 +168,8 @@ class Dispatcher:
         del self.running[job.job_id]
         self.router.admission.exit(handle)
         handle.progress += 1
+        if isinstance(outcome, Reply):
+            self.stats.answered(job.signature, time.monotonic() - running.sent)
         match outcome:
             case Reply(status=200):
                 status, body, _headers = self.router.relay(outcome.status, outcome.body, outcome.meta,
@@ -235,6 +243,18 @@ class Dispatcher:
     def _ended(self, job_id: str) -> None:
         for told in self._waiters.pop(job_id, ()):
             told()
+        self.on_ended()
+
+    def _count(self) -> None:
+        """Refresh the store's figures (jobs by state, oldest queued) every REFRESH seconds."""
+        if self._closed:
+            return
+
+        def counted(figures: Any, error: ServingError | None) -> None:
+            if error is None:
+                self.stats.store = figures
+        self.store.call(StoreFigures.count, counted)
+        self.loop.call_later(REFRESH, self._count)
 
     def _purge(self) -> None:
         if self._closed:

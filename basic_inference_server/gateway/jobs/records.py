@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -71,6 +71,8 @@ class JobRecord:
     answer: bytes | None = None
     body: bytes | None = None
     seq: int = 0  # submission order (FIFO within a priority; the cursor of listings)
+    webhook_state: str | None = None  # PENDING, DELIVERED or GAVE_UP once it ended (with a WEBHOOK)
+    webhook_attempts: list = field(default_factory=list)  # {"AT", "STATUS" or "ERROR"} per delivery attempt
 
     @property
     def ended(self) -> bool:
@@ -81,7 +83,8 @@ class JobRecord:
         return {"JOB_ID": self.job_id, "SIGNATURE": self.signature, "STATUS": self.state.value,
                 "PRIORITY": self.priority, "CREATED": iso(self.created), "STARTED": iso(self.started),
                 "FINISHED": iso(self.finished), "ATTEMPTS": self.attempts,
-                **({"WEBHOOK": self.webhook} if self.webhook else {})}
+                **({"WEBHOOK": self.webhook, "WEBHOOK_STATUS": self.webhook_state,
+                    "WEBHOOK_DELIVERIES": self.webhook_attempts} if self.webhook else {})}
 
     def to_json(self, with_answer: bool = True) -> bytes:
         """``GET /jobs/<id>``: its fields, and ``RESULT`` or ``ERROR`` (the answer's JSON as it

@@ -30,6 +30,7 @@ from .dispatcher import Dispatcher
 from .records import JobRecord, JobState, new_job_id
 from .store import JobStore
 from .storethread import StoreThread
+from .webhooks import check_url
 
 PREFIX = "/jobs"
 MAX_WAIT = 300.0  # seconds one long-poll may hold its connection (?wait=S above is cut to this)
@@ -40,11 +41,17 @@ JOB_FIELDS = ("PRIORITY", "WEBHOOK")  # the job's own fields: removed before the
 class _Pending:
     """A request waiting for the store or for its job to end: forgotten when its client leaves."""
 
-    __slots__ = ("forget", "gone")
+    __slots__ = ("forget", "gone", "on_resumed")
 
     def __init__(self) -> None:
         self.gone = False
         self.forget: Callable[[], None] | None = None
+        self.on_resumed: Callable[[], None] | None = None  # a streamed answer waits for its client to drain
+
+    def resumed(self) -> None:
+        on_resumed, self.on_resumed = self.on_resumed, None
+        if on_resumed is not None:
+            on_resumed()
 
     def cancel(self) -> None:
         self.gone = True
@@ -54,8 +61,10 @@ class _Pending:
 
 
 class JobsPath:
-    def __init__(self, store: StoreThread, dispatcher: Dispatcher, router: Router, limits: JsonLimits):
+    def __init__(self, store: StoreThread, dispatcher: Dispatcher, router: Router, limits: JsonLimits,
+                 allowed_hosts: tuple[str, ...] | None = None):
         self.limits = limits
+        self.allowed_hosts = allowed_hosts  # WEBHOOK_ALLOWED_HOSTS
         self.store = store
         self.dispatcher = dispatcher
         self.router = router
@@ -111,18 +120,10 @@ class JobsPath:
         if key is not None and not 0 < len(key) <= 255:
             raise BadRequest("Idempotency-Key: expected 1 to 255 characters")
         idempotency_key = key.decode("latin-1") if key is not None else None
-        body, known, limits = request.body, self.router.table.routes, self.limits
+        body, read = request.body, self.reader()
 
         def op(store: JobStore) -> tuple[JobRecord, bool]:
-            signature, priority, webhook, inputs = _read_submission(body, limits)
-            if signature not in known.servers:
-                endpoint = known.endpoints.get(signature)
-                if endpoint is None or endpoint.is_support:
-                    raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: "
-                                           f"{sorted(known.servers)}")
-                if endpoint.disabled:  # its jobs would wait for ever
-                    raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; an admin "
-                                            "can start it with /start_server")
+            signature, priority, webhook, inputs = read(body)
             job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, time.time(), webhook=webhook)
             return store.submit(job, inputs, idempotency_key)
 
@@ -135,6 +136,24 @@ class JobsPath:
                 self.dispatcher.submitted(job)
             answer(202 if new else 200, job.to_json(), [("Location", f"{PREFIX}/{job.job_id}")])
         self.store.call(op, done)
+
+    def reader(self) -> Callable[[bytes], tuple[str, int, str | None, bytes]]:
+        """What reads a submission on the store's thread: (signature, priority, webhook, the body
+        the hooks get); ServingError for one that cannot run (400, 404)."""
+        known, limits, allowed = self.router.table.routes, self.limits, self.allowed_hosts
+
+        def read(body: bytes) -> tuple[str, int, str | None, bytes]:
+            signature, priority, webhook, inputs = _read_submission(body, limits, allowed)
+            if signature not in known.servers:
+                endpoint = known.endpoints.get(signature)
+                if endpoint is None or endpoint.is_support:
+                    raise UnknownSignature(f"Bad signature {signature!r}. Available signatures/servers: "
+                                           f"{sorted(known.servers)}")
+                if endpoint.disabled:  # its jobs would wait for ever
+                    raise SignatureDisabled(f"endpoint {signature!r} is disabled in the configuration; an admin "
+                                            "can start it with /start_server")
+            return signature, priority, webhook, inputs
+        return read
 
     # -- reading ----------------------------------------------------------------------------------
     def _get(self, job_id: str, wait: float, answer: _Answer, pending: _Pending) -> None:
@@ -222,7 +241,8 @@ class _Answer:
         self(exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()) or None)
 
 
-def _read_submission(body: bytes, limits: JsonLimits) -> tuple[str, int, str | None, bytes]:
+def _read_submission(body: bytes, limits: JsonLimits,
+                     allowed: tuple[str, ...] | None) -> tuple[str, int, str | None, bytes]:
     """(signature, priority, webhook, the body without the job's fields) of a submission, read
     within the MAX_JSON_* limits as ``/run``'s bodies are."""
     data = jsonbody.loads_object(body, limits)
@@ -232,9 +252,9 @@ def _read_submission(body: bytes, limits: JsonLimits) -> tuple[str, int, str | N
         raise BadRequest(f"PRIORITY: expected an integer from 0 to 9 (higher runs first), got {priority!r}")
     webhook = data.pop("WEBHOOK", None)
     if webhook is not None:
-        parsed = urllib.parse.urlsplit(webhook) if isinstance(webhook, str) else None
-        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
+        if not isinstance(webhook, str):
             raise BadRequest(f"WEBHOOK: expected an http:// or https:// URL, got {webhook!r}")
+        check_url(webhook, allowed)
     return signature, priority, webhook, jsonutil.dumps_bytes(data)
 
 

@@ -13,6 +13,7 @@ what ``/jobs`` answers and nothing else (see the jobs guide).
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -23,7 +24,7 @@ from .records import NEXT, JobRecord, JobState
 
 BLOB_AT = 256 * 1024  # bodies and answers from this size go to files beside the database
 _COLUMNS = ("id, signature, state, priority, created, attempts, started, finished, webhook, status, answer, "
-            "answer_file, seq")
+            "answer_file, seq, webhook_state, webhook_attempts")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -41,11 +42,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     body_file TEXT,
     status INTEGER,
     answer BLOB,
-    answer_file TEXT
+    answer_file TEXT,
+    webhook_state TEXT,
+    webhook_due REAL,
+    webhook_attempts TEXT,
+    batch_id TEXT,
+    batch_index INTEGER,
+    custom_id TEXT
+);
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    total INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (signature, priority DESC, seq) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (finished) WHERE finished IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_states ON jobs (signature, state);
+CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_due) WHERE webhook_state = 'PENDING';
+CREATE INDEX IF NOT EXISTS jobs_batches ON jobs (batch_id, batch_index) WHERE batch_id IS NOT NULL;
 """
+PENDING, DELIVERED, GAVE_UP = "PENDING", "DELIVERED", "GAVE_UP"  # a webhook's delivery
 
 
 class JobStore:
@@ -60,8 +76,19 @@ class JobStore:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._add_missing_columns()
         self.db.executescript(_SCHEMA)
         self._blob_bytes = sum(f.stat().st_size for f in self.blobs.iterdir() if f.is_file())
+
+    def _add_missing_columns(self) -> None:
+        """A store made by an earlier version gets the columns added since (they start empty)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        if not have:
+            return  # a new store: the schema makes the table
+        for column, kind in (("webhook_state", "TEXT"), ("webhook_due", "REAL"), ("webhook_attempts", "TEXT"),
+                             ("batch_id", "TEXT"), ("batch_index", "INTEGER"), ("custom_id", "TEXT")):
+            if column not in have:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     # -- transactions (the store thread's) ------------------------------------------------------------
     def begin(self) -> None:
@@ -123,21 +150,28 @@ class JobStore:
                     pass
 
     # -- operations -------------------------------------------------------------------------------------
-    def submit(self, job: JobRecord, body: bytes, idempotency_key: str | None) -> tuple[JobRecord, bool]:
-        """Store a new QUEUED job; with an ``idempotency_key`` already used, the job it made
-        instead (False: nothing new was stored)."""
+    def submit(self, job: JobRecord, body: bytes, idempotency_key: str | None = None,
+               batch: tuple[str, int, str | None] | None = None) -> tuple[JobRecord, bool]:
+        """Store a new job, QUEUED, or FAILED when ``job`` comes failed already (a line of a batch
+        that could not be read: ``job.status`` and ``job.answer`` say why); with an
+        ``idempotency_key`` already used, the job it made instead (False: nothing new was stored).
+        ``batch``: (batch id, line index, custom_id)."""
         if idempotency_key is not None:
             row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE idempotency_key = ?",
                                   (idempotency_key,)).fetchone()
             if row is not None:
                 return self._record(row), False
-        self._check_room(len(body))
+        self._check_room(len(body) + len(job.answer or b""))
         body_file = self._put_blob(job.job_id + ".body", body) if len(body) >= BLOB_AT else None
+        batch_id, index, custom_id = batch or (None, None, None)
+        failed = job.state is JobState.FAILED
         cursor = self.db.execute(
-            "INSERT INTO jobs (id, signature, state, priority, created, webhook, idempotency_key, body, body_file) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.job_id, job.signature, JobState.QUEUED.value, job.priority, job.created, job.webhook,
-             idempotency_key, None if body_file else body, body_file))
+            "INSERT INTO jobs (id, signature, state, priority, created, webhook, idempotency_key, body, body_file, "
+            "batch_id, batch_index, custom_id, status, answer, finished) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.job_id, job.signature, job.state.value, job.priority, job.created, job.webhook,
+             idempotency_key, None if body_file or failed else body, body_file, batch_id, index, custom_id,
+             job.status, job.answer, job.created if failed else None))
         job.seq = cursor.lastrowid or 0
         return job, True
 
@@ -186,6 +220,7 @@ class JobStore:
         if self._move(job, state, status=status, answer=None if answer_file else answer, answer_file=answer_file,
                       finished=now):
             self._drop_body(job.job_id)
+            self._webhook_due(job, now)
             return True
         self._drop_blobs(answer_file)
         return False
@@ -204,6 +239,7 @@ class JobStore:
         was = job.state
         self._move(job, JobState.CANCELLED, finished=now)
         self._drop_body(job_id)
+        self._webhook_due(job, now)
         return job, was
 
     def recover(self, max_attempts: int, now: float) -> tuple[int, int]:
@@ -217,8 +253,10 @@ class JobStore:
                 requeued += self._move(job, JobState.QUEUED, started=None)
             else:
                 answer = _lost_error(job.attempts)
-                failed += self._move(job, JobState.FAILED, status=502, answer=answer, finished=now)
-                self._drop_body(job.job_id)
+                if self._move(job, JobState.FAILED, status=502, answer=answer, finished=now):
+                    failed += 1
+                    self._drop_body(job.job_id)
+                    self._webhook_due(job, now)
         return requeued, failed
 
     def purge(self, before: float) -> int:
@@ -228,7 +266,31 @@ class JobStore:
         for job_id, answer_file in rows:
             self._drop_blobs(answer_file, job_id + ".body")
         self.db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,))
+        self.db.execute("DELETE FROM batches WHERE created < ? AND id NOT IN "
+                        "(SELECT DISTINCT batch_id FROM jobs WHERE batch_id IS NOT NULL)", (before,))
         return len(rows)
+
+    # -- webhooks ---------------------------------------------------------------------------------------
+    def _webhook_due(self, job: JobRecord, now: float) -> None:
+        if job.webhook:
+            self.db.execute("UPDATE jobs SET webhook_state = ?, webhook_due = ? WHERE id = ?",
+                            (PENDING, now, job.job_id))
+            job.webhook_state = PENDING
+
+    def due_webhooks(self, now: float, limit: int) -> list[JobRecord]:
+        """Jobs whose webhook delivery is due, with their answers (the payload)."""
+        rows = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE webhook_state = ? AND webhook_due <= ? "
+                               "ORDER BY webhook_due LIMIT ?", (PENDING, now, limit)).fetchall()
+        return [self._record(row) for row in rows]
+
+    def delivered(self, job_id: str, attempt: dict, next_due: float | None, state: str) -> None:
+        """Record a delivery attempt; ``next_due``: when to try again (PENDING), else ``state``."""
+        row = self.db.execute("SELECT webhook_attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            return  # purged meanwhile
+        attempts = [*json.loads(row[0] or "[]"), attempt]
+        self.db.execute("UPDATE jobs SET webhook_attempts = ?, webhook_state = ?, webhook_due = ? WHERE id = ?",
+                        (json.dumps(attempts), PENDING if next_due is not None else state, next_due, job_id))
 
     # -- the one place a state changes ----------------------------------------------------------------
     def _move(self, job: JobRecord, target: JobState, **changes: object) -> bool:
@@ -258,11 +320,12 @@ class JobStore:
 
     def _record(self, row: tuple, with_answer: bool = True) -> JobRecord:
         (job_id, signature, state, priority, created, attempts, started, finished, webhook, status, answer,
-         answer_file, seq) = row
+         answer_file, seq, webhook_state, webhook_attempts) = row
         if with_answer and answer is None and answer_file:
             answer = self._read_blob(answer_file)
         return JobRecord(job_id, signature, JobState(state), priority, created, attempts, started, finished, webhook,
-                         status, answer if with_answer else None, seq=seq)
+                         status, answer if with_answer else None, seq=seq, webhook_state=webhook_state,
+                         webhook_attempts=json.loads(webhook_attempts) if webhook_attempts else [])
 
 
 def _lost_error(attempts: int) -> bytes:

@@ -1,0 +1,198 @@
+"""``/batches``: many jobs in one NDJSON body, their results in input order once all have ended
+(the shape of OpenAI's Batch API).
+
+``POST /batches`` (``Content-Type: application/x-ndjson``) takes one ``/run`` body per line, each
+with a ``custom_id`` (removed before the hooks, as ``PRIORITY`` and ``WEBHOOK`` are). Every line
+becomes a job of the batch; a line that cannot be read (not JSON, no ``SIGNATURE``, an unknown
+endpoint, a bad ``PRIORITY``) becomes a FAILED job whose error names its line number, and the
+others run. ``GET /batches/<id>`` counts its jobs by state; ``GET /batches/<id>/results`` gives
+one NDJSON line per input line, ``{"custom_id", "status", "response"}`` or ``{"custom_id",
+"status", "error"}``, in input order, once every job has ended (409 with the counts before).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from ... import jsonutil, requestid
+from ...errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, ServingError
+from ...transport.httpfront import HttpRequest, Responder
+from .records import JobRecord, JobState, iso, new_job_id
+from .routes import JobsPath, _Answer, _Pending
+from .store import JobStore
+
+PREFIX = "/batches"
+NDJSON = "application/x-ndjson"
+MAX_LINES = 50_000  # lines one batch may hold (OpenAI's limit too)
+PAGE = 500  # result lines read from the store at a time
+
+
+def new_batch_id() -> str:
+    return "batch_" + secrets.token_hex(12)
+
+
+def create(store: JobStore, body: bytes, read_line: Any) -> tuple[dict[str, Any], list[JobRecord]]:
+    """Store a batch and its jobs (on the store's thread). ``read_line(data)`` gives (signature,
+    priority, webhook, the body for the hooks) or raises ServingError. Returns the batch's
+    description and the jobs queued."""
+    lines = body.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise BadRequest("the batch is empty: send one JSON object per line (NDJSON)")
+    if len(lines) > MAX_LINES:
+        raise PayloadTooLarge(f"a batch holds at most {MAX_LINES} lines, this one has {len(lines)}")
+    batch_id, now = new_batch_id(), time.time()
+    store.db.execute("INSERT INTO batches (id, created, total) VALUES (?, ?, ?)", (batch_id, now, len(lines)))
+    queued = []
+    for index, line in enumerate(lines):
+        custom_id, signature, priority, webhook, inputs, failure = None, "", 5, None, b"", None
+        try:
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise BadRequest("expected a JSON object")
+            custom_id = data.pop("custom_id", None)
+            if custom_id is not None and not isinstance(custom_id, str):
+                raise BadRequest(f"custom_id: expected a string, got {custom_id!r}")
+            signature, priority, webhook, inputs = read_line(jsonutil.dumps_bytes(data))
+        except ValueError as exc:  # not JSON (json.JSONDecodeError)
+            failure = BadRequest(f"line {index + 1}: not JSON: {exc}")
+        except ServingError as exc:
+            exc.message = f"line {index + 1}: {exc.message}"
+            failure = exc
+        job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, now, webhook=webhook)
+        if failure is not None:
+            job.state, job.status, job.answer = JobState.FAILED, failure.status, jsonutil.dumps_bytes(failure.to_body())
+            inputs = b""
+        store.submit(job, inputs, None, (batch_id, index, custom_id))
+        if failure is None:
+            queued.append(job)
+    return describe(store, batch_id), queued
+
+
+def describe(store: JobStore, batch_id: str) -> dict[str, Any]:
+    """``GET /batches/<id>``: its counts by state (NotFound when there is no such batch)."""
+    row = store.db.execute("SELECT created, total FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no batch {batch_id!r} (unknown, or purged after JOB_TTL)")
+    created, total = row
+    counts = {state.value: 0 for state in JobState}
+    for state, count in store.db.execute("SELECT state, count(*) FROM jobs WHERE batch_id = ? GROUP BY state",
+                                         (batch_id,)):
+        counts[state] = count
+    ended = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
+    return {"BATCH_ID": batch_id, "STATUS": "COMPLETED" if ended == total else "IN_PROGRESS",
+            "CREATED": iso(created), "TOTAL": total, "COUNTS": counts}
+
+
+def results_page(store: JobStore, batch_id: str, after: int) -> tuple[bytes, int | None]:
+    """NDJSON lines of the jobs of ``batch_id`` from line ``after`` on (PAGE of them), and the
+    index to go on from (None: that was the last page). Conflict while some have not ended."""
+    if after == 0:
+        batch = describe(store, batch_id)
+        if batch["STATUS"] != "COMPLETED":
+            raise Conflict(f"batch {batch_id} has not finished: {json.dumps(batch['COUNTS'])}")
+    rows = store.db.execute(
+        "SELECT batch_index, custom_id, state, answer, answer_file FROM jobs WHERE batch_id = ? AND batch_index >= ? "
+        "ORDER BY batch_index LIMIT ?", (batch_id, after, PAGE)).fetchall()
+    out = []
+    for _index, custom_id, state, answer, answer_file in rows:
+        if answer is None and answer_file:
+            answer = (store.blobs / answer_file).read_bytes()
+        key = b"response" if state == JobState.SUCCEEDED.value else b"error"
+        head = json.dumps({"custom_id": custom_id, "status": state}, separators=(",", ":")).encode()
+        out.append(head[:-1] + b',"' + key + b'":' + (answer or b"null") + b"}\n")
+    more = rows[-1][0] + 1 if len(rows) == PAGE else None
+    return b"".join(out), more
+
+
+class BatchesPath:
+    """``/batches`` in the HTTP front's event loop (the store's work on its own thread)."""
+
+    def __init__(self, jobs: JobsPath):
+        self.jobs = jobs
+        self.store = jobs.store
+
+    def __call__(self, request: HttpRequest, respond: Responder) -> _Pending:
+        pending = _Pending()
+        answer = _Answer(respond, pending)
+        token = requestid.bind(request.request_id)
+        try:
+            self._route(request, answer, respond, pending)
+        except ServingError as exc:
+            answer.error(exc)
+        finally:
+            requestid.unbind(token)
+        return pending
+
+    def _route(self, request: HttpRequest, answer: _Answer, respond: Responder, pending: _Pending) -> None:
+        parts = request.target.decode("latin-1").partition("?")[0].rstrip("/").split("/")  # "", "batches"[, id[, x]]
+        method = request.method
+        if len(parts) == 2:
+            if method != "POST":
+                raise MethodNotAllowed(f"{method} is not allowed on /batches", allow="POST")
+            self._submit(request, answer)
+        elif len(parts) == 3 and parts[2]:
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /batches/<id>", allow="GET, HEAD")
+            batch_id = parts[2]
+            self.store.call(lambda s: describe(s, batch_id), lambda batch, error: answer.error(error) if error
+                            else answer(200, jsonutil.dumps_bytes(batch), None))
+        elif len(parts) == 4 and parts[2] and parts[3] == "results":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /batches/<id>/results", allow="GET, HEAD")
+            self._results(parts[2], answer, respond, pending)
+        else:
+            raise NotFound("no such route: /batches, /batches/<id> and /batches/<id>/results are")
+
+    def _submit(self, request: HttpRequest, answer: _Answer) -> None:
+        kind = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+        if kind != NDJSON.encode():
+            raise ServingError(f"a batch is NDJSON: send it with Content-Type: {NDJSON}, one /run body (and its "
+                               "custom_id) per line", status=415)
+        body, read = request.body, self.jobs.reader()
+
+        def done(result: Any, error: ServingError | None) -> None:
+            if error is not None:
+                answer.error(error)
+                return
+            batch, queued = result
+            for job in queued:
+                self.jobs.dispatcher.submitted(job)
+            answer(202, jsonutil.dumps_bytes(batch), [("Location", f"{PREFIX}/{batch['BATCH_ID']}")])
+        self.store.call(lambda s: create(s, body, read), done)
+
+    def _results(self, batch_id: str, answer: _Answer, respond: Responder, pending: _Pending) -> None:
+        def page(result: Any, error: ServingError | None, first: bool) -> None:
+            if pending.gone and not first:
+                return
+            if error is not None:
+                if first:
+                    answer.error(error)
+                else:  # the answer has begun: it can only be cut short
+                    pending.gone = True
+                    respond.end_stream(b"")
+                return
+            data, more = result
+            if first:
+                taken = respond.start_stream(NDJSON, data)
+            elif more is None:
+                pending.gone = True
+                respond.end_stream(data)
+                return
+            else:
+                taken = respond.chunk(data)
+            if first and more is None:
+                pending.gone = True
+                respond.end_stream(b"")
+                return
+            fetch = lambda: self.store.call(lambda s: results_page(s, batch_id, more),  # noqa: E731
+                                            lambda r, e: page(r, e, False))
+            if taken:
+                fetch()
+            else:
+                pending.on_resumed = fetch  # the client reads slower than the store gives: wait for it
+        self.store.call(lambda s: results_page(s, batch_id, 0), lambda r, e: page(r, e, True))
