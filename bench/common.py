@@ -73,10 +73,11 @@ class GatewayRun:
     pinned at launch to ``cpu`` (``taskset -c``) when given, so that its model servers are too."""
 
     def __init__(self, endpoint_files: list[Path], config: dict, servers: int, port_start: int,
-                 env: dict[str, str] | None = None, cpu: str | None = None):
-        self._tmp = tempfile.TemporaryDirectory()
-        self.app = Path(self._tmp.name)
-        (self.app / "endpoints").mkdir()
+                 env: dict[str, str] | None = None, cpu: str | None = None, app: Path | None = None):
+        """``app``: the folder of a gateway run before (its cache, jobs included), started again."""
+        self._tmp = tempfile.TemporaryDirectory() if app is None else None
+        self.app = Path(self._tmp.name) if self._tmp is not None else app
+        (self.app / "endpoints").mkdir(exist_ok=True)
         for path in endpoint_files:
             shutil.copy(path, self.app / "endpoints")
         (self.app / "config_gateway.txt").write_text(json.dumps(config))
@@ -114,7 +115,11 @@ class GatewayRun:
         secret = (self.app / "_cache" / "_run" / "sockets" / f"{port}.secret").read_text().strip()
         return {"X-Endpoint-Token": secret}
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """Stop it (``keep``: leave its folder for a run started again on it; the folder goes when
+        this one is stopped again, or garbage)."""
         stop_group(self.proc)
-        self._log.close()
-        self._tmp.cleanup()
+        if not self._log.closed:
+            self._log.close()
+        if self._tmp is not None and not keep:
+            self._tmp.cleanup()

@@ -17,7 +17,7 @@ import secrets
 import time
 from typing import Any
 
-from ... import jsonutil, requestid
+from ... import jsonutil
 from ...errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, ServingError
 from ...transport.httpfront import HttpRequest, Responder
 from .records import JobRecord, JobState, iso, new_job_id
@@ -117,16 +117,8 @@ class BatchesPath:
         self.store = jobs.store
 
     def __call__(self, request: HttpRequest, respond: Responder) -> _Pending:
-        pending = _Pending()
-        answer = _Answer(respond, pending)
-        token = requestid.bind(request.request_id)
-        try:
-            self._route(request, answer, respond, pending)
-        except ServingError as exc:
-            answer.error(exc)
-        finally:
-            requestid.unbind(token)
-        return pending
+        return JobsPath.handle(request, respond, lambda request, answer, pending: self._route(request, answer, respond,
+                                                                                              pending))
 
     def _route(self, request: HttpRequest, answer: _Answer, respond: Responder, pending: _Pending) -> None:
         parts = request.target.decode("latin-1").partition("?")[0].rstrip("/").split("/")  # "", "batches"[, id[, x]]
@@ -163,7 +155,7 @@ class BatchesPath:
             for job in queued:
                 self.jobs.dispatcher.submitted(job)
             answer(202, jsonutil.dumps_bytes(batch), [("Location", f"{PREFIX}/{batch['BATCH_ID']}")])
-        self.store.call(lambda s: create(s, body, read), done)
+        self.store.call(lambda s: create(s, body, read), done, durable=True)
 
     def _results(self, batch_id: str, answer: _Answer, respond: Responder, pending: _Pending) -> None:
         def page(result: Any, error: ServingError | None, first: bool) -> None:

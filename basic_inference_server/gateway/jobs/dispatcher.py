@@ -66,9 +66,15 @@ class Dispatcher:
         self._claiming: set[str] = set()
         self._paused: dict[str, float] = {}  # signature -> monotonic time it gets jobs again
         self._waiters: dict[str, list[Callable[[], None]]] = {}  # job id -> told when it ends
-        self._tick_due = False
+        self._tick_due = False  # a look is due at the next turn of the loop
+        self._timer: asyncio.TimerHandle | None = None  # the look every TICK while jobs wait
         self._closed = False
         self.on_ended: Callable[[], None] = lambda: None  # a job has ended (its webhook may be due)
+
+    def freed(self, handle: Any) -> None:
+        """A request (a /run, a job) has left ``handle``'s server: its place may go to a job at once."""
+        if self.queued.get(handle.endpoint.name):
+            self.kick()
 
     def start(self) -> None:
         """Recover what a previous run left RUNNING, learn the queue, then dispatch."""
@@ -97,12 +103,18 @@ class Dispatcher:
         self.kick()
 
     def kick(self) -> None:
-        """Look for spare places at the next turn of the loop."""
+        """Look for spare places at the next turn of the loop (a place was freed, a job queued)."""
         if not self._tick_due and not self._closed:
             self._tick_due = True
             self.loop.call_soon(self._tick)
 
+    def _timed(self) -> None:
+        self._timer = None
+        self._tick()
+
     def _tick(self) -> None:
+        """Claim jobs for the spare places; while jobs wait, look again every TICK (a /run that
+        ends frees a place without telling this)."""
         self._tick_due = False
         now = time.monotonic()
         waiting = False
@@ -117,9 +129,10 @@ class Dispatcher:
                 self._claiming.add(signature)
                 self.store.call(lambda s, sig=signature, n=min(spare, count): s.claim(sig, n, time.time()),
                                 lambda jobs, error, sig=signature: self._claimed(sig, jobs, error))
-        if waiting and not self._tick_due and not self._closed:
-            self._tick_due = True
-            self.loop.call_later(TICK, self._tick)
+        # While jobs wait, a place freed by any request is offered to them at once.
+        self.router.admission.freed = self.freed if waiting and not self._closed else None
+        if waiting and self._timer is None and not self._closed:
+            self._timer = self.loop.call_later(TICK, self._timed)
 
     def _spare(self, signature: str) -> int:
         """Places of READY servers of ``signature`` that no request holds (workers x batch size)."""
@@ -166,7 +179,7 @@ class Dispatcher:
         if self.running.get(job.job_id) is not running:
             return  # cancelled meanwhile
         del self.running[job.job_id]
-        self.router.admission.exit(handle)
+        self.router.admission.exit(handle)  # (its place is free: freed() looks for the next job at once)
         handle.progress += 1
         if isinstance(outcome, Reply):
             self.stats.answered(job.signature, time.monotonic() - running.sent)

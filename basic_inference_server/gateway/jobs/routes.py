@@ -71,14 +71,14 @@ class JobsPath:
 
     def __call__(self, request: HttpRequest, respond: Responder) -> _Pending:
         """A request to /jobs or under it."""
-        return self._handle(request, respond, self._route)
+        return self.handle(request, respond, self._route)
 
     def submit_async(self, request: HttpRequest, respond: Responder) -> _Pending:
         """``POST /run`` with ``Prefer: respond-async``: the same as ``POST /jobs``."""
-        return self._handle(request, respond, lambda request, answer, _pending: self.submit(request, answer))
+        return self.handle(request, respond, lambda request, answer, _pending: self.submit(request, answer))
 
     @staticmethod
-    def _handle(request: HttpRequest, respond: Responder,
+    def handle(request: HttpRequest, respond: Responder,
                 route: Callable[[HttpRequest, _Answer, _Pending], None]) -> _Pending:
         pending = _Pending()
         answer = _Answer(respond, pending)
@@ -135,7 +135,7 @@ class JobsPath:
             if new:
                 self.dispatcher.submitted(job)
             answer(202 if new else 200, job.to_json(), [("Location", f"{PREFIX}/{job.job_id}")])
-        self.store.call(op, done)
+        self.store.call(op, done, durable=True)
 
     def reader(self) -> Callable[[bytes], tuple[str, int, str | None, bytes]]:
         """What reads a submission on the store's thread: (signature, priority, webhook, the body
@@ -220,7 +220,7 @@ class JobsPath:
             else:
                 self.dispatcher.cancelled(job, was)
                 answer(200, job.to_json(), None)
-        self.store.call(lambda s: s.cancel(job_id, time.time()), done)
+        self.store.call(lambda s: s.cancel(job_id, time.time()), done, durable=True)
 
 
 class _Answer:

@@ -76,6 +76,7 @@ class JobStore:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
+        self._durable = True
         self._add_missing_columns()
         self.db.executescript(_SCHEMA)
         self._blob_bytes = sum(f.stat().st_size for f in self.blobs.iterdir() if f.is_file())
@@ -91,7 +92,12 @@ class JobStore:
                 self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     # -- transactions (the store thread's) ------------------------------------------------------------
-    def begin(self) -> None:
+    def begin(self, durable: bool = True) -> None:
+        """A transaction; ``durable``: its commit waits for the disk (synchronous=FULL), else for
+        the file's write only (NORMAL: a crash of the process loses nothing, a power cut may)."""
+        if durable != self._durable:
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         self.db.execute("BEGIN IMMEDIATE")
 
     def commit(self) -> None:

@@ -24,19 +24,24 @@ logger = logging.getLogger(__name__)
 
 GROUP = 1024  # operations committed together at most
 Done = Callable[[Any, ServingError | None], None]
+Op = tuple[Callable[[JobStore], Any], Done, bool]  # the operation, what is told its result, durable
 
 
 class StoreThread:
     def __init__(self, store: JobStore, loop: asyncio.AbstractEventLoop):
         self.store = store
         self.loop = loop
-        self._ops: queue.SimpleQueue[tuple[Callable[[JobStore], Any], Done] | None] = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="job-store", daemon=True)
         self._thread.start()
 
-    def call(self, op: Callable[[JobStore], Any], done: Done) -> None:
-        """Run ``op(store)`` in the next group; ``done(result, error)`` in the loop once committed."""
-        self._ops.put((op, done))
+    def call(self, op: Callable[[JobStore], Any], done: Done, durable: bool = False) -> None:
+        """Run ``op(store)`` in the next group; ``done(result, error)`` in the loop once committed.
+        ``durable``: its group is flushed to the disk before ``done`` (a submission, a cancel: what
+        a client was promised); the others (claims, ends, reads) are written to the file, which a
+        crash of the process never loses, and reach the disk with the next durable group or the
+        next checkpoint (a power cut may lose them: a job then runs again, at least once)."""
+        self._ops.put((op, done, durable))
 
     def stop(self) -> None:
         """Commit what is queued, then stop (:meth:`join` waits for it)."""
@@ -65,13 +70,13 @@ class StoreThread:
                 return
 
     @staticmethod
-    def _commit(store: JobStore, ops: list[tuple[Callable[[JobStore], Any], Done]]) -> list[tuple[Done, Any, Any]]:
+    def _commit(store: JobStore, ops: list[Op]) -> list[tuple[Done, Any, Any]]:
         results: list[tuple[Done, Any, Any]] = []
         if not ops:
             return results
         try:
-            store.begin()
-            for op, done in ops:
+            store.begin(durable=any(durable for _op, _done, durable in ops))
+            for op, done, _durable in ops:
                 store.savepoint()
                 try:
                     result = op(store)
@@ -92,7 +97,7 @@ class StoreThread:
             with contextlib.suppress(Exception):  # no transaction may be left to roll back
                 store.db.execute("ROLLBACK")
             error = ServingError(f"job store error: {type(exc).__name__}: {exc}", status=503)
-            results = [(done, None, error) for _op, done in ops]
+            results = [(done, None, error) for _op, done, _durable in ops]
         return results
 
 

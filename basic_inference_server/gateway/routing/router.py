@@ -12,7 +12,7 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -61,6 +61,8 @@ class Admission:
         self.inflight = InFlight()
         self.draining = False
         self.load = 0.0  # requests in flight as each was admitted, averaged over the last few (for alone)
+        # told when a request leaves a server, while jobs wait (None otherwise: nothing to pay per request)
+        self.freed: Callable[[ChildHandle | RemoteHandle], None] | None = None
 
     def enter(self, handle: ChildHandle) -> None:
         """Count one request for ``handle``, or raise Overloaded; pair with :meth:`exit`."""
@@ -81,6 +83,8 @@ class Admission:
     def exit(self, handle: ChildHandle) -> None:
         handle.inflight.exit()
         self.inflight.exit()
+        if self.freed is not None:
+            self.freed(handle)
 
     @contextmanager
     def forwarding(self, handle: ChildHandle) -> Iterator[None]:
