@@ -26,11 +26,12 @@ from .errors import (
     Unavailable,
     UnknownSignature,
 )
-from .jobs import Job, JobCancelled
+from .jobs import Batch, Job, JobCancelled
 from .streaming import Stream
 
 __all__ = [
     "BadInput",
+    "Batch",
     "Client",
     "ClientError",
     "ConnectionFailed",

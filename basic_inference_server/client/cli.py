@@ -4,28 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from ..states import ReloadState
 from . import render
+from .cliargs import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_UNKNOWN_SIGNATURE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    UsageError,
+    parse_inputs,
+    print_json,
+    seconds,
+)
 from .core import Client
 from .errors import BadInput, ClientError, ConnectionFailed, Unauthorized, Unavailable, UnknownSignature
+from .jobs_cli import add_job_commands
 
 PROG = "bis"
 DEFAULT_URL = "http://127.0.0.1:5002"
 DEFAULT_TIMEOUT = 65.0  # above the endpoints' default REQUEST_TIMEOUT (60 s): the gateway's 504 comes first
 MAX_CONNECT_TIMEOUT = 10.0
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
-EXIT_UNKNOWN_SIGNATURE = 4
 
 EPILOG = f"""\
 exit codes:
@@ -66,64 +71,7 @@ def _stored_token() -> str | None:
         return None
 
 
-class UsageError(Exception):
-    """A command-line value the CLI cannot use (exit code 2)."""
-
-
-# -- inputs -------------------------------------------------------------------------------------
-def _reject_constant(name: str) -> Any:
-    raise ValueError(name)  # NaN, Infinity: not JSON, keep the text
-
-
-def parse_value(text: str) -> Any:
-    """A value of ``KEY=VALUE``: JSON when it parses (``3``, ``true``, ``[1, 2]``, ``"3"``), else the text."""
-    try:
-        value = json.loads(text, parse_constant=_reject_constant)
-    except ValueError:
-        return text
-    if isinstance(value, float) and not math.isfinite(value):  # 1e999
-        return text
-    return value
-
-
-def parse_inputs(pairs: list[str], data: str | None, signature: str) -> dict[str, Any]:
-    """The inputs of ``bis run SIGNATURE``: ``--data`` (JSON text, ``@file`` or ``@-`` for stdin;
-    a whole ``/run`` body, with its ``SIGNATURE``, is taken when it names the same endpoint), then
-    each ``KEY=VALUE`` over it."""
-    inputs: dict[str, Any] = {}
-    if data is not None:
-        if data.startswith("@"):
-            source = data[1:]
-            try:
-                data = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(f"--data: cannot read {source!r}: {exc.strerror}") from None
-        try:
-            loaded = json.loads(data)
-        except ValueError as exc:
-            raise UsageError(f"--data is not valid JSON: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise UsageError(f"--data must be a JSON object, got {type(loaded).__name__}")
-        named = loaded.pop("SIGNATURE", signature)
-        if named != signature:
-            raise UsageError(f"--data names SIGNATURE {named!r}, but this runs {signature!r}: run {named!r}, or "
-                             "take SIGNATURE out of the data")
-        inputs.update(loaded)
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"expected KEY=VALUE, got {pair!r}")
-        inputs[key] = parse_value(value)
-    if "SIGNATURE" in inputs:
-        raise UsageError(f"SIGNATURE={inputs['SIGNATURE']!r}: the signature is run's first argument, not a KEY=VALUE")
-    return inputs
-
-
 # -- commands -----------------------------------------------------------------------------------
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
 def cmd_run(client: Client, args: argparse.Namespace) -> int:
     inputs = parse_inputs(args.inputs, args.data, args.signature)
     if args.stream:
@@ -133,7 +81,7 @@ def cmd_run(client: Client, args: argparse.Namespace) -> int:
     except ValueError as exc:  # a value that cannot be sent as JSON
         raise UsageError(str(exc)) from None
     # The model's answer is what a user asked for; --json adds the envelope (call_id, time, ...).
-    _print_json(answer if args.json or "predict_result" not in answer else answer["predict_result"])
+    print_json(answer if args.json or "predict_result" not in answer else answer["predict_result"])
     return EXIT_OK
 
 
@@ -155,7 +103,7 @@ def _run_stream(client: Client, signature: str, inputs: dict[str, Any], with_end
 def cmd_servers(client: Client, args: argparse.Namespace) -> int:
     answer = client.list_servers()
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(render.servers_text(answer))
     return EXIT_OK
@@ -164,7 +112,7 @@ def cmd_servers(client: Client, args: argparse.Namespace) -> int:
 def cmd_status(client: Client, args: argparse.Namespace) -> int:
     answer = client.system_status()
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(render.status_text(answer))
     return EXIT_OK
@@ -173,7 +121,7 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 def cmd_notifications(client: Client, args: argparse.Namespace) -> int:
     answer = client.notifications(args.signature)
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(render.notifications_text(answer, args.signature))
     return EXIT_OK
@@ -185,7 +133,7 @@ def cmd_reload(client: Client, args: argparse.Namespace) -> int:
     failed.update({r["SIGNATURE"]: r["ERROR"] for r in answer.get("RELOADS") or ()
                    if ReloadState.read(r.get("STATE")) is ReloadState.FAILED})
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(answer.get("MESSAGE", "OK"))
         for key in ("ADDED", "REMOVED", "CHANGED", "STARTED"):
@@ -199,70 +147,13 @@ def cmd_reload(client: Client, args: argparse.Namespace) -> int:
 def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
     answer = client.shutdown()
     if args.json:
-        _print_json(answer)
+        print_json(answer)
     else:
         print(answer.get("MESSAGE", "OK"))
     return EXIT_OK
 
 
 # -- parser -------------------------------------------------------------------------------------
-def cmd_jobs(client: Client, args: argparse.Namespace) -> int:
-    """``bis jobs submit|get|wait|cancel|list``: durable jobs (see the jobs guide)."""
-    action = args.jobs_command
-    if action == "submit":
-        inputs = parse_inputs(args.inputs, args.data, args.signature)
-        try:
-            job = client.submit(args.signature, priority=args.priority, webhook=args.webhook,
-                                idempotency_key=args.idempotency_key, **inputs)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        _print_json(job.last)
-    elif action == "list":
-        _print_json(client.jobs(status=args.status, signature=args.signature, limit=args.limit, cursor=args.cursor))
-    else:
-        job = client.job(args.job_id)
-        if action == "wait":
-            job.wait(args.wait_timeout)
-        elif action == "cancel":
-            job.cancel()
-        _print_json(job.last)
-        if action == "wait" and job.last["STATUS"] != "SUCCEEDED":
-            return EXIT_ERROR
-    return EXIT_OK
-
-
-def _add_jobs_commands(jobs: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    actions = jobs.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
-    submit = actions.add_parser("submit", parents=[common], help="submit a job; prints it (JOB_ID, STATUS)")
-    submit.add_argument("signature", metavar="SIGNATURE")
-    submit.add_argument("inputs", nargs="*", metavar="KEY=VALUE")
-    submit.add_argument("--data", metavar="JSON|@FILE", help="inputs as a JSON object, as for run")
-    submit.add_argument("--priority", type=int, choices=range(10), metavar="0-9", help="higher runs first")
-    submit.add_argument("--webhook", metavar="URL", help="POSTed the job when it ends")
-    submit.add_argument("--idempotency-key", metavar="KEY", help="a resubmission with it returns the same job")
-    for name, text in (("get", "print a job"), ("cancel", "cancel a queued or running job")):
-        actions.add_parser(name, parents=[common], help=text).add_argument("job_id", metavar="JOB_ID")
-    wait = actions.add_parser("wait", parents=[common], help="wait until a job ends, print it (exit 1 unless "
-                                                             "it SUCCEEDED)")
-    wait.add_argument("job_id", metavar="JOB_ID")
-    wait.add_argument("--for", dest="wait_timeout", type=_seconds, metavar="SECONDS", help="give up after")
-    listing = actions.add_parser("list", parents=[common], help="list jobs, newest first")
-    listing.add_argument("--status", choices=["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"])
-    listing.add_argument("--signature", metavar="SIGNATURE")
-    listing.add_argument("--limit", type=int, default=20)
-    listing.add_argument("--cursor", metavar="CURSOR", help="NEXT_CURSOR of the page before")
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
 def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
     """The options every command takes, before or after its name (``bis --json servers`` and
     ``bis servers --json``): the sub-parsers' copies default to SUPPRESS so they do not reset
@@ -276,7 +167,7 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     parser.add_argument("--token", default=default(os.environ.get("BIS_ADMIN_TOKEN") or _stored_token()),
                         help=f"admin token (default: $BIS_ADMIN_TOKEN, else the one the gateway stored in "
                              f"{TOKEN_FILE} of this folder)")
-    parser.add_argument("--timeout", type=_seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g}; connecting: at most "
                              f"{MAX_CONNECT_TIMEOUT:g})")
     parser.add_argument("--json", action="store_true", default=default(False),
@@ -317,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("signature", nargs="?", metavar="SIGNATURE", help="an endpoint, or * for all (default: "
                                                                         "read the configuration again)")
     command("shutdown", cmd_shutdown, "stop the gateway and its servers (needs the admin token)")
-    _add_jobs_commands(command("jobs", cmd_jobs, "durable jobs: submit, get, wait, cancel, list"), common)
+    add_job_commands(command, common)
     return parser
 
 

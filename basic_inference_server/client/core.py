@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from .errors import (
     error_from_response,
     reason_of,
 )
-from .jobs import Job
+from .jobs import Batch, Job
 from .streaming import NDJSON_TYPE, Stream
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,24 @@ class Client:
             body["WEBHOOK"] = webhook
         extra = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
         return Job(self, self.request("POST", "/jobs", body, headers=extra, retry=idempotency_key is not None))
+
+    def batch(self, rows: Iterable[dict[str, Any]]) -> Batch:
+        """Submit many jobs at once (``POST /batches``, NDJSON): each row is a ``/run`` body with
+        its ``SIGNATURE`` and, to match the results to it, a ``custom_id``. Returns a
+        :class:`~.jobs.Batch`: ``.status()``, ``.wait()``, ``.results()``."""
+        data = b"".join(_encode(row) + b"\n" for row in rows)
+        return Batch(self, json.loads(self.raw("POST", "/batches", data, "application/x-ndjson")))
+
+    def raw(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
+            retry: bool = False) -> bytes:
+        """Call a route whose body or answer is not one JSON object (NDJSON); the answer's bytes."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        url = self.url + path
+        return self._retrying(method, path, retry, lambda: self._open(method, url, data, headers).data)
+
+    def batch_of(self, batch_id: str) -> Batch:
+        """The batch ``batch_id`` (read from the gateway)."""
+        return Batch(self, self.request("GET", f"/batches/{batch_id}"))
 
     def job(self, job_id: str) -> Job:
         """The job ``job_id`` (read from the gateway)."""

@@ -5,10 +5,15 @@ Example::
     with Client("http://127.0.0.1:5002") as client:
         job = client.submit("dummy_model_demo2", INPUT_VALUE=3, idempotency_key="order-42")
         print(job.result(timeout=60)["predict_result"])
+        rows = ({"SIGNATURE": "dummy_model_demo2", "INPUT_VALUE": i, "custom_id": str(i)} for i in range(100))
+        batch = client.batch(rows)
+        for row in batch.results(timeout=600):
+            print(row["custom_id"], row["status"])
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Protocol
 
@@ -22,6 +27,9 @@ class Client(Protocol):
 
     def request(self, method: str, path: str, payload: dict[str, Any] | None = None, *,
                 admin: bool = False, retry: bool = True, headers: dict[str, str] | None = None) -> dict[str, Any]: ...
+
+    def raw(self, method: str, path: str, data: bytes | None = None, content_type: str | None = None,
+            retry: bool = False) -> bytes: ...
 
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
 POLL = 25.0  # seconds one long-poll asks for (under the client's read timeout)
@@ -83,3 +91,35 @@ class Job:
         raises ClientError with status 409."""
         self.last = self.client.request("DELETE", f"/jobs/{self.id}")
         return self.last
+
+
+class Batch:
+    """Jobs submitted together (``POST /batches``): ``id`` is its ``BATCH_ID``."""
+
+    def __init__(self, client: Client, answer: dict[str, Any]):
+        self.client = client
+        self.id: str = answer["BATCH_ID"]
+        self.last = answer
+
+    def __repr__(self) -> str:
+        return f"Batch({self.id!r}, {self.last.get('STATUS')})"
+
+    def status(self) -> dict[str, Any]:
+        """``STATUS`` (``IN_PROGRESS`` or ``COMPLETED``), ``TOTAL`` and ``COUNTS`` by job state."""
+        self.last = self.client.request("GET", f"/batches/{self.id}")
+        return self.last
+
+    def wait(self, timeout: float | None = None, every: float = 0.5) -> dict[str, Any]:
+        """Wait until every job of the batch has ended; its status. Raises Timeout after ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (status := self.status())["STATUS"] != "COMPLETED":
+            if deadline is not None and time.monotonic() >= deadline:
+                raise Timeout(f"batch {self.id} is not done after {timeout}s: {status['COUNTS']}")
+            time.sleep(every)
+        return status
+
+    def results(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Wait for the batch, then one row per input row, in order: ``custom_id``, ``status``, and
+        ``response`` (what /run answered) or ``error``."""
+        self.wait(timeout)
+        return [json.loads(line) for line in self.client.raw("GET", f"/batches/{self.id}/results").splitlines()]

@@ -338,3 +338,33 @@ def test_the_dashboard_data_has_the_queue_per_endpoint(jobs_gateway):
                                                                                    "oldest_age_s", "ended"}
     for job_id in held:
         jobs_gateway.session.delete(f"{jobs_gateway.url}/jobs/{job_id}", timeout=5)
+
+
+def test_batches_from_the_client_and_bis(jobs_gateway, tmp_path):
+    import subprocess
+    import sys
+
+    from basic_inference_server.client import Client
+
+    with Client(jobs_gateway.url) as client:
+        batch = client.batch({"SIGNATURE": "echo", "VALUE": i, "custom_id": f"c{i}"} for i in range(3))
+        rows = batch.results(timeout=10)
+        assert [(r["custom_id"], r["status"], r["response"]["predict_result"]["echo"]) for r in rows] == [
+            ("c0", "SUCCEEDED", 0), ("c1", "SUCCEEDED", 1), ("c2", "SUCCEEDED", 2)]
+        assert client.batch_of(batch.id).last["STATUS"] == "COMPLETED"
+    rows_file = tmp_path / "rows.ndjson"
+    rows_file.write_text('{"SIGNATURE": "echo", "VALUE": "x", "custom_id": "a"}\n'
+                         '{"SIGNATURE": "nope", "custom_id": "b"}\n')
+
+    def bis(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "basic_inference_server.client", "--url", jobs_gateway.url,
+                               "batches", *args], capture_output=True, text=True, timeout=30)
+
+    submitted = bis("submit", str(rows_file))
+    assert submitted.returncode == 0, submitted.stderr
+    batch_id = json.loads(submitted.stdout)["BATCH_ID"]
+    results = bis("results", batch_id, "--for", "10")
+    assert results.returncode == 0, results.stderr
+    lines = [json.loads(line) for line in results.stdout.splitlines()]
+    assert [(r["custom_id"], r["status"]) for r in lines] == [("a", "SUCCEEDED"), ("b", "FAILED")]
+    assert json.loads(bis("get", batch_id).stdout)["COUNTS"]["FAILED"] == 1

@@ -25,6 +25,7 @@ from basic_inference_server.client import (
     Unavailable,
     UnknownSignature,
     cli,
+    cliargs,
 )
 from basic_inference_server.client.render import servers_text
 
@@ -468,7 +469,7 @@ def test_stream_refuses_a_signature_input(stub):
     ("casa", "casa"), ("NaN", "NaN"), ("1e999", "1e999"), ("", ""), ("a=b", "a=b"),
 ])
 def test_cli_values_are_json_when_they_parse(text, value):
-    assert cli.parse_value(text) == value
+    assert cliargs.parse_value(text) == value
 
 
 def test_cli_run_merges_data_and_key_values(stub, tmp_path, capsys):
