@@ -18,6 +18,9 @@ run on CPU 1, wrk and the attackers on CPU 0. The attacks (issue 22):
 - ``idle``: ``--idle`` connections (in helper processes) that each get one ``/health`` answer and
   stay idle on keep-alive, then 500 new clients, each on a new connection: how many are served;
 - ``direct``: ``/run`` on ``target``'s own port without its secret;
+- ``jobs_containers``, ``batch_containers``, ``jobs_flood``: N connections submitting the 8 MB body
+  of nested arrays as a job of ``target``, an 8 MB batch of 80 such jobs of 100 KB each, or small
+  jobs as fast as they are answered (each a durable submission);
 - ``mistakes``: an admin TOKEN of ``"\\ud800"``, ``1e400``, an unpaired surrogate, and a V2 BYTES
   input of 2,000,000 empty elements: their statuses, and the V2 one's time.
 
@@ -62,9 +65,16 @@ def containers(signature: bytes | None) -> bytes:
     return head + _UNIT * ((EIGHT_MB - len(head) - 8) // len(_UNIT)) + b"[]]}"
 
 
-def post(body: bytes, path: bytes = b"/run", extra: bytes = b"") -> bytes:
-    return (b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
-            % (path, len(body), extra)) + body
+def post(body: bytes, path: bytes = b"/run", extra: bytes = b"", content_type: bytes = b"application/json") -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+            % (path, content_type, len(body), extra)) + body
+
+
+def ndjson_containers(signature: bytes) -> bytes:
+    """An 8 MB batch: 80 lines, each a job for ``signature`` carrying 100 KB of nested arrays."""
+    head = b'{"SIGNATURE": "%s", "custom_id": "x", "x": [' % signature
+    line = head + _UNIT * ((100_000 - len(head) - 4) // len(_UNIT)) + b"[]]}"
+    return b"\n".join([line] * (EIGHT_MB // (len(line) + 1)))
 
 
 def status_of(port: int, request: bytes, timeout: float = 60) -> int:
@@ -131,8 +141,10 @@ def measured(gateway: Gateway, wrk_binary: str, duration: float, cpu: str | None
             "restarts": restarts, **found}
 
 
-def resender(port: int, body: bytes, connections: int) -> Attack:
-    request = post(body)
+def resender(port: int, body: bytes, connections: int, request: bytes | None = None) -> Attack:
+    """``connections`` clients sending ``body`` to /run (or ``request`` as it is), each on a new
+    connection, again and again."""
+    request = request or post(body)
 
     def attack(stop: threading.Event, ready: threading.Event) -> dict:
         statuses: Counter[int] = Counter()
@@ -261,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
             attacks += [(f"containers_unknown_x{n}", resender(port, containers(b"nope"), n)),
                         (f"containers_target_x{n}", resender(port, containers(b"target"), n)),
                         (f"containers_stream_x{n}", resender(port, containers(b"stream"), n))]
+        small_job = post(json.dumps({**OTHER, "SIGNATURE": "target"}).encode(), b"/jobs")
+        for n in (int(c) for c in args.connections.split(",")):
+            attacks += [(f"jobs_containers_x{n}", resender(port, b"", n, post(containers(b"target"), b"/jobs"))),
+                        (f"batch_containers_x{n}", resender(port, b"", n, post(
+                            ndjson_containers(b"target"), b"/batches", content_type=b"application/x-ndjson"))),
+                        (f"jobs_flood_x{n}", resender(port, b"", n, small_job))]
         attacks += [("declared", declared([port, gateway.servers()["target"]["PORT"]])),
                     ("idle", idle(port, args.idle))]
         for name, attack in attacks:

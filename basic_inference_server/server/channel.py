@@ -31,6 +31,7 @@ from ..transport.frames import (
     CANCEL,
     CREDIT,
     ITEM,
+    PLAIN,
     REQUEST,
     STREAM,
     V2,
@@ -182,10 +183,11 @@ class ChannelOutlet:
     def push(self) -> None:
         self.conn.push()
 
-    def end(self, status: int, body: bytes) -> None:
+    def end(self, status: int, body: bytes, plain: bool = False) -> None:
         # Until now the call stayed pending, to receive the credit its kept items waited for.
         self.conn.pending.pop(self.tag, None)
-        self.conn.queue(reply_head(self.tag, status, len(body), "", STREAM if status == 200 else 0), body)
+        flags = (STREAM | (PLAIN if plain else 0)) if status == 200 else 0
+        self.conn.queue(reply_head(self.tag, status, len(body), "", flags), body)
 
     def dropped(self) -> None:
         self.conn.pending.pop(self.tag, None)  # the gateway gave up on it: nobody reads an answer

@@ -119,7 +119,7 @@ class _HttpCall:
     def push(self) -> None:
         """Items go to the loop one by one as they are sent: nothing waits to be pushed."""
 
-    def end(self, status: int, body: bytes) -> None:
+    def end(self, status: int, body: bytes, plain: bool = False) -> None:
         fmt = self._format()
         final = fmt.end(body) if status == 200 else fmt.error(body)
         self.fast.loop.call_soon_threadsafe(self._end, final)

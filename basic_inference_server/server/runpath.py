@@ -48,8 +48,9 @@ class Outlet(Protocol):
     def push(self) -> None:
         """Write what was queued."""
 
-    def end(self, status: int, body: bytes) -> None:
-        """Queue the end of a stream that began: its envelope (200) or the error that ends it."""
+    def end(self, status: int, body: bytes, plain: bool = False) -> None:
+        """Queue the end of a stream that began: its envelope (200) or the error that ends it
+        (``plain``: its one item was a ``_predict`` result that was not a generator)."""
 
     def dropped(self) -> None:
         """The call ended after its client left: nothing is answered."""
@@ -191,7 +192,8 @@ class RunPath:
             status, body = call.error.status, jsonutil.dumps_bytes(call.error.to_body())
         else:
             try:
-                if call.result is not Streamed:
+                plain = call.result is not Streamed
+                if plain:
                     outlet.send_item(jsonutil.dumps_bytes(call.result))
                     stream.count += 1
                 status, body = 200, jsonutil.dumps_bytes({
@@ -203,7 +205,8 @@ class RunPath:
                     outlet.whole(error_answer(error))
                     return
                 status, body = error.status, jsonutil.dumps_bytes(error.to_body())
-        stream.end(lambda: outlet.end(status, body))  # once the items kept for credit have gone
+        plain = call.error is None and call.result is not Streamed
+        stream.end(lambda: outlet.end(status, body, plain))  # once the items kept for credit have gone
 
     def _deliver_v2(self, call: Call, outlet: Outlet) -> None:
         v2, error = call.v2, call.error

@@ -10,7 +10,8 @@ bytes of body. Integers are big-endian::
     1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer,
                              V2 (2) for an Open Inference Protocol infer request;
                              REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
-                             with binary tensors
+                             with binary tensors, PLAIN (4) with STREAM: the stream's one item
+                             was what a ``_predict`` that yields nothing returned
     2       2     status     REPLY: the HTTP status of the answer; CREDIT: a number of items;
                              otherwise 0
     4       4     tag        the request's number on its connection, chosen by the gateway;
@@ -51,6 +52,7 @@ KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT))
 STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends the stream
 V2 = 2  # REQUEST flag: an Open Inference Protocol infer request (meta has its header length, version)
 BINARY = 2  # REPLY flag: a V2 answer with binary tensors (meta: its JSON header's length)
+PLAIN = 4  # REPLY flag, with STREAM: the one item was a plain answer, not a generator's (a job keeps it as such)
 STREAM_WINDOW = 4  # ITEMs a server may send ahead of the gateway's CREDIT
 MAX_META = 0xFFFF
 MAX_BODY = 0xFFFFFFFF

@@ -22,6 +22,7 @@ SECRET = "whsec_" + base64.b64encode(b"integration-webhook-secret-0123").decode(
 CONFIG = {**ECHO_CONFIG, "WEBHOOK_ALLOWED_HOSTS": ["127.0.0.1", "*.example.org"], "CONFIG_ENDPOINTS": {
     "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 5, "PREFIX": "e1"},
     "echo_off": {"SERVER_CLASS": "echo_model", "DISABLED": True},
+    "stream": {"SERVER_CLASS": "stream_model", "NR_WORKERS": 1},
 }}
 
 
@@ -298,7 +299,7 @@ def test_a_batch_runs_every_line_and_gives_results_in_input_order(jobs_gateway):
                                                   "last"]
     assert rows[0]["status"] == "SUCCEEDED" and rows[0]["response"]["predict_result"]["echo"] == 0
     assert "custom_id" not in json.dumps(rows[0]["response"]["predict_result"])  # removed before the hooks
-    assert rows[2]["status"] == "FAILED" and rows[2]["error"]["ERROR"].startswith("line 3: not JSON")
+    assert rows[2]["status"] == "FAILED" and rows[2]["error"]["ERROR"].startswith("line 3: Malformed JSON")
     assert rows[4]["status"] == "FAILED" and rows[4]["error"]["ERROR"].startswith("line 5: Bad signature")
     assert rows[7]["response"]["predict_result"]["echo"] == "slow"
 
@@ -368,3 +369,45 @@ def test_batches_from_the_client_and_bis(jobs_gateway, tmp_path):
     lines = [json.loads(line) for line in results.stdout.splitlines()]
     assert [(r["custom_id"], r["status"]) for r in lines] == [("a", "SUCCEEDED"), ("b", "FAILED")]
     assert json.loads(bis("get", batch_id).stdout)["COUNTS"]["FAILED"] == 1
+
+
+def sse_events(response: requests.Response) -> list[tuple[str, dict]]:
+    """(event, data) of a Server-Sent Events answer, as they came."""
+    events, kind = [], "message"
+    for line in response.iter_lines(decode_unicode=True):
+        if line.startswith("event: "):
+            kind = line[7:]
+        elif line.startswith("data: "):
+            events.append((kind, json.loads(line[6:])))
+            kind = "message"
+    return events
+
+
+def test_a_streaming_job_keeps_its_items_and_its_result_is_runs_collected_answer(jobs_gateway):
+    job = submit(jobs_gateway, {"SIGNATURE": "stream", "N": 4}).json()
+    done = wait_job(jobs_gateway, job["JOB_ID"])
+    direct = jobs_gateway.run("stream", N=4).json()
+    assert done["STATUS"] == "SUCCEEDED"
+    assert [item["i"] for item in done["RESULT"]["predict_result"]] == [0, 1, 2, 3]
+    assert set(done["RESULT"]) >= set(direct) - {"items"}  # the envelope /run gives
+    with jobs_gateway.session.get(f"{jobs_gateway.url}/jobs/{job['JOB_ID']}/events", stream=True, timeout=10) as events:
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        seen = sse_events(events)
+    assert [data["i"] for kind, data in seen if kind == "message"] == [0, 1, 2, 3]
+    assert seen[-1][0] == "end" and seen[-1][1]["STATUS"] == "SUCCEEDED"
+
+
+def test_job_events_replay_then_follow_a_running_stream(jobs_gateway):
+    job = submit(jobs_gateway, {"SIGNATURE": "stream", "N": 6, "GAP_MS": 150}).json()
+    deadline = time.monotonic() + 5
+    while jobs_gateway.get(f"/jobs/{job['JOB_ID']}").json()["STATUS"] != "RUNNING":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.35)  # a few items are kept already, the others are still to come
+    started = time.monotonic()
+    with jobs_gateway.session.get(f"{jobs_gateway.url}/jobs/{job['JOB_ID']}/events", stream=True, timeout=10) as events:
+        seen = sse_events(events)
+    assert [data["i"] for kind, data in seen if kind == "message"] == list(range(6))
+    assert seen[-1][0] == "end" and seen[-1][1]["STATUS"] == "SUCCEEDED"
+    assert time.monotonic() - started > 0.2  # it followed the items still to come, it did not only replay
+    assert jobs_gateway.get("/jobs/job_nope/events").status_code == 404

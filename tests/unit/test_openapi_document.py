@@ -17,7 +17,8 @@ SIGNATURES = ["dummy_model_demo1", "dummy_model_demo2"]
 # Flask adds these to every route it serves; the document lists the methods a route is written for.
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 JOB_OPERATIONS = {("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
-                  ("POST", "/batches"), ("GET", "/batches/{batch_id}"), ("GET", "/batches/{batch_id}/results")}
+                  ("GET", "/jobs/{job_id}/events"), ("POST", "/batches"), ("GET", "/batches/{batch_id}"),
+                  ("GET", "/batches/{batch_id}/results")}
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 

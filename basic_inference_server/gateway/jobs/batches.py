@@ -17,8 +17,9 @@ import secrets
 import time
 from typing import Any
 
-from ... import jsonutil
+from ... import jsonbody, jsonutil
 from ...errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, ServingError
+from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from .records import JobRecord, JobState, iso, new_job_id
 from .routes import JobsPath, _Answer, _Pending
@@ -34,10 +35,10 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
-def create(store: JobStore, body: bytes, read_line: Any) -> tuple[dict[str, Any], list[JobRecord]]:
-    """Store a batch and its jobs (on the store's thread). ``read_line(data)`` gives (signature,
-    priority, webhook, the body for the hooks) or raises ServingError. Returns the batch's
-    description and the jobs queued."""
+def create(store: JobStore, body: bytes, read_line: Any, limits: JsonLimits) -> tuple[dict[str, Any], list[JobRecord]]:
+    """Store a batch and its jobs (on the store's thread). Each line is read within the MAX_JSON_*
+    ``limits``; ``read_line(data)`` gives (signature, priority, webhook, the body for the hooks)
+    or raises ServingError. Returns the batch's description and the jobs queued."""
     lines = body.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -51,15 +52,11 @@ def create(store: JobStore, body: bytes, read_line: Any) -> tuple[dict[str, Any]
     for index, line in enumerate(lines):
         custom_id, signature, priority, webhook, inputs, failure = None, "", 5, None, b"", None
         try:
-            data = json.loads(line)
-            if not isinstance(data, dict):
-                raise BadRequest("expected a JSON object")
+            data = jsonbody.loads_object(line, limits)  # BadRequest, PayloadTooLarge: that line fails
             custom_id = data.pop("custom_id", None)
             if custom_id is not None and not isinstance(custom_id, str):
                 raise BadRequest(f"custom_id: expected a string, got {custom_id!r}")
             signature, priority, webhook, inputs = read_line(jsonutil.dumps_bytes(data))
-        except ValueError as exc:  # not JSON (json.JSONDecodeError)
-            failure = BadRequest(f"line {index + 1}: not JSON: {exc}")
         except ServingError as exc:
             exc.message = f"line {index + 1}: {exc.message}"
             failure = exc
@@ -145,7 +142,7 @@ class BatchesPath:
         if kind != NDJSON.encode():
             raise ServingError(f"a batch is NDJSON: send it with Content-Type: {NDJSON}, one /run body (and its "
                                "custom_id) per line", status=415)
-        body, read = request.body, self.jobs.reader()
+        body, read, limits = request.body, self.jobs.reader(), self.jobs.limits
 
         def done(result: Any, error: ServingError | None) -> None:
             if error is not None:
@@ -155,7 +152,7 @@ class BatchesPath:
             for job in queued:
                 self.jobs.dispatcher.submitted(job)
             answer(202, jsonutil.dumps_bytes(batch), [("Location", f"{PREFIX}/{batch['BATCH_ID']}")])
-        self.store.call(lambda s: create(s, body, read), done, durable=True)
+        self.store.call(lambda s: create(s, body, read, limits), done, durable=True)
 
     def _results(self, batch_id: str, answer: _Answer, respond: Responder, pending: _Pending) -> None:
         def page(result: Any, error: ServingError | None, first: bool) -> None:

@@ -17,14 +17,16 @@ queue, not counted), the connection was lost (run again), the endpoint's REQUEST
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ... import jsonutil, requestid
 from ...errors import ServerDied, ServingError
+from ...transport.frames import PLAIN, STREAM
 from ..remote.client import NotRun
 from ..routing.forward import transport_error
 from ..routing.outcome import Failure, Misroute, Outcome, Reply
@@ -49,6 +51,7 @@ class _Running:
     channel: Any
     sent: float
     tag: int | None = None
+    items: list[bytes] = field(default_factory=list)  # a streaming endpoint's items, as they came
 
 
 class Dispatcher:
@@ -66,6 +69,7 @@ class Dispatcher:
         self._claiming: set[str] = set()
         self._paused: dict[str, float] = {}  # signature -> monotonic time it gets jobs again
         self._waiters: dict[str, list[Callable[[], None]]] = {}  # job id -> told when it ends
+        self._followers: dict[str, list[Callable[[int, bytes | None], None]]] = {}  # job id -> told each item
         self._tick_due = False  # a look is due at the next turn of the loop
         self._timer: asyncio.TimerHandle | None = None  # the look every TICK while jobs wait
         self._closed = False
@@ -168,10 +172,49 @@ class Dispatcher:
         self.stats.attempt(job.signature)
         token = requestid.bind(job.job_id)
         try:
-            running.tag = running.channel.send(job.job_id, job.signature, body, handle.endpoint.request_timeout,
-                                               lambda outcome: self._answered(running, outcome))
+            endpoint = handle.endpoint
+            # Over the channel, a job asks for its items one by one (kept for GET /jobs/<id>/events);
+            # a remote server is asked for the whole answer (its HTTP stream cannot say PLAIN).
+            running.tag = running.channel.send(job.job_id, job.signature, body, endpoint.request_timeout,
+                                               lambda outcome: self._answered(running, outcome),
+                                               lambda item: self._item(running, item), endpoint.stream_idle_timeout,
+                                               endpoint.stream_timeout, not handle.is_remote)
         finally:
             requestid.unbind(token)
+
+    # -- the items of a job on a streaming endpoint -------------------------------------------------------
+    def _item(self, running: _Running, item: bytes) -> None:
+        """An item of a streaming endpoint's job: kept (in the store, for GET /jobs/<id>/events, and
+        here, for its RESULT), shown to who follows it, and acknowledged at once (nobody reads
+        slower than the store writes)."""
+        job = running.job
+        if self.running.get(job.job_id) is not running:
+            return
+        index = len(running.items)
+        running.items.append(item)
+        running.handle.progress += 1
+        if index:  # (the first is kept once a second comes, or the end says it was not a plain answer)
+            self._keep(job, index - 1 if index == 1 else index, running.items[-2:] if index == 1 else [item])
+        if running.tag is not None:
+            running.channel.grant(running.tag, 1)
+        for told in list(self._followers.get(job.job_id, ())):
+            told(index, item)
+
+    def _keep(self, job: JobRecord, first: int, items: list[bytes]) -> None:
+        self.store.call(lambda s: s.add_items(job.job_id, first, items), _ignore)
+
+    def follow(self, job_id: str, told: Callable[[int, bytes | None], None]) -> Callable[[], None]:
+        """``told(index, item)`` for each new item of job ``job_id``, ``told(-1, None)`` once it has
+        ended; returns what stops it."""
+        self._followers.setdefault(job_id, []).append(told)
+
+        def forget() -> None:
+            followers = self._followers.get(job_id)
+            if followers and told in followers:
+                followers.remove(told)
+                if not followers:
+                    del self._followers[job_id]
+        return forget
 
     # -- an attempt ends ------------------------------------------------------------------------------
     def _answered(self, running: _Running, outcome: Outcome) -> None:
@@ -183,9 +226,13 @@ class Dispatcher:
         handle.progress += 1
         if isinstance(outcome, Reply):
             self.stats.answered(job.signature, time.monotonic() - running.sent)
+        if len(running.items) == 1 and not (isinstance(outcome, Reply) and outcome.flags & PLAIN):
+            self._keep(job, 0, running.items)  # a stream that ended after one item: kept too
         match outcome:
             case Reply(status=200):
-                status, body, _headers = self.router.relay(outcome.status, outcome.body, outcome.meta,
+                plain = bool(outcome.flags & PLAIN)
+                answer = _collected(running.items, outcome.body, plain) if outcome.flags & STREAM else outcome.body
+                status, body, _headers = self.router.relay(outcome.status, answer, outcome.meta,
                                                            self.router.is_flat(handle))
                 self._finish(job, JobState.SUCCEEDED, status, _bytes(body))
             case Reply(status=503):
@@ -256,6 +303,8 @@ class Dispatcher:
     def _ended(self, job_id: str) -> None:
         for told in self._waiters.pop(job_id, ()):
             told()
+        for follower in self._followers.pop(job_id, ()):
+            follower(-1, None)
         self.on_ended()
 
     def _count(self) -> None:
@@ -279,6 +328,25 @@ class Dispatcher:
                 logger.info("Jobs: %d finished job(s) older than JOB_TTL purged", count)
         self.store.call(lambda s: s.purge(before), done)
         self.loop.call_later(PURGE_EVERY, self._purge)
+
+
+def _ignore(_result: Any, _error: ServingError | None) -> None:
+    pass
+
+
+def _collected(items: list[bytes], end: bytes, plain: bool) -> bytes:
+    """A streamed answer as /run answers a client that asked for no stream: the items in
+    ``predict_result`` (``plain``: the one item, a ``_predict`` that yielded nothing), with the
+    end's fields (call_id, signature, worker_id)."""
+    try:
+        fields = json.loads(end)
+    except ValueError:
+        fields = {}
+    body = json.dumps({key: value for key, value in (fields if isinstance(fields, dict) else {}).items()
+                       if key not in ("predict_result", "items")}, separators=(",", ":")).encode()
+    result = items[0] if plain and len(items) == 1 else b"[" + b",".join(items) + b"]"
+    head = b'{"predict_result":' + result
+    return head + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 def _bytes(body: Any) -> bytes:

@@ -25,6 +25,7 @@ from ...errors import (
 )
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
+from ...transport.streamformat import SSE
 from ..routing.router import Router
 from .dispatcher import Dispatcher
 from .records import JobRecord, JobState, new_job_id
@@ -110,8 +111,12 @@ class JobsPath:
                 self._cancel(job_id, answer)
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /jobs/<id>", allow="GET, HEAD, DELETE")
+        elif len(parts) == 4 and parts[2] and parts[3] == "events":
+            if method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(f"{method} is not allowed on /jobs/<id>/events", allow="GET, HEAD")
+            JobEvents(self, parts[2], answer, pending).start()
         else:
-            raise NotFound(f"no route {path}: /jobs and /jobs/<id> are")
+            raise NotFound(f"no route {path}: /jobs, /jobs/<id> and /jobs/<id>/events are")
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, request: HttpRequest, answer: _Answer) -> None:
@@ -291,3 +296,97 @@ def _int_of(query: dict[str, str], name: str, default: int, low: int, high: int)
     if not text.isdigit() or not low <= int(text) <= high:
         raise BadRequest(f"{name}: expected an integer from {low} to {high}, got {text!r}")
     return int(text)
+
+
+class JobEvents:
+    """``GET /jobs/<id>/events``: the job's items as Server-Sent Events, those kept first, then
+    each new one as it comes, and ``event: end`` with the job (as ``GET /jobs/<id>``) once it has
+    ended. A client that reads slower than the items come is sent them from the store when it
+    has caught up (nothing waits in memory for it)."""
+
+    PAGE = 256
+
+    def __init__(self, jobs: JobsPath, job_id: str, answer: _Answer, pending: _Pending):
+        self.jobs, self.job_id, self.answer, self.pending = jobs, job_id, answer, pending
+        self.respond = answer.respond
+        self.sent = 0  # items written
+        self.started = False
+        self.lagging = False  # the client has not taken what was written: new items wait in the store
+        self.reading = False  # a read of the store is on its way
+        self.ended = False
+
+    def start(self) -> None:
+        self.pending.forget = self.jobs.dispatcher.follow(self.job_id, self._told)  # before reading: none missed
+        self._read()
+
+    def _read(self) -> None:
+        self.reading = True
+        job_id, after = self.job_id, self.sent
+        self.jobs.store.call(lambda s: (s.get(job_id), s.items(job_id, after, self.PAGE)), self._got)
+
+    def _got(self, result: Any, error: ServingError | None) -> None:
+        self.reading = False
+        if self.pending.gone and self.started:
+            return
+        if error is not None or result[0] is None:
+            self._stop()
+            if not self.started:
+                self.answer.error(error or NotFound(f"no job {self.job_id!r} (unknown, or purged after JOB_TTL)"))
+            return
+        job, items = result
+        data = b"".join(SSE.item(item) for item in items)
+        self.sent += len(items)
+        if not self.started:
+            self.started = True
+            taken = self.respond.start_stream(SSE.content_type, data)
+        else:
+            taken = self.respond.chunk(data) if data else True
+        if len(items) == self.PAGE:  # more kept than one page
+            self._after(taken, self._read)
+        elif job.ended or self.ended:
+            self._end()
+        else:
+            self.lagging = not taken
+            if not taken:
+                self.pending.on_resumed = self._read
+
+    def _told(self, index: int, item: bytes | None) -> None:
+        if index < 0:
+            self.ended = True
+            if not self.lagging and not self.reading:
+                self._read()  # the rest, then the end
+            return
+        if self.lagging or not self.started or self.reading:
+            return  # the client catching up, or a read on its way, takes it from the store
+        if index != self.sent:
+            self._read()  # one came while the store was read: take what is missing from there
+            return
+        self.sent += 1
+        if not self.respond.chunk(SSE.item(item or b"")):
+            self.lagging = True
+            self.pending.on_resumed = self._caught_up
+
+    def _caught_up(self) -> None:
+        self.lagging = False
+        self._read()
+
+    def _after(self, taken: bool, then: Callable[[], None]) -> None:
+        if taken:
+            then()
+        else:
+            self.pending.on_resumed = then
+
+    def _end(self) -> None:
+        self._stop()
+        job_id = self.job_id
+
+        def done(job: JobRecord | None, error: ServingError | None) -> None:
+            body = job.to_json() if job is not None else b"{}"
+            self.pending.gone = True
+            self.respond.end_stream(SSE.end(body))
+        self.jobs.store.call(lambda s: s.get(job_id), done)
+
+    def _stop(self) -> None:
+        if self.pending.forget is not None:
+            self.pending.forget()
+            self.pending.forget = None

@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     batch_index INTEGER,
     custom_id TEXT
 );
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     created REAL NOT NULL,
@@ -216,8 +222,20 @@ class JobStore:
             job = self._record(row[:-2], with_answer=False)
             if self._move(job, JobState.RUNNING, attempts=job.attempts + 1, started=now):
                 job.body = row[-2] if row[-1] is None else self._read_blob(row[-1])
+                self.db.execute("DELETE FROM job_items WHERE job_id = ?", (job.job_id,))  # an attempt lost before
                 claimed.append(job)
         return claimed
+
+    # -- the items of a job on a streaming endpoint ------------------------------------------------------
+    def add_items(self, job_id: str, first: int, items: list[bytes]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO job_items (job_id, idx, data) VALUES (?, ?, ?)",
+                            [(job_id, first + n, data) for n, data in enumerate(items)])
+
+    def items(self, job_id: str, after: int, limit: int) -> list[bytes]:
+        """Items ``after`` on, in order."""
+        rows = self.db.execute("SELECT data FROM job_items WHERE job_id = ? AND idx >= ? ORDER BY idx LIMIT ?",
+                               (job_id, after, limit))
+        return [row[0] for row in rows]
 
     def finish(self, job: JobRecord, state: JobState, status: int, answer: bytes, now: float) -> bool:
         """A RUNNING job ended (SUCCEEDED or FAILED) with ``answer``; False when it was not RUNNING
@@ -271,6 +289,8 @@ class JobStore:
                                (before,)).fetchall()
         for job_id, answer_file in rows:
             self._drop_blobs(answer_file, job_id + ".body")
+        self.db.execute("DELETE FROM job_items WHERE job_id IN (SELECT id FROM jobs WHERE finished IS NOT NULL "
+                        "AND finished < ?)", (before,))
         self.db.execute("DELETE FROM jobs WHERE finished IS NOT NULL AND finished < ?", (before,))
         self.db.execute("DELETE FROM batches WHERE created < ? AND id NOT IN "
                         "(SELECT DISTINCT batch_id FROM jobs WHERE batch_id IS NOT NULL)", (before,))

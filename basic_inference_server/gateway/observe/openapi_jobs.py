@@ -70,8 +70,12 @@ def jobs_paths(signatures: list[str]) -> dict[str, Any]:
     cancel = _operation("cancelJob", "Cancel a queued or running job", TAG, {
         "200": _answer("cancelled", _schema("Job")), "404": "NotFound",
         "409": _error("the job has ended: nothing to cancel")}, parameters=[_JOB_ID])
+    events = _operation("jobEvents", "A job's items as Server-Sent Events: those kept, then each new one, then the end",
+                        TAG, {"200": _answer("data: <item> per item, then event: end with the job",
+                                             {"type": "string"}, media_type="text/event-stream"),
+                              "404": "NotFound"}, parameters=[_JOB_ID])
     return {"/jobs": {"post": submit, "get": listing}, "/jobs/{job_id}": {"get": get, "delete": cancel},
-            **_batch_paths()}
+            "/jobs/{job_id}/events": {"get": events}, **_batch_paths()}
 
 
 def _batch_paths() -> dict[str, Any]:
