@@ -206,15 +206,7 @@ class Dispatcher:
     def follow(self, job_id: str, told: Callable[[int, bytes | None], None]) -> Callable[[], None]:
         """``told(index, item)`` for each new item of job ``job_id``, ``told(-1, None)`` once it has
         ended; returns what stops it."""
-        self._followers.setdefault(job_id, []).append(told)
-
-        def forget() -> None:
-            followers = self._followers.get(job_id)
-            if followers and told in followers:
-                followers.remove(told)
-                if not followers:
-                    del self._followers[job_id]
-        return forget
+        return _subscribe(self._followers, job_id, told)
 
     # -- an attempt ends ------------------------------------------------------------------------------
     def _answered(self, running: _Running, outcome: Outcome) -> None:
@@ -290,15 +282,7 @@ class Dispatcher:
 
     def wait(self, job_id: str, told: Callable[[], None]) -> Callable[[], None]:
         """Call ``told`` once job ``job_id`` ends; returns what forgets the wait."""
-        self._waiters.setdefault(job_id, []).append(told)
-
-        def forget() -> None:
-            waiters = self._waiters.get(job_id)
-            if waiters and told in waiters:
-                waiters.remove(told)
-                if not waiters:
-                    del self._waiters[job_id]
-        return forget
+        return _subscribe(self._waiters, job_id, told)
 
     def _ended(self, job_id: str) -> None:
         for told in self._waiters.pop(job_id, ()):
@@ -328,6 +312,19 @@ class Dispatcher:
                 logger.info("Jobs: %d finished job(s) older than JOB_TTL purged", count)
         self.store.call(lambda s: s.purge(before), done)
         self.loop.call_later(PURGE_EVERY, self._purge)
+
+
+def _subscribe(table: dict[str, list[Any]], job_id: str, told: Any) -> Callable[[], None]:
+    """Add ``told`` to ``table[job_id]``; returns what takes it out again."""
+    table.setdefault(job_id, []).append(told)
+
+    def forget() -> None:
+        listeners = table.get(job_id)
+        if listeners and told in listeners:
+            listeners.remove(told)
+            if not listeners:
+                del table[job_id]
+    return forget
 
 
 def _ignore(_result: Any, _error: ServingError | None) -> None:
