@@ -150,6 +150,7 @@ class RequestIds:
 
 
 ROUTED_HEADER = "X-Routed-Signature"  # the endpoint a gateway routed a body to without parsing it
+JOB_HEADER = "X-Durable-Job"  # "1": the body is a durable job's, whose own fields are not inputs
 ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of gateways and the model servers they did not start
 ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it (a Docker or Kubernetes secret)
 ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start

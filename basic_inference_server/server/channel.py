@@ -31,6 +31,7 @@ from ..transport.frames import (
     CANCEL,
     CREDIT,
     ITEM,
+    JOB,
     PLAIN,
     REQUEST,
     STREAM,
@@ -154,6 +155,7 @@ class ChannelRequest:
     oversize: int  # the body's length when it was over the limit (and not kept), else 0
     stream: bool  # the client asked for a streamed answer
     v2: tuple[int | None, str] | None  # an Open Inference Protocol request: its JSON header length, model version
+    job: bool = False  # a durable job's body: its own fields are not inputs
 
 
 # handler(connection, request): answers at once with connection.reply(...), or records the call in
@@ -280,7 +282,7 @@ class ChannelServer:
             request_id, routed = frame.request_meta()
             v2 = frame.v2_meta() if frame.flags & V2 else None
             self.handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
-                                              bool(frame.flags & STREAM), v2))
+                                              bool(frame.flags & STREAM), v2, bool(frame.flags & JOB)))
         elif frame.kind == CANCEL:
             call = pending.pop(frame.tag, None)
             if call is not None:

@@ -27,7 +27,7 @@ from ..transport import streamformat
 from ..transport.deadline import Deadline
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
-from ..webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER, Answer, RequestIds
+from ..webutil import ENDPOINT_TOKEN_HEADER, JOB_HEADER, ROUTED_HEADER, Answer, RequestIds
 from .app import ServerState, create_app, require_token
 from .call import Call
 from .runpath import RunPath, error_answer
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 _TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
 _ROUTED = ROUTED_HEADER.lower().encode("latin-1")
+_JOB = JOB_HEADER.lower().encode("latin-1")
 
 
 def serve_http(state: ServerState, runpath: RunPath, host: str, port: int, *, token: str | None, threads: int,
@@ -96,7 +97,8 @@ class _HttpCall:
         state = fast.state
         self.deadline = Deadline(fast.loop.time(), state.request_timeout, state.stream_idle_timeout,
                                  state.stream_timeout)
-        self.call: Call | None = fast.runpath.call(self, request.body, request.request_id, routed, fmt is not None)
+        self.call: Call | None = fast.runpath.call(self, request.body, request.request_id, routed, fmt is not None,
+                                                   job=request.header(_JOB) == b"1")
         fast.runpath.queue(self.call)  # raises ServingError (503): never ended, so nothing else to undo
         self.timer: asyncio.TimerHandle | None = fast.loop.call_at(self.deadline.due, self._check_time)
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from .. import jsonbody, jsonutil, requestid
 from ..errors import Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, body_too_large, error_body
+from ..transport.frames import JOB_FIELDS
 from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
 from ..webutil import Answer
@@ -27,6 +28,8 @@ from .v2 import V2Call
 from .v2 import accept as accept_v2
 from .v2 import error_body as v2_error_body
 from .worker import CONTROL_KEYS
+
+JOB_KEYS = CONTROL_KEYS | JOB_FIELDS  # what a durable job's body holds that is no input
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +71,13 @@ class RunPath:
 
     # -- in: the thread that received the request ------------------------------------------------
     def call(self, outlet: Outlet, raw: bytes, request_id: str, routed: str, stream_wanted: bool = False,
-             v2: V2Call | None = None) -> Call:
+             v2: V2Call | None = None, job: bool = False) -> Call:
         """A call for one request, not queued yet (ShuttingDown while the server drains)."""
         state = self.state
         if state.draining:
             raise ShuttingDown()
         call = Call(next(state.call_ids), request_id, lambda call: self.deliver(call, outlet), raw=raw, routed=routed)
+        call.job = job
         if v2 is not None:
             call.v2 = v2
         else:
@@ -103,7 +107,7 @@ class RunPath:
                 raise body_too_large(self.state.max_body_bytes, request.oversize)
             v2 = V2Call(request.routed, request.v2[1], request.v2[0]) if request.v2 is not None else None
             call = self.call(ChannelOutlet(conn, tag, self.state.inflight), request.body, request.request_id,
-                             request.routed, request.stream, v2)
+                             request.routed, request.stream, v2, request.job)
             conn.pending[tag] = call  # before it is queued: a worker may end it at once
             try:
                 self.queue(call)
@@ -144,7 +148,8 @@ class RunPath:
         if call.routed and body.get("SIGNATURE") != call.routed:
             signature = jsonbody.signature_of(body)
             raise Misrouted(f"the body names endpoint {signature!r}, not {call.routed!r}", signature=signature)
-        call.inputs = {k: v for k, v in body.items() if k not in CONTROL_KEYS}
+        dropped = JOB_KEYS if call.job else CONTROL_KEYS  # (a job's own fields are no inputs either)
+        call.inputs = {k: v for k, v in body.items() if k not in dropped}
         if call.open_stream is not None and (call.stream_wanted or body.get("STREAM") is True):
             call.stream = call.open_stream()
 

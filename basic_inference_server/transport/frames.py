@@ -8,7 +8,9 @@ bytes of body. Integers are big-endian::
     offset  size  field
     0       1     kind       REQUEST (1), REPLY (2), CANCEL (3), ITEM (4), CREDIT (5)
     1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer,
-                             V2 (2) for an Open Inference Protocol infer request;
+                             V2 (2) for an Open Inference Protocol infer request, JOB (4) for a
+                             durable job's body (its own fields, PRIORITY, WEBHOOK and custom_id,
+                             are not inputs);
                              REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
                              with binary tensors, PLAIN (4) with STREAM: the stream's one item
                              was what a ``_predict`` that yields nothing returned
@@ -51,6 +53,8 @@ REQUEST, REPLY, CANCEL, ITEM, CREDIT = 1, 2, 3, 4, 5
 KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT))
 STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends the stream
 V2 = 2  # REQUEST flag: an Open Inference Protocol infer request (meta has its header length, version)
+JOB = 4  # REQUEST flag: a durable job's body, whose own fields (JOB_FIELDS) the hooks do not get
+JOB_FIELDS = frozenset({"PRIORITY", "WEBHOOK", "custom_id"})
 BINARY = 2  # REPLY flag: a V2 answer with binary tensors (meta: its JSON header's length)
 PLAIN = 4  # REPLY flag, with STREAM: the one item was a plain answer, not a generator's (a job keeps it as such)
 STREAM_WINDOW = 4  # ITEMs a server may send ahead of the gateway's CREDIT

@@ -411,3 +411,24 @@ def test_job_events_replay_then_follow_a_running_stream(jobs_gateway):
     assert seen[-1][0] == "end" and seen[-1][1]["STATUS"] == "SUCCEEDED"
     assert time.monotonic() - started > 0.2  # it followed the items still to come, it did not only replay
     assert jobs_gateway.get("/jobs/job_nope/events").status_code == 404
+
+
+def test_a_large_job_body_is_not_parsed_by_the_gateway_and_its_fields_never_reach_the_hooks(jobs_gateway):
+    """Over 64 KB a submission is scanned, not parsed (as /run's bodies): its PRIORITY and WEBHOOK
+    are found, checked and kept, and the model server leaves them out of the inputs."""
+    big = "x" * 100_000
+    job = submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": big, "PRIORITY": 8}).json()
+    assert job["PRIORITY"] == 8
+    done = wait_job(jobs_gateway, job["JOB_ID"])
+    assert done["STATUS"] == "SUCCEEDED" and done["RESULT"]["predict_result"]["echo"] == big
+    assert submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": big, "PRIORITY": 12}).status_code == 400
+    refused = submit(jobs_gateway, {"SIGNATURE": "echo", "VALUE": big, "WEBHOOK": "http://evil.test/x"})
+    assert refused.status_code == 400 and "WEBHOOK_ALLOWED_HOSTS" in refused.json()["ERROR"]
+    line = json.dumps({"SIGNATURE": "echo", "VALUE": big, "custom_id": "big", "PRIORITY": 1})
+    batch = post_batch(jobs_gateway, [line]).json()
+    deadline = time.monotonic() + 10
+    while jobs_gateway.get(f"/batches/{batch['BATCH_ID']}").json()["STATUS"] != "COMPLETED":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    row = json.loads(jobs_gateway.get(f"/batches/{batch['BATCH_ID']}/results").text)
+    assert row["custom_id"] == "big" and row["response"]["predict_result"]["echo"] == big

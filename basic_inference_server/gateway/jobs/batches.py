@@ -13,6 +13,7 @@ one NDJSON line per input line, ``{"custom_id", "status", "response"}`` or ``{"c
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from ... import jsonbody, jsonutil
 from ...errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, ServingError
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
+from ..routing.router import INLINE_SCAN
 from .records import JobRecord, JobState, iso, new_job_id
 from .routes import JobsPath, _Answer, _Pending
 from .store import JobStore
@@ -29,6 +31,9 @@ PREFIX = "/batches"
 NDJSON = "application/x-ndjson"
 MAX_LINES = 50_000  # lines one batch may hold (OpenAI's limit too)
 PAGE = 500  # result lines read from the store at a time
+
+
+_CUSTOM_ID_AT = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{0,256})"')
 
 
 def new_batch_id() -> str:
@@ -46,17 +51,23 @@ def create(store: JobStore, body: bytes, read_line: Any, limits: JsonLimits) -> 
         raise BadRequest("the batch is empty: send one JSON object per line (NDJSON)")
     if len(lines) > MAX_LINES:
         raise PayloadTooLarge(f"a batch holds at most {MAX_LINES} lines, this one has {len(lines)}")
+    store.check_room(len(body))  # a full store refuses the batch before reading a line of it
     batch_id, now = new_batch_id(), time.time()
     store.db.execute("INSERT INTO batches (id, created, total) VALUES (?, ?, ?)", (batch_id, now, len(lines)))
     queued = []
     for index, line in enumerate(lines):
         custom_id, signature, priority, webhook, inputs, failure = None, "", 5, None, b"", None
         try:
-            data = jsonbody.loads_object(line, limits)  # BadRequest, PayloadTooLarge: that line fails
-            custom_id = data.pop("custom_id", None)
-            if custom_id is not None and not isinstance(custom_id, str):
-                raise BadRequest(f"custom_id: expected a string, got {custom_id!r}")
-            signature, priority, webhook, inputs = read_line(jsonutil.dumps_bytes(data))
+            if len(line) > INLINE_SCAN:  # not parsed here (read_line scans it; its model server reads it)
+                found = _CUSTOM_ID_AT.search(line)
+                custom_id = found.group(1).decode("utf-8", "replace") if found is not None else None
+                signature, priority, webhook, inputs = read_line(line)
+            else:
+                data = jsonbody.loads_object(line, limits)  # BadRequest, PayloadTooLarge: that line fails
+                custom_id = data.pop("custom_id", None)
+                if custom_id is not None and not isinstance(custom_id, str):
+                    raise BadRequest(f"custom_id: expected a string, got {custom_id!r}")
+                signature, priority, webhook, inputs = read_line(jsonutil.dumps_bytes(data))
         except ServingError as exc:
             exc.message = f"line {index + 1}: {exc.message}"
             failure = exc

@@ -178,7 +178,7 @@ class Dispatcher:
             running.tag = running.channel.send(job.job_id, job.signature, body, endpoint.request_timeout,
                                                lambda outcome: self._answered(running, outcome),
                                                lambda item: self._item(running, item), endpoint.stream_idle_timeout,
-                                               endpoint.stream_timeout, not handle.is_remote)
+                                               endpoint.stream_timeout, not handle.is_remote, job=True)
         finally:
             requestid.unbind(token)
 

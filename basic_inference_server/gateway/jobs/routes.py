@@ -8,6 +8,7 @@ removed from the body the hooks get. It is answered 202 once committed to disk.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ...errors import (
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.streamformat import SSE
-from ..routing.router import Router
+from ..routing.router import INLINE_SCAN, Router
 from .dispatcher import Dispatcher
 from .records import JobRecord, JobState, new_job_id
 from .store import JobStore
@@ -145,10 +146,14 @@ class JobsPath:
     def reader(self) -> Callable[[bytes], tuple[str, int, str | None, bytes]]:
         """What reads a submission on the store's thread: (signature, priority, webhook, the body
         the hooks get); ServingError for one that cannot run (400, 404)."""
-        known, limits, allowed = self.router.table.routes, self.limits, self.allowed_hosts
+        router, limits, allowed = self.router, self.limits, self.allowed_hosts
+        known = router.table.routes
 
         def read(body: bytes) -> tuple[str, int, str | None, bytes]:
-            signature, priority, webhook, inputs = _read_submission(body, limits, allowed)
+            if len(body) > INLINE_SCAN:  # never parsed in the gateway: the model server reads it
+                signature, priority, webhook, inputs = _scan_submission(body, router, allowed)
+            else:
+                signature, priority, webhook, inputs = _read_submission(body, limits, allowed)
             if signature not in known.servers:
                 endpoint = known.endpoints.get(signature)
                 if endpoint is None or endpoint.is_support:
@@ -261,6 +266,34 @@ def _read_submission(body: bytes, limits: JsonLimits,
             raise BadRequest(f"WEBHOOK: expected an http:// or https:// URL, got {webhook!r}")
         check_url(webhook, allowed)
     return signature, priority, webhook, jsonutil.dumps_bytes(data)
+
+
+_PRIORITY_AT = re.compile(rb'"PRIORITY"\s*:\s*')
+_INTEGER = re.compile(rb"-?[0-9]+(?=\s*[,}\]])")
+_WEBHOOK_AT = re.compile(rb'"WEBHOOK"\s*:\s*')
+_STRING = re.compile(rb'"([^"\\]{0,4096})"')
+
+
+def _scan_submission(body: bytes, router: Router,
+                     allowed: tuple[str, ...] | None) -> tuple[str, int, str | None, bytes]:
+    """A submission over INLINE_SCAN bytes, read without parsing it (a large body costs the
+    gateway's process no parsing, as on /run): routed by its first ``"SIGNATURE"``, its first
+    ``"PRIORITY"`` and ``"WEBHOOK"`` taken as the job's; it is stored as it came, and its model
+    server leaves those fields out of the inputs (the JOB flag)."""
+    signature = router.signature_in(body)
+    priority, webhook = 5, None
+    if (at := _PRIORITY_AT.search(body)) is not None:
+        value = _INTEGER.match(body, at.end())
+        priority = int(value.group()) if value is not None else -1
+        if not 0 <= priority <= 9:
+            raise BadRequest("PRIORITY: expected an integer from 0 to 9 (higher runs first)")
+    if (at := _WEBHOOK_AT.search(body)) is not None:
+        value = _STRING.match(body, at.end())
+        if value is None:
+            raise BadRequest("WEBHOOK: expected an http:// or https:// URL (a string without escapes)")
+        webhook = value.group(1).decode("utf-8", "replace")
+        check_url(webhook, allowed)
+    return signature, priority, webhook, body
 
 
 def _query(query: str) -> dict[str, str]:

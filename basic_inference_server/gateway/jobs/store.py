@@ -131,7 +131,8 @@ class JobStore:
                 pass
         return total
 
-    def _check_room(self, adding: int) -> None:
+    def check_room(self, adding: int) -> None:
+        """StoreFull when ``adding`` bytes would take the store over JOB_STORE_MAX_MB."""
         if self.size() + adding > self.max_bytes:
             raise StoreFull(f"the job store holds {self.size() / 1048576:.0f} MB, its limit JOB_STORE_MAX_MB is "
                             f"{self.max_bytes / 1048576:.0f} MB: no job is accepted until finished ones expire "
@@ -173,7 +174,7 @@ class JobStore:
                                   (idempotency_key,)).fetchone()
             if row is not None:
                 return self._record(row), False
-        self._check_room(len(body) + len(job.answer or b""))
+        self.check_room(len(body) + len(job.answer or b""))
         body_file = self._put_blob(job.job_id + ".body", body) if len(body) >= BLOB_AT else None
         batch_id, index, custom_id = batch or (None, None, None)
         failed = job.state is JobState.FAILED

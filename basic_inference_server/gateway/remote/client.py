@@ -27,7 +27,7 @@ from ...errors import SHUTTING_DOWN
 from ...requestid import HEADER as REQUEST_ID_HEADER
 from ...transport.deadline import Deadline
 from ...transport.frames import MISROUTED, STREAM, STREAM_WINDOW
-from ...webutil import ENDPOINT_TOKEN_HEADER, ROUTED_HEADER
+from ...webutil import ENDPOINT_TOKEN_HEADER, JOB_HEADER, ROUTED_HEADER
 from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Cancel
 from ..routing.outcome import Callback, Forwarded, Misroute, OnItem, Reply
 from ..routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
@@ -91,7 +91,7 @@ class RemoteClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None, alone: bool = False) -> int | None:
+             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False) -> int | None:
         """POST ``body`` to the server's ``/run``; as :meth:`ChannelClient.send` (each request is
         written at once here: ``alone`` changes nothing)."""
         if v2 is not None:
@@ -106,6 +106,8 @@ class RemoteClient:
             head.append(f"{ROUTED_HEADER}: {routed}\r\n".encode("latin-1"))
         if wants_stream:
             head.append(b"Accept: text/event-stream\r\n")
+        if job:
+            head.append(f"{JOB_HEADER}: 1\r\n".encode("latin-1"))
         head.append(b"\r\n")
         conn = self._reuse(now) or _HttpConnection(self)
         conn.start(request, b"".join(head) + body)

@@ -30,6 +30,7 @@ from enum import Enum
 from ...transport.deadline import Deadline
 from ...transport.frames import (
     ITEM,
+    JOB,
     MISROUTED,
     REPLY,
     STREAM,
@@ -83,14 +84,15 @@ class ChannelClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None, alone: bool = False) -> int | None:
+             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False) -> int | None:
         """Write one request; its answer (or its first item) is due within ``timeout``. The answer
         goes to ``callback``, the items of a streamed answer to ``on_item`` (each to be
         acknowledged with :meth:`grant`), due ``idle`` seconds apart and all within ``total`` of
         the request. ``wants_stream``: the client asked for a stream; ``v2``: an Open Inference
         Protocol infer request, its JSON header length and model version; ``alone``: it is the only
         request the gateway has in flight, so it is written at once rather than at the end of the
-        loop's turn (where the frames of a burst of requests go out in one write). Returns the request's tag
+        loop's turn (where the frames of a burst of requests go out in one write); ``job``: a
+        durable job's body (the server leaves its own fields out of the inputs). Returns the request's tag
         (for :meth:`cancel`), or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self.in_flight and not conn.alive():
@@ -106,7 +108,8 @@ class ChannelClient:
         tag = next(self._tags) & 0xFFFFFFFF
         waiting = self._waiting
         waiting[tag] = Forwarded(callback, on_item, Deadline(time.monotonic(), timeout, idle, total))
-        head = request_head(tag, request_id, routed, len(body), STREAM if wants_stream else 0, v2)
+        flags = (STREAM if wants_stream else 0) | (JOB if job else 0)
+        head = request_head(tag, request_id, routed, len(body), flags, v2)
         if alone and conn.write_now(head, body):
             return tag
         conn.write(head, body, tag)
