@@ -112,11 +112,11 @@ class ChannelPeer:
         self._arrived = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
-    def send(self, inputs: dict[str, Any], request_id: str = "rid") -> int:
+    def send(self, inputs: dict[str, Any], request_id: str = "rid", flags: int = 0) -> int:
         body = json.dumps(inputs).encode()
         with self._lock:
             tag = next(self._tags)
-            self.sock.sendall(request_head(tag, request_id, "", len(body)) + body)
+            self.sock.sendall(request_head(tag, request_id, "", len(body), flags) + body)
         return tag
 
     def wait(self, tag: int, timeout: float = 5.0) -> Answer | None:

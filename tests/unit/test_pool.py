@@ -12,6 +12,7 @@ from basic_inference_server.errors import (
     InputError,
 )
 from basic_inference_server.server.worker import FlaskWorker
+from basic_inference_server.transport.frames import JOB
 
 
 class FakeWorker(FlaskWorker):
@@ -396,3 +397,20 @@ def test_a_call_queued_while_the_idle_worker_is_being_woken_rings_the_leader(kit
     leader.join(5)
     follower.join(5)
     assert sorted(call.call_id for call in taken) == [1, 2]
+
+
+def test_a_durable_jobs_own_fields_never_reach_the_hooks(kit, tmp_path):
+    """A REQUEST with the JOB flag (a durable job's body, stored as it came when it was too large
+    to parse in the gateway): PRIORITY, WEBHOOK and custom_id are left out of the inputs; the same
+    keys in a /run body are the model's inputs, as they always were."""
+    class Inputs(FlaskWorker):
+        def _predict(self, inputs):
+            return sorted(inputs)
+
+    pool = kit.pool(lambda idx: Inputs(), 16)
+    pool.start(1)
+    assert pool.wait_loaded(2)
+    peer = kit.serve(pool, tmp_path)
+    body = {"SIGNATURE": "unit", "VALUE": 1, "PRIORITY": 3, "WEBHOOK": "http://h/", "custom_id": "c"}
+    assert peer.wait(peer.send(body, flags=JOB)).body["predict_result"] == ["VALUE"]
+    assert peer.wait(peer.send(body)).body["predict_result"] == ["PRIORITY", "VALUE", "WEBHOOK", "custom_id"]
