@@ -131,8 +131,9 @@ class Dispatcher:
             spare = self._spare(signature)
             if spare:
                 self._claiming.add(signature)
-                self.store.call(lambda s, sig=signature, n=min(spare, count): s.claim(sig, n, time.time()),
-                                lambda jobs, error, sig=signature: self._claimed(sig, jobs, error))
+                asked = min(spare, count)
+                self.store.call(lambda s, sig=signature, n=asked: s.claim(sig, n, time.time()),
+                                lambda jobs, error, sig=signature, n=asked: self._claimed(sig, n, jobs, error))
         # While jobs wait, a place freed by any request is offered to them at once.
         self.router.admission.freed = self.freed if waiting and not self._closed else None
         if waiting and self._timer is None and not self._closed:
@@ -146,12 +147,14 @@ class Dispatcher:
                 spare += max(0, handle.capacity - handle.endpoint.max_queue - handle.inflight.count)
         return spare
 
-    def _claimed(self, signature: str, jobs: list[JobRecord] | None, error: ServingError | None) -> None:
+    def _claimed(self, signature: str, asked: int, jobs: list[JobRecord] | None, error: ServingError | None) -> None:
         self._claiming.discard(signature)
         if error is not None:
             logger.error("Jobs: claiming jobs of %s failed: %s", signature, error)
             return
-        self.queued[signature] = max(0, self.queued.get(signature, 0) - len(jobs or ()))
+        got = len(jobs or ())
+        # Fewer than asked: the store's queue is empty now, whatever this count said.
+        self.queued[signature] = max(0, self.queued.get(signature, 0) - got) if got == asked else 0
         for job in jobs or ():
             self._send(job)
         self.kick()
