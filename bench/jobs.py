@@ -31,7 +31,9 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import requests
 
@@ -191,6 +193,76 @@ def batching(binary: str, pin: bool, backlog: int) -> dict:
             "served_share": round(loaded["served_per_s"] / max(1e-9, alone["served_per_s"]), 3)}
 
 
+def drain(submit: Callable[[requests.Session, int], str], done: Callable[[requests.Session, str], bool],
+          jobs: int) -> dict:
+    """Submit ``jobs`` jobs from 16 threads (``submit(session, i)`` gives its id), then wait until
+    every one is done (``done(session, id)``, asked of the oldest not seen done yet): submissions
+    per second, and the seconds from the first submission to the last job done."""
+    ids: list[str] = [""] * jobs
+    started = time.monotonic()
+
+    def submitter(part: int) -> None:
+        with requests.Session() as session:
+            for i in range(part, jobs, 16):
+                ids[i] = submit(session, i)
+    threads = [threading.Thread(target=submitter, args=(part,)) for part in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    submitted = time.monotonic() - started
+    with requests.Session() as session:
+        for job_id in ids:  # each in turn: once one is done, most of those before it are
+            while not done(session, job_id):
+                time.sleep(0.01)
+    return {"jobs": jobs, "submissions_per_s": round(jobs / submitted, 1),
+            "drained_s": round(time.monotonic() - started, 2)}
+
+
+def peer(binary: str, pin: bool, jobs: int) -> dict:
+    """BentoML's task API (``@bentoml.task``) beside the gateway's jobs, the dummy model in both:
+    submissions per second with wrk (64 connections), and ``jobs`` jobs submitted and drained."""
+    from bench.common import free_port_block
+    from bench.peers import PEERS, PeerProcess, ensure_peer
+
+    results: dict[str, dict] = {}
+    bento = PeerProcess(PEERS["bentoml"], ensure_peer(PEERS["bentoml"]), "dummy", free_port_block(1, 25000),
+                        SERVE_CPU if pin else None)
+    try:
+        bento.wait_ready({"INPUT_VALUE": 3})
+        submit_url = bento.base + "/predict/submit"
+        load = wrk(binary, submit_url, {"INPUT_VALUE": 3}, 64, 5, WRK_CPU if pin else None)
+        time.sleep(10)  # what wrk queued, drained before the next measure
+
+        def bento_submit(session: requests.Session, i: int) -> str:
+            return session.post(submit_url, json={"INPUT_VALUE": i}, timeout=60).json()["task_id"]
+
+        def bento_done(session: requests.Session, task_id: str) -> bool:
+            status = session.get(bento.base + "/predict/status", params={"task_id": task_id}, timeout=60).json()
+            return status["status"] in ("success", "completed", "failure", "failed")
+        results["bentoml"] = {"wrk_submissions_per_s": load["rps"], "wrk_p99_ms": load["p99_ms"],
+                              **drain(bento_submit, bento_done, jobs)}
+    finally:
+        bento.stop()
+    run = gateway({"dummy": MODELS["dummy"][0]}, SERVE_CPU if pin else None)
+    try:
+        load = wrk(binary, run.url + "/jobs", {"SIGNATURE": "dummy", "INPUT_VALUE": 3}, 64, 5,
+                   WRK_CPU if pin else None)
+        time.sleep(5)
+
+        def gateway_submit(session: requests.Session, i: int) -> str:
+            return session.post(run.url + "/jobs", json={"SIGNATURE": "dummy", "INPUT_VALUE": i},
+                                timeout=60).json()["JOB_ID"]
+
+        def gateway_done(session: requests.Session, job_id: str) -> bool:
+            return session.get(f"{run.url}/jobs/{job_id}", timeout=60).json()["STATUS"] == "SUCCEEDED"
+        results["gateway"] = {"wrk_submissions_per_s": load["rps"], "wrk_p99_ms": load["p99_ms"],
+                              **drain(gateway_submit, gateway_done, jobs)}
+    finally:
+        run.stop()
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pin", action="store_true")
@@ -198,7 +270,8 @@ def main() -> int:
     parser.add_argument("--crash-jobs", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=10_000)
-    parser.add_argument("--only", default="accept,crash,interactive,batching")
+    parser.add_argument("--only", default="accept,crash,interactive,batching",
+                        help="scenarios: accept, crash, interactive, batching, peer (BentoML beside it)")
     args = parser.parse_args()
     binary = ensure_wrk()
     wanted = set(args.only.split(","))
@@ -215,6 +288,9 @@ def main() -> int:
     if "batching" in wanted:
         report["batching"] = batching(binary, args.pin, args.backlog)
         print("batching", report["batching"], flush=True)
+    if "peer" in wanted:
+        report["peer"] = peer(binary, args.pin, args.crash_jobs)
+        print("peer", report["peer"], flush=True)
     lines = [f"| {name} | {json.dumps(figures)} |" for name, figures in report.items()]
     save_table("jobs", "\n".join(["| scenario | figures |", "|---|---|", *lines]), args, report)
     return 0

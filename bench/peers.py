@@ -1,4 +1,5 @@
-"""Other serving systems measured beside the gateway: LitServe, Mosec and Aqueduct.
+"""Other serving systems measured beside the gateway: LitServe, Mosec and Aqueduct (and BentoML's task
+API beside the durable jobs, bench/jobs.py).
 
 Each peer is installed on demand in its own venv (``bench/.venv-<peer>``) and serves the bench
 models of ``bench/peer_models.py`` with ``bench/<peer>_app.py MODEL PORT``, one worker process per
@@ -50,6 +51,8 @@ PEERS: dict[str, Peer] = {
     "litserve": Peer("litserve", ("litserve==0.2.19", "numpy", ONNX_RUNTIME), "/predict", (*PEER_MODELS, "stream")),
     "mosec": Peer("mosec", ("mosec==0.9.8", "numpy", ONNX_RUNTIME), "/inference"),
     "aqueduct": Peer("aqueduct", ("aqueduct[aiohttp]==1.15.0", "numpy", ONNX_RUNTIME), "/predict"),
+    # Durable jobs beside BentoML's task API (bench/jobs.py --only peer): the dummy model only.
+    "bentoml": Peer("bentoml", ("bentoml==1.4.40",), "/predict/submit", ("dummy",)),
 }
 
 
