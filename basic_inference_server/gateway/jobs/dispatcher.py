@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ... import jsonutil, requestid
@@ -35,6 +35,7 @@ from ..routing.runpath import RunPath
 from ..routing.upstream import ConnectFailed, ConnectionLost
 from .records import JobRecord, JobState
 from .stats import REFRESH, JobStats, StoreFigures
+from .store import JobStore
 from .storethread import StoreThread
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class _Running:
     channel: Any
     sent: float
     tag: int | None = None
-    items: list[bytes] = field(default_factory=list)  # a streaming endpoint's items, as they came
+    items: int = 0  # a streaming endpoint's items so far (kept in the store, not here)
+    first: bytes = b""  # the first, kept in the store once a second comes or the end says it is one
 
 
 class Dispatcher:
@@ -193,11 +195,13 @@ class Dispatcher:
         job = running.job
         if self.running.get(job.job_id) is not running:
             return
-        index = len(running.items)
-        running.items.append(item)
+        index = running.items
+        running.items += 1
         running.handle.progress += 1
-        if index:  # (the first is kept once a second comes, or the end says it was not a plain answer)
-            self._keep(job, index - 1 if index == 1 else index, running.items[-2:] if index == 1 else [item])
+        if not index:
+            running.first = item  # a plain answer's only item is no item to keep (the end says which)
+        else:
+            self._keep(job, index - 1 if index == 1 else index, [running.first, item] if index == 1 else [item])
         if running.tag is not None:
             running.channel.grant(running.tag, 1)
         for told in list(self._followers.get(job.job_id, ())):
@@ -221,15 +225,11 @@ class Dispatcher:
         handle.progress += 1
         if isinstance(outcome, Reply):
             self.stats.answered(job.signature, time.monotonic() - running.sent)
-        if len(running.items) == 1 and not (isinstance(outcome, Reply) and outcome.flags & PLAIN):
-            self._keep(job, 0, running.items)  # a stream that ended after one item: kept too
+        if running.items == 1 and not (isinstance(outcome, Reply) and outcome.flags & PLAIN):
+            self._keep(job, 0, [running.first])  # a stream that ended after one item: kept too
         match outcome:
             case Reply(status=200):
-                plain = bool(outcome.flags & PLAIN)
-                answer = _collected(running.items, outcome.body, plain) if outcome.flags & STREAM else outcome.body
-                status, body, _headers = self.router.relay(outcome.status, answer, outcome.meta,
-                                                           self.router.is_flat(handle))
-                self._finish(job, JobState.SUCCEEDED, status, _bytes(body))
+                self._succeeded(running, outcome)
             case Reply(status=503):
                 self._paused[job.signature] = time.monotonic() + REFUSED_PAUSE
                 self._requeue(job, counted=False)
@@ -249,6 +249,20 @@ class Dispatcher:
                 failure = transport_error(handle, error)
                 self._finish(job, JobState.FAILED, failure.status, _error(failure))
 
+    def _succeeded(self, running: _Running, reply: Reply) -> None:
+        """RESULT: what /run answers; for a stream, its items collected from the store (on the store's
+        thread, after the items written before: no stream is held in memory for it)."""
+        relay, flat, job, count = self.router.relay, self.router.is_flat(running.handle), running.job, running.items
+
+        def answer(store: JobStore) -> bytes:
+            body = reply.body
+            if reply.flags & STREAM:
+                plain = bool(reply.flags & PLAIN)
+                items = [running.first] if plain else store.items(job.job_id, 0, count)
+                body = _collected(items, reply.body, plain)
+            return _bytes(relay(reply.status, body, reply.meta, flat)[1])
+        self._finish(job, JobState.SUCCEEDED, 200, answer)
+
     def _retry(self, job: JobRecord, answer: bytes) -> None:
         if job.attempts < self.max_attempts:
             self._requeue(job, counted=True)
@@ -262,13 +276,24 @@ class Dispatcher:
                 self.kick()
         self.store.call(lambda s: s.requeue(job, counted), done)
 
-    def _finish(self, job: JobRecord, state: JobState, status: int, answer: bytes) -> None:
+    def _finish(self, job: JobRecord, state: JobState, status: int,
+                answer: bytes | Callable[[JobStore], bytes]) -> None:
+        """Record its end; ``answer`` may be made on the store's thread (from what the store holds)."""
         def done(_moved: Any, error: ServingError | None) -> None:
             if error is not None:
                 logger.error("Jobs: recording the end of %s failed: %s", job.job_id, error)
             self._ended(job.job_id)
             self.kick()
-        self.store.call(lambda s: s.finish(job, state, status, answer, time.time()), done)
+
+        def finish(store: JobStore) -> bool:
+            final, code = state, status
+            try:
+                body = answer(store) if callable(answer) else answer
+            except (ValueError, TypeError) as exc:  # an answer that is not what /run would relay
+                final, code = JobState.FAILED, 502
+                body = _error(ServerDied(f"the model server's answer could not be read: {exc}"))
+            return store.finish(job, final, code, body, time.time())
+        self.store.call(finish, done)
 
     # -- cancelling and waiting --------------------------------------------------------------------------
     def cancelled(self, job: JobRecord, was: JobState) -> None:
