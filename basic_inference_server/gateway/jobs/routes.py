@@ -81,7 +81,8 @@ class JobsPath:
 
     @staticmethod
     def handle(request: HttpRequest, respond: Responder,
-                route: Callable[[HttpRequest, _Answer, _Pending], None]) -> _Pending:
+               route: Callable[[HttpRequest, _Answer, _Pending], None]) -> _Pending:
+        """Run ``route`` for a request, its request id bound; a ServingError it raises is answered."""
         pending = _Pending()
         answer = _Answer(respond, pending)
         token = requestid.bind(request.request_id)
