@@ -234,6 +234,13 @@ def test_dashboard_shows_servers_support_data_and_live_request_counts(gateway_fa
     finally:
         reply.close()
     expect(page.locator('[data-streams="stream"]')).to_have_text("0", timeout=6_000)
+    # Durable jobs: a row per endpoint once the store has been counted (every 5 s), with the jobs ended.
+    expect(page.locator("#jobs")).to_contain_text("No job yet.")
+    for i in range(3):
+        submitted = requests.post(gateway.url + "/jobs", json={"SIGNATURE": "echo", "VALUE": i}, timeout=10)
+        assert submitted.status_code == 202
+    expect(page.locator('tr[data-jobs="echo"] [data-col="ended"]')).to_have_text("3", timeout=12_000)
+    expect(page.locator('tr[data-jobs="echo"] [data-col="queued"]')).to_have_text("0", timeout=12_000)
     # The gateway's 5 s interval with the burst ends, then the next poll draws it.
     rps_line = page.locator('svg[data-chart="rps"] path[data-series="echo"][data-kind="rps"]')
     expect(rps_line).to_have_count(1, timeout=12_000)
