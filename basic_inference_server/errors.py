@@ -129,6 +129,13 @@ class PayloadTooLarge(ServingError):
     type_name = "PayloadTooLarge"
 
 
+class UnsupportedMediaType(ServingError):
+    """A body sent as a media type the route does not take (a batch not sent as NDJSON)."""
+
+    status = 415
+    type_name = "UnsupportedMediaType"
+
+
 class StoreFull(ServingError):
     """The job store has reached JOB_STORE_MAX_MB: no job is accepted until results expire."""
 

@@ -94,8 +94,13 @@ def test_a_pooled_tls_connection_is_reused_past_descriptor_1023(tls_server):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1200:
         pytest.skip(f"the open-file limit ({hard}) leaves no descriptor past 1023")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
-    filler = [socket.socket() for _ in range(1100)]  # the connection's descriptor lands past 1023
+    wanted = max(soft, 2200)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    # Every free descriptor up to past 1023 taken (descriptors are given lowest first; a fixed count
+    # left holes that other tests of this process had closed), so the connection's lands past 1023.
+    filler = [socket.socket()]
+    while filler[-1].fileno() <= 1030 and len(filler) < 2000:
+        filler.append(socket.socket())
     try:
         server = tls_server()
         upstream = Upstream("127.0.0.1", server.port, tls=server.client_context(), server_name="localhost")

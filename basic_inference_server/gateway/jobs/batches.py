@@ -19,7 +19,15 @@ import time
 from typing import Any
 
 from ... import jsonbody, jsonutil
-from ...errors import BadRequest, Conflict, MethodNotAllowed, NotFound, PayloadTooLarge, ServingError
+from ...errors import (
+    BadRequest,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+)
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ..routing.router import INLINE_SCAN
@@ -151,8 +159,8 @@ class BatchesPath:
     def _submit(self, request: HttpRequest, answer: _Answer) -> None:
         kind = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
         if kind != NDJSON.encode():
-            raise ServingError(f"a batch is NDJSON: send it with Content-Type: {NDJSON}, one /run body (and its "
-                               "custom_id) per line", status=415)
+            raise UnsupportedMediaType(f"a batch is NDJSON: send it with Content-Type: {NDJSON}, one /run body (and "
+                                       "its custom_id) per line")
         body, read, limits = request.body, self.jobs.reader(), self.jobs.limits
 
         def done(result: Any, error: ServingError | None) -> None:
