@@ -289,6 +289,9 @@ def test_strict_startup_key_exits_2_once_a_model_fails_to_load(tmp_path):
 def test_busy_gateway_port_is_a_clear_startup_error(tmp_path):
     gateway = Gateway(make_app(tmp_path, echo_config()))
     with socket.socket() as blocker:
+        # As the port was checked free (SO_REUSEADDR: a connection of an earlier test may still be in
+        # TIME_WAIT on it); listening, it still keeps the gateway from binding it.
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         blocker.bind(("127.0.0.1", gateway.port))
         blocker.listen()
         proc = run_cli(gateway)
@@ -300,6 +303,7 @@ def test_busy_gateway_port_is_a_clear_startup_error(tmp_path):
 def test_busy_server_port_is_skipped(gateway_factory):
     gateway = gateway_factory(echo_config(), start=False)
     with socket.socket() as blocker:
+        blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the port was checked free
         blocker.bind(("127.0.0.1", gateway.first_server_port))
         blocker.listen()
         gateway.start()
