@@ -27,6 +27,7 @@ from typing import Any
 from ... import jsonutil, requestid
 from ...errors import ServerDied, ServingError
 from ...transport.frames import PLAIN, STREAM
+from ...transport.gather import Pieces
 from ..remote.client import NotRun
 from ..routing.forward import transport_error
 from ..routing.outcome import Failure, Misroute, Outcome, Reply
@@ -260,7 +261,8 @@ class Dispatcher:
                 plain = bool(reply.flags & PLAIN)
                 items = [running.first] if plain else store.items(job.job_id, 0, count)
                 body = _collected(items, reply.body, plain)
-            return _bytes(relay(reply.status, body, reply.meta, flat)[1])
+            relayed = relay(reply.status, body, reply.meta, flat)[1]
+            return relayed.joined() if isinstance(relayed, Pieces) else relayed
         self._finish(job, JobState.SUCCEEDED, 200, answer)
 
     def _retry(self, job: JobRecord, answer: bytes) -> None:
@@ -372,10 +374,6 @@ def _collected(items: list[bytes], end: bytes, plain: bool) -> bytes:
     result = items[0] if plain and len(items) == 1 else b"[" + b",".join(items) + b"]"
     head = b'{"predict_result":' + result
     return head + (b"," + body[1:] if len(body) > 2 else b"}")
-
-
-def _bytes(body: Any) -> bytes:
-    return body if isinstance(body, bytes) else body.joined() if hasattr(body, "joined") else bytes(body)
 
 
 def _error(exc: ServingError) -> bytes:
