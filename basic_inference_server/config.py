@@ -119,6 +119,8 @@ class GatewayConfig:
     job_ttl: float = 86_400.0  # JOB_TTL: seconds a finished job is kept
     job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS
     job_store_max_bytes: int = 1024 * 1024 * 1024  # JOB_STORE_MAX_MB
+    job_store: str = "sqlite"  # JOB_STORE: "sqlite" (embedded) or a Redis address
+    job_lease_s: float = 30.0  # JOB_LEASE_S: a running job's lease on a shared (Redis) store
     webhook_retry_s: float = 86_400.0  # WEBHOOK_RETRY_S
     webhook_allowed_hosts: tuple[str, ...] | None = None  # WEBHOOK_ALLOWED_HOSTS (None: every host)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -232,10 +234,29 @@ def parse_config(
         job_ttl=read(data, "JOB_TTL"),
         job_max_attempts=read(data, "JOB_MAX_ATTEMPTS"),
         job_store_max_bytes=int(read(data, "JOB_STORE_MAX_MB") * 1024 * 1024),
+        job_store=_job_store(read(data, "JOB_STORE")),
+        job_lease_s=read(data, "JOB_LEASE_S"),
         webhook_retry_s=read(data, "WEBHOOK_RETRY_S"),
         webhook_allowed_hosts=_allowed_hosts(data.get("WEBHOOK_ALLOWED_HOSTS")),
         raw=MappingProxyType(dict(data)),
     )
+
+
+def _job_store(value: Any) -> str:
+    """JOB_STORE: "sqlite", or a Redis address with no password in it (that comes from the
+    environment, BIS_JOB_STORE_PASSWORD: secrets are never in the configuration)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(expected("JOB_STORE", '"sqlite" or a Redis address (redis://host:port/db)', value))
+    value = value.strip()
+    if value == "sqlite":
+        return value
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("redis", "rediss", "unix") or not (parsed.hostname or parsed.path):
+        raise ConfigError(expected("JOB_STORE", '"sqlite" or a Redis address (redis://host:port/db)', value))
+    if parsed.password:
+        raise ConfigError("JOB_STORE: the address holds a password; give it in the environment as "
+                          "BIS_JOB_STORE_PASSWORD instead (secrets are never in the configuration)")
+    return value
 
 
 def _allowed_hosts(value: Any) -> tuple[str, ...] | None:

@@ -165,6 +165,12 @@ SETTINGS: tuple[Setting, ...] = (
             "server died while it ran, or a 502); past them it is FAILED", 3, minimum=1, maximum=100),
     Setting("JOB_STORE_MAX_MB", _T, Kind.NUMBER, "disk the job store may use, in MB (its database and the "
             "payload files beside it) → 507 for new jobs beyond", 1024, maximum=10**7),
+    Setting("JOB_STORE", _T, Kind.VALUE, "where jobs are kept: `\"sqlite\"`, embedded in the cache volume (one "
+            "gateway), or a Redis address, `\"redis://host:6379/0\"`, one queue shared by many gateways (its password "
+            "from the environment, `BIS_JOB_STORE_PASSWORD`)", "sqlite"),
+    Setting("JOB_LEASE_S", _T, Kind.NUMBER, "on a Redis store, seconds a gateway's claim on a running job lasts "
+            "unless renewed (every third of it): a job whose gateway died runs again on another once it runs out",
+            30, minimum=1, maximum=3600),
     Setting("WEBHOOK_RETRY_S", _T, Kind.NUMBER, "seconds a job's webhook delivery is retried for (at once, then "
             "after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h...)", 86_400, maximum=30 * _SECONDS),
     Setting("WEBHOOK_ALLOWED_HOSTS", _T, Kind.VALUE, "host names (or addresses) a job's `WEBHOOK` may point at, "

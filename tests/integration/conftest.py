@@ -291,3 +291,19 @@ def echo_gateway(tmp_path_factory):
     yield gateway
     gateway.stop()
     gateway.assert_nothing_left()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server of this test process (Debian's package, installed when missing and run
+    as root); each gateway (or group of gateways sharing a queue) takes a database of its own
+    with ``redis_server.url()``. Skipped loudly, with the reason, when none can start."""
+    from bench.redisserver import NotInstalled, RedisServer, find_or_install
+
+    try:
+        server = RedisServer(find_or_install(), tmp_path_factory.mktemp("redis"), free_port_block(1)).start()
+    except NotInstalled as exc:
+        sys.__stderr__.write(f"\n*** REDIS TESTS SKIPPED: {exc}\n")
+        pytest.skip(f"no redis-server: {exc}")
+    yield server
+    server.stop()

@@ -11,7 +11,6 @@ import copy
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +20,8 @@ from typing import Any
 import pytest
 import requests
 from conftest import ECHO_CONFIG, REPO
+
+from bench.debian import NotInstalled, install
 
 CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; connect-src 'self'")
@@ -113,26 +114,13 @@ def find_or_install_chromium(capsys: pytest.CaptureFixture[str]) -> str:
     found = next((path for path in CHROMIUM if os.access(path, os.X_OK)), None)
     if found:
         return found
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        skip_loudly(capsys, "Chromium is not installed (/usr/bin/chromium) and cannot be installed here: "
-                    "run `apt-get install -y chromium` as root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    deadline = time.monotonic() + APT_TIMEOUT
-    output = ""
-    # Without package lists (a fresh container), the first install fails: update them, then try again.
-    for command in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "chromium"]):
-        try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True,
-                                  timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            skip_loudly(capsys, f"installing Chromium took longer than {APT_TIMEOUT}s ({' '.join(command)})")
-        output = done.stdout[-2000:] + done.stderr[-2000:]
-        if command[1] == "install" and done.returncode == 0:
-            break
+    try:
+        install("chromium", APT_TIMEOUT)
+    except NotInstalled as exc:
+        skip_loudly(capsys, f"Chromium is not installed (/usr/bin/chromium): {exc}")
     found = next((path for path in CHROMIUM if os.access(path, os.X_OK)), None)
     if found is None:
-        skip_loudly(capsys, "`apt-get install -y chromium` did not install Chromium", output)
+        skip_loudly(capsys, "`apt-get install -y chromium` did not install Chromium")
     return found  # type: ignore[return-value]
 
 

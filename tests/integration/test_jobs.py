@@ -36,9 +36,13 @@ def wait_job(gateway: Gateway, job_id: str, seconds: float = 10) -> dict:
     return answer.json()
 
 
-@pytest.fixture(scope="module")
-def jobs_gateway(tmp_path_factory):
-    gateway = Gateway(make_app(tmp_path_factory.mktemp("jobs"), CONFIG), env={"BIS_WEBHOOK_SECRET": SECRET}).start()
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def jobs_gateway(request, tmp_path_factory):
+    """A gateway on each job store: the embedded one, and a real Redis (every test of this module
+    runs on both)."""
+    store = request.getfixturevalue("redis_server").url() if request.param == "redis" else "sqlite"
+    config = {**CONFIG, "JOB_STORE": store}
+    gateway = Gateway(make_app(tmp_path_factory.mktemp("jobs"), config), env={"BIS_WEBHOOK_SECRET": SECRET}).start()
     yield gateway
     gateway.stop()
     gateway.assert_nothing_left()

@@ -12,12 +12,13 @@ from typing import Any
 from ...config import GatewayConfig
 from ..routing.router import Router
 from ..routing.runpath import RunPath
+from .backend import open_store
 from .batches import PREFIX as BATCHES
 from .batches import BatchesPath
 from .dispatcher import Dispatcher
 from .routes import PREFIX, JobsPath
+from .shared import SharedQueue
 from .stats import JobsCollector, JobStats
-from .store import JobStore
 from .storethread import StoreThread
 from .webhooks import Webhooks, resolve_secret
 
@@ -33,6 +34,7 @@ class Jobs:
     webhooks: Webhooks
     path: JobsPath
     batches: BatchesPath
+    shared: SharedQueue | None = None  # on a Redis store: leases, takeovers, the other gateways' events
 
     @classmethod
     def open(cls, folder: Path, config: GatewayConfig, loop: asyncio.AbstractEventLoop, router: Router,
@@ -40,15 +42,19 @@ class Jobs:
         """The jobs of the store in ``folder`` (made when missing); ValueError for a webhook secret
         that is not one."""
         secret = resolve_secret(folder.parent)
-        store = StoreThread(JobStore(folder, config.job_store_max_bytes), loop)
+        store = StoreThread(open_store(config, folder), loop)
         stats = JobStats()
         dispatcher = Dispatcher(loop, store, router, run_path, config.job_max_attempts, config.job_ttl, stats)
         webhooks = Webhooks(loop, store, secret, config.webhook_retry_s, config.webhook_allowed_hosts, stats)
         dispatcher.on_ended = webhooks.kick
         loop.call_soon_threadsafe(dispatcher.start)
         loop.call_soon_threadsafe(webhooks.start)
+        shared = None
+        if store.store.shared:
+            shared = SharedQueue(loop, store, dispatcher, config.job_lease_s)
+            loop.call_soon_threadsafe(shared.start)
         path = JobsPath(store, dispatcher, router, config.json_limits, config.webhook_allowed_hosts)
-        return cls(store, dispatcher, webhooks, path, BatchesPath(path))
+        return cls(store, dispatcher, webhooks, path, BatchesPath(path), shared)
 
     @property
     def stats(self) -> JobStats:
@@ -69,6 +75,8 @@ class Jobs:
 
         def stop() -> None:
             self.dispatcher.close()
+            if self.shared is not None:
+                self.shared.close()
             self.webhooks.close()
             self.store.stop()
             stopped.set()

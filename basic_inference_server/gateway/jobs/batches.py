@@ -31,9 +31,9 @@ from ...errors import (
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ..routing.router import INLINE_SCAN
+from .backend import Store
 from .records import JobRecord, JobState, iso, new_job_id
 from .routes import JobsPath, _Answer, _Pending
-from .store import JobStore
 
 PREFIX = "/batches"
 NDJSON = "application/x-ndjson"
@@ -48,7 +48,7 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
-def create(store: JobStore, body: bytes, read_line: Any, limits: JsonLimits) -> tuple[dict[str, Any], list[JobRecord]]:
+def create(store: Store, body: bytes, read_line: Any, limits: JsonLimits) -> tuple[dict[str, Any], list[JobRecord]]:
     """Store a batch and its jobs (on the store's thread). Each line is read within the MAX_JSON_*
     ``limits``; ``read_line(data)`` gives (signature, priority, webhook, the body for the hooks)
     or raises ServingError. Returns the batch's description and the jobs queued."""
@@ -61,8 +61,8 @@ def create(store: JobStore, body: bytes, read_line: Any, limits: JsonLimits) -> 
         raise PayloadTooLarge(f"a batch holds at most {MAX_LINES} lines, this one has {len(lines)}")
     store.check_room(len(body))  # a full store refuses the batch before reading a line of it
     batch_id, now = new_batch_id(), time.time()
-    store.db.execute("INSERT INTO batches (id, created, total) VALUES (?, ?, ?)", (batch_id, now, len(lines)))
-    queued = []
+    store.add_batch(batch_id, now, len(lines))
+    jobs: list[tuple[JobRecord, bytes, tuple[str, int, str | None]]] = []
     for index, line in enumerate(lines):
         custom_id, signature, priority, webhook, inputs, failure = None, "", 5, None, b"", None
         try:
@@ -83,41 +83,33 @@ def create(store: JobStore, body: bytes, read_line: Any, limits: JsonLimits) -> 
         if failure is not None:
             job.state, job.status, job.answer = JobState.FAILED, failure.status, jsonutil.dumps_bytes(failure.to_body())
             inputs = b""
-        store.submit(job, inputs, None, (batch_id, index, custom_id))
-        if failure is None:
-            queued.append(job)
-    return describe(store, batch_id), queued
+        jobs.append((job, inputs, (batch_id, index, custom_id)))
+    store.submit_many(jobs)
+    return describe(store, batch_id), [job for job, _inputs, _batch in jobs if job.state is JobState.QUEUED]
 
 
-def describe(store: JobStore, batch_id: str) -> dict[str, Any]:
+def describe(store: Store, batch_id: str) -> dict[str, Any]:
     """``GET /batches/<id>``: its counts by state (NotFound when there is no such batch)."""
-    row = store.db.execute("SELECT created, total FROM batches WHERE id = ?", (batch_id,)).fetchone()
-    if row is None:
+    found = store.batch(batch_id)
+    if found is None:
         raise NotFound(f"no batch {batch_id!r} (unknown, or purged after JOB_TTL)")
-    created, total = row
-    counts = {state.value: 0 for state in JobState}
-    for state, count in store.db.execute("SELECT state, count(*) FROM jobs WHERE batch_id = ? GROUP BY state",
-                                         (batch_id,)):
-        counts[state] = count
+    created, total, stored = found
+    counts = {state.value: stored.get(state.value, 0) for state in JobState}
     ended = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
     return {"BATCH_ID": batch_id, "STATUS": "COMPLETED" if ended == total else "IN_PROGRESS",
             "CREATED": iso(created), "TOTAL": total, "COUNTS": counts}
 
 
-def results_page(store: JobStore, batch_id: str, after: int) -> tuple[bytes, int | None]:
+def results_page(store: Store, batch_id: str, after: int) -> tuple[bytes, int | None]:
     """NDJSON lines of the jobs of ``batch_id`` from line ``after`` on (PAGE of them), and the
     index to go on from (None: that was the last page). Conflict while some have not ended."""
     if after == 0:
         batch = describe(store, batch_id)
         if batch["STATUS"] != "COMPLETED":
             raise Conflict(f"batch {batch_id} has not finished: {json.dumps(batch['COUNTS'])}")
-    rows = store.db.execute(
-        "SELECT batch_index, custom_id, state, answer, answer_file FROM jobs WHERE batch_id = ? AND batch_index >= ? "
-        "ORDER BY batch_index LIMIT ?", (batch_id, after, PAGE)).fetchall()
+    rows = store.batch_rows(batch_id, after, PAGE)
     out = []
-    for _index, custom_id, state, answer, answer_file in rows:
-        if answer is None and answer_file:
-            answer = (store.blobs / answer_file).read_bytes()
+    for _index, custom_id, state, answer in rows:
         key = b"response" if state == JobState.SUCCEEDED.value else b"error"
         head = json.dumps({"custom_id": custom_id, "status": state}, separators=(",", ":")).encode()
         out.append(head[:-1] + b',"' + key + b'":' + (answer or b"null") + b"}\n")

@@ -34,9 +34,9 @@ from ..routing.outcome import Failure, Misroute, Outcome, Reply
 from ..routing.router import Router
 from ..routing.runpath import RunPath
 from ..routing.upstream import ConnectFailed, ConnectionLost
+from .backend import Store
 from .records import JobRecord, JobState
 from .stats import REFRESH, JobStats, StoreFigures
-from .store import JobStore
 from .storethread import StoreThread
 
 logger = logging.getLogger(__name__)
@@ -84,22 +84,28 @@ class Dispatcher:
             self.kick()
 
     def start(self) -> None:
-        """Recover what a previous run left RUNNING, learn the queue, then dispatch."""
-        def recovered(result: Any, error: ServingError | None) -> None:
+        """Recover what a gateway that stopped left RUNNING, learn the queue, then dispatch."""
+        self.refresh(recover=True)
+        self.loop.call_later(PURGE_EVERY, self._purge)
+        self._count()
+
+    def refresh(self, recover: bool = False) -> None:
+        """Learn the queue's counts from the store again; ``recover``: first queue again what a
+        gateway that stopped left RUNNING (at start; on a shared store, once its leases ran out)."""
+        def done(result: Any, error: ServingError | None) -> None:
             if error is not None:
-                logger.error("Jobs: recovering the store failed: %s", error)
+                logger.error("Jobs: reading the queue from the store failed: %s", error)
                 return
             (requeued, failed), counts = result
             if requeued or failed:
-                logger.warning("Jobs: %d job(s) left running by the last run queued again, %d failed after "
+                logger.warning("Jobs: %d job(s) left running by a gateway that stopped queued again, %d failed after "
                                "JOB_MAX_ATTEMPTS=%d attempts", requeued, failed, self.max_attempts)
             self.queued = counts
             self.kick()
-            self.loop.call_later(PURGE_EVERY, self._purge)
-            self._count()
 
         max_attempts = self.max_attempts
-        self.store.call(lambda s: (s.recover(max_attempts, time.time()), s.queued_counts()), recovered)
+        self.store.call(lambda s: (s.recover(max_attempts, time.time()) if recover else (0, 0), s.queued_counts()),
+                        done)
 
     def close(self) -> None:
         self._closed = True
@@ -255,7 +261,7 @@ class Dispatcher:
         thread, after the items written before: no stream is held in memory for it)."""
         relay, flat, job, count = self.router.relay, self.router.is_flat(running.handle), running.job, running.items
 
-        def answer(store: JobStore) -> bytes:
+        def answer(store: Store) -> bytes:
             body = reply.body
             if reply.flags & STREAM:
                 plain = bool(reply.flags & PLAIN)
@@ -279,7 +285,7 @@ class Dispatcher:
         self.store.call(lambda s: s.requeue(job, counted), done)
 
     def _finish(self, job: JobRecord, state: JobState, status: int,
-                answer: bytes | Callable[[JobStore], bytes]) -> None:
+                answer: bytes | Callable[[Store], bytes]) -> None:
         """Record its end; ``answer`` may be made on the store's thread (from what the store holds)."""
         def done(_moved: Any, error: ServingError | None) -> None:
             if error is not None:
@@ -287,7 +293,7 @@ class Dispatcher:
             self._ended(job.job_id)
             self.kick()
 
-        def finish(store: JobStore) -> bool:
+        def finish(store: Store) -> bool:
             final, code = state, status
             try:
                 body = answer(store) if callable(answer) else answer
@@ -298,17 +304,47 @@ class Dispatcher:
         self.store.call(finish, done)
 
     # -- cancelling and waiting --------------------------------------------------------------------------
-    def cancelled(self, job: JobRecord, was: JobState) -> None:
-        """The store has cancelled ``job`` (from ``was``): a running attempt is cancelled too."""
+    def cancelled(self, job_id: str, signature: str, was: JobState, here: bool = True) -> None:
+        """The store has cancelled a job (from ``was``; ``here``: on this gateway, else on another,
+        which tells that it ended too): a running attempt here is cancelled."""
         if was is JobState.QUEUED:
-            self.queued[job.signature] = max(0, self.queued.get(job.signature, 0) - 1)
-        running = self.running.pop(job.job_id, None)
+            self.queued[signature] = max(0, self.queued.get(signature, 0) - 1)
+        self.drop(job_id)
+        if here:
+            self._ended(job_id)
+            self.kick()
+
+    def drop(self, job_id: str) -> None:
+        """Stop this gateway's attempt at ``job_id`` (cancelled, or taken over by another gateway):
+        its place is freed, and its server skips it or closes its generator."""
+        running = self.running.pop(job_id, None)
         if running is not None:
             self.router.admission.exit(running.handle)
             if running.tag is not None:
-                running.channel.cancel(running.tag)  # the server skips it, or closes its generator
-        self._ended(job.job_id)
+                running.channel.cancel(running.tag)
+
+    # -- what other gateways of a shared store did (:mod:`.shared`) ---------------------------------------
+    def noticed(self, signature: str, count: int) -> None:
+        self.queued[signature] = self.queued.get(signature, 0) + count
         self.kick()
+
+    def ended_elsewhere(self, job_id: str) -> None:
+        self.drop(job_id)
+        self._ended(job_id)
+        self.kick()
+
+    def item_elsewhere(self, job_id: str, index: int) -> None:
+        for told in list(self._followers.get(job_id, ())):
+            told(index, None)  # (None: read it from the store)
+
+    def wake_all(self) -> None:
+        """Who waits here looks at the store again (events may have been missed)."""
+        for job_id in list(self._waiters):
+            for told in self._waiters.pop(job_id, ()):
+                told()
+        for followers in list(self._followers.values()):
+            for told in list(followers):
+                told(0, None)
 
     def wait(self, job_id: str, told: Callable[[], None]) -> Callable[[], None]:
         """Call ``told`` once job ``job_id`` ends; returns what forgets the wait."""

@@ -1,7 +1,8 @@
 """What a durable job is: its state machine (:class:`JobState`), its record as the store keeps it
 (:class:`JobRecord`), and how it reads in JSON (``GET /jobs/<id>``).
 
-A job's state changes only in :meth:`.store.JobStore._move`, by the table below::
+A job's state changes only in :meth:`.store.JobStore._move` (in ``move`` of :mod:`.redisscripts` on a
+Redis store), by the table below::
 
     QUEUED ──claim──▶ RUNNING ──answer──▶ SUCCEEDED / FAILED
       ▲  │              │ │
@@ -73,6 +74,7 @@ class JobRecord:
     seq: int = 0  # submission order (FIFO within a priority; the cursor of listings)
     webhook_state: str | None = None  # PENDING, DELIVERED or GAVE_UP once it ended (with a WEBHOOK)
     webhook_attempts: list = field(default_factory=list)  # {"AT", "STATUS" or "ERROR"} per delivery attempt
+    entry: str | None = None  # on a Redis store, its entry in its queue's stream (the lease of a running job)
 
     @property
     def ended(self) -> bool:

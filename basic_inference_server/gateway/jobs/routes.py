@@ -28,9 +28,9 @@ from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.streamformat import SSE
 from ..routing.router import INLINE_SCAN, Router
+from .backend import Store
 from .dispatcher import Dispatcher
 from .records import JobRecord, JobState, new_job_id
-from .store import JobStore
 from .storethread import StoreThread
 from .webhooks import check_url
 
@@ -129,7 +129,7 @@ class JobsPath:
         idempotency_key = key.decode("latin-1") if key is not None else None
         body, read = request.body, self.reader()
 
-        def op(store: JobStore) -> tuple[JobRecord, bool]:
+        def op(store: Store) -> tuple[JobRecord, bool]:
             signature, priority, webhook, inputs = read(body)
             job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, time.time(), webhook=webhook)
             return store.submit(job, inputs, idempotency_key)
@@ -229,7 +229,7 @@ class JobsPath:
             elif was is None:
                 answer.error(Conflict(f"job {job_id} has ended ({job.state.value}): there is nothing to cancel"))
             else:
-                self.dispatcher.cancelled(job, was)
+                self.dispatcher.cancelled(job.job_id, job.signature, was)
                 answer(200, job.to_json(), None)
         self.store.call(lambda s: s.cancel(job_id, time.time()), done, durable=True)
 
@@ -392,8 +392,8 @@ class JobEvents:
             return
         if self.lagging or not self.started or self.reading:
             return  # the client catching up, or a read on its way, takes it from the store
-        if index != self.sent:
-            self._read()  # one came while the store was read: take what is missing from there
+        if index != self.sent or item is None:
+            self._read()  # one came while the store was read, or on another gateway: take it from there
             return
         self.sent += 1
         if not self.respond.chunk(SSE.item(item or b"")):

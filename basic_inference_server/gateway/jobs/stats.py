@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from ...server.stats import LATENCY_BOUNDS, Histogram
+from .backend import Store
 from .records import JobState
-from .store import JobStore
 
 REFRESH = 5.0
 
@@ -35,11 +35,8 @@ class StoreFigures:
     counted_at: float = 0.0
 
     @classmethod
-    def count(cls, store: JobStore) -> StoreFigures:
-        by_state = {(signature, state): n for signature, state, n in store.db.execute(
-            "SELECT signature, state, count(*) FROM jobs GROUP BY signature, state")}
-        oldest = dict(store.db.execute(
-            "SELECT signature, min(created) FROM jobs WHERE state = 'QUEUED' GROUP BY signature").fetchall())
+    def count(cls, store: Store) -> StoreFigures:
+        by_state, oldest = store.figures()
         return cls(by_state, oldest, time.time())
 
 

@@ -13,9 +13,11 @@ what ``/jobs`` answers and nothing else (see the jobs guide).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from ... import jsonutil
@@ -73,6 +75,8 @@ PENDING, DELIVERED, GAVE_UP = "PENDING", "DELIVERED", "GAVE_UP"  # a webhook's d
 class JobStore:
     """The jobs of one gateway (or of several on one volume, one at a time), in ``folder``."""
 
+    shared = False  # one gateway at a time: no leases to renew, nothing told to other gateways
+
     def __init__(self, folder: Path, max_bytes: int):
         self.folder = folder
         self.blobs = folder / "blobs"
@@ -117,8 +121,22 @@ class JobStore:
             self.db.execute("ROLLBACK TO op")
         self.db.execute("RELEASE op")
 
+    def rollback(self) -> None:
+        """After a failed commit: nothing of the group holds (no transaction may be left)."""
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("ROLLBACK")
+
+    @staticmethod
+    def is_outage(exc: Exception) -> bool:
+        """The disk, not the operation, failed (503, not 500)."""
+        return isinstance(exc, (sqlite3.OperationalError, OSError))
+
     def close(self) -> None:
         self.db.close()
+
+    def subscribe(self, handle: Callable[[str, list[str]], None]) -> Callable[[], None]:
+        """Nothing to hear: no other gateway uses this store at the same time."""
+        return lambda: None
 
     # -- size -------------------------------------------------------------------------------------------
     def size(self) -> int:
@@ -187,6 +205,11 @@ class JobStore:
              job.status, job.answer, job.created if failed else None))
         job.seq = cursor.lastrowid or 0
         return job, True
+
+    def submit_many(self, jobs: list[tuple[JobRecord, bytes, tuple[str, int, str | None]]]) -> None:
+        """The jobs of a batch (in the group's transaction: all or none)."""
+        for job, body, batch in jobs:
+            self.submit(job, body, None, batch)
 
     def get(self, job_id: str) -> JobRecord | None:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -277,12 +300,16 @@ class JobStore:
             if job.attempts < max_attempts:
                 requeued += self._move(job, JobState.QUEUED, started=None)
             else:
-                answer = _lost_error(job.attempts)
+                answer = lost_error(job.attempts)
                 if self._move(job, JobState.FAILED, status=502, answer=answer, finished=now):
                     failed += 1
                     self._drop_body(job.job_id)
                     self._webhook_due(job, now)
         return requeued, failed
+
+    def renew(self, jobs: list[JobRecord]) -> list[str]:
+        """No leases here (one gateway at a time; what it left RUNNING is recovered at its start)."""
+        return []
 
     def purge(self, before: float) -> int:
         """Forget the jobs that ended before ``before`` (JOB_TTL); how many."""
@@ -296,6 +323,35 @@ class JobStore:
         self.db.execute("DELETE FROM batches WHERE created < ? AND id NOT IN "
                         "(SELECT DISTINCT batch_id FROM jobs WHERE batch_id IS NOT NULL)", (before,))
         return len(rows)
+
+    # -- batches and figures ------------------------------------------------------------------------------
+    def add_batch(self, batch_id: str, created: float, total: int) -> None:
+        self.db.execute("INSERT INTO batches (id, created, total) VALUES (?, ?, ?)", (batch_id, created, total))
+
+    def batch(self, batch_id: str) -> tuple[float, int, dict[str, int]] | None:
+        """(created, lines, jobs by state) of a batch; None: no such batch."""
+        row = self.db.execute("SELECT created, total FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        if row is None:
+            return None
+        counts = dict(self.db.execute("SELECT state, count(*) FROM jobs WHERE batch_id = ? GROUP BY state",
+                                      (batch_id,)).fetchall())
+        return row[0], row[1], counts
+
+    def batch_rows(self, batch_id: str, after: int, limit: int) -> list[tuple[int, str | None, str, bytes | None]]:
+        """(line index, custom_id, state, answer) of a batch's jobs from line ``after`` on."""
+        rows = self.db.execute(
+            "SELECT batch_index, custom_id, state, answer, answer_file FROM jobs WHERE batch_id = ? AND "
+            "batch_index >= ? ORDER BY batch_index LIMIT ?", (batch_id, after, limit)).fetchall()
+        return [(index, custom_id, state, self._read_blob(answer_file) if answer is None and answer_file else answer)
+                for index, custom_id, state, answer, answer_file in rows]
+
+    def figures(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        """Jobs by (signature, state), and each endpoint's oldest QUEUED job's CREATED."""
+        by_state = {(signature, state): n for signature, state, n in self.db.execute(
+            "SELECT signature, state, count(*) FROM jobs GROUP BY signature, state")}
+        oldest = dict(self.db.execute(
+            "SELECT signature, min(created) FROM jobs WHERE state = 'QUEUED' GROUP BY signature").fetchall())
+        return by_state, oldest
 
     # -- webhooks ---------------------------------------------------------------------------------------
     def _webhook_due(self, job: JobRecord, now: float) -> None:
@@ -355,6 +411,6 @@ class JobStore:
                          webhook_attempts=json.loads(webhook_attempts) if webhook_attempts else [])
 
 
-def _lost_error(attempts: int) -> bytes:
+def lost_error(attempts: int | str) -> bytes:
     message = f"the job was lost {attempts} times (its gateway or model server died while it ran): JOB_MAX_ATTEMPTS"
     return jsonutil.dumps_bytes(ServerDied(message).to_body())

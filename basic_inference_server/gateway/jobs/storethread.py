@@ -1,7 +1,7 @@
 """The job store's thread: operations from the event loop run here in groups, one transaction and
 one commit (one ``fsync``) per group, and their results go back to the loop.
 
-An operation is a function of the :class:`.store.JobStore` and a callback the loop calls with
+An operation is a function of the :class:`.backend.Store` and a callback the loop calls with
 its result, or with the :class:`~basic_inference_server.errors.ServingError` it raised (each
 operation has a savepoint of its own: one that fails leaves the others of its group in). Nothing
 here blocks the loop: it only puts operations in a queue and gets one wake-up per group.
@@ -10,7 +10,6 @@ here blocks the loop: it only puts operations in a queue and gets one wake-up pe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -18,24 +17,24 @@ from collections.abc import Callable
 from typing import Any
 
 from ...errors import ServingError
-from .store import JobStore
+from .backend import Store
 
 logger = logging.getLogger(__name__)
 
 GROUP = 1024  # operations committed together at most
 Done = Callable[[Any, ServingError | None], None]
-Op = tuple[Callable[[JobStore], Any], Done, bool]  # the operation, what is told its result, durable
+Op = tuple[Callable[[Store], Any], Done, bool]  # the operation, what is told its result, durable
 
 
 class StoreThread:
-    def __init__(self, store: JobStore, loop: asyncio.AbstractEventLoop):
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop):
         self.store = store
         self.loop = loop
         self._ops: queue.SimpleQueue[Op | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="job-store", daemon=True)
         self._thread.start()
 
-    def call(self, op: Callable[[JobStore], Any], done: Done, durable: bool = False) -> None:
+    def call(self, op: Callable[[Store], Any], done: Done, durable: bool = False) -> None:
         """Run ``op(store)`` in the next group; ``done(result, error)`` in the loop once committed.
         ``durable``: its group is flushed to the disk before ``done`` (a submission, a cancel: what
         a client was promised); the others (claims, ends, reads) are written to the file, which a
@@ -70,7 +69,7 @@ class StoreThread:
                 return
 
     @staticmethod
-    def _commit(store: JobStore, ops: list[Op]) -> list[tuple[Done, Any, Any]]:
+    def _commit(store: Store, ops: list[Op]) -> list[tuple[Done, Any, Any]]:
         results: list[tuple[Done, Any, Any]] = []
         if not ops:
             return results
@@ -84,21 +83,26 @@ class StoreThread:
                     store.release(False)
                     results.append((done, None, exc))
                     continue
-                except Exception as exc:  # a bug, or the disk: this operation fails, the group goes on
+                except Exception as exc:  # a bug, the disk or the network: this operation fails, the group goes on
                     logger.exception("Job store operation failed")
                     store.release(False)
-                    results.append((done, None, ServingError(f"job store error: {type(exc).__name__}: {exc}")))
+                    results.append((done, None, _failure(store, exc)))
                     continue
                 store.release(True)
                 results.append((done, result, None))
             store.commit()
         except Exception as exc:  # the commit itself failed (disk full, I/O error): nothing of the group holds
             logger.exception("Job store commit failed")
-            with contextlib.suppress(Exception):  # no transaction may be left to roll back
-                store.db.execute("ROLLBACK")
+            store.rollback()
             error = ServingError(f"job store error: {type(exc).__name__}: {exc}", status=503)
             results = [(done, None, error) for _op, done, _durable in ops]
         return results
+
+
+def _failure(store: Store, exc: Exception) -> ServingError:
+    """An operation's unexpected exception as an error: 503 when the store could not be reached or
+    written (try again later), 500 for anything else."""
+    return ServingError(f"job store error: {type(exc).__name__}: {exc}", status=503 if store.is_outage(exc) else 500)
 
 
 def _deliver(results: list[tuple[Done, Any, Any]]) -> None:

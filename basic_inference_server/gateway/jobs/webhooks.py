@@ -33,7 +33,7 @@ import requests
 from ...errors import BadRequest, ServingError
 from .records import JobRecord, iso
 from .stats import JobStats
-from .store import DELIVERED, GAVE_UP, JobStore
+from .store import DELIVERED, GAVE_UP
 from .storethread import StoreThread
 
 SECRET_ENV, SECRET_FILE_ENV = "BIS_WEBHOOK_SECRET", "BIS_WEBHOOK_SECRET_FILE"
@@ -177,5 +177,5 @@ class Webhooks:
             if time.time() + wait - ended <= self.retry_s:
                 next_due = time.time() + wait
         state = DELIVERED if ok else GAVE_UP
-        self.store.call(lambda s: JobStore.delivered(s, job.job_id, attempt, next_due, state),
+        self.store.call(lambda s: s.delivered(job.job_id, attempt, next_due, state),
                         lambda _result, _error: None)
