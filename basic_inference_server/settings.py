@@ -170,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
             "from the environment, `BIS_JOB_STORE_PASSWORD`)", "sqlite"),
     Setting("JOB_LEASE_S", _T, Kind.NUMBER, "on a Redis store, seconds a gateway's claim on a running job lasts "
             "unless renewed (every third of it): a job whose gateway died runs again on another once it runs out",
-            30, minimum=1, maximum=3600),
+            30, minimum=0.5, maximum=3600),
     Setting("WEBHOOK_RETRY_S", _T, Kind.NUMBER, "seconds a job's webhook delivery is retried for (at once, then "
             "after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h...)", 86_400, maximum=30 * _SECONDS),
     Setting("WEBHOOK_ALLOWED_HOSTS", _T, Kind.VALUE, "host names (or addresses) a job's `WEBHOOK` may point at, "

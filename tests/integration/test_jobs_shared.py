@@ -1,0 +1,110 @@
+"""One job queue for many gateways: two real gateways on one real Redis (``JOB_STORE``).
+
+Any gateway answers for any job (reads, ``?wait``, cancels, event streams), a job queued on one
+runs on whichever has a spare place, a long job keeps its lease while its gateway lives, and when
+a gateway is SIGKILLed with jobs running, the other takes them over once their lease runs out:
+nothing is lost, and only the jobs that were running run again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import ECHO_CONFIG, Gateway
+from test_jobs import sse_events, submit, wait_job
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = {
+    "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 10},
+    "stream": {"SERVER_CLASS": "stream_model", "NR_WORKERS": 1},
+}
+
+
+def config(store: str, lease: float, runs_jobs: bool = True) -> dict:
+    """A gateway on ``store``; ``runs_jobs`` False: its endpoints are disabled, so it only reads,
+    waits for, cancels and follows the jobs the other runs."""
+    endpoints = {name: {**entry, "DISABLED": not runs_jobs} for name, entry in ENDPOINTS.items()}
+    return {**ECHO_CONFIG, "JOB_STORE": store, "JOB_LEASE_S": lease, "CONFIG_ENDPOINTS": endpoints}
+
+
+def wait_status(gateway: Gateway, job_id: str, status: str, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while gateway.get(f"/jobs/{job_id}").json()["STATUS"] != status:
+        assert time.monotonic() < deadline, f"{job_id} not {status} after {timeout}s"
+        time.sleep(0.02)
+
+
+def test_any_gateway_reads_waits_for_cancels_and_follows_the_jobs_the_other_runs(redis_server, gateway_factory):
+    store = redis_server.url()
+    runner = gateway_factory(config(store, 5))
+    reader = gateway_factory(config(store, 5, runs_jobs=False))
+    # A job queued on the runner is read on the reader, whose long-poll wakes when it ends there.
+    job = submit(runner, {"SIGNATURE": "echo", "VALUE": "shared", "SLEEP": 0.6}).json()
+    assert reader.get(f"/jobs/{job['JOB_ID']}").json()["SIGNATURE"] == "echo"
+    started = time.monotonic()
+    done = wait_job(reader, job["JOB_ID"], 20)
+    assert done["STATUS"] == "SUCCEEDED" and done["RESULT"]["predict_result"]["echo"] == "shared"
+    assert time.monotonic() - started < 5  # woken by the end, not by the 20 s of the wait
+    assert reader.get("/jobs", params={"signature": "echo"}).json()["JOBS"][0]["JOB_ID"] == job["JOB_ID"]
+    # The reader cancels jobs running on the runner: they stay cancelled when their hooks return there.
+    long = [submit(runner, {"SIGNATURE": "echo", "VALUE": i, "SLEEP": 1.5}).json()["JOB_ID"] for i in range(2)]
+    for job_id in long:
+        wait_status(reader, job_id, "RUNNING")
+    for job_id in long:
+        cancelled = reader.session.delete(f"{reader.url}/jobs/{job_id}", timeout=5)
+        assert cancelled.status_code == 200 and cancelled.json()["STATUS"] == "CANCELLED"
+    quick = submit(runner, {"SIGNATURE": "echo", "VALUE": "next"}).json()["JOB_ID"]
+    assert wait_job(reader, quick, 10)["STATUS"] == "SUCCEEDED"  # (once a worker is back from its sleep)
+    for job_id in long:
+        ended = runner.get(f"/jobs/{job_id}").json()
+        assert ended["STATUS"] == "CANCELLED" and "RESULT" not in ended
+    # The reader follows a streaming job the runner runs: the items kept, then each new one, then the end.
+    streaming = submit(runner, {"SIGNATURE": "stream", "N": 6, "GAP_MS": 150}).json()["JOB_ID"]
+    wait_status(reader, streaming, "RUNNING")
+    with reader.session.get(f"{reader.url}/jobs/{streaming}/events", stream=True, timeout=15) as events:
+        seen = sse_events(events)
+    assert [data["i"] for kind, data in seen if kind == "message"] == list(range(6))
+    assert seen[-1][0] == "end" and seen[-1][1]["STATUS"] == "SUCCEEDED"
+    # The reader's own endpoints are off: it refuses new jobs for them (it could never run them).
+    assert submit(reader, {"SIGNATURE": "echo", "VALUE": 1}).status_code == 404
+
+
+def test_jobs_queued_on_one_gateway_run_on_both_and_a_long_job_keeps_its_lease(redis_server, gateway_factory):
+    store = redis_server.url()
+    first = gateway_factory(config(store, 1))
+    second = gateway_factory(config(store, 1))
+    # 3 s of work per job for 2 workers: alone, one gateway would need 6 s; both run them.
+    ids = [submit(first, {"SIGNATURE": "echo", "VALUE": i, "SLEEP": 3}).json()["JOB_ID"] for i in range(4)]
+    started = time.monotonic()
+    jobs = [wait_job(second, job_id, 20) for job_id in ids]
+    assert [job["STATUS"] for job in jobs] == ["SUCCEEDED"] * 4
+    assert time.monotonic() - started < 5.5
+    # Each ran once: its gateway renewed its lease (1 s) through the 3 s it took; none was taken over.
+    assert [job["ATTEMPTS"] for job in jobs] == [1] * 4
+
+
+def test_a_sigkilled_gateways_running_jobs_are_taken_over_by_the_other(redis_server, gateway_factory):
+    """The crash test on a shared queue: one gateway and its servers SIGKILLed with jobs running
+    and queued; the other runs every job once the dead one's leases run out. 0 lost, all
+    SUCCEEDED, re-runs at most the jobs that were running on the dead gateway."""
+    store = redis_server.url()
+    doomed = gateway_factory(config(store, 2))
+    ids = [submit(doomed, {"SIGNATURE": "echo", "VALUE": i, "SLEEP": 0.3}).json()["JOB_ID"] for i in range(60)]
+    survivor = gateway_factory(config(store, 2))  # (meanwhile the doomed one runs them, 2 at a time)
+    deadline = time.monotonic() + 5
+    while sum(survivor.get(f"/jobs/{job_id}").json()["STATUS"] == "RUNNING" for job_id in ids[-20:]) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    running = {job["JOB_ID"] for job in survivor.get("/jobs", params={"status": "RUNNING"}).json()["JOBS"]}
+    os.killpg(doomed.proc.pid, signal.SIGKILL)
+    doomed.proc.wait(5)
+    jobs = [wait_job(survivor, job_id, 30) for job_id in ids]
+    assert [job["STATUS"] for job in jobs] == ["SUCCEEDED"] * 60
+    rerun = [job for job in jobs if job["ATTEMPTS"] > 1]
+    assert 1 <= len(rerun) <= 2  # the doomed gateway's 2 workers' jobs, at most
+    assert all(job["ATTEMPTS"] == 2 and job["JOB_ID"] in running for job in rerun)
+    assert survivor.run("echo", VALUE=1).status_code == 200
