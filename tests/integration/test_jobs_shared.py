@@ -108,3 +108,29 @@ def test_a_sigkilled_gateways_running_jobs_are_taken_over_by_the_other(redis_ser
     assert 1 <= len(rerun) <= 2  # the doomed gateway's 2 workers' jobs, at most
     assert all(job["ATTEMPTS"] == 2 and job["JOB_ID"] in running for job in rerun)
     assert survivor.run("echo", VALUE=1).status_code == 200
+
+
+def test_redis_gone_is_a_503_for_jobs_only_and_its_jobs_are_there_when_it_is_back(redis_server, gateway_factory,
+                                                                                  tmp_path):
+    """Redis stopped: job routes answer 503 (JSON, at once), /run goes on; Redis restarted on its
+    append-only file: the jobs answered 202 before are there, and new ones run."""
+    from bench.redisserver import RedisServer
+
+    own = RedisServer(redis_server.binary, tmp_path / "redis").start()
+    try:
+        gateway = gateway_factory(config(own.url(), 2))
+        kept = submit(gateway, {"SIGNATURE": "echo", "VALUE": "kept"}).json()["JOB_ID"]
+        assert wait_job(gateway, kept)["STATUS"] == "SUCCEEDED"
+        own.stop()
+        started = time.monotonic()
+        refused = submit(gateway, {"SIGNATURE": "echo", "VALUE": 1})
+        assert refused.status_code == 503 and "job store" in refused.json()["ERROR"]
+        assert gateway.get(f"/jobs/{kept}").status_code == 503
+        assert time.monotonic() - started < 5
+        assert gateway.run("echo", VALUE=1).status_code == 200  # interactive traffic does not need Redis
+        own.start()
+        assert wait_job(gateway, kept)["RESULT"]["predict_result"]["echo"] == "kept"
+        again = submit(gateway, {"SIGNATURE": "echo", "VALUE": "again"})
+        assert again.status_code == 202 and wait_job(gateway, again.json()["JOB_ID"])["STATUS"] == "SUCCEEDED"
+    finally:
+        own.stop()
