@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import urllib.parse
 from collections.abc import Mapping
@@ -234,7 +235,7 @@ def parse_config(
         job_ttl=read(data, "JOB_TTL"),
         job_max_attempts=read(data, "JOB_MAX_ATTEMPTS"),
         job_store_max_bytes=int(read(data, "JOB_STORE_MAX_MB") * 1024 * 1024),
-        job_store=_job_store(read(data, "JOB_STORE")),
+        job_store=_job_store(os.environ.get(JOB_STORE_ENV) or read(data, "JOB_STORE")),
         job_lease_s=read(data, "JOB_LEASE_S"),
         webhook_retry_s=read(data, "WEBHOOK_RETRY_S"),
         webhook_allowed_hosts=_allowed_hosts(data.get("WEBHOOK_ALLOWED_HOSTS")),
@@ -242,9 +243,12 @@ def parse_config(
     )
 
 
+JOB_STORE_ENV = "BIS_JOB_STORE"  # the deployment's Redis, whatever the configuration file says
+
+
 def _job_store(value: Any) -> str:
-    """JOB_STORE: "sqlite", or a Redis address with no password in it (that comes from the
-    environment, BIS_JOB_STORE_PASSWORD: secrets are never in the configuration)."""
+    """JOB_STORE (or BIS_JOB_STORE): "sqlite", or a Redis address with no password in it (that
+    comes from the environment, BIS_JOB_STORE_PASSWORD: secrets are never in the configuration)."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(expected("JOB_STORE", '"sqlite" or a Redis address (redis://host:port/db)', value))
     value = value.strip()

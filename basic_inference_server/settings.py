@@ -167,7 +167,8 @@ SETTINGS: tuple[Setting, ...] = (
             "payload files beside it) → 507 for new jobs beyond", 1024, maximum=10**7),
     Setting("JOB_STORE", _T, Kind.VALUE, "where jobs are kept: `\"sqlite\"`, embedded in the cache volume (one "
             "gateway), or a Redis address, `\"redis://host:6379/0\"`, one queue shared by many gateways (its password "
-            "from the environment, `BIS_JOB_STORE_PASSWORD`)", "sqlite"),
+            "from the environment, `BIS_JOB_STORE_PASSWORD`); the environment variable `BIS_JOB_STORE` overrides it",
+            "sqlite"),
     Setting("JOB_LEASE_S", _T, Kind.NUMBER, "on a Redis store, seconds a gateway's claim on a running job lasts "
             "unless renewed (every third of it): a job whose gateway died runs again on another once it runs out",
             30, minimum=0.5, maximum=3600),

@@ -31,23 +31,35 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import requests
 
 from bench.__main__ import BENCH, MODELS
 from bench.common import GatewayRun
 from bench.load import SERVE_CPU, WRK_CPU, ensure_wrk, wrk
+from bench.redisserver import RedisServer, find_or_install
 from bench.report import save_table
 
 ENDPOINTS = sorted((BENCH / "endpoints").glob("*.py"))
 
 
-def gateway(endpoints: dict[str, dict], cpu: str | None, app=None) -> GatewayRun:
-    run = GatewayRun(ENDPOINTS, {"CONFIG_ENDPOINTS": endpoints, "SHUTDOWN_GRACE": 2}, len(endpoints), 24000,
-                     env={"BIS_LOG_LEVEL": "WARNING"}, cpu=cpu, app=app)
+STORE: dict[str, object] = {}  # the job store's keys of every gateway (--store redis: JOB_STORE, a database each)
+REDIS: list[RedisServer] = []  # --store redis: the redis-server of the run
+
+
+def store_config() -> dict[str, object]:
+    """The job store of a gateway (or of several sharing one queue): --store's."""
+    return {"JOB_STORE": REDIS[0].url(), "JOB_LEASE_S": 3} if REDIS else {}
+
+
+def gateway(endpoints: dict[str, dict], cpu: str | None, app=None, store: dict | None = None) -> GatewayRun:
+    config = {"CONFIG_ENDPOINTS": endpoints, "SHUTDOWN_GRACE": 2, **(store_config() if store is None else store)}
+    run = GatewayRun(ENDPOINTS, config, len(endpoints), 24000, env={"BIS_LOG_LEVEL": "WARNING"}, cpu=cpu, app=app)
     if run.wait_ready(timeout=60) is None:
         output = run.output()
         run.stop()
@@ -89,9 +101,14 @@ def accept(binary: str, pin: bool, seconds: float) -> dict:
 
 
 def crash(pin: bool, jobs: int, kills: int) -> dict:
+    """One gateway SIGKILLed ``kills`` times and started again on the same folder; with --store
+    redis, two gateways on one Redis, one of them SIGKILLed ``kills`` times (a new one started
+    each time) while the other goes on."""
     endpoint = MODELS["dummy"][0]
-    run = first = gateway({"dummy": endpoint}, SERVE_CPU if pin else None)  # first: holds the folder until the end
-    app = run.app
+    store = store_config()
+    run = first = gateway({"dummy": endpoint}, SERVE_CPU if pin else None, store=store)  # first: holds the folder
+    other = gateway({"dummy": endpoint}, SERVE_CPU if pin else None, store=store) if REDIS else None
+    app = None if REDIS else run.app
     started = time.monotonic()
     batch_id = batch_submit(run.url, [{"SIGNATURE": "dummy", "INPUT_VALUE": i} for i in range(jobs)])
     running_at_kills = 0
@@ -108,7 +125,7 @@ def crash(pin: bool, jobs: int, kills: int) -> dict:
         print(f"  kill {kill + 1}: {counts}", flush=True)
         run.proc.wait(10)
         run.stop(keep=True)
-        run = gateway({"dummy": endpoint}, SERVE_CPU if pin else None, app=app)
+        run = gateway({"dummy": endpoint}, SERVE_CPU if pin else None, app=app, store=store)
     while (counts := batch_counts(run.url, batch_id))["SUCCEEDED"] + counts["FAILED"] < jobs:
         time.sleep(0.2)
     drained = time.monotonic() - started
@@ -124,9 +141,12 @@ def crash(pin: bool, jobs: int, kills: int) -> dict:
             break
     run.stop()
     first.stop()  # its folder goes now
+    if other is not None:
+        other.stop()
     succeeded = sum(json.loads(row)["status"] == "SUCCEEDED" for row in rows)
-    return {"jobs": jobs, "kills": kills, "lost": jobs - len(rows), "not_succeeded": jobs - succeeded,
-            "reruns": reruns, "running_at_kills_at_most": running_at_kills, "seconds": round(drained, 1)}
+    return {"jobs": jobs, "kills": kills, "gateways": 2 if REDIS else 1, "lost": jobs - len(rows),
+            "not_succeeded": jobs - succeeded, "reruns": reruns, "running_at_kills_at_most": running_at_kills,
+            "seconds": round(drained, 1)}
 
 
 def interactive(binary: str, pin: bool, backlog: int) -> dict:
@@ -278,12 +298,30 @@ def main() -> int:
     parser.add_argument("--crash-jobs", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=10_000)
+    parser.add_argument("--store", choices=("sqlite", "redis"), default="sqlite",
+                        help="the job store: embedded, or a redis-server started for the run (pinned with the "
+                             "gateways); the crash scenario then runs two gateways on it and kills one")
     parser.add_argument("--only", default="accept,crash,interactive,batching",
                         help="scenarios: accept, crash, interactive, batching, peer (BentoML beside it)")
     args = parser.parse_args()
     binary = ensure_wrk()
     wanted = set(args.only.split(","))
     report = {}
+    if args.store == "redis":
+        folder = tempfile.TemporaryDirectory()
+        REDIS.append(RedisServer(find_or_install(), Path(folder.name), cpu=SERVE_CPU if args.pin else None).start())
+    try:
+        run_scenarios(binary, args, wanted, report)
+    finally:
+        for server in REDIS:
+            server.stop()
+    lines = [f"| {name} | {json.dumps(figures)} |" for name, figures in report.items()]
+    save_table("jobs" if args.store == "sqlite" else "jobs-redis", "\n".join(["| scenario | figures |", "|---|---|",
+                                                                             *lines]), args, report)
+    return 0
+
+
+def run_scenarios(binary: str, args: argparse.Namespace, wanted: set[str], report: dict) -> None:
     if "accept" in wanted:
         report["accept"] = accept(binary, args.pin, args.accept_seconds)
         print("accept", report["accept"], flush=True)
@@ -299,9 +337,6 @@ def main() -> int:
     if "peer" in wanted:
         report["peer"] = peer(binary, args.pin, args.crash_jobs)
         print("peer", report["peer"], flush=True)
-    lines = [f"| {name} | {json.dumps(figures)} |" for name, figures in report.items()]
-    save_table("jobs", "\n".join(["| scenario | figures |", "|---|---|", *lines]), args, report)
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,18 +40,24 @@ def free_port() -> int:
 class RedisServer:
     DATABASES = 64  # one per gateway (or group of gateways) a test run starts
 
-    def __init__(self, binary: str, folder: Path, port: int | None = None, appendfsync: str = "always"):
-        self.binary, self.folder, self.port = binary, folder, port or free_port()
+    def __init__(self, binary: str, folder: Path, port: int | None = None, appendfsync: str = "always",
+                 cpu: str | None = None, password: str | None = None):
+        """``cpu``: pinned there (``taskset -c``), as the benchmark pins the serving processes;
+        ``password``: clients must give it (``requirepass``)."""
+        self.binary, self.folder, self.port, self.cpu = binary, folder, port or free_port(), cpu
+        self.password = password
         self.appendfsync = appendfsync
         self.proc: subprocess.Popen | None = None
         self._next_db = 0
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+                   "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
+                   "--databases", str(self.DATABASES), "--logfile", str(self.folder / "redis.log"),
+                   *(["--requirepass", self.password] if self.password else [])]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--databases",
-             str(self.DATABASES), "--logfile", str(self.folder / "redis.log")],
+            [*(["taskset", "-c", self.cpu] if self.cpu else []), *command],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -67,7 +73,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 

@@ -226,7 +226,7 @@ class FlaskGateway:
         try:
             self.jobs = Jobs.open(self.cache_folder / "_data" / "jobs", config, self.http.loop, self.router,
                                   self.run_path)
-        except ValueError as exc:  # BIS_WEBHOOK_SECRET that is not one
+        except ValueError as exc:  # BIS_WEBHOOK_SECRET that is not one, a password file that cannot be read
             self.http.close()
             raise GatewayStartupError(str(exc)) from None
         self.http.loop_routes += self.jobs.routes()

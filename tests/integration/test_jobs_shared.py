@@ -134,3 +134,26 @@ def test_redis_gone_is_a_503_for_jobs_only_and_its_jobs_are_there_when_it_is_bac
         assert again.status_code == 202 and wait_job(gateway, again.json()["JOB_ID"])["STATUS"] == "SUCCEEDED"
     finally:
         own.stop()
+
+
+def test_a_redis_with_a_password_from_a_secret_file_and_the_address_from_the_environment(redis_server,
+                                                                                         gateway_factory, tmp_path):
+    """BIS_JOB_STORE overrides JOB_STORE (the deployment's Redis); its password comes only from the
+    environment (here a secret file); without it, job routes answer 503 and say why."""
+    from bench.redisserver import RedisServer
+
+    own = RedisServer(redis_server.binary, tmp_path / "redis", password="s3cret-pass").start()
+    try:
+        secret = tmp_path / "redis_password"
+        secret.write_text("s3cret-pass\n")
+        env = {"BIS_JOB_STORE": own.url(), "BIS_JOB_STORE_PASSWORD_FILE": str(secret)}
+        gateway = gateway_factory(config("sqlite", 2), env=env)
+        job = submit(gateway, {"SIGNATURE": "echo", "VALUE": "authenticated"})
+        assert job.status_code == 202 and wait_job(gateway, job.json()["JOB_ID"])["STATUS"] == "SUCCEEDED"
+        refused = gateway_factory(config("sqlite", 2), env={"BIS_JOB_STORE": own.url()})
+        answer = submit(refused, {"SIGNATURE": "echo", "VALUE": 1})
+        assert answer.status_code == 503 and "auth" in answer.json()["ERROR"].lower()
+        assert refused.run("echo", VALUE=1).status_code == 200
+        assert "s3cret-pass" not in gateway.output() + refused.output()
+    finally:
+        own.stop()

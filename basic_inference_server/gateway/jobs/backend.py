@@ -57,7 +57,19 @@ class Store(Protocol):
     def delivered(self, job_id: str, attempt: dict, next_due: float | None, state: str) -> None: ...
 
 
-PASSWORD_ENV = "BIS_JOB_STORE_PASSWORD"
+PASSWORD_ENV, PASSWORD_FILE_ENV = "BIS_JOB_STORE_PASSWORD", "BIS_JOB_STORE_PASSWORD_FILE"
+
+
+def redis_password() -> str | None:
+    """Redis's password: BIS_JOB_STORE_PASSWORD, or the file BIS_JOB_STORE_PASSWORD_FILE names (a
+    Docker or Kubernetes secret); None: Redis has none. ValueError for a file that cannot be read."""
+    path = os.environ.get(PASSWORD_FILE_ENV)
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            raise ValueError(f"{PASSWORD_FILE_ENV}={path}: cannot be read: {exc.strerror}") from None
+    return os.environ.get(PASSWORD_ENV) or None
 
 
 def open_store(config: GatewayConfig, folder: Path) -> Store:
@@ -65,7 +77,6 @@ def open_store(config: GatewayConfig, folder: Path) -> Store:
     address, else the embedded one in ``folder``. The Redis client is imported only here."""
     if config.job_store.startswith(("redis://", "rediss://", "unix://")):
         from .redisstore import RedisStore
-        return RedisStore(config.job_store, os.environ.get(PASSWORD_ENV) or None, config.job_store_max_bytes,
-                          config.job_lease_s)
+        return RedisStore(config.job_store, redis_password(), config.job_store_max_bytes, config.job_lease_s)
     from .store import JobStore
     return JobStore(folder, config.job_store_max_bytes)
