@@ -7,7 +7,11 @@ the stack is deployed with the model service at 3 replicas, and through the gate
 port only: the answers come from all 3 replicas evenly, ``docker service scale`` to 5 is used
 within 15 s, ``docker service update --image`` under load fails no request and ends with v2's
 answers, and ``docker kill`` of a replica under load fails at most what it held, with the
-gateway routing around it within 2 s. Everything the test created is removed. Skipped, saying
+gateway routing around it within 2 s. The stack runs with its optional Redis service
+(jobs-redis.yml, Redis from a stand-in image built from Debian's redis-server, reached by DNS
+round robin): a backlog of jobs outlives a ``docker kill`` of the gateway's task, whose
+successor (a new container, a new cache volume) runs every job from Redis, the ones that were
+running taken over once their lease ran out. Everything the test created is removed. Skipped, saying
 why, where no engine can run; leave it out with ``-m "not docker"``.
 """
 
@@ -35,6 +39,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "deploy" / "swarm" / "stack.yml"
+REDIS_FILE = REPO / "deploy" / "swarm" / "jobs-redis.yml"
 PREFIX = f"bis-swarm-{uuid.uuid4().hex[:6]}"
 MODEL = "dummy_model_demo2"
 V1_ANSWER, V2_ANSWER = "3*0 + 0 = 0 PREDICTED", "3*0 + 0 = 0 PREDICTED by v2"
@@ -44,6 +49,14 @@ USER root
 RUN sed -i 's/ PREDICTED"/ PREDICTED by v2"/' endpoints/dummy_model_demo2.py \\
     && grep -q 'PREDICTED by v2' endpoints/dummy_model_demo2.py
 USER 10001:10001
+"""
+# No registry here: Redis's image is Debian's redis-server on the stand-in base (never pulled).
+REDIS_DOCKERFILE = """\
+FROM python:3.11-slim
+RUN apt-get update && apt-get install -y --no-install-recommends redis-server && rm -rf /var/lib/apt/lists/* \\
+    && mkdir -p /data
+WORKDIR /data
+CMD ["redis-server", "--protected-mode", "no"]
 """
 CLIENTS = 8
 FIGURES: list[str] = []  # what the tests measured, printed at the end with the fixture's notes
@@ -134,17 +147,22 @@ def swarm(pytestconfig: pytest.Config) -> Iterator[Swarm]:
         if joined_here:
             engine.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
             notes.append("initialised a one-node swarm")
-        v1, v2 = f"{PREFIX}:v1", f"{PREFIX}:v2"
-        images += [v2, v1]
+        v1, v2, redis = f"{PREFIX}:v1", f"{PREFIX}:v2", f"{PREFIX}-redis:stand-in"
+        images += [v2, v1, redis]
         engine.docker("build", "--force-rm", "-t", v1, str(clean_copy(workdir / "context")), timeout=480)
         (workdir / "v2").mkdir()
         (workdir / "v2" / "Dockerfile").write_text(V2_DOCKERFILE.format(image=v1), encoding="utf-8")
         engine.docker("build", "--force-rm", "-t", v2, str(workdir / "v2"), timeout=120)
+        (workdir / "redis").mkdir()
+        (workdir / "redis" / "Dockerfile").write_text(REDIS_DOCKERFILE, encoding="utf-8")
+        engine.docker("build", "--force-rm", "-t", redis, str(workdir / "redis"), timeout=300)
         notes.append(f"images built in {time.monotonic() - started:.0f}s")
         engine.docker("secret", "create", f"{PREFIX}-token", "-", input=uuid.uuid4().hex)
         port = free_port()
-        env = dict(os.environ, BIS_IMAGE=v1, BIS_PORT=str(port), BIS_MODEL_REPLICAS="3", BIS_SECRET=f"{PREFIX}-token")
-        engine.docker("stack", "deploy", "--compose-file", str(STACK_FILE), PREFIX, env=env, timeout=120)
+        env = dict(os.environ, BIS_IMAGE=v1, BIS_PORT=str(port), BIS_MODEL_REPLICAS="3", BIS_SECRET=f"{PREFIX}-token",
+                   BIS_REDIS_IMAGE=redis)
+        engine.docker("stack", "deploy", "--compose-file", str(STACK_FILE), "--compose-file", str(REDIS_FILE), PREFIX,
+                      env=env, timeout=120)
         the_swarm = Swarm(engine, port, v1, v2)
         wait_for(lambda: len(the_swarm.ready()) == 3, 180, "the gateway to see 3 READY model servers")
         notes.append(f"stack ready after {time.monotonic() - started:.0f}s")
@@ -157,6 +175,7 @@ def swarm(pytestconfig: pytest.Config) -> Iterator[Swarm]:
                 or engine.docker("network", "ls", "-q", "--filter", f"name={PREFIX}_", check=False).stdout):
             time.sleep(1)
         engine.docker("secret", "rm", f"{PREFIX}-token", check=False)
+        engine.docker("volume", "rm", f"{PREFIX}_redis-data", check=False)
         for image in images:
             engine.docker("rmi", "--force", image, check=False, timeout=120)
         if joined_here:
@@ -249,3 +268,42 @@ def test_a_killed_replica_fails_only_its_requests_in_flight(swarm: Swarm) -> Non
     late = [r for r in load.results if r[0] > killed + 2]
     assert late and all(status == 200 for _, status, _, _ in late)
     assert out_after < 2
+
+
+def test_jobs_outlive_a_killed_gateway_task_through_the_redis_service(swarm: Swarm) -> None:
+    """A backlog of jobs submitted, the gateway's container killed: Swarm starts a new gateway
+    task (a new container, a new cache volume) that finds every job in Redis and runs it; those
+    that were running run again once the dead task's lease (JOB_LEASE_S, 30 s) has run out."""
+    count = 2000
+    lines = "\n".join(json.dumps({"SIGNATURE": "dummy_model_demo1", "INPUT_VALUE": i, "custom_id": str(i)})
+                      for i in range(count))
+    submitted = swarm.session.post(swarm.url + "/batches", data=lines, timeout=60,
+                                   headers={"Content-Type": "application/x-ndjson"})
+    assert submitted.status_code == 202, submitted.text
+    batch = submitted.json()["BATCH_ID"]
+    gateway = swarm.docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={PREFIX}_gateway").stdout
+    killed = time.monotonic()
+    swarm.docker("kill", gateway.split()[0])
+
+    def finished() -> dict | None:
+        try:
+            counts = swarm.session.get(f"{swarm.url}/batches/{batch}", timeout=5).json()["COUNTS"]
+        except (requests.RequestException, ValueError, KeyError):
+            return None  # the new gateway task is not up yet
+        return counts if counts["QUEUED"] + counts["RUNNING"] == 0 else None
+
+    counts = wait_for(finished, 180, "the new gateway task to run every job of the batch", interval=1)
+    drained = time.monotonic() - killed
+    assert counts["SUCCEEDED"] == count, (counts, swarm.logs())
+    results = swarm.session.get(f"{swarm.url}/batches/{batch}/results", timeout=60).text.splitlines()
+    assert [json.loads(line)["custom_id"] for line in results] == [str(i) for i in range(count)]
+    reruns, cursor = 0, None
+    while True:  # every job's attempts, a page of the listing at a time
+        page = swarm.session.get(swarm.url + "/jobs", params={"limit": 1000, **({"cursor": cursor} if cursor else {})},
+                                 timeout=30).json()
+        reruns += sum(job["ATTEMPTS"] - 1 for job in page["JOBS"])
+        cursor = page["NEXT_CURSOR"]
+        if not cursor:
+            break
+    FIGURES.append(f"jobs: {count} queued, gateway task killed, all SUCCEEDED {drained:.0f}s later, {reruns} re-run(s)")
+    assert reruns <= 2  # at most the jobs running at the kill (the endpoint's 2 workers)

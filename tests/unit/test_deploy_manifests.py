@@ -131,6 +131,51 @@ def test_kustomization_builds_with_kubectl() -> None:
     assert kinds == ["Deployment", "HorizontalPodAutoscaler", "Service"]
 
 
+# -- Kubernetes: the optional Redis of the job store (deploy/k8s/redis/) --------------------------
+
+REDIS = K8S / "redis"
+REDIS_MANIFESTS = ("redis-statefulset.yaml", "redis-service.yaml")
+
+
+def load_redis(name: str) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all((REDIS / name).read_text(encoding="utf-8")) if d]
+    assert len(docs) == 1, f"redis/{name}: expected one resource per file, found {len(docs)}"
+    return docs[0]
+
+
+@pytest.mark.parametrize("name", REDIS_MANIFESTS)
+def test_the_redis_manifests_are_valid_for_the_kubernetes_version(name: str, no_network: None) -> None:
+    try:
+        kubernetes_validate.validate(load_redis(name), KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(f"redis/{name}: {'.'.join(map(str, exc.path))}: {exc.message}") from None
+
+
+def test_the_redis_overlay_points_every_gateway_pod_at_its_redis() -> None:
+    """The overlay adds Redis to deploy/k8s/ and gives the gateway container BIS_JOB_STORE naming
+    the headless Service's name and port, which selects the StatefulSet's pods; Redis flushes its
+    append-only file at every write, on a persistent volume."""
+    from basic_inference_server.config import JOB_STORE_ENV
+
+    kustomization = yaml.safe_load((REDIS / KUSTOMIZATION).read_text(encoding="utf-8"))
+    assert sorted(kustomization["resources"]) == sorted(["../", *REDIS_MANIFESTS])
+    patch = yaml.safe_load((REDIS / kustomization["patches"][0]["path"]).read_text(encoding="utf-8"))
+    assert patch["kind"] == "Deployment" and patch["metadata"]["name"] == by_kind("Deployment")["metadata"]["name"]
+    (container,) = patch["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == gateway_container()["name"]
+    address = next(e["value"] for e in container["env"] if e["name"] == JOB_STORE_ENV)
+    service, statefulset = load_redis("redis-service.yaml"), load_redis("redis-statefulset.yaml")
+    assert service["spec"]["clusterIP"] == "None"  # headless: the pod's own address, no virtual IP
+    assert address == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
+    labels = statefulset["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    (redis,) = statefulset["spec"]["template"]["spec"]["containers"]
+    args = " ".join(redis["args"])
+    assert "--appendonly yes" in args and "--appendfsync always" in args
+    assert redis["volumeMounts"][0]["mountPath"] == "/data" and statefulset["spec"]["volumeClaimTemplates"]
+    assert statefulset["spec"]["replicas"] == 1
+
+
 # -- Kubernetes: consistency with the gateway ------------------------------------------------------
 
 

@@ -141,8 +141,8 @@ class Dispatcher:
             if spare:
                 self._claiming.add(signature)
                 asked = min(spare, count)
-                self.store.call(lambda s, sig=signature, n=asked: s.claim(sig, n, time.time()),
-                                lambda jobs, error, sig=signature, n=asked: self._claimed(sig, n, jobs, error))
+                self.store.call(lambda s, sig=signature, n=asked: _claim(s, sig, n),
+                                lambda result, error, sig=signature, n=asked: self._claimed(sig, n, result, error))
         # While jobs wait, a place freed by any request is offered to them at once.
         self.router.admission.freed = self.freed if waiting and not self._closed else None
         if waiting and self._timer is None and not self._closed:
@@ -156,15 +156,17 @@ class Dispatcher:
                 spare += max(0, handle.capacity - handle.endpoint.max_queue - handle.inflight.count)
         return spare
 
-    def _claimed(self, signature: str, asked: int, jobs: list[JobRecord] | None, error: ServingError | None) -> None:
+    def _claimed(self, signature: str, asked: int, result: Any, error: ServingError | None) -> None:
         self._claiming.discard(signature)
         if error is not None:
             logger.error("Jobs: claiming jobs of %s failed: %s", signature, error)
             return
-        got = len(jobs or ())
-        # Fewer than asked: the store's queue is empty now, whatever this count said.
-        self.queued[signature] = max(0, self.queued.get(signature, 0) - got) if got == asked else 0
-        for job in jobs or ():
+        jobs, left = result
+        if left is not None:  # a shared store: the others claim too, it says what is left
+            self.queued[signature] = left
+        else:  # fewer than asked: the store's queue is empty now, whatever this count said
+            self.queued[signature] = max(0, self.queued.get(signature, 0) - len(jobs)) if len(jobs) == asked else 0
+        for job in jobs:
             self._send(job)
         self.kick()
 
@@ -378,6 +380,12 @@ class Dispatcher:
                 logger.info("Jobs: %d finished job(s) older than JOB_TTL purged", count)
         self.store.call(lambda s: s.purge(before), done)
         self.loop.call_later(PURGE_EVERY, self._purge)
+
+
+def _claim(store: Store, signature: str, count: int) -> tuple[list[JobRecord], int | None]:
+    """Claim jobs (on the store's thread); on a shared store, also how many are left queued."""
+    jobs = store.claim(signature, count, time.time())
+    return jobs, store.queued_counts([signature]).get(signature, 0) if store.shared else None
 
 
 def _subscribe(table: dict[str, list[Any]], job_id: str, told: Any) -> Callable[[], None]:

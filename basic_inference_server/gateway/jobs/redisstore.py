@@ -183,8 +183,9 @@ class RedisStore:
     def _signatures(self) -> list[str]:
         return sorted(sig.decode() for sig in self.client.smembers(PREFIX + "sigs"))
 
-    def queued_counts(self) -> dict[str, int]:
-        signatures = self._signatures()
+    def queued_counts(self, signatures: list[str] | None = None) -> dict[str, int]:
+        """QUEUED jobs per endpoint (of ``signatures``, else of all)."""
+        signatures = self._signatures() if signatures is None else signatures
         pipe = self.client.pipeline(transaction=False)
         for signature in signatures:
             pipe.zcard(f"{PREFIX}st:QUEUED:{signature}")

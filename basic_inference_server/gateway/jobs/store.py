@@ -231,9 +231,10 @@ class JobStore:
                                (*args, limit)).fetchall()
         return [self._record(row, with_answer=False) for row in rows]
 
-    def queued_counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT signature, count(*) FROM jobs WHERE state = 'QUEUED' GROUP BY signature")
-        return dict(rows.fetchall())
+    def queued_counts(self, signatures: list[str] | None = None) -> dict[str, int]:
+        """QUEUED jobs per endpoint (of ``signatures``, else of all)."""
+        rows = dict(self.db.execute("SELECT signature, count(*) FROM jobs WHERE state = 'QUEUED' GROUP BY signature"))
+        return rows if signatures is None else {sig: n for sig, n in rows.items() if sig in signatures}
 
     def claim(self, signature: str, count: int, now: float) -> list[JobRecord]:
         """Up to ``count`` QUEUED jobs of ``signature``, highest priority first then oldest, made
