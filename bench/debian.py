@@ -1,12 +1,17 @@
 """Installing a Debian package a test or the benchmark needs (wrk, redis-server, Chromium) on a
-clean machine, as CI's is: root only, with the package lists refreshed when the first try fails."""
+clean machine, as CI's is: root only, with the package lists refreshed when the first try fails.
+The test processes of one run (pytest-xdist) may ask at once: one installs while the others wait
+on a lock file, then find the package there."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import time
+
+LOCK = "/tmp/basic_inference_server-apt.lock"
 
 
 class NotInstalled(RuntimeError):
@@ -18,6 +23,19 @@ def install(package: str, timeout: float = 300.0) -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         raise NotInstalled(f"{package} is not installed and cannot be installed here: run "
                            f"`apt-get install -y {package}` as root")
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file closes)
+        if not installed(package):  # another process may have installed it while this one waited
+            _install(package, timeout)
+
+
+def installed(package: str) -> bool:
+    done = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", package], capture_output=True, text=True,
+                          check=False)
+    return done.returncode == 0 and done.stdout.endswith("installed")
+
+
+def _install(package: str, timeout: float) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     deadline = time.monotonic() + timeout
     output = ""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from bench.debian import NotInstalled, install
+
 BENCH = Path(__file__).resolve().parent
 WRK_CPU = "0"  # with --pin: wrk (and this script) on CPU 0, every serving process on CPU 1
 SERVE_CPU = "1"
@@ -63,16 +65,12 @@ def ensure_wrk() -> str:
     found = shutil.which("wrk")
     if found:
         return found
-    if os.geteuid() != 0:
-        sys.exit("wrk is needed: install it with `sudo apt-get install wrk` (Debian/Ubuntu)")
     print("Installing wrk from Debian's packages ...", file=sys.stderr)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, stdout=subprocess.DEVNULL)
-    found = shutil.which("wrk")
-    if not found:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
-        found = shutil.which("wrk")
-    return found or sys.exit("could not install wrk")
+    try:
+        install("wrk")
+    except NotInstalled as exc:
+        sys.exit(f"wrk is needed: {exc}")
+    return shutil.which("wrk") or sys.exit("could not install wrk")
 
 
 def wrk(binary: str, url: str, body: dict | bytes, concurrency: int, duration: float, cpu: str | None = None,

@@ -60,6 +60,8 @@ class RedisStore:
             "SUBMIT", "CLAIM", "FINISH", "REQUEUE", "CANCEL", "TAKEOVER", "ADD_ITEMS", "PURGE", "DUE_WEBHOOKS",
             "DELIVERED")}
         self._durable = False
+        self._deferred: list[tuple[str, tuple, Callable[[Any], None] | None]] = []  # sent at the commit
+        self._mark = 0
         self._waitaof: bool | None = None  # probed at the first durable group
         self._used, self._used_at = 0, 0.0
 
@@ -69,21 +71,37 @@ class RedisStore:
     # -- transactions: each operation is atomic on the server; a durable group waits for the AOF -----------
     def begin(self, durable: bool = True) -> None:
         self._durable = durable
+        self._deferred = []
 
     def savepoint(self) -> None:
-        pass
+        self._mark = len(self._deferred)
 
     def release(self, ok: bool) -> None:
-        pass
+        if not ok:
+            del self._deferred[self._mark:]  # what the failed operation deferred is not sent
 
     def commit(self) -> None:
+        """Send what the group's operations deferred, in one pipeline (one round trip for a burst
+        of submissions or ends); on Redis 7.2 and later, wait for the append-only file."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            pipe = self.client.pipeline(transaction=False)
+            for name, args, _then in deferred:
+                self._run(name, *args, client=pipe)
+            for (_name, _args, then), result in zip(deferred, pipe.execute(), strict=True):
+                if then is not None:
+                    then(result)
         if self._durable and self._has_waitaof():
             local, _replicas = self.client.execute_command("WAITAOF", 1, 0, 5000)
             if local < 1:
                 raise redis.exceptions.TimeoutError("Redis did not write the jobs to its append-only file in 5 s")
 
     def rollback(self) -> None:
-        pass
+        self._deferred = []
+
+    def _defer(self, name: str, *args: Any, then: Callable[[Any], None] | None = None) -> None:
+        """Run script ``name`` at the group's commit, with the others (``then(result)`` after)."""
+        self._deferred.append((name, args, then))
 
     def _has_waitaof(self) -> bool:
         if self._waitaof is None:
@@ -140,6 +158,10 @@ class RedisStore:
     def submit(self, job: JobRecord, body: bytes, idempotency_key: str | None = None,
                batch: tuple[str, int, str | None] | None = None) -> tuple[JobRecord, bool]:
         self.check_room(len(body) + len(job.answer or b""))
+        if idempotency_key is None:  # new for sure: sent with the group's other submissions
+            self._defer("SUBMIT", *self._submit_args(job, body, None, batch, True),
+                        then=lambda result: setattr(job, "seq", int(result[1])))
+            return job, True
         new, seq = self._run("SUBMIT", *self._submit_args(job, body, idempotency_key, batch, True))
         if not new:
             kept = self.get(seq.decode())
@@ -200,16 +222,16 @@ class RedisStore:
         return claimed
 
     def add_items(self, job_id: str, first: int, items: list[bytes]) -> None:
-        self._run("ADD_ITEMS", self.origin, job_id, first, *items)
+        self._run("ADD_ITEMS", self.origin, job_id, first, *items)  # (not deferred: an end reads them)
 
     def items(self, job_id: str, after: int, limit: int) -> list[bytes]:
         found = self.client.hmget(PREFIX + "items:" + job_id, list(range(after, after + limit)))
         return _until_none(found)
 
     def finish(self, job: JobRecord, state: JobState, status: int, answer: bytes, now: float) -> bool:
-        if not self._run("FINISH", self.origin, job.job_id, state.value, status, answer, repr(now), job.attempts):
-            return False
-        job.state, job.status, job.answer, job.finished = state, status, answer, now
+        """Sent with the group's other ends (True: asked; a job cancelled meanwhile keeps its CANCELLED,
+        as the script sees it)."""
+        self._defer("FINISH", self.origin, job.job_id, state.value, status, answer, repr(now), job.attempts)
         return True
 
     def requeue(self, job: JobRecord, counted: bool) -> bool:
