@@ -1,8 +1,8 @@
 """What the other gateways of a Redis job store change, heard on its ``events`` channel.
 
-The store's scripts publish ``<origin> <kind> <args...>`` as they write (so a message always
-comes after what it tells of): ``queued <signature|*> <count>``, ``item <job> <index>``,
-``ended <job>`` and ``cancelled <job> <signature> <state it was in>``. This thread hands each
+The store's scripts publish ``[origin, kind, args...]`` in JSON as they write (so a message
+always comes after what it tells of): ``queued, <signature or "*">, <count>``, ``item, <job>,
+<index>``, ``ended, <job>`` and ``cancelled, <job>, <signature>, <state it was in>``. This thread hands each
 message of another gateway to ``handle(kind, args)``, and ``handle("resync", [])`` each time it
 (re)subscribes: what was published while it was cut off is lost, so the dispatcher reads the
 queue again and wakes its waiters to look at the store.
@@ -11,6 +11,7 @@ queue again and wakes its waiters to look at the store.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -51,10 +52,13 @@ class RedisEvents:
                     pubsub.close()
 
     def _heard(self, data: bytes) -> None:
-        origin, _, rest = data.decode("utf-8", "replace").partition(" ")
+        try:
+            origin, kind, *args = json.loads(data)
+        except ValueError:
+            logger.warning("Jobs: an event that is not one on the channel: %r", data[:200])
+            return
         if origin == self.origin:
             return  # this gateway's own: it knew before it wrote
-        kind, *args = rest.split(" ")
         try:
             self.handle(kind, args)
         except Exception:

@@ -14,7 +14,7 @@ Keys, under the prefix ``KEYS[1]`` (``bis:``):
 - ``items:<id>``: a streaming job's items by index; ``idem:<key>``: the job of an Idempotency-Key;
 - ``batch:<id>`` (``created total`` and the count per state) and ``batch:<id>:jobs`` (its job
   ids in line order);
-- ``events``: the channel that tells the other gateways what changed (``<origin> <kind> ...``).
+- ``events``: the channel that tells the other gateways what changed (``[origin, kind, ...]`` in JSON).
 
 A job's state changes only in ``move`` below, by :data:`.records.NEXT` (written into the script).
 """
@@ -35,7 +35,7 @@ PRELUDE = """
 local P = KEYS[1]
 local NEXT = NEXT_TABLE
 local function jkey(id) return P .. 'job:' .. id end
-local function tell(...) redis.call('PUBLISH', P .. 'events', table.concat({...}, ' ')) end
+local function tell(...) redis.call('PUBLISH', P .. 'events', cjson.encode({...})) end
 
 -- the one place a job's state changes: false when its stored state does not allow ``target``
 -- (or ``fence``, its attempt, is not the stored one: a gateway whose lease was taken over)

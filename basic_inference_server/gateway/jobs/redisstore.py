@@ -182,7 +182,7 @@ class RedisStore:
             if job.state is JobState.QUEUED:
                 counts[job.signature] = counts.get(job.signature, 0) + 1
         for signature, count in counts.items():
-            pipe.publish(PREFIX + "events", f"{self.origin} queued {signature} {count}")
+            pipe.publish(PREFIX + "events", json.dumps([self.origin, "queued", signature, count]))
         for (job, _body, _batch), (_new, seq) in zip(jobs, pipe.execute()[:len(jobs)], strict=True):
             job.seq = int(seq)
 

@@ -16,6 +16,7 @@ renewing theirs, and hears what the others change (see :mod:`.redisstore`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any
@@ -35,14 +36,19 @@ class SharedQueue:
         self._closed = False
 
     def start(self) -> None:
-        self._unsubscribe = self.store.store.subscribe(
-            lambda kind, args: self.loop.call_soon_threadsafe(self._heard, kind, args))
+        self._unsubscribe = self.store.store.subscribe(self._from_thread)
         self.loop.call_later(self.lease_s / 3, self._renew)
         self.loop.call_later(random.uniform(0.25, 0.75) * self.lease_s, self._take_over)
 
     def close(self) -> None:
         self._closed = True
         self._unsubscribe()
+
+    def _from_thread(self, kind: str, args: list) -> None:
+        """An event, from the events' thread: handled in the loop (none once it has closed)."""
+        if not self._closed:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile, at shutdown
+                self.loop.call_soon_threadsafe(self._heard, kind, args)
 
     def _renew(self) -> None:
         if self._closed:
@@ -67,18 +73,18 @@ class SharedQueue:
         self.dispatcher.refresh(recover=True)
         self.loop.call_later(self.lease_s / 2, self._take_over)
 
-    def _heard(self, kind: str, args: list[str]) -> None:
+    def _heard(self, kind: str, args: list) -> None:
         dispatcher = self.dispatcher
         match kind, args:
             case "queued", ["*", _count]:
                 dispatcher.refresh()
-            case "queued", [signature, count]:
-                dispatcher.noticed(signature, int(count))
-            case "item", [job_id, index]:
-                dispatcher.item_elsewhere(job_id, int(index))
-            case "ended", [job_id]:
+            case "queued", [str(signature), int(count)]:
+                dispatcher.noticed(signature, count)
+            case "item", [str(job_id), int(index)]:
+                dispatcher.item_elsewhere(job_id, index)
+            case "ended", [str(job_id)]:
                 dispatcher.ended_elsewhere(job_id)
-            case "cancelled", [job_id, signature, was]:
+            case "cancelled", [str(job_id), str(signature), str(was)]:
                 dispatcher.cancelled(job_id, signature, JobState(was), here=False)
             case "resync", []:
                 dispatcher.refresh()
