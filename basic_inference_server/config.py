@@ -19,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .jsonbody import DEFAULT_LIMITS, JsonLimits
+from .pipeconfig import PipelineConfig, is_pipeline, parse_pipelines
 from .server.discovery import DiscoveryError, WorkerLocation, expected_location, find_endpoint_file
 from .server.placement import parse_devices, warmup_inputs
 from .settings import ConfigError, Scope, did_you_mean, expected, key_of, read, setting
@@ -99,6 +100,7 @@ class GatewayConfig:
     """The whole gateway configuration."""
 
     endpoints: tuple[EndpointConfig, ...]
+    pipelines: tuple[PipelineConfig, ...] = ()  # entries with PIPELINE: steps of endpoints, no process of their own
     server_name: str = "base_ai_app"
     default_server: str | None = None
     no_startup_wait: bool = False
@@ -197,8 +199,9 @@ def parse_config(
     top_format = read(data, "RESPONSE_FORMAT")
     endpoints = tuple(
         _parse_endpoint(name, entry, app_root, workers_location, workers_suffix)
-        for name, entry in raw_endpoints.items()
+        for name, entry in raw_endpoints.items() if not is_pipeline(entry)
     )
+    pipelines = parse_pipelines(raw_endpoints, {e.name: e for e in endpoints})
     if not endpoints:
         logger.warning("CONFIG_ENDPOINTS is empty: the gateway will serve no endpoint")
     first_port = read(data, "FIRST_SERVER_PORT")
@@ -213,6 +216,7 @@ def parse_config(
         raise ConfigError("ADMIN_TOKEN: expected a string of at least 8 characters")
     return GatewayConfig(
         endpoints=endpoints,
+        pipelines=pipelines,
         server_name=read(data, "SERVER_NAME"),
         default_server=default_server,
         no_startup_wait=read(data, "NO_STARTUP_WAIT"),

@@ -181,6 +181,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("NO_STARTUP_WAIT", _T, Kind.BOOLEAN, "accepted for compatibility with the original: the gateway "
             "always waits for each server's readiness handshake", False),
     # -- an endpoint's entry --------------------------------------------------------------------------
+    Setting("PIPELINE", _E, Kind.VALUE, "makes the entry a pipeline of other endpoints: `[\"decode\", \"model\"]` "
+            "runs them in order, `{\"a\": [], \"b\": [\"a\"]}` as a graph of step -> its parents; such an entry "
+            "takes only PIPELINE, REQUEST_TIMEOUT (the whole flow's), DESCRIPTION and DISABLED (see the pipelines "
+            "guide)"),
     Setting("NR_WORKERS", _E, Kind.INTEGER, "worker instances (model copies) in the server (a warning when "
             "absent)", 5, minimum=1, maximum=256),
     Setting("HOST", _E, Kind.VALUE, "address the server binds and the gateway calls; `\"NO_HOST\"` marks a "

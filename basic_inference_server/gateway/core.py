@@ -128,6 +128,7 @@ class FlaskGateway:
             history=self.history,
         )
         self.remote = RemoteEndpoints(config.endpoints, self.supervisor.routes)
+        self.supervisor.routes.publish_pipelines(config.pipelines)
         read = (lambda: self._with_port_flags(self._read_config())) if self._config_path is not None else None
         self.reconfiguration = Reconfiguration(read, self.supervisor, self.remote, self.history)
         self.metrics = GatewayMetrics(self.supervisor.routes)
@@ -231,6 +232,7 @@ class FlaskGateway:
             raise GatewayStartupError(str(exc)) from None
         self.http.loop_routes += self.jobs.routes()
         self.metrics.registry.register(self.jobs.collector())
+        self.metrics.registry.register(self.run_path.pipeline_stats)
         self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)

@@ -186,6 +186,7 @@ class Reconfiguration:
         # Remote endpoints first: added and changed ones are resolved and probed now; one moving out
         # keeps its children until one of its remote servers is READY, one moving back is served by its
         # remote servers until its children here are READY.
+        supervisor.routes.publish_pipelines(new.pipelines)
         remote.configure([old[e.name] if e.name in moving_back else e for e in new.endpoints])
         remote.wait_ready(moving_out, timeout=10)
         stopped = supervisor.remove_endpoints(todo.removed)

@@ -70,8 +70,8 @@ class Call:
     the HTTP port's.
     """
 
-    __slots__ = ("_error", "call_id", "enqueued", "inputs", "job", "on_done", "open_stream", "raw", "request_id",
-                 "result", "routed", "state", "stream", "stream_wanted", "v2", "worker_idx")
+    __slots__ = ("_error", "call_id", "enqueued", "inputs", "job", "on_done", "open_stream", "pipe", "raw",
+                 "request_id", "result", "routed", "state", "stream", "stream_wanted", "v2", "worker_idx")
 
     def __init__(self, call_id: int, request_id: str, on_done: Callable[[Call], None], *, raw: bytes | None = None,
                  inputs: dict[str, Any] | None = None, routed: str = ""):
@@ -84,6 +84,7 @@ class Call:
         self.open_stream: Callable[[], StreamOut] | None = None  # makes `stream` once the body asks for one
         self.v2: Any = None  # an Open Inference Protocol request: how to answer it (server.v2.V2Call)
         self.job = False  # a durable job's body: its own fields (PRIORITY, WEBHOOK, custom_id) are not inputs
+        self.pipe = 0  # a pipeline step: PIPE_IN (its body is the step before's value), PIPE_OUT (answer a value)
         self.call_id = call_id
         self.request_id = request_id
         self.on_done: Callable[[Call], None] | None = on_done

@@ -32,6 +32,9 @@ from ..transport.frames import (
     CREDIT,
     ITEM,
     JOB,
+    PIPE_IN,
+    PIPE_OUT,
+    PIPED,
     PLAIN,
     REQUEST,
     STREAM,
@@ -156,6 +159,7 @@ class ChannelRequest:
     stream: bool  # the client asked for a streamed answer
     v2: tuple[int | None, str] | None  # an Open Inference Protocol request: its JSON header length, model version
     job: bool = False  # a durable job's body: its own fields are not inputs
+    pipe: int = 0  # a pipeline step's flags: PIPE_IN (the body is its input), PIPE_OUT (answer with its value)
 
 
 # handler(connection, request): answers at once with connection.reply(...), or records the call in
@@ -178,6 +182,9 @@ class ChannelOutlet:
 
     def parts(self, parts: list[Any], header_length: int) -> None:
         self.conn.reply_parts(self.tag, parts, BINARY, str(header_length))
+
+    def piped(self, parts: list[Any]) -> None:
+        self.conn.reply_parts(self.tag, parts, PIPED, "")
 
     def send_item(self, item: bytes) -> None:
         self.conn.queue_item(self.tag, item)
@@ -282,7 +289,8 @@ class ChannelServer:
             request_id, routed = frame.request_meta()
             v2 = frame.v2_meta() if frame.flags & V2 else None
             self.handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
-                                              bool(frame.flags & STREAM), v2, bool(frame.flags & JOB)))
+                                              bool(frame.flags & STREAM), v2, bool(frame.flags & JOB),
+                                              frame.flags & (PIPE_IN | PIPE_OUT)))
         elif frame.kind == CANCEL:
             call = pending.pop(frame.tag, None)
             if call is not None:

@@ -12,11 +12,22 @@ channel connection (:class:`~.channel.ChannelOutlet`), or a connection of the HT
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any, Protocol
 
 from .. import jsonbody, jsonutil, requestid
-from ..errors import Misrouted, ModelError, PayloadTooLarge, ServingError, ShuttingDown, body_too_large, error_body
-from ..transport.frames import JOB_FIELDS
+from ..errors import (
+    BadRequest,
+    Misrouted,
+    ModelError,
+    PayloadTooLarge,
+    ServingError,
+    ShuttingDown,
+    body_too_large,
+    error_body,
+)
+from ..transport import pipedata
+from ..transport.frames import JOB_FIELDS, PIPE_IN, PIPE_OUT
 from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
 from ..webutil import Answer
@@ -71,13 +82,13 @@ class RunPath:
 
     # -- in: the thread that received the request ------------------------------------------------
     def call(self, outlet: Outlet, raw: bytes, request_id: str, routed: str, stream_wanted: bool = False,
-             v2: V2Call | None = None, job: bool = False) -> Call:
+             v2: V2Call | None = None, job: bool = False, pipe: int = 0) -> Call:
         """A call for one request, not queued yet (ShuttingDown while the server drains)."""
         state = self.state
         if state.draining:
             raise ShuttingDown()
         call = Call(next(state.call_ids), request_id, lambda call: self.deliver(call, outlet), raw=raw, routed=routed)
-        call.job = job
+        call.job, call.pipe = job, pipe
         if v2 is not None:
             call.v2 = v2
         else:
@@ -107,7 +118,7 @@ class RunPath:
                 raise body_too_large(self.state.max_body_bytes, request.oversize)
             v2 = V2Call(request.routed, request.v2[1], request.v2[0]) if request.v2 is not None else None
             call = self.call(ChannelOutlet(conn, tag, self.state.inflight), request.body, request.request_id,
-                             request.routed, request.stream, v2, request.job)
+                             request.routed, request.stream, v2, request.job, request.pipe)
             conn.pending[tag] = call  # before it is queued: a worker may end it at once
             try:
                 self.queue(call)
@@ -132,6 +143,14 @@ class RunPath:
         is answered."""
         state = self.state
         raw, call.raw = call.raw, None
+        if call.pipe & PIPE_IN:  # the value the step before returned, as it returned it
+            try:
+                call.inputs = pipedata.decode(raw)
+            except (ValueError, pickle.UnpicklingError, EOFError) as exc:
+                raise BadRequest(f"the value from the pipeline's step before cannot be read: {exc}") from None
+            if call.open_stream is not None and call.stream_wanted:
+                call.stream = call.open_stream()
+            return
         try:
             if call.v2 is not None:
                 call.inputs, call.v2.request = accept_v2(state.metadata, raw, call.v2.header_length,
@@ -162,6 +181,8 @@ class RunPath:
                 outlet.dropped()
             elif call.v2 is not None:
                 self._deliver_v2(call, outlet)
+            elif call.pipe & PIPE_OUT and call.error is None:
+                self._deliver_piped(call, outlet)
             elif call.stream is None:
                 outlet.whole(self.answer_of(call))
             else:
@@ -186,6 +207,18 @@ class RunPath:
         except (TypeError, ValueError) as exc:
             logger.error("Call %d: result of _post_process is not JSON-serialisable: %s", call.call_id, exc)
             return error_answer(ModelError(f"result of _post_process is not JSON-serialisable: {exc}"))
+
+    def _deliver_piped(self, call: Call, outlet: Any) -> None:
+        """A pipeline step's value for the next step: what ``_post_process`` returned, pickled with
+        its arrays out of band (:mod:`..transport.pipedata`), never JSON."""
+        try:
+            parts = pipedata.encode(call.result)
+        except Exception as exc:  # noqa: BLE001 - whatever pickle refuses
+            logger.error("Call %d: result of _post_process cannot be passed to the next step: %s", call.call_id, exc)
+            outlet.whole(error_answer(ModelError(f"result of _post_process cannot be passed to the pipeline's next "
+                                                 f"step: {type(exc).__name__}: {exc}")))
+            return
+        outlet.piped(parts)
 
     def _deliver_stream(self, call: Call, stream: StreamOut, outlet: Outlet) -> None:
         """A streamed call's end: the items still to send (a ``_predict`` that returned a plain value

@@ -10,10 +10,13 @@ bytes of body. Integers are big-endian::
     1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer,
                              V2 (2) for an Open Inference Protocol infer request, JOB (4) for a
                              durable job's body (its own fields, PRIORITY, WEBHOOK and custom_id,
-                             are not inputs);
+                             are not inputs), PIPE_IN (8): the body is a pipeline step's input
+                             (:mod:`.pipedata`, what the step before returned), PIPE_OUT (16):
+                             answer with the value ``_post_process`` returned, for the next step;
                              REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
                              with binary tensors, PLAIN (4) with STREAM: the stream's one item
-                             was what a ``_predict`` that yields nothing returned
+                             was what a ``_predict`` that yields nothing returned, PIPED (8):
+                             the body is a value for the next step of a pipeline
     2       2     status     REPLY: the HTTP status of the answer; CREDIT: a number of items;
                              otherwise 0
     4       4     tag        the request's number on its connection, chosen by the gateway;
@@ -55,8 +58,11 @@ STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends th
 V2 = 2  # REQUEST flag: an Open Inference Protocol infer request (meta has its header length, version)
 JOB = 4  # REQUEST flag: a durable job's body, whose own fields (JOB_FIELDS) the hooks do not get
 JOB_FIELDS = frozenset({"PRIORITY", "WEBHOOK", "custom_id"})
+PIPE_IN = 8  # REQUEST flag: the body is a pipeline step's input, a value in pipedata's format
+PIPE_OUT = 16  # REQUEST flag: answer with _post_process's value in pipedata's format (REPLY flag PIPED)
 BINARY = 2  # REPLY flag: a V2 answer with binary tensors (meta: its JSON header's length)
 PLAIN = 4  # REPLY flag, with STREAM: the one item was a plain answer, not a generator's (a job keeps it as such)
+PIPED = 8  # REPLY flag: the body is a pipeline step's value for the next step (pipedata)
 STREAM_WINDOW = 4  # ITEMs a server may send ahead of the gateway's CREDIT
 MAX_META = 0xFFFF
 MAX_BODY = 0xFFFFFFFF
@@ -228,7 +234,8 @@ class FrameReader:
             if end < meta_end:
                 break
             available = end - meta_end
-            if body_len > self.max_body:
+            # MAX_BODY_MB bounds what clients send, not the values pipeline steps pass to each other
+            if body_len > self.max_body and not (kind == REQUEST and flags & PIPE_IN):
                 frames.append(Frame(kind, status, tag, bytes(view[start + HEAD_SIZE:meta_end]), b"", body_len, flags))
                 if available < body_len:
                     self._skip = body_len - available

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -283,14 +284,19 @@ ECHO_CONFIG: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def echo_gateway(tmp_path_factory):
-    """One gateway with two echo endpoints, shared by the tests of a module."""
-    app = make_app(tmp_path_factory.mktemp("echo"), ECHO_CONFIG)
-    gateway = Gateway(app).start()
+def module_gateway(tmp_path_factory, name: str, config: dict[str, Any]) -> Iterator[Gateway]:
+    """A gateway of ``config`` for the tests of a module (``yield from`` it in a module fixture):
+    stopped, and checked for leftovers, after the last."""
+    gateway = Gateway(make_app(tmp_path_factory.mktemp(name), config)).start()
     yield gateway
     gateway.stop()
     gateway.assert_nothing_left()
+
+
+@pytest.fixture(scope="module")
+def echo_gateway(tmp_path_factory):
+    """One gateway with two echo endpoints, shared by the tests of a module."""
+    yield from module_gateway(tmp_path_factory, "echo", ECHO_CONFIG)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import weakref
 import psutil
 import pytest
 import requests
-from conftest import Gateway, make_app
+from conftest import Gateway, make_app, module_gateway
 
 FRONT_CONFIG = {
     "MAX_BODY_MB": 0.25,
@@ -29,10 +29,7 @@ RUN = b'{"SIGNATURE": "echo", "VALUE": "hi"}'
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    gateway = Gateway(make_app(tmp_path_factory.mktemp("front"), FRONT_CONFIG)).start()
-    yield gateway
-    gateway.stop()
-    gateway.assert_nothing_left()
+    yield from module_gateway(tmp_path_factory, "front", FRONT_CONFIG)
 
 
 def connect(gateway, timeout: float = 5) -> socket.socket:

@@ -53,7 +53,7 @@ class ScriptedChannel:
         self.alone: list[bool] = []
 
     def send(self, request_id, routed, body, timeout, callback, on_item=None, idle=0.0, total=0.0,
-             wants_stream=False, alone=False):
+             wants_stream=False, alone=False, pipe=0):
         self.sent.append((request_id, routed, body))
         self.alone.append(alone)
         reply = self.replies.pop(0) if self.replies else (200, None, ANSWER)

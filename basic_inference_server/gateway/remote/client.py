@@ -91,9 +91,13 @@ class RemoteClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False) -> int | None:
+             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False,
+             pipe: int = 0) -> int | None:
         """POST ``body`` to the server's ``/run``; as :meth:`ChannelClient.send` (each request is
-        written at once here: ``alone`` changes nothing)."""
+        written at once here: ``alone`` changes nothing; ``pipe`` is never set: a pipeline's steps
+        are this gateway's own model servers, see :mod:`...pipeconfig`)."""
+        if pipe:
+            raise ValueError("pipeline steps are not forwarded to remote model servers")
         if v2 is not None:
             raise ValueError("the Open Inference Protocol is not forwarded to remote model servers")
         now = time.monotonic()

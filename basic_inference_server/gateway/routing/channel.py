@@ -84,7 +84,8 @@ class ChannelClient:
 
     def send(self, request_id: str, routed: str, body: bytes, timeout: float, callback: Callback,
              on_item: OnItem | None = None, idle: float = 0.0, total: float = 0.0, wants_stream: bool = False,
-             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False) -> int | None:
+             v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False,
+             pipe: int = 0) -> int | None:
         """Write one request; its answer (or its first item) is due within ``timeout``. The answer
         goes to ``callback``, the items of a streamed answer to ``on_item`` (each to be
         acknowledged with :meth:`grant`), due ``idle`` seconds apart and all within ``total`` of
@@ -92,7 +93,8 @@ class ChannelClient:
         Protocol infer request, its JSON header length and model version; ``alone``: it is the only
         request the gateway has in flight, so it is written at once rather than at the end of the
         loop's turn (where the frames of a burst of requests go out in one write); ``job``: a
-        durable job's body (the server leaves its own fields out of the inputs). Returns the request's tag
+        durable job's body (the server leaves its own fields out of the inputs); ``pipe``: a pipeline
+        step's flags (PIPE_IN, PIPE_OUT). Returns the request's tag
         (for :meth:`cancel`), or None when it failed at once (``callback`` has been told)."""
         conn = self._conn
         if conn is not None and not self.in_flight and not conn.alive():
@@ -108,7 +110,7 @@ class ChannelClient:
         tag = next(self._tags) & 0xFFFFFFFF
         waiting = self._waiting
         waiting[tag] = Forwarded(callback, on_item, Deadline(time.monotonic(), timeout, idle, total))
-        flags = (STREAM if wants_stream else 0) | (JOB if job else 0)
+        flags = (STREAM if wants_stream else 0) | (JOB if job else 0) | pipe
         head = request_head(tag, request_id, routed, len(body), flags, v2)
         if alone and conn.write_now(head, body):
             return tag

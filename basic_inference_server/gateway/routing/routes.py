@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from ...config import EndpointConfig
+from ...pipeconfig import PipelineConfig
 
 if TYPE_CHECKING:
     from ..remote.handle import RemoteHandle
@@ -54,6 +55,7 @@ class RouteTable:
 
     def __init__(self) -> None:
         self.routes = Routes()
+        self.pipelines: Mapping[str, PipelineConfig] = MappingProxyType({})  # replaced whole at start and reloads
         self._lock = threading.Lock()
         self._endpoints: tuple[EndpointConfig, ...] = ()
         self._handles: list[ChildHandle] = []
@@ -68,6 +70,10 @@ class RouteTable:
             if recycles is not None:
                 self._recycles = dict(recycles)
             self.routes = Routes.build(endpoints, handles, self._remote, self._recycles)
+
+    def publish_pipelines(self, pipelines: tuple[PipelineConfig, ...]) -> None:
+        """The pipelines of the configuration in force."""
+        self.pipelines = MappingProxyType({pipeline.name: pipeline for pipeline in pipelines})
 
     def publish_remote(self, remote: Mapping[str, tuple[RemoteHandle, ...]]) -> None:
         """The addresses of the remote endpoints (endpoint name -> its model servers) changed."""

@@ -34,6 +34,7 @@ from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
 from .forward import transport_error
 from .outcome import Failure, Misroute, Outcome, Reply
+from .pipeline import PipelineRun, PipelineStats
 from .router import Router
 from .upstream import ConnectFailed, ReadTimedOut
 
@@ -56,6 +57,7 @@ class RunPath:
         self.endpoint_token = endpoint_token  # BIS_ENDPOINT_TOKEN, sent to remote model servers
         self._channels: dict[str, ChannelClient | RemoteClient] = {}
         self.jobs: Callable[[HttpRequest, Responder], Any] | None = None  # POST /jobs: Prefer: respond-async goes there
+        self.pipeline_stats = PipelineStats()  # bis_pipeline_step_seconds
         loop.call_soon_threadsafe(self._expire)
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Any:
@@ -106,8 +108,8 @@ class Call:
     client holds back its own stream only.
     """
 
-    __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "request",
-                 "respond", "rerouted", "routed", "started", "streaming", "tag", "tried")
+    __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "pipeline", "request",
+                 "respond", "rerouted", "routed", "started", "step_started", "streaming", "tag", "tried")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
         self.path = path
@@ -125,6 +127,8 @@ class Call:
         self.routed = ""  # the signature it is routed by (the model server checks the body names it)
         self.rerouted = False  # routed again by the SIGNATURE a model server read in the body
         self.tried: frozenset[RemoteHandle] | None = None  # remote addresses that did not take it
+        self.pipeline: PipelineRun | None = None  # a pipeline's steps before its last
+        self.step_started = 0.0  # a pipeline's last step: when it was sent
 
     def route(self) -> None:
         """Route by the signature the body names (read without parsing it)."""
@@ -146,6 +150,11 @@ class Call:
             future = self.path.loop.run_in_executor(self.path.executor, self.path.system_status)
             future.add_done_callback(self._status_done)
             return
+        pipeline = self.path.router.table.pipelines.get(signature)
+        if pipeline is not None:
+            self.pipeline = PipelineRun(self, pipeline)
+            self.pipeline.start()
+            return
         self.routed = signature
         self._forward(self.path.router.route_to(signature))
 
@@ -160,7 +169,21 @@ class Call:
         self.rerouted = True
         self._go(Router.signature_of({"SIGNATURE": signature}))
 
-    def _forward(self, handle: ChildHandle | RemoteHandle) -> None:
+    def forward_step(self, handle: ChildHandle, body: bytes, pipe: int, timeout: float) -> None:
+        """A pipeline's last step: ``body`` (the value of the step before, PIPE_IN) forwarded as
+        this request, within what is left of the pipeline's REQUEST_TIMEOUT."""
+        self._forward(handle, body, pipe, timeout)
+
+    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
+        """A pipeline ended before its last step (a step failed, its REQUEST_TIMEOUT passed)."""
+        token = requestid.bind(self.request.request_id)
+        try:
+            self._finish(status, body, headers)
+        finally:
+            requestid.unbind(token)
+
+    def _forward(self, handle: ChildHandle | RemoteHandle, body: bytes | None = None, pipe: int = 0,
+                 timeout: float | None = None) -> None:
         router = self.path.router
         router.admission.enter(handle)
         try:
@@ -170,10 +193,12 @@ class Call:
             router.admission.exit(handle)
             raise
         endpoint = handle.endpoint
-        self.tag = self.channel.send(self.request.request_id, self.routed, self.request.body, endpoint.request_timeout,
+        if body is None:  # (else a pipeline's last step: the value before, within what is left of its time)
+            body, timeout = self.request.body, endpoint.request_timeout
+        self.tag = self.channel.send(self.request.request_id, "" if pipe else self.routed, body, timeout,
                                      self._replied, self._item,
                                      endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None,
-                                     alone=router.admission.alone)
+                                     alone=router.admission.alone, pipe=pipe)
 
     def _elsewhere(self, handle: RemoteHandle, error: OSError) -> bool:
         """A remote model server was not reached (ConnectFailed), or refused the request without
@@ -198,6 +223,9 @@ class Call:
         """The client went away: stop waiting, and have the model server skip the request if it
         has not started it, or close its generator (so that a burst of abandoned requests does
         not hold the queue, and an abandoned stream frees its worker)."""
+        if self.pipeline is not None and self.pipeline.cancel():  # its steps before the last were in flight
+            self.path.metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
+            return
         if self.tag is None or self.channel is None:
             return
         cancelled = self.channel.cancel(self.tag)
@@ -240,6 +268,8 @@ class Call:
     def _replied(self, outcome: Outcome) -> None:
         handle = self.handle
         self.tag = None
+        if self.pipeline is not None:
+            self.path.pipeline_stats.observe(self.label, self.routed, time.monotonic() - self.step_started)
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
         token = requestid.bind(self.request.request_id)

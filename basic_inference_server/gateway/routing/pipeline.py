@@ -1,0 +1,214 @@
+"""A ``/run`` of a pipeline, in the event loop: its steps sent to their model servers as their
+inputs are ready, the last step's answer relayed as any ``/run``'s.
+
+The first steps get the client's body as it came (a step's server does not check its
+``SIGNATURE``: it names the pipeline); each step but the last answers with the value its
+``_post_process`` returned (REQUEST flag PIPE_OUT, REPLY flag PIPED), which the gateway passes to
+the steps that take it (PIPE_IN) as the bytes it received, never reading them; a step of several
+parents gets them joined (:func:`..transport.pipedata.join`). The last step is the ``/run``'s own
+forward (:class:`.runpath.Call`): its answer, a stream included, goes to the client as usual.
+
+A step that fails ends the pipeline with its error, naming the step and its status (the steps
+still running are cancelled); the pipeline's ``REQUEST_TIMEOUT`` bounds the whole flow; a client
+that leaves cancels the steps in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client.core import HistogramMetricFamily, Metric
+
+from ... import jsonutil
+from ...errors import RequestTimeout, ServingError, SignatureDisabled
+from ...pipeconfig import PipelineConfig
+from ...server.stats import LATENCY_BOUNDS
+from ...server.stats import Histogram as StatsHistogram
+from ...transport import pipedata
+from ...transport.frames import PIPE_IN, PIPE_OUT, PIPED
+from .forward import transport_error
+from .outcome import Failure, Misroute, Outcome, Reply
+
+logger = logging.getLogger(__name__)
+
+
+class Run(Protocol):
+    """The ``/run`` a pipeline answers (:class:`.runpath.Call`): its last step is its own forward."""
+
+    path: Any  # the RunPath: its router, loop, channels and pipeline_stats
+    request: Any
+    routed: str
+    step_started: float
+
+    def forward_step(self, handle: Any, body: bytes, pipe: int, timeout: float) -> None: ...
+
+    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None: ...
+
+
+class PipelineStats:
+    """``bis_pipeline_step_seconds{pipeline,step}``: each step's time, from sent to answered."""
+
+    def __init__(self) -> None:
+        self.steps: dict[tuple[str, str], StatsHistogram] = {}
+
+    def observe(self, pipeline: str, step: str, seconds: float) -> None:
+        histogram = self.steps.get((pipeline, step))
+        if histogram is None:
+            histogram = self.steps[pipeline, step] = StatsHistogram(LATENCY_BOUNDS)
+        histogram.observe(seconds)
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily("bis_pipeline_step_seconds", "Time of each step of a pipeline request, "
+                                       "from sent to answered", labels=["pipeline", "step"])
+        for (pipeline, step), histogram in sorted(dict(self.steps).items()):
+            family.add_metric([pipeline, step], histogram.cumulative(), histogram.sum)
+        yield family
+
+
+class PipelineRun:
+    """The steps of one pipeline request."""
+
+    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "started", "timer")
+
+    def __init__(self, call: Run, config: PipelineConfig):
+        self.call = call
+        self.config = config
+        self.started = time.monotonic()
+        self.deadline = self.started + config.request_timeout
+        self.done: dict[str, bytes] = {}  # step -> the value it answered
+        self.flights: dict[str, tuple[Any, Any, int, float]] = {}  # step -> (handle, channel, tag, sent) in flight
+        self.timer: Any = None
+        self.ended = False
+
+    def start(self) -> None:
+        if self.config.disabled:
+            raise SignatureDisabled(f"pipeline {self.config.name!r} is disabled in the configuration")
+        self.timer = self.call.path.loop.call_later(self.config.request_timeout, self._expired)
+        self._launch()
+
+    # -- steps ------------------------------------------------------------------------------------
+    def _launch(self) -> None:
+        """Send every step whose parents have all answered (and that has not been sent)."""
+        config = self.config
+        for step in config.order:
+            if step in self.done or step in self.flights or not all(p in self.done for p in config.parents[step]):
+                continue
+            if step == config.last:
+                self._last(step)
+                return
+            self._send(step)
+            if self.ended:
+                return
+
+    def _body(self, step: str) -> tuple[bytes, int]:
+        """What ``step`` is sent, and its PIPE_IN flag (none for a first step: the client's body)."""
+        parents = self.config.parents[step]
+        if not parents:
+            return self.call.request.body, 0
+        if len(parents) == 1:
+            return self.done[parents[0]], PIPE_IN
+        return b"".join(pipedata.join([(parent, self.done[parent]) for parent in parents])), PIPE_IN
+
+    def _send(self, step: str) -> None:
+        call = self.call
+        router = call.path.router
+        try:
+            handle = router.route_to(step)
+            router.admission.enter(handle)
+        except ServingError as exc:
+            self._fail(step, exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
+            return
+        channel = call.path.channel(handle)
+        body, pipe = self._body(step)
+        sent = time.monotonic()
+        self.flights[step] = (handle, channel, -1, sent)
+        tag = channel.send(call.request.request_id, "", body, max(0.001, self.deadline - sent),
+                           lambda outcome: self._replied(step, outcome), pipe=pipe | PIPE_OUT)
+        if step in self.flights:  # (a send that failed at once has been answered already)
+            self.flights[step] = (handle, channel, tag, sent)
+
+    def _last(self, step: str) -> None:
+        """The last step is the /run's own forward: its answer goes to the client as any /run's."""
+        if self.timer is not None:
+            self.timer.cancel()  # its channel deadline is what is left of the pipeline's
+        self.ended = True
+        body, pipe = self._body(step)
+        call = self.call
+        call.routed = step
+        call.step_started = time.monotonic()
+        call.forward_step(call.path.router.route_to(step), body, pipe, max(0.001, self.deadline - time.monotonic()))
+
+    def _replied(self, step: str, outcome: Outcome) -> None:
+        flight = self.flights.pop(step, None)
+        if flight is None or self.ended:
+            return
+        handle, _channel, _tag, sent = flight
+        router = self.call.path.router
+        router.admission.exit(handle)
+        handle.served += 1
+        handle.progress += 1
+        self.call.path.pipeline_stats.observe(self.config.name, step, time.monotonic() - sent)
+        match outcome:
+            case Reply(status=200, flags=flags, body=body) if flags & PIPED:
+                self.done[step] = body
+                self._launch()
+            case Reply(status=status, body=body, meta=meta):
+                self._fail(step, status, body, {"Retry-After": meta} if meta and status in (429, 503) else None)
+            case Misroute():
+                self._fail(step, 502, jsonutil.dumps_bytes(ServingError("the step's model server read a "
+                                                                        "SIGNATURE it was not sent").to_body()))
+            case Failure(error=error):
+                failure = transport_error(handle, error)
+                self._fail(step, failure.status, jsonutil.dumps_bytes(failure.to_body()), failure.headers())
+
+    # -- the end ----------------------------------------------------------------------------------
+    def _fail(self, step: str, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """End the pipeline with ``step``'s error: its JSON with the pipeline, the step and its status."""
+        if self.ended:
+            return
+        self._stop()
+        try:
+            error = json.loads(body) if len(body) < 65536 else None  # (an error's JSON, not the step's data)
+        except ValueError:
+            error = None
+        if not isinstance(error, dict):
+            error = {"ERROR": f"step {step!r} answered HTTP {status}"}
+        error.update({"PIPELINE": self.config.name, "STEP": step, "STEP_STATUS": status})
+        logger.warning("Pipeline %s: step %s answered %d: %s", self.config.name, step, status, error.get("ERROR"))
+        self.call.finish_pipeline(status, jsonutil.dumps_bytes(error), headers)
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self.ended:
+            return
+        running = sorted(self.flights) or ["(none)"]
+        exc = RequestTimeout(f"pipeline {self.config.name!r}: REQUEST_TIMEOUT of {self.config.request_timeout:g}s "
+                             f"passed while {', '.join(running)} ran")
+        self._fail(running[0], exc.status, jsonutil.dumps_bytes(exc.to_body()))
+
+    def cancel(self) -> bool:
+        """The client left: the steps in flight are cancelled. False when the last step runs (the
+        /run's own forward, which its Call cancels)."""
+        if self.ended:
+            return False
+        self._stop()
+        return True
+
+    def _stop(self) -> None:
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        admission = self.call.path.router.admission
+        for handle, channel, tag, _sent in self.flights.values():
+            admission.exit(handle)
+            if tag is not None and tag >= 0:
+                channel.cancel(tag)  # the server skips it, or stops it at its next item
+        self.flights.clear()

@@ -1,0 +1,176 @@
+"""Pipelines through a real gateway and real model servers: the list form and the graph form,
+arrays passed as arrays (never JSON) between steps, a streaming last step, a failing step, the
+pipeline's REQUEST_TIMEOUT, a client that leaves, the steps still callable alone, metrics, and
+configuration mistakes that stop the start naming the key."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import requests
+from conftest import ECHO_CONFIG, Gateway, make_app, module_gateway
+from test_lifecycle import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def step(op: str, workers: int = 1) -> dict:
+    return {"SERVER_CLASS": "pipe_step", "OP": op, "NR_WORKERS": workers, "REQUEST_TIMEOUT": 20}
+
+
+CONFIG = {**ECHO_CONFIG, "MAX_BODY_MB": 1, "CONFIG_ENDPOINTS": {
+    "decode": step("decode", 2), "half": step("half", 2), "flip": step("flip"), "merge": step("merge"),
+    "stats": step("stats", 2), "items": step("items"),
+    "image_flow": {"PIPELINE": ["decode", "half", "stats"], "DESCRIPTION": "decode, resize, summarise"},
+    "graph_flow": {"PIPELINE": {"decode": [], "half": ["decode"], "flip": ["decode"], "merge": ["half", "flip"],
+                                "stats": ["merge"]}},
+    "streamed_flow": {"PIPELINE": ["decode", "items"]},
+    "quick_flow": {"PIPELINE": ["decode", "half", "stats"], "REQUEST_TIMEOUT": 1},
+}}
+FRAME = {"W": 1920, "H": 1080, "SEED": 7}  # a 1080p frame: 6 MB between decode and half
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    yield from module_gateway(tmp_path_factory, "pipelines", CONFIG)
+
+
+def test_a_list_pipeline_passes_each_steps_value_to_the_next_as_arrays(gateway):
+    answer = gateway.run("image_flow", **FRAME)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["predict_result"]
+    # 6 MB of uint8 went from decode to half, half's float32 (12 MB at half size) to stats: as arrays.
+    assert result["shape"] == [540, 960, 3] and result["dtype"] == "float32"
+    assert result["numpy"] and result["read_only"]
+    assert 0.45 < result["mean"] < 0.55
+    assert len(set(result["pids"])) == 3  # three model servers, one per step
+    assert {"call_id", "worker_id"} <= answer.json().keys()  # the usual envelope, from the last step
+    assert gateway.run("decode", W=4, H=2).status_code == 200  # each step is still an endpoint of its own
+
+
+def test_a_graph_pipeline_runs_branches_side_by_side_and_merges_them(gateway):
+    started = time.monotonic()
+    answer = gateway.run("graph_flow", W=64, H=32, SLEEP_AT={"half": 0.6, "flip": 0.6})
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["predict_result"]
+    assert result["shapes"] == {"flip": [32, 64, 3], "half": [16, 32, 3]}  # {parent: its value}
+    assert elapsed < 1.1  # half and flip ran at the same time (0.6 s each)
+
+
+def test_the_last_step_may_stream(gateway):
+    with gateway.session.post(gateway.url + "/run", json={"SIGNATURE": "streamed_flow", "W": 8, "H": 8},
+                              headers={"Accept": "text/event-stream"}, stream=True, timeout=10) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["Content-Type"].startswith("text/event-stream")
+        events = [line for line in answer.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert len(events) == 5  # four rows, then the end
+    assert "row_mean" in events[0]
+
+
+def test_a_failing_step_answers_its_error_naming_the_step_and_the_rest_does_not_run(gateway, tmp_path):
+    mark = tmp_path / "stats-ran"
+    answer = gateway.run("image_flow", W=8, H=8, FAIL_AT="half", MARK_AT={"stats": str(mark)})
+    assert answer.status_code == 500, answer.text
+    error = answer.json()
+    assert error["PIPELINE"] == "image_flow" and error["STEP"] == "half" and error["STEP_STATUS"] == 500
+    assert "step half failed on request" in error["ERROR"]
+    assert not mark.exists()
+    bad = gateway.run("image_flow", W="wide", H=8)  # the first step cannot read the body
+    assert bad.status_code >= 400 and bad.json()["STEP"] == "decode"
+    assert gateway.run("image_flow", W=8, H=8).status_code == 200  # nothing else broke
+
+
+def test_the_pipelines_request_timeout_bounds_the_whole_flow(gateway):
+    started = time.monotonic()
+    answer = gateway.run("quick_flow", W=8, H=8, SLEEP_AT={"decode": 0.6, "half": 0.6})
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["STEP"] == "half" and "REQUEST_TIMEOUT" in answer.json()["ERROR"]
+    assert time.monotonic() - started < 1.5  # 1 s for the whole flow, though each step took less
+
+
+def test_a_client_that_leaves_cancels_the_steps_still_to_run(gateway, tmp_path):
+    marks = {op: tmp_path / op for op in ("decode", "half", "stats")}
+    body = json.dumps({"SIGNATURE": "image_flow", "W": 8, "H": 8, "SLEEP_AT": {"decode": 0.8},
+                       "MARK_AT": {op: str(path) for op, path in marks.items()}}).encode()
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
+        sock.sendall(b"POST /run HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        deadline = time.monotonic() + 5
+        while not marks["decode"].exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    time.sleep(1.5)  # decode ends (its answer goes nowhere); half must never start
+    assert marks["decode"].read_text() == "ended"
+    assert not marks["half"].exists() and not marks["stats"].exists()
+    assert gateway.run("image_flow", W=8, H=8).status_code == 200
+
+
+def test_metrics_per_step_and_the_request_id_across_the_steps_logs(gateway):
+    answer = gateway.session.post(gateway.url + "/run", json={"SIGNATURE": "image_flow", "W": 8, "H": 8},
+                                  headers={"X-Request-ID": "pipe-trace-42"}, timeout=10)
+    assert answer.status_code == 200
+    metrics = gateway.get("/metrics").text
+    for name in ("decode", "half", "stats"):
+        assert f'bis_pipeline_step_seconds_count{{pipeline="image_flow",step="{name}"}}' in metrics
+    deadline = time.monotonic() + 5
+    while True:  # each step's server logged its line under the request's id
+        lines = [line for line in gateway.output().splitlines() if "[pipe-trace-42]" in line and "runs" in line]
+        if len(lines) == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sorted(line.split("step ")[-1] for line in lines) == ["decode runs", "half runs", "stats runs"], lines
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ({"PIPELINE": ["decode", "nope"]}, "CONFIG_ENDPOINTS.bad.PIPELINE: step 'nope' is no endpoint"),
+    ({"PIPELINE": {"decode": ["half"], "half": ["decode"]}}, "a cycle"),
+    ({"PIPELINE": ["decode", "off"]}, "step 'off' is disabled"),
+    ({"PIPELINE": ["decode", "image_flow"]}, "step 'image_flow' is a pipeline itself"),
+    ({"PIPELINE": ["decode"], "NR_WORKERS": 2}, "CONFIG_ENDPOINTS.bad.NR_WORKERS: a pipeline entry takes only"),
+])
+def test_configuration_mistakes_stop_the_start_naming_the_key(tmp_path, entry, words):
+    endpoints = {"decode": step("decode"), "half": step("half"), "off": {**step("half"), "DISABLED": True},
+                 "image_flow": {"PIPELINE": ["decode", "half"]}, "bad": entry}
+    gateway = Gateway(make_app(tmp_path, {**ECHO_CONFIG, "CONFIG_ENDPOINTS": endpoints}))
+    done = run_cli(gateway)
+    assert done.returncode == 2 and words in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    gateway.assert_nothing_left(timeout=2)
+
+
+def test_unknown_and_bad_requests_to_a_pipeline_are_clear_errors(gateway):
+    assert requests.post(gateway.url + "/run", data=b"{nope", timeout=5).status_code == 400
+    answer = gateway.run("image_flow")  # decode needs W and H
+    assert answer.status_code >= 400 and answer.json()["STEP"] == "decode"
+
+
+def test_the_image_pipeline_example_classifies_a_1080p_frame(tmp_path):
+    """examples/image_pipeline as the docs run it: a 1080p frame decoded, resized and normalised,
+    classified; the arrays go between the steps as arrays."""
+    import shutil
+
+    from conftest import REPO
+
+    app = tmp_path / "image_pipeline"
+    shutil.copytree(REPO / "examples" / "image_pipeline", app, ignore=shutil.ignore_patterns("_cache", "__pycache__"))
+    gateway = Gateway(app).start()
+    try:
+        answer = gateway.run("classify_frame", WIDTH=1920, HEIGHT=1080, SEED=3)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["predict_result"]
+        assert len(result["top_k"]) == 3 and abs(sum(result["scores"].values()) - 1) < 1e-4
+        assert gateway.run("classify_frame", WIDTH=1920, HEIGHT=1080, SEED=3).json()["predict_result"] == result
+        import base64
+
+        grey = base64.b64encode(bytes([128]) * (64 * 48 * 3)).decode()
+        small = gateway.run("classify_frame", WIDTH=64, HEIGHT=48, FRAME_B64=grey)
+        assert small.status_code == 200 and small.json()["predict_result"]["top_k"][0]["class"]
+        wrong = gateway.run("classify_frame", WIDTH=64, HEIGHT=48, FRAME_B64="AAAA")
+        assert wrong.status_code == 400 and wrong.json()["STEP"] == "frame_decoder"
+    finally:
+        gateway.stop()
+        gateway.assert_nothing_left()
