@@ -159,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("STRICT_STARTUP", _T, Kind.BOOLEAN, "exit with code 2 when an endpoint fails to start (its file does "
             "not import, its model does not load), instead of serving the others; the `--strict` flag does the "
             "same", False),
+    Setting("SHM_THRESHOLD_KB", _T, Kind.NUMBER, "between the steps of a pipeline, an array (a buffer) of this "
+            "size or more goes through shared memory (a memfd the next step maps read-only), a smaller one with the "
+            "value on the channel", 64, maximum=10**7),
     Setting("JOB_TTL", _T, Kind.NUMBER, "seconds a finished job (and its result) is kept for `GET /jobs/<id>`, "
             "then purged", 86_400, maximum=365 * _SECONDS),
     Setting("JOB_MAX_ATTEMPTS", _T, Kind.INTEGER, "attempts a job gets when it is lost (its gateway or model "

@@ -128,7 +128,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
         stream_idle_timeout=spec.stream_idle_timeout, stream_timeout=spec.stream_timeout,
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
-        metadata=metadata, json_limits=spec.json_limits,
+        metadata=metadata, json_limits=spec.json_limits, shm_threshold_bytes=spec.shm_threshold_bytes,
     )
     runpath = RunPath(state)
     try:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..httpserve import InFlight
+from ..transport import pipedata
 from ..transport.frames import (
     BINARY,
     CANCEL,
@@ -36,6 +37,7 @@ from ..transport.frames import (
     PIPE_OUT,
     PIPED,
     PLAIN,
+    RELEASE,
     REQUEST,
     STREAM,
     V2,
@@ -80,6 +82,7 @@ class Connection:
         self.reader = FrameReader(max_body)  # used under read_lock only
         self.read_lock = threading.Lock()  # one thread reads and dispatches at a time: frames stay in order
         self.pending: dict[int, Any] = {}  # tag -> the call queued for it (to cancel it, to credit its stream)
+        self.held: dict[int, list[int]] = {}  # tag -> the memfds of the pipeline value it answered, until RELEASE
         self.closed = False
         self._send_lock = threading.Lock()
         self._outbox: list[Buffer] = []  # frames (heads and bodies) waiting for the thread that is sending
@@ -139,9 +142,27 @@ class Connection:
                     self._outbox.clear()
                 return
 
+    def hold(self, tag: int, fds: list[int]) -> None:
+        """Keep the memfds of a pipeline value answered to ``tag`` until the gateway releases it."""
+        if fds:
+            with self._send_lock:
+                closed = self.closed
+                if not closed:
+                    self.held[tag] = fds
+            if closed:
+                pipedata.release(fds)
+
+    def release(self, tag: int) -> None:
+        with self._send_lock:
+            fds = self.held.pop(tag, None)
+        pipedata.release(fds or [])
+
     def close(self) -> None:
         with self._send_lock:
             self.closed = True
+            held, self.held = self.held, {}
+        for fds in held.values():  # the gateway is gone: nobody will read these values
+            pipedata.release(fds)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -183,7 +204,8 @@ class ChannelOutlet:
     def parts(self, parts: list[Any], header_length: int) -> None:
         self.conn.reply_parts(self.tag, parts, BINARY, str(header_length))
 
-    def piped(self, parts: list[Any]) -> None:
+    def piped(self, parts: list[Any], fds: list[int]) -> None:
+        self.conn.hold(self.tag, fds)  # (before the answer: the gateway may release it as soon as it has it)
         self.conn.reply_parts(self.tag, parts, PIPED, "")
 
     def send_item(self, item: bytes) -> None:
@@ -299,6 +321,8 @@ class ChannelServer:
             call = pending.get(frame.tag)
             if call is not None and call.stream is not None:
                 call.stream.grant(frame.status)
+        elif frame.kind == RELEASE:
+            conn.release(frame.tag)
         else:
             raise ProtocolError(f"unexpected frame kind {frame.kind} from the gateway")
 

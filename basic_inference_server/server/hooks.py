@@ -53,6 +53,9 @@ class Hooks:
             call.result = self._run(call)
         except ServingError as exc:
             call.error = exc
+        finally:
+            if call.pipe:  # a pipeline value's arrays view shared memory: get_last_query does not keep them
+                SERVING.inputs = None
 
     def _run(self, call: Call) -> Any:
         worker = self.worker
@@ -84,6 +87,13 @@ class Hooks:
         """Run a batch: ``_pre_process`` per call, ``_predict`` once on the list of prepared inputs
         (one prediction per input, in order), ``_post_process`` per call. Each call gets its
         ``result`` or ``error``; a failure of ``_predict`` fails every call of the batch."""
+        try:
+            self._run_batch(calls)
+        finally:
+            if any(call.pipe for call in calls):  # (see run)
+                SERVING.inputs = None
+
+    def _run_batch(self, calls: list[Call]) -> None:
         prepared = []
         for call in calls:
             token = requestid.bind(call.request_id)

@@ -21,6 +21,7 @@ from ..errors import (
     Misrouted,
     ModelError,
     PayloadTooLarge,
+    ServerDied,
     ServingError,
     ShuttingDown,
     body_too_large,
@@ -146,6 +147,8 @@ class RunPath:
         if call.pipe & PIPE_IN:  # the value the step before returned, as it returned it
             try:
                 call.inputs = pipedata.decode(raw)
+            except pipedata.MemfdGone as exc:
+                raise ServerDied(str(exc)) from None
             except (ValueError, pickle.UnpicklingError, EOFError) as exc:
                 raise BadRequest(f"the value from the pipeline's step before cannot be read: {exc}") from None
             if call.open_stream is not None and call.stream_wanted:
@@ -212,13 +215,13 @@ class RunPath:
         """A pipeline step's value for the next step: what ``_post_process`` returned, pickled with
         its arrays out of band (:mod:`..transport.pipedata`), never JSON."""
         try:
-            parts = pipedata.encode(call.result)
+            parts, fds = pipedata.encode(call.result, self.state.shm_threshold_bytes)
         except Exception as exc:  # noqa: BLE001 - whatever pickle refuses
             logger.error("Call %d: result of _post_process cannot be passed to the next step: %s", call.call_id, exc)
             outlet.whole(error_answer(ModelError(f"result of _post_process cannot be passed to the pipeline's next "
                                                  f"step: {type(exc).__name__}: {exc}")))
             return
-        outlet.piped(parts)
+        outlet.piped(parts, fds)
 
     def _deliver_stream(self, call: Call, stream: StreamOut, outlet: Outlet) -> None:
         """A streamed call's end: the items still to send (a ``_predict`` that returned a plain value

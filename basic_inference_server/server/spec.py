@@ -55,6 +55,7 @@ class ServerSpec:
     error_file: str  # where the server writes why it could not start ("" for none)
     secret_file: str = ""  # holds what a client must send in X-Endpoint-Token to any route but /health ("": none)
     device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
+    shm_threshold_bytes: int = 65536  # SHM_THRESHOLD_KB: a pipeline value's buffers from this size go in a memfd
     standalone: bool = False  # run on its own (`endpoint <name>`), not by a gateway: BIS_ENDPOINT_TOKEN applies
 
     @property

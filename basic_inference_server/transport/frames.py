@@ -6,7 +6,7 @@ Every frame is a fixed 16-byte header, then ``meta_len`` bytes of metadata, then
 bytes of body. Integers are big-endian::
 
     offset  size  field
-    0       1     kind       REQUEST (1), REPLY (2), CANCEL (3), ITEM (4), CREDIT (5)
+    0       1     kind       REQUEST (1), REPLY (2), CANCEL (3), ITEM (4), CREDIT (5), RELEASE (6)
     1       1     flags      REQUEST: STREAM (1) when the client asked for a streamed answer,
                              V2 (2) for an Open Inference Protocol infer request, JOB (4) for a
                              durable job's body (its own fields, PRIORITY, WEBHOOK and custom_id,
@@ -36,6 +36,8 @@ bytes of body. Integers are big-endian::
     ITEM     no meta; body: one item of a streamed answer (JSON). The REPLY that follows the
              items ends the stream: 200 with the answer's envelope (no ``predict_result``), or
              the error that ended it
+    RELEASE  no meta, no body: the gateway is done with the value this (answered) pipeline step
+             returned: the server closes the memfds that hold its large buffers (see pipedata)
     CREDIT   no meta, no body: the server may send ``status`` more ITEMs of this request. A
              server starts a stream with STREAM_WINDOW items of credit; the gateway gives one
              back for each item its client has taken, so a slow reader holds back its own
@@ -52,8 +54,8 @@ import struct
 
 HEAD = struct.Struct(">BBHIHxxI")
 HEAD_SIZE = HEAD.size  # 16
-REQUEST, REPLY, CANCEL, ITEM, CREDIT = 1, 2, 3, 4, 5
-KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT))
+REQUEST, REPLY, CANCEL, ITEM, CREDIT, RELEASE = 1, 2, 3, 4, 5, 6
+KINDS = frozenset((REQUEST, REPLY, CANCEL, ITEM, CREDIT, RELEASE))
 STREAM = 1  # REQUEST flag: answer with ITEM frames, then the REPLY that ends the stream
 V2 = 2  # REQUEST flag: an Open Inference Protocol infer request (meta has its header length, version)
 JOB = 4  # REQUEST flag: a durable job's body, whose own fields (JOB_FIELDS) the hooks do not get

@@ -1,11 +1,19 @@
 """Values passed between the steps of a pipeline: binary, never JSON.
 
 A step's ``_post_process`` result is pickled (protocol 5) with its large buffers out of band: a
-numpy array's data is not copied into the pickle, it is written after it as it is, and the next
-step reads it as a read-only view of what it received (arrays arrive as arrays, of the same
-dtype and shape; everything else pickle keeps arrives as it was). Layout, integers big-endian::
+numpy array's data is not copied into the pickle, it goes after it as it is, and the next step
+reads it as a read-only view (arrays arrive as arrays, of the same dtype and shape; everything
+else pickle keeps arrives as it was). A buffer of ``shm_at`` bytes or more does not travel on the
+channel at all: it is written once into a memfd (anonymous shared memory) that the producing
+server holds, and the next step maps that memfd read-only through ``/proc/<pid>/fd/<fd>`` (no
+copy). The producer closes its memfds when the gateway releases the value (the pipeline request
+ended) or its channel connection closes; a killed process's are closed by the kernel, and a
+mapping is gone with the arrays that view it: nothing is ever left in ``/dev/shm`` or held after
+the request. Layout, integers big-endian::
 
-    b"BISP"  u32 buffers  u64 pickle length  u64 length of each buffer...  pickle  buffers...
+    b"BISP"  u32 buffers  u64 pickle length
+    per buffer: u8 where (0: follows the pickle, 1: a memfd), u64 length, u32 pid, u32 fd
+    pickle  the buffers that follow, in order
 
 A step with several parents (a pipeline given as a graph) receives ``{parent name: its
 output}``: the gateway joins the parents' values without reading them (:func:`join`)::
@@ -14,13 +22,16 @@ output}``: the gateway joins the parents' values without reading them (:func:`jo
     then the values, in the same order
 
 Only the gateway sends these to a model server, over the server's own Unix socket (mode 0600),
-and only what another model server of the same deployment made: a client's body is never taken
-for one (the channel's PIPE_IN flag is the gateway's, see :mod:`.frames`), which is what makes
-unpickling them safe.
+and only what another model server of the same gateway made: a client's body is never taken for
+one (the channel's PIPE_IN flag is the gateway's, see :mod:`.frames`), which is what makes
+unpickling them, and opening the memfds they name, safe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 import pickle
 import struct
 from collections.abc import Sequence
@@ -28,6 +39,8 @@ from typing import Any
 
 MAGIC, JOINED = b"BISP", b"BISM"
 _HEAD = struct.Struct(">4sIQ")
+_BUFFER = struct.Struct(">BQII")  # where, length, pid, fd
+INLINE, MEMFD = 0, 1
 _LENGTH = struct.Struct(">Q")
 _COUNT = struct.Struct(">4sI")
 _NAME = struct.Struct(">H")
@@ -37,37 +50,94 @@ class PipeDataError(ValueError):
     """What came is not a value of this format."""
 
 
-def encode(value: Any) -> list[bytes | memoryview]:
+def encode(value: Any, shm_at: int | None = None) -> tuple[list[bytes | memoryview], list[int]]:
     """``value`` as pieces to write as they are (the header and pickle, then each out-of-band
-    buffer, never joined)."""
+    buffer under ``shm_at`` bytes, never joined), and the memfds holding the others, which the
+    caller keeps open until the value is released (then :func:`release` them)."""
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]  # (ValueError for a buffer that is not contiguous)
-    head = _HEAD.pack(MAGIC, len(raws), len(data)) + b"".join(_LENGTH.pack(raw.nbytes) for raw in raws)
-    return [head, data, *raws]
+    head, inline, fds = bytearray(_HEAD.pack(MAGIC, len(raws), len(data))), [], []
+    pid = os.getpid()
+    try:
+        for raw in raws:
+            if shm_at is not None and raw.nbytes >= shm_at:
+                fd = _memfd_of(raw)
+                fds.append(fd)
+                head += _BUFFER.pack(MEMFD, raw.nbytes, pid, fd)
+            else:
+                inline.append(raw)
+                head += _BUFFER.pack(INLINE, raw.nbytes, 0, 0)
+    except BaseException:
+        release(fds)
+        raise
+    return [bytes(head), data, *inline], fds
+
+
+def release(fds: list[int]) -> None:
+    """Close the memfds of values released (their memory goes once no step maps it any more)."""
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _memfd_of(raw: memoryview) -> int:
+    """A memfd holding ``raw``: the one copy a large buffer costs between two steps."""
+    fd = os.memfd_create("bis-pipeline", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, raw.nbytes)
+        with mmap.mmap(fd, raw.nbytes) as memory:
+            memory[:] = raw.cast("B")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def decode(body: bytes | bytearray | memoryview) -> Any:
     """The value of a body :func:`encode` made (or :func:`join` joined), its arrays read-only
-    views of ``body``."""
+    views of ``body``, or of the memfds it names. PipeDataError when it cannot be read, MemfdGone
+    when a memfd it names is no longer there (its server stopped, or released it)."""
     view = memoryview(body).toreadonly()
     if bytes(view[:4]) == JOINED:
         return {name: decode(part) for name, part in _parts(view)}
     if len(view) < _HEAD.size or bytes(view[:4]) != MAGIC:
         raise PipeDataError("not a value passed between pipeline steps")
     _magic, count, length = _HEAD.unpack_from(view)
-    at = _HEAD.size + count * _LENGTH.size
+    at = _HEAD.size + count * _BUFFER.size
     if at + length > len(view):
         raise PipeDataError("a pipeline value cut short")
-    lengths = [_LENGTH.unpack_from(view, _HEAD.size + n * _LENGTH.size)[0] for n in range(count)]
+    entries = [_BUFFER.unpack_from(view, _HEAD.size + n * _BUFFER.size) for n in range(count)]
     data, at = view[at:at + length], at + length
     buffers = []
-    for size in lengths:
+    for where, size, pid, fd in entries:
+        if where == MEMFD:
+            buffers.append(_mapped(pid, fd, size))
+            continue
         if at + size > len(view):
             raise PipeDataError("a pipeline value cut short")
         buffers.append(view[at:at + size])
         at += size
     return pickle.loads(data, buffers=buffers)
+
+
+class MemfdGone(PipeDataError):
+    """A memfd a value names is gone: the server that made it stopped, or released it."""
+
+
+def _mapped(pid: int, fd: int, size: int) -> memoryview:
+    """The memfd ``fd`` of process ``pid``, mapped read-only (no copy): a view that keeps the
+    mapping for as long as something holds it."""
+    try:
+        own = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MemfdGone(f"the value of the step before is gone (process {pid}: {exc.strerror})") from None
+    try:
+        if size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(own, size, prot=mmap.PROT_READ))
+    finally:
+        os.close(own)
 
 
 def join(parts: Sequence[tuple[str, bytes | bytearray | memoryview]]) -> list[bytes | bytearray | memoryview]:

@@ -174,3 +174,86 @@ def test_the_image_pipeline_example_classifies_a_1080p_frame(tmp_path):
     finally:
         gateway.stop()
         gateway.assert_nothing_left()
+
+
+# -- shared memory between the steps --------------------------------------------------------------
+
+def shared_memory(gateway: Gateway) -> dict[str, int]:
+    """The pipeline memfds the gateway's processes hold open or have mapped, by process name."""
+    import os
+
+    import psutil
+
+    found: dict[str, int] = {}
+    root = psutil.Process(gateway.proc.pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            fds = sum(os.readlink(f"/proc/{proc.pid}/fd/{fd}").startswith("/memfd:bis-pipeline")
+                      for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+            with open(f"/proc/{proc.pid}/maps") as maps:
+                mapped = maps.read().count("/memfd:bis-pipeline")
+        except (OSError, psutil.Error):
+            continue  # gone meanwhile
+        if fds + mapped:
+            found[" ".join(proc.cmdline()[-1:])] = fds + mapped
+    return found
+
+
+def wait_no_shared_memory(gateway: Gateway, timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while (held := shared_memory(gateway)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held == {}, held
+
+
+def test_large_arrays_go_through_shared_memory_and_none_is_left_after(gateway):
+    import os
+    import threading
+
+    before = set(os.listdir("/dev/shm"))
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(gateway.run("image_flow", **FRAME, SLEEP_AT={"half": 0.8})))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not (held := shared_memory(gateway)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    thread.join(15)
+    assert held, "the 6 MB frame did not go through a memfd"
+    assert answers[0].status_code == 200 and answers[0].json()["predict_result"]["shape"] == [540, 960, 3]
+    wait_no_shared_memory(gateway)
+    assert set(os.listdir("/dev/shm")) == before  # memfds never appear there
+
+
+@pytest.mark.parametrize("victim", ["half", "decode"])
+def test_a_sigkilled_step_leaves_no_shared_memory(gateway, victim, tmp_path):
+    """SIGKILL of the step that maps the frame (half, while it sleeps on it: the request fails
+    naming it) or of the step that made it (decode, once it answered: half has it mapped already
+    and the request succeeds); either way nothing is held once the request ended."""
+    import os
+    import signal
+    import threading
+
+    pid = gateway.servers()[victim]["PID"]
+    mark = tmp_path / "half"
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(
+        gateway.run("image_flow", **FRAME, SLEEP_AT={"half": 1}, MARK_AT={"half": str(mark)})))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while not mark.exists():  # half has the frame mapped, and sleeps on it
+        assert time.monotonic() < deadline, f"half never ran: {answers and answers[0].text}"
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    thread.join(20)
+    if victim == "half":
+        assert answers[0].status_code == 502 and answers[0].json()["STEP"] == "half", answers[0].text
+    else:
+        assert answers[0].status_code == 200, answers[0].text
+    wait_no_shared_memory(gateway)
+    deadline = time.monotonic() + 30
+    while not ((info := gateway.servers()[victim])["PID"] not in (None, pid) and info["STATE"] == "READY"):
+        assert time.monotonic() < deadline, f"{victim} was not restarted: {info}"
+        time.sleep(0.05)
+    again = gateway.run("image_flow", **FRAME)
+    assert again.status_code == 200, again.text
+    wait_no_shared_memory(gateway)

@@ -32,6 +32,7 @@ from ...transport.frames import (
     ITEM,
     JOB,
     MISROUTED,
+    RELEASE,
     REPLY,
     STREAM,
     Frame,
@@ -39,6 +40,7 @@ from ...transport.frames import (
     ProtocolError,
     cancel_frame,
     credit_frame,
+    frame_head,
     request_head,
 )
 from ...transport.gather import write_gathered
@@ -121,6 +123,12 @@ class ChannelClient:
         """The client of stream ``tag`` has taken ``items`` more: the server may send as many."""
         if tag in self._streams and self._conn is not None:
             self._conn.write(credit_frame(tag, items), b"")
+
+    def release(self, tag: int) -> None:
+        """The pipeline value request ``tag`` answered is no longer needed: its server frees the
+        shared memory that holds it (on a connection since replaced, that went with the old one)."""
+        if self._conn is not None:
+            self._conn.write(frame_head(RELEASE, tag, 0), b"")
 
     def cancel(self, tag: int) -> Cancel:
         """Forget request ``tag`` (its client left): dropped here if it has not been written yet,

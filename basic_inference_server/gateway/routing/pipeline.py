@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from ... import jsonutil
+from ... import jsonutil, requestid
 from ...errors import RequestTimeout, ServingError, SignatureDisabled
 from ...pipeconfig import PipelineConfig
 from ...server.stats import LATENCY_BOUNDS
@@ -75,7 +75,7 @@ class PipelineStats:
 class PipelineRun:
     """The steps of one pipeline request."""
 
-    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "started", "timer")
+    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "held", "started", "timer")
 
     def __init__(self, call: Run, config: PipelineConfig):
         self.call = call
@@ -84,6 +84,7 @@ class PipelineRun:
         self.deadline = self.started + config.request_timeout
         self.done: dict[str, bytes] = {}  # step -> the value it answered
         self.flights: dict[str, tuple[Any, Any, int, float]] = {}  # step -> (handle, channel, tag, sent) in flight
+        self.held: dict[str, tuple[Any, int]] = {}  # step -> (channel, tag) of a value its server holds for us
         self.timer: Any = None
         self.ended = False
 
@@ -149,7 +150,14 @@ class PipelineRun:
         flight = self.flights.pop(step, None)
         if flight is None or self.ended:
             return
-        handle, _channel, _tag, sent = flight
+        token = requestid.bind(self.call.request.request_id)  # (its log lines carry the request's id)
+        try:
+            self._answered(step, flight, outcome)
+        finally:
+            requestid.unbind(token)
+
+    def _answered(self, step: str, flight: tuple[Any, Any, int, float], outcome: Outcome) -> None:
+        handle, channel, tag, sent = flight
         router = self.call.path.router
         router.admission.exit(handle)
         handle.served += 1
@@ -158,6 +166,8 @@ class PipelineRun:
         match outcome:
             case Reply(status=200, flags=flags, body=body) if flags & PIPED:
                 self.done[step] = body
+                self.held[step] = (channel, tag)
+                self._release_used(step)
                 self._launch()
             case Reply(status=status, body=body, meta=meta):
                 self._fail(step, status, body, {"Retry-After": meta} if meta and status in (429, 503) else None)
@@ -167,6 +177,23 @@ class PipelineRun:
             case Failure(error=error):
                 failure = transport_error(handle, error)
                 self._fail(step, failure.status, jsonutil.dumps_bytes(failure.to_body()), failure.headers())
+
+    def _release_used(self, step: str) -> None:
+        """The parents of ``step`` whose every child has now answered: their values are freed."""
+        parents = self.config.parents
+        for parent in parents[step]:
+            if all(child in self.done for child in self.config.order if parent in parents[child]):
+                self._release(parent)
+
+    def _release(self, step: str) -> None:
+        held = self.held.pop(step, None)
+        if held is not None:
+            held[0].release(held[1])
+
+    def release(self) -> None:
+        """The request has ended: every value still held for it is freed."""
+        for step in list(self.held):
+            self._release(step)
 
     # -- the end ----------------------------------------------------------------------------------
     def _fail(self, step: str, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
@@ -191,7 +218,11 @@ class PipelineRun:
         running = sorted(self.flights) or ["(none)"]
         exc = RequestTimeout(f"pipeline {self.config.name!r}: REQUEST_TIMEOUT of {self.config.request_timeout:g}s "
                              f"passed while {', '.join(running)} ran")
-        self._fail(running[0], exc.status, jsonutil.dumps_bytes(exc.to_body()))
+        token = requestid.bind(self.call.request.request_id)
+        try:
+            self._fail(running[0], exc.status, jsonutil.dumps_bytes(exc.to_body()))
+        finally:
+            requestid.unbind(token)
 
     def cancel(self) -> bool:
         """The client left: the steps in flight are cancelled. False when the last step runs (the
@@ -212,3 +243,4 @@ class PipelineRun:
             if tag is not None and tag >= 0:
                 channel.cancel(tag)  # the server skips it, or stops it at its next item
         self.flights.clear()
+        self.release()

@@ -228,6 +228,8 @@ class Call:
             return
         if self.tag is None or self.channel is None:
             return
+        if self.pipeline is not None:
+            self.pipeline.release()
         cancelled = self.channel.cancel(self.tag)
         if cancelled is Cancel.NOT_WAITING:
             return
@@ -270,6 +272,7 @@ class Call:
         self.tag = None
         if self.pipeline is not None:
             self.path.pipeline_stats.observe(self.label, self.routed, time.monotonic() - self.step_started)
+            self.pipeline.release()  # the last step has read the values it took
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
         token = requestid.bind(self.request.request_id)

@@ -1,0 +1,102 @@
+"""The values passed between pipeline steps (transport.pipedata) and pipeline entries
+(pipeconfig): arrays out of band, shared memory from the threshold, joins, and the
+configuration's mistakes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from basic_inference_server.pipeconfig import parse_pipelines
+from basic_inference_server.settings import ConfigError
+from basic_inference_server.transport import pipedata
+
+
+def body_of(parts) -> bytes:
+    return b"".join(bytes(part) for part in parts)
+
+
+def memfds() -> int:
+    return sum(os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:bis-pipeline")
+               for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+
+def test_arrays_travel_out_of_band_and_come_back_as_read_only_arrays():
+    image = np.arange(24, dtype=np.uint8).reshape(2, 4, 3)
+    parts, fds = pipedata.encode({"image": image, "label": "cat", "raw": b"\x00\x01"})
+    assert fds == [] and any(part.nbytes == image.nbytes for part in parts if isinstance(part, memoryview))
+    value = pipedata.decode(bytearray(body_of(parts)))
+    assert value["label"] == "cat" and value["raw"] == b"\x00\x01"
+    assert value["image"].dtype == np.uint8 and np.array_equal(value["image"], image)
+    assert not value["image"].flags.writeable
+
+
+def test_a_buffer_from_the_threshold_goes_through_a_memfd_freed_once_released_and_unmapped():
+    frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    before = memfds()
+    parts, fds = pipedata.encode({"frame": frame, "small": np.arange(3)}, shm_at=65536)
+    assert len(fds) == 1 and len(body_of(parts)) < 4096  # the 6 MB are not in the body
+    value = pipedata.decode(body_of(parts))
+    pipedata.release(fds)  # the producer lets go: the reader's mapping still holds the memory
+    assert np.array_equal(value["frame"], frame) and not value["frame"].flags.writeable
+    assert memfds() == before + 1  # (the reader's mapping keeps a descriptor of its own: Python's mmap)
+    del value
+    assert memfds() == before
+    with open("/proc/self/maps") as maps:
+        assert "/memfd:bis-pipeline" not in maps.read()
+
+
+def test_a_memfd_released_before_it_was_read_is_a_clear_error():
+    parts, fds = pipedata.encode(np.zeros(100_000), shm_at=1024)
+    pipedata.release(fds)
+    with pytest.raises(pipedata.MemfdGone, match="the value of the step before is gone"):
+        pipedata.decode(body_of(parts))
+
+
+def test_joined_parents_come_as_a_dict_of_their_values():
+    one, _ = pipedata.encode({"a": np.ones(3)})
+    two, _ = pipedata.encode([1, 2])
+    value = pipedata.decode(body_of(pipedata.join([("left", body_of(one)), ("right", body_of(two))])))
+    assert list(value) == ["left", "right"] and value["right"] == [1, 2] and value["left"]["a"].sum() == 3
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b"BISP\x00\x00\x00\x00", b"BISP" + b"\x00\x00\x00\x01" + b"\xff" * 8])
+def test_what_is_not_a_value_is_refused(body):
+    with pytest.raises(pipedata.PipeDataError):
+        pipedata.decode(body)
+
+
+class _Endpoint:
+    def __init__(self, disabled=False, support=False, remote=False):
+        self.disabled, self.is_support, self.is_remote = disabled, support, remote
+
+
+ENDPOINTS = {"a": _Endpoint(), "b": _Endpoint(), "c": _Endpoint(), "off": _Endpoint(disabled=True),
+             "helper": _Endpoint(support=True), "far": _Endpoint(remote=True)}
+
+
+def test_the_list_and_the_graph_forms():
+    chain, graph = parse_pipelines({"p": {"PIPELINE": ["a", "b", "c"]},
+                                    "g": {"PIPELINE": {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}},
+                                    "d": {}}, {**ENDPOINTS, "d": _Endpoint()})
+    assert chain.order == ("a", "b", "c") and chain.last == "c" and chain.as_list == ["a", "b", "c"]
+    assert graph.order == ("a", "b", "c", "d") and graph.parents["d"] == ("b", "c") and graph.as_list is None
+
+
+@pytest.mark.parametrize(("entry", "words"), [
+    ({"PIPELINE": ["a", "zz"]}, "step 'zz' is no endpoint"),
+    ({"PIPELINE": ["a", "off"]}, "step 'off' is disabled"),
+    ({"PIPELINE": ["a", "helper"]}, "support process"),
+    ({"PIPELINE": ["a", "far"]}, "served elsewhere"),
+    ({"PIPELINE": ["a", "q"]}, "is a pipeline itself"),
+    ({"PIPELINE": {"a": ["b"], "b": ["a"]}}, "a cycle"),
+    ({"PIPELINE": {"a": [], "b": ["a"], "c": ["a"]}}, "expected one last step"),
+    ({"PIPELINE": {"a": ["x"]}}, "'x' is not a step of this pipeline"),
+    ({"PIPELINE": "a"}, "expected a list of endpoint names"),
+    ({"PIPELINE": ["a"], "MAX_BATCH_SIZE": 4}, "p.MAX_BATCH_SIZE: a pipeline entry takes only"),
+])
+def test_configuration_mistakes_name_the_key(entry, words):
+    with pytest.raises(ConfigError, match=words):
+        parse_pipelines({"p": entry, "q": {"PIPELINE": ["a"]}}, ENDPOINTS)
