@@ -34,6 +34,8 @@ import mmap
 import os
 import pickle
 import struct
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,19 +77,81 @@ def encode(value: Any, shm_at: int | None = None) -> tuple[list[bytes | memoryvi
 
 
 def release(fds: list[int]) -> None:
-    """Close the memfds of values released (their memory goes once no step maps it any more)."""
+    """The memfds of values released: kept a moment for the next values (:class:`_Pool`), else closed
+    (their memory goes once no step maps it any more)."""
+    _POOL.give(fds)
+
+
+class _Pool:
+    """Memfds released, kept for IDLE_S seconds (at most KEPT of them) so that the next value of a
+    like size is written into pages the kernel has already: a new memfd's pages are allocated and
+    zeroed as they are written, which costs more than the copy itself. What has been idle IDLE_S
+    is closed by a thread that runs while any is kept: nothing is held long after the last request.
+    (A released value's views are not read any more: every step that took it has answered.)"""
+
+    KEPT, IDLE_S = 8, 2.0
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[float, int, int]] = []  # (released at, capacity, fd), oldest first
+        self._lock = threading.Lock()
+        self._sweeping = False
+
+    def take(self, size: int) -> int:
+        """A memfd to write ``size`` bytes into: an idle one of up to twice that, else a new one."""
+        with self._lock:
+            for n, (_at, capacity, fd) in enumerate(self._idle):
+                if size <= capacity <= 2 * size:
+                    del self._idle[n]
+                    return fd
+        return os.memfd_create("bis-pipeline", os.MFD_CLOEXEC)
+
+    def give(self, fds: list[int]) -> None:
+        closing = []
+        with self._lock:
+            now = time.monotonic()
+            for fd in fds:
+                try:
+                    self._idle.append((now, os.fstat(fd).st_size, fd))
+                except OSError:
+                    continue
+            while len(self._idle) > self.KEPT:
+                closing.append(self._idle.pop(0)[2])
+            sweep = bool(self._idle) and not self._sweeping
+            self._sweeping = self._sweeping or sweep
+        _close(closing)
+        if sweep:
+            threading.Thread(target=self._sweep, name="memfd-pool", daemon=True).start()
+
+    def _sweep(self) -> None:
+        while True:
+            time.sleep(self.IDLE_S / 2)
+            with self._lock:
+                old = time.monotonic() - self.IDLE_S
+                closing = [fd for at, _capacity, fd in self._idle if at <= old]
+                self._idle = [entry for entry in self._idle if entry[0] > old]
+                if not self._idle:
+                    self._sweeping = False
+            _close(closing)
+            if not self._sweeping:
+                return
+
+
+def _close(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
+_POOL = _Pool()
+
+
 def _memfd_of(raw: memoryview) -> int:
     """A memfd holding ``raw``: the one copy a large buffer costs between two steps."""
-    fd = os.memfd_create("bis-pipeline", os.MFD_CLOEXEC)
+    fd = _POOL.take(raw.nbytes)
     try:
-        os.ftruncate(fd, raw.nbytes)
-        with mmap.mmap(fd, raw.nbytes) as memory:
-            memory[:] = raw.cast("B")
+        data, written = raw.cast("B"), 0
+        while written < len(data):  # (the kernel copies it into the memfd's pages: no page faults here)
+            written += os.pwrite(fd, data[written:], written)
     except BaseException:
         os.close(fd)
         raise
@@ -135,7 +199,8 @@ def _mapped(pid: int, fd: int, size: int) -> memoryview:
     try:
         if size == 0:
             return memoryview(b"")
-        return memoryview(mmap.mmap(own, size, prot=mmap.PROT_READ))
+        # MAP_POPULATE: the pages are mapped in one go, not faulted in one by one as they are read
+        return memoryview(mmap.mmap(own, size, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ))
     finally:
         os.close(own)
 

@@ -5,6 +5,7 @@ configuration's mistakes."""
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -33,26 +34,35 @@ def test_arrays_travel_out_of_band_and_come_back_as_read_only_arrays():
     assert not value["image"].flags.writeable
 
 
-def test_a_buffer_from_the_threshold_goes_through_a_memfd_freed_once_released_and_unmapped():
+def test_a_buffer_from_the_threshold_goes_through_a_memfd_freed_once_released_and_unmapped(monkeypatch):
+    monkeypatch.setattr(pipedata._POOL, "IDLE_S", 0.2)
     frame = np.random.default_rng(1).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
     before = memfds()
     parts, fds = pipedata.encode({"frame": frame, "small": np.arange(3)}, shm_at=65536)
     assert len(fds) == 1 and len(body_of(parts)) < 4096  # the 6 MB are not in the body
     value = pipedata.decode(body_of(parts))
-    pipedata.release(fds)  # the producer lets go: the reader's mapping still holds the memory
+    pipedata.release(fds)  # the producer lets go (kept a moment for the next value, then closed)
     assert np.array_equal(value["frame"], frame) and not value["frame"].flags.writeable
-    assert memfds() == before + 1  # (the reader's mapping keeps a descriptor of its own: Python's mmap)
+    again, fds = pipedata.encode({"frame": frame[::-1].copy()}, shm_at=65536)
+    assert len(fds) == 1 and memfds() == before + 2  # the memfd released is written again, not a new one
+    assert np.array_equal(pipedata.decode(body_of(again))["frame"], frame[::-1])
+    pipedata.release(fds)
     del value
-    assert memfds() == before
+    deadline = time.monotonic() + 3
+    while memfds() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert memfds() == before  # idle for IDLE_S: closed
     with open("/proc/self/maps") as maps:
         assert "/memfd:bis-pipeline" not in maps.read()
 
 
-def test_a_memfd_released_before_it_was_read_is_a_clear_error():
+def test_a_memfd_whose_process_is_gone_is_a_clear_error():
     parts, fds = pipedata.encode(np.zeros(100_000), shm_at=1024)
-    pipedata.release(fds)
+    head = bytearray(parts[0])
+    head[16 + 9:16 + 13] = (2**22 + 12345).to_bytes(4, "big")  # a pid no process has (pid_max is 2**22)
     with pytest.raises(pipedata.MemfdGone, match="the value of the step before is gone"):
-        pipedata.decode(body_of(parts))
+        pipedata.decode(body_of([bytes(head), *parts[1:]]))
+    pipedata.release(fds)
 
 
 def test_joined_parents_come_as_a_dict_of_their_values():
