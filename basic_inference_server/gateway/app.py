@@ -175,7 +175,7 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
         children = routes.children
         return Children([h for h in children if not h.is_support], [h for h in children if h.is_support],
                         list(routes.remote), {name: r.to_json() for name, r in supervisor.reloader.last.items()},
-                        routes.recycles)
+                        routes.recycles, router.table.pipelines)
 
     @app.route("/list_servers", methods=["GET", "POST"])
     def list_servers() -> Response:

@@ -257,3 +257,15 @@ def test_a_sigkilled_step_leaves_no_shared_memory(gateway, victim, tmp_path):
     again = gateway.run("image_flow", **FRAME)
     assert again.status_code == 200, again.text
     wait_no_shared_memory(gateway)
+
+
+def test_list_servers_and_the_dashboard_show_the_pipelines(gateway):
+    listed = gateway.post("/list_servers").json()
+    image = listed["PIPELINES"]["image_flow"]
+    assert image["STATE"] == "READY" and image["STEPS"] == ["decode", "half", "stats"] and image["LAST"] == "stats"
+    assert image["DESCRIPTION"] == "decode, resize, summarise"
+    assert listed["PIPELINES"]["graph_flow"]["PARENTS"]["merge"] == ["half", "flip"]
+    assert "image_flow" not in listed["AVAIL_SERVERS"]  # no process of its own
+    assert gateway.get("/dashboard/data").json()["PIPELINES"]["graph_flow"]["STATE"] == "READY"
+    page = gateway.get("/dashboard").text
+    assert 'data-testid="pipelines-table"' in page and "renderPipelines" in page

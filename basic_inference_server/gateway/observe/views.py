@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ...pipeconfig import PipelineConfig
 from ...server.placement import device_of
 from ..remote.handle import RemoteHandle
 from ..supervision.handle import READY, ChildHandle
@@ -27,12 +28,25 @@ class Children:
     remotes: list[RemoteHandle]
     last_reloads: Mapping[str, dict[str, Any]]  # endpoint -> its last finished reload, as /reload_server answers
     recycles: Mapping[tuple[str, str], int]  # (endpoint, reason) -> recycles done
+    pipelines: Mapping[str, PipelineConfig] = field(default_factory=dict)
 
     def view(self) -> dict[str, Any]:
-        """``AVAIL_SERVERS`` (model servers here and elsewhere) and ``SUPPORT_PROCESSES``."""
+        """``AVAIL_SERVERS`` (model servers here and elsewhere), ``SUPPORT_PROCESSES`` and
+        ``PIPELINES``."""
         return {"AVAIL_SERVERS": {**{h.name: self.describe(h) for h in self.servers},
                                   **{h.name: describe_remote(h) for h in self.remotes}},
-                "SUPPORT_PROCESSES": {h.name: self.describe(h) for h in self.supports}}
+                "SUPPORT_PROCESSES": {h.name: self.describe(h) for h in self.supports},
+                "PIPELINES": {name: self.describe_pipeline(p) for name, p in self.pipelines.items()}}
+
+    def describe_pipeline(self, pipeline: PipelineConfig) -> dict[str, Any]:
+        """Its steps in order, each step's parents, and READY when every step has a READY server."""
+        ready = {h.endpoint.name for h in self.servers if h.state == READY}
+        waiting = [step for step in pipeline.order if step not in ready]
+        state = "DISABLED" if pipeline.disabled else "WAITING" if waiting else READY
+        return {"STATE": state, "ONLINE": state == READY, "STEPS": list(pipeline.order),
+                "PARENTS": {step: list(parents) for step, parents in pipeline.parents.items()},
+                "LAST": pipeline.last, "WAITING_FOR": waiting, "REQUEST_TIMEOUT": pipeline.request_timeout,
+                "DESCRIPTION": pipeline.description}
 
     def describe(self, handle: ChildHandle) -> dict[str, Any]:
         endpoint = handle.endpoint
