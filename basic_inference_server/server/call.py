@@ -70,7 +70,7 @@ class Call:
     the HTTP port's.
     """
 
-    __slots__ = ("_error", "call_id", "enqueued", "inputs", "job", "on_done", "open_stream", "pipe", "raw",
+    __slots__ = ("_error", "call_id", "carried", "enqueued", "inputs", "job", "on_done", "open_stream", "pipe", "raw",
                  "request_id", "result", "routed", "state", "stream", "stream_wanted", "v2", "worker_idx")
 
     def __init__(self, call_id: int, request_id: str, on_done: Callable[[Call], None], *, raw: bytes | None = None,
@@ -85,6 +85,7 @@ class Call:
         self.v2: Any = None  # an Open Inference Protocol request: how to answer it (server.v2.V2Call)
         self.job = False  # a durable job's body: its own fields (PRIORITY, WEBHOOK, custom_id) are not inputs
         self.pipe = 0  # a pipeline step: PIPE_IN (its body is the step before's value), PIPE_OUT (answer a value)
+        self.carried: Any = None  # what a pipeline's value carries from step to step (a V2 request's wishes)
         self.call_id = call_id
         self.request_id = request_id
         self.on_done: Callable[[Call], None] | None = on_done

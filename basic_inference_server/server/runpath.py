@@ -146,7 +146,9 @@ class RunPath:
         raw, call.raw = call.raw, None
         if call.pipe & PIPE_IN:  # the value the step before returned, as it returned it
             try:
-                call.inputs = pipedata.decode(raw)
+                call.inputs, call.carried = pipedata.decode_with_context(raw)
+                if call.v2 is not None:  # a V2 pipeline's last step: answers what the first step was asked
+                    call.v2.request = call.carried
             except pipedata.MemfdGone as exc:
                 raise ServerDied(str(exc)) from None
             except (ValueError, pickle.UnpicklingError, EOFError) as exc:
@@ -182,10 +184,10 @@ class RunPath:
         try:
             if call.state is CallState.DROPPED:
                 outlet.dropped()
-            elif call.v2 is not None:
-                self._deliver_v2(call, outlet)
             elif call.pipe & PIPE_OUT and call.error is None:
                 self._deliver_piped(call, outlet)
+            elif call.v2 is not None:
+                self._deliver_v2(call, outlet)
             elif call.stream is None:
                 outlet.whole(self.answer_of(call))
             else:
@@ -215,7 +217,10 @@ class RunPath:
         """A pipeline step's value for the next step: what ``_post_process`` returned, pickled with
         its arrays out of band (:mod:`..transport.pipedata`), never JSON."""
         try:
-            parts, fds = pipedata.encode(call.result, self.state.shm_threshold_bytes)
+            carried = call.carried
+            if carried is None and call.v2 is not None:  # a V2 pipeline's first step: what its answer must hold
+                carried = call.v2.request.answering() if call.v2.request is not None else None
+            parts, fds = pipedata.encode(call.result, self.state.shm_threshold_bytes, carried)
         except Exception as exc:  # noqa: BLE001 - whatever pickle refuses
             logger.error("Call %d: result of _post_process cannot be passed to the next step: %s", call.call_id, exc)
             outlet.whole(error_answer(ModelError(f"result of _post_process cannot be passed to the pipeline's next "

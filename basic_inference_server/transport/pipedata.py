@@ -52,12 +52,13 @@ class PipeDataError(ValueError):
     """What came is not a value of this format."""
 
 
-def encode(value: Any, shm_at: int | None = None) -> tuple[list[bytes | memoryview], list[int]]:
+def encode(value: Any, shm_at: int | None = None, context: Any = None) -> tuple[list[bytes | memoryview], list[int]]:
     """``value`` as pieces to write as they are (the header and pickle, then each out-of-band
     buffer under ``shm_at`` bytes, never joined), and the memfds holding the others, which the
-    caller keeps open until the value is released (then :func:`release` them)."""
+    caller keeps open until the value is released (then :func:`release` them). ``context`` goes
+    with the value from step to step, unseen by the hooks (what a V2 request asked of its answer)."""
     buffers: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    data = pickle.dumps((value, context), protocol=5, buffer_callback=buffers.append)
     raws = [buffer.raw() for buffer in buffers]  # (ValueError for a buffer that is not contiguous)
     head, inline, fds = bytearray(_HEAD.pack(MAGIC, len(raws), len(data))), [], []
     pid = os.getpid()
@@ -161,10 +162,16 @@ def _memfd_of(raw: memoryview) -> int:
 def decode(body: bytes | bytearray | memoryview) -> Any:
     """The value of a body :func:`encode` made (or :func:`join` joined), its arrays read-only
     views of ``body``, or of the memfds it names. PipeDataError when it cannot be read, MemfdGone
-    when a memfd it names is no longer there (its server stopped, or released it)."""
+    when a memfd it names is no longer there (its server stopped)."""
+    return decode_with_context(body)[0]
+
+
+def decode_with_context(body: bytes | bytearray | memoryview) -> tuple[Any, Any]:
+    """(value, the context that came with it: of the first parent, for a join)."""
     view = memoryview(body).toreadonly()
     if bytes(view[:4]) == JOINED:
-        return {name: decode(part) for name, part in _parts(view)}
+        decoded = [(name, decode_with_context(part)) for name, part in _parts(view)]
+        return {name: value for name, (value, _context) in decoded}, decoded[0][1][1] if decoded else None
     if len(view) < _HEAD.size or bytes(view[:4]) != MAGIC:
         raise PipeDataError("not a value passed between pipeline steps")
     _magic, count, length = _HEAD.unpack_from(view)
@@ -182,7 +189,8 @@ def decode(body: bytes | bytearray | memoryview) -> Any:
             raise PipeDataError("a pipeline value cut short")
         buffers.append(view[at:at + size])
         at += size
-    return pickle.loads(data, buffers=buffers)
+    value, context = pickle.loads(data, buffers=buffers)
+    return value, context
 
 
 class MemfdGone(PipeDataError):

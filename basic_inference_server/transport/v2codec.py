@@ -67,6 +67,11 @@ class InferRequest:
         self.outputs = outputs  # None: every output, binary when binary_output
         self.binary_output = binary_output
 
+    def answering(self) -> InferRequest:
+        """What its answer needs (its id, parameters and requested outputs), without its inputs:
+        carried from a V2 pipeline's first step to its last."""
+        return InferRequest(self.id, self.parameters, {}, self.outputs, self.binary_output)
+
     def worker_inputs(self) -> dict[str, Any]:
         """What ``_pre_process`` receives: ``{<input name>: ndarray, ..., "PARAMETERS": {...}}``."""
         return {**self.inputs, PARAMETERS: self.parameters}

@@ -23,12 +23,13 @@ def step(op: str, workers: int = 1) -> dict:
 
 CONFIG = {**ECHO_CONFIG, "MAX_BODY_MB": 1, "CONFIG_ENDPOINTS": {
     "decode": step("decode", 2), "half": step("half", 2), "flip": step("flip"), "merge": step("merge"),
-    "stats": step("stats", 2), "items": step("items"),
+    "stats": step("stats", 2), "items": step("items"), "scale": step("scale"), "v2out": step("v2out"),
     "image_flow": {"PIPELINE": ["decode", "half", "stats"], "DESCRIPTION": "decode, resize, summarise"},
     "graph_flow": {"PIPELINE": {"decode": [], "half": ["decode"], "flip": ["decode"], "merge": ["half", "flip"],
                                 "stats": ["merge"]}},
     "streamed_flow": {"PIPELINE": ["decode", "items"]},
     "quick_flow": {"PIPELINE": ["decode", "half", "stats"], "REQUEST_TIMEOUT": 1},
+    "v2_flow": {"PIPELINE": ["scale", "v2out"]},
 }}
 FRAME = {"W": 1920, "H": 1080, "SEED": 7}  # a 1080p frame: 6 MB between decode and half
 
@@ -269,3 +270,28 @@ def test_list_servers_and_the_dashboard_show_the_pipelines(gateway):
     assert gateway.get("/dashboard/data").json()["PIPELINES"]["graph_flow"]["STATE"] == "READY"
     page = gateway.get("/dashboard").text
     assert 'data-testid="pipelines-table"' in page and "renderPipelines" in page
+
+
+def test_the_v2_infer_route_runs_a_pipeline_for_tritonclient(gateway):
+    """POST /v2/models/<pipeline>/infer: the first step reads the V2 request (binary tensors), the
+    value goes on as an array, the last step answers as the protocol says (the outputs asked)."""
+    import numpy as np
+    import tritonclient.http as triton
+
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{gateway.port}")
+    try:
+        data = np.arange(6, dtype=np.float32).reshape(2, 3)
+        given = triton.InferInput("X", [2, 3], "FP32")
+        given.set_data_from_numpy(data, binary_data=True)
+        result = client.infer("v2_flow", [given], outputs=[triton.InferRequestedOutput("MEAN", binary_data=True),
+                                                           triton.InferRequestedOutput("SHAPE", binary_data=False)])
+        assert np.allclose(result.as_numpy("MEAN"), [data.mean() * 2])
+        assert result.as_numpy("SHAPE").tolist() == [2, 3]
+        assert result.get_response()["model_name"] == "v2_flow"
+        with pytest.raises(triton.InferenceServerException, match="step 'scale'"):
+            wrong = triton.InferInput("Y", [1], "FP32")
+            wrong.set_data_from_numpy(np.zeros(1, dtype=np.float32))
+            client.infer("v2_flow", [wrong])
+    finally:
+        client.close()
+    assert gateway.post("/v2/models/v2_flow/versions/7/infer", {"inputs": []}).status_code == 404

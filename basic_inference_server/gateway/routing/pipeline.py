@@ -75,10 +75,11 @@ class PipelineStats:
 class PipelineRun:
     """The steps of one pipeline request."""
 
-    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "held", "started", "timer")
+    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "held", "started", "timer", "v2")
 
-    def __init__(self, call: Run, config: PipelineConfig):
+    def __init__(self, call: Run, config: PipelineConfig, v2: tuple[int | None, str] | None = None):
         self.call = call
+        self.v2 = v2  # a V2 infer request: its first steps read it as such (JSON header length, version)
         self.config = config
         self.started = time.monotonic()
         self.deadline = self.started + config.request_timeout
@@ -130,8 +131,9 @@ class PipelineRun:
         body, pipe = self._body(step)
         sent = time.monotonic()
         self.flights[step] = (handle, channel, -1, sent)
-        tag = channel.send(call.request.request_id, "", body, max(0.001, self.deadline - sent),
-                           lambda outcome: self._replied(step, outcome), pipe=pipe | PIPE_OUT)
+        v2 = self.v2 if not pipe else None  # (a first step of a V2 pipeline reads the V2 request)
+        tag = channel.send(call.request.request_id, step if v2 else "", body, max(0.001, self.deadline - sent),
+                           lambda outcome: self._replied(step, outcome), v2=v2, pipe=pipe | PIPE_OUT)
         if step in self.flights:  # (a send that failed at once has been answered already)
             self.flights[step] = (handle, channel, tag, sent)
 

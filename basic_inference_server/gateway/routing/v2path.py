@@ -11,10 +11,12 @@ then one more for each reload or recycle. Errors are the protocol's ``{"error": 
 
 from __future__ import annotations
 
+import json
 from urllib.parse import unquote
 
 from ... import jsonutil, requestid
 from ...errors import BadRequest, MethodNotAllowed, NotFound, ServingError, Unavailable, UnknownSignature
+from ...pipeconfig import PipelineConfig
 from ...transport.frames import BINARY
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.v2wire import BINARY_CONTENT_TYPE, HEADER_LENGTH
@@ -22,6 +24,7 @@ from ..observe.metrics import UNKNOWN_SIGNATURE
 from ..supervision.handle import READY, ChildHandle
 from .forward import transport_error
 from .outcome import Reply
+from .pipeline import PipelineRun
 from .router import Router
 from .runpath import Call, RunPath
 
@@ -96,14 +99,15 @@ class InferCall(Call):
                 raise Unavailable("gateway is shutting down", retry_after=5)
             name, version = infer_target(request.target.partition(b"?")[0].decode("latin-1"))
             self.label = name
+            pipeline = router.table.pipelines.get(name)
+            if pipeline is not None:
+                self._pipeline(pipeline, version)
+                return
             handle = route_model(router, name, version)
             if handle.is_remote:
                 raise ServingError(f"model {name!r} is served by remote model servers (URLS), which take /run "
                                    "only: V2 infer is not forwarded to them", status=501)
-            encoding = request.header(b"content-encoding")
-            if encoding not in (None, b"identity"):
-                raise ServingError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: send the body "
-                                   "uncompressed", status=415)
+            _check_encoding(request)
             header_length = _header_length(request, len(request.body))
             router.admission.enter(handle)
             self.handle, self.channel = handle, self.path.channel(handle)
@@ -113,6 +117,34 @@ class InferCall(Call):
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _pipeline(self, pipeline: PipelineConfig, version: str | None) -> None:
+        """A pipeline as a V2 model (version 1): its first steps read the V2 request, its last
+        step answers it."""
+        if version not in (None, "1"):
+            raise NotFound(f"model {pipeline.name!r} (a pipeline) has no version {version!r}: version 1 served")
+        _check_encoding(self.request)
+        self.pipeline = PipelineRun(self, pipeline, (_header_length(self.request, len(self.request.body)), "1"))
+        self.pipeline.start()
+
+    def forward_step(self, handle: ChildHandle, body: bytes, pipe: int, timeout: float) -> None:
+        """The pipeline's last step, answering the V2 request the first step read."""
+        router = self.path.router
+        router.admission.enter(handle)
+        self.handle, self.channel = handle, self.path.channel(handle)
+        self.tag = self.channel.send(self.request.request_id, self.label, body, timeout, self._replied,
+                                     v2=(None, "1"), pipe=pipe)
+
+    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
+        """A pipeline's step failed: the protocol's error, naming the step."""
+        try:
+            error = json.loads(body)
+        except ValueError:
+            error = {}
+        message = error.get("error") if isinstance(error.get("error"), str) else error.get("ERROR", "failed")
+        super().finish_pipeline(status, jsonutil.dumps_bytes({
+            "error": f"pipeline {error.get('PIPELINE')!r}: step {error.get('STEP')!r} answered {status}: {message}"}),
+            headers)
 
     def _answer(self, reply: Reply) -> None:
         """The model server's V2 answer as it came: JSON, or JSON then binary tensors (``meta``:
@@ -130,6 +162,13 @@ class InferCall(Call):
         if isinstance(exc, UnknownSignature):
             self.label = UNKNOWN_SIGNATURE
         self._finish(exc.status, jsonutil.dumps_bytes({"error": exc.message}), exc.headers())
+
+
+def _check_encoding(request: HttpRequest) -> None:
+    encoding = request.header(b"content-encoding")
+    if encoding not in (None, b"identity"):
+        raise ServingError(f"Content-Encoding {encoding.decode('latin-1')} is not supported: send the body "
+                           "uncompressed", status=415)
 
 
 def _header_length(request: HttpRequest, body_length: int) -> int | None:
