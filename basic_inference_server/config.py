@@ -123,6 +123,7 @@ class GatewayConfig:
     job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS
     job_store_max_bytes: int = 1024 * 1024 * 1024  # JOB_STORE_MAX_MB
     shm_threshold_bytes: int = 65536  # SHM_THRESHOLD_KB: pipeline values' buffers from this size in shared memory
+    allow_client_shm: bool = False  # ALLOW_CLIENT_SHM: the V2 system shared-memory extension for local clients
     job_store: str = "sqlite"  # JOB_STORE: "sqlite" (embedded) or a Redis address
     job_lease_s: float = 30.0  # JOB_LEASE_S: a running job's lease on a shared (Redis) store
     webhook_retry_s: float = 86_400.0  # WEBHOOK_RETRY_S
@@ -241,6 +242,7 @@ def parse_config(
         job_max_attempts=read(data, "JOB_MAX_ATTEMPTS"),
         job_store_max_bytes=int(read(data, "JOB_STORE_MAX_MB") * 1024 * 1024),
         shm_threshold_bytes=int(read(data, "SHM_THRESHOLD_KB") * 1024),
+        allow_client_shm=read(data, "ALLOW_CLIENT_SHM"),
         job_store=_job_store(os.environ.get(JOB_STORE_ENV) or read(data, "JOB_STORE")),
         job_lease_s=read(data, "JOB_LEASE_S"),
         webhook_retry_s=read(data, "WEBHOOK_RETRY_S"),

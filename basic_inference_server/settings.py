@@ -162,6 +162,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("SHM_THRESHOLD_KB", _T, Kind.NUMBER, "between the steps of a pipeline, an array (a buffer) of this "
             "size or more goes through shared memory (a memfd the next step maps read-only), a smaller one with the "
             "value on the channel", 64, maximum=10**7),
+    Setting("ALLOW_CLIENT_SHM", _T, Kind.BOOLEAN, "the Open Inference Protocol's system shared-memory extension: "
+            "clients on this host register POSIX shared-memory regions (`/v2/systemsharedmemory/...`, loopback "
+            "clients only) and infer requests name them instead of carrying tensors", False),
     Setting("JOB_TTL", _T, Kind.NUMBER, "seconds a finished job (and its result) is kept for `GET /jobs/<id>`, "
             "then purged", 86_400, maximum=365 * _SECONDS),
     Setting("JOB_MAX_ATTEMPTS", _T, Kind.INTEGER, "attempts a job gets when it is lost (its gateway or model "

@@ -29,6 +29,8 @@ from ..errors import (
 from ..lib_ver import LIB_VER
 from ..states import ReloadState
 from ..transport.gather import Pieces
+from ..transport.sysshm import FILE_NAME as SHM_FILE
+from ..transport.sysshm import Registry
 from ..webutil import (
     ROUTE_BODY_LIMIT,
     install_error_handlers,
@@ -54,6 +56,7 @@ from .supervision.ports import PortsExhausted
 from .supervision.supervisor import Supervisor
 from .support_data import SupportData, metrics_of
 from .v2routes import install_v2_routes
+from .v2shm import EXTENSION, install_v2_shm_routes
 
 SHUTDOWN_COMMAND = "SAFE_KILL_SERVER_CMD"
 DASHBOARD_EVENTS = 50  # the newest history events the dashboard shows
@@ -320,5 +323,7 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
             return json_response(body, 503, {"Retry-After": "1"})
         return json_response({"status": "ready", "servers": len(supervisor.handles)})
 
-    install_v2_routes(app, router, gw.not_ready)
+    shm = Registry(supervisor.run_folder / SHM_FILE) if config.allow_client_shm else None
+    install_v2_shm_routes(app, shm, is_loopback)
+    install_v2_routes(app, router, gw.not_ready, [EXTENSION] if shm is not None else [])
     return app

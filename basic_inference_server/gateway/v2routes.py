@@ -30,7 +30,10 @@ EXTENSIONS = ["binary_tensor_data"]  # Triton's name for the binary tensor exten
 METADATA_TIMEOUT = 5.0
 
 
-def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[str, str]]) -> None:
+def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[str, str]],
+                      extensions: list[str] | None = None) -> None:
+    """``extensions``: those on besides binary tensors (system_shared_memory with ALLOW_CLIENT_SHM)."""
+    listed = [*EXTENSIONS, *(extensions or [])]
     metadata_cache: dict[tuple[str, int | None, int], dict[str, Any]] = {}
     cache_lock = threading.Lock()
 
@@ -60,7 +63,7 @@ def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[s
 
     @app.route("/v2", methods=["GET"])
     def v2_server_metadata() -> Response:
-        return json_response({"name": SERVER_NAME, "version": LIB_VER, "extensions": EXTENSIONS})
+        return json_response({"name": SERVER_NAME, "version": LIB_VER, "extensions": listed})
 
     @app.route("/v2/health/live", methods=["GET"])
     def v2_live() -> Response:

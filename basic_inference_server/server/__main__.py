@@ -24,6 +24,8 @@ from ..logger import Logger
 from ..logs import setup_process_logging
 from ..tlsfiles import server_context
 from ..transport.httpfront import FrontLimits, HttpFront
+from ..transport.sysshm import FILE_NAME as SHM_FILE
+from ..transport.sysshm import Regions
 from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import endpoint_token
 from .app import ServerState
@@ -129,6 +131,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         stream_idle_timeout=spec.stream_idle_timeout, stream_timeout=spec.stream_timeout,
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
         metadata=metadata, json_limits=spec.json_limits, shm_threshold_bytes=spec.shm_threshold_bytes,
+        shm_regions=Regions(Path(spec.cache_folder) / "_run" / SHM_FILE) if spec.allow_client_shm else None,
     )
     runpath = RunPath(state)
     try:

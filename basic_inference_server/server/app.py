@@ -53,6 +53,7 @@ class ServerState:
     execution_path: str = "/run"
     json_limits: JsonLimits = DEFAULT_LIMITS  # the bounds of a parsed body (MAX_JSON_*)
     shm_threshold_bytes: int = 65536  # SHM_THRESHOLD_KB: a pipeline value's buffers from this size go in a memfd
+    shm_regions: Any = None  # ALLOW_CLIENT_SHM: the V2 clients' shared-memory regions (sysshm.Regions), else None
     metadata: ModelMetadata = field(default_factory=ModelMetadata)  # for the Open Inference Protocol
     draining: bool = False
     loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background

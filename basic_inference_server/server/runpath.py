@@ -159,7 +159,7 @@ class RunPath:
         try:
             if call.v2 is not None:
                 call.inputs, call.v2.request = accept_v2(state.metadata, raw, call.v2.header_length,
-                                                         state.json_limits)
+                                                         state.json_limits, state.shm_regions)
                 return
             body = jsonbody.loads_object(raw, state.json_limits)
         except PayloadTooLarge as exc:
@@ -259,7 +259,7 @@ class RunPath:
         if error is None:
             try:
                 parts, header_length = encode_response(v2.model, v2.version, v2.request, call.result,
-                                                       self.state.metadata.output_types)
+                                                       self.state.metadata.output_types, self.state.shm_regions)
             except ServingError as exc:
                 error = exc
             except Exception as exc:  # an answer must leave whatever the outputs hold

@@ -56,6 +56,7 @@ class ServerSpec:
     secret_file: str = ""  # holds what a client must send in X-Endpoint-Token to any route but /health ("": none)
     device: str = ""  # DEVICES: the device of this replica ("cpu", "cuda:1"; "" for none)
     shm_threshold_bytes: int = 65536  # SHM_THRESHOLD_KB: a pipeline value's buffers from this size go in a memfd
+    allow_client_shm: bool = False  # ALLOW_CLIENT_SHM: V2 tensors in the clients' registered shared-memory regions
     standalone: bool = False  # run on its own (`endpoint <name>`), not by a gateway: BIS_ENDPOINT_TOKEN applies
 
     @property

@@ -95,9 +95,10 @@ class V2Call:
 
 
 def accept(metadata: ModelMetadata, body: bytes, header_length: int | None,
-           limits: JsonLimits = DEFAULT_LIMITS) -> tuple[dict[str, Any], v2codec.InferRequest]:
-    """The worker inputs of an infer request, checked against the declared inputs."""
-    request = v2codec.decode_request(body, header_length, limits)
+           limits: JsonLimits = DEFAULT_LIMITS, regions: Any = None) -> tuple[dict[str, Any], v2codec.InferRequest]:
+    """The worker inputs of an infer request, checked against the declared inputs (``regions``: the
+    client's shared memory, :class:`..transport.sysshm.Regions`, None when ALLOW_CLIENT_SHM is off)."""
+    request = v2codec.decode_request(body, header_length, limits, regions)
     if metadata.inputs:
         v2codec.check_inputs(request.inputs, list(metadata.inputs))
     return request.worker_inputs(), request

@@ -28,6 +28,7 @@ import numpy as np
 from .. import jsonutil
 from ..errors import InvalidInput, ModelError, PayloadTooLarge
 from ..jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
+from .sysshm import SHM_REGION, SHM_SIZE, shm_place
 from .v2wire import DATATYPE_NAMES, HEADER_LENGTH
 
 _LENGTH = struct.Struct("<I")  # a BYTES element's length prefix
@@ -47,11 +48,12 @@ PARAMETERS = "PARAMETERS"  # the key of the request's parameters in the worker's
 
 
 class RequestedOutput:
-    __slots__ = ("binary", "name")
+    __slots__ = ("binary", "name", "shm")
 
-    def __init__(self, name: str, binary: bool):
+    def __init__(self, name: str, binary: bool, shm: tuple[str, int, int] | None = None):
         self.name = name
         self.binary = binary
+        self.shm = shm  # (region, offset, byte size): written into a client's shared memory (sysshm)
 
 
 class InferRequest:
@@ -77,10 +79,13 @@ class InferRequest:
         return {**self.inputs, PARAMETERS: self.parameters}
 
 
-def decode_request(body: bytes, header_length: int | None = None, limits: JsonLimits = DEFAULT_LIMITS) -> InferRequest:
+def decode_request(body: bytes, header_length: int | None = None, limits: JsonLimits = DEFAULT_LIMITS,
+                   regions: Any = None) -> InferRequest:
     """Parse an infer request (all JSON, or JSON then binary tensors); InvalidInput when it is not
     one. Its JSON is bounded by ``limits``, and so are its BYTES elements, each a Python object:
-    all of them together at most ``limits.max_values`` (413 past it, before any is made)."""
+    all of them together at most ``limits.max_values`` (413 past it, before any is made). An input
+    may name a registered shared-memory region (``regions``: :class:`.sysshm.Regions`, None when the
+    extension is off) instead of carrying its data."""
     view = memoryview(body)
     if header_length is None:
         header, binary = body, view[len(body):]
@@ -108,7 +113,13 @@ def decode_request(body: bytes, header_length: int | None = None, limits: JsonLi
         if name in inputs or name == PARAMETERS:
             raise InvalidInput(f"input {name!r} is given twice" if name in inputs else
                                f"{PARAMETERS!r} cannot be an input's name")
-        size = _object(raw.get("parameters", {}), f"input {name!r} parameters").get("binary_data_size")
+        tensor_parameters = _object(raw.get("parameters", {}), f"input {name!r} parameters")
+        region = tensor_parameters.get(SHM_REGION)
+        if region is not None:
+            start, length = shm_place(name, tensor_parameters, regions)
+            inputs[name] = _from_binary(name, datatype, shape, regions.read(region, start, length))
+            continue
+        size = tensor_parameters.get("binary_data_size")
         if size is None:
             if "data" not in raw:
                 raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
@@ -126,7 +137,7 @@ def decode_request(body: bytes, header_length: int | None = None, limits: JsonLi
                            "the inputs' binary_data_size")
     binary_output = parameters.get("binary_data_output") is True
     return InferRequest(request_id, {k: v for k, v in parameters.items() if k != "binary_data_output"},
-                        inputs, _requested(request.get("outputs"), binary_output), binary_output)
+                        inputs, _requested(request.get("outputs"), binary_output, regions), binary_output)
 
 
 def check_inputs(inputs: Mapping[str, np.ndarray], declared: list[dict[str, Any]]) -> None:
@@ -149,7 +160,7 @@ def check_inputs(inputs: Mapping[str, np.ndarray], declared: list[dict[str, Any]
 
 
 def encode_response(model_name: str, model_version: str, request: InferRequest, result: Any,
-                    declared: Mapping[str, str] | None = None) -> tuple[list[Any], int | None]:
+                    declared: Mapping[str, str] | None = None, regions: Any = None) -> tuple[list[Any], int | None]:
     """The answer to ``request`` from what ``_post_process`` returned (a dict of output name to
     array, list or scalar; ``declared``: output name -> datatype to cast to). Returns the body's
     pieces and the JSON header's length when some output is binary (None: the body is all JSON)."""
@@ -171,7 +182,12 @@ def encode_response(model_name: str, model_version: str, request: InferRequest, 
         array = to_array(out.name, result[out.name], (declared or {}).get(out.name))
         datatype = datatype_of(array)
         tensor: dict[str, Any] = {"name": out.name, "datatype": datatype, "shape": list(array.shape)}
-        if out.binary:
+        if out.shm is not None:  # written into the client's region, which the answer names
+            region, offset, size = out.shm
+            data = _to_binary(array)
+            regions.write(region, offset, data, size)
+            tensor["parameters"] = {SHM_REGION: region, SHM_SIZE: len(data)}
+        elif out.binary:
             part = _to_binary(array)
             tensor["parameters"] = {"binary_data_size": len(part)}
             parts.append(part)
@@ -351,7 +367,7 @@ def _bytes_elements(name: str, shape: tuple[int, ...], count: int, data: memoryv
     return _reshaped(name, array, shape)
 
 
-def _requested(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
+def _requested(raw: Any, binary_default: bool, regions: Any = None) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -364,7 +380,11 @@ def _requested(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
         if parameters.get("classification"):
             raise InvalidInput("the classification extension is not supported")
         binary = parameters.get("binary_data", binary_default)  # the output's own choice, else the request's
-        outputs.append(RequestedOutput(item["name"], binary is True))
+        shm = None
+        if parameters.get(SHM_REGION) is not None:
+            offset, size = shm_place(item["name"], parameters, regions)
+            shm = (str(parameters[SHM_REGION]), offset, size)
+        outputs.append(RequestedOutput(item["name"], binary is True, shm))
     return outputs
 
 

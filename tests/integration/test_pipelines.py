@@ -6,6 +6,7 @@ configuration mistakes that stop the start naming the key."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 
@@ -21,7 +22,7 @@ def step(op: str, workers: int = 1) -> dict:
     return {"SERVER_CLASS": "pipe_step", "OP": op, "NR_WORKERS": workers, "REQUEST_TIMEOUT": 20}
 
 
-CONFIG = {**ECHO_CONFIG, "MAX_BODY_MB": 1, "CONFIG_ENDPOINTS": {
+CONFIG = {**ECHO_CONFIG, "MAX_BODY_MB": 1, "ALLOW_CLIENT_SHM": True, "CONFIG_ENDPOINTS": {
     "decode": step("decode", 2), "half": step("half", 2), "flip": step("flip"), "merge": step("merge"),
     "stats": step("stats", 2), "items": step("items"), "scale": step("scale"), "v2out": step("v2out"),
     "image_flow": {"PIPELINE": ["decode", "half", "stats"], "DESCRIPTION": "decode, resize, summarise"},
@@ -295,3 +296,52 @@ def test_the_v2_infer_route_runs_a_pipeline_for_tritonclient(gateway):
     finally:
         client.close()
     assert gateway.post("/v2/models/v2_flow/versions/7/infer", {"inputs": []}).status_code == 404
+
+
+def test_v2_system_shared_memory_with_tritonclient_unchanged(gateway):
+    """Triton's system shared-memory extension, as tritonclient.utils.shared_memory uses it: a 6 MB
+    input read from the client's region by the pipeline's first step, an output written into
+    another region by its last step; the body carries no tensor."""
+    import numpy as np
+    import tritonclient.http as triton
+    import tritonclient.utils.shared_memory as shm
+
+    data = np.random.default_rng(5).random((1080, 1920 // 4, 3), dtype=np.float32)  # 6 MB of FP32
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{gateway.port}")
+    tag = f"bis{os.getpid()}"
+    given = shm.create_shared_memory_region(f"{tag}_in", f"/{tag}_in", data.nbytes)
+    answer = shm.create_shared_memory_region(f"{tag}_out", f"/{tag}_out", 64)
+    try:
+        shm.set_shared_memory_region(given, [data])
+        assert "system_shared_memory" in client.get_server_metadata()["extensions"]
+        client.register_system_shared_memory(f"{tag}_in", f"/{tag}_in", data.nbytes)
+        client.register_system_shared_memory(f"{tag}_out", f"/{tag}_out", 64)
+        status = {region["name"]: region for region in client.get_system_shared_memory_status()}
+        assert status[f"{tag}_in"]["byte_size"] == data.nbytes
+        tensor = triton.InferInput("X", list(data.shape), "FP32")
+        tensor.set_shared_memory(f"{tag}_in", data.nbytes)
+        mean = triton.InferRequestedOutput("MEAN", binary_data=True)
+        mean.set_shared_memory(f"{tag}_out", 64)
+        result = client.infer("v2_flow", [tensor], outputs=[mean, triton.InferRequestedOutput("SHAPE")])
+        output = result.get_output("MEAN")
+        assert output["parameters"]["shared_memory_region"] == f"{tag}_out"
+        written = shm.get_contents_as_numpy(answer, np.float32, [1])
+        assert np.allclose(written, [data.mean() * 2], rtol=1e-4)
+        assert result.as_numpy("SHAPE").tolist() == list(data.shape)
+        # Bounds and names are checked: a region past its segment, a key outside /dev/shm.
+        with pytest.raises(triton.InferenceServerException, match="past the end"):
+            client.register_system_shared_memory("too_big", f"/{tag}_out", 1 << 20)
+        with pytest.raises(triton.InferenceServerException, match="key"):
+            client.register_system_shared_memory("sneaky", "/../etc/passwd", 1)
+        small = triton.InferInput("X", [4], "FP32")
+        small.set_shared_memory(f"{tag}_out", 16, offset=60)  # past the 64 bytes registered
+        with pytest.raises(triton.InferenceServerException, match="past its byte_size"):
+            client.infer("v2_flow", [small])
+        client.unregister_system_shared_memory(f"{tag}_in")
+        assert [r["name"] for r in client.get_system_shared_memory_status()] == [f"{tag}_out"]
+    finally:
+        client.unregister_system_shared_memory()
+        client.close()
+        shm.destroy_shared_memory_region(given)
+        shm.destroy_shared_memory_region(answer)
+    assert gateway.get("/v2/systemsharedmemory/status").json() == []

@@ -349,3 +349,14 @@ def test_the_gateway_never_loads_numpy(gateway, client):
     assert "numpy" not in maps
     server_maps = Path(f"/proc/{gateway.servers()['tensor']['PID']}/maps").read_text()
     assert "numpy" in server_maps  # (the check can see it where it is)
+
+
+def test_system_shared_memory_is_off_unless_allowed(gateway, client):
+    assert "system_shared_memory" not in client.get_server_metadata()["extensions"]
+    refused = gateway.post("/v2/systemsharedmemory/region/r/register", {"key": "/r", "offset": 0, "byte_size": 4})
+    assert refused.status_code == 403 and "ALLOW_CLIENT_SHM" in refused.json()["error"]
+    assert gateway.get("/v2/systemsharedmemory/status").status_code == 403
+    named = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1],
+                         "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 4}}]}
+    answer = gateway.post("/v2/models/tensor/infer", named)
+    assert answer.status_code == 400 and "ALLOW_CLIENT_SHM" in answer.json()["error"]

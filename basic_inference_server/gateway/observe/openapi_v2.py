@@ -123,4 +123,35 @@ def v2_paths() -> dict[str, Any]:
         paths[base + "/ready"] = _model_get("v2ModelReady", "A model is ready", ready, versioned,
                                             {"400": not_ready})
         paths[base + "/infer"] = _infer(versioned)
+    paths.update(_shm_paths())
     return paths
+
+
+def _shm_paths() -> dict[str, Any]:
+    """The system shared-memory extension (ALLOW_CLIENT_SHM, loopback clients only)."""
+    region = {"name": "name", "in": "path", "required": True, "description": "the region's name", "schema": _str()}
+    status = _answer("the regions registered", {"type": "array", "items": _obj(
+        {"name": _str(), "key": _str(), "offset": _int(minimum=0), "byte_size": _int(minimum=0)},
+        ["name", "key", "offset", "byte_size"])})
+    done = _answer("done", _obj())
+    off = _error("ALLOW_CLIENT_SHM is off, or the client is not on this host (loopback)")
+    body = {"required": True, "content": {JSON: {"schema": _obj(
+        {"key": _str("the POSIX shared-memory segment, '/name' in /dev/shm"), "offset": _int(minimum=0),
+         "byte_size": _int(minimum=0)}, ["key", "byte_size"])}}}
+    base = "/v2/systemsharedmemory"
+    return {
+        f"{base}/status": {"get": _operation("v2ShmStatus", "Every shared-memory region registered", TAG,
+                                             {"200": status, "403": off})},
+        f"{base}/region/{{name}}/status": {"get": _operation(
+            "v2ShmRegionStatus", "A shared-memory region", TAG,
+            {"200": status, "403": off, "404": _error("no such region")}, parameters=[region])},
+        f"{base}/region/{{name}}/register": {"post": _operation(
+            "v2ShmRegister", "Register a shared-memory region", TAG,
+            {"200": done, "400": _error("a bad name or key, no such segment, or past its end"), "403": off},
+            body=body, parameters=[region])},
+        f"{base}/unregister": {"post": _operation("v2ShmUnregisterAll", "Unregister every region", TAG,
+                                                  {"200": done, "403": off})},
+        f"{base}/region/{{name}}/unregister": {"post": _operation(
+            "v2ShmUnregister", "Unregister a shared-memory region", TAG, {"200": done, "403": off},
+            parameters=[region])},
+    }

@@ -98,6 +98,7 @@ def model_server_spec(
         max_json_containers=config.json_limits.max_containers,
         max_json_depth=config.json_limits.max_depth,
         shm_threshold_bytes=config.shm_threshold_bytes,
+        allow_client_shm=config.allow_client_shm,
         shutdown_grace=config.shutdown_grace,
         error_file=str(error_file),
         device=device_of(endpoint.devices, replica),
