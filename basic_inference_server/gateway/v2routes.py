@@ -22,7 +22,7 @@ from ..errors import ServerDied, Unavailable
 from ..lib_ver import LIB_VER
 from ..webutil import json_response
 from .routing.router import Router
-from .routing.v2path import route_model, served_versions
+from .routing.v2path import pipeline_version, route_model, served_versions
 from .supervision.handle import ChildHandle
 
 SERVER_NAME = "basic_inference_server"
@@ -78,14 +78,28 @@ def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[s
     @app.route("/v2/models/<name>", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
     def v2_model_metadata(name: str, version: str | None = None) -> Response:
+        pipeline = router.table.pipelines.get(name)
+        if pipeline is not None:  # its inputs are its first step's, its outputs its last step's
+            pipeline_version(pipeline, version)
+            first = [step for step in pipeline.order if not pipeline.parents[step]]
+            inputs = metadata_of(route_model(router, first[0], None), first[0])["inputs"] if len(first) == 1 else []
+            outputs = metadata_of(route_model(router, pipeline.last, None), pipeline.last)["outputs"]
+            return json_response({"name": name, "versions": ["1"], "platform": "pipeline", "inputs": inputs,
+                                  "outputs": outputs})
         metadata = metadata_of(route_model(router, name, version), name)
         return json_response({"name": name, "versions": served_versions(router, name), **metadata})
 
     @app.route("/v2/models/<name>/ready", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])
     def v2_model_ready(name: str, version: str | None = None) -> Response:
+        pipeline = router.table.pipelines.get(name)
         try:
-            route_model(router, name, version)
+            if pipeline is not None:  # ready when every step is
+                pipeline_version(pipeline, version)
+                for step in pipeline.order:
+                    route_model(router, step, None)
+            else:
+                route_model(router, name, version)
         except Unavailable:
             return json_response({"name": name, "ready": False}, 400)
         return json_response({"name": name, "ready": True})

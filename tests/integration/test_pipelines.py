@@ -296,6 +296,10 @@ def test_the_v2_infer_route_runs_a_pipeline_for_tritonclient(gateway):
     finally:
         client.close()
     assert gateway.post("/v2/models/v2_flow/versions/7/infer", {"inputs": []}).status_code == 404
+    assert gateway.get("/v2/models/v2_flow/ready").json() == {"name": "v2_flow", "ready": True}
+    metadata = gateway.get("/v2/models/v2_flow").json()
+    assert metadata["versions"] == ["1"] and metadata["platform"] == "pipeline"
+    assert gateway.get("/v2/models/v2_flow/versions/2").status_code == 404
 
 
 def test_v2_system_shared_memory_with_tritonclient_unchanged(gateway):
@@ -345,3 +349,20 @@ def test_v2_system_shared_memory_with_tritonclient_unchanged(gateway):
         shm.destroy_shared_memory_region(given)
         shm.destroy_shared_memory_region(answer)
     assert gateway.get("/v2/systemsharedmemory/status").json() == []
+
+
+@pytest.mark.parametrize(("body", "status", "words"), [
+    (b"not json", 400, "expected"),
+    (b'{"key": "/nope_segment_xyz", "byte_size": 4}', 400, "no shared-memory segment"),
+    (b'{"key": "/x", "byte_size": -1}', 400, "byte_size"),
+    (b'{"key": 7, "byte_size": 4}', 400, "key"),
+    (b'{"key": "/dev/shm/../../etc/passwd", "byte_size": 4}', 400, "key"),
+])
+def test_bad_shared_memory_registrations_are_clear_errors(gateway, body, status, words):
+    answer = gateway.session.post(gateway.url + "/v2/systemsharedmemory/region/bad/register", data=body,
+                                  headers={"Content-Type": "application/json"}, timeout=5)
+    assert answer.status_code == status and words in answer.json()["error"], answer.text
+    assert gateway.get("/v2/systemsharedmemory/region/nope/status").status_code == 404
+    assert gateway.session.post(gateway.url + "/v2/systemsharedmemory/region/a%2Fb/register", json={},
+                                timeout=5).status_code in (400, 404)
+    assert gateway.run("image_flow", W=8, H=8).status_code == 200  # nothing else broke

@@ -62,6 +62,12 @@ def route_model(router: Router, name: str, version: str | None) -> ChildHandle:
     return router.least_busy(replicas)
 
 
+def pipeline_version(pipeline: PipelineConfig, version: str | None) -> None:
+    """A pipeline is a model of version 1 (NotFound for another)."""
+    if version not in (None, "1"):
+        raise NotFound(f"model {pipeline.name!r} (a pipeline) has no version {version!r}: version 1 served")
+
+
 def served_versions(router: Router, name: str) -> list[str]:
     """The generations of the model's READY replicas, oldest first."""
     handles = router.table.routes.servers.get(name, ())
@@ -121,8 +127,7 @@ class InferCall(Call):
     def _pipeline(self, pipeline: PipelineConfig, version: str | None) -> None:
         """A pipeline as a V2 model (version 1): its first steps read the V2 request, its last
         step answers it."""
-        if version not in (None, "1"):
-            raise NotFound(f"model {pipeline.name!r} (a pipeline) has no version {version!r}: version 1 served")
+        pipeline_version(pipeline, version)
         _check_encoding(self.request)
         self.pipeline = PipelineRun(self, pipeline, (_header_length(self.request, len(self.request.body)), "1"))
         self.pipeline.start()
