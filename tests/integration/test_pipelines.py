@@ -366,3 +366,21 @@ def test_bad_shared_memory_registrations_are_clear_errors(gateway, body, status,
     assert gateway.session.post(gateway.url + "/v2/systemsharedmemory/region/a%2Fb/register", json={},
                                 timeout=5).status_code in (400, 404)
     assert gateway.run("image_flow", W=8, H=8).status_code == 200  # nothing else broke
+
+
+def test_a_last_step_that_cannot_take_the_request_fails_the_pipeline_clearly(gateway_factory):
+    """The last step's server is down (SIGKILLed, restarting) when the steps before have answered:
+    the pipeline answers its 503 naming the step, at once, and runs again once it is back."""
+    import signal
+
+    endpoints = {"decode": step("decode"), "stats": step("stats"), "flow": {"PIPELINE": ["decode", "stats"]}}
+    gateway = gateway_factory({**ECHO_CONFIG, "CONFIG_ENDPOINTS": endpoints})
+    os.kill(gateway.servers()["stats"]["PID"], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while gateway.servers()["stats"]["STATE"] == "READY":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    answer = gateway.run("flow", W=8, H=8)
+    assert answer.status_code == 503 and answer.json()["STEP"] == "stats", answer.text
+    gateway.wait_state("stats", "READY", timeout=30)
+    assert gateway.run("flow", W=8, H=8).status_code == 200

@@ -138,15 +138,22 @@ class PipelineRun:
             self.flights[step] = (handle, channel, tag, sent)
 
     def _last(self, step: str) -> None:
-        """The last step is the /run's own forward: its answer goes to the client as any /run's."""
-        if self.timer is not None:
-            self.timer.cancel()  # its channel deadline is what is left of the pipeline's
-        self.ended = True
+        """The last step is the /run's own forward: its answer goes to the client as any /run's
+        (a step that cannot take it, not READY or full, fails the pipeline as any step would)."""
         body, pipe = self._body(step)
         call = self.call
-        call.routed = step
-        call.step_started = time.monotonic()
-        call.forward_step(call.path.router.route_to(step), body, pipe, max(0.001, self.deadline - time.monotonic()))
+        if self.timer is not None:
+            self.timer.cancel()  # its channel deadline is what is left of the pipeline's
+            self.timer = None
+        try:
+            handle = call.path.router.route_to(step)
+            self.ended = True  # (from here the /run's forward answers, even at once)
+            call.routed = step
+            call.step_started = time.monotonic()
+            call.forward_step(handle, body, pipe, max(0.001, self.deadline - time.monotonic()))
+        except ServingError as exc:  # not READY, or full: nothing was sent
+            self.ended = False
+            self._fail(step, exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
 
     def _replied(self, step: str, outcome: Outcome) -> None:
         flight = self.flights.pop(step, None)
