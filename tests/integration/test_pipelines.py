@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from conftest import ECHO_CONFIG, Gateway, make_app, module_gateway
+from conftest import ECHO_CONFIG, REPO, Gateway, make_app, module_gateway
 from test_lifecycle import run_cli
 
 pytestmark = pytest.mark.integration
@@ -154,8 +154,6 @@ def test_the_image_pipeline_example_classifies_a_1080p_frame(tmp_path):
     """examples/image_pipeline as the docs run it: a 1080p frame decoded, resized and normalised,
     classified; the arrays go between the steps as arrays."""
     import shutil
-
-    from conftest import REPO
 
     app = tmp_path / "image_pipeline"
     shutil.copytree(REPO / "examples" / "image_pipeline", app, ignore=shutil.ignore_patterns("_cache", "__pycache__"))
