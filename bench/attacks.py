@@ -50,10 +50,13 @@ from bench.load import SERVE_CPU, WRK_CPU, check_pinning_possible, ensure_wrk, r
 EIGHT_MB = 8 * 1024 * 1024
 _UNIT = b"[[[[[[[[[[]]]]]]]]]],"
 OTHER = {"SIGNATURE": "other", "INPUT_VALUE": 3}
-CONFIG = {"SERVER_NAME": "attacks", "CONFIG_ENDPOINTS": {
+CONFIG = {"SERVER_NAME": "attacks", "ALLOW_CLIENT_SHM": True, "CONFIG_ENDPOINTS": {
     "other": {"SERVER_CLASS": "bench_dummy", "NR_WORKERS": 2},
     "target": {"SERVER_CLASS": "bench_dummy", "NR_WORKERS": 2},
     "stream": {"SERVER_CLASS": "bench_stream", "NR_WORKERS": 2},
+    "pipe_a": {"SERVER_CLASS": "bench_pipe", "OP": "noop", "NR_WORKERS": 2},
+    "pipe_b": {"SERVER_CLASS": "bench_pipe", "OP": "noop", "NR_WORKERS": 2},
+    "flow": {"PIPELINE": ["pipe_a", "pipe_b"]},
 }}
 
 
@@ -92,8 +95,9 @@ class Gateway:
     """The gateway under attack, its processes and their memory."""
 
     def __init__(self, pin: bool):
-        self.run = GatewayRun([REPO / "bench" / "endpoints" / f"{n}.py" for n in ("bench_dummy", "bench_stream")],
-                              CONFIG, servers=3, port_start=24000, cpu=SERVE_CPU if pin else None)
+        self.run = GatewayRun([REPO / "bench" / "endpoints" / f"{n}.py" for n in ("bench_dummy", "bench_stream",
+                                                                                 "bench_pipe")],
+                              CONFIG, servers=5, port_start=24000, cpu=SERVE_CPU if pin else None)
         if self.run.wait_ready() is None:
             sys.exit(self.run.output())
         self.port = self.run.base
@@ -279,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
                         (f"batch_containers_x{n}", resender(port, b"", n, post(
                             ndjson_containers(b"target"), b"/batches", content_type=b"application/x-ndjson"))),
                         (f"jobs_flood_x{n}", resender(port, b"", n, small_job))]
+        small_flow = post(b'{"SIGNATURE": "flow", "INPUT_VALUE": 1}')
+        bad_region = post(b'{"key": "/no_such_segment", "byte_size": 1}', b"/v2/systemsharedmemory/region/r/register")
+        for n in (int(c) for c in args.connections.split(",")):
+            attacks += [(f"pipeline_containers_x{n}", resender(port, containers(b"flow"), n)),
+                        (f"pipeline_flood_x{n}", resender(port, b"", n, small_flow)),
+                        (f"shm_register_flood_x{n}", resender(port, b"", n, bad_region))]
         attacks += [("declared", declared([port, gateway.servers()["target"]["PORT"]])),
                     ("idle", idle(port, args.idle))]
         for name, attack in attacks:

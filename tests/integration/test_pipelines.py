@@ -83,6 +83,8 @@ def test_a_failing_step_answers_its_error_naming_the_step_and_the_rest_does_not_
     assert not mark.exists()
     bad = gateway.run("image_flow", W="wide", H=8)  # the first step cannot read the body
     assert bad.status_code >= 400 and bad.json()["STEP"] == "decode"
+    last = gateway.run("image_flow", W=8, H=8, FAIL_AT="stats")  # the last step's error names it too
+    assert last.status_code == 500 and last.json()["STEP"] == "stats" and last.json()["STEP_STATUS"] == 500
     assert gateway.run("image_flow", W=8, H=8).status_code == 200  # nothing else broke
 
 

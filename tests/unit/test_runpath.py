@@ -8,6 +8,7 @@ from types import MappingProxyType
 
 import pytest
 import uvloop
+from gccheck import cyclic_garbage
 
 from basic_inference_server.config import EndpointConfig
 from basic_inference_server.gateway.observe.metrics import GatewayMetrics
@@ -19,7 +20,9 @@ from basic_inference_server.gateway.routing.routes import Routes, RouteTable
 from basic_inference_server.gateway.routing.runpath import RunPath
 from basic_inference_server.gateway.routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from basic_inference_server.gateway.supervision.handle import READY, RESTARTING, ChildHandle
-from basic_inference_server.transport.frames import MISROUTED
+from basic_inference_server.pipeconfig import PipelineConfig
+from basic_inference_server.transport import pipedata
+from basic_inference_server.transport.frames import MISROUTED, PIPE_OUT, PIPED
 from basic_inference_server.transport.httpfront import FrontLimits, HttpConnection, HttpFront
 
 ANSWER = b'{"predict_result":{"y":7},"call_id":1,"signature":"h.x.Y.0","worker_id":"h:0"}'
@@ -333,3 +336,49 @@ def test_metrics_read_the_route_table_the_supervisor_publishes(gateway, monkeypa
     assert 'bis_server_restarts_total{replica="1",signature="echo"} 3.0' in text
     assert 'bis_server_recycles_total{reason="max_requests",signature="echo"} 2.0' in text
     assert 'bis_requests_total{code="200",signature="echo"} 1.0' in text
+
+
+class PipedChannel(ScriptedChannel):
+    """A pipeline step's server: answers a value for the next step (PIPED), or a scripted error."""
+
+    def __init__(self, name: str, fail: bool = False):
+        super().__init__(name, [])
+        self.fail = fail
+        self.released: list[int] = []
+
+    def send(self, request_id, routed, body, timeout, callback, on_item=None, idle=0.0, total=0.0,
+             wants_stream=False, alone=False, pipe=0, v2=None):
+        self.sent.append((request_id, routed, body))
+        if self.fail:
+            callback(Reply(500, None, b'{"ERROR": "step failed"}'))
+        elif pipe & PIPE_OUT:
+            callback(Reply(200, None, b"".join(bytes(p) for p in pipedata.encode({"y": 1})[0]), PIPED))
+        else:
+            callback(Reply(200, None, ANSWER))
+        return len(self.sent)
+
+    def release(self, tag):
+        self.released.append(tag)
+
+
+@pytest.mark.parametrize("failing", [None, "a", "b"])
+def test_a_pipeline_request_leaves_no_reference_cycle_and_releases_its_values(gateway, failing):
+    """A pipeline's run and its /run hold each other while it runs; once answered (or failed at any
+    step) neither is left for the cyclic collector (an 8 MB body would stay until it ran), and every
+    value a step answered is released."""
+    gw = gateway([endpoint("a"), endpoint("b")])
+    gw.channels = {name: PipedChannel(name, fail=name == failing) for name in ("a", "b")}
+    parents = {"a": (), "b": ("a",)}
+    gw.router.table.publish_pipelines((PipelineConfig("flow", parents, ("a", "b"), "b", 5.0),))
+
+    def requests() -> None:
+        for _ in range(3):
+            status, _headers, body = gw.post(b'{"SIGNATURE": "flow", "X": 1}')
+            assert status == (500 if failing else 200), body
+            if failing:
+                assert body["STEP"] == failing and body["PIPELINE"] == "flow"
+
+    kinds = cyclic_garbage(requests)
+    assert not kinds & {"Call", "PipelineRun", "HttpRequest"}, kinds
+    if failing != "a":
+        assert len(gw.channels["a"].released) == 3  # a's value, once b had it

@@ -3,11 +3,11 @@ served by the front its process serves (``serve_http``: ``/run`` in the event lo
 
 from __future__ import annotations
 
-import gc
 import re
 
 import pytest
 import requests
+from gccheck import cyclic_garbage
 
 from basic_inference_server import FlaskWorker
 from basic_inference_server.server.app import ServerState
@@ -150,9 +150,8 @@ def test_answered_requests_leave_no_cycles_for_the_collector(server):
     collector run every few requests, and each of its passes stalls every request in flight."""
     _, client = server()
     assert client.post("/run", json={"INPUT_VALUE": 0}).status_code == 200
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+
+    def requests() -> None:
         for value in range(20):
             assert client.post("/run", json={"INPUT_VALUE": value}).status_code == 200
             streamed = client.post("/run", json={"INPUT_VALUE": value}, headers={"Accept": "application/x-ndjson"})
@@ -161,28 +160,21 @@ def test_answered_requests_leave_no_cycles_for_the_collector(server):
             # the body in them) through a cycle only the collector frees.
             assert client.post("/run", data=b'{"INPUT_VALUE": [' + b"[]," * 200 + b"1e400]}").status_code == 400
             assert client.post("/run", json={"MODE": "no INPUT_VALUE"}).status_code == 400
-        gc.collect()
-        kinds = {type(obj).__name__ for obj in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+
+    kinds = cyclic_garbage(requests)
     assert not kinds & {"Job", "_Call", "StreamOut", "HttpRequest", "Responder", "frame", "traceback"}, sorted(kinds)
 
 
 def test_refused_requests_leave_no_cycles_either(server, kit):
     _, client = server(n=1, worker_cls=loading_until(kit.gate()), wait=False)
-    gc.collect()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+
+    def requests() -> None:
         for value in range(5):  # no worker is ready: 503 before the queue
             assert client.post("/run", json={"INPUT_VALUE": value}).status_code == 503
             streamed = client.post("/run", json={"INPUT_VALUE": value}, headers={"Accept": "application/x-ndjson"})
             assert streamed.status_code == 503
-        gc.collect()
-        kinds = {type(obj).__name__ for obj in gc.garbage}
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
+
+    kinds = cyclic_garbage(requests)
     assert not kinds & {"Job", "_Call", "StreamOut"}, kinds
 
 

@@ -210,6 +210,11 @@ class PipelineRun:
         if self.ended:
             return
         self._stop()
+        self.call.finish_pipeline(status, self.error_of(step, status, body), headers)
+
+    def error_of(self, step: str, status: int, body: bytes) -> bytes:
+        """``step``'s error (its JSON) with the pipeline, the step and its status (the last step's
+        too, which its /run answers)."""
         try:
             error = json.loads(body) if len(body) < 65536 else None  # (an error's JSON, not the step's data)
         except ValueError:
@@ -218,7 +223,7 @@ class PipelineRun:
             error = {"ERROR": f"step {step!r} answered HTTP {status}"}
         error.update({"PIPELINE": self.config.name, "STEP": step, "STEP_STATUS": status})
         logger.warning("Pipeline %s: step %s answered %d: %s", self.config.name, step, status, error.get("ERROR"))
-        self.call.finish_pipeline(status, jsonutil.dumps_bytes(error), headers)
+        return jsonutil.dumps_bytes(error)
 
     def _expired(self) -> None:
         self.timer = None

@@ -176,6 +176,7 @@ class Call:
 
     def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
         """A pipeline ended before its last step (a step failed, its REQUEST_TIMEOUT passed)."""
+        self.pipeline = None  # (it holds this call: no reference cycle is left for the collector)
         token = requestid.bind(self.request.request_id)
         try:
             self._finish(status, body, headers)
@@ -223,13 +224,14 @@ class Call:
         """The client went away: stop waiting, and have the model server skip the request if it
         has not started it, or close its generator (so that a burst of abandoned requests does
         not hold the queue, and an abandoned stream frees its worker)."""
-        if self.pipeline is not None and self.pipeline.cancel():  # its steps before the last were in flight
+        pipeline, self.pipeline = self.pipeline, None  # (it holds this call: no cycle is left behind)
+        if pipeline is not None and pipeline.cancel():  # its steps before the last were in flight
             self.path.metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
             return
         if self.tag is None or self.channel is None:
             return
-        if self.pipeline is not None:
-            self.pipeline.release()
+        if pipeline is not None:
+            pipeline.release()
         cancelled = self.channel.cancel(self.tag)
         if cancelled is Cancel.NOT_WAITING:
             return
@@ -270,13 +272,16 @@ class Call:
     def _replied(self, outcome: Outcome) -> None:
         handle = self.handle
         self.tag = None
-        if self.pipeline is not None:
+        pipeline, self.pipeline = self.pipeline, None  # (it holds this call: no cycle is left for the collector)
+        if pipeline is not None:
             self.path.pipeline_stats.observe(self.label, self.routed, time.monotonic() - self.step_started)
-            self.pipeline.release()  # the last step has read the values it took
+            pipeline.release()  # the last step has read the values it took
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
         token = requestid.bind(self.request.request_id)
         try:
+            if pipeline is not None and self._last_step_failed(pipeline, handle, outcome):
+                return
             match outcome:
                 case Misroute(body=body):
                     handle.progress += 1  # it answered: alive, however long its health takes to answer
@@ -291,6 +296,22 @@ class Call:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _last_step_failed(self, pipeline: PipelineRun, handle: ChildHandle, outcome: Outcome) -> bool:
+        """A pipeline's last step answered an error (not within a stream begun): the client gets it
+        naming the step, as from any other step. True when answered here."""
+        match outcome:
+            case Reply(status=status, body=body, meta=meta, flags=flags) if status != 200 and not (
+                    self.streaming or flags & STREAM):
+                handle.progress += 1
+                headers = {"Retry-After": meta} if meta and status in (429, 503) else None
+            case Failure(error=error) if not self.streaming:
+                failure = transport_error(handle, error)
+                status, body, headers = failure.status, jsonutil.dumps_bytes(failure.to_body()), failure.headers()
+            case _:
+                return False
+        self.finish_pipeline(status, pipeline.error_of(self.routed, status, body), headers)
+        return True
 
     def _answer(self, reply: Reply) -> None:
         """The client's answer for the model server's REPLY."""
