@@ -7,8 +7,9 @@ a step once all its parents have answered (``b`` and ``c`` at once), and gives a
 parents ``{parent: output}``. The steps are ordinary endpoints, each with its own model servers.
 A pipeline entry starts no process and has no endpoint file: its keys are ``PIPELINE``,
 ``REQUEST_TIMEOUT`` (the whole flow's), ``DESCRIPTION`` and ``DISABLED``, and any other is an
-error, as are a cycle, a step that is no endpoint (or is disabled, a support process, served
-elsewhere, or a pipeline itself) and a graph with more than one last step.
+error, as are a cycle, a step that is no endpoint (or is disabled, a support process or a
+pipeline itself) and a graph with more than one last step. A step may be a remote endpoint
+(``URLS``): its values then travel inline, over HTTP with the endpoint's token.
 """
 
 from __future__ import annotations
@@ -107,9 +108,6 @@ def _check_step(step: str, endpoints: Mapping[str, Any], pipelines: set[str], wh
         raise ConfigError(f"{where}: step {step!r} is no endpoint of CONFIG_ENDPOINTS")
     if endpoint.is_support:
         raise ConfigError(f"{where}: step {step!r} is a support process (HOST \"NO_HOST\"), not a model server")
-    if endpoint.is_remote:
-        raise ConfigError(f"{where}: step {step!r} is served elsewhere (URLS): a pipeline's steps run on this "
-                          "gateway's own model servers")
     if endpoint.disabled and not disabled:
         raise ConfigError(f"{where}: step {step!r} is disabled (DISABLED): the pipeline could never run")
 

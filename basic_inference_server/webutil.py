@@ -150,6 +150,8 @@ class RequestIds:
 
 
 ROUTED_HEADER = "X-Routed-Signature"  # the endpoint a gateway routed a body to without parsing it
+PIPE_HEADER = "X-Pipeline-Step"  # a pipeline step over HTTP: its REQUEST flags PIPE_IN, PIPE_OUT as a number
+PIPE_CONTENT_TYPE = "application/x-bis-pipeline"  # a value passed between pipeline steps (pipedata)
 JOB_HEADER = "X-Durable-Job"  # "1": the body is a durable job's, whose own fields are not inputs
 ENDPOINT_TOKEN_ENV = "BIS_ENDPOINT_TOKEN"  # the shared secret of gateways and the model servers they did not start
 ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it (a Docker or Kubernetes secret)

@@ -33,8 +33,7 @@ from ..transport.frames import (
     CREDIT,
     ITEM,
     JOB,
-    PIPE_IN,
-    PIPE_OUT,
+    PIPE_FLAGS,
     PIPED,
     PLAIN,
     RELEASE,
@@ -312,7 +311,7 @@ class ChannelServer:
             v2 = frame.v2_meta() if frame.flags & V2 else None
             self.handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
                                               bool(frame.flags & STREAM), v2, bool(frame.flags & JOB),
-                                              frame.flags & (PIPE_IN | PIPE_OUT)))
+                                              frame.flags & PIPE_FLAGS))
         elif frame.kind == CANCEL:
             call = pending.pop(frame.tag, None)
             if call is not None:

@@ -22,12 +22,21 @@ import ssl
 from typing import Any
 
 from .. import jsonutil, requestid
-from ..errors import RequestTimeout, ServingError
+from ..errors import BadRequest, RequestTimeout, ServingError
 from ..transport import streamformat
 from ..transport.deadline import Deadline
+from ..transport.frames import PIPE_IN, PIPE_INLINE, PIPE_OUT
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.httpmsg import HttpRequest, Responder
-from ..webutil import ENDPOINT_TOKEN_HEADER, JOB_HEADER, ROUTED_HEADER, Answer, RequestIds
+from ..webutil import (
+    ENDPOINT_TOKEN_HEADER,
+    JOB_HEADER,
+    PIPE_CONTENT_TYPE,
+    PIPE_HEADER,
+    ROUTED_HEADER,
+    Answer,
+    RequestIds,
+)
 from .app import ServerState, create_app, require_token
 from .call import Call
 from .runpath import RunPath, error_answer
@@ -37,6 +46,7 @@ logger = logging.getLogger(__name__)
 _TOKEN = ENDPOINT_TOKEN_HEADER.lower().encode("latin-1")
 _ROUTED = ROUTED_HEADER.lower().encode("latin-1")
 _JOB = JOB_HEADER.lower().encode("latin-1")
+_PIPE = PIPE_HEADER.lower().encode("latin-1")
 
 
 def serve_http(state: ServerState, runpath: RunPath, host: str, port: int, *, token: str | None, threads: int,
@@ -64,12 +74,30 @@ class FastRun:
         try:
             require_token(self.token, request.header(_TOKEN))
             routed = (request.header(_ROUTED) or b"").decode("latin-1")
-            return _HttpCall(self, respond, request, routed, streamformat.from_accept(request.accept))
+            pipe = _pipe_flags(request.header(_PIPE), self.token)
+            return _HttpCall(self, respond, request, routed, streamformat.from_accept(request.accept), pipe)
         except ServingError as exc:
             _write(respond, error_answer(exc))
             return None
         finally:
             requestid.unbind(token)
+
+
+def _pipe_flags(raw: bytes | None, token: bytes | None) -> int:
+    """A pipeline step's flags from its header: its value is a pickle, taken only from a gateway
+    that sent this server's token (a server without one takes no pipeline step over HTTP)."""
+    if raw is None:
+        return 0
+    if token is None:
+        raise Forbidden("a pipeline step over HTTP needs BIS_ENDPOINT_TOKEN on this server (its values are "
+                        "pickles: only a gateway that knows the token may send them)")
+    if not raw.isdigit() or int(raw) & ~(PIPE_IN | PIPE_OUT):
+        raise BadRequest(f"{PIPE_HEADER}: expected the step's flags, got {raw[:20].decode('latin-1')!r}")
+    return int(raw) | PIPE_INLINE  # (no shared memory between hosts)
+
+
+class Forbidden(ServingError):
+    status = 403
 
 
 class _HttpCall:
@@ -87,7 +115,7 @@ class _HttpCall:
     __slots__ = ("began", "call", "deadline", "ended", "fast", "fmt", "owed", "parties", "respond", "timer")
 
     def __init__(self, fast: FastRun, respond: Responder, request: HttpRequest, routed: str,
-                 fmt: streamformat.StreamFormat | None):
+                 fmt: streamformat.StreamFormat | None, pipe: int = 0):
         self.fast, self.respond, self.fmt = fast, respond, fmt
         self.ended = self.began = False
         self.owed = 0
@@ -98,7 +126,7 @@ class _HttpCall:
         self.deadline = Deadline(fast.loop.time(), state.request_timeout, state.stream_idle_timeout,
                                  state.stream_timeout)
         self.call: Call | None = fast.runpath.call(self, request.body, request.request_id, routed, fmt is not None,
-                                                   job=request.header(_JOB) == b"1")
+                                                   job=request.header(_JOB) == b"1", pipe=pipe)
         fast.runpath.queue(self.call)  # raises ServingError (503): never ended, so nothing else to undo
         self.timer: asyncio.TimerHandle | None = fast.loop.call_at(self.deadline.due, self._check_time)
 
@@ -108,6 +136,15 @@ class _HttpCall:
 
     def parts(self, parts: list[Any], header_length: int) -> None:
         raise ServingError("the HTTP port answers no Open Inference Protocol request")
+
+    def piped(self, parts: list[Any], fds: list[int]) -> None:
+        """A pipeline step's value for the next step (inline: no memfd crosses hosts)."""
+        self.fast.loop.call_soon_threadsafe(self._piped, b"".join(bytes(part) for part in parts))
+
+    def _piped(self, body: bytes) -> None:
+        if not self.ended:
+            self._settle()
+            self.respond(200, body, None, PIPE_CONTENT_TYPE)
 
     def _format(self) -> streamformat.StreamFormat:
         if self.fmt is None:

@@ -28,7 +28,7 @@ from ..errors import (
     error_body,
 )
 from ..transport import pipedata
-from ..transport.frames import JOB_FIELDS, PIPE_IN, PIPE_OUT
+from ..transport.frames import JOB_FIELDS, PIPE_IN, PIPE_INLINE, PIPE_OUT
 from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
 from ..webutil import Answer
@@ -220,7 +220,8 @@ class RunPath:
             carried = call.carried
             if carried is None and call.v2 is not None:  # a V2 pipeline's first step: what its answer must hold
                 carried = call.v2.request.answering() if call.v2.request is not None else None
-            parts, fds = pipedata.encode(call.result, self.state.shm_threshold_bytes, carried)
+            shm_at = None if call.pipe & PIPE_INLINE else self.state.shm_threshold_bytes
+            parts, fds = pipedata.encode(call.result, shm_at, carried)
         except Exception as exc:  # noqa: BLE001 - whatever pickle refuses
             logger.error("Call %d: result of _post_process cannot be passed to the next step: %s", call.call_id, exc)
             outlet.whole(error_answer(ModelError(f"result of _post_process cannot be passed to the pipeline's next "

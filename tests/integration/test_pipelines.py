@@ -12,7 +12,7 @@ import time
 
 import pytest
 import requests
-from conftest import ECHO_CONFIG, REPO, Gateway, make_app, module_gateway
+from conftest import ECHO_CONFIG, FIXTURES, REPO, Gateway, make_app, module_gateway
 from test_lifecycle import run_cli
 
 pytestmark = pytest.mark.integration
@@ -384,3 +384,40 @@ def test_a_last_step_that_cannot_take_the_request_fails_the_pipeline_clearly(gat
     assert answer.status_code == 503 and answer.json()["STEP"] == "stats", answer.text
     gateway.wait_state("stats", "READY", timeout=30)
     assert gateway.run("flow", W=8, H=8).status_code == 200
+
+
+def test_a_remote_step_takes_and_gives_its_values_over_http_with_the_token(gateway_factory, tmp_path):
+    """A step served elsewhere (URLS, the endpoint command with BIS_ENDPOINT_TOKEN): the 1080p frame
+    goes to it inline over HTTP (no shared memory between hosts), its value comes back to the next
+    local step; a server without a token refuses pipeline steps (their values are pickles)."""
+    from test_endpoint_command import EndpointProcess
+
+    secret = "pipeline-secret-5e1f"
+    files = [FIXTURES / "endpoints" / "pipe_step.py"]
+    remote_app = make_app(tmp_path / "remote", {"CONFIG_ENDPOINTS": {"half": step("half", 2)}}, files)
+    remote = EndpointProcess(remote_app, env={"BIS_ENDPOINT_TOKEN": secret}).start(extra_args=["half"])
+    open_app = make_app(tmp_path / "open", {"CONFIG_ENDPOINTS": {"half": step("half")}}, files)
+    tokenless = EndpointProcess(open_app).start(extra_args=["half"])
+    try:
+        endpoints = {"decode": step("decode"), "stats": step("stats"),
+                     "half": {**step("half"), "URLS": [f"http://127.0.0.1:{remote.port}"]},
+                     "flow": {"PIPELINE": ["decode", "half", "stats"]}}
+        gateway = gateway_factory({**ECHO_CONFIG, "CONFIG_ENDPOINTS": endpoints}, files,
+                                  env={"BIS_ENDPOINT_TOKEN": secret})
+        deadline = time.monotonic() + 20
+        while gateway.get("/list_servers").json()["AVAIL_SERVERS"].get(f"half@127.0.0.1:{remote.port}", {}).get(
+                "STATE") != "READY":
+            assert time.monotonic() < deadline, gateway.get("/list_servers").json()
+            time.sleep(0.1)
+        answer = gateway.run("flow", **FRAME)
+        assert answer.status_code == 200, answer.text
+        result = answer.json()["predict_result"]
+        assert result["shape"] == [540, 960, 3] and result["dtype"] == "float32" and result["read_only"]
+        assert remote.proc.pid in result["pids"]  # (the endpoint command serves in its own process)
+        refused = requests.post(f"http://127.0.0.1:{tokenless.port}/run", data=b"x", timeout=5,
+                                headers={"X-Pipeline-Step": "3", "Content-Type": "application/x-bis-pipeline"})
+        assert refused.status_code == 403 and "BIS_ENDPOINT_TOKEN" in refused.json()["ERROR"]
+    finally:
+        for server in (remote, tokenless):
+            server.stop()
+            server.assert_nothing_left()

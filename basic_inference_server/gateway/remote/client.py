@@ -26,14 +26,15 @@ import httptools
 from ...errors import SHUTTING_DOWN
 from ...requestid import HEADER as REQUEST_ID_HEADER
 from ...transport.deadline import Deadline
-from ...transport.frames import MISROUTED, STREAM, STREAM_WINDOW
-from ...webutil import ENDPOINT_TOKEN_HEADER, JOB_HEADER, ROUTED_HEADER
+from ...transport.frames import MISROUTED, PIPE_IN, PIPE_OUT, PIPED, STREAM, STREAM_WINDOW
+from ...webutil import ENDPOINT_TOKEN_HEADER, JOB_HEADER, PIPE_CONTENT_TYPE, PIPE_HEADER, ROUTED_HEADER
 from ..routing.channel import BACKLOG_HIGH, BACKLOG_LOW, MAX_REPLY, Cancel
 from ..routing.outcome import Callback, Forwarded, Misroute, OnItem, Reply
 from ..routing.upstream import ConnectFailed, ConnectionLost, ReadTimedOut
 from .handle import address_of
 
 _OVERLOADED = b'"type":"Overloaded"'
+_PIPE_TYPE = PIPE_CONTENT_TYPE.encode("latin-1")
 _SHUTTING_DOWN = SHUTTING_DOWN.encode()
 
 
@@ -94,10 +95,8 @@ class RemoteClient:
              v2: tuple[int | None, str] | None = None, alone: bool = False, job: bool = False,
              pipe: int = 0) -> int | None:
         """POST ``body`` to the server's ``/run``; as :meth:`ChannelClient.send` (each request is
-        written at once here: ``alone`` changes nothing; ``pipe`` is never set: a pipeline's steps
-        are this gateway's own model servers, see :mod:`...pipeconfig`)."""
-        if pipe:
-            raise ValueError("pipeline steps are not forwarded to remote model servers")
+        written at once here: ``alone`` changes nothing; ``pipe``: a pipeline step's flags, sent as
+        ``X-Pipeline-Step``, its value answered inline with the pipeline's content type)."""
         if v2 is not None:
             raise ValueError("the Open Inference Protocol is not forwarded to remote model servers")
         now = time.monotonic()
@@ -105,7 +104,10 @@ class RemoteClient:
         request = self._active[tag] = _Request(tag, callback, on_item, Deadline(now, timeout, idle, total))
         head = [b"POST /run HTTP/1.1\r\n", self._host_line, self._token_line,
                 f"{REQUEST_ID_HEADER}: {request_id}\r\n".encode("latin-1"),
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)]
+                b"Content-Type: %s\r\nContent-Length: %d\r\n" % (
+                    _PIPE_TYPE if pipe & PIPE_IN else b"application/json", len(body))]
+        if pipe:
+            head.append(f"{PIPE_HEADER}: {pipe & (PIPE_IN | PIPE_OUT)}\r\n".encode("latin-1"))
         if routed:
             head.append(f"{ROUTED_HEADER}: {routed}\r\n".encode("latin-1"))
         if wants_stream:
@@ -116,6 +118,9 @@ class RemoteClient:
         conn = self._reuse(now) or _HttpConnection(self)
         conn.start(request, b"".join(head) + body)
         return tag
+
+    def release(self, tag: int) -> None:
+        """A pipeline value answered over HTTP holds nothing on its server (it came inline)."""
 
     def grant(self, tag: int, items: int) -> None:
         """The client of stream ``tag`` took ``items`` more: read on when it is within the window."""
@@ -359,5 +364,6 @@ class _HttpConnection(asyncio.Protocol):
                 return
             self.client._done(self, request, keep, self.ending[0], None, self.ending[1], STREAM)
         else:
-            self.client._done(self, request, keep, self.status, self.retry_after, b"".join(self.body), 0)
+            self.client._done(self, request, keep, self.status, self.retry_after, b"".join(self.body),
+                              PIPED if self.content_type == _PIPE_TYPE else 0)
 

@@ -29,7 +29,7 @@ from ...pipeconfig import PipelineConfig
 from ...server.stats import LATENCY_BOUNDS
 from ...server.stats import Histogram as StatsHistogram
 from ...transport import pipedata
-from ...transport.frames import PIPE_IN, PIPE_OUT, PIPED
+from ...transport.frames import PIPE_IN, PIPE_INLINE, PIPE_OUT, PIPED
 from .forward import transport_error
 from .outcome import Failure, Misroute, Outcome, Reply
 
@@ -133,9 +133,16 @@ class PipelineRun:
         self.flights[step] = (handle, channel, -1, sent)
         v2 = self.v2 if not pipe else None  # (a first step of a V2 pipeline reads the V2 request)
         tag = channel.send(call.request.request_id, step if v2 else "", body, max(0.001, self.deadline - sent),
-                           lambda outcome: self._replied(step, outcome), v2=v2, pipe=pipe | PIPE_OUT)
+                           lambda outcome: self._replied(step, outcome), v2=v2,
+                           pipe=pipe | PIPE_OUT | (PIPE_INLINE if self._remote_child(step) else 0))
         if step in self.flights:  # (a send that failed at once has been answered already)
             self.flights[step] = (handle, channel, tag, sent)
+
+    def _remote_child(self, step: str) -> bool:
+        """A step that takes ``step``'s value is served on another host: no shared memory in it."""
+        endpoints = self.call.path.router.table.routes.endpoints
+        return any(step in self.config.parents[child] and getattr(endpoints.get(child), "is_remote", False)
+                   for child in self.config.order)
 
     def _last(self, step: str) -> None:
         """The last step is the /run's own forward: its answer goes to the client as any /run's
