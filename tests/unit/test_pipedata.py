@@ -109,3 +109,26 @@ def test_the_list_and_the_graph_forms():
 def test_configuration_mistakes_name_the_key(entry, words):
     with pytest.raises(ConfigError, match=words):
         parse_pipelines({"p": entry, "q": {"PIPELINE": ["a"]}}, ENDPOINTS)
+
+
+def test_a_server_connection_keeps_a_value_until_released_or_its_gateway_is_gone(monkeypatch):
+    """The memfds a model server holds for the values it answered: closed at RELEASE, and all of
+    them when the gateway's connection closes (the gateway died): nothing is left held."""
+    import socket
+
+    from basic_inference_server.server.channel import Connection
+
+    monkeypatch.setattr(pipedata._POOL, "KEPT", 0)  # (closed at once, not kept for the next value)
+    ours, theirs = socket.socketpair()
+    conn = Connection(ours, 1 << 20)
+    held = {tag: pipedata.encode(np.zeros(100_000), shm_at=1024)[1] for tag in (1, 2)}
+    for tag, fds in held.items():
+        conn.hold(tag, fds)
+    conn.release(1)
+    with pytest.raises(OSError):
+        os.fstat(held[1][0])
+    os.fstat(held[2][0])  # still held: not released yet
+    conn.close()
+    theirs.close()
+    with pytest.raises(OSError):
+        os.fstat(held[2][0])
