@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ..states import ReloadState
@@ -209,7 +210,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                                         "read the configuration again)")
     command("shutdown", cmd_shutdown, "stop the gateway and its servers (needs the admin token)")
     add_job_commands(command, common)
+    keys = command("keys", cmd_keys, "API keys: `bis keys add NAME` makes one, prints it once and adds its entry "
+                                     "(hashed) to the keys file")
+    keys.add_argument("keys_command", choices=["add"], metavar="add")
+    keys.add_argument("name", metavar="NAME", help="the key's name (in metrics and logs; the key itself never is)")
+    keys.add_argument("--file", default=os.environ.get("BIS_API_KEYS_FILE"),
+                      help="the keys file (default: $BIS_API_KEYS_FILE); made when missing")
+    keys.add_argument("--endpoints", default="*", help="the endpoints it may call, comma-separated (default: *)")
+    keys.add_argument("--rps", type=float, help="requests per second it may make (a token bucket)")
+    keys.add_argument("--burst", type=float, help="requests it may make at once above RPS (default: RPS)")
+    keys.add_argument("--concurrency", type=int, help="requests it may have in flight")
     return parser
+
+
+def cmd_keys(_client: Client, args: argparse.Namespace) -> int:
+    """``bis keys add NAME``: a new key, printed once (stdout), its hash added to the file."""
+    from ..gateway.apikeys import add_key
+
+    if not args.file:
+        raise UsageError("no keys file: give --file or set BIS_API_KEYS_FILE")
+    try:
+        key = add_key(Path(args.file), args.name, [e.strip() for e in args.endpoints.split(",") if e.strip()],
+                      args.rps, args.burst, args.concurrency)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(key)
+    print(f"added {args.name!r} to {args.file}; the gateway uses it after SIGHUP or /reload_config "
+          "(the key is shown only now)", file=sys.stderr)
+    return 0
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:

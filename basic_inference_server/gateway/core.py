@@ -21,6 +21,8 @@ from ..tlsfiles import client_context
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.tuning import freeze_loaded_objects, raise_open_file_limit
 from ..webutil import RequestIds, endpoint_token
+from .apikeys import ENV as API_KEYS_ENV
+from .apikeys import ApiKeys, KeysCollector
 from .app import GatewayParts, create_gateway_app, is_loopback
 from .auth import resolve_admin_token
 from .jobs import Jobs
@@ -220,8 +222,14 @@ class FlaskGateway:
                                   fast_prefix=V2_MODELS)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
+        try:
+            keys = ApiKeys(os.environ.get(API_KEYS_ENV) or None)
+        except ValueError as exc:  # BIS_API_KEYS_FILE that is not a keys file
+            self.http.close()
+            raise GatewayStartupError(str(exc)) from None
+        self.reconfiguration.on_reload.append(keys.reload)
         self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status,
-                                congested=self.http.hold_back, endpoint_token=token)
+                                congested=self.http.hold_back, endpoint_token=token, keys=keys)
         self.http.fast_handler = self.run_path
         self.http.prefix_handler = InferPath(self.run_path)
         try:
@@ -233,6 +241,7 @@ class FlaskGateway:
         self.http.loop_routes += self.jobs.routes()
         self.metrics.registry.register(self.jobs.collector())
         self.metrics.registry.register(self.run_path.pipeline_stats)
+        self.metrics.registry.register(KeysCollector(keys))
         self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)

@@ -87,6 +87,7 @@ class Reconfiguration:
         self.history = history
         self._reloading = threading.Lock()
         self._hup_waiting = threading.Event()  # a SIGHUP's reload waits for the one in progress
+        self.on_reload: list[Callable[[], None]] = []  # read again with the configuration (the API keys)
 
     @property
     def config(self) -> GatewayConfig:
@@ -132,6 +133,11 @@ class Reconfiguration:
         """Read the configuration again and put its endpoints in force. Raises ConfigError (nothing
         changes) when it does not read, and Conflict while another reload is in progress (``wait``:
         run after it instead)."""
+        for hook in self.on_reload:  # (the API keys file: read again whatever the configuration does)
+            try:
+                hook()
+            except ValueError as exc:
+                logger.error("reload_config: %s; the keys in force stay", exc)
         if self.read is None:
             raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
         if not self._reloading.acquire(blocking=wait):

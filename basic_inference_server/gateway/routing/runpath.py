@@ -27,6 +27,7 @@ from ...transport.frames import STREAM
 from ...transport.gather import Pieces
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.httpmsg import JSON
+from ..apikeys import ApiKeys
 from ..observe.metrics import NO_SIGNATURE, UNKNOWN_SIGNATURE, GatewayMetrics
 from ..remote.client import NotRun, RemoteClient
 from ..remote.handle import RemoteHandle
@@ -47,7 +48,8 @@ CLIENT_GONE = 499  # counted in the metrics for a request whose client left befo
 class RunPath:
     def __init__(self, router: Router, metrics: GatewayMetrics, loop: asyncio.AbstractEventLoop, executor: Executor,
                  system_status: Callable[[], dict[str, Any]],
-                 congested: Callable[[object, bool], None] | None = None, endpoint_token: str | None = None):
+                 congested: Callable[[object, bool], None] | None = None, endpoint_token: str | None = None,
+                 keys: ApiKeys | None = None):
         self.router = router
         self.metrics = metrics
         self.loop = loop
@@ -57,6 +59,7 @@ class RunPath:
         self.endpoint_token = endpoint_token  # BIS_ENDPOINT_TOKEN, sent to remote model servers
         self._channels: dict[str, ChannelClient | RemoteClient] = {}
         self.jobs: Callable[[HttpRequest, Responder], Any] | None = None  # POST /jobs: Prefer: respond-async goes there
+        self.keys = keys or ApiKeys()  # BIS_API_KEYS_FILE (off without it)
         self.pipeline_stats = PipelineStats()  # bis_pipeline_step_seconds
         loop.call_soon_threadsafe(self._expire)
 
@@ -108,8 +111,8 @@ class Call:
     client holds back its own stream only.
     """
 
-    __slots__ = ("channel", "flat", "fmt", "handle", "items", "label", "owed", "path", "pipeline", "request",
-                 "respond", "rerouted", "routed", "started", "step_started", "streaming", "tag", "tried")
+    __slots__ = ("channel", "flat", "fmt", "grant", "handle", "items", "label", "owed", "path", "pipeline",
+                 "request", "respond", "rerouted", "routed", "started", "step_started", "streaming", "tag", "tried")
 
     def __init__(self, path: RunPath, request: HttpRequest, respond: Responder):
         self.path = path
@@ -129,6 +132,7 @@ class Call:
         self.tried: frozenset[RemoteHandle] | None = None  # remote addresses that did not take it
         self.pipeline: PipelineRun | None = None  # a pipeline's steps before its last
         self.step_started = 0.0  # a pipeline's last step: when it was sent
+        self.grant: Any = None  # its API key, counted in flight until it is answered (BIS_API_KEYS_FILE)
 
     def route(self) -> None:
         """Route by the signature the body names (read without parsing it)."""
@@ -146,6 +150,7 @@ class Call:
     def _go(self, signature: str) -> None:
         """Answer SYSTEM_STATUS here, or forward to a server of ``signature`` (it checks the body names it)."""
         self.label = signature
+        self.admit(signature)
         if signature == SYSTEM_STATUS:
             future = self.path.loop.run_in_executor(self.path.executor, self.path.system_status)
             future.add_done_callback(self._status_done)
@@ -168,6 +173,21 @@ class Call:
             raise ServerDied("model server answered MISROUTED without the body's SIGNATURE") from None
         self.rerouted = True
         self._go(Router.signature_of({"SIGNATURE": signature}))
+
+    def admit(self, signature: str) -> None:
+        """Its API key, allowed ``signature`` and within its limits (401, 403, 429); nothing when
+        keys are off."""
+        keys = self.path.keys
+        if keys.on and self.grant is None:
+            request = self.request
+            self.grant = keys.admit(request.header(b"authorization"), request.header(b"x-api-key"), signature)
+
+    def observe(self, status: int) -> None:
+        """It has been answered (or its client left): counted, and its key's place freed."""
+        self.path.metrics.observe(self.label, status, time.perf_counter() - self.started)
+        if self.grant is not None:
+            self.path.keys.done(self.grant)
+            self.grant = None
 
     def forward_step(self, handle: ChildHandle, body: bytes, pipe: int, timeout: float) -> None:
         """A pipeline's last step: ``body`` (the value of the step before, PIPE_IN) forwarded as
@@ -226,7 +246,7 @@ class Call:
         not hold the queue, and an abandoned stream frees its worker)."""
         pipeline, self.pipeline = self.pipeline, None  # (it holds this call: no cycle is left behind)
         if pipeline is not None and pipeline.cancel():  # its steps before the last were in flight
-            self.path.metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
+            self.observe(CLIENT_GONE)
             return
         if self.tag is None or self.channel is None:
             return
@@ -243,7 +263,7 @@ class Call:
         logger.debug("Request %s cancelled: its client left", self.request.request_id)
         if self.streaming:
             metrics.stream_ended(self.label, self.items)
-        metrics.observe(self.label, CLIENT_GONE, time.perf_counter() - self.started)
+        self.observe(CLIENT_GONE)
 
     def resumed(self) -> None:
         """The client's socket has drained: the model server may send the items it was owed."""
@@ -354,7 +374,7 @@ class Call:
         self.respond.end_stream(last)
         metrics = self.path.metrics
         metrics.stream_ended(self.label, self.items)
-        metrics.observe(self.label, status, time.perf_counter() - self.started)
+        self.observe(status)
 
     def _status_done(self, future: asyncio.Future) -> None:
         token = requestid.bind(self.request.request_id)
@@ -375,4 +395,4 @@ class Call:
     def _finish(self, status: int, body: bytes | Pieces, headers: dict[str, str] | None,
                 content_type: str = JSON) -> None:
         self.respond(status, body, list(headers.items()) if headers else None, content_type)
-        self.path.metrics.observe(self.label, status, time.perf_counter() - self.started)
+        self.observe(status)

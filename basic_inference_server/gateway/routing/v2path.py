@@ -105,6 +105,7 @@ class InferCall(Call):
                 raise Unavailable("gateway is shutting down", retry_after=5)
             name, version = infer_target(request.target.partition(b"?")[0].decode("latin-1"))
             self.label = name
+            self.admit(name)
             pipeline = router.table.pipelines.get(name)
             if pipeline is not None:
                 self._pipeline(pipeline, version)

@@ -1,0 +1,104 @@
+"""API keys (BIS_API_KEYS_FILE) through a real gateway: 401 without a valid key, 403 for an
+endpoint the key may not call, 429 with Retry-After past its RPS or CONCURRENCY, both header
+forms, V2's error shape, the probes and /metrics unguarded, metrics by key name (never the key),
+`bis keys add` and a reload without a restart; nothing changes without the file."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+from conftest import ECHO_CONFIG, Gateway, make_app
+
+from basic_inference_server.client.cli import main as bis
+from basic_inference_server.gateway.apikeys import hash_of
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"all": "bis_key-for-everything-0001", "echo_only": "bis_key-for-echo-only-0002",
+        "slow": "bis_key-two-per-second-0003", "single": "bis_key-one-at-a-time-0004"}
+ENTRIES = [
+    {"NAME": "all", "SHA256": hash_of(KEYS["all"]), "ENDPOINTS": ["*"]},
+    {"NAME": "echo_only", "SHA256": hash_of(KEYS["echo_only"]), "ENDPOINTS": ["echo"]},
+    {"NAME": "slow", "SHA256": hash_of(KEYS["slow"]), "RPS": 0.5, "BURST": 2},
+    {"NAME": "single", "SHA256": hash_of(KEYS["single"]), "CONCURRENCY": 1},
+]
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("keys")
+    keys_file = folder / "api_keys.json"
+    keys_file.write_text(json.dumps({"KEYS": ENTRIES}))
+    gateway = Gateway(make_app(folder, ECHO_CONFIG), env={"BIS_API_KEYS_FILE": str(keys_file)}).start()
+    gateway.keys_file = keys_file
+    yield gateway
+    gateway.stop()
+    gateway.assert_nothing_left()
+
+
+def run(gateway: Gateway, key: str | None = None, header: str = "Authorization", signature: str = "echo",
+        **inputs) -> requests.Response:
+    headers = {} if key is None else {header: f"Bearer {key}" if header == "Authorization" else key}
+    return gateway.session.post(gateway.url + "/run", json={"SIGNATURE": signature, "VALUE": 1, **inputs},
+                                headers=headers, timeout=10)
+
+
+def test_a_valid_key_is_needed_in_either_header(keyed):
+    assert run(keyed).status_code == 401
+    refused = run(keyed, "bis_not-a-key")
+    assert refused.status_code == 401 and "API key" in refused.json()["ERROR"]
+    assert run(keyed, KEYS["all"]).status_code == 200
+    assert run(keyed, KEYS["all"], header="X-API-Key").status_code == 200
+    v2 = keyed.session.post(keyed.url + "/v2/models/echo/infer", json={"inputs": []}, timeout=10)
+    assert v2.status_code == 401 and "API key" in v2.json()["error"]  # the protocol's error shape
+
+
+def test_a_key_calls_only_its_endpoints(keyed):
+    assert run(keyed, KEYS["echo_only"]).status_code == 200
+    forbidden = run(keyed, KEYS["echo_only"], signature="echo_b")
+    assert forbidden.status_code == 403 and "echo_b" in forbidden.json()["ERROR"]
+
+
+def test_past_its_rps_or_its_concurrency_a_key_gets_429_with_retry_after(keyed):
+    statuses = [run(keyed, KEYS["slow"]).status_code for _ in range(3)]
+    assert statuses[:2] == [200, 200] and statuses[2] == 429  # a burst of 2, then 0.5 per second
+    limited = run(keyed, KEYS["slow"])
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    holder = threading.Thread(target=lambda: run(keyed, KEYS["single"], SLEEP=1))
+    holder.start()
+    time.sleep(0.3)
+    busy = run(keyed, KEYS["single"])
+    holder.join(10)
+    assert busy.status_code == 429 and "CONCURRENCY" in busy.json()["ERROR"]
+    assert run(keyed, KEYS["single"]).status_code == 200  # its place came back
+    assert run(keyed, KEYS["all"]).status_code == 200  # the other keys are not slowed
+
+
+def test_probes_and_metrics_need_no_key_and_metrics_count_by_name(keyed):
+    for path in ("/health", "/ready", "/v2/health/live", "/v2/health/ready"):
+        assert keyed.get(path).status_code == 200, path
+    run(keyed, KEYS["all"])
+    metrics = keyed.get("/metrics").text
+    assert 'bis_api_key_requests_total{key="all",outcome="admitted"}' in metrics
+    output = keyed.output() + metrics
+    assert not any(key in output for key in KEYS.values())  # never logged nor shown
+
+
+def test_bis_keys_add_and_a_reload_put_a_new_key_in_force_without_a_restart(keyed, capsys):
+    assert bis(["keys", "add", "newcomer", "--file", str(keyed.keys_file), "--endpoints", "echo"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("bis_") and hash_of(key) in keyed.keys_file.read_text()
+    assert key not in keyed.keys_file.read_text()  # only its hash is kept
+    assert run(keyed, key).status_code == 401  # not in force before the reload
+    assert keyed.admin("/reload_config", {}).status_code == 200
+    assert run(keyed, key).status_code == 200 and run(keyed, key, signature="echo_b").status_code == 403
+    assert bis(["keys", "add", "newcomer", "--file", str(keyed.keys_file)]) == 2  # a name is used once
+
+
+def test_without_a_keys_file_the_headers_are_ignored(echo_gateway):
+    assert run(echo_gateway).status_code == 200
+    assert run(echo_gateway, "bis_whatever").status_code == 200
