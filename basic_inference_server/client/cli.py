@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_keys(_client: Client, args: argparse.Namespace) -> int:
     """``bis keys add NAME``: a new key, printed once (stdout), its hash added to the file."""
-    from ..gateway.apikeys import add_key
+    from ..apikeyfile import add_key
 
     if not args.file:
         raise UsageError("no keys file: give --file or set BIS_API_KEYS_FILE")

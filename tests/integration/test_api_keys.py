@@ -13,8 +13,8 @@ import pytest
 import requests
 from conftest import ECHO_CONFIG, Gateway, make_app
 
+from basic_inference_server.apikeyfile import hash_of
 from basic_inference_server.client.cli import main as bis
-from basic_inference_server.gateway.apikeys import hash_of
 
 pytestmark = pytest.mark.integration
 
