@@ -9,7 +9,6 @@ the medians and the ratio (the target: keys on keeps at least 90 % of the throug
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from basic_inference_server.apikeyfile import hash_of
 from bench.common import GatewayRun
 from bench.load import BENCH, SERVE_CPU, WRK_CPU, ensure_wrk, wrk
-from bench.report import save_table
+from bench.report import save_table, side_by_side_parser
 
 KEY = "bis_bench-key-0123456789abcdef"
 CONFIG = {"CONFIG_ENDPOINTS": {"dummy": {"SERVER_CLASS": "bench_dummy", "NR_WORKERS": 4}}}
@@ -27,12 +26,10 @@ BODY = {"SIGNATURE": "dummy", "INPUT_VALUE": 3}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pin", action="store_true")
-    parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser = side_by_side_parser(__doc__, 5)
+    parser.set_defaults(concurrency="64", rounds=3)
     args = parser.parse_args()
+    concurrency = int(args.concurrency)
     binary = ensure_wrk()
     folder = tempfile.TemporaryDirectory()
     keys_file = Path(folder.name) / "keys.json"
@@ -47,8 +44,8 @@ def main() -> int:
                 if run.wait_ready(timeout=60) is None:
                     sys.exit("the gateway did not become ready:\n" + run.output())
                 headers = {"Authorization": f"Bearer {KEY}"} if case == "on" else None
-                wrk(binary, run.url + "/run", BODY, args.concurrency, 1, WRK_CPU if args.pin else None, headers)
-                result = wrk(binary, run.url + "/run", BODY, args.concurrency, args.duration,
+                wrk(binary, run.url + "/run", BODY, concurrency, args.warmup, WRK_CPU if args.pin else None, headers)
+                result = wrk(binary, run.url + "/run", BODY, concurrency, args.duration,
                              WRK_CPU if args.pin else None, headers)
                 if result["errors"]:
                     sys.exit(f"{case}: {result}")

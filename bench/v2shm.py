@@ -15,7 +15,6 @@ user + kernel) per request.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,18 +25,16 @@ import requests
 
 from bench.common import GatewayRun
 from bench.load import BENCH, SERVE_CPU, WRK_CPU, CpuMeter, ensure_wrk, wrk
-from bench.report import save_table
+from bench.report import save_table, side_by_side_parser
 
 COUNT = 1_572_864  # FP32 numbers: 6 MiB
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pin", action="store_true")
-    parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser = side_by_side_parser(__doc__, 5)
+    parser.set_defaults(concurrency="8", rounds=2)
     args = parser.parse_args()
+    concurrency = int(args.concurrency)
     import tritonclient.utils.shared_memory as shm
 
     binary_wrk = ensure_wrk()
@@ -69,7 +66,7 @@ def main() -> int:
             for case, (body, headers) in bodies.items():
                 meter = CpuMeter({"serving": run.proc.pid})
                 meter.start()
-                result = wrk(binary_wrk, url, body, args.concurrency, args.duration, WRK_CPU if args.pin else None,
+                result = wrk(binary_wrk, url, body, concurrency, args.duration, WRK_CPU if args.pin else None,
                              headers)
                 cpu = meter.per_request(result["answered"])["serving"]
                 result["cpu_us"] = cpu["user"] + cpu["system"]
