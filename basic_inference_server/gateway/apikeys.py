@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, Metric
 
@@ -71,9 +72,10 @@ class ApiKeys:
                     entry.counts, entry.in_flight = old.counts, old.in_flight
             self._keys = keys
 
-    def admit(self, authorization: bytes | None, api_key: bytes | None, signature: str) -> KeyEntry | None:
-        """The key of a request for ``signature`` (None when keys are off), counted in flight (pair
-        with :meth:`done`); 401, 403 or 429 as a ServingError."""
+    def admit(self, authorization: bytes | None, api_key: bytes | None, signature: str | None) -> KeyEntry | None:
+        """The key of a request for ``signature`` (None: a route of no endpoint, which any valid key
+        may call), counted in flight (pair with :meth:`done`); None when keys are off; 401, 403 or
+        429 as a ServingError."""
         if self.path is None:
             return None
         presented = _presented(authorization, api_key)
@@ -82,7 +84,7 @@ class ApiKeys:
             entry = self._keys.get(digest)
             if entry is None or not hmac.compare_digest(entry.sha256, digest):
                 raise Unauthorized("a valid API key is needed: send it as Authorization: Bearer <key> or X-API-Key")
-            if not entry.allows(signature):
+            if signature is not None and not entry.allows(signature):
                 entry.counts["forbidden"] = entry.counts.get("forbidden", 0) + 1
                 raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
             now = time.monotonic()
@@ -102,6 +104,11 @@ class ApiKeys:
             entry.in_flight += 1
             entry.counts["admitted"] = entry.counts.get("admitted", 0) + 1
             return entry
+
+    def check(self, headers: Any, signature: str | None) -> None:
+        """:meth:`admit` then :meth:`done` for a route answered at once (a Flask route's ``headers``)."""
+        self.done(self.admit(headers.get("Authorization", "").encode("latin-1"),
+                             headers.get("X-API-Key", "").encode("latin-1") or None, signature))
 
     def done(self, entry: KeyEntry | None) -> None:
         if entry is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -40,6 +40,7 @@ from ..webutil import (
     read_json_object,
     require_admin,
 )
+from .apikeys import ApiKeys
 from .auth import AdminToken
 from .observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .observe.metrics import GatewayMetrics
@@ -63,6 +64,14 @@ DASHBOARD_EVENTS = 50  # the newest history events the dashboard shows
 # The dashboard is one self-contained page: its inline script and style, and fetches to this gateway only.
 DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                  "img-src 'self' data:; connect-src 'self'")
+
+
+def _is_admin(expected: str, request: Any, payload: dict[str, Any] | None) -> bool:
+    try:
+        require_admin(expected, request, payload)
+    except Unauthorized:
+        return False
+    return True
 
 
 def is_loopback(address: str | None) -> bool:
@@ -95,6 +104,7 @@ class GatewayParts:
     not_ready: Callable[[], dict[str, str]]  # what keeps the gateway from being ready
     request_stop: Callable[[], None]  # stop the gateway (after the answer to /shutdown)
     jobs_queue: Callable[[], dict[str, Any]] = dict  # per endpoint: jobs queued, running, oldest's age, ended
+    keys: ApiKeys = field(default_factory=ApiKeys)  # BIS_API_KEYS_FILE (off without it)
 
 
 def create_gateway_app(gw: GatewayParts) -> Flask:
@@ -144,6 +154,8 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
         # PROTECT_NOTIFICATIONS: what endpoint code wrote is not for anyone
         payload = admin_payload() if config.protect_notifications else read_payload()
         signature = signature_of(payload)
+        if gw.keys.on and not _is_admin(admin_token, request, payload):  # with keys: one allowed it, or the admin
+            gw.keys.check(request.headers, signature)
         merged: dict[str, list[Any]] = {}
         for handle in ready_replicas(signature):
             with router.admission.forwarding(handle):
@@ -324,6 +336,6 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
         return json_response({"status": "ready", "servers": len(supervisor.handles)})
 
     shm = Registry(supervisor.run_folder / SHM_FILE) if config.allow_client_shm else None
-    install_v2_shm_routes(app, shm, is_loopback)
+    install_v2_shm_routes(app, shm, is_loopback, gw.keys)
     install_v2_routes(app, router, gw.not_ready, [EXTENSION] if shm is not None else [])
     return app

@@ -141,6 +141,7 @@ class FlaskGateway:
         self.http: HttpFront | None = None
         self.run_path: RunPath | None = None
         self.jobs: Jobs | None = None
+        self.keys = ApiKeys()  # BIS_API_KEYS_FILE, read when the gateway starts serving
         if run:
             self.run()
 
@@ -185,7 +186,7 @@ class FlaskGateway:
             envelope=self.envelope, router=self.router, supervisor=self.supervisor, remote=self.remote,
             reconfiguration=self.reconfiguration, metrics=self.metrics, history=self.history,
             support_data=self.support_data, system_status=self.system_status, support_status=self.support_status,
-            not_ready=self.not_ready, request_stop=self.request_stop,
+            not_ready=self.not_ready, request_stop=self.request_stop, keys=self.keys,
             jobs_queue=lambda: self.jobs.stats.queue() if self.jobs is not None else {})
 
     def reload_config(self, wait: bool = False) -> dict[str, Any]:
@@ -214,22 +215,18 @@ class FlaskGateway:
             token = endpoint_token()  # sent to the model servers of remote endpoints
             self.remote.token = token
             self.remote.tls = client_context()  # how those of https:// URLS are checked (BIS_TLS_CA_FILE)
-        except ValueError as exc:
+            self.keys = ApiKeys(os.environ.get(API_KEYS_ENV) or None)
+        except ValueError as exc:  # (BIS_API_KEYS_FILE that is not a keys file)
             raise GatewayStartupError(str(exc)) from None
+        self.reconfiguration.on_reload.append(self.keys.reload)
         try:
             self.http = HttpFront(RequestIds(create_gateway_app(self.parts())), self.host, self.port,
                                   fast_path=self.execution_path, threads=config.gateway_threads, limits=limits,
                                   fast_prefix=V2_MODELS)
         except OSError as exc:
             raise GatewayStartupError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from None
-        try:
-            keys = ApiKeys(os.environ.get(API_KEYS_ENV) or None)
-        except ValueError as exc:  # BIS_API_KEYS_FILE that is not a keys file
-            self.http.close()
-            raise GatewayStartupError(str(exc)) from None
-        self.reconfiguration.on_reload.append(keys.reload)
         self.run_path = RunPath(self.router, self.metrics, self.http.loop, self.http.executor, self.system_status,
-                                congested=self.http.hold_back, endpoint_token=token, keys=keys)
+                                congested=self.http.hold_back, endpoint_token=token, keys=self.keys)
         self.http.fast_handler = self.run_path
         self.http.prefix_handler = InferPath(self.run_path)
         try:
@@ -241,7 +238,7 @@ class FlaskGateway:
         self.http.loop_routes += self.jobs.routes()
         self.metrics.registry.register(self.jobs.collector())
         self.metrics.registry.register(self.run_path.pipeline_stats)
-        self.metrics.registry.register(KeysCollector(keys))
+        self.metrics.registry.register(KeysCollector(self.keys))
         self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self.request_stop)

@@ -21,6 +21,7 @@ from flask import Flask, Response, request
 from ..errors import ServingError
 from ..transport.sysshm import Registry
 from ..webutil import json_response
+from .apikeys import ApiKeys
 
 EXTENSION = "system_shared_memory"  # its name in the server metadata's extensions (Triton's)
 PREFIX = "/v2/systemsharedmemory"
@@ -30,13 +31,16 @@ class Forbidden(ServingError):
     status = 403
 
 
-def install_v2_shm_routes(app: Flask, registry: Registry | None, is_loopback: Callable[[str | None], bool]) -> None:
+def install_v2_shm_routes(app: Flask, registry: Registry | None, is_loopback: Callable[[str | None], bool],
+                          keys: ApiKeys | None = None) -> None:
     def allowed() -> Registry:
         if registry is None:
             raise Forbidden("the system shared-memory extension is off: set ALLOW_CLIENT_SHM to true in "
                             "config_gateway.txt to let clients on this host register regions")
         if not is_loopback(request.remote_addr):
             raise Forbidden("shared-memory regions are registered by clients on this host only (loopback)")
+        if keys is not None and keys.on:  # with API keys, any valid one (regions are no endpoint's)
+            keys.check(request.headers, None)
         return registry
 
     @app.route(f"{PREFIX}/status", methods=["GET"])

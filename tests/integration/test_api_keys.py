@@ -33,7 +33,8 @@ def keyed(tmp_path_factory):
     folder = tmp_path_factory.mktemp("keys")
     keys_file = folder / "api_keys.json"
     keys_file.write_text(json.dumps({"KEYS": ENTRIES}))
-    gateway = Gateway(make_app(folder, ECHO_CONFIG), env={"BIS_API_KEYS_FILE": str(keys_file)}).start()
+    config = {**ECHO_CONFIG, "ALLOW_CLIENT_SHM": True}
+    gateway = Gateway(make_app(folder, config), env={"BIS_API_KEYS_FILE": str(keys_file)}).start()
     gateway.keys_file = keys_file
     yield gateway
     gateway.stop()
@@ -97,6 +98,20 @@ def test_bis_keys_add_and_a_reload_put_a_new_key_in_force_without_a_restart(keye
     assert keyed.admin("/reload_config", {}).status_code == 200
     assert run(keyed, key).status_code == 200 and run(keyed, key, signature="echo_b").status_code == 403
     assert bis(["keys", "add", "newcomer", "--file", str(keyed.keys_file)]) == 2  # a name is used once
+
+
+def test_notifications_and_shared_memory_routes_take_a_key_or_the_admin_token(keyed):
+    def notes(key: str | None = None, signature: str = "echo", **headers: str) -> requests.Response:
+        given = {"X-API-Key": key} if key else {}
+        return keyed.session.post(keyed.url + "/notifications", json={"SIGNATURE": signature},
+                                  headers={**given, **headers}, timeout=10)
+
+    assert notes().status_code == 401
+    assert notes(KEYS["echo_only"]).status_code == 200
+    assert notes(KEYS["echo_only"], "echo_b").status_code == 403
+    assert notes(Authorization=f"Bearer {keyed.token}").status_code == 200  # the admin token, as before
+    assert keyed.get("/v2/systemsharedmemory/status").status_code == 401
+    assert keyed.get("/v2/systemsharedmemory/status", headers={"X-API-Key": KEYS["echo_only"]}).json() == []
 
 
 def test_without_a_keys_file_the_headers_are_ignored(echo_gateway):
