@@ -17,7 +17,6 @@ queue, not counted), the connection was lost (run again), the endpoint's REQUEST
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from ..routing.router import Router
 from ..routing.runpath import RunPath
 from ..routing.upstream import ConnectFailed, ConnectionLost
 from .backend import Store
-from .records import JobRecord, JobState
+from .records import JobRecord, JobState, collected
 from .stats import REFRESH, JobStats, StoreFigures
 from .storethread import StoreThread
 
@@ -268,7 +267,7 @@ class Dispatcher:
             if reply.flags & STREAM:
                 plain = bool(reply.flags & PLAIN)
                 items = [running.first] if plain else store.items(job.job_id, 0, count)
-                body = _collected(items, reply.body, plain)
+                body = collected(items, reply.body, plain)
             relayed = relay(reply.status, body, reply.meta, flat)[1]
             return relayed.joined() if isinstance(relayed, Pieces) else relayed
         self._finish(job, JobState.SUCCEEDED, 200, answer)
@@ -403,21 +402,6 @@ def _subscribe(table: dict[str, list[Any]], job_id: str, told: Any) -> Callable[
 
 def _ignore(_result: Any, _error: ServingError | None) -> None:
     pass
-
-
-def _collected(items: list[bytes], end: bytes, plain: bool) -> bytes:
-    """A streamed answer as /run answers a client that asked for no stream: the items in
-    ``predict_result`` (``plain``: the one item, a ``_predict`` that yielded nothing), with the
-    end's fields (call_id, signature, worker_id)."""
-    try:
-        fields = json.loads(end)
-    except ValueError:
-        fields = {}
-    body = json.dumps({key: value for key, value in (fields if isinstance(fields, dict) else {}).items()
-                       if key not in ("predict_result", "items")}, separators=(",", ":")).encode()
-    result = items[0] if plain and len(items) == 1 else b"[" + b",".join(items) + b"]"
-    head = b'{"predict_result":' + result
-    return head + (b"," + body[1:] if len(body) > 2 else b"}")
 
 
 def _error(exc: ServingError) -> bytes:

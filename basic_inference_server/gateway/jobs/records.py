@@ -96,3 +96,18 @@ class JobRecord:
             return head
         key = b',"RESULT":' if self.state is JobState.SUCCEEDED else b',"ERROR":'
         return head[:-1] + key + self.answer + b"}"
+
+
+def collected(items: list[bytes], end: bytes, plain: bool) -> bytes:
+    """A streamed answer as /run answers a client that asked for no stream: the items in
+    ``predict_result`` (``plain``: the one item, a ``_predict`` that yielded nothing), with the
+    end's fields (call_id, signature, worker_id)."""
+    try:
+        fields = json.loads(end)
+    except ValueError:
+        fields = {}
+    body = json.dumps({key: value for key, value in (fields if isinstance(fields, dict) else {}).items()
+                       if key not in ("predict_result", "items")}, separators=(",", ":")).encode()
+    result = items[0] if plain and len(items) == 1 else b"[" + b",".join(items) + b"]"
+    head = b'{"predict_result":' + result
+    return head + (b"," + body[1:] if len(body) > 2 else b"}")
