@@ -85,6 +85,21 @@ class Unauthorized(ServingError):
     type_name = "Unauthorized"
 
 
+class Forbidden(ServingError):
+    """Allowed to nobody here, or not to this caller: an API key's endpoints, a route off or
+    loopback-only."""
+
+    status = 403
+    type_name = "Forbidden"
+
+
+class TooManyRequests(ServingError):
+    """An API key past its RPS or its CONCURRENCY (with Retry-After)."""
+
+    status = 429
+    type_name = "TooManyRequests"
+
+
 class NotFound(ServingError):
     status = 404
     type_name = "NotFound"

@@ -34,18 +34,6 @@ class PipelineConfig:
     description: str = ""
     disabled: bool = False
 
-    @property
-    def steps(self) -> tuple[str, ...]:
-        return self.order
-
-    @property
-    def as_list(self) -> list[str] | None:
-        """The steps in order when each has the one before as its only parent (the list form)."""
-        for before, step in zip(self.order, self.order[1:], strict=False):
-            if self.parents[step] != (before,):
-                return None
-        return list(self.order) if not self.parents[self.order[0]] else None
-
 
 def is_pipeline(entry: Any) -> bool:
     return isinstance(entry, Mapping) and PIPELINE in entry

@@ -20,7 +20,6 @@ ratios of the same run. With ``--pin`` every serving process runs on CPU 1 and t
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -33,7 +32,7 @@ from bench.common import GatewayRun
 from bench.load import BENCH, SERVE_CPU, WRK_CPU, CpuMeter, ensure_wrk, wrk
 from bench.peers import PEERS, PeerProcess, ensure_peer
 from bench.pipeline_steps import BODY
-from bench.report import save_table
+from bench.report import save_table, side_by_side_parser
 
 STEPS = ("decode", "preprocess", "classify")
 
@@ -104,11 +103,8 @@ def overhead(binary: str, run: GatewayRun, pin: bool, duration: float) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pin", action="store_true")
-    parser.add_argument("--duration", type=float, default=5)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--concurrency", default="8,64")
+    parser = side_by_side_parser(__doc__, 5)
+    parser.set_defaults(concurrency="8,64", rounds=2)
     args = parser.parse_args()
     binary = ensure_wrk()
     levels = [int(c) for c in args.concurrency.split(",")]

@@ -28,19 +28,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from ..apikeyfile import ENV, KeyEntry, hash_of, parse
-from ..errors import ServingError
-
-
-class Unauthorized(ServingError):
-    status = 401
-
-
-class Forbidden(ServingError):
-    status = 403
-
-
-class TooManyRequests(ServingError):
-    status = 429
+from ..errors import Forbidden, TooManyRequests, Unauthorized
 
 
 class ApiKeys:
@@ -48,13 +36,10 @@ class ApiKeys:
 
     def __init__(self, path: str | None = None):
         self.path = Path(path) if path else None
+        self.on = self.path is not None  # (read on every /run: an attribute, not a property)
         self._keys: dict[str, KeyEntry] = {}
         self._lock = threading.Lock()
         self.reload()
-
-    @property
-    def on(self) -> bool:
-        return self.path is not None
 
     def reload(self) -> None:
         """Read the file again (ValueError for one that is not a keys file: the keys in force stay)."""
@@ -104,6 +89,13 @@ class ApiKeys:
             entry.in_flight += 1
             entry.counts["admitted"] = entry.counts.get("admitted", 0) + 1
             return entry
+
+    @staticmethod
+    def allow(entry: KeyEntry, signature: str) -> None:
+        """403 unless the key already admitted may also call ``signature`` (a request routed again
+        by the SIGNATURE its model server read)."""
+        if not entry.allows(signature):
+            raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
 
     def check(self, headers: Any, signature: str | None) -> None:
         """:meth:`admit` then :meth:`done` for a route answered at once (a Flask route's ``headers``)."""

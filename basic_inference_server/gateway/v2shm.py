@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from flask import Flask, Response, request
 
-from ..errors import ServingError
+from ..errors import Forbidden
 from ..transport.sysshm import Registry
 from ..webutil import json_response
 from .apikeys import ApiKeys
@@ -26,9 +26,6 @@ from .apikeys import ApiKeys
 EXTENSION = "system_shared_memory"  # its name in the server metadata's extensions (Triton's)
 PREFIX = "/v2/systemsharedmemory"
 
-
-class Forbidden(ServingError):
-    status = 403
 
 
 def install_v2_shm_routes(app: Flask, registry: Registry | None, is_loopback: Callable[[str | None], bool],

@@ -22,7 +22,7 @@ import ssl
 from typing import Any
 
 from .. import jsonutil, requestid
-from ..errors import BadRequest, RequestTimeout, ServingError
+from ..errors import BadRequest, Forbidden, RequestTimeout, ServingError
 from ..transport import streamformat
 from ..transport.deadline import Deadline
 from ..transport.frames import PIPE_IN, PIPE_INLINE, PIPE_OUT
@@ -95,9 +95,6 @@ def _pipe_flags(raw: bytes | None, token: bytes | None) -> int:
         raise BadRequest(f"{PIPE_HEADER}: expected the step's flags, got {raw[:20].decode('latin-1')!r}")
     return int(raw) | PIPE_INLINE  # (no shared memory between hosts)
 
-
-class Forbidden(ServingError):
-    status = 403
 
 
 class _HttpCall:

@@ -91,8 +91,10 @@ def test_the_list_and_the_graph_forms():
     chain, graph = parse_pipelines({"p": {"PIPELINE": ["a", "far", "c"]},
                                     "g": {"PIPELINE": {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}},
                                     "d": {}}, {**ENDPOINTS, "d": _Endpoint()})
-    assert chain.order == ("a", "far", "c") and chain.as_list == ["a", "far", "c"]  # (a remote step is one too)
-    assert graph.order == ("a", "b", "c", "d") and graph.parents["d"] == ("b", "c") and graph.as_list is None
+    assert chain.parents == {"a": (), "far": ("a",), "c": ("far",)}  # (a remote step is a step too)
+    assert chain.order == ("a", "far", "c")
+    assert chain.last == "c" and graph.last == "d"
+    assert graph.order == ("a", "b", "c", "d") and graph.parents["d"] == ("b", "c")
 
 
 @pytest.mark.parametrize(("entry", "words"), [

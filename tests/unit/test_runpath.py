@@ -10,7 +10,9 @@ import pytest
 import uvloop
 from gccheck import cyclic_garbage
 
+from basic_inference_server.apikeyfile import hash_of
 from basic_inference_server.config import EndpointConfig
+from basic_inference_server.gateway.apikeys import ApiKeys
 from basic_inference_server.gateway.observe.metrics import GatewayMetrics
 from basic_inference_server.gateway.routing.channel import Cancel
 from basic_inference_server.gateway.routing.envelope import Envelope
@@ -169,6 +171,21 @@ def test_a_misrouted_request_is_routed_again_by_the_signature_its_server_read(ga
     assert [s[1] for s in gw.channels["a"].sent] == ["a"]
     assert [s[1] for s in gw.channels["b"].sent] == ["b"]  # b's server checks it too
     assert gw.metrics.requests_by_signature() == {"b": {"200": 1}}
+
+
+def test_a_key_allowed_one_endpoint_cannot_reach_another_through_a_misroute(gateway, tmp_path):
+    """The body's first "SIGNATURE" names an endpoint the key may call, its top-level one another:
+    routed again by what the model server read, the request is checked against the key again (403)."""
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"KEYS": [{"NAME": "a_only", "SHA256": hash_of("bis_a"), "ENDPOINTS": ["a"]}]}))
+    misrouted = json.dumps({"ERROR": "elsewhere", "error": {"type": "Misrouted"}, "SIGNATURE": "b"}).encode()
+    gw = gateway([endpoint("a"), endpoint("b")], replies={"a": [(MISROUTED, None, misrouted)]})
+    gw.run_path.keys = ApiKeys(str(keys_file))
+    status, _, body = gw.post(b'{"X": {"SIGNATURE": "a"}, "SIGNATURE": "b"}', b"X-API-Key: bis_a\r\n")
+    assert status == 403 and "'b'" in body["ERROR"]
+    assert gw.channels["b"].sent == []
+    assert gw.run_path.keys.figures() == [("a_only", "admitted", 1)]
+    assert next(iter(gw.run_path.keys._keys.values())).in_flight == 0  # its place came back
 
 
 def test_servers_that_disagree_on_the_signature_are_a_502_not_a_loop(gateway):

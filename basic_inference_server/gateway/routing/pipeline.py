@@ -46,7 +46,7 @@ class Run(Protocol):
 
     def forward_step(self, handle: Any, body: bytes, pipe: int, timeout: float) -> None: ...
 
-    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None: ...
+    def finish_pipeline(self, status: int, error: dict[str, Any], headers: dict[str, str] | None) -> None: ...
 
 
 class PipelineStats:
@@ -219,9 +219,9 @@ class PipelineRun:
         self._stop()
         self.call.finish_pipeline(status, self.error_of(step, status, body), headers)
 
-    def error_of(self, step: str, status: int, body: bytes) -> bytes:
+    def error_of(self, step: str, status: int, body: bytes) -> dict[str, Any]:
         """``step``'s error (its JSON) with the pipeline, the step and its status (the last step's
-        too, which its /run answers)."""
+        too, which its /run answers): each kind of /run renders it its own way."""
         try:
             error = json.loads(body) if len(body) < 65536 else None  # (an error's JSON, not the step's data)
         except ValueError:
@@ -230,7 +230,7 @@ class PipelineRun:
             error = {"ERROR": f"step {step!r} answered HTTP {status}"}
         error.update({"PIPELINE": self.config.name, "STEP": step, "STEP_STATUS": status})
         logger.warning("Pipeline %s: step %s answered %d: %s", self.config.name, step, status, error.get("ERROR"))
-        return jsonutil.dumps_bytes(error)
+        return error
 
     def _expired(self) -> None:
         self.timer = None

@@ -178,9 +178,13 @@ class Call:
         """Its API key, allowed ``signature`` and within its limits (401, 403, 429); nothing when
         keys are off."""
         keys = self.path.keys
-        if keys.on and self.grant is None:
-            request = self.request
-            self.grant = keys.admit(request.header(b"authorization"), request.header(b"x-api-key"), signature)
+        if not keys.on:
+            return
+        if self.grant is not None:  # routed again (MISROUTED): the key must allow this endpoint too
+            keys.allow(self.grant, signature)
+            return
+        request = self.request
+        self.grant = keys.admit(request.header(b"authorization"), request.header(b"x-api-key"), signature)
 
     def observe(self, status: int) -> None:
         """It has been answered (or its client left): counted, and its key's place freed."""
@@ -194,14 +198,19 @@ class Call:
         this request, within what is left of the pipeline's REQUEST_TIMEOUT."""
         self._forward(handle, body, pipe, timeout)
 
-    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
-        """A pipeline ended before its last step (a step failed, its REQUEST_TIMEOUT passed)."""
+    def finish_pipeline(self, status: int, error: dict[str, Any], headers: dict[str, str] | None) -> None:
+        """A pipeline failed (a step's error, its REQUEST_TIMEOUT): ``error`` names the step."""
         self.pipeline = None  # (it holds this call: no reference cycle is left for the collector)
         token = requestid.bind(self.request.request_id)
         try:
-            self._finish(status, body, headers)
+            self._finish(status, self.rendered(error), headers)
         finally:
             requestid.unbind(token)
+
+    @staticmethod
+    def rendered(error: dict[str, Any]) -> bytes:
+        """A pipeline's error as this route answers it: the gateway's error JSON."""
+        return jsonutil.dumps_bytes(error)
 
     def _forward(self, handle: ChildHandle | RemoteHandle, body: bytes | None = None, pipe: int = 0,
                  timeout: float | None = None) -> None:

@@ -11,7 +11,7 @@ then one more for each reload or recycle. Errors are the protocol's ``{"error": 
 
 from __future__ import annotations
 
-import json
+from typing import Any
 from urllib.parse import unquote
 
 from ... import jsonutil, requestid
@@ -141,16 +141,12 @@ class InferCall(Call):
         self.tag = self.channel.send(self.request.request_id, self.label, body, timeout, self._replied,
                                      v2=(None, "1"), pipe=pipe)
 
-    def finish_pipeline(self, status: int, body: bytes, headers: dict[str, str] | None) -> None:
-        """A pipeline's step failed: the protocol's error, naming the step."""
-        try:
-            error = json.loads(body)
-        except ValueError:
-            error = {}
-        message = error.get("error") if isinstance(error.get("error"), str) else error.get("ERROR", "failed")
-        super().finish_pipeline(status, jsonutil.dumps_bytes({
-            "error": f"pipeline {error.get('PIPELINE')!r}: step {error.get('STEP')!r} answered {status}: {message}"}),
-            headers)
+    @staticmethod
+    def rendered(error: dict[str, Any]) -> bytes:
+        """A pipeline's error as the protocol's ``{"error": "<message>"}``, naming the step."""
+        message = error["error"] if isinstance(error.get("error"), str) else error.get("ERROR", "failed")
+        return jsonutil.dumps_bytes({"error": f"pipeline {error['PIPELINE']!r}: step {error['STEP']!r} answered "
+                                              f"{error['STEP_STATUS']}: {message}"})
 
     def _answer(self, reply: Reply) -> None:
         """The model server's V2 answer as it came: JSON, or JSON then binary tensors (``meta``:
