@@ -83,6 +83,15 @@ class RedisStore:
     def commit(self) -> None:
         """Send what the group's operations deferred, in one pipeline (one round trip for a burst
         of submissions or ends); on Redis 7.2 and later, wait for the append-only file."""
+        self._flush()
+        if self._durable and self._has_waitaof():
+            local, _replicas = self.client.execute_command("WAITAOF", 1, 0, 5000)
+            if local < 1:
+                raise redis.exceptions.TimeoutError("Redis did not write the jobs to its append-only file in 5 s")
+
+    def _flush(self) -> None:
+        """Send what was deferred: at the commit, and before any other operation of the group
+        reads or writes (so that it sees what the operations before it did, as in a transaction)."""
         if self._deferred:
             deferred, self._deferred = self._deferred, []
             pipe = self.client.pipeline(transaction=False)
@@ -91,10 +100,6 @@ class RedisStore:
             for (_name, _args, then), result in zip(deferred, pipe.execute(), strict=True):
                 if then is not None:
                     then(result)
-        if self._durable and self._has_waitaof():
-            local, _replicas = self.client.execute_command("WAITAOF", 1, 0, 5000)
-            if local < 1:
-                raise redis.exceptions.TimeoutError("Redis did not write the jobs to its append-only file in 5 s")
 
     def rollback(self) -> None:
         self._deferred = []
@@ -162,6 +167,7 @@ class RedisStore:
             self._defer("SUBMIT", *self._submit_args(job, body, None, batch, True),
                         then=lambda result: setattr(job, "seq", int(result[1])))
             return job, True
+        self._flush()
         new, seq = self._run("SUBMIT", *self._submit_args(job, body, idempotency_key, batch, True))
         if not new:
             kept = self.get(seq.decode())
@@ -173,6 +179,7 @@ class RedisStore:
 
     def submit_many(self, jobs: list[tuple[JobRecord, bytes, tuple[str, int, str | None]]]) -> None:
         """The jobs of a batch, in one transaction (MULTI/EXEC: all or none), the others told once."""
+        self._flush()
         self.check_room(sum(len(body) + len(job.answer or b"") for job, body, _batch in jobs))
         pipe = self.client.pipeline(transaction=True)
         for job, body, batch in jobs:
@@ -187,6 +194,7 @@ class RedisStore:
             job.seq = int(seq)
 
     def get(self, job_id: str) -> JobRecord | None:
+        self._flush()
         row = self.client.hmget(PREFIX + "job:" + job_id, lua.FIELDS)
         return None if row[1] is None else _record(job_id, row)
 
@@ -198,6 +206,7 @@ class RedisStore:
                 if row[1] is not None]
 
     def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None) -> list[JobRecord]:
+        self._flush()
         index = ("st:" + state.value if state else "s" if signature else "all") + (":" + signature if signature else "")
         ids = self.client.zrevrangebyscore(PREFIX + index, f"({before}" if before else "+inf", "-inf", 0, limit)
         return self._records(ids, _NO_ANSWER)
@@ -207,6 +216,7 @@ class RedisStore:
 
     def queued_counts(self, signatures: list[str] | None = None) -> dict[str, int]:
         """QUEUED jobs per endpoint (of ``signatures``, else of all)."""
+        self._flush()
         signatures = self._signatures() if signatures is None else signatures
         pipe = self.client.pipeline(transaction=False)
         for signature in signatures:
@@ -214,6 +224,7 @@ class RedisStore:
         return {signature: n for signature, n in zip(signatures, pipe.execute(), strict=True) if n}
 
     def claim(self, signature: str, count: int, now: float) -> list[JobRecord]:
+        self._flush()
         claimed = []
         for job_id, *row in self._run("CLAIM", self.origin, self.origin, signature, count, repr(now)):
             job = _record(job_id.decode(), row[:-1])
@@ -222,9 +233,11 @@ class RedisStore:
         return claimed
 
     def add_items(self, job_id: str, first: int, items: list[bytes]) -> None:
+        self._flush()
         self._run("ADD_ITEMS", self.origin, job_id, first, *items)  # (not deferred: an end reads them)
 
     def items(self, job_id: str, after: int, limit: int) -> list[bytes]:
+        self._flush()
         found = self.client.hmget(PREFIX + "items:" + job_id, list(range(after, after + limit)))
         return _until_none(found)
 
@@ -235,6 +248,7 @@ class RedisStore:
         return True
 
     def requeue(self, job: JobRecord, counted: bool) -> bool:
+        self._flush()
         if not self._run("REQUEUE", self.origin, job.job_id, int(counted), job.attempts):
             return False
         job.state, job.started = JobState.QUEUED, None
@@ -242,6 +256,7 @@ class RedisStore:
         return True
 
     def cancel(self, job_id: str, now: float) -> tuple[JobRecord | None, JobState | None]:
+        self._flush()
         result = self._run("CANCEL", self.origin, job_id, repr(now))
         job = self.get(job_id) if result else None
         return job, JobState(result[1].decode()) if len(result) == 2 else None
@@ -249,6 +264,7 @@ class RedisStore:
     def recover(self, max_attempts: int, now: float) -> tuple[int, int]:
         """The jobs of gateways whose lease ran out (JOB_LEASE_S without a renewal) run again here,
         or fail past JOB_MAX_ATTEMPTS. Returns (queued again, failed)."""
+        self._flush()
         lost = lost_error(ATTEMPTS)
         requeued, failed = self._run("TAKEOVER", self.origin, self.origin, self.lease_ms, max_attempts, repr(now),
                                      lost, TAKEOVER_BUDGET)
@@ -257,6 +273,7 @@ class RedisStore:
     def renew(self, jobs: list[JobRecord]) -> list[str]:
         """Renew the leases of this gateway's running ``jobs``; the ids of those it no longer holds
         (taken over by another gateway while this one could not renew them)."""
+        self._flush()
         pipe = self.client.pipeline(transaction=False)
         held = [job for job in jobs if job.entry]
         for job in held:
@@ -265,6 +282,7 @@ class RedisStore:
         return [job.job_id for job, kept in zip(held, pipe.execute(), strict=True) if not kept]
 
     def purge(self, before: float) -> int:
+        self._flush()
         total = 0
         while True:
             count = int(self._run("PURGE", repr(before), 1000))
@@ -274,9 +292,11 @@ class RedisStore:
 
     # -- batches and figures ----------------------------------------------------------------------------
     def add_batch(self, batch_id: str, created: float, total: int) -> None:
+        self._flush()
         self.client.hset(f"{PREFIX}batch:{batch_id}", mapping={"created": repr(created), "total": total})
 
     def batch(self, batch_id: str) -> tuple[float, int, dict[str, int]] | None:
+        self._flush()
         found = self.client.hgetall(f"{PREFIX}batch:{batch_id}")
         if not found:
             return None
@@ -284,6 +304,7 @@ class RedisStore:
         return float(found[b"created"]), int(found[b"total"]), counts
 
     def batch_rows(self, batch_id: str, after: int, limit: int) -> list[tuple[int, str | None, str, bytes | None]]:
+        self._flush()
         ids = self.client.lrange(f"{PREFIX}batch:{batch_id}:jobs", after, after + limit - 1)
         pipe = self.client.pipeline(transaction=False)
         for job_id in ids:
@@ -292,6 +313,7 @@ class RedisStore:
                 for index, custom, state, answer in pipe.execute() if state is not None]
 
     def figures(self) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+        self._flush()
         signatures = self._signatures()
         pipe = self.client.pipeline(transaction=False)
         for signature in signatures:
@@ -315,9 +337,11 @@ class RedisStore:
     # -- webhooks -----------------------------------------------------------------------------------------
     def due_webhooks(self, now: float, limit: int) -> list[JobRecord]:
         """The deliveries due, held for this gateway for WEBHOOK_HOLD seconds (no other sends them meanwhile)."""
+        self._flush()
         return self._records(self._run("DUE_WEBHOOKS", repr(now), limit, WEBHOOK_HOLD))
 
     def delivered(self, job_id: str, attempt: dict, next_due: float | None, state: str) -> None:
+        self._flush()
         self._run("DELIVERED", job_id, json.dumps(attempt), "" if next_due is None else repr(next_due), state)
 
 
