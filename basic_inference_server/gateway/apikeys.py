@@ -63,12 +63,9 @@ class ApiKeys:
         429 as a ServingError."""
         if self.path is None:
             return None
-        presented = _presented(authorization, api_key)
-        digest = hash_of(presented) if presented else ""
+        digest = _digest(authorization, api_key)
         with self._lock:
-            entry = self._keys.get(digest)
-            if entry is None or not hmac.compare_digest(entry.sha256, digest):
-                raise Unauthorized("a valid API key is needed: send it as Authorization: Bearer <key> or X-API-Key")
+            entry = self._valid(digest)
             if signature is not None and not entry.allows(signature):
                 entry.counts["forbidden"] = entry.counts.get("forbidden", 0) + 1
                 raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
@@ -89,6 +86,20 @@ class ApiKeys:
             entry.in_flight += 1
             entry.counts["admitted"] = entry.counts.get("admitted", 0) + 1
             return entry
+
+    def identify(self, authorization: bytes | None, api_key: bytes | None) -> KeyEntry:
+        """The valid key a request presents (401 otherwise), counted against none of its limits: a
+        key reading what it submitted (a job, a batch)."""
+        digest = _digest(authorization, api_key)
+        with self._lock:
+            return self._valid(digest)
+
+    def _valid(self, digest: str) -> KeyEntry:
+        """The key of ``digest`` (under the lock), compared in constant time; 401 for none."""
+        entry = self._keys.get(digest)
+        if entry is None or not hmac.compare_digest(entry.sha256, digest):
+            raise Unauthorized("a valid API key is needed: send it as Authorization: Bearer <key> or X-API-Key")
+        return entry
 
     @staticmethod
     def allow(entry: KeyEntry, signature: str) -> None:
@@ -130,6 +141,11 @@ class KeysCollector:
         for name, outcome, count in self.keys.figures():
             family.add_metric([name, outcome], count)
         yield family
+
+
+def _digest(authorization: bytes | None, api_key: bytes | None) -> str:
+    presented = _presented(authorization, api_key)
+    return hash_of(presented) if presented else ""
 
 
 def _presented(authorization: bytes | None, api_key: bytes | None) -> str:

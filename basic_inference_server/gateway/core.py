@@ -231,7 +231,7 @@ class FlaskGateway:
         self.http.prefix_handler = InferPath(self.run_path)
         try:
             self.jobs = Jobs.open(self.cache_folder / "_data" / "jobs", config, self.http.loop, self.router,
-                                  self.run_path)
+                                  self.run_path, self.keys, self.admin_token)
         except ValueError as exc:  # BIS_WEBHOOK_SECRET that is not one, a password file that cannot be read
             self.http.close()
             raise GatewayStartupError(str(exc)) from None

@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ...config import GatewayConfig
+from ..apikeys import ApiKeys
 from ..routing.router import Router
 from ..routing.runpath import RunPath
+from .access import Access
 from .backend import open_store
 from .batches import PREFIX as BATCHES
 from .batches import BatchesPath
@@ -38,9 +40,10 @@ class Jobs:
 
     @classmethod
     def open(cls, folder: Path, config: GatewayConfig, loop: asyncio.AbstractEventLoop, router: Router,
-             run_path: RunPath) -> Jobs:
-        """The jobs of the store in ``folder`` (made when missing); ValueError for a webhook secret
-        that is not one."""
+             run_path: RunPath, keys: ApiKeys | None = None, admin_token: str | None = None) -> Jobs:
+        """The jobs of the store in ``folder`` (made when missing), each its API key's once ``keys``
+        are on (read by that key and ``admin_token``); ValueError for a webhook secret that is not
+        one."""
         secret = resolve_secret(folder.parent)
         store = StoreThread(open_store(config, folder), loop)
         stats = JobStats()
@@ -53,7 +56,8 @@ class Jobs:
         if store.store.shared:
             shared = SharedQueue(loop, store, dispatcher, config.job_lease_s)
             loop.call_soon_threadsafe(shared.start)
-        path = JobsPath(store, dispatcher, router, config.json_limits, config.webhook_allowed_hosts)
+        path = JobsPath(store, dispatcher, router, config.json_limits, config.webhook_allowed_hosts,
+                        Access(keys, admin_token))
         return cls(store, dispatcher, webhooks, path, BatchesPath(path), shared)
 
     @property

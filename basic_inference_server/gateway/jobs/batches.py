@@ -8,6 +8,8 @@ endpoint, a bad ``PRIORITY``) becomes a FAILED job whose error names its line nu
 others run. ``GET /batches/<id>`` counts its jobs by state; ``GET /batches/<id>/results`` gives
 one NDJSON line per input line, ``{"custom_id", "status", "response"}`` or ``{"custom_id",
 "status", "error"}``, in input order, once every job has ended (409 with the counts before).
+With API keys on, a batch and its jobs are the submitting key's (:mod:`.access`): a line for an
+endpoint the key may not call fails (403) and the others run.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ...errors import (
 from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ..routing.router import INLINE_SCAN
+from .access import Caller
 from .backend import Store
 from .records import JobRecord, JobState, iso, new_job_id
 from .routes import JobsPath, _Answer, _Pending
@@ -48,10 +51,11 @@ def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
 
 
-def create(store: Store, body: bytes, read_line: Any, limits: JsonLimits) -> tuple[dict[str, Any], list[JobRecord]]:
-    """Store a batch and its jobs (on the store's thread). Each line is read within the MAX_JSON_*
-    ``limits``; ``read_line(data)`` gives (signature, priority, webhook, the body for the hooks)
-    or raises ServingError. Returns the batch's description and the jobs queued."""
+def create(store: Store, body: bytes, read_line: Any, limits: JsonLimits,
+           caller: Caller) -> tuple[dict[str, Any], list[JobRecord]]:
+    """Store a batch of ``caller`` and its jobs (on the store's thread). Each line is read within
+    the MAX_JSON_* ``limits``; ``read_line(data)`` gives (signature, priority, webhook, the body
+    for the hooks) or raises ServingError. Returns the batch's description and the jobs queued."""
     lines = body.splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
@@ -61,7 +65,7 @@ def create(store: Store, body: bytes, read_line: Any, limits: JsonLimits) -> tup
         raise PayloadTooLarge(f"a batch holds at most {MAX_LINES} lines, this one has {len(lines)}")
     store.check_room(len(body))  # a full store refuses the batch before reading a line of it
     batch_id, now = new_batch_id(), time.time()
-    store.add_batch(batch_id, now, len(lines))
+    store.add_batch(batch_id, now, len(lines), caller.name)
     jobs: list[tuple[JobRecord, bytes, tuple[str, int, str | None]]] = []
     for index, line in enumerate(lines):
         custom_id, signature, priority, webhook, inputs, failure = None, "", 5, None, b"", None
@@ -79,32 +83,35 @@ def create(store: Store, body: bytes, read_line: Any, limits: JsonLimits) -> tup
         except ServingError as exc:
             exc.message = f"line {index + 1}: {exc.message}"
             failure = exc
-        job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, now, webhook=webhook)
+        job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, now, webhook=webhook, owner=caller.name)
         if failure is not None:
             job.state, job.status, job.answer = JobState.FAILED, failure.status, jsonutil.dumps_bytes(failure.to_body())
             inputs = b""
         jobs.append((job, inputs, (batch_id, index, custom_id)))
     store.submit_many(jobs)
-    return describe(store, batch_id), [job for job, _inputs, _batch in jobs if job.state is JobState.QUEUED]
+    return describe(store, batch_id, caller), [job for job, _inputs, _batch in jobs if job.state is JobState.QUEUED]
 
 
-def describe(store: Store, batch_id: str) -> dict[str, Any]:
-    """``GET /batches/<id>``: its counts by state (NotFound when there is no such batch)."""
+def describe(store: Store, batch_id: str, caller: Caller) -> dict[str, Any]:
+    """``GET /batches/<id>``: its counts by state (NotFound when there is no such batch, or it is
+    not ``caller``'s to see: the same words)."""
     found = store.batch(batch_id)
-    if found is None:
+    if found is None or not caller.sees(found[3]):
         raise NotFound(f"no batch {batch_id!r} (unknown, or purged after JOB_TTL)")
-    created, total, stored = found
+    created, total, stored, owner = found
     counts = {state.value: stored.get(state.value, 0) for state in JobState}
     ended = counts["SUCCEEDED"] + counts["FAILED"] + counts["CANCELLED"]
     return {"BATCH_ID": batch_id, "STATUS": "COMPLETED" if ended == total else "IN_PROGRESS",
-            "CREATED": iso(created), "TOTAL": total, "COUNTS": counts}
+            "CREATED": iso(created), "TOTAL": total, "COUNTS": counts,
+            **({"OWNER": owner} if owner is not None else {})}
 
 
-def results_page(store: Store, batch_id: str, after: int) -> tuple[bytes, int | None]:
+def results_page(store: Store, batch_id: str, after: int, caller: Caller) -> tuple[bytes, int | None]:
     """NDJSON lines of the jobs of ``batch_id`` from line ``after`` on (PAGE of them), and the
-    index to go on from (None: that was the last page). Conflict while some have not ended."""
+    index to go on from (None: that was the last page). Conflict while some have not ended;
+    NotFound for a batch that is not ``caller``'s (checked with the first page)."""
     if after == 0:
-        batch = describe(store, batch_id)
+        batch = describe(store, batch_id, caller)
         if batch["STATUS"] != "COMPLETED":
             raise Conflict(f"batch {batch_id} has not finished: {json.dumps(batch['COUNTS'])}")
     rows = store.batch_rows(batch_id, after, PAGE)
@@ -138,24 +145,28 @@ class BatchesPath:
         elif len(parts) == 3 and parts[2]:
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /batches/<id>", allow="GET, HEAD")
-            batch_id = parts[2]
-            self.store.call(lambda s: describe(s, batch_id), lambda batch, error: answer.error(error) if error
+            batch_id, caller = parts[2], self.jobs.access.reader(request)
+            self.store.call(lambda s: describe(s, batch_id, caller), lambda batch, error: answer.error(error) if error
                             else answer(200, jsonutil.dumps_bytes(batch), None))
         elif len(parts) == 4 and parts[2] and parts[3] == "results":
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /batches/<id>/results", allow="GET, HEAD")
-            self._results(parts[2], answer, respond, pending)
+            self._results(parts[2], answer, respond, pending, self.jobs.access.reader(request))
         else:
             raise NotFound("no such route: /batches, /batches/<id> and /batches/<id>/results are")
 
     def _submit(self, request: HttpRequest, answer: _Answer) -> None:
+        access = self.jobs.access
+        caller = access.submitter(request)  # (401, 429) its key in flight until answered
         kind = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
         if kind != NDJSON.encode():
+            access.done(caller)
             raise UnsupportedMediaType(f"a batch is NDJSON: send it with Content-Type: {NDJSON}, one /run body (and "
                                        "its custom_id) per line")
-        body, read, limits = request.body, self.jobs.reader(), self.jobs.limits
+        body, read, limits = request.body, self.jobs.reader(caller), self.jobs.limits
 
         def done(result: Any, error: ServingError | None) -> None:
+            access.done(caller)
             if error is not None:
                 answer.error(error)
                 return
@@ -163,9 +174,10 @@ class BatchesPath:
             for job in queued:
                 self.jobs.dispatcher.submitted(job)
             answer(202, jsonutil.dumps_bytes(batch), [("Location", f"{PREFIX}/{batch['BATCH_ID']}")])
-        self.store.call(lambda s: create(s, body, read, limits), done, durable=True)
+        self.store.call(lambda s: create(s, body, read, limits, caller), done, durable=True)
 
-    def _results(self, batch_id: str, answer: _Answer, respond: Responder, pending: _Pending) -> None:
+    def _results(self, batch_id: str, answer: _Answer, respond: Responder, pending: _Pending,
+                 caller: Caller) -> None:
         def page(result: Any, error: ServingError | None, first: bool) -> None:
             if pending.gone and not first:
                 return
@@ -189,10 +201,10 @@ class BatchesPath:
                 pending.gone = True
                 respond.end_stream(b"")
                 return
-            fetch = lambda: self.store.call(lambda s: results_page(s, batch_id, more),  # noqa: E731
+            fetch = lambda: self.store.call(lambda s: results_page(s, batch_id, more, caller),  # noqa: E731
                                             lambda r, e: page(r, e, False))
             if taken:
                 fetch()
             else:
                 pending.on_resumed = fetch  # the client reads slower than the store gives: wait for it
-        self.store.call(lambda s: results_page(s, batch_id, 0), lambda r, e: page(r, e, True))
+        self.store.call(lambda s: results_page(s, batch_id, 0, caller), lambda r, e: page(r, e, True))

@@ -75,6 +75,7 @@ class JobRecord:
     webhook_state: str | None = None  # PENDING, DELIVERED or GAVE_UP once it ended (with a WEBHOOK)
     webhook_attempts: list = field(default_factory=list)  # {"AT", "STATUS" or "ERROR"} per delivery attempt
     entry: str | None = None  # on a Redis store, its entry in its queue's stream (the lease of a running job)
+    owner: str | None = None  # the name of the API key that submitted it (None: keys were off)
 
     @property
     def ended(self) -> bool:
@@ -85,6 +86,7 @@ class JobRecord:
         return {"JOB_ID": self.job_id, "SIGNATURE": self.signature, "STATUS": self.state.value,
                 "PRIORITY": self.priority, "CREATED": iso(self.created), "STARTED": iso(self.started),
                 "FINISHED": iso(self.finished), "ATTEMPTS": self.attempts,
+                **({"OWNER": self.owner} if self.owner is not None else {}),
                 **({"WEBHOOK": self.webhook, "WEBHOOK_STATUS": self.webhook_state,
                     "WEBHOOK_DELIVERIES": self.webhook_attempts} if self.webhook else {})}
 

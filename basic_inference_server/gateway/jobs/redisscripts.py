@@ -4,15 +4,16 @@ atomic on the server whichever gateways run it at once.
 Keys, under the prefix ``KEYS[1]`` (``bis:``):
 
 - ``job:<id>``, a hash: ``sig state prio created attempts started finished webhook status answer
-  body seq wh_state wh_attempts batch bindex custom idem entry owner``;
+  body seq wh_state wh_attempts batch bindex custom idem entry owner keyname`` (``owner``: the
+  gateway that runs it; ``keyname``: the name of the API key that submitted it);
 - ``q:<signature>:<priority>``, a stream per endpoint and priority, consumer group ``gw``: an entry
   per QUEUED job; a claim reads it (it is then pending for the gateway that runs the job: its
   lease, renewed while it runs), an end acknowledges and deletes it;
 - ``all``, ``s:<sig>``, ``st:<state>``, ``st:<state>:<sig>``: sorted sets of job ids by ``seq``,
-  for listings and counts; ``ended`` by the time they ended (JOB_TTL); ``webhooks`` by when
-  their delivery is due;
+  for listings and counts; ``o:<keyname>`` those of an API key; ``ended`` by the time they ended
+  (JOB_TTL); ``webhooks`` by when their delivery is due;
 - ``items:<id>``: a streaming job's items by index; ``idem:<key>``: the job of an Idempotency-Key;
-- ``batch:<id>`` (``created total`` and the count per state) and ``batch:<id>:jobs`` (its job
+- ``batch:<id>`` (``created total owner`` and the count per state) and ``batch:<id>:jobs`` (its job
   ids in line order);
 - ``events``: the channel that tells the other gateways what changed (``[origin, kind, ...]`` in JSON).
 
@@ -25,7 +26,7 @@ from .records import NEXT
 
 # What a record is read from, in this order (:meth:`.redisstore.RedisStore._record`).
 FIELDS = ("sig", "state", "prio", "created", "attempts", "started", "finished", "webhook", "status", "answer", "seq",
-          "wh_state", "wh_attempts", "entry")
+          "wh_state", "wh_attempts", "entry", "keyname")
 
 _NEXT = "{" + ", ".join(
     f"{state.value} = {{" + ", ".join(f"{target.value} = true" for target in sorted(targets, key=lambda s: s.value))
@@ -108,6 +109,8 @@ for _, index in ipairs({'all', 's:' .. sig, 'st:' .. state, 'st:' .. state .. ':
   redis.call('ZADD', P .. index, seq, id)
 end
 redis.call('SADD', P .. 'sigs', sig)
+local keyname = redis.call('HGET', key, 'keyname')
+if keyname then redis.call('ZADD', P .. 'o:' .. keyname, seq, id) end
 local batch = redis.call('HGET', key, 'batch')
 if batch then
   redis.call('HINCRBY', P .. 'batch:' .. batch, state, 1)
@@ -247,12 +250,14 @@ PURGE = PRELUDE + """
 local ids = redis.call('ZRANGEBYSCORE', P .. 'ended', '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, id in ipairs(ids) do
   local key = jkey(id)
-  local sig, state, idem, batch = unpack(redis.call('HMGET', key, 'sig', 'state', 'idem', 'batch'))
+  local sig, state, idem, batch, keyname = unpack(redis.call('HMGET', key, 'sig', 'state', 'idem', 'batch',
+                                                               'keyname'))
   if sig then
     for _, index in ipairs({'all', 's:' .. sig, 'st:' .. state, 'st:' .. state .. ':' .. sig}) do
       redis.call('ZREM', P .. index, id)
     end
   end
+  if keyname then redis.call('ZREM', P .. 'o:' .. keyname, id) end
   if idem then redis.call('DEL', P .. 'idem:' .. idem) end
   if batch then
     local b = P .. 'batch:' .. batch

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "bis:"
 TAKEOVER_BUDGET = 1000  # entries one look at the expired leases may take over
+OWNED_PAGE = 500  # an API key's jobs read at a time for its listing
 WEBHOOK_HOLD = 60.0  # seconds a due delivery is this gateway's before another may try it
 ATTEMPTS = "<n>"  # in TAKEOVER's error, where the count goes
 _NO_ANSWER = tuple("-" if name == "answer" else name for name in lua.FIELDS)  # HMGET of "-": nothing
@@ -149,6 +150,8 @@ class RedisStore:
         extra: list[Any] = []
         if job.webhook:
             extra += ["webhook", job.webhook]
+        if job.owner is not None:
+            extra += ["keyname", job.owner]
         if batch is not None:
             extra += ["batch", batch[0], "bindex", batch[1]]
             if batch[2] is not None:
@@ -205,11 +208,29 @@ class RedisStore:
         return [_record(job_id.decode(), row) for job_id, row in zip(ids, pipe.execute(), strict=True)
                 if row[1] is not None]
 
-    def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None) -> list[JobRecord]:
+    def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None,
+             owner: str | None = None) -> list[JobRecord]:
         self._flush()
+        if owner is not None:
+            return self._owned(owner, state, signature, limit, before)
         index = ("st:" + state.value if state else "s" if signature else "all") + (":" + signature if signature else "")
         ids = self.client.zrevrangebyscore(PREFIX + index, f"({before}" if before else "+inf", "-inf", 0, limit)
         return self._records(ids, _NO_ANSWER)
+
+    def _owned(self, owner: str, state: JobState | None, signature: str | None, limit: int,
+               before: int | None) -> list[JobRecord]:
+        """The jobs of an API key's name, newest first, those of ``state`` and ``signature`` taken
+        as they come (one index per key: its jobs are few beside all the queue's)."""
+        found: list[JobRecord] = []
+        bound = f"({before}" if before else "+inf"
+        while len(found) < limit:
+            page = self.client.zrevrangebyscore(PREFIX + "o:" + owner, bound, "-inf", 0, OWNED_PAGE, withscores=True)
+            found += [job for job in self._records([job_id for job_id, _seq in page], _NO_ANSWER)
+                      if (state is None or job.state is state) and (signature is None or job.signature == signature)]
+            if len(page) < OWNED_PAGE:
+                break
+            bound = f"({int(page[-1][1])}"
+        return found[:limit]
 
     def _signatures(self) -> list[str]:
         return sorted(sig.decode() for sig in self.client.smembers(PREFIX + "sigs"))
@@ -291,17 +312,20 @@ class RedisStore:
                 return total
 
     # -- batches and figures ----------------------------------------------------------------------------
-    def add_batch(self, batch_id: str, created: float, total: int) -> None:
+    def add_batch(self, batch_id: str, created: float, total: int, owner: str | None = None) -> None:
         self._flush()
-        self.client.hset(f"{PREFIX}batch:{batch_id}", mapping={"created": repr(created), "total": total})
+        fields: dict[str, Any] = {"created": repr(created), "total": total}
+        if owner is not None:
+            fields["owner"] = owner
+        self.client.hset(f"{PREFIX}batch:{batch_id}", mapping=fields)
 
-    def batch(self, batch_id: str) -> tuple[float, int, dict[str, int]] | None:
+    def batch(self, batch_id: str) -> tuple[float, int, dict[str, int], str | None] | None:
         self._flush()
         found = self.client.hgetall(f"{PREFIX}batch:{batch_id}")
         if not found:
             return None
         counts = {state.value: int(found.get(state.value.encode(), 0)) for state in JobState}
-        return float(found[b"created"]), int(found[b"total"]), counts
+        return float(found[b"created"]), int(found[b"total"]), counts, _text(found.get(b"owner"))
 
     def batch_rows(self, batch_id: str, after: int, limit: int) -> list[tuple[int, str | None, str, bytes | None]]:
         self._flush()
@@ -364,8 +388,9 @@ def _number(value: bytes | None) -> float | None:
 
 def _record(job_id: str, row: list[Any]) -> JobRecord:
     (signature, state, priority, created, attempts, started, finished, webhook, status, answer, seq, wh_state,
-     wh_attempts, entry) = row
+     wh_attempts, entry, keyname) = row
     return JobRecord(job_id, signature.decode(), JobState(state.decode()), int(priority), float(created),
                      int(attempts or 0), _number(started), _number(finished), _text(webhook),
                      int(status) if status is not None else None, answer, seq=int(seq), webhook_state=_text(wh_state),
-                     webhook_attempts=json.loads(wh_attempts) if wh_attempts else [], entry=_text(entry))
+                     webhook_attempts=json.loads(wh_attempts) if wh_attempts else [], entry=_text(entry),
+                     owner=_text(keyname))

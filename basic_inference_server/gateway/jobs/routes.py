@@ -3,7 +3,8 @@ and cancel durable jobs; and ``POST /run`` with ``Prefer: respond-async``, which
 
 A submission is parsed on the store's thread, never in the loop: its ``SIGNATURE`` must name an
 endpoint (404), ``PRIORITY`` is 0-9 (default 5, higher first) and ``WEBHOOK`` a URL; both are
-removed from the body the hooks get. It is answered 202 once committed to disk.
+removed from the body the hooks get. It is answered 202 once committed to disk. With API keys
+on, a job is its key's (:mod:`.access`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ...jsonbody import JsonLimits
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.streamformat import SSE
 from ..routing.router import INLINE_SCAN, Router
+from .access import Access, Caller
 from .backend import Store
 from .dispatcher import Dispatcher
 from .records import JobRecord, JobState, new_job_id
@@ -64,8 +66,9 @@ class _Pending:
 
 class JobsPath:
     def __init__(self, store: StoreThread, dispatcher: Dispatcher, router: Router, limits: JsonLimits,
-                 allowed_hosts: tuple[str, ...] | None = None):
+                 allowed_hosts: tuple[str, ...] | None = None, access: Access | None = None):
         self.limits = limits
+        self.access = access or Access()  # API keys (off without BIS_API_KEYS_FILE) and the admin token
         self.allowed_hosts = allowed_hosts  # WEBHOOK_ALLOWED_HOSTS
         self.store = store
         self.dispatcher = dispatcher
@@ -102,39 +105,52 @@ class JobsPath:
             if method == "POST":
                 self.submit(request, answer)
             elif method in ("GET", "HEAD"):
-                self._list(_query(query), answer)
+                self._list(_query(query), answer, self.access.reader(request))
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /jobs", allow="GET, HEAD, POST")
         elif len(parts) == 3 and parts[2]:
             job_id = parts[2]
             if method in ("GET", "HEAD"):
-                self._get(job_id, _wait_of(_query(query)), answer, pending)
+                self._get(job_id, _wait_of(_query(query)), answer, pending, self.access.reader(request))
             elif method == "DELETE":
-                self._cancel(job_id, answer)
+                self._cancel(job_id, answer, self.access.reader(request))
             else:
                 raise MethodNotAllowed(f"{method} is not allowed on /jobs/<id>", allow="GET, HEAD, DELETE")
         elif len(parts) == 4 and parts[2] and parts[3] == "events":
             if method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(f"{method} is not allowed on /jobs/<id>/events", allow="GET, HEAD")
-            JobEvents(self, parts[2], answer, pending).start()
+            JobEvents(self, parts[2], answer, pending, self.access.reader(request)).start()
         else:
             raise NotFound(f"no route {path}: /jobs, /jobs/<id> and /jobs/<id>/events are")
 
     # -- submitting -------------------------------------------------------------------------------
     def submit(self, request: HttpRequest, answer: _Answer) -> None:
         """``POST /jobs`` (and ``POST /run`` with ``Prefer: respond-async``): 202 once durable."""
+        caller = self.access.submitter(request)  # (401, 429) its key in flight until answered
+        try:
+            self._submit(request, answer, caller)
+        except ServingError:
+            self.access.done(caller)
+            raise
+
+    def _submit(self, request: HttpRequest, answer: _Answer, caller: Caller) -> None:
         key = request.header(b"idempotency-key")
         if key is not None and not 0 < len(key) <= 255:
             raise BadRequest("Idempotency-Key: expected 1 to 255 characters")
-        idempotency_key = key.decode("latin-1") if key is not None else None
-        body, read = request.body, self.reader()
+        idempotency_key = caller.scoped(key.decode("latin-1")) if key is not None else None
+        body, read = request.body, self.reader(caller)
 
         def op(store: Store) -> tuple[JobRecord, bool]:
             signature, priority, webhook, inputs = read(body)
-            job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, time.time(), webhook=webhook)
-            return store.submit(job, inputs, idempotency_key)
+            job = JobRecord(new_job_id(), signature, JobState.QUEUED, priority, time.time(), webhook=webhook,
+                            owner=caller.name)
+            job, new = store.submit(job, inputs, idempotency_key)
+            if not caller.sees(job.owner):  # a key used while keys were off, spelled as this key's own
+                raise Conflict("Idempotency-Key: this key is taken: send another")
+            return job, new
 
         def done(result: Any, error: ServingError | None) -> None:
+            self.access.done(caller)
             if error is not None:
                 answer.error(error)
                 return
@@ -144,9 +160,10 @@ class JobsPath:
             answer(202 if new else 200, job.to_json(), [("Location", f"{PREFIX}/{job.job_id}")])
         self.store.call(op, done, durable=True)
 
-    def reader(self) -> Callable[[bytes], tuple[str, int, str | None, bytes]]:
-        """What reads a submission on the store's thread: (signature, priority, webhook, the body
-        the hooks get); ServingError for one that cannot run (400, 404)."""
+    def reader(self, caller: Caller) -> Callable[[bytes], tuple[str, int, str | None, bytes]]:
+        """What reads a submission of ``caller`` on the store's thread: (signature, priority,
+        webhook, the body the hooks get); ServingError for one that cannot run (400, 403: an
+        endpoint its key may not call, 404)."""
         router, limits, allowed = self.router, self.limits, self.allowed_hosts
         known = router.table.routes
 
@@ -155,6 +172,7 @@ class JobsPath:
                 signature, priority, webhook, inputs = _scan_submission(body, router, allowed)
             else:
                 signature, priority, webhook, inputs = _read_submission(body, limits, allowed)
+            caller.may_call(signature)
             if signature not in known.servers:
                 endpoint = known.endpoints.get(signature)
                 if endpoint is None or endpoint.is_support:
@@ -167,7 +185,7 @@ class JobsPath:
         return read
 
     # -- reading ----------------------------------------------------------------------------------
-    def _get(self, job_id: str, wait: float, answer: _Answer, pending: _Pending) -> None:
+    def _get(self, job_id: str, wait: float, answer: _Answer, pending: _Pending, caller: Caller) -> None:
         deadline = time.monotonic() + wait
 
         def done(job: JobRecord | None, error: ServingError | None) -> None:
@@ -175,15 +193,15 @@ class JobsPath:
                 return
             if error is not None:
                 answer.error(error)
-            elif job is None:
-                answer.error(NotFound(f"no job {job_id!r} (unknown, or purged after JOB_TTL)"))
+            elif job is None or not caller.sees(job.owner):
+                answer.error(no_job(job_id))
             elif job.ended or time.monotonic() >= deadline:
                 answer(200, job.to_json(), None)
             else:
-                self._wait(job_id, deadline, answer, pending)
+                self._wait(job_id, deadline, answer, pending, caller)
         self.store.call(lambda s: s.get(job_id), done)
 
-    def _wait(self, job_id: str, deadline: float, answer: _Answer, pending: _Pending) -> None:
+    def _wait(self, job_id: str, deadline: float, answer: _Answer, pending: _Pending, caller: Caller) -> None:
         loop = self.dispatcher.loop
         timer = None
 
@@ -191,7 +209,7 @@ class JobsPath:
             if timer is not None:
                 timer.cancel()
             pending.forget = None
-            self._get(job_id, 0.0, answer, pending)
+            self._get(job_id, 0.0, answer, pending, caller)
 
         forget = self.dispatcher.wait(job_id, told)
         timer = loop.call_later(max(0.0, deadline - time.monotonic()), lambda: (forget(), told()))
@@ -201,7 +219,7 @@ class JobsPath:
             timer.cancel()
         pending.forget = cancel_both
 
-    def _list(self, query: dict[str, str], answer: _Answer) -> None:
+    def _list(self, query: dict[str, str], answer: _Answer, caller: Caller) -> None:
         state = _state_of(query.get("status"))
         signature = query.get("signature") or None
         limit = _int_of(query, "limit", 100, 1, MAX_LIST)
@@ -215,23 +233,30 @@ class JobsPath:
             more = len(listed) == limit
             body = {"JOBS": listed, "NEXT_CURSOR": str(jobs[-1].seq) if more and jobs else None}
             answer(200, jsonutil.dumps_bytes(body), None)
-        self.store.call(lambda s: s.list(state, signature, limit, cursor), done)
+        self.store.call(lambda s: s.list(state, signature, limit, cursor, caller.name), done)
 
     # -- cancelling -------------------------------------------------------------------------------
-    def _cancel(self, job_id: str, answer: _Answer) -> None:
+    def _cancel(self, job_id: str, answer: _Answer, caller: Caller) -> None:
+        def op(store: Store) -> tuple[JobRecord | None, JobState | None]:
+            if caller.name is not None:  # an API key cancels its own jobs only: another's is as if not there
+                job = store.get(job_id)
+                if job is None or not caller.sees(job.owner):
+                    return None, None
+            return store.cancel(job_id, time.time())
+
         def done(result: Any, error: ServingError | None) -> None:
             if error is not None:
                 answer.error(error)
                 return
             job, was = result
             if job is None:
-                answer.error(NotFound(f"no job {job_id!r} (unknown, or purged after JOB_TTL)"))
+                answer.error(no_job(job_id))
             elif was is None:
                 answer.error(Conflict(f"job {job_id} has ended ({job.state.value}): there is nothing to cancel"))
             else:
                 self.dispatcher.cancelled(job.job_id, job.signature, was)
                 answer(200, job.to_json(), None)
-        self.store.call(lambda s: s.cancel(job_id, time.time()), done, durable=True)
+        self.store.call(op, done, durable=True)
 
 
 class _Answer:
@@ -250,6 +275,12 @@ class _Answer:
 
     def error(self, exc: ServingError) -> None:
         self(exc.status, jsonutil.dumps_bytes(exc.to_body()), list(exc.headers().items()) or None)
+
+
+def no_job(job_id: str) -> NotFound:
+    """404 for a job that is not there, or not the caller's to see (the same words: nothing tells
+    another key that the id exists)."""
+    return NotFound(f"no job {job_id!r} (unknown, or purged after JOB_TTL)")
 
 
 def _read_submission(body: bytes, limits: JsonLimits,
@@ -340,8 +371,8 @@ class JobEvents:
 
     PAGE = 256
 
-    def __init__(self, jobs: JobsPath, job_id: str, answer: _Answer, pending: _Pending):
-        self.jobs, self.job_id, self.answer, self.pending = jobs, job_id, answer, pending
+    def __init__(self, jobs: JobsPath, job_id: str, answer: _Answer, pending: _Pending, caller: Caller):
+        self.jobs, self.job_id, self.answer, self.pending, self.caller = jobs, job_id, answer, pending, caller
         self.respond = answer.respond
         self.sent = 0  # items written
         self.started = False
@@ -362,10 +393,10 @@ class JobEvents:
         self.reading = False
         if self.pending.gone and self.started:
             return
-        if error is not None or result[0] is None:
+        if error is not None or result[0] is None or not self.caller.sees(result[0].owner):
             self._stop()
             if not self.started:
-                self.answer.error(error or NotFound(f"no job {self.job_id!r} (unknown, or purged after JOB_TTL)"))
+                self.answer.error(error or no_job(self.job_id))
             return
         job, items = result
         data = b"".join(SSE.item(item) for item in items)

@@ -26,7 +26,7 @@ from .records import NEXT, JobRecord, JobState
 
 BLOB_AT = 256 * 1024  # bodies and answers from this size go to files beside the database
 _COLUMNS = ("id, signature, state, priority, created, attempts, started, finished, webhook, status, answer, "
-            "answer_file, seq, webhook_state, webhook_attempts")
+            "answer_file, seq, webhook_state, webhook_attempts, owner")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     webhook_attempts TEXT,
     batch_id TEXT,
     batch_index INTEGER,
-    custom_id TEXT
+    custom_id TEXT,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS job_items (
     job_id TEXT NOT NULL,
@@ -61,15 +62,22 @@ CREATE TABLE IF NOT EXISTS job_items (
 CREATE TABLE IF NOT EXISTS batches (
     id TEXT PRIMARY KEY,
     created REAL NOT NULL,
-    total INTEGER NOT NULL
+    total INTEGER NOT NULL,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queued ON jobs (signature, priority DESC, seq) WHERE state = 'QUEUED';
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (finished) WHERE finished IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_states ON jobs (signature, state);
 CREATE INDEX IF NOT EXISTS jobs_webhooks ON jobs (webhook_due) WHERE webhook_state = 'PENDING';
 CREATE INDEX IF NOT EXISTS jobs_batches ON jobs (batch_id, batch_index) WHERE batch_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_owners ON jobs (owner, seq) WHERE owner IS NOT NULL;
 """
 PENDING, DELIVERED, GAVE_UP = "PENDING", "DELIVERED", "GAVE_UP"  # a webhook's delivery
+ADDED = {  # the columns added since the first version, by table (a store made before gets them, empty)
+    "jobs": (("webhook_state", "TEXT"), ("webhook_due", "REAL"), ("webhook_attempts", "TEXT"), ("batch_id", "TEXT"),
+             ("batch_index", "INTEGER"), ("custom_id", "TEXT"), ("owner", "TEXT")),
+    "batches": (("owner", "TEXT"),),
+}
 
 
 class JobStore:
@@ -93,13 +101,13 @@ class JobStore:
 
     def _add_missing_columns(self) -> None:
         """A store made by an earlier version gets the columns added since (they start empty)."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        if not have:
-            return  # a new store: the schema makes the table
-        for column, kind in (("webhook_state", "TEXT"), ("webhook_due", "REAL"), ("webhook_attempts", "TEXT"),
-                             ("batch_id", "TEXT"), ("batch_index", "INTEGER"), ("custom_id", "TEXT")):
-            if column not in have:
-                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+        for table, columns in ADDED.items():
+            have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            if not have:
+                continue  # a new table: the schema makes it
+            for column, kind in columns:
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # -- transactions (the store thread's) ------------------------------------------------------------
     def begin(self, durable: bool = True) -> None:
@@ -198,11 +206,11 @@ class JobStore:
         failed = job.state is JobState.FAILED
         cursor = self.db.execute(
             "INSERT INTO jobs (id, signature, state, priority, created, webhook, idempotency_key, body, body_file, "
-            "batch_id, batch_index, custom_id, status, answer, finished) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "batch_id, batch_index, custom_id, status, answer, finished, owner) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job.job_id, job.signature, job.state.value, job.priority, job.created, job.webhook,
              idempotency_key, None if body_file or failed else body, body_file, batch_id, index, custom_id,
-             job.status, job.answer, job.created if failed else None))
+             job.status, job.answer, job.created if failed else None, job.owner))
         job.seq = cursor.lastrowid or 0
         return job, True
 
@@ -215,9 +223,14 @@ class JobStore:
         row = self.db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._record(row)
 
-    def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None) -> list[JobRecord]:
-        """The newest jobs first (``before``: a cursor, the ``seq`` of the last one listed)."""
+    def list(self, state: JobState | None, signature: str | None, limit: int, before: int | None,
+             owner: str | None = None) -> list[JobRecord]:
+        """The newest jobs first (``before``: a cursor, the ``seq`` of the last one listed;
+        ``owner``: only the jobs of that API key's name)."""
         where, args = ["1"], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if state is not None:
             where.append("state = ?")
             args.append(state.value)
@@ -326,17 +339,18 @@ class JobStore:
         return len(rows)
 
     # -- batches and figures ------------------------------------------------------------------------------
-    def add_batch(self, batch_id: str, created: float, total: int) -> None:
-        self.db.execute("INSERT INTO batches (id, created, total) VALUES (?, ?, ?)", (batch_id, created, total))
+    def add_batch(self, batch_id: str, created: float, total: int, owner: str | None = None) -> None:
+        self.db.execute("INSERT INTO batches (id, created, total, owner) VALUES (?, ?, ?, ?)",
+                        (batch_id, created, total, owner))
 
-    def batch(self, batch_id: str) -> tuple[float, int, dict[str, int]] | None:
-        """(created, lines, jobs by state) of a batch; None: no such batch."""
-        row = self.db.execute("SELECT created, total FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    def batch(self, batch_id: str) -> tuple[float, int, dict[str, int], str | None] | None:
+        """(created, lines, jobs by state, owner) of a batch; None: no such batch."""
+        row = self.db.execute("SELECT created, total, owner FROM batches WHERE id = ?", (batch_id,)).fetchone()
         if row is None:
             return None
         counts = dict(self.db.execute("SELECT state, count(*) FROM jobs WHERE batch_id = ? GROUP BY state",
                                       (batch_id,)).fetchall())
-        return row[0], row[1], counts
+        return row[0], row[1], counts, row[2]
 
     def batch_rows(self, batch_id: str, after: int, limit: int) -> list[tuple[int, str | None, str, bytes | None]]:
         """(line index, custom_id, state, answer) of a batch's jobs from line ``after`` on."""
@@ -404,12 +418,12 @@ class JobStore:
 
     def _record(self, row: tuple, with_answer: bool = True) -> JobRecord:
         (job_id, signature, state, priority, created, attempts, started, finished, webhook, status, answer,
-         answer_file, seq, webhook_state, webhook_attempts) = row
+         answer_file, seq, webhook_state, webhook_attempts, owner) = row
         if with_answer and answer is None and answer_file:
             answer = self._read_blob(answer_file)
         return JobRecord(job_id, signature, JobState(state), priority, created, attempts, started, finished, webhook,
                          status, answer if with_answer else None, seq=seq, webhook_state=webhook_state,
-                         webhook_attempts=json.loads(webhook_attempts) if webhook_attempts else [])
+                         webhook_attempts=json.loads(webhook_attempts) if webhook_attempts else [], owner=owner)
 
 
 def lost_error(attempts: int | str) -> bytes:
