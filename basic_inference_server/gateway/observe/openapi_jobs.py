@@ -11,6 +11,7 @@ NDJSON = "application/x-ndjson"
 _STATES = ["QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"]
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "the JOB_ID a submission answered",
            "schema": _str()}
+_OWNER = _str("with API keys (BIS_API_KEYS_FILE): the name of the key that submitted it, the only key that sees it")
 
 
 def jobs_schemas() -> dict[str, Schema]:
@@ -19,6 +20,7 @@ def jobs_schemas() -> dict[str, Schema]:
         "JOB_ID": _str(), "SIGNATURE": _str(), "STATUS": _str(enum=_STATES),
         "PRIORITY": _int(minimum=0, maximum=9), "CREATED": _str("ISO 8601, UTC", format="date-time"),
         "STARTED": time, "FINISHED": time, "ATTEMPTS": _int(minimum=0), "WEBHOOK": _str(),
+        "OWNER": _OWNER,
     }
     required = ["JOB_ID", "SIGNATURE", "STATUS", "PRIORITY", "CREATED", "STARTED", "FINISHED", "ATTEMPTS"]
     return {
@@ -33,7 +35,7 @@ def jobs_schemas() -> dict[str, Schema]:
                      "ERROR": _schema("Error")}, required),
         "Batch": _obj({"BATCH_ID": _str(), "STATUS": _str(enum=["IN_PROGRESS", "COMPLETED"]),
                        "CREATED": _str(format="date-time"), "TOTAL": _int(minimum=1),
-                       "COUNTS": _obj({state: _int(minimum=0) for state in _STATES}, _STATES)},
+                       "COUNTS": _obj({state: _int(minimum=0) for state in _STATES}, _STATES), "OWNER": _OWNER},
                       ["BATCH_ID", "STATUS", "CREATED", "TOTAL", "COUNTS"]),
         "JobList": _obj({"JOBS": {"type": "array", "items": _schema("JobSummary")},
                          "NEXT_CURSOR": _nullable(_str("pass as cursor for the next page"))}, ["JOBS", "NEXT_CURSOR"]),
