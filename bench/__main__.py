@@ -60,6 +60,7 @@ from bench.load import (
     ensure_wrk,
     rss_mb,
     stream_load,
+    stream_point,
     wrk,
 )
 from bench.peers import PEERS, PeerProcess, start_peers
@@ -244,17 +245,10 @@ class Bench:
             sse = self.args.stream_format == "sse" and system in ("gateway", "direct")  # LitServe: JSON lines
             load = functools.partial(stream_load, url, body_of(model), concurrency, cpu=self.wrk_cpu, sse=sse,
                                      headers=headers)
-            if self.args.warmup > 0:
-                load(self.args.warmup)
-                drain()
             peak = RssPeak(self._rss_groups(system, model))
-            meter.start()
-            ticks = cpu_ticks(self.serve_cpu)
-            result = load(self.args.duration, sample=peak.sample)
-            result["cpu_us"] = meter.per_request(result["items"])  # per item
-            result.update(cpu_shares(ticks, cpu_ticks(self.serve_cpu), meter.used_s if self.serve_cpu else None))
+            result = stream_point(load, meter, drain, self.args.warmup, self.args.duration, self.serve_cpu,
+                                  peak.sample)
             result["rss_mb_peak"] = peak.peak
-            drain()
             return result
         finally:
             if peer is not None:

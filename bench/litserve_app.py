@@ -1,6 +1,6 @@
 """The bench models served by LitServe (for comparison only), one inference worker.
 
-    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy|batch8|large|stream} PORT
+    <litserve venv>/bin/python bench/litserve_app.py {dummy|numpy|batch8|large|stream|chat} PORT
 
 Run by ``python -m bench --peers litserve``, in its own virtual environment (bench/.venv-litserve).
 Requests are the same JSON bodies as the gateway's; the route is LitServe's ``/predict``. The model
@@ -11,12 +11,17 @@ batch_timeout=0.002), the others LitServe's defaults.
 generator, so that one worker runs many streams at once in its event loop (LitServe's synchronous
 streaming loop runs one stream at a time per worker: at c=8 it would measure a queue). Each item
 goes out as a line of JSON (LitServe's ``format_encoded_response``), the stream ends with the body.
+
+``chat`` (``python -m bench.openai``) is the same generator in text behind LitServe's OpenAISpec, on
+its ``/v1/chat/completions``, async too: ``predict`` yields the pieces, ``encode_response`` a chat
+message (role and content) for each, which the spec wraps in a ``chat.completion.chunk``.
 """
 
 import sys
 
 import litserve as ls
-from peer_models import MODELS, STREAMED, load
+from litserve.specs import OpenAISpec
+from peer_models import CHAT, MODELS, STREAMED, load
 
 
 class BenchAPI(ls.LitAPI):
@@ -40,8 +45,8 @@ class BenchAPI(ls.LitAPI):
 
 
 class StreamAPI(ls.LitAPI):
-    def __init__(self, name: str):
-        super().__init__(stream=True, enable_async=True)
+    def __init__(self, name: str, **options):
+        super().__init__(stream=True, enable_async=True, **options)
         self.name = name
 
     def setup(self, device):
@@ -59,8 +64,17 @@ class StreamAPI(ls.LitAPI):
             yield self.model.encode(item)
 
 
+class ChatAPI(StreamAPI):
+    def __init__(self, name: str):
+        super().__init__(name, spec=OpenAISpec())
+
+    async def encode_response(self, outputs):
+        async for piece in outputs:
+            yield {"role": "assistant", "content": piece}
+
+
 if __name__ == "__main__":
     name, port = sys.argv[1], int(sys.argv[2])
-    api = StreamAPI(name) if name in STREAMED else BenchAPI(name)
+    api = ChatAPI(name) if name in CHAT else StreamAPI(name) if name in STREAMED else BenchAPI(name)
     ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
         host="127.0.0.1", port=port, log_level="warning", generate_client_file=False)

@@ -109,16 +109,18 @@ def wrk(binary: str, url: str, body: dict | bytes, concurrency: int, duration: f
 def stream_load(url: str, body: dict, concurrency: int, duration: float, cpu: str | None = None, *,
                 sse: bool = True, once: bool = False, timeout: float = 60,
                 sample: Callable[[], None] | None = None, every: float = 0.25,
-                headers: dict[str, str] | None = None) -> dict:
+                headers: dict[str, str] | None = None, openai: bool = False) -> dict:
     """One run of ``bench/streamload.py`` on ``cpu``: ``concurrency`` connections streaming answers
     of ``body`` for ``duration`` seconds (with ``once``, one stream each, all at once), read as SSE
-    or NDJSON. ``sample()`` is called every ``every`` seconds while it runs (RSS readings)."""
+    or NDJSON (``openai``: OpenAI chat chunks, pieces counted). ``sample()`` is called every
+    ``every`` seconds while it runs (RSS readings)."""
     with tempfile.NamedTemporaryFile("w", prefix="bench-body-", suffix=".json") as body_file:
         body_file.write(json.dumps(body))
         body_file.flush()
         command = [sys.executable, str(BENCH / "streamload.py"), url, "--body", body_file.name,
                    "--concurrency", str(concurrency), "--duration", f"{duration:g}",
-                   "--format", "sse" if sse else "ndjson", "--timeout", f"{timeout:g}", *(["--once"] if once else []),
+                   "--format", "openai" if openai else "sse" if sse else "ndjson", "--timeout", f"{timeout:g}",
+                   *(["--once"] if once else []),
                    *(arg for name, value in (headers or {}).items() for arg in ("--header", f"{name}: {value}"))]
         proc = subprocess.Popen(pinned(command, cpu), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         limit = time.monotonic() + (0 if once else duration) + 2 * timeout + 30
@@ -137,6 +139,23 @@ def stream_load(url: str, body: dict, concurrency: int, duration: float, cpu: st
         if line.startswith("BENCH_JSON "):
             return json.loads(line[len("BENCH_JSON "):])
     raise RuntimeError(f"the stream load gave no result (exit {proc.returncode}): {out[-2000:]} {err[-4000:]}")
+
+
+def stream_point(load: Callable[..., dict], meter: CpuMeter, drain: Callable[[], None], warmup: float,
+                 duration: float, serve_cpu: str | None, sample: Callable[[], None] | None = None) -> dict:
+    """One measured point of a streamed answer: ``load(seconds, sample=...)`` (a ``stream_load``
+    with its target bound) for ``warmup`` seconds, ``drain()``, then for ``duration`` seconds with
+    ``meter``'s CPU per item and how busy ``serve_cpu`` was and by whom; ``drain()`` again."""
+    if warmup > 0:
+        load(warmup)
+        drain()
+    meter.start()
+    ticks = cpu_ticks(serve_cpu)
+    result = load(duration, sample=sample)
+    result["cpu_us"] = meter.per_request(result["items"])  # per item
+    result.update(cpu_shares(ticks, cpu_ticks(serve_cpu), meter.used_s if serve_cpu else None))
+    drain()
+    return result
 
 
 class CpuMeter:

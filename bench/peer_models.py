@@ -4,8 +4,8 @@ inside our ``FlaskWorker``) written once for LitServe, Mosec and Aqueduct.
 Each model splits like the endpoints: ``decode`` (``_pre_process``), ``predict_batch`` (``_predict``
 on a list) and ``encode`` (``_post_process``). ``max_batch_size`` / ``batch_wait_s`` are what the peers
 that batch are configured with. ``Stream`` yields its items instead (``items``, or ``aitems`` for a
-peer that runs it in an event loop). Standard library and numpy only (and onnxruntime, imported by
-the ONNX models when they load): each peer runs in its own venv.
+peer that runs it in an event loop), ``Chat`` the same as text pieces. Standard library and numpy
+only (and onnxruntime, imported by the ONNX models when they load): each peer runs in its own venv.
 """
 
 from __future__ import annotations
@@ -149,6 +149,14 @@ class Stream(BenchModel):
         return output
 
 
+class Chat(Stream):
+    """bench_chat: Stream's schedule, each item a short word (`` w<k>``), as a token generator yields."""
+
+    @staticmethod
+    def _item(index: int, start: float) -> str:
+        return f" w{index}"
+
+
 class OnnxIris(BenchModel):
     """bench_onnx: the ONNX iris classifier (the file BENCH_ONNX_FILE names), one flower per request,
     a batch as one session.run; ONNX Runtime with one thread (the serving process has one CPU)."""
@@ -185,8 +193,9 @@ class OnnxIris8(OnnxIris):
 
 
 MODELS: dict[str, type[BenchModel]] = {"dummy": Dummy, "numpy": Numpy, "batch8": Batch8, "large": Large,
-                                       "stream": Stream, "onnx": OnnxIris, "onnx_b8": OnnxIris8}
+                                       "stream": Stream, "chat": Chat, "onnx": OnnxIris, "onnx_b8": OnnxIris8}
 STREAMED = ("stream",)  # models whose answer is a stream of items
+CHAT = ("chat",)  # streamed text, served through an OpenAI chat route
 
 
 def load(name: str) -> BenchModel:

@@ -92,10 +92,12 @@ def _check_json(text: str) -> None:
 class PeerProcess:
     """One peer app serving one bench model, in its own process group (stopped with killpg)."""
 
-    def __init__(self, peer: Peer, python: Path, model: str, port: int, cpu: str | None = None):
+    def __init__(self, peer: Peer, python: Path, model: str, port: int, cpu: str | None = None,
+                 route: str | None = None):
+        """``route``: where this model answers, when not at the peer's usual route."""
         self.peer, self.model = peer, model
         self.base = f"http://127.0.0.1:{port}"
-        self.url = self.base + peer.route
+        self.url = self.base + (route or peer.route)
         self._tmp = tempfile.TemporaryDirectory(prefix=f"bench-{peer.name}-")  # its cwd, and its output
         self._log_path = Path(self._tmp.name) / "output.txt"
         self._log = open(self._log_path, "wb")

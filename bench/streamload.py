@@ -1,6 +1,6 @@
 """A load generator for streamed answers (wrk sees a stream as one slow response).
 
-    python bench/streamload.py URL --body FILE [--concurrency 8] [--duration 10] [--format sse|ndjson]
+    python bench/streamload.py URL --body FILE [--concurrency 8] [--duration 10] [--format sse|ndjson|openai]
                                [--once] [--timeout 60]
 
 Closed loop, like wrk: ``--concurrency`` keep-alive connections, each POSTing the body and reading
@@ -18,6 +18,12 @@ the items (SSE events, or lines: NDJSON, where ``{"END": ...}`` ends the stream)
 ``data_received``, without a task per item: parsing costs about 6 us per item, and with the
 kernel's share about 60 us at c=8 on a 2-vCPU machine, so that this process stays well below its
 core at c=64 (6,400 items/s at most). Its CPU time is reported with every run.
+
+``--format openai`` reads OpenAI's chat completion stream (SSE of ``chat.completion.chunk``): an
+item is a chunk whose delta carries content (a piece: the time to the first item is the time to
+first token) or tool calls; a role-only opening chunk, the closing chunk with its finish_reason and
+``data: [DONE]`` are not items. Each chunk is parsed as JSON (a few microseconds more per item); a
+chunk with ``error`` fails the stream, and so does an answer that ends without ``[DONE]``.
 
 Standard library only (and uvloop when installed), so that any venv runs it.
 """
@@ -38,7 +44,7 @@ HEAD, CHUNK_SIZE, CHUNK_DATA, TRAILER, LENGTH, UNTIL_CLOSE = range(6)
 class Stream:
     """What one streamed answer did."""
 
-    __slots__ = ("sent", "first", "last", "ended", "items", "status", "error", "first_item")
+    __slots__ = ("sent", "first", "last", "ended", "items", "status", "error", "first_item", "done")
 
     def __init__(self, sent: float):
         self.sent = sent
@@ -49,13 +55,15 @@ class Stream:
         self.status = 0
         self.error: str | None = None
         self.first_item: bytes | None = None  # parsed after the run, for the model's own "ms"
+        self.done = False  # --format openai: "data: [DONE]" came
 
 
 class StreamConnection(asyncio.Protocol):
     """One keep-alive connection that runs one stream at a time (``run``)."""
 
-    def __init__(self, sse: bool, gaps: list[float]):
+    def __init__(self, sse: bool, gaps: list[float], openai: bool = False):
         self.sse = sse
+        self.openai = openai  # SSE of OpenAI chat chunks
         self.gaps = gaps  # the gaps between items of every stream of the run
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
@@ -181,6 +189,8 @@ class StreamConnection(asyncio.Protocol):
                     stream.error = "error event: " + bytes(line[5:200]).decode(errors="replace").strip()
                 return
             payload = line[5:]
+            if self.openai and not self._is_piece(payload, stream):
+                return
         else:
             if line.startswith(b'{"END"'):
                 return
@@ -196,11 +206,29 @@ class StreamConnection(asyncio.Protocol):
             self.gaps.append(now - stream.last)
         stream.last = now
 
+    @staticmethod
+    def _is_piece(payload: bytearray, stream: Stream) -> bool:
+        """--format openai: whether the chunk ``payload`` carries a piece; notes ``[DONE]`` and errors."""
+        if payload.strip() == b"[DONE]":
+            stream.done = True
+            return False
+        try:
+            chunk = json.loads(payload)
+            choices = chunk.get("choices") or [{}]  # none in a usage chunk (stream_options.include_usage)
+            delta = choices[0].get("delta") or {}
+        except (ValueError, AttributeError, TypeError):
+            chunk, delta = {"error": "not a chat.completion.chunk"}, {}
+        if "error" in chunk and stream.error is None:
+            stream.error = "error chunk: " + bytes(payload[:200]).decode(errors="replace").strip()
+        return bool(delta.get("content") or delta.get("tool_calls"))
+
     def _finish(self, now: float) -> None:
         stream, self.stream = self.stream, None
         stream.ended = now
         if stream.status != 200 and stream.error is None:  # a body without a newline: what is left of it
             stream.error = f"HTTP {stream.status}: {bytes(self.lines[:200]).decode(errors='replace')}"
+        elif self.openai and not stream.done and stream.error is None:
+            stream.error = "no [DONE]: the answer ended without it"
         if not self.keep_alive and self.transport is not None:
             self.transport.close()
         if not self.done.done():
@@ -237,7 +265,7 @@ class Gate:
 
 
 async def client(host: str, port: int, request: bytes, sse: bool, deadline: float | None, timeout: float,
-                 streams: list[Stream], gaps: list[float], gate: Gate | None = None) -> None:
+                 streams: list[Stream], gaps: list[float], gate: Gate | None = None, openai: bool = False) -> None:
     """One connection's loop: a stream after another until ``deadline`` (one stream when None)."""
     loop = asyncio.get_running_loop()
     conn: StreamConnection | None = None
@@ -245,7 +273,7 @@ async def client(host: str, port: int, request: bytes, sse: bool, deadline: floa
         if conn is None or conn.transport is None or conn.transport.is_closing():
             try:
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: StreamConnection(sse, gaps), host, port), timeout)
+                    loop.create_connection(lambda: StreamConnection(sse, gaps, openai), host, port), timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 failed = Stream(time.perf_counter())
                 failed.error, failed.ended = f"connect: {type(exc).__name__}", time.perf_counter()
@@ -326,14 +354,14 @@ def summary(streams: list[Stream], gaps: list[float], wall: float, cpu: float) -
 
 
 async def run(url: str, body: bytes, concurrency: int, duration: float, sse: bool, once: bool,
-              timeout: float, headers: list[str] | None = None) -> dict:
+              timeout: float, headers: list[str] | None = None, openai: bool = False) -> dict:
     host, port, request = request_bytes(url, body, sse, headers)
     streams: list[Stream] = []
     gaps: list[float] = []
     gate = Gate(concurrency) if once else None
     cpu0, wall0 = time.process_time(), time.perf_counter()
     deadline = None if once else wall0 + duration
-    await asyncio.gather(*(client(host, port, request, sse, deadline, timeout, streams, gaps, gate)
+    await asyncio.gather(*(client(host, port, request, sse, deadline, timeout, streams, gaps, gate, openai)
                            for _ in range(concurrency)))
     return summary(streams, gaps, time.perf_counter() - wall0, time.process_time() - cpu0)
 
@@ -344,7 +372,7 @@ def main() -> int:
     parser.add_argument("--body", required=True, help="a file with the JSON body")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10)
-    parser.add_argument("--format", choices=("sse", "ndjson"), default="sse")
+    parser.add_argument("--format", choices=("sse", "ndjson", "openai"), default="sse")
     parser.add_argument("--once", action="store_true", help="one stream per connection, all at once")
     parser.add_argument("--timeout", type=float, default=60, help="seconds for one stream (and one connect)")
     parser.add_argument("--header", action="append", default=[], help="'Name: value', sent with every request")
@@ -359,8 +387,8 @@ def main() -> int:
         runner = asyncio.run
     with open(args.body, "rb") as file:
         body = file.read()
-    result = runner(run(args.url, body, args.concurrency, args.duration, args.format == "sse", args.once,
-                        args.timeout, args.header))
+    result = runner(run(args.url, body, args.concurrency, args.duration, args.format != "ndjson", args.once,
+                        args.timeout, args.header, args.format == "openai"))
     result["event_loop"] = "uvloop" if runner is not asyncio.run else "asyncio"
     print("BENCH_JSON " + json.dumps(result), flush=True)
     return 0

@@ -87,7 +87,8 @@ def _points(streams: dict, check_concurrency: int, noise_pct: float) -> list[str
     systems, rows = streams["systems"], streams["rows"]
     others = systems[1:]
     per_stream = _max([r["items_per_stream"] for r in rows])
-    lines = ["", f"Streams: {per_stream} items a stream (model `stream`: 10 ms apart, the first 10 ms after the model "
+    models = ", ".join(f"`{m}`" for m in sorted({r["model"] for r in rows}))
+    lines = ["", f"Streams: {per_stream} items a stream (model {models}: 10 ms apart, the first 10 ms after the model "
              "got the request; at most c x 100 items/s). TTFI: from writing the request to the first whole item at "
              "the client; total: to the end of the answer; gap: between items as they arrived; \"over model\": "
              "TTFI p50 minus the model's own first-item time (the first item's `ms`, median), i.e. what serving "
@@ -122,7 +123,7 @@ def _points(streams: dict, check_concurrency: int, noise_pct: float) -> list[str
     if cpu_rows:
         def cpu(row: dict) -> str:  # the idle gateway's CPU is measured for direct too: left out there
             return ", ".join(f"{name} {us:.0f}" for name, us in row["cpu_us_per_item"].items()
-                             if name != "gateway" or row["system"] == "gateway")
+                             if name != "gateway" or row["system"] != "direct")
 
         lines += ["", f"CPU per item at c={check_concurrency}, microseconds (user+kernel; \"tree\": all of a peer's "
                   "processes): " + "; ".join(f"{r['system']}: {cpu(r)}" for r in cpu_rows) + "."]

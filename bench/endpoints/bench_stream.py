@@ -27,7 +27,10 @@ class BenchStreamWorker(FlaskWorker):
             delay = start + gap * (index + 1) - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)  # releases the GIL, like waiting for an accelerator
-            yield {"i": index, "ms": round((time.perf_counter() - start) * 1000, 3)}
+            yield self._item(index, start)
+
+    def _item(self, index, start):
+        return {"i": index, "ms": round((time.perf_counter() - start) * 1000, 3)}
 
     def _post_process(self, item):
         return item
