@@ -114,9 +114,13 @@ class ApiKeys:
                              headers.get("X-API-Key", "").encode("latin-1") or None, signature))
 
     def done(self, entry: KeyEntry | None) -> None:
+        """A request of ``entry`` has been answered: its place is given back to the key in force
+        when a reload meanwhile made a new entry of it, which took over its counts (the same
+        ``counts``); else to ``entry`` itself (a key dropped, or dropped and added again)."""
         if entry is not None:
             with self._lock:
-                entry.in_flight -= 1
+                current = self._keys.get(entry.sha256)
+                (current if current is not None and current.counts is entry.counts else entry).in_flight -= 1
 
     def figures(self) -> list[tuple[str, str, int]]:
         """(key name, outcome, requests) for the metrics: by name, never by key."""

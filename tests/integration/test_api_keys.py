@@ -117,3 +117,13 @@ def test_notifications_and_shared_memory_routes_take_a_key_or_the_admin_token(ke
 def test_without_a_keys_file_the_headers_are_ignored(echo_gateway):
     assert run(echo_gateway).status_code == 200
     assert run(echo_gateway, "bis_whatever").status_code == 200
+
+
+def test_a_request_in_flight_across_a_reload_gives_its_place_back(keyed):
+    holder = threading.Thread(target=lambda: run(keyed, KEYS["single"], SLEEP=1))
+    holder.start()
+    time.sleep(0.3)
+    assert keyed.admin("/reload_config", {}).status_code == 200  # the key is read again while it holds its place
+    assert run(keyed, KEYS["single"]).status_code == 429
+    holder.join(10)
+    assert run(keyed, KEYS["single"]).status_code == 200  # its one place came back to the key in force
