@@ -63,6 +63,7 @@ class EndpointConfig:
     devices: tuple[str, ...] = ()  # DEVICES: replica i runs on devices[i % len(devices)]
     urls: tuple[tuple[str, int], ...] = ()  # URLS: (host, port) of model servers the gateway did not start
     tls: bool = False  # URLS are https:// (verified against BIS_TLS_CA_FILE or the system's authorities)
+    openai: str | None = None  # OPENAI: chat, completions or embeddings (served on OpenAI's API), else None
     problem: str = ""  # why its endpoint file cannot load (a syntax error, no worker class): it starts FAILED
 
     @property
@@ -368,6 +369,7 @@ def _parse_endpoint(
         max_requests_jitter=get("MAX_REQUESTS_JITTER"),
         max_rss_mb=get("MAX_RSS_MB", 0.0),
         devices=_devices(entry, where),
+        openai=get("OPENAI"),
         urls=urls,
         tls=tls,
         worker_config=MappingProxyType({str(k).upper(): v for k, v in entry.items()}),

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from .openaishape import KINDS
+
 
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key and the expected value."""
@@ -235,6 +237,9 @@ SETTINGS: tuple[Setting, ...] = (
             "`DEVICES[i % n]` ([Devices](../guide/devices.md))"),
     Setting("MODEL_METADATA", _E, Kind.VALUE, "the model's V2 metadata: platform, inputs and outputs "
             "([Open Inference Protocol](../protocols/v2.md))"),
+    Setting("OPENAI", _E, Kind.CHOICE, "serve the endpoint on OpenAI's API as model `<endpoint name>`: on "
+            "`/v1/chat/completions`, `/v1/completions` or `/v1/embeddings` ([OpenAI API](../protocols/openai.md))",
+            choices=KINDS),
     Setting("URLS", _E, Kind.VALUE, "`\"http://host:port\"` (or `https://`: TLS) or a list of them, all of one "
             "scheme: model servers this gateway did not start; a host name with several addresses is one server "
             "per address ([Remote endpoints](../deploy/remote-endpoints.md))"),

@@ -22,6 +22,7 @@ from .errors import (
     from_http_status,
 )
 from .jsonbody import DEFAULT_LIMITS, JsonLimits, loads_object
+from .openaishape import error_object as openai_error_object
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,16 @@ def read_json_object(request: Request, limit: int, limits: JsonLimits = DEFAULT_
     return loads_object(read_body(request, limit), limits)
 
 
-def install_error_handlers(app: Flask, plain_under: str = "") -> None:
+def install_error_handlers(app: Flask, plain_under: str = "", openai_under: str = "") -> None:
     """Every error leaves as ``{"ERROR": ..., "error": {"type": ..., "message": ...}}``; under the
-    path prefix ``plain_under`` (the Open Inference Protocol's routes) as ``{"error": "<message>"}``."""
+    path prefix ``plain_under`` (the Open Inference Protocol's routes) as ``{"error": "<message>"}``,
+    under ``openai_under`` as OpenAI's error object."""
 
     def error_response(exc: ServingError) -> Response:
         if plain_under and request.path.startswith(plain_under):
             return json_response({"error": exc.message}, exc.status, exc.headers())
+        if openai_under and request.path.startswith(openai_under):
+            return json_response(openai_error_object(exc), exc.status, exc.headers())
         return json_response(exc.to_body(), exc.status, exc.headers())
 
     @app.errorhandler(ServingError)
@@ -92,8 +96,8 @@ def install_error_handlers(app: Flask, plain_under: str = "") -> None:
     def _unexpected(exc: Exception) -> Response:
         logger.exception("Unhandled %s", type(exc).__name__)
         message = f"internal error: {type(exc).__name__}"
-        if plain_under and request.path.startswith(plain_under):
-            return json_response({"error": message}, 500)
+        if any(prefix and request.path.startswith(prefix) for prefix in (plain_under, openai_under)):
+            return error_response(ServingError(message))  # the protocol's error shape
         return json_response(error_body("InternalError", message), 500)
 
 

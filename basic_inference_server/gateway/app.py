@@ -46,6 +46,7 @@ from .observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .observe.metrics import GatewayMetrics
 from .observe.openapi import openapi_document
 from .observe.views import Children, events
+from .openairoutes import install_openai_routes
 from .reconfigure import Reconfiguration
 from .remote.pool import RemoteEndpoints
 from .routing.envelope import Envelope
@@ -109,7 +110,7 @@ class GatewayParts:
 
 def create_gateway_app(gw: GatewayParts) -> Flask:
     app = Flask("bis-gateway", static_folder=None)  # serve no files from the working folder
-    install_error_handlers(app, plain_under="/v2")
+    install_error_handlers(app, plain_under="/v2", openai_under="/v1/")
     config = gw.config()
     limit = min(config.max_body_bytes, ROUTE_BODY_LIMIT)  # (gateway-level keys never change while it runs)
     json_limits = config.json_limits
@@ -338,4 +339,5 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
     shm = Registry(supervisor.run_folder / SHM_FILE) if config.allow_client_shm else None
     install_v2_shm_routes(app, shm, is_loopback, gw.keys)
     install_v2_routes(app, router, gw.not_ready, [EXTENSION] if shm is not None else [])
+    install_openai_routes(app, router, gw.keys)
     return app

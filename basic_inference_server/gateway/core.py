@@ -31,6 +31,7 @@ from .observe.status import system_status
 from .reconfigure import Reconfiguration
 from .remote.pool import RemoteEndpoints
 from .routing.envelope import Envelope
+from .routing.openaipath import loop_routes as openai_routes
 from .routing.router import Admission, Router
 from .routing.runpath import RunPath
 from .routing.v2path import V2_MODELS, InferPath
@@ -235,7 +236,7 @@ class FlaskGateway:
         except ValueError as exc:  # BIS_WEBHOOK_SECRET that is not one, a password file that cannot be read
             self.http.close()
             raise GatewayStartupError(str(exc)) from None
-        self.http.loop_routes += self.jobs.routes()
+        self.http.loop_routes += self.jobs.routes() + openai_routes(self.run_path)
         self.metrics.registry.register(self.jobs.collector())
         self.metrics.registry.register(self.run_path.pipeline_stats)
         self.metrics.registry.register(KeysCollector(self.keys))

@@ -22,6 +22,7 @@ from typing import Any
 from .. import exitcodes
 from ..logger import Logger
 from ..logs import setup_process_logging
+from ..openaishape import KINDS
 from ..tlsfiles import server_context
 from ..transport.httpfront import FrontLimits, HttpFront
 from ..transport.sysshm import FILE_NAME as SHM_FILE
@@ -104,6 +105,9 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
     try:
         merged = {**default_config, **{str(key).upper(): value for key, value in spec.endpoint_config.items()}}
         metadata = ModelMetadata.of(worker_cls, merged)
+        openai = merged.get("OPENAI")
+        if openai is not None and openai not in KINDS:
+            raise ValueError(f"OPENAI must be one of {', '.join(KINDS)}, got {openai!r}")
         warmup = warmup_inputs(merged)
     except ValueError as exc:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
@@ -130,7 +134,7 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         pool=pool, notifications=notifications, request_timeout=spec.request_timeout,
         stream_idle_timeout=spec.stream_idle_timeout, stream_timeout=spec.stream_timeout,
         max_body_bytes=spec.max_body_bytes, admin_token=spec.admin_token, execution_path=spec.execution_path,
-        metadata=metadata, json_limits=spec.json_limits, shm_threshold_bytes=spec.shm_threshold_bytes,
+        metadata=metadata, openai=openai, json_limits=spec.json_limits, shm_threshold_bytes=spec.shm_threshold_bytes,
         shm_regions=Regions(Path(spec.cache_folder) / "_run" / SHM_FILE) if spec.allow_client_shm else None,
     )
     runpath = RunPath(state)

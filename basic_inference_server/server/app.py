@@ -55,6 +55,7 @@ class ServerState:
     shm_threshold_bytes: int = 65536  # SHM_THRESHOLD_KB: a pipeline value's buffers from this size go in a memfd
     shm_regions: Any = None  # ALLOW_CLIENT_SHM: the V2 clients' shared-memory regions (sysshm.Regions), else None
     metadata: ModelMetadata = field(default_factory=ModelMetadata)  # for the Open Inference Protocol
+    openai: str | None = None  # OPENAI: chat, completions or embeddings (OpenAI's API), else None
     draining: bool = False
     loaded: bool = False  # the first NR_WORKERS have loaded; later growth loads in the background
     call_ids: Any = field(default_factory=lambda: itertools.count(1))

@@ -70,8 +70,9 @@ class Call:
     the HTTP port's.
     """
 
-    __slots__ = ("_error", "call_id", "carried", "enqueued", "inputs", "job", "on_done", "open_stream", "pipe", "raw",
-                 "request_id", "result", "routed", "state", "stream", "stream_wanted", "v2", "worker_idx")
+    __slots__ = ("_error", "call_id", "carried", "enqueued", "inputs", "job", "on_done", "open_stream", "openai",
+                 "pipe", "raw", "request_id", "result", "routed", "state", "stream", "stream_wanted", "v2",
+                 "worker_idx")
 
     def __init__(self, call_id: int, request_id: str, on_done: Callable[[Call], None], *, raw: bytes | None = None,
                  inputs: dict[str, Any] | None = None, routed: str = ""):
@@ -83,6 +84,7 @@ class Call:
         self.stream_wanted = False  # the client asked for a stream before its body was read (Accept)
         self.open_stream: Callable[[], StreamOut] | None = None  # makes `stream` once the body asks for one
         self.v2: Any = None  # an Open Inference Protocol request: how to answer it (server.v2.V2Call)
+        self.openai: Any = None  # OpenAI's API: True until its body is read, then its openaigen.Generation
         self.job = False  # a durable job's body: its own fields (PRIORITY, WEBHOOK, custom_id) are not inputs
         self.pipe = 0  # a pipeline step: PIPE_IN (its body is the step before's value), PIPE_OUT (answer a value)
         self.carried: Any = None  # what a pipeline's value carries from step to step (a V2 request's wishes)

@@ -33,6 +33,7 @@ from ..transport.frames import (
     CREDIT,
     ITEM,
     JOB,
+    OPENAI,
     PIPE_FLAGS,
     PIPED,
     PLAIN,
@@ -180,6 +181,7 @@ class ChannelRequest:
     v2: tuple[int | None, str] | None  # an Open Inference Protocol request: its JSON header length, model version
     job: bool = False  # a durable job's body: its own fields are not inputs
     pipe: int = 0  # a pipeline step's flags: PIPE_IN (the body is its input), PIPE_OUT (answer with its value)
+    openai: bool = False  # a request of OpenAI's API (/v1)
 
 
 # handler(connection, request): answers at once with connection.reply(...), or records the call in
@@ -311,7 +313,7 @@ class ChannelServer:
             v2 = frame.v2_meta() if frame.flags & V2 else None
             self.handler(conn, ChannelRequest(frame.tag, request_id, routed, frame.body, frame.oversize,
                                               bool(frame.flags & STREAM), v2, bool(frame.flags & JOB),
-                                              frame.flags & PIPE_FLAGS))
+                                              frame.flags & PIPE_FLAGS, bool(frame.flags & OPENAI)))
         elif frame.kind == CANCEL:
             call = pending.pop(frame.tag, None)
             if call is not None:

@@ -27,14 +27,17 @@ from ..errors import (
     body_too_large,
     error_body,
 )
+from ..openaishape import error_body as openai_error_body
 from ..transport import pipedata
 from ..transport.frames import JOB_FIELDS, PIPE_IN, PIPE_INLINE, PIPE_OUT
 from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
 from ..webutil import Answer
+from . import openaireq
 from .app import ServerState
 from .call import Call, CallState, Streamed
 from .channel import ChannelOutlet, ChannelRequest, Connection
+from .openaigen import Generation
 from .streamout import BATCH_BACKLOG, StreamOut
 from .v2 import V2Call
 from .v2 import accept as accept_v2
@@ -83,13 +86,15 @@ class RunPath:
 
     # -- in: the thread that received the request ------------------------------------------------
     def call(self, outlet: Outlet, raw: bytes, request_id: str, routed: str, stream_wanted: bool = False,
-             v2: V2Call | None = None, job: bool = False, pipe: int = 0) -> Call:
+             v2: V2Call | None = None, job: bool = False, pipe: int = 0, openai: bool = False) -> Call:
         """A call for one request, not queued yet (ShuttingDown while the server drains)."""
         state = self.state
         if state.draining:
             raise ShuttingDown()
         call = Call(next(state.call_ids), request_id, lambda call: self.deliver(call, outlet), raw=raw, routed=routed)
         call.job, call.pipe = job, pipe
+        if openai:
+            call.openai = True  # its Generation once its body is read
         if v2 is not None:
             call.v2 = v2
         else:
@@ -119,7 +124,7 @@ class RunPath:
                 raise body_too_large(self.state.max_body_bytes, request.oversize)
             v2 = V2Call(request.routed, request.v2[1], request.v2[0]) if request.v2 is not None else None
             call = self.call(ChannelOutlet(conn, tag, self.state.inflight), request.body, request.request_id,
-                             request.routed, request.stream, v2, request.job, request.pipe)
+                             request.routed, request.stream, v2, request.job, request.pipe, request.openai)
             conn.pending[tag] = call  # before it is queued: a worker may end it at once
             try:
                 self.queue(call)
@@ -127,7 +132,8 @@ class RunPath:
                 conn.pending.pop(tag, None)
                 raise
         except ServingError as exc:
-            body = v2_error_body(exc) if request.v2 is not None else jsonutil.dumps_bytes(exc.to_body())
+            body = (v2_error_body(exc) if request.v2 is not None else openai_error_body(exc) if request.openai
+                    else jsonutil.dumps_bytes(exc.to_body()))
             conn.reply(tag, exc.status, body, None if exc.retry_after is None else str(exc.retry_after))
         except Exception as exc:
             logger.exception("Unhandled %s on a channel request", type(exc).__name__)
@@ -169,12 +175,23 @@ class RunPath:
             if len(raw) > LARGE_BODY:
                 trimmer.freed(len(raw))  # its memory goes back to the system once it is gone
             del raw
+        if call.openai:
+            self._accept_openai(call, body)
+            return
         if call.routed and body.get("SIGNATURE") != call.routed:
             signature = jsonbody.signature_of(body)
             raise Misrouted(f"the body names endpoint {signature!r}, not {call.routed!r}", signature=signature)
         dropped = JOB_KEYS if call.job else CONTROL_KEYS  # (a job's own fields are no inputs either)
         call.inputs = {k: v for k, v in body.items() if k not in dropped}
         if call.open_stream is not None and (call.stream_wanted or body.get("STREAM") is True):
+            call.stream = call.open_stream()
+
+    def _accept_openai(self, call: Call, body: dict[str, Any]) -> None:
+        """A request of OpenAI's API: checked as OpenAI checks it; the hooks get its body as sent."""
+        request = openaireq.accept(self.state.openai, call.routed, body)
+        call.openai = Generation(request, call.request_id)
+        call.inputs = body
+        if request.stream and call.open_stream is not None:
             call.stream = call.open_stream()
 
     # -- out: the thread that ended it ------------------------------------------------------------
@@ -188,6 +205,8 @@ class RunPath:
                 self._deliver_piped(call, outlet)
             elif call.v2 is not None:
                 self._deliver_v2(call, outlet)
+            elif call.openai is not None:
+                self._deliver_openai(call, outlet)
             elif call.stream is None:
                 outlet.whole(self.answer_of(call))
             else:
@@ -254,6 +273,36 @@ class RunPath:
                 status, body = error.status, jsonutil.dumps_bytes(error.to_body())
         plain = call.error is None and call.result is not Streamed
         stream.end(lambda: outlet.end(status, body, plain))  # once the items kept for credit have gone
+
+    def _deliver_openai(self, call: Call, outlet: Outlet) -> None:
+        """OpenAI's answer: the whole completion or embeddings, or a stream's last chunks (the pieces
+        went out as they came), or its error in OpenAI's shape."""
+        generation, error, stream = call.openai, call.error, call.stream
+        chunks: list[bytes] = []
+        if error is None:
+            try:
+                if generation.request.kind == "embeddings":
+                    outlet.whole((200, generation.embeddings(call.result), None))
+                    return
+                if call.result is not Streamed and call.result is not None:
+                    chunks = generation.take_plain(call.result)
+                if stream is None:
+                    outlet.whole((200, generation.whole(), None))
+                    return
+                chunks += generation.closing()
+            except ServingError as exc:
+                error = exc
+        if error is not None:  # (a Misrouted goes to the gateway as it is: it routes the request again)
+            body = jsonutil.dumps_bytes(error.to_body()) if isinstance(error, Misrouted) else openai_error_body(error)
+            if stream is None or not stream.count:
+                outlet.whole((error.status, body, error.headers() or None))
+            else:
+                stream.end(lambda: outlet.end(error.status, body))
+            return
+        for chunk in chunks:
+            if not stream.put(chunk):
+                return  # its client left
+        stream.end(lambda: outlet.end(200, b"{}"))
 
     def _deliver_v2(self, call: Call, outlet: Outlet) -> None:
         v2, error = call.v2, call.error

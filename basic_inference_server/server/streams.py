@@ -55,13 +55,16 @@ def relay(stage: Stage, post: Callable[[Any], Any], items: Iterator[Any], call: 
             if item is None:
                 continue  # nothing at this step
             result = stage("_post_process", post, item)
-            if out is None:
+            if call.openai is not None:
+                if not call.openai.feed(result, out):
+                    break  # its text is over (max_tokens, stop), or its client left
+            elif out is None:
                 collected.append(result)
             elif not out.put(_encode(result)):
                 break  # its client left
     finally:
         close_stream(items)
-    return collected if out is None else Streamed
+    return collected if out is None and call.openai is None else Streamed
 
 
 def relay_batch(stage: Stage, post: Callable[[Any], Any], steps: Iterator[Any], calls: list[Call],
@@ -116,7 +119,12 @@ def _batch_item(stage: Stage, post: Callable[[Any], Any], live: dict[int, Call],
     token = requestid.bind(call.request_id)
     try:
         result = stage("_post_process", post, item)
-        if call.stream is None:
+        if call.openai is not None:
+            if not call.openai.feed(result, call.stream):  # its text is over, or its client left
+                SERVING.cancelled_slots.add(slot)
+                _end(call, None)
+                ended(live.pop(slot))
+        elif call.stream is None:
             collected[slot].append(result)
         elif not call.stream.put(_encode(result)):
             SERVING.cancelled_slots.add(slot)  # its client left
@@ -129,7 +137,7 @@ def _batch_item(stage: Stage, post: Callable[[Any], Any], live: dict[int, Call],
 
 
 def _end(call: Call, collected: list[Any] | None) -> None:
-    call.result = collected if call.stream is None else Streamed
+    call.result = collected if call.stream is None and call.openai is None else Streamed
 
 
 def _next(stage: Stage, items: Iterator[Any]) -> Any:

@@ -14,7 +14,9 @@ bytes of body. Integers are big-endian::
                              (:mod:`.pipedata`, what the step before returned), PIPE_OUT (16):
                              answer with the value ``_post_process`` returned, for the next step,
                              PIPE_INLINE (32): with PIPE_OUT, every array in the value itself (the
-                             next step is a remote server: no shared memory between hosts);
+                             next step is a remote server: no shared memory between hosts),
+                             OPENAI (64): a request of OpenAI's API (its body is the request's;
+                             the server answers in OpenAI's shapes, :mod:`...server.openaigen`);
                              REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
                              with binary tensors, PLAIN (4) with STREAM: the stream's one item
                              was what a ``_predict`` that yields nothing returned, PIPED (8):
@@ -66,6 +68,7 @@ PIPE_IN = 8  # REQUEST flag: the body is a pipeline step's input, a value in pip
 PIPE_OUT = 16  # REQUEST flag: answer with _post_process's value in pipedata's format (REPLY flag PIPED)
 PIPE_INLINE = 32  # REQUEST flag, with PIPE_OUT: no shared memory in the value (the next step is on another host)
 PIPE_FLAGS = PIPE_IN | PIPE_OUT | PIPE_INLINE
+OPENAI = 64  # REQUEST flag: a request of OpenAI's API, answered in its shapes
 BINARY = 2  # REPLY flag: a V2 answer with binary tensors (meta: its JSON header's length)
 PLAIN = 4  # REPLY flag, with STREAM: the one item was a plain answer, not a generator's (a job keeps it as such)
 PIPED = 8  # REPLY flag: the body is a pipeline step's value for the next step (pipedata)

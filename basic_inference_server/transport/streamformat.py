@@ -39,8 +39,20 @@ class StreamFormat:
         return b"event: error\ndata: " + error + b"\n\n" if self.sse else error + b"\n"
 
 
+class OpenAIEvents(StreamFormat):
+    """OpenAI's streams: SSE items (chunks), ended by ``data: [DONE]``; an error that ends one early
+    is an item holding OpenAI's error object."""
+
+    def end(self, envelope: bytes) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, error: bytes) -> bytes:
+        return b"data: " + error + b"\n\ndata: [DONE]\n\n"
+
+
 SSE = StreamFormat(SSE_TYPE, True)
 NDJSON = StreamFormat(NDJSON_TYPE, False)
+OPENAI_SSE = OpenAIEvents(SSE_TYPE, True)
 
 
 def from_accept(accept: str | None) -> StreamFormat | None:

@@ -12,6 +12,7 @@ import pytest
 import schemathesis
 
 from basic_inference_server.gateway.observe.openapi import openapi_document
+from basic_inference_server.gateway.routing.openaipath import KIND_OF
 
 SIGNATURES = ["dummy_model_demo1", "dummy_model_demo2"]
 # Flask adds these to every route it serves; the document lists the methods a route is written for.
@@ -19,6 +20,7 @@ IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
 JOB_OPERATIONS = {("POST", "/jobs"), ("GET", "/jobs"), ("GET", "/jobs/{job_id}"), ("DELETE", "/jobs/{job_id}"),
                   ("GET", "/jobs/{job_id}/events"), ("POST", "/batches"), ("GET", "/batches/{batch_id}"),
                   ("GET", "/batches/{batch_id}/results")}
+OPENAI_OPERATIONS = {("POST", route.decode()) for route in KIND_OF}  # in the loop too
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -38,9 +40,9 @@ def gateway_app(tmp_path: Path, clean_root_logging):
 
 
 def served_operations(app) -> set[tuple[str, str]]:
-    """The Flask app's routes, and those the HTTP front answers in its loop: POST /run and /jobs."""
+    """The Flask app's routes, and those the HTTP front answers in its loop: POST /run, /jobs, /v1."""
     return {(method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)) for rule in app.url_map.iter_rules()
-            for method in rule.methods - IMPLICIT_METHODS} | {("POST", "/run")} | JOB_OPERATIONS
+            for method in rule.methods - IMPLICIT_METHODS} | {("POST", "/run")} | JOB_OPERATIONS | OPENAI_OPERATIONS
 
 
 def documented_operations(document: dict[str, Any]) -> set[tuple[str, str]]:
@@ -137,8 +139,11 @@ def test_signatures_are_taken_as_a_set_of_endpoint_names():
 
 
 def error_schema(path: str, status: str) -> dict[str, Any]:
-    """The gateway's one error shape; under /v2 the protocol's, except what the HTTP front refuses
-    before routing (413), and the readiness routes' false (400 with {"ready": false})."""
+    """The gateway's one error shape; under /v2 the protocol's and under /v1 OpenAI's, except what
+    the HTTP front refuses before routing (413), and the readiness routes' false (400 with
+    {"ready": false})."""
+    if path.startswith("/v1/") and status != "413":
+        return {"$ref": "#/components/schemas/OpenAIError"}
     if not path.startswith("/v2") or status == "413":
         return {"$ref": "#/components/schemas/Error"}
     if status == "400" and path.endswith(("/ready", "/health/live")):

@@ -33,6 +33,7 @@ from .openapi_build import (
     _with_envelope,
 )
 from .openapi_jobs import jobs_paths, jobs_schemas
+from .openapi_openai import openai_paths, openai_schemas
 from .openapi_stream import RUN_STREAMING, STREAM_FLAG, stream_content, stream_end_schema
 from .openapi_v2 import v2_paths, v2_schemas
 
@@ -175,7 +176,7 @@ def _responses() -> dict[str, Any]:
 
 def _components(signatures: list[str]) -> dict[str, Any]:
     return {
-        "schemas": {**_schemas(), **v2_schemas(), **jobs_schemas()},
+        "schemas": {**_schemas(), **v2_schemas(), **jobs_schemas(), **openai_schemas()},
         "responses": _responses(),
         "parameters": {
             "RequestId": {"name": "X-Request-ID", "in": "header", "required": False,
@@ -340,7 +341,9 @@ def openapi_document(signatures: list[str], version: str, *, run_path: str = "/r
                            "(#/components/schemas/Error) with a real status code; every path answers "
                            "405 MethodNotAllowed, with an Allow header, to a method it does not list.",
         },
-        "tags": [{"name": name} for name in ("inference", "jobs", "v2", "status", "observability", "admin")],
-        "paths": {**_run(run_path, names), **jobs_paths(names), **v2_paths(), **_status_paths(names), **_admin_paths()},
+        "tags": [{"name": name} for name in ("inference", "jobs", "v2", "openai", "status", "observability",
+                                                 "admin")],
+        "paths": {**_run(run_path, names), **jobs_paths(names), **v2_paths(), **openai_paths(), **_status_paths(names),
+                  **_admin_paths()},
         "components": _components(names),
     }

@@ -21,6 +21,7 @@ import msgspec
 from ... import jsonbody
 from ...errors import BadRequest, Overloaded, ServerDied, SignatureDisabled, Unavailable, UnknownSignature
 from ...httpserve import InFlight
+from ...openaishape import InvalidParam
 from ...transport.gather import Pieces
 from ..remote.handle import RemoteHandle
 from ..supervision.handle import FAILED, READY, RESTARTING, STARTING, ChildHandle
@@ -30,6 +31,7 @@ from .routes import RouteTable
 Handle = TypeVar("Handle", ChildHandle, RemoteHandle)
 # `"SIGNATURE": "<name>"` as clients write it (a name with escapes is read exactly, in a small body).
 _SIGNATURE_AT = re.compile(rb'"SIGNATURE"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})"')
+_MODEL_AT = re.compile(rb'"model"\s*:\s*"([A-Za-z0-9][A-Za-z0-9_.\-]{0,99})"')  # OpenAI's API: the same
 INLINE_SCAN = 65536  # bodies up to this size are read exactly when their first "SIGNATURE" routes nowhere
 
 
@@ -40,6 +42,13 @@ class _Envelope(msgspec.Struct):
 
 
 _read_envelope = msgspec.json.Decoder(_Envelope).decode
+
+
+class _OpenAIBody(msgspec.Struct):
+    model: Any = None
+
+
+_read_openai_body = msgspec.json.Decoder(_OpenAIBody).decode
 
 
 def _envelope(raw: bytes) -> dict[str, Any]:
@@ -123,6 +132,26 @@ class Router:
             return self.signature_of(_envelope(raw))
         raise BadRequest(f"SIGNATURE not found: a body of over {INLINE_SCAN // 1024} KB is routed by the "
                          "\"SIGNATURE\": \"<endpoint>\" written in it, and it has none")
+
+    def model_in(self, raw: bytes) -> str:
+        """The model a request of OpenAI's API names, read as :meth:`signature_in` reads a
+        SIGNATURE (the model server checks it against the body it parses); BadRequest."""
+        start = raw.find(b'"model"')
+        match = _MODEL_AT.match(raw, start) if start >= 0 else None
+        if match is not None and (match.group(1).decode("ascii") in self.table.routes.servers
+                                  or len(raw) > INLINE_SCAN):
+            return match.group(1).decode("ascii")
+        if len(raw) > INLINE_SCAN:
+            raise BadRequest("'model' not found: a body of over 64 KB is routed by the \"model\": \"<name>\" "
+                             "written in it, and it has none")
+        try:
+            model = _read_openai_body(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw).model
+        except (msgspec.MsgspecError, ValueError):
+            jsonbody.loads_object(raw)  # raises the BadRequest that says what is wrong (the body is small)
+            raise BadRequest("Malformed JSON body") from None
+        if not isinstance(model, str) or not model:
+            raise InvalidParam("model", "'model' is required: the name of an endpoint (GET /v1/models lists them)")
+        return model
 
     def route_to(self, signature: str) -> ChildHandle:
         """The READY replica of ``signature`` with the fewest requests in flight; a 404/503

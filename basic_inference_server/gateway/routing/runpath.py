@@ -111,6 +111,9 @@ class Call:
     client holds back its own stream only.
     """
 
+    FLAGS = 0  # the channel flags of its requests (OpenAI's API: OPENAI)
+    STREAM_FORMAT = streamformat.SSE  # of a stream the model server begins unasked (the body's "STREAM": true)
+
     __slots__ = ("channel", "flat", "fmt", "grant", "handle", "items", "label", "owed", "path", "pipeline",
                  "request", "respond", "rerouted", "routed", "started", "step_started", "streaming", "tag", "tried")
 
@@ -138,14 +141,17 @@ class Call:
         """Route by the signature the body names (read without parsing it)."""
         token = requestid.bind(self.request.request_id)
         try:
-            router = self.path.router
-            if router.admission.draining:
+            if self.path.router.admission.draining:
                 raise Unavailable("gateway is shutting down", retry_after=5)
-            self._go(router.signature_in(self.request.body))
+            self._go(self._signature())
         except ServingError as exc:
             self._fail(exc)
         finally:
             requestid.unbind(token)
+
+    def _signature(self) -> str:
+        """What it is routed by: the endpoint its body names."""
+        return self.path.router.signature_in(self.request.body)
 
     def _go(self, signature: str) -> None:
         """Answer SYSTEM_STATUS here, or forward to a server of ``signature`` (it checks the body names it)."""
@@ -228,7 +234,7 @@ class Call:
         self.tag = self.channel.send(self.request.request_id, "" if pipe else self.routed, body, timeout,
                                      self._replied, self._item,
                                      endpoint.stream_idle_timeout, endpoint.stream_timeout, self.fmt is not None,
-                                     alone=router.admission.alone, pipe=pipe)
+                                     alone=router.admission.alone, pipe=pipe | self.FLAGS)
 
     def _elsewhere(self, handle: RemoteHandle, error: OSError) -> bool:
         """A remote model server was not reached (ConnectFailed), or refused the request without
@@ -294,7 +300,7 @@ class Call:
 
     def _begin_stream(self, first: bytes | None) -> bool:
         """The first item (None: a stream that ends without one) starts the HTTP answer."""
-        self.streaming, self.fmt = True, self.fmt or streamformat.SSE
+        self.streaming, self.fmt = True, self.fmt or self.STREAM_FORMAT
         self.path.metrics.stream_started(self.label, time.perf_counter() - self.started)
         return self.respond.start_stream(self.fmt.content_type, b"" if first is None else self.fmt.item(first))
 
@@ -369,21 +375,24 @@ class Call:
                 case Failure(error=error):
                     raise transport_error(self.handle, error)
                 case Reply(status=200, body=body):
-                    try:
-                        last = self.fmt.end(self.path.router.envelope.wrap(body))
-                    except ValueError:
-                        raise ServerDied("model server ended a stream with an envelope that is not JSON") from None
-                    status = 200
+                    last, status = self._stream_end(body), 200
                 case Reply(status=status, body=body):
                     last = self.fmt.error(body)
                     logger.warning("Stream of %s ended by HTTP %s after %d item(s)", self.label, status, self.items)
         except ServingError as exc:
-            status, last = exc.status, self.fmt.error(jsonutil.dumps_bytes(exc.to_body()))
+            status, last = exc.status, self.fmt.error(self.error_body(exc))
             logger.warning("Stream of %s ended after %d item(s): %s", self.label, self.items, exc)
         self.respond.end_stream(last)
         metrics = self.path.metrics
         metrics.stream_ended(self.label, self.items)
         self.observe(status)
+
+    def _stream_end(self, envelope: bytes) -> bytes:
+        """The last event of a stream, from the envelope its model server ended it with."""
+        try:
+            return self.fmt.end(self.path.router.envelope.wrap(envelope))
+        except ValueError:
+            raise ServerDied("model server ended a stream with an envelope that is not JSON") from None
 
     def _status_done(self, future: asyncio.Future) -> None:
         token = requestid.bind(self.request.request_id)
@@ -399,7 +408,12 @@ class Call:
     def _fail(self, exc: ServingError) -> None:
         if isinstance(exc, UnknownSignature):
             self.label = UNKNOWN_SIGNATURE  # one label for every name that is not an endpoint
-        self._finish(exc.status, jsonutil.dumps_bytes(exc.to_body()), exc.headers())
+        self._finish(exc.status, self.error_body(exc), exc.headers())
+
+    @staticmethod
+    def error_body(exc: ServingError) -> bytes:
+        """An error as this route answers it: the gateway's error JSON."""
+        return jsonutil.dumps_bytes(exc.to_body())
 
     def _finish(self, status: int, body: bytes | Pieces, headers: dict[str, str] | None,
                 content_type: str = JSON) -> None:
