@@ -11,12 +11,11 @@ import shutil
 import threading
 
 import numpy as np
+import openai
 import pytest
 from conftest import REPO, Gateway
 
-pytestmark = pytest.mark.skip(reason="OpenAI routes not merged yet")
-# requirements-dev.txt gets the client with the routes: until then a checkout without it skips too.
-openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.integration
 
 QUESTION = "How does the for statement iterate over a sequence?"
 MODEL_FILES = ("text_chat.npz", "text_embed.joblib")
