@@ -45,6 +45,7 @@ environment:
   BIS_URL          gateway URL (default {DEFAULT_URL})
   BIS_ADMIN_TOKEN  admin token, for `{PROG} reload` and `{PROG} shutdown` (default: the gateway's own,
                    in _cache/_data/admin_token, when run from the gateway's folder)
+  BIS_API_KEY      an API key, sent with every request (when the gateway has BIS_API_KEYS_FILE)
 
 examples:
   {PROG} run dummy_model_demo2 INPUT_VALUE=3
@@ -168,6 +169,8 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: bool) -> None
     parser.add_argument("--token", default=default(os.environ.get("BIS_ADMIN_TOKEN") or _stored_token()),
                         help=f"admin token (default: $BIS_ADMIN_TOKEN, else the one the gateway stored in "
                              f"{TOKEN_FILE} of this folder)")
+    parser.add_argument("--api-key", default=default(os.environ.get("BIS_API_KEY")),
+                        help="an API key, sent as X-API-Key with every request (default: $BIS_API_KEY)")
     parser.add_argument("--timeout", type=seconds, default=default(DEFAULT_TIMEOUT), metavar="SECONDS",
                         help=f"seconds to wait for an answer (default {DEFAULT_TIMEOUT:g}; connecting: at most "
                              f"{MAX_CONNECT_TIMEOUT:g})")
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     timeout = (min(args.timeout, MAX_CONNECT_TIMEOUT), args.timeout)
     try:
-        with Client(args.url, token=args.token, timeout=timeout) as client:
+        with Client(args.url, token=args.token, timeout=timeout, api_key=args.api_key) as client:
             return args.handler(client, args)
     except UsageError as exc:
         _error(str(exc))

@@ -76,6 +76,8 @@ class Client:
     Args:
         url: The gateway's base URL, e.g. ``"http://127.0.0.1:5002"`` (``http://`` is assumed).
         token: The admin token, sent as ``Authorization: Bearer`` on admin routes only.
+        api_key: An API key (when the gateway has ``BIS_API_KEYS_FILE``), sent as ``X-API-Key``
+            with every request.
         timeout: Seconds to connect and to wait for the answer; a ``(connect, read)`` pair sets
             them apart. A model that may take long needs a read timeout above its
             ``REQUEST_TIMEOUT``.
@@ -86,13 +88,15 @@ class Client:
     """
 
     def __init__(self, url: str, token: str | None = None, timeout: TimeoutSpec = 30.0, retries: int = 3,
-                 backoff: float = 0.2, *, max_retry_wait: float = 5.0, pool_size: int = 10):
+                 backoff: float = 0.2, *, max_retry_wait: float = 5.0, pool_size: int = 10,
+                 api_key: str | None = None):
         if "://" not in url:
             url = "http://" + url
         if retries < 0 or backoff < 0:
             raise ValueError("retries and backoff must be >= 0")
         self.url = url.rstrip("/")
         self.token = token
+        self.api_key = api_key
         self.retries = retries
         self.backoff = backoff
         self.max_retry_wait = max_retry_wait
@@ -370,6 +374,8 @@ class Client:
     def _open(self, method: str, url: str, body: bytes | None, headers: dict[str, str], *,
               preload: bool = True) -> urllib3.BaseHTTPResponse:
         """One attempt: the 2xx answer (its body unread unless ``preload``), or the matching ClientError."""
+        if self.api_key:
+            headers = {**headers, "X-API-Key": self.api_key}
         try:
             response = self._pool.request(method, url, body=body, headers=headers, timeout=self.timeout,
                                           retries=False, redirect=False, preload_content=preload)
@@ -403,7 +409,7 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        return f"Client({self.url!r}, token={'***' if self.token else None})"
+        return f"Client({self.url!r}, token={'***' if self.token else None}, api_key={'***' if self.api_key else None})"
 
 
 def _encode(payload: dict[str, Any]) -> bytes:

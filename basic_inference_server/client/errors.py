@@ -7,7 +7,7 @@ class               when                            what to do
 ==================  ==============================  =========================================
 BadInput            400, 413, 422 (and any 4xx a    fix the request
                     hook raised as ``InputError``)
-Unauthorized        401, 403                        pass the admin token
+Unauthorized        401, 403                        pass the admin token, or an API key that may call it
 UnknownSignature    404 for a ``SIGNATURE``         check the name (``Client.list_servers``)
 Unavailable         503 (starting, restarting,      retry later (``retry_after`` seconds)
                     failed, overloaded, stopping)
@@ -86,7 +86,7 @@ class BadInput(ClientError):
 
 
 class Unauthorized(ClientError):
-    """The admin token is missing or wrong (401, 403)."""
+    """The admin token or the API key is missing or wrong, or the key may not call this endpoint (401, 403)."""
 
 
 class UnknownSignature(ClientError):

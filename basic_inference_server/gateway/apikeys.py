@@ -108,10 +108,13 @@ class ApiKeys:
         if not entry.allows(signature):
             raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
 
-    def check(self, headers: Any, signature: str | None) -> None:
-        """:meth:`admit` then :meth:`done` for a route answered at once (a Flask route's ``headers``)."""
-        self.done(self.admit(headers.get("Authorization", "").encode("latin-1"),
-                             headers.get("X-API-Key", "").encode("latin-1") or None, signature))
+    def check(self, headers: Any, signature: str | None) -> KeyEntry | None:
+        """:meth:`admit` then :meth:`done` for a route answered at once (a Flask route's ``headers``):
+        the key that called it."""
+        entry = self.admit(headers.get("Authorization", "").encode("latin-1"),
+                           headers.get("X-API-Key", "").encode("latin-1") or None, signature)
+        self.done(entry)
+        return entry
 
     def done(self, entry: KeyEntry | None) -> None:
         """A request of ``entry`` has been answered: its place is given back to the key in force

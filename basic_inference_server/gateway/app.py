@@ -338,6 +338,6 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
 
     shm = Registry(supervisor.run_folder / SHM_FILE) if config.allow_client_shm else None
     install_v2_shm_routes(app, shm, is_loopback, gw.keys)
-    install_v2_routes(app, router, gw.not_ready, [EXTENSION] if shm is not None else [])
+    install_v2_routes(app, router, gw.not_ready, [EXTENSION] if shm is not None else [], gw.keys)
     install_openai_routes(app, router, gw.keys)
     return app

@@ -25,11 +25,7 @@ def install_openai_routes(app: Flask, router: Router, keys: ApiKeys) -> None:
 
     def models() -> dict[str, dict[str, Any]]:
         """The models the caller may see, by name."""
-        entry = None
-        if keys.on:
-            entry = keys.admit(request.headers.get("Authorization", "").encode("latin-1") or None,
-                               request.headers.get("X-API-Key", "").encode("latin-1") or None, None)
-            keys.done(entry)
+        entry = keys.check(request.headers, None) if keys.on else None
         listed = {}
         for name, replicas in router.table.routes.servers.items():
             if replicas and replicas[0].endpoint.openai and (entry is None or entry.allows(name)):

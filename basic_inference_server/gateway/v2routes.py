@@ -16,11 +16,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, request
 
 from ..errors import ServerDied, Unavailable
 from ..lib_ver import LIB_VER
 from ..webutil import json_response
+from .apikeys import ApiKeys
 from .routing.router import Router
 from .routing.v2path import pipeline_version, route_model, served_versions
 from .supervision.handle import ChildHandle
@@ -31,9 +32,15 @@ METADATA_TIMEOUT = 5.0
 
 
 def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[str, str]],
-                      extensions: list[str] | None = None) -> None:
-    """``extensions``: those on besides binary tensors (system_shared_memory with ALLOW_CLIENT_SHM)."""
+                      extensions: list[str] | None = None, keys: ApiKeys | None = None) -> None:
+    """``extensions``: those on besides binary tensors (system_shared_memory with ALLOW_CLIENT_SHM);
+    ``keys``: with API keys on, the server's and a model's metadata and a model's readiness need a
+    valid key (one allowed that model), as infer does; the health routes never do."""
     listed = [*EXTENSIONS, *(extensions or [])]
+
+    def check_key(name: str | None) -> None:
+        if keys is not None and keys.on:
+            keys.check(request.headers, name)
     metadata_cache: dict[tuple[str, int | None, int], dict[str, Any]] = {}
     cache_lock = threading.Lock()
 
@@ -63,6 +70,7 @@ def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[s
 
     @app.route("/v2", methods=["GET"])
     def v2_server_metadata() -> Response:
+        check_key(None)
         return json_response({"name": SERVER_NAME, "version": LIB_VER, "extensions": listed})
 
     @app.route("/v2/health/live", methods=["GET"])
@@ -78,6 +86,7 @@ def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[s
     @app.route("/v2/models/<name>", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>", methods=["GET"])
     def v2_model_metadata(name: str, version: str | None = None) -> Response:
+        check_key(name)
         pipeline = router.table.pipelines.get(name)
         if pipeline is not None:  # its inputs are its first step's, its outputs its last step's
             pipeline_version(pipeline, version)
@@ -92,6 +101,7 @@ def install_v2_routes(app: Flask, router: Router, not_ready: Callable[[], dict[s
     @app.route("/v2/models/<name>/ready", methods=["GET"])
     @app.route("/v2/models/<name>/versions/<version>/ready", methods=["GET"])
     def v2_model_ready(name: str, version: str | None = None) -> Response:
+        check_key(name)
         pipeline = router.table.pipelines.get(name)
         try:
             if pipeline is not None:  # ready when every step is

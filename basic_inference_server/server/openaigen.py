@@ -117,8 +117,7 @@ class Generation:
         if found:
             self.held, self.finish = "", "stop"
             return text[:min(found)]
-        keep = max((k for stop in stops for k in range(min(len(stop) - 1, len(text)), 0, -1)
-                    if text.endswith(stop[:k])), default=0)
+        keep = max(_held_back(text, stop) for stop in stops)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep]
 
@@ -206,6 +205,18 @@ class Generation:
         tokens = request.prompt_tokens
         return jsonutil.dumps_bytes({"object": "list", "data": data, "model": request.model,
                                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+def _held_back(text: str, stop: str) -> int:
+    """The length of the longest end of ``text`` that begins ``stop`` (and is not all of it)."""
+    last = text[-1]
+    k = min(len(stop) - 1, len(text))
+    while k > 0:
+        k = stop.rfind(last, 0, k) + 1  # the next candidate ends with the text's last character
+        if k and text.endswith(stop[:k]):
+            return k
+        k -= 1
+    return 0
 
 
 def _float32_le(row: Any) -> bytes:

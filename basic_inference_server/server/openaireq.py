@@ -18,6 +18,7 @@ from ..errors import Misrouted
 from ..openaishape import KINDS, InvalidParam, wrong_route
 
 MAX_STOPS = 4
+MAX_STOP_CHARS = 1024  # a stop sequence is looked for at every piece: its length bounds what that costs
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,10 @@ def _stops(stop: Any) -> tuple[str, ...]:
     stops = [stop] if isinstance(stop, str) else stop
     if stops is None:
         return ()
-    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
-        raise InvalidParam("stop", f"'stop' must be a string or a list of up to {MAX_STOPS} non-empty strings")
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise InvalidParam("stop", f"'stop' must be a string or a list of up to {MAX_STOPS} strings of 1 to "
+                                   f"{MAX_STOP_CHARS} characters")
     return tuple(stops)
 
 

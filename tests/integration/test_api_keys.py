@@ -14,6 +14,7 @@ import requests
 from conftest import ECHO_CONFIG, Gateway, make_app
 
 from basic_inference_server.apikeyfile import hash_of
+from basic_inference_server.client import Client, Unauthorized
 from basic_inference_server.client.cli import main as bis
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,27 @@ def test_notifications_and_shared_memory_routes_take_a_key_or_the_admin_token(ke
     assert notes(Authorization=f"Bearer {keyed.token}").status_code == 200  # the admin token, as before
     assert keyed.get("/v2/systemsharedmemory/status").status_code == 401
     assert keyed.get("/v2/systemsharedmemory/status", headers={"X-API-Key": KEYS["echo_only"]}).json() == []
+
+
+def test_v2_metadata_and_readiness_take_a_key_allowed_that_model(keyed):
+    echo_only = {"X-API-Key": KEYS["echo_only"]}
+    for path in ("/v2", "/v2/models/echo", "/v2/models/echo/ready"):
+        refused = keyed.get(path)
+        assert refused.status_code == 401 and "API key" in refused.json()["error"], path
+        assert keyed.get(path, headers=echo_only).status_code == 200, path
+    assert keyed.get("/v2/models/echo_b", headers=echo_only).status_code == 403
+
+
+def test_the_python_client_and_bis_send_their_api_key(keyed, capsys):
+    with Client(keyed.url, api_key=KEYS["echo_only"]) as client:
+        assert client.run("echo", VALUE=2)["predict_result"]
+        with pytest.raises(Unauthorized, match="may not call"):
+            client.run("echo_b", VALUE=2)
+    with Client(keyed.url) as client, pytest.raises(Unauthorized):
+        client.run("echo", VALUE=2)
+    assert bis(["--url", keyed.url, "--api-key", KEYS["echo_only"], "run", "echo", "VALUE=1"]) == 0
+    assert bis(["--url", keyed.url, "run", "echo", "VALUE=1"]) != 0
+    assert KEYS["echo_only"] not in capsys.readouterr().err
 
 
 def test_without_a_keys_file_the_headers_are_ignored(echo_gateway):
