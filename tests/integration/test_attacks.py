@@ -20,7 +20,7 @@ import pytest
 import requests
 from conftest import FIXTURES, TOKEN, Gateway, make_app
 
-FILES = [FIXTURES / "endpoints" / "echo_model.py"]
+FILES = [FIXTURES / "endpoints" / "echo_model.py", FIXTURES / "endpoints" / "openai_model.py"]
 CONFIG = {
     "MAX_BODY_MB": 16,
     "MAX_JSON_VALUES": 1_000_000,
@@ -28,6 +28,7 @@ CONFIG = {
     "CONFIG_ENDPOINTS": {
         "echo": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2},
         "target": {"SERVER_CLASS": "echo_model", "NR_WORKERS": 2, "REQUEST_TIMEOUT": 10},
+        "chat": {"SERVER_CLASS": "openai_model", "NR_WORKERS": 2, "OPENAI": "chat", "REQUEST_TIMEOUT": 10},
     },
 }
 EIGHT_MB = 8 * 1024 * 1024
@@ -71,10 +72,11 @@ def post_head(length: int, path: bytes = b"/run") -> bytes:
 
 
 @contextmanager
-def attacking(port: int, body: bytes, connections: int) -> Iterator[list[int]]:
-    """``connections`` clients sending ``body`` again and again until the block ends; the statuses."""
+def attacking(port: int, body: bytes, connections: int, path: bytes = b"/run") -> Iterator[list[int]]:
+    """``connections`` clients sending ``body`` again and again until the block ends (each reads
+    its answer's first bytes, then closes); the statuses."""
     stop, statuses = threading.Event(), []
-    request = post_head(len(body)) + body
+    request = post_head(len(body), path) + body
 
     def attacker() -> None:
         while not stop.is_set():
@@ -141,6 +143,29 @@ def test_container_bodies_to_a_real_endpoint_are_refused_and_it_is_never_recycle
     refused = requests.post(gateway.url + "/run", data=containers(b'{"SIGNATURE": "target", '), timeout=30).json()
     assert "MAX_JSON_CONTAINERS=500000" in refused["ERROR"]
     assert "request bodies past the JSON bounds" in gateway.output()  # said, at most every 10 s
+
+
+def test_openai_routes_refuse_container_bodies_and_abandoned_streams_free_their_workers(gateway):
+    """OpenAI's chat route tried as /run is: 8 MB of tiny arrays naming an OpenAI model (refused by
+    its server's JSON bounds, everyone else served at once), then clients that open long streams
+    and leave after their first chunk (each generator closed: the two workers serve on)."""
+    chat = gateway.servers()["chat"]
+    route = b"/v1/chat/completions"
+    with attacking(gateway.port, containers(b'{"model": "chat", '), connections=2, path=route) as statuses:
+        time.sleep(0.5)
+        times = latencies(gateway, 3)
+    assert statuses and set(statuses) == {413}, sorted(set(statuses))
+    assert p99(times) < 0.5, f"p99 {p99(times) * 1000:.0f} ms over {len(times)} requests"
+    stream = json.dumps({"model": "chat", "stream": True,
+                         "messages": [{"role": "user", "content": "count 100000 10"}]}).encode()
+    with attacking(gateway.port, stream, connections=4, path=route) as statuses:
+        time.sleep(2)
+    assert len(statuses) > 8 and set(statuses) <= {200, 503}, sorted(set(statuses))
+    body = {"model": "chat", "messages": [{"role": "user", "content": "echo served"}]}
+    answer = requests.post(gateway.url + "/v1/chat/completions", json=body, timeout=5)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == " served"
+    after = gateway.servers()["chat"]
+    assert (after["PID"], after["RESTARTS"], after["HEALTH_FAILURES"]) == (chat["PID"], 0, 0)
 
 
 def test_bodies_declared_large_cost_memory_only_as_their_bytes_arrive(gateway):
