@@ -26,6 +26,7 @@ CONFIG = {
     "CONFIG_ENDPOINTS": {
         "chat": {**ENTRY, "OPENAI": "chat"},
         "chat_single": {**ENTRY, "OPENAI": "chat", "NR_WORKERS": 1},
+        "chat_tight": {**ENTRY, "OPENAI": "chat", "NR_WORKERS": 1, "MAX_QUEUE": 1},
         "chat_batched": {**ENTRY, "OPENAI": "chat", "NR_WORKERS": 1, "MAX_BATCH_SIZE": 4, "MAX_BATCH_WAIT_MS": 50},
         "complete": {**ENTRY, "OPENAI": "completions"},
         "embed": {**ENTRY, "OPENAI": "embeddings"},
@@ -56,8 +57,8 @@ def chat(client, content, model="chat", **params):
 
 
 def test_models_lists_the_openai_endpoints_only(client):
-    assert [m.id for m in client.models.list()] == ["chat", "chat_batched", "chat_single", "complete", "embed",
-                                                    "embed_batched"]
+    assert [m.id for m in client.models.list()] == ["chat", "chat_batched", "chat_single", "chat_tight", "complete",
+                                                    "embed", "embed_batched"]
     assert client.models.retrieve("embed").owned_by == "basic_inference_server"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("echo")
@@ -219,6 +220,29 @@ def test_a_client_that_leaves_frees_the_worker(gateway, client, tmp_path):
         time.sleep(0.05)
     assert mark.read_text() == "closed"  # the generator was closed at its next piece
     assert chat(client, "echo free", model="chat_single").choices[0].message.content == " free"  # its one worker
+
+
+def test_a_full_model_is_a_503_with_retry_after(gateway, client):
+    body = json.dumps({"model": "chat_tight", "messages": [{"role": "user", "content": "count 300 10"}],
+                       "stream": True}).encode()
+    request = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    held = []
+    try:
+        for _ in range(2):  # its one worker streams the first; the second waits in its queue of one
+            held.append(socket.create_connection(("127.0.0.1", gateway.port), timeout=5))
+            held[-1].sendall(request)
+            if len(held) == 1:
+                assert held[0].recv(100).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while gateway.servers()["chat_tight"]["WORKERS"]["queue"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(openai.InternalServerError) as full:
+            chat(client, "echo a", model="chat_tight")
+        assert full.value.status_code == 503 and int(full.value.response.headers["Retry-After"]) >= 1
+        assert full.value.body["type"] == "server_error" and full.value.code == "overloaded"
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_run_still_serves_the_same_endpoint(gateway):
