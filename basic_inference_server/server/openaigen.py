@@ -26,6 +26,7 @@ import re
 import struct
 import time
 from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 from .. import jsonutil
@@ -33,6 +34,15 @@ from ..errors import ModelError
 from .openaireq import OpenAIRequest
 
 _WORDS = re.compile(r"\s*\S+|\s+")
+
+
+class Finish(Enum):
+    """Why the text is over (``finish_reason``); set once, by :meth:`Generation._over`."""
+
+    STOP = "stop"  # the generator ended, or a stop sequence came
+    LENGTH = "length"  # max_tokens pieces came, and the generator had more
+    TOOL_CALLS = "tool_calls"  # the generator ended after yielding tool calls
+
 _TAIL = b',"logprobs":null,"finish_reason":null}]}'
 
 
@@ -51,7 +61,7 @@ class Generation:
         self._prefix = jsonutil.dumps_bytes(self._head)[:-1] + b',"choices":[{"index":0,'
         self.pieces = 0  # completion tokens: the str pieces taken
         self.full = False  # max_tokens pieces taken: one more cuts the text
-        self.finish: str | None = None  # finish_reason, once the text is over
+        self.finish: Finish | None = None  # once the text is over
         self.held = ""  # text that may begin a stop sequence, not sent yet
         self.parts: list[str] = []  # the text, when it does not stream
         self.tool_calls: list[Any] = []
@@ -94,7 +104,7 @@ class Generation:
         if not piece:
             return []
         if self.full:  # max_tokens pieces came, and more: the text is cut here
-            self.finish = "length"
+            self._over(Finish.LENGTH)
             return []
         self.pieces += 1
         limit = self.request.max_tokens
@@ -115,7 +125,8 @@ class Generation:
         stops = self.request.stops
         found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
         if found:
-            self.held, self.finish = "", "stop"
+            self.held = ""
+            self._over(Finish.STOP)
             return text[:min(found)]
         keep = max(_held_back(text, stop) for stop in stops)
         self.held = text[len(text) - keep:] if keep else ""
@@ -174,10 +185,14 @@ class Generation:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return jsonutil.dumps_bytes({**head, "choices": [choice], "usage": self.usage_counts()})
 
-    def _finish_reason(self) -> str:
+    def _over(self, reason: Finish) -> None:
+        """The one place the text ends (the first reason stays)."""
         if self.finish is None:
-            self.finish = "tool_calls" if self.tool_calls else "stop"
-        return self.finish
+            self.finish = reason
+
+    def _finish_reason(self) -> str:
+        self._over(Finish.TOOL_CALLS if self.tool_calls else Finish.STOP)
+        return self.finish.value
 
     def usage_counts(self) -> dict[str, int]:
         reported = self.usage or {}

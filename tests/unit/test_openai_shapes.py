@@ -11,7 +11,7 @@ import pytest
 
 from basic_inference_server.errors import Misrouted, ModelError, NotFound, UnknownSignature
 from basic_inference_server.openaishape import InvalidParam, error_object
-from basic_inference_server.server.openaigen import Generation, _held_back
+from basic_inference_server.server.openaigen import Finish, Generation, _held_back
 from basic_inference_server.server.openaireq import MAX_STOP_CHARS, accept
 
 
@@ -55,7 +55,7 @@ def test_the_model_must_be_the_routed_one_and_of_an_openai_endpoint():
 def test_stop_sequences_are_cut_across_pieces_and_never_sent():
     gen = generation(stream=True, stop=["END", "xyz"])
     chunks = gen.take("hello E") + gen.take("N") + gen.take("D more")
-    assert text_of(chunks) == "hello " and gen.finish == "stop"
+    assert text_of(chunks) == "hello " and gen.finish is Finish.STOP
     assert gen.take("ignored") == []  # the text is over
     gen = generation(stream=True, stop="END")
     chunks = gen.take("hello E") + gen.take("X")  # "EX" begins no stop: what was held goes out
