@@ -30,6 +30,7 @@ from ..errors import (
 from ..openaishape import error_body as openai_error_body
 from ..transport import pipedata
 from ..transport.frames import JOB_FIELDS, PIPE_IN, PIPE_INLINE, PIPE_OUT
+from ..transport.streamformat import sse_events
 from ..transport.tuning import trimmer
 from ..transport.v2codec import encode_response
 from ..webutil import Answer
@@ -299,10 +300,8 @@ class RunPath:
             else:
                 stream.end(lambda: outlet.end(error.status, body))
             return
-        for chunk in chunks:
-            if not stream.put(chunk):
-                return  # its client left
-        stream.end(lambda: outlet.end(200, b"{}"))
+        events = sse_events(chunks)  # the stream's last events, in its end (no frame of their own)
+        stream.end(lambda: outlet.end(200, events))
 
     def _deliver_v2(self, call: Call, outlet: Outlet) -> None:
         v2, error = call.v2, call.error

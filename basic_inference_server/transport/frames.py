@@ -16,7 +16,9 @@ bytes of body. Integers are big-endian::
                              PIPE_INLINE (32): with PIPE_OUT, every array in the value itself (the
                              next step is a remote server: no shared memory between hosts),
                              OPENAI (64): a request of OpenAI's API (its body is the request's;
-                             the server answers in OpenAI's shapes, :mod:`...server.openaigen`);
+                             the server answers in OpenAI's shapes, :mod:`...server.openaigen`,
+                             and the REPLY that ends its stream holds the stream's last SSE
+                             events, which the gateway writes as they are);
                              REPLY: STREAM (1) ends a streamed answer, BINARY (2) a V2 answer
                              with binary tensors, PLAIN (4) with STREAM: the stream's one item
                              was what a ``_predict`` that yields nothing returned, PIPED (8):

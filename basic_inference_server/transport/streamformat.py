@@ -40,11 +40,12 @@ class StreamFormat:
 
 
 class OpenAIEvents(StreamFormat):
-    """OpenAI's streams: SSE items (chunks), ended by ``data: [DONE]``; an error that ends one early
-    is an item holding OpenAI's error object."""
+    """OpenAI's streams: SSE items (chunks), ended by the stream's last events as the model server
+    wrote them (the chunk with finish_reason, the usage) and ``data: [DONE]``; an error that ends
+    one early is an item holding OpenAI's error object."""
 
     def end(self, envelope: bytes) -> bytes:
-        return b"data: [DONE]\n\n"
+        return envelope + b"data: [DONE]\n\n"
 
     def error(self, error: bytes) -> bytes:
         return b"data: " + error + b"\n\ndata: [DONE]\n\n"
@@ -53,6 +54,11 @@ class OpenAIEvents(StreamFormat):
 SSE = StreamFormat(SSE_TYPE, True)
 NDJSON = StreamFormat(NDJSON_TYPE, False)
 OPENAI_SSE = OpenAIEvents(SSE_TYPE, True)
+
+
+def sse_events(items: list[bytes]) -> bytes:
+    """``items`` as Server-Sent Events, one ``data:`` each."""
+    return b"".join(b"data: " + item + b"\n\n" for item in items)
 
 
 def from_accept(accept: str | None) -> StreamFormat | None:
