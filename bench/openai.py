@@ -2,6 +2,7 @@
 ``/run`` stream, on the same generator: 50 pieces, 10 ms apart.
 
     .venv/bin/python -m bench.openai [--pin] [--duration 6] [--rounds 3] [--concurrency 1,8,64] [--warmup 2]
+                                     [--first-ms 10]
 
 One gateway serves ``chat`` (``bench/endpoints/bench_chat.py`` with ``"OPENAI": "chat"``, a worker
 thread for each stream at c=64); LitServe 0.2.19 (in its own venv, ``bench/peers.py``) serves the same
@@ -18,7 +19,9 @@ that it runs many streams at once). Three cases, each read by ``bench/streamload
 Each round measures every case at every concurrency, the cases' order rotating from round to round;
 LitServe is frozen (SIGSTOP) while the others run; every point has a warm-up and ends when the
 system is idle again. Figures are the medians of the rounds. TTFT: from writing the request to the
-first piece at the client (the model yields it 10 ms after it got the request). CPU per piece: user
+first piece at the client (the model yields it ``--first-ms`` after it got the request: 10 ms, as
+between two pieces, by default; 0 for a generator whose first piece is ready at once, where TTFT is
+what serving costs). CPU per piece: user
 + kernel of the gateway and its model server (of LitServe's whole process tree). Targets: the
 gateway's TTFT p50 at most 0.8x LitServe's and its pieces/s at least LitServe's at every
 concurrency; CPU per piece on ``/v1`` at most 1.10x that on ``/run``. ``--pin`` runs the serving
@@ -51,7 +54,6 @@ REQUEST = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "str
 PLAIN = {**REQUEST, "stream": False}  # readiness and drains: one JSON answer
 CASES = ("gateway", "litserve", "run")  # gateway: /v1 on the gateway; run: /run on the same gateway
 TTFT_TARGET, CPU_TARGET = 0.8, 1.10  # the gateway over LitServe, /v1 over /run
-MODEL_FIRST_MS = 10.0  # when the model yields its first piece (bench_chat's GAP_MS), in every TTFT
 
 
 def start(pin: bool) -> tuple[BenchGateway, PeerProcess]:
@@ -105,7 +107,7 @@ def ratio(top: float | None, bottom: float | None) -> float | None:
     return round(top / bottom, 3) if top is not None and bottom else None
 
 
-def targets(streams: dict, levels: list[int]) -> list[dict]:
+def targets(streams: dict, levels: list[int], first_ms: float) -> list[dict]:
     """Per concurrency, the figures of the three targets, their ratios and whether each is met (none
     where a stream failed on the gateway, either route)."""
     rows = {(r["system"], r["concurrency"]): r for r in streams["rows"]}
@@ -124,7 +126,7 @@ def targets(streams: dict, levels: list[int]) -> list[dict]:
                                                                                  strict=True)}}
         point["ttft_ratio"] = ratio(point["ttft_p50_ms"]["gateway"], point["ttft_p50_ms"]["litserve"])
         # what serving adds before the first piece, beyond the model's own 10 ms
-        point["ttft_over_model_ms"] = {name: ms and round(ms - MODEL_FIRST_MS, 2)
+        point["ttft_over_model_ms"] = {name: ms and round(ms - first_ms, 2)
                                        for name, ms in point["ttft_p50_ms"].items()}
         point["ttft_over_model_ratio"] = ratio(point["ttft_over_model_ms"]["gateway"],
                                                point["ttft_over_model_ms"]["litserve"])
@@ -145,7 +147,7 @@ def _verdict(met: bool) -> str:
 def report(points: list[dict], streams: dict, args: argparse.Namespace) -> str:
     lines = [f"OpenAI chat route (issue 26): the gateway's `/v1/chat/completions` against LitServe 0.2.19's "
              f"OpenAISpec and against the same endpoint's `/run` stream; 50 pieces 10 ms apart a stream, medians of "
-             f"{args.rounds} rounds of {args.duration:g} s. TTFT includes the model's own {MODEL_FIRST_MS:g} ms "
+             f"{args.rounds} rounds of {args.duration:g} s. TTFT includes the model's own {args.first_ms:g} ms "
              "before its first piece; \"over model\" is TTFT p50 minus those, what serving adds.", "",
              f"| c | TTFT p50 ms gateway | TTFT p50 ms LitServe | gw/LitServe (<= {TTFT_TARGET:g}) | over model ms "
              "gateway / LitServe (ratio) | pieces/s gateway | pieces/s LitServe | gw/LitServe (>= 1) | "
@@ -177,7 +179,11 @@ def report(points: list[dict], streams: dict, args: argparse.Namespace) -> str:
 
 def main() -> int:
     parser = side_by_side_parser(__doc__, 6)
+    parser.add_argument("--first-ms", type=float, default=10.0,
+                        help="the model's own time to its first piece, in every TTFT (default 10: as between pieces)")
     args = parser.parse_args()
+    ENDPOINT["FIRST_MS"] = args.first_ms
+    os.environ["BENCH_FIRST_MS"] = str(args.first_ms)  # LitServe's twin (a child process: it inherits it)
     if args.pin:
         check_pinning_possible()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -197,7 +203,7 @@ def main() -> int:
         gateway.stop()
         peer.stop()
     streams = summarise_streams(samples, list(CASES))
-    points = targets(streams, levels)
+    points = targets(streams, levels, args.first_ms)
     save_table("openai", report(points, streams, args), args, [{"targets": points, "streams": streams}])
     return 0
 

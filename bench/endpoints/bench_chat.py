@@ -8,7 +8,7 @@ and LitServe's OpenAISpec on its twin (``bench/peer_models.py``'s ``Chat``).
 
 from endpoints.bench_stream import BenchStreamWorker
 
-_CONFIG = {"ITEMS": 50, "GAP_MS": 10.0}
+_CONFIG = {"ITEMS": 50, "GAP_MS": 10.0, "FIRST_MS": None}
 
 
 class BenchChatWorker(BenchStreamWorker):
