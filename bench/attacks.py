@@ -21,6 +21,9 @@ run on CPU 1, wrk and the attackers on CPU 0. The attacks (issue 22):
 - ``jobs_containers``, ``batch_containers``, ``jobs_flood``: N connections submitting the 8 MB body
   of nested arrays as a job of ``target``, an 8 MB batch of 80 such jobs of 100 KB each, or small
   jobs as fast as they are answered (each a durable submission);
+- ``openai_containers``, ``openai_abandon``: OpenAI's chat route (``chat``, bench_chat): the 8 MB
+  body of nested arrays naming it as ``model``, or streams of 100,000 pieces that each client
+  leaves after its answer's first bytes;
 - ``mistakes``: an admin TOKEN of ``"\\ud800"``, ``1e400``, an unpaired surrogate, and a V2 BYTES
   input of 2,000,000 empty elements: their statuses, and the V2 one's time.
 
@@ -57,14 +60,16 @@ CONFIG = {"SERVER_NAME": "attacks", "ALLOW_CLIENT_SHM": True, "CONFIG_ENDPOINTS"
     "pipe_a": {"SERVER_CLASS": "bench_pipe", "OP": "noop", "NR_WORKERS": 2},
     "pipe_b": {"SERVER_CLASS": "bench_pipe", "OP": "noop", "NR_WORKERS": 2},
     "flow": {"PIPELINE": ["pipe_a", "pipe_b"]},
+    "chat": {"SERVER_CLASS": "bench_chat", "OPENAI": "chat", "NR_WORKERS": 2, "ITEMS": 100_000},
 }}
+CHAT = b"/v1/chat/completions"
 
 
 Attack = Callable[[threading.Event, threading.Event], dict]  # (stop, ready) -> what it saw
 
 
-def containers(signature: bytes | None) -> bytes:
-    head = b'{"SIGNATURE": "%s", "x": [' % signature if signature else b'{"x": ['
+def containers(signature: bytes | None, key: bytes = b"SIGNATURE") -> bytes:
+    head = b'{"%s": "%s", "x": [' % (key, signature) if signature else b'{"x": ['
     return head + _UNIT * ((EIGHT_MB - len(head) - 8) // len(_UNIT)) + b"[]]}"
 
 
@@ -96,8 +101,8 @@ class Gateway:
 
     def __init__(self, pin: bool):
         self.run = GatewayRun([REPO / "bench" / "endpoints" / f"{n}.py" for n in ("bench_dummy", "bench_stream",
-                                                                                 "bench_pipe")],
-                              CONFIG, servers=5, port_start=24000, cpu=SERVE_CPU if pin else None)
+                                                                                 "bench_pipe", "bench_chat")],
+                              CONFIG, servers=6, port_start=24000, cpu=SERVE_CPU if pin else None)
         if self.run.wait_ready() is None:
             sys.exit(self.run.output())
         self.port = self.run.base
@@ -284,9 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                             ndjson_containers(b"target"), b"/batches", content_type=b"application/x-ndjson"))),
                         (f"jobs_flood_x{n}", resender(port, b"", n, small_job))]
         small_flow = post(b'{"SIGNATURE": "flow", "INPUT_VALUE": 1}')
+        abandoned = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "go"}],
+                                "stream": True}).encode()
         bad_region = post(b'{"key": "/no_such_segment", "byte_size": 1}', b"/v2/systemsharedmemory/region/r/register")
         for n in (int(c) for c in args.connections.split(",")):
-            attacks += [(f"pipeline_containers_x{n}", resender(port, containers(b"flow"), n)),
+            attacks += [(f"openai_containers_x{n}", resender(port, b"", n, post(containers(b"chat", b"model"), CHAT))),
+                        (f"openai_abandon_x{n}", resender(port, b"", n, post(abandoned, CHAT))),
+                        (f"pipeline_containers_x{n}", resender(port, containers(b"flow"), n)),
                         (f"pipeline_flood_x{n}", resender(port, b"", n, small_flow)),
                         (f"shm_register_flood_x{n}", resender(port, b"", n, bad_region))]
         attacks += [("declared", declared([port, gateway.servers()["target"]["PORT"]])),
