@@ -66,9 +66,8 @@ class ApiKeys:
         digest = _digest(authorization, api_key)
         with self._lock:
             entry = self._valid(digest)
-            if signature is not None and not entry.allows(signature):
-                entry.counts["forbidden"] = entry.counts.get("forbidden", 0) + 1
-                raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
+            if signature is not None:
+                self._allow(entry, signature)
             now = time.monotonic()
             if entry.rps is not None:
                 entry.tokens = min(entry.burst, entry.tokens + (now - entry.refilled) * entry.rps)
@@ -101,11 +100,17 @@ class ApiKeys:
             raise Unauthorized("a valid API key is needed: send it as Authorization: Bearer <key> or X-API-Key")
         return entry
 
-    @staticmethod
-    def allow(entry: KeyEntry, signature: str) -> None:
+    def allow(self, entry: KeyEntry, signature: str) -> None:
         """403 unless the key already admitted may also call ``signature`` (a request routed again
-        by the SIGNATURE its model server read)."""
+        by the SIGNATURE its model server read; a job's endpoint, read from its body)."""
+        with self._lock:
+            self._allow(entry, signature)
+
+    @staticmethod
+    def _allow(entry: KeyEntry, signature: str) -> None:
+        """(Under the lock.) 403, counted as forbidden, unless the key may call ``signature``."""
         if not entry.allows(signature):
+            entry.counts["forbidden"] = entry.counts.get("forbidden", 0) + 1
             raise Forbidden(f"this API key ({entry.name}) may not call {signature!r}")
 
     def check(self, headers: Any, signature: str | None) -> KeyEntry | None:

@@ -163,6 +163,7 @@ def test_a_key_submits_jobs_only_to_its_endpoints_and_the_admin_token_submits_no
     assert submit(gateway, as_key("echo_only")).status_code == 202
     forbidden = submit(gateway, as_key("echo_only"), SIGNATURE="echo_b")
     assert forbidden.status_code == 403 and "echo_b" in forbidden.json()["ERROR"]
+    assert 'bis_api_key_requests_total{key="echo_only",outcome="forbidden"}' in gateway.get("/metrics").text
     unknown = submit(gateway, as_key("echo_only"), SIGNATURE="nope")
     assert unknown.status_code == 403 and "echo_b" not in unknown.text  # the endpoints are not listed to it
     admin = submit(gateway, ADMIN)

@@ -184,7 +184,7 @@ def test_a_key_allowed_one_endpoint_cannot_reach_another_through_a_misroute(gate
     status, _, body = gw.post(b'{"X": {"SIGNATURE": "a"}, "SIGNATURE": "b"}', b"X-API-Key: bis_a\r\n")
     assert status == 403 and "'b'" in body["ERROR"]
     assert gw.channels["b"].sent == []
-    assert gw.run_path.keys.figures() == [("a_only", "admitted", 1)]
+    assert gw.run_path.keys.figures() == [("a_only", "admitted", 1), ("a_only", "forbidden", 1)]  # refused there
     assert next(iter(gw.run_path.keys._keys.values())).in_flight == 0  # its place came back
 
 

@@ -36,6 +36,7 @@ class Caller:
 
     name: str | None = None
     entry: KeyEntry | None = None  # a submission's key: in flight until answered (Access.done)
+    keys: ApiKeys | None = None  # the keys in force (a submission's endpoint is checked against them)
 
     def sees(self, owner: str | None) -> bool:
         """Whether a job or batch stored under ``owner`` is this caller's to read or cancel."""
@@ -43,8 +44,8 @@ class Caller:
 
     def may_call(self, signature: str) -> None:
         """403 unless the submitting key may call ``signature`` (its ``ENDPOINTS``)."""
-        if self.entry is not None:
-            ApiKeys.allow(self.entry, signature)
+        if self.entry is not None and self.keys is not None:
+            self.keys.allow(self.entry, signature)
 
     def scoped(self, idempotency_key: str) -> str:
         """An ``Idempotency-Key`` as stored: each API key has keys of its own (the name's length
@@ -79,7 +80,7 @@ class Access:
         if self._is_admin(authorization):
             raise Unauthorized("the admin token is no API key: jobs and batches are submitted with an API key")
         entry = self.keys.admit(authorization, request.header(b"x-api-key"), None)
-        return Caller(entry.name if entry is not None else None, entry)
+        return Caller(entry.name if entry is not None else None, entry, self.keys)
 
     def done(self, caller: Caller) -> None:
         """The submission has been answered: its key's place is free."""
