@@ -56,12 +56,15 @@ def chat(client, content, model="chat", **params):
     return client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **params)
 
 
-def test_models_lists_the_openai_endpoints_only(client):
+def test_models_lists_the_openai_endpoints_only(gateway, client):
     assert [m.id for m in client.models.list()] == ["chat", "chat_batched", "chat_single", "chat_tight", "complete",
                                                     "embed", "embed_batched"]
     assert client.models.retrieve("embed").owned_by == "basic_inference_server"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("echo")
+    servers = gateway.servers()
+    assert (servers["embed"]["OPENAI"], servers["chat"]["OPENAI"], servers["echo"]["OPENAI"]) == (
+        "embeddings", "chat", None)  # /list_servers says which
 
 
 def test_chat_plain_answer_and_usage(client):

@@ -61,6 +61,8 @@ def _schemas() -> dict[str, Schema]:
         "LAST_RELOAD": _nullable(_schema("Reload")),
         "REQUESTS_SERVED": _int(minimum=0), "RSS_MB": _nullable({"type": "number"}), "RECYCLES": _map(_int()),
         "DEVICE": _nullable(_str("DEVICES: this replica's device (cpu, cuda:<n>)")),
+        "OPENAI": _nullable(_str("its kind on OpenAI's API (/v1), from its entry's OPENAI",
+                                 enum=["chat", "completions", "embeddings"])),
         "REMOTE": {"type": "boolean", "description": "an address of a remote endpoint (URLS), named "
                    "<endpoint>@<address>: a model server this gateway did not start"},
         "URL": _str("remote: the URL of URLS this address was resolved from"),

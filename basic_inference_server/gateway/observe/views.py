@@ -71,7 +71,7 @@ class Children:
             info.update(HOST=endpoint.host, PORT=handle.port, SERVER_CLASS=endpoint.server_class,
                         WORKERS=handle.workers or {"total": endpoint.nr_workers, "ready": 0},
                         HEALTH_FAILURES=handle.health_failures,
-                        DEVICE=device_of(endpoint.devices, handle.replica) or None)
+                        DEVICE=device_of(endpoint.devices, handle.replica) or None, OPENAI=endpoint.openai)
         return info
 
     def memory(self) -> dict[str, float | None]:
