@@ -255,6 +255,13 @@ SETTINGS: tuple[Setting, ...] = (
             "one is generated and kept in `_cache/_data/webhook_secret`)"),
     Setting("BIS_WEBHOOK_SECRET_FILE", _V, Kind.TEXT, "a file holding `BIS_WEBHOOK_SECRET` (a Docker or Kubernetes "
             "secret)"),
+    Setting("BIS_API_KEYS_FILE", _V, Kind.TEXT, "the API keys file: with it, the inference routes take a key "
+            "([API keys](../operations/api-keys.md))"),
+    Setting("BIS_JOB_STORE", _V, Kind.TEXT, "overrides `JOB_STORE` (`redis://host:port/db`: one queue for many "
+            "gateways)"),
+    Setting("BIS_JOB_STORE_PASSWORD", _V, Kind.TEXT, "the Redis job store's password"),
+    Setting("BIS_JOB_STORE_PASSWORD_FILE", _V, Kind.TEXT, "a file holding `BIS_JOB_STORE_PASSWORD` (a Docker or "
+            "Kubernetes secret)"),
     Setting("BIS_TLS_CERT_FILE", _V, Kind.TEXT, "`endpoint <name>`: serve TLS with this certificate"),
     Setting("BIS_TLS_KEY_FILE", _V, Kind.TEXT, "`endpoint <name>`: the certificate's key"),
     Setting("BIS_TLS_CA_FILE", _V, Kind.TEXT, "authorities that `https://` URLS are checked against (default: the "
