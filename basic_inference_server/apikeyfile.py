@@ -38,10 +38,12 @@ class KeyEntry:
 
 
 def parse(data: Any, where: str) -> dict[str, KeyEntry]:
-    """The keys of a file's JSON, by hash; ValueError naming what is wrong."""
+    """The keys of a file's JSON, by hash; ValueError naming what is wrong (a NAME or a key listed
+    twice: a job is its key's by NAME, and a key is found by its hash)."""
     if not isinstance(data, dict) or not isinstance(data.get("KEYS"), list):
         raise ValueError(f"{where}: expected {{\"KEYS\": [...]}}")
     keys: dict[str, KeyEntry] = {}
+    names: set[str] = set()
     for number, raw in enumerate(data["KEYS"]):
         at = f"{where}: KEYS[{number}]"
         if not isinstance(raw, dict) or not isinstance(raw.get("NAME"), str) or not raw["NAME"]:
@@ -49,6 +51,10 @@ def parse(data: Any, where: str) -> dict[str, KeyEntry]:
         digest = raw.get("SHA256")
         if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(f"{at}.SHA256: expected the key's SHA-256, 64 lowercase hex digits")
+        if raw["NAME"] in names or digest in keys:
+            raise ValueError(f"{at}: {'NAME ' + repr(raw['NAME']) if raw['NAME'] in names else 'its SHA256'} is "
+                             "listed twice: each key has a name and a hash of its own")
+        names.add(raw["NAME"])
         endpoints = raw.get("ENDPOINTS", ["*"])
         if not isinstance(endpoints, list) or not all(isinstance(e, str) for e in endpoints):
             raise ValueError(f"{at}.ENDPOINTS: expected a list of endpoint names, or [\"*\"]")
@@ -57,7 +63,9 @@ def parse(data: Any, where: str) -> dict[str, KeyEntry]:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
                 raise ValueError(f"{at}.{name}: expected a number > 0, got {value!r}")
         rps = limits["RPS"]
-        burst = float(limits["BURST"] or (rps if rps else 1))
+        if limits["BURST"] is not None and limits["BURST"] < 1:
+            raise ValueError(f"{at}.BURST: expected at least 1 (a request takes one), got {limits['BURST']!r}")
+        burst = float(limits["BURST"] or max(1.0, rps or 1))  # (an RPS under 1 still lets one request in)
         keys[digest] = KeyEntry(raw["NAME"], digest, None if "*" in endpoints else frozenset(endpoints),
                                 float(rps) if rps else None, burst,
                                 int(limits["CONCURRENCY"]) if limits["CONCURRENCY"] else None, tokens=burst)
@@ -70,8 +78,6 @@ def add_key(path: Path, name: str, endpoints: list[str], rps: float | None, burs
     missing, mode 0600), and return the key: it is shown only now."""
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"KEYS": []}
     parse(data, str(path))
-    if any(entry.get("NAME") == name for entry in data["KEYS"]):
-        raise ValueError(f"{path}: a key named {name!r} is there already")
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     entry: dict[str, Any] = {"NAME": name, "SHA256": hash_of(key), "ENDPOINTS": endpoints or ["*"]}
     for field_name, value in (("RPS", rps), ("BURST", burst), ("CONCURRENCY", concurrency)):

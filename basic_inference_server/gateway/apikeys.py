@@ -6,8 +6,8 @@ The file (JSON) lists the keys by name, each stored only as the SHA-256 of the k
                "CONCURRENCY": 8}]}
 
 ``bis keys add NAME`` makes a key, prints it once and adds its entry. A request gives its key as
-``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; the key's hash is looked up (a dict of
-hashes: no timing difference to learn a key from) and compared in constant time. Without a valid
+``Authorization: Bearer <key>`` or ``X-API-Key: <key>``; the key's SHA-256 is looked up (a dict
+of hashes), so that what a lookup's time could tell is about a hash, never about a key. Without a valid
 key: 401; an endpoint the key does not list: 403; past ``RPS`` (a token bucket of ``BURST``) or
 ``CONCURRENCY`` requests in flight: 429 with ``Retry-After``. Keys are never logged; metrics count
 by the key's name. Without the file (the default) nothing changes: the headers are ignored.
@@ -16,7 +16,6 @@ The file is read again by SIGHUP and ``/reload_config``; the admin token is no A
 
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import threading
@@ -51,10 +50,11 @@ class ApiKeys:
             raise ValueError(f"{ENV}={self.path}: cannot be read: {exc}") from None
         keys = parse(data, f"{ENV}={self.path}")
         with self._lock:
-            for digest, entry in keys.items():  # a key kept keeps its counts and what it has in flight
-                old = self._keys.get(digest)
+            for digest, entry in keys.items():  # a key kept keeps its counts, what it has in flight
+                old = self._keys.get(digest)      # and its bucket (a reload refills nobody's)
                 if old is not None:
                     entry.counts, entry.in_flight = old.counts, old.in_flight
+                    entry.tokens, entry.refilled = min(old.tokens, entry.burst), old.refilled
             self._keys = keys
 
     def admit(self, authorization: bytes | None, api_key: bytes | None, signature: str | None) -> KeyEntry | None:
@@ -94,9 +94,9 @@ class ApiKeys:
             return self._valid(digest)
 
     def _valid(self, digest: str) -> KeyEntry:
-        """The key of ``digest`` (under the lock), compared in constant time; 401 for none."""
+        """The key of ``digest`` (under the lock); 401 for none."""
         entry = self._keys.get(digest)
-        if entry is None or not hmac.compare_digest(entry.sha256, digest):
+        if entry is None:
             raise Unauthorized("a valid API key is needed: send it as Authorization: Bearer <key> or X-API-Key")
         return entry
 

@@ -219,7 +219,7 @@ class FlaskGateway:
             self.keys = ApiKeys(os.environ.get(API_KEYS_ENV) or None)
         except ValueError as exc:  # (BIS_API_KEYS_FILE that is not a keys file)
             raise GatewayStartupError(str(exc)) from None
-        self.reconfiguration.on_reload.append(self.keys.reload)
+        self.reconfiguration.keys = self.keys
         try:
             self.http = HttpFront(RequestIds(create_gateway_app(self.parts())), self.host, self.port,
                                   fast_path=self.execution_path, threads=config.gateway_threads, limits=limits,

@@ -27,6 +27,7 @@ from typing import Any
 from ..config import ConfigError, GatewayConfig
 from ..errors import Conflict
 from ..states import ReloadState
+from .apikeys import ApiKeys
 from .remote.pool import RemoteEndpoints
 from .supervision.handle import ChildState
 from .supervision.history import StateHistory
@@ -87,7 +88,7 @@ class Reconfiguration:
         self.history = history
         self._reloading = threading.Lock()
         self._hup_waiting = threading.Event()  # a SIGHUP's reload waits for the one in progress
-        self.on_reload: list[Callable[[], None]] = []  # read again with the configuration (the API keys)
+        self.keys: ApiKeys | None = None  # BIS_API_KEYS_FILE: read again with the configuration
 
     @property
     def config(self) -> GatewayConfig:
@@ -133,11 +134,7 @@ class Reconfiguration:
         """Read the configuration again and put its endpoints in force. Raises ConfigError (nothing
         changes) when it does not read, and Conflict while another reload is in progress (``wait``:
         run after it instead)."""
-        for hook in self.on_reload:  # (the API keys file: read again whatever the configuration does)
-            try:
-                hook()
-            except ValueError as exc:
-                logger.error("reload_config: %s; the keys in force stay", exc)
+        keys_error = self._reload_keys()  # whatever the configuration does
         if self.read is None:
             raise ConfigError("this gateway was given its configuration in code: there is no file to read again")
         if not self._reloading.acquire(blocking=wait):
@@ -154,9 +151,23 @@ class Reconfiguration:
             result = self.apply(config)
         finally:
             self._reloading.release()
+        if keys_error:
+            result["API_KEYS_ERROR"] = keys_error
         self.history.record("RELOAD_CONFIG", detail=", ".join(
             f"{key.lower()} {value}" for key, value in result.items() if key in ("ADDED", "REMOVED", "CHANGED")))
         return result
+
+    def _reload_keys(self) -> str | None:
+        """Read the API keys file again; what is wrong with it (the keys in force stay), or None."""
+        if self.keys is None:
+            return None
+        try:
+            self.keys.reload()
+        except ValueError as exc:
+            logger.error("reload_config: %s; the API keys in force stay", exc)
+            self.history.record("RELOAD_KEYS_FAILED", detail=str(exc))
+            return str(exc)
+        return None
 
     def reload_in_background(self) -> None:
         """SIGHUP: :meth:`reload_config` on a thread of its own, after the reload in progress."""

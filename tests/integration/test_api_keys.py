@@ -115,6 +115,18 @@ def test_notifications_and_shared_memory_routes_take_a_key_or_the_admin_token(ke
     assert keyed.get("/v2/systemsharedmemory/status", headers={"X-API-Key": KEYS["echo_only"]}).json() == []
 
 
+def test_a_keys_file_that_does_not_read_is_answered_by_the_reload_and_the_keys_stay(keyed):
+    good = keyed.keys_file.read_text()
+    keyed.keys_file.write_text(json.dumps({"KEYS": [ENTRIES[0], {**ENTRIES[1], "NAME": "all"}]}))
+    try:
+        answer = keyed.admin("/reload_config", {})
+        assert answer.status_code == 200 and "'all' is listed twice" in answer.json()["API_KEYS_ERROR"]
+        assert run(keyed, KEYS["echo_only"]).status_code == 200  # the keys in force stay
+    finally:
+        keyed.keys_file.write_text(good)
+        assert "API_KEYS_ERROR" not in keyed.admin("/reload_config", {}).json()
+
+
 def test_v2_metadata_and_readiness_take_a_key_allowed_that_model(keyed):
     echo_only = {"X-API-Key": KEYS["echo_only"]}
     for path in ("/v2", "/v2/models/echo", "/v2/models/echo/ready"):
