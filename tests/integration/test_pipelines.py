@@ -409,6 +409,7 @@ def test_a_remote_step_takes_and_gives_its_values_over_http_with_the_token(gatew
                 "STATE") != "READY":
             assert time.monotonic() < deadline, gateway.get("/list_servers").json()
             time.sleep(0.1)
+        assert gateway.get("/list_servers").json()["PIPELINES"]["flow"]["STATE"] == "READY"  # its remote step too
         answer = gateway.run("flow", **FRAME)
         assert answer.status_code == 200, answer.text
         result = answer.json()["predict_result"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...config import SYSTEM_STATUS
+from ...openaishape import KINDS
 from ...states import ReloadState
 from .metrics import REMOTE_STATES, STATES
 from .openapi_build import (
@@ -62,7 +63,7 @@ def _schemas() -> dict[str, Schema]:
         "REQUESTS_SERVED": _int(minimum=0), "RSS_MB": _nullable({"type": "number"}), "RECYCLES": _map(_int()),
         "DEVICE": _nullable(_str("DEVICES: this replica's device (cpu, cuda:<n>)")),
         "OPENAI": _nullable(_str("its kind on OpenAI's API (/v1), from its entry's OPENAI",
-                                 enum=["chat", "completions", "embeddings"])),
+                                 enum=list(KINDS))),
         "REMOTE": {"type": "boolean", "description": "an address of a remote endpoint (URLS), named "
                    "<endpoint>@<address>: a model server this gateway did not start"},
         "URL": _str("remote: the URL of URLS this address was resolved from"),

@@ -33,14 +33,22 @@ class Children:
     def view(self) -> dict[str, Any]:
         """``AVAIL_SERVERS`` (model servers here and elsewhere), ``SUPPORT_PROCESSES`` and
         ``PIPELINES``."""
+        ready = self.ready_endpoints if self.pipelines else set()
         return {"AVAIL_SERVERS": {**{h.name: self.describe(h) for h in self.servers},
                                   **{h.name: describe_remote(h) for h in self.remotes}},
                 "SUPPORT_PROCESSES": {h.name: self.describe(h) for h in self.supports},
-                "PIPELINES": {name: self.describe_pipeline(p) for name, p in self.pipelines.items()}}
+                "PIPELINES": {name: self.describe_pipeline(p, ready) for name, p in self.pipelines.items()}}
 
-    def describe_pipeline(self, pipeline: PipelineConfig) -> dict[str, Any]:
-        """Its steps in order, each step's parents, and READY when every step has a READY server."""
-        ready = {h.endpoint.name for h in self.servers if h.state == READY}
+    @property
+    def ready_endpoints(self) -> set[str]:
+        """The endpoints with a READY model server, here or elsewhere (URLS)."""
+        return {h.endpoint.name for h in self.servers if h.state == READY} | {
+            h.endpoint.name for h in self.remotes if h.routable}
+
+    @staticmethod
+    def describe_pipeline(pipeline: PipelineConfig, ready: set[str]) -> dict[str, Any]:
+        """Its steps in order, each step's parents, and READY when every step has a READY server
+        (``ready``: the endpoints that have one)."""
         waiting = [step for step in pipeline.order if step not in ready]
         state = "DISABLED" if pipeline.disabled else "WAITING" if waiting else READY
         return {"STATE": state, "ONLINE": state == READY, "STEPS": list(pipeline.order),
