@@ -54,6 +54,9 @@ def _parse(name: str, entry: Mapping[str, Any], endpoints: Mapping[str, Any], pi
                           "configured in their own entries)")
     disabled = read(entry, "DISABLED", Scope.ENDPOINT, where)
     parents = _graph(entry[PIPELINE], f"{where}.PIPELINE")
+    if len(parents) < 2:
+        raise ConfigError(f"{where}.PIPELINE: expected at least two steps (one is its endpoint: call it by its "
+                          "own name)")
     for step in parents:
         _check_step(step, endpoints, pipelines, f"{where}.PIPELINE", disabled)
     order = _ordered(parents, f"{where}.PIPELINE")

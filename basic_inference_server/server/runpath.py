@@ -184,7 +184,8 @@ class RunPath:
             raise Misrouted(f"the body names endpoint {signature!r}, not {call.routed!r}", signature=signature)
         dropped = JOB_KEYS if call.job else CONTROL_KEYS  # (a job's own fields are no inputs either)
         call.inputs = {k: v for k, v in body.items() if k not in dropped}
-        if call.open_stream is not None and (call.stream_wanted or body.get("STREAM") is True):
+        if call.open_stream is not None and (call.stream_wanted or body.get("STREAM") is True) \
+                and not call.pipe & PIPE_OUT:  # (a step before the last answers a value, never a stream)
             call.stream = call.open_stream()
 
     def _accept_openai(self, call: Call, body: dict[str, Any]) -> None:

@@ -88,7 +88,10 @@ class _Pool:
     like size is written into pages the kernel has already: a new memfd's pages are allocated and
     zeroed as they are written, which costs more than the copy itself. What has been idle IDLE_S
     is closed by a thread that runs while any is kept: nothing is held long after the last request.
-    (A released value's views are not read any more: every step that took it has answered.)"""
+    (A released value's views are not read any more: every step that took it has answered, or the
+    request was given up, when a step cancelled while it ran may read bytes written since, never
+    past the memfd's end: a memfd is reused only for a value at least as large, and is never
+    shrunk; that step's answer is discarded.)"""
 
     KEPT, IDLE_S = 8, 2.0
 

@@ -401,7 +401,7 @@ def test_a_remote_step_takes_and_gives_its_values_over_http_with_the_token(gatew
     try:
         endpoints = {"decode": step("decode"), "stats": step("stats"),
                      "half": {**step("half"), "URLS": [f"http://127.0.0.1:{remote.port}"]},
-                     "flow": {"PIPELINE": ["decode", "half", "stats"]}}
+                     "flow": {"PIPELINE": ["decode", "half", "stats"]}, "tail": {"PIPELINE": ["decode", "half"]}}
         gateway = gateway_factory({**ECHO_CONFIG, "CONFIG_ENDPOINTS": endpoints}, files,
                                   env={"BIS_ENDPOINT_TOKEN": secret})
         deadline = time.monotonic() + 20
@@ -415,6 +415,9 @@ def test_a_remote_step_takes_and_gives_its_values_over_http_with_the_token(gatew
         result = answer.json()["predict_result"]
         assert result["shape"] == [540, 960, 3] and result["dtype"] == "float32" and result["read_only"]
         assert remote.proc.pid in result["pids"]  # (the endpoint command serves in its own process)
+        v2 = gateway.post("/v2/models/tail/infer", json={"inputs": []}, timeout=5)  # its last step is remote
+        assert v2.status_code == 501 and "'half'" in v2.json()["error"]
+        assert gateway.run("flow", W=8, H=8).status_code == 200  # nothing was left counted in flight
         refused = requests.post(f"http://127.0.0.1:{tokenless.port}/run", data=b"x", timeout=5,
                                 headers={"X-Pipeline-Step": "3", "Content-Type": "application/x-bis-pipeline"})
         assert refused.status_code == 403 and "BIS_ENDPOINT_TOKEN" in refused.json()["ERROR"]

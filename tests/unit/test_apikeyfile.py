@@ -3,6 +3,8 @@ a key by its NAME), and a key of RPS under 1 still gets its request now and then
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from basic_inference_server.apikeyfile import hash_of, parse
@@ -25,7 +27,7 @@ def test_a_file_that_would_mix_up_keys_is_refused(entries, words):
 
 def test_a_key_under_one_request_per_second_gets_one_then_waits(tmp_path):
     path = tmp_path / "keys.json"
-    path.write_text('{"KEYS": [%s]}' % str(entry("slow", "k", RPS=0.5)).replace("'", '"'))
+    path.write_text(json.dumps({"KEYS": [entry("slow", "k", RPS=0.5)]}))
     keys = ApiKeys(str(path))
     keys.done(keys.admit(None, b"k", "echo"))  # its bucket holds one request
     with pytest.raises(Exception, match="over its RPS") as limited:

@@ -106,11 +106,12 @@ def test_the_list_and_the_graph_forms():
     ({"PIPELINE": {"a": [], "b": ["a"], "c": ["a"]}}, "expected one last step"),
     ({"PIPELINE": {"a": ["x"]}}, "'x' is not a step of this pipeline"),
     ({"PIPELINE": "a"}, "expected a list of endpoint names"),
+    ({"PIPELINE": ["a"]}, "expected at least two steps"),
     ({"PIPELINE": ["a"], "MAX_BATCH_SIZE": 4}, "p.MAX_BATCH_SIZE: a pipeline entry takes only"),
 ])
 def test_configuration_mistakes_name_the_key(entry, words):
     with pytest.raises(ConfigError, match=words):
-        parse_pipelines({"p": entry, "q": {"PIPELINE": ["a"]}}, ENDPOINTS)
+        parse_pipelines({"p": entry, "q": {"PIPELINE": ["a", "b"]}}, ENDPOINTS)
 
 
 def test_a_server_connection_keeps_a_value_until_released_or_its_gateway_is_gone(monkeypatch):

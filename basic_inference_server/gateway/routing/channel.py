@@ -32,6 +32,7 @@ from ...transport.frames import (
     ITEM,
     JOB,
     MISROUTED,
+    PIPED,
     RELEASE,
     REPLY,
     STREAM,
@@ -169,8 +170,10 @@ class ChannelClient:
     def _answer(self, frame: Frame) -> None:
         tag = frame.tag
         pending = self._waiting.pop(tag, None) or self._streams.pop(tag, None)
-        if pending is None:
-            return  # timed out or cancelled already
+        if pending is None:  # timed out or cancelled already: a pipeline value it holds is not wanted
+            if frame.flags & PIPED and frame.status == 200:
+                self.release(tag)
+            return
         if frame.oversize:
             pending.fail(ConnectionLost(f"answer of {frame.oversize} bytes is over the limit of {self.max_reply}"))
         elif frame.status == MISROUTED:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from prometheus_client.core import HistogramMetricFamily, Metric
 
 from ... import jsonutil, requestid
-from ...errors import RequestTimeout, ServingError, SignatureDisabled
+from ...errors import RequestTimeout, ServerDied, ServingError, SignatureDisabled
 from ...pipeconfig import PipelineConfig
 from ...server.stats import LATENCY_BOUNDS
 from ...server.stats import Histogram as StatsHistogram
@@ -75,14 +75,13 @@ class PipelineStats:
 class PipelineRun:
     """The steps of one pipeline request."""
 
-    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "held", "started", "timer", "v2")
+    __slots__ = ("call", "config", "deadline", "done", "ended", "flights", "held", "timer", "v2")
 
     def __init__(self, call: Run, config: PipelineConfig, v2: tuple[int | None, str] | None = None):
         self.call = call
         self.v2 = v2  # a V2 infer request: its first steps read it as such (JSON header length, version)
         self.config = config
-        self.started = time.monotonic()
-        self.deadline = self.started + config.request_timeout
+        self.deadline = time.monotonic() + config.request_timeout
         self.done: dict[str, bytes] = {}  # step -> the value it answered
         self.flights: dict[str, tuple[Any, Any, int, float]] = {}  # step -> (handle, channel, tag, sent) in flight
         self.held: dict[str, tuple[Any, int]] = {}  # step -> (channel, tag) of a value its server holds for us
@@ -177,7 +176,8 @@ class PipelineRun:
         router = self.call.path.router
         router.admission.exit(handle)
         handle.served += 1
-        handle.progress += 1
+        if not isinstance(outcome, Failure):
+            handle.progress += 1  # it answered: alive (a step that timed out says nothing of that)
         self.call.path.pipeline_stats.observe(self.config.name, step, time.monotonic() - sent)
         match outcome:
             case Reply(status=200, flags=flags, body=body) if flags & PIPED:
@@ -185,6 +185,9 @@ class PipelineRun:
                 self.held[step] = (channel, tag)
                 self._release_used(step)
                 self._launch()
+            case Reply(status=200):  # (a server that does not know pipeline steps: not a value)
+                self._fail(step, 502, jsonutil.dumps_bytes(ServerDied(
+                    "the step's model server answered without a value for the next step").to_body()))
             case Reply(status=status, body=body, meta=meta):
                 self._fail(step, status, body, {"Retry-After": meta} if meta and status in (429, 503) else None)
             case Misroute():

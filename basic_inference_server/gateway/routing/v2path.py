@@ -20,7 +20,6 @@ from ...pipeconfig import PipelineConfig
 from ...transport.frames import BINARY
 from ...transport.httpfront import HttpRequest, Responder
 from ...transport.v2wire import BINARY_CONTENT_TYPE, HEADER_LENGTH
-from ..observe.metrics import UNKNOWN_SIGNATURE
 from ..supervision.handle import READY, ChildHandle
 from .forward import transport_error
 from .outcome import Reply
@@ -130,6 +129,12 @@ class InferCall(Call):
         step answers it."""
         pipeline_version(pipeline, version)
         _check_encoding(self.request)
+        endpoints = self.path.router.table.routes.endpoints
+        remote = [step for step in pipeline.order if (not pipeline.parents[step] or step == pipeline.last)
+                  and getattr(endpoints.get(step), "is_remote", False)]
+        if remote:  # (its first steps read the V2 request, its last answers it: remote servers take /run only)
+            raise ServingError(f"pipeline {pipeline.name!r}: step {remote[0]!r} is served by remote model servers "
+                               "(URLS), which take /run only: V2 infer is not forwarded to them", status=501)
         self.pipeline = PipelineRun(self, pipeline, (_header_length(self.request, len(self.request.body)), "1"))
         self.pipeline.start()
 
@@ -160,10 +165,10 @@ class InferCall(Call):
     def _failed(self, error: OSError) -> None:
         raise transport_error(self.handle, error)  # ConnectFailed, ReadTimedOut or ConnectionLost
 
-    def _fail(self, exc: ServingError) -> None:
-        if isinstance(exc, UnknownSignature):
-            self.label = UNKNOWN_SIGNATURE
-        self._finish(exc.status, jsonutil.dumps_bytes({"error": exc.message}), exc.headers())
+    @staticmethod
+    def error_body(exc: ServingError) -> bytes:
+        """The protocol's error object."""
+        return jsonutil.dumps_bytes({"error": exc.message})
 
 
 def _check_encoding(request: HttpRequest) -> None:
