@@ -103,9 +103,10 @@ def serve(spec: ServerSpec, stop: threading.Event) -> int:
         return _fail(spec, exitcodes.LOAD_FAILED, f"{name}: {exc}")
 
     try:
-        merged = {**default_config, **{str(key).upper(): value for key, value in spec.endpoint_config.items()}}
+        entry = {str(key).upper(): value for key, value in spec.endpoint_config.items()}
+        merged = {**default_config, **entry}
         metadata = ModelMetadata.of(worker_cls, merged)
-        openai = merged.get("OPENAI")
+        openai = entry.get("OPENAI")  # its entry's, as the gateway routes by (not the module's _CONFIG)
         if openai is not None and openai not in KINDS:
             raise ValueError(f"OPENAI must be one of {', '.join(KINDS)}, got {openai!r}")
         warmup = warmup_inputs(merged)

@@ -45,7 +45,7 @@ def relay(stage: Stage, post: Callable[[Any], Any], items: Iterator[Any], call: 
     """Drive one request's generator: ``post`` (its ``_post_process``) each item, then stream it
     (the call has a stream) or collect it. Returns the call's result: the list collected, or
     :class:`~.call.Streamed`."""
-    out = call.stream
+    out, openai = call.stream, call.openai
     collected: list[Any] = []
     try:
         while not call.left:
@@ -55,8 +55,8 @@ def relay(stage: Stage, post: Callable[[Any], Any], items: Iterator[Any], call: 
             if item is None:
                 continue  # nothing at this step
             result = stage("_post_process", post, item)
-            if call.openai is not None:
-                if not call.openai.feed(result, out):
+            if openai is not None:
+                if not openai.feed(result, out):
                     break  # its text is over (max_tokens, stop), or its client left
             elif out is None:
                 collected.append(result)
@@ -64,7 +64,7 @@ def relay(stage: Stage, post: Callable[[Any], Any], items: Iterator[Any], call: 
                 break  # its client left
     finally:
         close_stream(items)
-    return collected if out is None and call.openai is None else Streamed
+    return collected if out is None and openai is None else Streamed
 
 
 def relay_batch(stage: Stage, post: Callable[[Any], Any], steps: Iterator[Any], calls: list[Call],

@@ -36,30 +36,36 @@ INLINE_SCAN = 65536  # bodies up to this size are read exactly when their first 
 
 
 class _Envelope(msgspec.Struct):
-    """The one member of a body the gateway reads: its other members are skipped, not built."""
+    """The one member of a /run body the gateway reads: its other members are skipped, not built."""
 
     SIGNATURE: Any = None
 
 
-_read_envelope = msgspec.json.Decoder(_Envelope).decode
-
-
 class _OpenAIBody(msgspec.Struct):
+    """The one member of a body of OpenAI's API the gateway reads."""
+
     model: Any = None
 
 
+_read_envelope = msgspec.json.Decoder(_Envelope).decode
 _read_openai_body = msgspec.json.Decoder(_OpenAIBody).decode
 
 
-def _envelope(raw: bytes) -> dict[str, Any]:
-    """``{"SIGNATURE": <its value>}`` of a small body (others skipped); BadRequest saying why when
+def _first_name(raw: bytes, key: bytes, at: re.Pattern[bytes]) -> str | None:
+    """The name in the first ``"<key>": "<name>"`` written in ``raw`` (None: none as clients write it)."""
+    start = raw.find(key)
+    match = at.match(raw, start) if start >= 0 else None
+    return match.group(1).decode("ascii") if match is not None else None
+
+
+def _read_small(raw: bytes, decode: Callable[[bytes], Any]) -> Any:
+    """A small body read by ``decode`` (one member, the others skipped); BadRequest saying why when
     the body is not a JSON object."""
     try:
-        envelope = _read_envelope(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw)
+        return decode(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw)
     except (msgspec.MsgspecError, ValueError):
         jsonbody.loads_object(raw)  # raises the BadRequest that says what is wrong (the body is small)
         raise BadRequest("Malformed JSON body") from None
-    return {} if envelope.SIGNATURE is None else {"SIGNATURE": envelope.SIGNATURE}
 
 
 class Admission:
@@ -123,32 +129,26 @@ class Router:
         nested object). Otherwise a body of up to INLINE_SCAN bytes is read exactly (its top-level
         SIGNATURE, by a scan that builds nothing else); a larger one is never parsed here, so its
         first ``"SIGNATURE"`` decides (an unknown name is a 404, none a 400). Raises BadRequest."""
-        start = raw.find(b'"SIGNATURE"')
-        match = _SIGNATURE_AT.match(raw, start) if start >= 0 else None
-        name = match.group(1).decode("ascii") if match is not None else None
-        if name is not None and (name in self.table.routes.servers or len(raw) > INLINE_SCAN):
+        name = _first_name(raw, b'"SIGNATURE"', _SIGNATURE_AT)
+        if name is not None and (name in self.table.routes.servers or name in self.table.pipelines
+                                 or len(raw) > INLINE_SCAN):
             return name
         if len(raw) <= INLINE_SCAN:
-            return self.signature_of(_envelope(raw))
+            signature = _read_small(raw, _read_envelope).SIGNATURE
+            return self.signature_of({} if signature is None else {"SIGNATURE": signature})
         raise BadRequest(f"SIGNATURE not found: a body of over {INLINE_SCAN // 1024} KB is routed by the "
                          "\"SIGNATURE\": \"<endpoint>\" written in it, and it has none")
 
     def model_in(self, raw: bytes) -> str:
         """The model a request of OpenAI's API names, read as :meth:`signature_in` reads a
         SIGNATURE (the model server checks it against the body it parses); BadRequest."""
-        start = raw.find(b'"model"')
-        match = _MODEL_AT.match(raw, start) if start >= 0 else None
-        if match is not None and (match.group(1).decode("ascii") in self.table.routes.servers
-                                  or len(raw) > INLINE_SCAN):
-            return match.group(1).decode("ascii")
+        name = _first_name(raw, b'"model"', _MODEL_AT)
+        if name is not None and (name in self.table.routes.servers or len(raw) > INLINE_SCAN):
+            return name
         if len(raw) > INLINE_SCAN:
             raise BadRequest("'model' not found: a body of over 64 KB is routed by the \"model\": \"<name>\" "
                              "written in it, and it has none")
-        try:
-            model = _read_openai_body(raw[3:] if raw[:3] == b"\xef\xbb\xbf" else raw).model
-        except (msgspec.MsgspecError, ValueError):
-            jsonbody.loads_object(raw)  # raises the BadRequest that says what is wrong (the body is small)
-            raise BadRequest("Malformed JSON body") from None
+        model = _read_small(raw, _read_openai_body).model
         if not isinstance(model, str) or not model:
             raise InvalidParam("model", "'model' is required: the name of an endpoint (GET /v1/models lists them)")
         return model
