@@ -16,6 +16,10 @@ import pytest
 from conftest import ECHO_CONFIG, Gateway
 from test_jobs import sse_events, submit, wait_job
 
+from basic_inference_server.gateway.jobs.records import JobRecord, JobState, new_job_id
+from basic_inference_server.gateway.jobs.redisstore import RedisStore
+from basic_inference_server.gateway.jobs.storethread import StoreThread
+
 pytestmark = pytest.mark.integration
 
 ENDPOINTS = {
@@ -168,3 +172,31 @@ def test_a_redis_with_a_password_from_a_secret_file_and_the_address_from_the_env
         assert "s3cret-pass" not in gateway.output() + refused.output()
     finally:
         own.stop()
+
+
+def test_a_write_redis_refuses_at_the_commit_fails_its_own_operation_only(redis_server):
+    """Submissions are sent together at the group's commit: one that Redis refuses fails alone,
+    the others of the group are stored and answered as such (a client told 503 for a job that was
+    stored would submit it twice)."""
+    store = RedisStore(redis_server.url(), None, 64 * 2**20, 30)
+    jobs = [JobRecord(new_job_id(), "echo", JobState.QUEUED, 5, time.time()) for _ in range(3)]
+
+    def submitting(job):
+        return lambda s: s.submit(job, b'{"VALUE": 1}')[0].job_id
+
+    store._scripts["REFUSED"] = store.client.register_script("return redis.error_reply('refused here')")
+
+    def refused(s):
+        s._defer("REFUSED")  # a deferred write Redis answers with an error
+        return "refused"
+
+    ops = [(submitting(jobs[0]), None, True), (refused, None, True), (submitting(jobs[1]), None, True),
+           (lambda s: s.get(jobs[1].job_id).job_id, None, True), (submitting(jobs[2]), None, True)]
+    try:
+        results = StoreThread._commit(store, ops)
+        assert [result for _done, result, _error in results] == [jobs[0].job_id, None, jobs[1].job_id,
+                                                                  jobs[1].job_id, jobs[2].job_id]
+        assert results[1][2].status in (500, 503) and "job store error" in results[1][2].message
+        assert all(store.get(job.job_id).state is JobState.QUEUED for job in jobs)
+    finally:
+        store.close()

@@ -61,8 +61,11 @@ class RedisStore:
             "SUBMIT", "CLAIM", "FINISH", "REQUEUE", "CANCEL", "TAKEOVER", "ADD_ITEMS", "PURGE", "DUE_WEBHOOKS",
             "DELIVERED")}
         self._durable = False
-        self._deferred: list[tuple[str, tuple, Callable[[Any], None] | None]] = []  # sent at the commit
+        # (operation number in the group, script, args, then): sent at the commit, or before the next read
+        self._deferred: list[tuple[int, str, tuple, Callable[[Any], None] | None]] = []
         self._mark = 0
+        self._op = -1  # the group's operation running (savepoint counts them)
+        self._late: dict[int, Exception] = {}  # operations whose deferred writes Redis refused
         self._waitaof: bool | None = None  # probed at the first durable group
         self._used, self._used_at = 0, 0.0
 
@@ -72,42 +75,49 @@ class RedisStore:
     # -- transactions: each operation is atomic on the server; a durable group waits for the AOF -----------
     def begin(self, durable: bool = True) -> None:
         self._durable = durable
-        self._deferred = []
+        self._deferred, self._late, self._op = [], {}, -1
 
     def savepoint(self) -> None:
         self._mark = len(self._deferred)
+        self._op += 1
 
     def release(self, ok: bool) -> None:
         if not ok:
             del self._deferred[self._mark:]  # what the failed operation deferred is not sent
 
-    def commit(self) -> None:
+    def commit(self) -> dict[int, Exception]:
         """Send what the group's operations deferred, in one pipeline (one round trip for a burst
-        of submissions or ends); on Redis 7.2 and later, wait for the append-only file."""
+        of submissions or ends); on Redis 7.2 and later, wait for the append-only file. Returns the
+        operations whose writes Redis refused: they alone fail (the others' writes are stored)."""
         self._flush()
         if self._durable and self._has_waitaof():
             local, _replicas = self.client.execute_command("WAITAOF", 1, 0, 5000)
             if local < 1:
                 raise redis.exceptions.TimeoutError("Redis did not write the jobs to its append-only file in 5 s")
+        late, self._late = self._late, {}
+        return late
 
     def _flush(self) -> None:
         """Send what was deferred: at the commit, and before any other operation of the group
-        reads or writes (so that it sees what the operations before it did, as in a transaction)."""
+        reads or writes (so that it sees what the operations before it did, as in a transaction).
+        A write Redis refuses fails its own operation only (told at the commit)."""
         if self._deferred:
-            deferred, self._deferred = self._deferred, []
+            deferred, self._deferred, self._mark = self._deferred, [], 0
             pipe = self.client.pipeline(transaction=False)
-            for name, args, _then in deferred:
+            for _op, name, args, _then in deferred:
                 self._run(name, *args, client=pipe)
-            for (_name, _args, then), result in zip(deferred, pipe.execute(), strict=True):
-                if then is not None:
+            for (op, _name, _args, then), result in zip(deferred, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(result, Exception):
+                    self._late.setdefault(op, result)
+                elif then is not None:
                     then(result)
 
     def rollback(self) -> None:
-        self._deferred = []
+        self._deferred, self._late = [], {}
 
     def _defer(self, name: str, *args: Any, then: Callable[[Any], None] | None = None) -> None:
         """Run script ``name`` at the group's commit, with the others (``then(result)`` after)."""
-        self._deferred.append((name, args, then))
+        self._deferred.append((self._op, name, args, then))
 
     def _has_waitaof(self) -> bool:
         if self._waitaof is None:

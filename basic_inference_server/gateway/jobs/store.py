@@ -118,8 +118,10 @@ class JobStore:
             self._durable = durable
         self.db.execute("BEGIN IMMEDIATE")
 
-    def commit(self) -> None:
+    def commit(self) -> dict[int, Exception]:
+        """All or nothing: no operation fails alone here (a failed COMMIT raises)."""
         self.db.execute("COMMIT")
+        return {}
 
     def savepoint(self) -> None:
         self.db.execute("SAVEPOINT op")

@@ -90,7 +90,9 @@ class StoreThread:
                     continue
                 store.release(True)
                 results.append((done, result, None))
-            store.commit()
+            for number, exc in store.commit().items():  # (Redis: writes sent at the commit, refused alone)
+                logger.error("Job store: a write of this group was refused: %s", exc)
+                results[number] = (results[number][0], None, _failure(store, exc))
         except Exception as exc:  # the commit itself failed (disk full, I/O error): nothing of the group holds
             logger.exception("Job store commit failed")
             store.rollback()
