@@ -101,10 +101,28 @@ def install_error_handlers(app: Flask, plain_under: str = "", openai_under: str 
         return json_response(error_body("InternalError", message), 500)
 
 
+def bearer_of(header: str | bytes | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None: no such header)."""
+    if not header or header[:7].lower() not in ("bearer ", b"bearer "):
+        return None
+    token = header[7:].strip()
+    return token.decode("latin-1") if isinstance(token, bytes) else token
+
+
+def is_admin_token(expected: str | None, given: str | None) -> bool:
+    """``given`` is the admin token (compared in constant time)."""
+    if not expected or given is None:
+        return False
+    try:
+        return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    except UnicodeEncodeError:  # an unpaired surrogate ("\ud800"): no token is that
+        return False
+
+
 def presented_token(request: Request, body: dict[str, Any] | None) -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
+    token = bearer_of(request.headers.get("Authorization"))
+    if token is not None:
+        return token
     if body is not None:
         value = body.get("TOKEN")
         if isinstance(value, str):
@@ -119,11 +137,7 @@ def require_admin(expected: str, request: Request, body: dict[str, Any] | None, 
     hint = f" (the token is {where})" if where else ""
     if given is None:
         raise Unauthorized(f"admin token required: send 'Authorization: Bearer <token>' or \"TOKEN\" in the body{hint}")
-    try:
-        given_bytes = given.encode("utf-8")
-    except UnicodeEncodeError:  # an unpaired surrogate ("\ud800"): no token is that
-        raise Unauthorized(f"admin token is wrong{hint}") from None
-    if not hmac.compare_digest(given_bytes, expected.encode("utf-8")):
+    if not is_admin_token(expected, given):
         raise Unauthorized(f"admin token is wrong{hint}")
 
 

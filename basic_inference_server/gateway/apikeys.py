@@ -28,6 +28,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 
 from ..apikeyfile import ENV, KeyEntry, hash_of, parse
 from ..errors import Forbidden, TooManyRequests, Unauthorized
+from ..webutil import bearer_of
 
 
 class ApiKeys:
@@ -163,6 +164,4 @@ def _digest(authorization: bytes | None, api_key: bytes | None) -> str:
 def _presented(authorization: bytes | None, api_key: bytes | None) -> str:
     if api_key:
         return api_key.decode("latin-1").strip()
-    if authorization and authorization[:7].lower() == b"bearer ":
-        return authorization[7:].decode("latin-1").strip()
-    return ""
+    return bearer_of(authorization) or ""

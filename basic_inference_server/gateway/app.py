@@ -34,6 +34,7 @@ from ..transport.sysshm import Registry
 from ..webutil import (
     ROUTE_BODY_LIMIT,
     install_error_handlers,
+    is_admin_token,
     json_response,
     presented_token,
     raw_json_response,
@@ -65,14 +66,6 @@ DASHBOARD_EVENTS = 50  # the newest history events the dashboard shows
 # The dashboard is one self-contained page: its inline script and style, and fetches to this gateway only.
 DASHBOARD_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                  "img-src 'self' data:; connect-src 'self'")
-
-
-def _is_admin(expected: str, request: Any, payload: dict[str, Any] | None) -> bool:
-    try:
-        require_admin(expected, request, payload)
-    except Unauthorized:
-        return False
-    return True
 
 
 def is_loopback(address: str | None) -> bool:
@@ -155,7 +148,7 @@ def create_gateway_app(gw: GatewayParts) -> Flask:
         # PROTECT_NOTIFICATIONS: what endpoint code wrote is not for anyone
         payload = admin_payload() if config.protect_notifications else read_payload()
         signature = signature_of(payload)
-        if gw.keys.on and not _is_admin(admin_token, request, payload):  # with keys: one allowed it, or the admin
+        if gw.keys.on and not is_admin_token(admin_token, presented_token(request, payload)):  # (or the admin)
             gw.keys.check(request.headers, signature)
         merged: dict[str, list[Any]] = {}
         for handle in ready_replicas(signature):

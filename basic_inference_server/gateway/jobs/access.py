@@ -20,12 +20,12 @@ With keys off, nobody is asked anything and every job is everyone's, as before.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 
 from ...apikeyfile import KeyEntry
 from ...errors import Unauthorized
 from ...transport.httpmsg import HttpRequest
+from ...webutil import bearer_of, is_admin_token
 from ..apikeys import ApiKeys
 
 
@@ -61,7 +61,7 @@ class Access:
 
     def __init__(self, keys: ApiKeys | None = None, admin_token: str | None = None):
         self.keys = keys or ApiKeys()
-        self._admin = ("Bearer " + admin_token).encode("utf-8") if admin_token else None
+        self._admin_token = admin_token
 
     def reader(self, request: HttpRequest) -> Caller:
         """Who reads, lists or cancels: the admin, or a valid key's name (401 for neither)."""
@@ -87,7 +87,4 @@ class Access:
         self.keys.done(caller.entry)
 
     def _is_admin(self, authorization: bytes | None) -> bool:
-        if self._admin is None or authorization is None or len(authorization) < 7:
-            return False
-        given = b"Bearer " + authorization[7:].strip() if authorization[:7].lower() == b"bearer " else b""
-        return hmac.compare_digest(given, self._admin)
+        return is_admin_token(self._admin_token, bearer_of(authorization))
