@@ -6,6 +6,7 @@ import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request, Response, request
@@ -176,25 +177,32 @@ ENDPOINT_TOKEN_FILE_ENV = "BIS_ENDPOINT_TOKEN_FILE"  # or the file that holds it
 ENDPOINT_TOKEN_HEADER = "X-Endpoint-Token"  # the secret a gateway sends to a model server it did not start
 
 
+def secret_from_env(name: str, file_name: str) -> tuple[str | None, str]:
+    """A secret: the environment variable ``name``, else the content of the file ``file_name``
+    names (a Docker or Kubernetes secret; stripped). Returns it and where it came from; None when
+    neither is set. ValueError naming the file when it cannot be read (never the secret)."""
+    value = os.environ.get(name)
+    if value:
+        return value, name
+    path = os.environ.get(file_name)
+    if not path:
+        return None, name
+    where = f"{file_name} ({path})"
+    try:
+        return Path(path).read_text(encoding="utf-8").strip(), where
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file_name}: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def endpoint_token() -> str | None:
     """The shared secret: ``BIS_ENDPOINT_TOKEN``, else the content of the file
     ``BIS_ENDPOINT_TOKEN_FILE`` names (stripped), else None. ValueError when that file cannot be
     read or is empty (the message names the file, never the secret)."""
-    value = os.environ.get(ENDPOINT_TOKEN_ENV)
-    where = ENDPOINT_TOKEN_ENV
+    value, where = secret_from_env(ENDPOINT_TOKEN_ENV, ENDPOINT_TOKEN_FILE_ENV)
+    if value is None:
+        return None
     if not value:
-        path = os.environ.get(ENDPOINT_TOKEN_FILE_ENV)
-        if not path:
-            return None
-        where = f"{ENDPOINT_TOKEN_FILE_ENV} ({path})"
-        try:
-            with open(path, encoding="utf-8") as file:
-                value = file.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: cannot read {path}: {reason}") from None
-        if not value:
-            raise ValueError(f"{ENDPOINT_TOKEN_FILE_ENV}: {path} is empty")
+        raise ValueError(f"{where} is empty")
     if not all(33 <= ord(char) <= 126 for char in value):  # it travels in an HTTP header
         raise ValueError(f"{where}: the secret must be printable ASCII without spaces")
     return value

@@ -6,12 +6,12 @@ many gateways, chosen by ``JOB_STORE``). Every method runs on the store's thread
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from ...config import GatewayConfig
+from ...webutil import secret_from_env
 from .records import JobRecord, JobState
 
 
@@ -63,13 +63,7 @@ PASSWORD_ENV, PASSWORD_FILE_ENV = "BIS_JOB_STORE_PASSWORD", "BIS_JOB_STORE_PASSW
 def redis_password() -> str | None:
     """Redis's password: BIS_JOB_STORE_PASSWORD, or the file BIS_JOB_STORE_PASSWORD_FILE names (a
     Docker or Kubernetes secret); None: Redis has none. ValueError for a file that cannot be read."""
-    path = os.environ.get(PASSWORD_FILE_ENV)
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip() or None
-        except OSError as exc:
-            raise ValueError(f"{PASSWORD_FILE_ENV}={path}: cannot be read: {exc.strerror}") from None
-    return os.environ.get(PASSWORD_ENV) or None
+    return secret_from_env(PASSWORD_ENV, PASSWORD_FILE_ENV)[0] or None
 
 
 def open_store(config: GatewayConfig, folder: Path) -> Store:

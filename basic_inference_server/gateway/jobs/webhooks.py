@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from ...errors import BadRequest, ServingError
+from ...webutil import secret_from_env
 from .records import JobRecord, iso
 from .stats import JobStats
 from .store import DELIVERED, GAVE_UP
@@ -48,13 +49,7 @@ def resolve_secret(data_folder: Path) -> str:
     """``BIS_WEBHOOK_SECRET``, else the file ``BIS_WEBHOOK_SECRET_FILE`` names, else the secret kept
     in ``data_folder`` (made at first use). ValueError naming the variable when it is not a
     ``whsec_<base64>`` secret (never the secret itself)."""
-    value, where = os.environ.get(SECRET_ENV), SECRET_ENV
-    if not value and os.environ.get(SECRET_FILE_ENV):
-        where = f"{SECRET_FILE_ENV} ({os.environ[SECRET_FILE_ENV]})"
-        try:
-            value = Path(os.environ[SECRET_FILE_ENV]).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{where}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    value, where = secret_from_env(SECRET_ENV, SECRET_FILE_ENV)
     if not value:
         path, where = data_folder / "webhook_secret", str(data_folder / "webhook_secret")
         if not path.exists():
