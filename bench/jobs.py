@@ -48,7 +48,6 @@ from bench.report import save_table
 ENDPOINTS = sorted((BENCH / "endpoints").glob("*.py"))
 
 
-STORE: dict[str, object] = {}  # the job store's keys of every gateway (--store redis: JOB_STORE, a database each)
 REDIS: list[RedisServer] = []  # --store redis: the redis-server of the run
 
 

@@ -44,7 +44,7 @@ from bench.__main__ import BenchGateway
 from bench.common import free_port_block
 from bench.load import SERVE_CPU, WRK_CPU, CpuMeter, check_pinning_possible, stream_load, stream_point
 from bench.peers import PEERS, PeerProcess, ensure_peer
-from bench.report import NOISE_WARN_PCT, save_table, side_by_side_parser
+from bench.report import NOISE_WARN_PCT, rotated, save_table, side_by_side_parser
 from bench.streamreport import markdown, summarise_streams
 
 MODEL = "chat"
@@ -191,7 +191,7 @@ def main() -> int:
     samples: dict[tuple[str, str, int], list[dict]] = {}
     try:
         for round_no in range(args.rounds):
-            order = CASES[round_no % len(CASES):] + CASES[:round_no % len(CASES)]
+            order = rotated(CASES, round_no)
             for concurrency in levels:
                 for case in order:
                     result = measure(case, gateway, peer, concurrency, args)

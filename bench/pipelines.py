@@ -32,7 +32,7 @@ from bench.common import GatewayRun
 from bench.load import BENCH, SERVE_CPU, WRK_CPU, CpuMeter, ensure_wrk, wrk
 from bench.peers import PEERS, PeerProcess, ensure_peer
 from bench.pipeline_steps import BODY
-from bench.report import save_table, side_by_side_parser
+from bench.report import rotated, save_table, side_by_side_parser
 
 STEPS = ("decode", "preprocess", "classify")
 
@@ -120,16 +120,17 @@ def main() -> int:
         peer = PeerProcess(PEERS["aqueduct"], python, "pipeline", 25100, serve)
         peer.wait_ready(BODY)
         url = run.url + "/run"
-        for _ in range(args.rounds):
+        targets = {"gateway": (url, {"SIGNATURE": "pipe_flow", **BODY}), "aqueduct": (peer.url, BODY)}
+        for round_no in range(args.rounds):
             for concurrency in levels:
-                for system in ("gateway", "aqueduct", "chained"):
+                for system in rotated(("gateway", "aqueduct", "chained"), round_no):
                     if system == "chained" and concurrency != 8:
                         continue
-                    if system == "gateway":
-                        result = wrk(binary, url, {"SIGNATURE": "pipe_flow", **BODY}, concurrency, args.duration,
-                                     WRK_CPU if args.pin else None)
-                    elif system == "aqueduct":
-                        result = wrk(binary, peer.url, BODY, concurrency, args.duration, WRK_CPU if args.pin else None)
+                    if system in targets:
+                        target, body = targets[system]
+                        cpu = WRK_CPU if args.pin else None
+                        wrk(binary, target, body, concurrency, args.warmup, cpu)  # (warm: no cold first run)
+                        result = wrk(binary, target, body, concurrency, args.duration, cpu)
                     else:
                         result = chained(url, concurrency, args.duration)
                     samples.setdefault((system, concurrency), []).append(result)

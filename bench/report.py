@@ -227,6 +227,13 @@ def save_table(prefix: str, text: str, args: argparse.Namespace, rows: list[dict
         (results / f"{prefix}_{stamp}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 
 
+def rotated(cases: tuple | list, round_no: int) -> list:
+    """The cases in the order of round ``round_no``: each case leads in turn, so that the drift of a
+    shared machine (and a cold first run) falls on every case alike."""
+    turn = round_no % len(cases)
+    return list(cases[turn:]) + list(cases[:turn])
+
+
 def side_by_side_parser(doc: str, duration: float) -> argparse.ArgumentParser:
     """The options every side-by-side bench takes: --duration, --rounds, --warmup, --concurrency, --pin."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])

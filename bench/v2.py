@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.__main__ import BenchGateway
 from bench.load import SERVE_CPU, WRK_CPU, CpuMeter, check_pinning_possible, ensure_wrk, wrk
-from bench.report import medians, save_table, side_by_side_parser
+from bench.report import medians, rotated, save_table, side_by_side_parser
 
 TENSOR_1M = 262_144  # FP32 numbers in 1 MiB
 MODELS = {"numpy": 1000, "tensor1m": TENSOR_1M}
@@ -112,7 +112,7 @@ def main() -> int:
     samples: dict[tuple[str, str, int], list[dict]] = {}
     try:
         for round_no in range(args.rounds):
-            order = CASES[round_no % len(CASES):] + CASES[:round_no % len(CASES)]
+            order = rotated(CASES, round_no)
             for model in models:
                 for concurrency in levels:
                     for case in order:

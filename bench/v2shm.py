@@ -25,7 +25,7 @@ import requests
 
 from bench.common import GatewayRun
 from bench.load import BENCH, SERVE_CPU, WRK_CPU, CpuMeter, ensure_wrk, wrk
-from bench.report import save_table, side_by_side_parser
+from bench.report import rotated, save_table, side_by_side_parser
 
 COUNT = 1_572_864  # FP32 numbers: 6 MiB
 
@@ -62,8 +62,10 @@ def main() -> int:
         requests.post(run.url + "/v2/systemsharedmemory/region/bench_in/register",
                       json={"key": key, "offset": 0, "byte_size": data.nbytes}, timeout=10).raise_for_status()
         url = run.url + "/v2/models/tensor6m/infer"
-        for _ in range(args.rounds):
-            for case, (body, headers) in bodies.items():
+        for round_no in range(args.rounds):
+            for case in rotated(list(bodies), round_no):
+                body, headers = bodies[case]
+                wrk(binary_wrk, url, body, concurrency, args.warmup, WRK_CPU if args.pin else None, headers)
                 meter = CpuMeter({"serving": run.proc.pid})
                 meter.start()
                 result = wrk(binary_wrk, url, body, concurrency, args.duration, WRK_CPU if args.pin else None,
