@@ -238,7 +238,6 @@ class FlaskGateway:
             raise GatewayStartupError(str(exc)) from None
         self.http.loop_routes += self.jobs.routes() + openai_routes(self.run_path)
         self.metrics.registry.register(self.jobs.collector())
-        self.metrics.registry.register(self.run_path.pipeline_stats)
         self.metrics.registry.register(KeysCollector(self.keys))
         self.run_path.jobs = self.jobs.path.submit_async
         if threading.current_thread() is threading.main_thread():

@@ -40,10 +40,10 @@ REMOTE_STATES = tuple(state.value for state in RemoteState)
 ITEM_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
 
-def _histogram(table: dict[str, StatsHistogram], signature: str, bounds: tuple[float, ...]) -> StatsHistogram:
-    histogram = table.get(signature)
+def _histogram(table: dict[Any, StatsHistogram], key: Any, bounds: tuple[float, ...]) -> StatsHistogram:
+    histogram = table.get(key)
     if histogram is None:
-        histogram = table[signature] = StatsHistogram(bounds)
+        histogram = table[key] = StatsHistogram(bounds)
     return histogram
 
 
@@ -57,6 +57,7 @@ class GatewayMetrics:
         self._latency: dict[str, StatsHistogram] = {}
         self._first_item: dict[str, StatsHistogram] = {}  # streams: time to the first item
         self._stream_items: dict[str, StatsHistogram] = {}  # streams: items per stream
+        self._pipeline_steps: dict[tuple[str, str], StatsHistogram] = {}  # (pipeline, step) -> sent to answered
         self.active_streams: dict[str, int] = {}
         self._cancelled: dict[tuple[str, str], int] = {}  # (signature, stage) -> dropped before a server saw them
         self.registry.register(_RunCollector(self))
@@ -79,6 +80,10 @@ class GatewayMetrics:
     def stream_ended(self, signature: str, items: int) -> None:
         _histogram(self._stream_items, signature, ITEM_BOUNDS).observe_unlocked(items)
         self.active_streams[signature] -= 1
+
+    def pipeline_step(self, pipeline: str, step: str, seconds: float) -> None:
+        """One step of a pipeline request answered (the event loop's, as :meth:`observe`)."""
+        _histogram(self._pipeline_steps, (pipeline, step), LATENCY_BOUNDS).observe_unlocked(seconds)
 
     def cancelled(self, signature: str, stage: str) -> None:
         """A request whose client left before the gateway had written it to its model server
@@ -123,6 +128,11 @@ class _RunCollector:
             for signature, histogram in sorted(list(table.items())):
                 data = histogram.to_json()
                 family.add_metric([signature], cumulative_buckets(data), data["sum"])
+        steps = HistogramMetricFamily("bis_pipeline_step_seconds", "Time of each step of a pipeline request, "
+                                      "from sent to answered", labels=["pipeline", "step"])
+        for (pipeline, step), histogram in sorted(list(self.metrics._pipeline_steps.items())):
+            data = histogram.to_json()
+            steps.add_metric([pipeline, step], cumulative_buckets(data), data["sum"])
         active = GaugeMetricFamily("bis_active_streams", "Streamed answers in progress", labels=["signature"])
         for signature, count in sorted(list(self.metrics.active_streams.items())):
             active.add_metric([signature], count)
@@ -130,6 +140,7 @@ class _RunCollector:
         yield latency
         yield first
         yield items
+        yield steps
         yield active
 
 

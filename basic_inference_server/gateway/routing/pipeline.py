@@ -18,16 +18,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any, Protocol
-
-from prometheus_client.core import HistogramMetricFamily, Metric
 
 from ... import jsonutil, requestid
 from ...errors import RequestTimeout, ServerDied, ServingError, SignatureDisabled
 from ...pipeconfig import PipelineConfig
-from ...server.stats import LATENCY_BOUNDS
-from ...server.stats import Histogram as StatsHistogram
 from ...transport import pipedata
 from ...transport.frames import PIPE_IN, PIPE_INLINE, PIPE_OUT, PIPED
 from .forward import transport_error
@@ -39,7 +34,7 @@ logger = logging.getLogger(__name__)
 class Run(Protocol):
     """The ``/run`` a pipeline answers (:class:`.runpath.Call`): its last step is its own forward."""
 
-    path: Any  # the RunPath: its router, loop, channels and pipeline_stats
+    path: Any  # the RunPath: its router, loop, channels and metrics
     request: Any
     routed: str
     step_started: float
@@ -47,29 +42,6 @@ class Run(Protocol):
     def forward_step(self, handle: Any, body: bytes, pipe: int, timeout: float) -> None: ...
 
     def finish_pipeline(self, status: int, error: dict[str, Any], headers: dict[str, str] | None) -> None: ...
-
-
-class PipelineStats:
-    """``bis_pipeline_step_seconds{pipeline,step}``: each step's time, from sent to answered."""
-
-    def __init__(self) -> None:
-        self.steps: dict[tuple[str, str], StatsHistogram] = {}
-
-    def observe(self, pipeline: str, step: str, seconds: float) -> None:
-        histogram = self.steps.get((pipeline, step))
-        if histogram is None:
-            histogram = self.steps[pipeline, step] = StatsHistogram(LATENCY_BOUNDS)
-        histogram.observe(seconds)
-
-    def describe(self) -> list[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily("bis_pipeline_step_seconds", "Time of each step of a pipeline request, "
-                                       "from sent to answered", labels=["pipeline", "step"])
-        for (pipeline, step), histogram in sorted(dict(self.steps).items()):
-            family.add_metric([pipeline, step], histogram.cumulative(), histogram.sum)
-        yield family
 
 
 class PipelineRun:
@@ -178,7 +150,7 @@ class PipelineRun:
         handle.served += 1
         if not isinstance(outcome, Failure):
             handle.progress += 1  # it answered: alive (a step that timed out says nothing of that)
-        self.call.path.pipeline_stats.observe(self.config.name, step, time.monotonic() - sent)
+        self.call.path.metrics.pipeline_step(self.config.name, step, time.monotonic() - sent)
         match outcome:
             case Reply(status=200, flags=flags, body=body) if flags & PIPED:
                 self.done[step] = body

@@ -35,7 +35,7 @@ from ..supervision.handle import ChildHandle
 from .channel import Cancel, ChannelClient
 from .forward import transport_error
 from .outcome import Failure, Misroute, Outcome, Reply
-from .pipeline import PipelineRun, PipelineStats
+from .pipeline import PipelineRun
 from .router import Router
 from .upstream import ConnectFailed, ReadTimedOut
 
@@ -60,7 +60,6 @@ class RunPath:
         self._channels: dict[str, ChannelClient | RemoteClient] = {}
         self.jobs: Callable[[HttpRequest, Responder], Any] | None = None  # POST /jobs: Prefer: respond-async goes there
         self.keys = keys or ApiKeys()  # BIS_API_KEYS_FILE (off without it)
-        self.pipeline_stats = PipelineStats()  # bis_pipeline_step_seconds
         loop.call_soon_threadsafe(self._expire)
 
     def __call__(self, request: HttpRequest, respond: Responder) -> Any:
@@ -309,7 +308,7 @@ class Call:
         self.tag = None
         pipeline, self.pipeline = self.pipeline, None  # (it holds this call: no cycle is left for the collector)
         if pipeline is not None:
-            self.path.pipeline_stats.observe(self.label, self.routed, time.monotonic() - self.step_started)
+            self.path.metrics.pipeline_step(self.label, self.routed, time.monotonic() - self.step_started)
             pipeline.release()  # the last step has read the values it took
         self.path.router.admission.exit(handle)
         handle.served += 1  # for MAX_REQUESTS (only this loop writes it)
